@@ -1,0 +1,809 @@
+//! Configuration: the TOML file as written (`raw`) is checked as a whole and turned into
+//! an immutable, validated [`Config`]. Every problem found is reported at once, each with
+//! the file, the line and column, and the key path.
+//!
+//! Keys of the file format whose feature this build does not have are refused with
+//! "is not supported yet" rather than ignored.
+
+mod error;
+mod raw;
+mod units;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use ipnet::IpNet;
+use raw::*;
+use toml::Spanned;
+pub use units::{parse_duration, parse_size};
+
+pub const DEFAULT_WORKERS: usize = 0;
+pub const MAX_WORKERS: i64 = 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 0;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_RETRIES: u32 = 1;
+pub const MAX_RETRIES: i64 = 100;
+pub const DEFAULT_WEIGHT: u32 = 1;
+pub const MAX_WEIGHT: i64 = 1000;
+
+/// A validated configuration: everything `run` needs, nothing left to check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; relative paths in it are relative to its directory.
+    pub file: PathBuf,
+    pub global: Global,
+    pub listeners: Vec<Listener>,
+    /// Sorted by name.
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Runtime worker threads; 0 means one per CPU.
+    pub workers: usize,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub bind: Vec<SocketAddr>,
+    pub protocol: Protocol,
+    pub upstream: Option<String>,
+    /// Per-listener connection limit; `None` leaves only the global one.
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_header_size: u64,
+    /// 0 means no limit.
+    pub max_body_size: u64,
+    pub access: AccessRules,
+}
+
+/// A listener's `allow` and `deny` networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessRules {
+    /// Empty: every client not denied.
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+impl AccessRules {
+    /// `deny` wins over `allow`; IPv4 clients seen on an IPv6 socket match IPv4 networks.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    LeastConnections,
+    Random,
+    ConsistentHash,
+    Ewma,
+}
+
+impl Strategy {
+    pub const ALL: [(&'static str, Strategy); 5] = [
+        ("round_robin", Strategy::RoundRobin),
+        ("least_connections", Strategy::LeastConnections),
+        ("random", Strategy::Random),
+        ("consistent_hash", Strategy::ConsistentHash),
+        ("ewma", Strategy::Ewma),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Strategy::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("round_robin", |(n, _)| n)
+    }
+
+    /// Whether this build implements the strategy.
+    fn is_supported(self) -> bool {
+        matches!(self, Strategy::RoundRobin)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    pub strategy: Strategy,
+    pub connect_timeout: Duration,
+    /// Further attempts on another backend after a failed one.
+    pub retries: u32,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    /// The address as written; with the upstream's name, the backend's identity.
+    pub address: String,
+    /// `address` resolved when the file was loaded.
+    pub resolved: SocketAddr,
+    pub weight: u32,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                key: String::new(),
+                message: format!("cannot be read: {e}"),
+            }])
+        })?;
+        Config::parse(&src, path)
+    }
+
+    /// Validates `src` as if it had been read from `file`.
+    pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        let de = toml::Deserializer::parse(src).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                file,
+                src,
+                e.span(),
+                "",
+                e.message().trim_end().to_string(),
+            )])
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = clean_path(&e.path().to_string());
+            let inner = e.into_inner();
+            ConfigErrors(vec![ConfigError::new(
+                file,
+                src,
+                inner.span(),
+                key,
+                inner.message().trim_end().to_string(),
+            )])
+        })?;
+        let mut v = Validator {
+            file,
+            src,
+            errors: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// The summary `fulcrum check` prints: one line per listener and upstream.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for l in &self.listeners {
+            let binds: Vec<String> = l.bind.iter().map(|a| a.to_string()).collect();
+            let _ = write!(
+                out,
+                "listener {}: {} on {}",
+                l.name,
+                l.protocol.as_str(),
+                binds.join(", ")
+            );
+            if let Some(u) = &l.upstream {
+                let _ = write!(out, " -> upstream {u}");
+            }
+            out.push('\n');
+        }
+        for u in &self.upstreams {
+            let backends: Vec<String> = u
+                .backends
+                .iter()
+                .map(|b| {
+                    if b.name == b.address {
+                        format!("{} (weight {})", b.address, b.weight)
+                    } else {
+                        format!("{} {} (weight {})", b.name, b.address, b.weight)
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "upstream {}: {}, {} backend{}: {}",
+                u.name,
+                u.strategy.as_str(),
+                u.backends.len(),
+                if u.backends.len() == 1 { "" } else { "s" },
+                backends.join(", ")
+            );
+        }
+        out
+    }
+}
+
+/// serde_path_to_error shows the private field that `Spanned` uses; users never wrote it.
+fn clean_path(path: &str) -> String {
+    path.replace(".$__serde_spanned_private_value", "")
+        .replace("$__serde_spanned_private_value.", "")
+        .replace("$__serde_spanned_private_value", "")
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    src: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, span: Option<Range<usize>>, key: impl Into<String>, msg: impl Into<String>) {
+        self.errors
+            .push(ConfigError::new(self.file, self.src, span, key, msg));
+    }
+
+    fn unsupported(&mut self, span: Range<usize>, key: impl Into<String>) {
+        self.err(Some(span), key, "is not supported yet");
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.err(Some(v.span()), key, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(Some(v.span()), key, e);
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, v: &Option<Spanned<RawSize>>, key: &str, default: u64) -> u64 {
+        let Some(v) = v else { return default };
+        let parsed = match v.get_ref() {
+            RawSize::Bytes(n) if *n >= 0 => Ok(*n as u64),
+            RawSize::Bytes(n) => Err(format!("must not be negative, got {n}")),
+            RawSize::Text(s) => parse_size(s),
+        };
+        match parsed {
+            Ok(n) => n,
+            Err(e) => {
+                self.err(Some(v.span()), key, e);
+                default
+            }
+        }
+    }
+
+    fn int(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> i64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.err(
+                Some(v.span()),
+                key,
+                format!("must be between {min} and {max}, got {n}"),
+            );
+            return default;
+        }
+        n
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let global = self.global(raw.global.as_ref());
+        if let Some(admin) = &raw.admin {
+            self.unsupported(admin.span(), "admin");
+        }
+        if let Some(cache) = &raw.cache {
+            self.unsupported(cache.span(), "cache");
+        }
+        if let Some(failover) = &raw.failover {
+            self.unsupported(failover.span(), "failover");
+        }
+        let upstreams: Vec<Upstream> = raw
+            .upstream
+            .iter()
+            .filter_map(|(name, u)| self.upstream(name, u))
+            .collect();
+        let mut listeners = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut binds: HashMap<SocketAddr, String> = HashMap::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let Some(listener) = self.listener(i, l, &raw.upstream) else {
+                continue;
+            };
+            if let Some(first) = names.insert(listener.name.clone(), i) {
+                self.err(
+                    Some(l.get_ref().name.span()),
+                    format!("listener[{i}].name"),
+                    format!(
+                        "{:?} is already the name of listener[{first}]",
+                        listener.name
+                    ),
+                );
+            }
+            for addr in &listener.bind {
+                if let Some(other) = binds.insert(*addr, listener.name.clone()) {
+                    self.err(
+                        Some(l.get_ref().bind.span()),
+                        format!("listener[{i}].bind"),
+                        format!("{addr} is already bound by listener {other:?}"),
+                    );
+                }
+            }
+            listeners.push(listener);
+        }
+        if raw.listener.is_empty() {
+            self.err(None, "listener", "at least one [[listener]] is required");
+        }
+        Config {
+            file: self.file.to_path_buf(),
+            global,
+            listeners,
+            upstreams,
+        }
+    }
+
+    fn global(&mut self, g: Option<&RawGlobal>) -> Global {
+        let Some(g) = g else {
+            return Global {
+                workers: DEFAULT_WORKERS,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                log_format: LogFormat::Text,
+                access_log: true,
+            };
+        };
+        let workers = self.int(&g.workers, "global.workers", 0, MAX_WORKERS, 0) as usize;
+        let max_connections = self.int(
+            &g.max_connections,
+            "global.max_connections",
+            1,
+            i64::from(u32::MAX),
+            DEFAULT_MAX_CONNECTIONS as i64,
+        ) as usize;
+        let shutdown_timeout = match &g.shutdown_timeout {
+            // Zero is allowed here: exit without waiting for open connections.
+            Some(v) => match parse_duration(v.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(Some(v.span()), "global.shutdown_timeout", e);
+                    DEFAULT_SHUTDOWN_TIMEOUT
+                }
+            },
+            None => DEFAULT_SHUTDOWN_TIMEOUT,
+        };
+        let log_format = match g
+            .log_format
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                self.err(
+                    Some(span),
+                    "global.log_format",
+                    format!("must be \"text\" or \"json\", got {other:?}"),
+                );
+                LogFormat::Text
+            }
+        };
+        Global {
+            workers,
+            max_connections,
+            shutdown_timeout,
+            log_format,
+            access_log: g.access_log.unwrap_or(true),
+        }
+    }
+
+    fn listener(
+        &mut self,
+        i: usize,
+        sl: &Spanned<RawListener>,
+        upstreams: &std::collections::BTreeMap<String, Spanned<RawUpstream>>,
+    ) -> Option<Listener> {
+        let l = sl.get_ref();
+        let key = |k: &str| format!("listener[{i}].{k}");
+        let name = l.name.get_ref().clone();
+        if !units::is_valid_name(&name) {
+            self.err(
+                Some(l.name.span()),
+                key("name"),
+                format!("must match [a-z0-9_-]+, got {name:?}"),
+            );
+        }
+        let bind_strings: Vec<&str> = match l.bind.get_ref() {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        };
+        if bind_strings.is_empty() {
+            self.err(
+                Some(l.bind.span()),
+                key("bind"),
+                "must name at least one address",
+            );
+        }
+        let mut bind = Vec::new();
+        for s in bind_strings {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => bind.push(a),
+                Err(_) => self.err(
+                    Some(l.bind.span()),
+                    key("bind"),
+                    format!("is not an address like \"0.0.0.0:8080\" or \"[::]:8080\", got {s:?}"),
+                ),
+            }
+        }
+        let protocol = match l
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("http", _)) => Protocol::Http,
+            Some(("tcp", _)) => Protocol::Tcp,
+            Some((other, span)) => {
+                self.err(
+                    Some(span),
+                    key("protocol"),
+                    format!("must be \"http\" or \"tcp\", got {other:?}"),
+                );
+                Protocol::Tcp
+            }
+        };
+        if protocol == Protocol::Http {
+            let span = l.protocol.as_ref().map_or(sl.span(), |p| p.span());
+            self.err(
+                Some(span),
+                key("protocol"),
+                "\"http\" is not supported yet (only \"tcp\" listeners are)",
+            );
+        }
+
+        let upstream = l.upstream.as_ref().map(|u| u.get_ref().clone());
+        match &l.upstream {
+            Some(u) => match upstreams.get(u.get_ref()) {
+                None => self.err(
+                    Some(u.span()),
+                    key("upstream"),
+                    format!("names upstream {:?}, which is not defined", u.get_ref()),
+                ),
+                Some(up) if protocol == Protocol::Tcp => {
+                    if let Some(sticky) = &up.get_ref().sticky {
+                        self.err(
+                            Some(sticky.span()),
+                            format!("upstream.{}.sticky", u.get_ref()),
+                            format!(
+                                "needs HTTP cookies, but tcp listener {name:?} uses this upstream"
+                            ),
+                        );
+                    }
+                }
+                Some(_) => {}
+            },
+            None if protocol == Protocol::Tcp => self.err(
+                Some(sl.span()),
+                key("upstream"),
+                "is required on a tcp listener",
+            ),
+            None => {}
+        }
+
+        let max_connections = l.max_connections.as_ref().map(|_| {
+            self.int(
+                &l.max_connections,
+                &key("max_connections"),
+                1,
+                i64::from(u32::MAX),
+                1,
+            ) as usize
+        });
+        let idle_timeout =
+            self.duration(&l.idle_timeout, &key("idle_timeout"), DEFAULT_IDLE_TIMEOUT);
+        let header_timeout = self.duration(
+            &l.header_timeout,
+            &key("header_timeout"),
+            DEFAULT_HEADER_TIMEOUT,
+        );
+        let max_header_size = self.size(
+            &l.max_header_size,
+            &key("max_header_size"),
+            DEFAULT_MAX_HEADER_SIZE,
+        );
+        let max_body_size = self.size(
+            &l.max_body_size,
+            &key("max_body_size"),
+            DEFAULT_MAX_BODY_SIZE,
+        );
+        if max_header_size == 0 {
+            if let Some(v) = &l.max_header_size {
+                self.err(
+                    Some(v.span()),
+                    key("max_header_size"),
+                    "must be greater than zero",
+                );
+            }
+        }
+        let allow = self.cidrs(&l.allow, &key("allow"));
+        let deny = self.cidrs(&l.deny, &key("deny"));
+
+        if protocol == Protocol::Tcp {
+            let http_only: [(&str, Option<Range<usize>>); 5] = [
+                (
+                    "header_timeout",
+                    l.header_timeout.as_ref().map(Spanned::span),
+                ),
+                (
+                    "max_header_size",
+                    l.max_header_size.as_ref().map(Spanned::span),
+                ),
+                ("max_body_size", l.max_body_size.as_ref().map(Spanned::span)),
+                (
+                    "redirect_https",
+                    l.redirect_https.as_ref().map(Spanned::span),
+                ),
+                (
+                    "route",
+                    l.route.as_ref().and_then(|r| r.first()).map(Spanned::span),
+                ),
+            ];
+            for (k, span) in http_only {
+                if let Some(span) = span {
+                    self.err(Some(span), key(k), "only applies to http listeners");
+                }
+            }
+        }
+        if let Some(tls) = &l.tls {
+            self.unsupported(tls.span(), key("tls"));
+        }
+
+        Some(Listener {
+            name,
+            bind,
+            protocol,
+            upstream,
+            max_connections,
+            idle_timeout,
+            header_timeout,
+            max_header_size,
+            max_body_size,
+            access: AccessRules { allow, deny },
+        })
+    }
+
+    fn cidrs(&mut self, v: &Option<Vec<Spanned<String>>>, key: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (j, s) in v.iter().flatten().enumerate() {
+            match units::parse_cidr(s.get_ref()) {
+                Ok(n) => out.push(n),
+                Err(e) => self.err(Some(s.span()), format!("{key}[{j}]"), e),
+            }
+        }
+        out
+    }
+
+    fn upstream(&mut self, name: &str, su: &Spanned<RawUpstream>) -> Option<Upstream> {
+        let u = su.get_ref();
+        let key = |k: &str| format!("upstream.{name}.{k}");
+        if name.is_empty() || name.contains(['/', ' ', '"']) {
+            self.err(
+                Some(su.span()),
+                format!("upstream.{name:?}"),
+                "names must be non-empty and contain no '/', space or quote",
+            );
+        }
+        let strategy = match &u.strategy {
+            None => Strategy::RoundRobin,
+            Some(s) => match Strategy::ALL.iter().find(|(n, _)| n == s.get_ref()) {
+                Some((_, st)) if st.is_supported() => *st,
+                Some((n, st)) => {
+                    self.err(
+                        Some(s.span()),
+                        key("strategy"),
+                        format!("{n:?} is not supported yet (only \"round_robin\" is)"),
+                    );
+                    *st
+                }
+                None => {
+                    let names: Vec<&str> = Strategy::ALL.iter().map(|(n, _)| *n).collect();
+                    self.err(
+                        Some(s.span()),
+                        key("strategy"),
+                        format!("must be one of {}, got {:?}", names.join(", "), s.get_ref()),
+                    );
+                    Strategy::RoundRobin
+                }
+            },
+        };
+        if let Some(h) = &u.hash_key {
+            if strategy != Strategy::ConsistentHash {
+                self.err(
+                    Some(h.span()),
+                    key("hash_key"),
+                    "only applies to strategy = \"consistent_hash\"",
+                );
+            }
+        }
+        let connect_timeout = self.duration(
+            &u.connect_timeout,
+            &key("connect_timeout"),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let retries = self.int(
+            &u.retries,
+            &key("retries"),
+            0,
+            MAX_RETRIES,
+            i64::from(DEFAULT_RETRIES),
+        ) as u32;
+        for (k, span) in [
+            ("tls", u.tls.as_ref().map(Spanned::span)),
+            ("sticky", u.sticky.as_ref().map(Spanned::span)),
+            ("health", u.health.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                self.unsupported(span, key(k));
+            }
+        }
+
+        if u.backends.get_ref().is_empty() {
+            self.err(
+                Some(u.backends.span()),
+                key("backends"),
+                "must list at least one backend",
+            );
+        }
+        let mut backends: Vec<Backend> = Vec::new();
+        let mut seen_names: HashSet<String> = HashSet::new();
+        let mut seen_addrs: HashSet<String> = HashSet::new();
+        for (j, sb) in u.backends.get_ref().iter().enumerate() {
+            let b = sb.get_ref();
+            let bkey = |k: &str| format!("upstream.{name}.backends[{j}].{k}");
+            let address = b.address.get_ref().trim().to_string();
+            let resolved = match resolve(&address) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.err(Some(b.address.span()), bkey("address"), e);
+                    None
+                }
+            };
+            if !seen_addrs.insert(address.clone()) {
+                self.err(
+                    Some(b.address.span()),
+                    bkey("address"),
+                    format!("{address:?} is listed twice in this upstream"),
+                );
+            }
+            let weight = self.int(
+                &b.weight,
+                &bkey("weight"),
+                0,
+                MAX_WEIGHT,
+                i64::from(DEFAULT_WEIGHT),
+            ) as u32;
+            let bname = match &b.name {
+                Some(n) if n.get_ref().trim().is_empty() || n.get_ref().contains('/') => {
+                    self.err(
+                        Some(n.span()),
+                        bkey("name"),
+                        "must be non-empty and contain no '/'",
+                    );
+                    address.clone()
+                }
+                Some(n) => n.get_ref().clone(),
+                None => address.clone(),
+            };
+            if !seen_names.insert(bname.clone()) {
+                let span = b.name.as_ref().map_or(b.address.span(), Spanned::span);
+                self.err(
+                    Some(span),
+                    bkey("name"),
+                    format!("{bname:?} is already the name of another backend of this upstream"),
+                );
+            }
+            if let Some(resolved) = resolved {
+                backends.push(Backend {
+                    name: bname,
+                    address,
+                    resolved,
+                    weight,
+                });
+            }
+        }
+        Some(Upstream {
+            name: name.to_string(),
+            strategy,
+            connect_timeout,
+            retries,
+            backends,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn access_rules_deny_first_then_allow() {
+        let rules = AccessRules {
+            allow: vec![net("10.0.0.0/8")],
+            deny: vec![net("10.1.0.0/16")],
+        };
+        assert!(rules.admits("10.2.3.4".parse().unwrap()));
+        assert!(!rules.admits("10.1.3.4".parse().unwrap()));
+        assert!(!rules.admits("192.0.2.1".parse().unwrap()));
+        assert!(rules.admits("::ffff:10.2.3.4".parse().unwrap()));
+        assert!(AccessRules::default().admits("192.0.2.1".parse().unwrap()));
+    }
+}
+
+/// Resolves `host:port` (or an IP address with port) to its first address.
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("must be host:port, got {address:?}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("must be host:port, got {address:?}"));
+    }
+    match address.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{address:?} resolves to no address")),
+        Err(e) => Err(format!("{address:?} cannot be resolved: {e}")),
+    }
+}

@@ -1,0 +1,188 @@
+//! The configuration file as written: serde structs that mirror the TOML one to one.
+//!
+//! Every table rejects unknown keys. Values that need checks beyond their TOML type
+//! (durations, sizes, addresses, names, ranges) are kept as `Spanned` so that the
+//! validation can point at their line and column.
+//!
+//! The tables of features this build refuses ("not supported yet") are still parsed
+//! whole, so a typo in them is reported too; their fields are read once the feature is.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub global: Option<RawGlobal>,
+    pub admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub upstream: BTreeMap<String, Spanned<RawUpstream>>,
+    pub cache: Option<Spanned<RawCache>>,
+    pub failover: Option<Spanned<RawFailover>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    pub workers: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Spanned<String>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+/// `bind` is a single address or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Sizes are strings with a unit (`"64KiB"`) or integers of bytes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<OneOrMany>,
+    pub protocol: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub max_header_size: Option<Spanned<RawSize>>,
+    pub max_body_size: Option<Spanned<RawSize>>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub deny: Option<Vec<Spanned<String>>>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub tls: Option<Spanned<RawListenerTls>>,
+    pub route: Option<Vec<Spanned<RawRoute>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub certificates: Vec<RawCertificate>,
+    pub min_version: Option<String>,
+    pub alpn: Option<Vec<String>>,
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub upstream: Option<String>,
+    #[serde(rename = "static")]
+    pub static_dir: Option<String>,
+    pub cache: Option<bool>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub strategy: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub sticky: Option<Spanned<RawSticky>>,
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    pub name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub check: Option<String>,
+    pub path: Option<String>,
+    pub expect_status: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub passive_failures: Option<i64>,
+    pub eject_for: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_size: Option<RawSize>,
+    pub max_object_size: Option<RawSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    pub node: String,
+    pub priority: Option<i64>,
+    pub bind: String,
+    pub peers: Vec<String>,
+    pub interval: Option<String>,
+    pub dead_after: Option<String>,
+    pub preempt: Option<bool>,
+    pub secret_file: String,
+    #[serde(default)]
+    pub vips: Vec<RawVip>,
+    pub on_active: Option<String>,
+    pub on_passive: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub address: String,
+    pub interface: String,
+}

@@ -1,0 +1,115 @@
+//! The TCP engine (`protocol = "tcp"`): one accepted connection joined to a connection
+//! to a picked backend, bytes copied both ways with half-close passed on, until both
+//! sides are done, the connection is idle for `idle_timeout`, or shutdown cuts it.
+//!
+//! Accepting, connection limits and access rules happen before, in the runtime's
+//! accept loop; this module sees one admitted connection at a time.
+
+mod copy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::upstream::{Lease, Outcome, PickContext, Upstream};
+use copy::{Copied, End};
+
+/// Most tries one connection makes, whatever `retries` says, to bound the work a
+/// single client can cause.
+const MAX_ATTEMPTS: usize = 16;
+
+/// What a tcp listener needs per connection, from one configuration generation.
+#[derive(Debug)]
+pub struct Settings {
+    pub listener: String,
+    pub upstream: Arc<Upstream>,
+    pub idle_timeout: Duration,
+    pub access_log: bool,
+}
+
+/// Proxies one client connection to a backend of `s.upstream`. Returns when both
+/// directions are finished, or the connection was idle for too long, or `cut` fires.
+pub async fn proxy(client: TcpStream, peer: SocketAddr, s: Arc<Settings>, cut: CancellationToken) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let Some((backend_stream, lease)) = connect(&s, peer).await else {
+        warn!(
+            client.addr = %peer,
+            listener = %s.listener,
+            upstream = %s.upstream.name,
+            "no backend could be reached; closing the connection"
+        );
+        access_line(&s, peer, None, &Copied::default(), started, End::NoBackend);
+        return;
+    };
+    let (copied, end) = copy::both_ways(client, backend_stream, s.idle_timeout, &cut).await;
+    if let End::Error(e) = &end {
+        debug!(client.addr = %peer, backend.addr = %lease.backend().addr, error = %e, "connection ended with an error");
+    }
+    access_line(&s, peer, Some(&lease), &copied, started, end);
+}
+
+/// Picks and connects, moving on to another backend after a failed connect, up to
+/// the upstream's `retries`.
+async fn connect(s: &Settings, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
+    let up = &s.upstream;
+    let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
+    let mut tried: Vec<usize> = Vec::new();
+    for _ in 0..attempts {
+        let mut lease = up.pick(&PickContext {
+            client: Some(peer),
+            exclude: &tried,
+        })?;
+        let addr = lease.backend().addr;
+        let err = match timeout(up.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                lease.set_outcome(Outcome::Success);
+                return Some((stream, lease));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", up.connect_timeout),
+        };
+        warn!(
+            client.addr = %peer,
+            listener = %s.listener,
+            upstream = %up.name,
+            backend = %lease.backend().name,
+            backend.addr = %addr,
+            error = %err,
+            "connect to backend failed"
+        );
+        lease.set_outcome(Outcome::Failure);
+        tried.push(lease.index());
+    }
+    None
+}
+
+fn access_line(
+    s: &Settings,
+    peer: SocketAddr,
+    lease: Option<&Lease>,
+    copied: &Copied,
+    started: Instant,
+    end: End,
+) {
+    if !s.access_log {
+        return;
+    }
+    info!(
+        target: "fulcrum::access",
+        client = %peer,
+        listener = %s.listener,
+        upstream = %s.upstream.name,
+        backend = %lease.map_or("-", |l| l.backend().name.as_str()),
+        bytes_in = copied.from_client,
+        bytes_out = copied.to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = %end.as_str(),
+    );
+}

@@ -1,0 +1,13 @@
+//! fulcrum: a layer-4/layer-7 load balancer and reverse proxy.
+//!
+//! - [`config`]: the TOML file, parsed and validated into an immutable `Config`.
+//! - [`balance`]: the balancing strategies, pure and synchronous.
+//! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`.
+//! - [`l4`]: the TCP engine.
+//! - [`runtime`]: one generation of configuration, listeners, shutdown.
+
+pub mod balance;
+pub mod config;
+pub mod l4;
+pub mod runtime;
+pub mod upstream;

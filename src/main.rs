@@ -1,0 +1,133 @@
+//! The `fulcrum` binary: command line, logging, the tokio runtime and signals.
+//! Everything else is in the library.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fulcrum::config::{Config, LogFormat};
+use fulcrum::runtime::Server;
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_CONFIG: &str = "/etc/fulcrum/fulcrum.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "fulcrum",
+    version,
+    about = "A layer-4/layer-7 load balancer and reverse proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the configuration file.
+    Run {
+        /// Defaults to $FULCRUM_CONFIG, then /etc/fulcrum/fulcrum.toml.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate everything `run` would load, print a summary, and exit.
+    Check {
+        /// Defaults to $FULCRUM_CONFIG, then /etc/fulcrum/fulcrum.toml.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("FULCRUM_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => check(config_path(config)),
+        Command::Run { config } => match run(config_path(config)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("fulcrum: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match Config::load(&path) {
+        Ok(config) => {
+            print!("{}", config.summary());
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    init_logging(config.global.log_format);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.global.workers > 0 {
+        builder.worker_threads(config.global.workers);
+    }
+    let rt = builder.build().context("cannot start the runtime")?;
+    let code = rt.block_on(async {
+        let server = match Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("fulcrum: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let report = server.run(shutdown_signal()).await;
+        tracing::info!(cut = report.cut, "exiting");
+        ExitCode::SUCCESS
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(code)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
