@@ -13,6 +13,9 @@ pub use round_robin::RoundRobin;
 /// The backends a strategy chooses among, seen through their live state.
 pub trait Candidates {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn weight(&self, i: usize) -> u32;
     /// Healthy, not drained, and weight > 0.
     fn is_eligible(&self, i: usize) -> bool;

@@ -368,7 +368,8 @@ impl Validator<'_> {
                     ),
                 );
             }
-            for addr in &listener.bind {
+            // Port 0 asks the kernel for a fresh port each time: never a clash.
+            for addr in listener.bind.iter().filter(|a| a.port() != 0) {
                 if let Some(other) = binds.insert(*addr, listener.name.clone()) {
                     self.err(
                         Some(l.get_ref().bind.span()),
@@ -767,6 +768,25 @@ impl Validator<'_> {
     }
 }
 
+/// Resolves `host:port` (or an IP address with port) to its first address.
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("must be host:port, got {address:?}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("must be host:port, got {address:?}"));
+    }
+    match address.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{address:?} resolves to no address")),
+        Err(e) => Err(format!("{address:?} cannot be resolved: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,24 +806,5 @@ mod tests {
         assert!(!rules.admits("192.0.2.1".parse().unwrap()));
         assert!(rules.admits("::ffff:10.2.3.4".parse().unwrap()));
         assert!(AccessRules::default().admits("192.0.2.1".parse().unwrap()));
-    }
-}
-
-/// Resolves `host:port` (or an IP address with port) to its first address.
-fn resolve(address: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = address.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(format!("must be host:port, got {address:?}"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("must be host:port, got {address:?}"));
-    }
-    match address.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("{address:?} resolves to no address")),
-        Err(e) => Err(format!("{address:?} cannot be resolved: {e}")),
     }
 }

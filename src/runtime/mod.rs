@@ -130,13 +130,13 @@ impl Server {
         shutdown.await;
 
         let timeout = shared.current.load().config.global.shutdown_timeout;
+        shared.stop_accepting.cancel();
+        while loops.join_next().await.is_some() {}
         info!(
             open = shared.tracker.len(),
             timeout = ?timeout,
-            "shutting down: no longer accepting, waiting for open connections"
+            "shutting down: listeners closed, waiting for open connections"
         );
-        shared.stop_accepting.cancel();
-        while loops.join_next().await.is_some() {}
         shared.tracker.close();
         let cut = match tokio::time::timeout(timeout, shared.tracker.wait()).await {
             Ok(()) => 0,

@@ -1,0 +1,272 @@
+//! The `fulcrum` binary: command line, exit codes, signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fulcrum"));
+    c.env_remove("FULCRUM_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+/// A config file in a fresh directory of its own, removed when dropped.
+struct TempConfig {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempConfig {
+    fn new(name: &str, contents: &str) -> TempConfig {
+        let dir = std::env::temp_dir().join(format!("fulcrum-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fulcrum.toml");
+        std::fs::write(&path, contents).unwrap();
+        TempConfig { dir, path }
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run fulcrum");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+#[test]
+fn version_is_printed() {
+    let (code, out, _) = output(bin().arg("--version"));
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("fulcrum {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_accepts_every_example_and_prints_a_summary() {
+    for entry in std::fs::read_dir(example("")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let (code, out, err) = output(bin().arg("check").arg("-c").arg(&path));
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        assert!(out.lines().any(|l| l.starts_with("listener ")), "{out}");
+        assert_eq!(out.lines().last(), Some("ok"));
+    }
+}
+
+#[test]
+fn check_rejects_an_invalid_file_with_its_position_and_exit_1() {
+    let t = TempConfig::new("check-invalid", "[global]\nworkers = \"many\"\n");
+    let (code, out, err) = output(bin().arg("check").arg("--config").arg(&t.path));
+    assert_eq!(code, 1);
+    assert!(!out.contains("ok"));
+    assert!(
+        err.starts_with(&format!("{}:2:11: `global.workers`", t.path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_config_path_comes_from_the_environment_when_not_given() {
+    let (code, out, _) = output(
+        bin()
+            .arg("check")
+            .env("FULCRUM_CONFIG", example("tcp.toml")),
+    );
+    assert_eq!(code, 0);
+    assert!(out.ends_with("ok\n"));
+    let (code, _, err) = output(
+        bin()
+            .arg("check")
+            .env("FULCRUM_CONFIG", "/nonexistent/f.toml"),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/f.toml: cannot be read"), "{err}");
+}
+
+#[test]
+fn run_refuses_an_invalid_file_with_exit_1() {
+    let t = TempConfig::new(
+        "run-invalid",
+        "[[listener]]\nname = \"x\"\nbind = \"nowhere\"\n",
+    );
+    let (code, _, err) = output(bin().arg("run").arg("-c").arg(&t.path));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`listener[0].bind` is not an address"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_names_the_listener_and_address_when_a_bind_fails() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let t = TempConfig::new(
+        "bind-fails",
+        &format!(
+            "[[listener]]\nname = \"busy\"\nbind = \"{addr}\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
+        ),
+    );
+    let (code, _, err) = output(bin().arg("run").arg("-c").arg(&t.path));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("listener \"busy\": cannot bind {addr}")),
+        "{err}"
+    );
+}
+
+/// A running fulcrum process with JSON logs, its stderr read line by line.
+struct Process {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Process {
+    fn start(config: &Path) -> Process {
+        let mut child = bin()
+            .arg("run")
+            .arg("-c")
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn fulcrum");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Process { child, lines }
+    }
+
+    /// Waits for the first log line whose `key` is `value`.
+    fn wait_for_field(&self, key: &str, value: &str) -> serde_json::Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("no log line with {key} = {value:?}"));
+            if line[key] == value {
+                return line;
+            }
+        }
+    }
+
+    fn wait_for(&self, message: &str) -> serde_json::Value {
+        self.wait_for_field("message", message)
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        for _ in 0..(PATIENCE.as_millis() / 20) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("fulcrum did not exit");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn process_config(name: &str, backend: SocketAddr, shutdown_timeout: &str) -> TempConfig {
+    TempConfig::new(
+        name,
+        &format!(
+            "[global]\nlog_format = \"json\"\nshutdown_timeout = \"{shutdown_timeout}\"\n\
+             [[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{{ address = \"{backend}\", name = \"a\" }}]\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
+    let a = Backend::start("a").await;
+    let t = process_config("sigterm", a.addr, "20s");
+    let mut p = Process::start(&t.path);
+    let listening = p.wait_for("listening");
+    let addr: SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+
+    let mut open = Client::connect(addr).await;
+    assert_eq!(open.greeting().await.as_deref(), Some("a"));
+    p.signal("TERM");
+    p.wait_for("shutting down: listeners closed, waiting for open connections");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+
+    open.writer.write_all(b"done").await.unwrap();
+    open.writer.shutdown().await.unwrap();
+    assert_eq!(open.read_to_end().await, b"donebye:a");
+    let line = p.wait_for_field("target", "fulcrum::access");
+    assert_eq!(line["listener"], "front");
+    assert_eq!(line["backend"], "a");
+    assert_eq!(line["bytes_in"], 4);
+    assert_eq!(line["bytes_out"], "a\ndonebye:a".len());
+    assert_eq!(p.wait_exit(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_cuts_connections_left_at_the_shutdown_timeout_and_exits_0() {
+    let a = Backend::start("a").await;
+    let t = process_config("sigint", a.addr, "300ms");
+    let mut p = Process::start(&t.path);
+    let addr: SocketAddr = p.wait_for("listening")["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut open = Client::connect(addr).await;
+    assert_eq!(open.greeting().await.as_deref(), Some("a"));
+    p.signal("INT");
+    let cut = p.wait_for("shutdown timeout reached: connections cut");
+    assert_eq!(cut["cut"], 1);
+    assert_eq!(open.read_to_end().await, b"");
+    assert_eq!(p.wait_exit(), 0);
+}

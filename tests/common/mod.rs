@@ -1,0 +1,209 @@
+//! Fixtures: real backends and a real fulcrum on loopback port 0.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum::config::Config;
+use fulcrum::runtime::{Server, ShutdownReport};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous bound for anything a test waits on; never a measurement.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A TCP backend that greets each connection with its name and a newline, echoes
+/// what it receives, and after the client's half-close sends "bye:NAME" and closes.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let greeting = format!("{name}\n");
+        let bye = format!("bye:{name}");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let greeting = greeting.clone();
+                let bye = bye.clone();
+                tokio::spawn(async move {
+                    if s.write_all(greeting.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let (mut r, mut w) = s.split();
+                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                        let _ = w.write_all(bye.as_bytes()).await;
+                    }
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            accepted,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address where nothing listens: bound once, then released.
+pub async fn refusing_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A fulcrum server started from TOML in this process.
+pub struct Fulcrum {
+    server_addrs: Vec<(String, SocketAddr)>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<ShutdownReport>,
+}
+
+impl Fulcrum {
+    pub async fn start(toml: &str) -> Fulcrum {
+        let config = Config::parse(toml, Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        let server = Server::bind(config).await.expect("bind");
+        let server_addrs = names
+            .iter()
+            .flat_map(|n| {
+                server
+                    .local_addrs(n)
+                    .into_iter()
+                    .map(move |a| (n.clone(), a))
+            })
+            .collect();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Fulcrum {
+            server_addrs,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.server_addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {listener}"))
+    }
+
+    /// Begins shutdown and waits for it to finish.
+    pub async fn stop(mut self) -> ShutdownReport {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), &mut self.handle)
+            .await
+            .expect("shutdown finished")
+            .expect("server task")
+    }
+
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Fulcrum {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// A client connection, with its reader buffered.
+pub struct Client {
+    pub reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    pub writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let (r, w) = s.into_split();
+        Client {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    /// The first line: the name of the backend reached, or `None` if the connection
+    /// was closed without one.
+    pub async fn greeting(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => Some(line.trim_end().to_string()),
+            Ok(_) => None,
+            Err(_) => panic!("no greeting and no close within {PATIENCE:?}"),
+        }
+    }
+
+    /// Reads to the end of the stream.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        tokio::time::timeout(PATIENCE, self.reader.read_to_end(&mut out))
+            .await
+            .expect("stream ended in time")
+            .ok();
+        out
+    }
+}
+
+/// Connects and returns which backend answered (`None` for a closed connection).
+pub async fn who(addr: SocketAddr) -> Option<String> {
+    Client::connect(addr).await.greeting().await
+}
+
+/// A tcp listener config on 127.0.0.1:0 named "front" in front of upstream "app".
+pub fn tcp_config(extra_listener: &str, upstream: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n{extra_listener}\n\
+         [upstream.app]\n{upstream}\n"
+    )
+}
+
+pub fn backends_list(backends: &[(&Backend, u32)]) -> String {
+    let items: Vec<String> = backends
+        .iter()
+        .map(|(b, w)| {
+            format!(
+                "{{ address = \"{}\", name = \"{}\", weight = {w} }}",
+                b.addr, b.name
+            )
+        })
+        .collect();
+    format!("backends = [{}]", items.join(", "))
+}

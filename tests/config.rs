@@ -1,0 +1,238 @@
+//! Invalid configuration files, each with the message it must produce; and every
+//! example in config/ must be valid.
+
+use std::path::Path;
+
+use fulcrum::config::Config;
+
+const BASE: &str = r#"
+[[listener]]
+name = "front"
+bind = "127.0.0.1:7000"
+protocol = "tcp"
+upstream = "app"
+
+[upstream.app]
+backends = [{ address = "127.0.0.1:7001" }]
+"#;
+
+fn errors(src: &str) -> String {
+    match Config::parse(src, Path::new("fulcrum.toml")) {
+        Ok(_) => panic!("accepted an invalid file:\n{src}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_base_file_is_valid() {
+    let c = Config::parse(BASE, Path::new("fulcrum.toml")).unwrap();
+    assert_eq!(c.listeners[0].upstream.as_deref(), Some("app"));
+    assert_eq!(c.upstreams[0].backends[0].weight, 1);
+    assert_eq!(c.upstreams[0].retries, 1);
+}
+
+#[test]
+fn each_invalid_file_gets_its_message() {
+    // (file, the complete error it must produce)
+    let table: &[(&str, &str)] = &[
+        (
+            "[global]\nworkerz = 2\n",
+            "fulcrum.toml:2:1: `global.workerz` unknown field `workerz`, expected one of `workers`, `max_connections`, `shutdown_timeout`, `log_format`, `access_log`",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }, { address = \"127.0.0.1:3\", weight = -1 }]\n",
+            "fulcrum.toml:7:78: `upstream.app.backends[1].weight` must be between 0 and 1000, got -1",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"nope\"\n",
+            "fulcrum.toml:5:12: `listener[0].upstream` names upstream \"nope\", which is not defined",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\n",
+            "fulcrum.toml:1:1: `listener[0].upstream` is required on a tcp listener",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"localhost\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:3:8: `listener[0].bind` is not an address like \"0.0.0.0:8080\" or \"[::]:8080\", got \"localhost\"",
+        ),
+        (
+            "[global]\nshutdown_timeout = \"soon\"\n",
+            "fulcrum.toml:2:20: `global.shutdown_timeout` is not a duration",
+        ),
+        (
+            "[[listener]]\nname = \"Web\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:2:8: `listener[0].name` must match [a-z0-9_-]+, got \"Web\"",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"udp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:4:12: `listener[0].protocol` must be \"http\" or \"tcp\", got \"udp\"",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\nallow = [\"10.0.0.0/33\"]\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:10: `listener[0].allow[0]` is not a network in CIDR form like \"10.0.0.0/8\", got \"10.0.0.0/33\"",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\nidle_timeout = \"0s\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:16: `listener[0].idle_timeout` must be greater than zero",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\nmax_header_size = \"12 parsecs\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:19: `listener[0].max_header_size` is not a size",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\nmax_header_size = \"8KiB\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:19: `listener[0].max_header_size` only applies to http listeners",
+        ),
+        (
+            "[upstream.app]\nbackends = []\n",
+            "fulcrum.toml:2:12: `upstream.app.backends` must list at least one backend",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1\" }]\n",
+            "fulcrum.toml:2:25: `upstream.app.backends[0].address` must be host:port, got \"127.0.0.1\"",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }, { address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:2:54: `upstream.app.backends[1].address` \"127.0.0.1:2\" is listed twice in this upstream",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\", name = \"x\" }, { address = \"127.0.0.1:3\", name = \"x\" }]\n",
+            "fulcrum.toml:2:88: `upstream.app.backends[1].name` \"x\" is already the name of another backend of this upstream",
+        ),
+        (
+            "[upstream.app]\nstrategy = \"fastest\"\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:2:12: `upstream.app.strategy` must be one of round_robin, least_connections, random, consistent_hash, ewma, got \"fastest\"",
+        ),
+        (
+            "[upstream.app]\nhash_key = \"path\"\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:2:12: `upstream.app.hash_key` only applies to strategy = \"consistent_hash\"",
+        ),
+        (
+            "[upstream.app]\nretries = 1000\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:2:11: `upstream.app.retries` must be between 0 and 100, got 1000",
+        ),
+        (
+            "[global]\nlog_format = \"xml\"\n",
+            "fulcrum.toml:2:14: `global.log_format` must be \"text\" or \"json\", got \"xml\"",
+        ),
+        (
+            "[global]\nworkers = -1\n",
+            "fulcrum.toml:2:11: `global.workers` must be between 0 and 1024, got -1",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [[listener]]\nname = \"a\"\nbind = \"127.0.0.1:2\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:3\" }]\n",
+            "fulcrum.toml:7:8: `listener[1].name` \"a\" is already the name of listener[0]",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [[listener]]\nname = \"b\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:3\" }]\n",
+            "fulcrum.toml:8:8: `listener[1].bind` 127.0.0.1:1 is already bound by listener \"a\"",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:3\" }]\n[upstream.app.sticky]\ncookie = \"s\"\n",
+            "fulcrum.toml:8:1: `upstream.app.sticky` needs HTTP cookies, but tcp listener \"a\" uses this upstream",
+        ),
+        (
+            "[[listener]\nname = \"a\"\n",
+            "fulcrum.toml:1:12: unclosed array table, expected `]`",
+        ),
+        (
+            "[global]\nmax_connections = \"lots\"\n",
+            "fulcrum.toml:2:19: `global.max_connections` invalid type: string \"lots\", expected i64",
+        ),
+    ];
+    for (src, expected) in table {
+        let got = errors(src);
+        assert!(
+            got.lines().any(|l| l.starts_with(expected)),
+            "for:\n{src}\nexpected a line starting with:\n{expected}\ngot:\n{got}"
+        );
+    }
+}
+
+#[test]
+fn features_not_built_yet_are_refused_not_ignored() {
+    let table: &[(&str, &str)] = &[
+        (
+            "[admin]\nbind = \"127.0.0.1:9090\"\n",
+            "`admin` is not supported yet",
+        ),
+        (
+            "[cache]\nmax_size = \"1MiB\"\n",
+            "`cache` is not supported yet",
+        ),
+        (
+            "[failover]\nnode = \"a\"\nbind = \"127.0.0.1:1\"\npeers = []\nsecret_file = \"k\"\n",
+            "`failover` is not supported yet",
+        ),
+        (
+            "[upstream.app.health]\ncheck = \"tcp\"\n",
+            "`upstream.app.health` is not supported yet",
+        ),
+        (
+            "[upstream.app.tls]\nsni = \"x\"\n",
+            "`upstream.app.tls` is not supported yet",
+        ),
+        (
+            "[[listener.tls.certificates]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            "`listener[0].tls` is not supported yet",
+        ),
+    ];
+    for (extra, expected) in table {
+        let got = errors(&format!("{BASE}{extra}"));
+        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
+    }
+    let http = BASE.replace("protocol = \"tcp\"", "protocol = \"http\"");
+    assert!(errors(&http).contains("`listener[0].protocol` \"http\" is not supported yet"));
+    let lc = BASE.replace(
+        "[upstream.app]",
+        "[upstream.app]\nstrategy = \"least_connections\"",
+    );
+    assert!(
+        errors(&lc).contains("`upstream.app.strategy` \"least_connections\" is not supported yet")
+    );
+}
+
+#[test]
+fn every_error_in_a_file_is_reported_at_once() {
+    let src = "[global]\nworkers = -1\nlog_format = \"xml\"\n[upstream.app]\nbackends = []\n";
+    let got = errors(src);
+    assert_eq!(got.lines().count(), 4, "{got}"); // the three above, and no listener
+    assert!(got.contains("at least one [[listener]] is required"));
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let err = Config::load(Path::new("/nonexistent/fulcrum.toml")).unwrap_err();
+    assert!(err
+        .to_string()
+        .starts_with("/nonexistent/fulcrum.toml: cannot be read"));
+}
+
+#[test]
+fn every_example_in_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            if let Err(e) = Config::load(&path) {
+                panic!("{} is invalid:\n{e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
