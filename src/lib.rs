@@ -6,8 +6,10 @@
 //! - [`l4`]: the TCP engine.
 //! - [`runtime`]: one generation of configuration, listeners, shutdown.
 
+pub mod activity;
 pub mod balance;
 pub mod config;
 pub mod l4;
+pub mod l7;
 pub mod runtime;
 pub mod upstream;

@@ -194,8 +194,17 @@ fn features_not_built_yet_are_refused_not_ignored() {
         let got = errors(&format!("{BASE}{extra}"));
         assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
     }
-    let http = BASE.replace("protocol = \"tcp\"", "protocol = \"http\"");
-    assert!(errors(&http).contains("`listener[0].protocol` \"http\" is not supported yet"));
+    let cached = BASE.replace("protocol = \"tcp\"", "protocol = \"http\"")
+        + "[[listener.route]]\nupstream = \"app\"\ncache = true\n";
+    let cached = cached.replace(
+        "[upstream.app]\nbackends = [{ address = \"127.0.0.1:7001\" }]\n",
+        "",
+    ) + "[upstream.app]\nbackends = [{ address = \"127.0.0.1:7001\" }]\n";
+    assert!(
+        errors(&cached).contains("`listener[0].route[0].cache` is not supported yet"),
+        "{}",
+        errors(&cached)
+    );
     let lc = BASE.replace(
         "[upstream.app]",
         "[upstream.app]\nstrategy = \"least_connections\"",

@@ -30,6 +30,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 0;
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RETRIES: u32 = 1;
 pub const MAX_RETRIES: i64 = 100;
@@ -92,6 +93,54 @@ pub struct Listener {
     /// 0 means no limit.
     pub max_body_size: u64,
     pub access: AccessRules,
+    /// http: answer every request with a 308 to the same host and path over https.
+    pub redirect_https: bool,
+    /// http: tried in order, the first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub host: Option<HostPattern>,
+    pub path_prefix: Option<String>,
+    /// Upper case; empty means any method.
+    pub methods: Vec<String>,
+    /// Lower-case names, exact values.
+    pub headers: Vec<(String, String)>,
+    pub target: RouteTarget,
+    /// Time allowed for the upstream's response headers.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Lower case.
+    Exact(String),
+    /// `*.example.com` kept as `.example.com`, lower case: one or more labels before it.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// `host` without its port; compared without regard to case.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len()
+                    && host.is_char_boundary(host.len() - s.len())
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                    && !host[..host.len() - s.len()].ends_with('.')
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    Upstream(String),
+    /// A directory, already resolved against the config file's directory.
+    Static(PathBuf),
 }
 
 /// A listener's `allow` and `deny` networks.
@@ -231,6 +280,14 @@ impl Config {
             );
             if let Some(u) = &l.upstream {
                 let _ = write!(out, " -> upstream {u}");
+            }
+            if !l.routes.is_empty() {
+                let _ = write!(
+                    out,
+                    ", {} route{}",
+                    l.routes.len(),
+                    if l.routes.len() == 1 { "" } else { "s" }
+                );
             }
             out.push('\n');
         }
@@ -499,15 +556,6 @@ impl Validator<'_> {
                 Protocol::Tcp
             }
         };
-        if protocol == Protocol::Http {
-            let span = l.protocol.as_ref().map_or(sl.span(), |p| p.span());
-            self.err(
-                Some(span),
-                key("protocol"),
-                "\"http\" is not supported yet (only \"tcp\" listeners are)",
-            );
-        }
-
         let upstream = l.upstream.as_ref().map(|u| u.get_ref().clone());
         match &l.upstream {
             Some(u) => match upstreams.get(u.get_ref()) {
@@ -604,6 +652,16 @@ impl Validator<'_> {
         if let Some(tls) = &l.tls {
             self.unsupported(tls.span(), key("tls"));
         }
+        let routes = if protocol == Protocol::Http {
+            l.route
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(j, r)| self.route(&format!("listener[{i}].route[{j}]"), r, upstreams))
+                .collect()
+        } else {
+            Vec::new()
+        };
 
         Some(Listener {
             name,
@@ -616,6 +674,142 @@ impl Validator<'_> {
             max_header_size,
             max_body_size,
             access: AccessRules { allow, deny },
+            redirect_https: l.redirect_https.as_ref().is_some_and(|r| *r.get_ref()),
+            routes,
+        })
+    }
+
+    fn route(
+        &mut self,
+        key: &str,
+        sr: &Spanned<RawRoute>,
+        upstreams: &std::collections::BTreeMap<String, Spanned<RawUpstream>>,
+    ) -> Option<Route> {
+        let r = sr.get_ref();
+        let k = |f: &str| format!("{key}.{f}");
+        let host = r.host.as_ref().and_then(|h| {
+            let text = h.get_ref().trim().to_ascii_lowercase();
+            let (pattern, name) = match text.strip_prefix("*.") {
+                Some(rest) => (HostPattern::Suffix(format!(".{rest}")), rest.to_string()),
+                None => (HostPattern::Exact(text.clone()), text.clone()),
+            };
+            let valid = !name.is_empty()
+                && name
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            if valid {
+                Some(pattern)
+            } else {
+                self.err(
+                    Some(h.span()),
+                    k("host"),
+                    format!("must be a host name like \"api.example.com\" or \"*.example.com\" (no port), got {:?}", h.get_ref()),
+                );
+                None
+            }
+        });
+        let path_prefix = r.path_prefix.as_ref().and_then(|p| {
+            if p.get_ref().starts_with('/') {
+                Some(p.get_ref().clone())
+            } else {
+                self.err(
+                    Some(p.span()),
+                    k("path_prefix"),
+                    format!("must start with '/', got {:?}", p.get_ref()),
+                );
+                None
+            }
+        });
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.iter().flatten().enumerate() {
+            let upper = m.get_ref().to_ascii_uppercase();
+            if upper.is_empty() || http::Method::from_bytes(upper.as_bytes()).is_err() {
+                self.err(
+                    Some(m.span()),
+                    format!("{key}.methods[{j}]"),
+                    format!("is not an HTTP method, got {:?}", m.get_ref()),
+                );
+            } else {
+                methods.push(upper);
+            }
+        }
+        let mut headers = Vec::new();
+        if let Some(h) = &r.headers {
+            for (name, value) in h.get_ref() {
+                let lower = name.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                    self.err(
+                        Some(h.span()),
+                        format!("{key}.headers.{name}"),
+                        "is not a valid header name",
+                    );
+                } else if http::HeaderValue::from_str(value).is_err() {
+                    self.err(
+                        Some(h.span()),
+                        format!("{key}.headers.{name}"),
+                        format!("is not a valid header value, got {value:?}"),
+                    );
+                } else {
+                    headers.push((lower, value.clone()));
+                }
+            }
+        }
+        let timeout = self.duration(&r.timeout, &k("timeout"), DEFAULT_ROUTE_TIMEOUT);
+        if let Some(c) = &r.cache {
+            if *c.get_ref() {
+                self.unsupported(c.span(), k("cache"));
+            }
+        }
+        let target = match (&r.upstream, &r.static_dir) {
+            (Some(u), None) => {
+                if !upstreams.contains_key(u.get_ref()) {
+                    self.err(
+                        Some(u.span()),
+                        k("upstream"),
+                        format!("names upstream {:?}, which is not defined", u.get_ref()),
+                    );
+                }
+                RouteTarget::Upstream(u.get_ref().clone())
+            }
+            (None, Some(d)) => {
+                let dir = self
+                    .file
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(d.get_ref());
+                if !dir.is_dir() {
+                    self.err(
+                        Some(d.span()),
+                        k("static"),
+                        format!("{} is not a readable directory", dir.display()),
+                    );
+                }
+                RouteTarget::Static(dir)
+            }
+            (Some(u), Some(_)) => {
+                self.err(
+                    Some(u.span()),
+                    key.to_string(),
+                    "has both `upstream` and `static`; a route serves one of them",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.err(
+                    Some(sr.span()),
+                    key.to_string(),
+                    "needs `upstream` or `static`",
+                );
+                return None;
+            }
+        };
+        Some(Route {
+            host,
+            path_prefix,
+            methods,
+            headers,
+            target,
+            timeout,
         })
     }
 
@@ -793,6 +987,20 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn host_patterns_match_exactly_or_by_suffix_ignoring_case() {
+        let exact = HostPattern::Exact("api.example.com".into());
+        assert!(exact.matches("API.example.com"));
+        assert!(!exact.matches("x.api.example.com"));
+        let wild = HostPattern::Suffix(".example.com".into());
+        assert!(wild.matches("a.example.com"));
+        assert!(wild.matches("a.b.EXAMPLE.com"));
+        assert!(!wild.matches("example.com"));
+        assert!(!wild.matches(".example.com"));
+        assert!(!wild.matches("a..example.com"));
+        assert!(!wild.matches("badexample.com"));
     }
 
     #[test]

@@ -97,15 +97,15 @@ pub struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
-    pub host: Option<String>,
-    pub path_prefix: Option<String>,
-    pub methods: Option<Vec<String>>,
-    pub headers: Option<BTreeMap<String, String>>,
-    pub upstream: Option<String>,
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub upstream: Option<Spanned<String>>,
     #[serde(rename = "static")]
-    pub static_dir: Option<String>,
-    pub cache: Option<bool>,
-    pub timeout: Option<String>,
+    pub static_dir: Option<Spanned<String>>,
+    pub cache: Option<Spanned<bool>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::snapshot::Engine;
 use super::Shared;
-use crate::l4;
+use crate::{l4, l7};
 
 const BACKLOG: i32 = 1024;
 
@@ -51,37 +51,55 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(global_permit) = shared.global_limit.clone().try_acquire_owned() else {
-            debug!(listener = %name, client.addr = %peer, "over global.max_connections: closed");
-            continue;
-        };
-        let listener_permit = match &limit {
-            Some(l) => match l.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    debug!(listener = %name, client.addr = %peer, "over the listener's max_connections: closed");
-                    continue;
-                }
-            },
-            None => None,
-        };
         let snapshot = shared.current.load_full();
         let Some(entry) = snapshot.listener(&name) else {
             continue;
         };
-        if !entry.access.admits(peer.ip()) {
-            debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
+        let Some(permits) = admit(&shared.global_limit, limit.as_ref()) else {
+            debug!(listener = %name, client.addr = %peer, "over max_connections: closed");
+            if let Engine::Http(_) = entry.engine {
+                // One try, never a wait: the answer fits any socket buffer.
+                let _ = stream.try_write(l7::OVERLOADED);
+            }
             continue;
-        }
+        };
+        let admitted = entry.access.admits(peer.ip());
         let cut = shared.cut.clone();
         match &entry.engine {
             Engine::Tcp(settings) => {
+                if !admitted {
+                    debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
+                    continue;
+                }
                 let settings = settings.clone();
                 shared.tracker.spawn(async move {
-                    let _permits = (global_permit, listener_permit);
+                    let _permits = permits;
                     l4::proxy(stream, peer, settings, cut).await;
+                });
+            }
+            Engine::Http(settings) => {
+                let settings = settings.clone();
+                let drain = shared.stop_accepting.clone();
+                let tracker = shared.tracker.clone();
+                shared.tracker.spawn(async move {
+                    let _permits = permits;
+                    l7::serve_connection(stream, peer, settings, admitted, drain, cut, tracker)
+                        .await;
                 });
             }
         }
     }
+}
+
+/// Takes a place under the global limit and the listener's own, or neither.
+fn admit(
+    global: &Arc<Semaphore>,
+    listener: Option<&Arc<Semaphore>>,
+) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+    let g = global.clone().try_acquire_owned().ok()?;
+    let l = match listener {
+        Some(l) => Some(l.clone().try_acquire_owned().ok()?),
+        None => None,
+    };
+    Some((g, l))
 }

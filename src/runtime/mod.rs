@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::l7::Pools;
 use crate::upstream::Registry;
 pub use snapshot::Snapshot;
 
@@ -70,7 +71,8 @@ impl Server {
     /// Builds the first generation from `config` and binds every listener.
     pub async fn bind(config: Config) -> Result<Server, BindError> {
         let registry = Registry::new();
-        let snapshot = Snapshot::build(Arc::new(config), 1, &registry);
+        let pools = Pools::new();
+        let snapshot = Snapshot::build(Arc::new(config), 1, &registry, &pools);
         let mut bound = Vec::new();
         for l in &snapshot.config.listeners {
             let limit = l.max_connections.map(|n| Arc::new(Semaphore::new(n)));

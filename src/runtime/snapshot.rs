@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::{AccessRules, Config, Protocol};
 use crate::l4;
+use crate::l7;
 use crate::upstream::{Registry, Upstream};
 
 pub struct Snapshot {
@@ -22,15 +23,38 @@ pub(crate) struct ListenerEntry {
 
 pub(crate) enum Engine {
     Tcp(Arc<l4::Settings>),
+    Http(Arc<l7::Settings>),
 }
 
 impl Snapshot {
-    pub fn build(config: Arc<Config>, generation: u64, registry: &Registry) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        generation: u64,
+        registry: &Registry,
+        pools: &l7::Pools,
+    ) -> Snapshot {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|u| (u.name.clone(), Arc::new(Upstream::build(u, registry))))
             .collect();
+        let http_upstreams: HashMap<String, Arc<l7::UpstreamTarget>> = if config
+            .listeners
+            .iter()
+            .any(|l| l.protocol == Protocol::Http)
+        {
+            upstreams
+                .iter()
+                .map(|(n, u)| {
+                    (
+                        n.clone(),
+                        Arc::new(l7::UpstreamTarget::new(u.clone(), pools)),
+                    )
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             // Validation guarantees a tcp listener names an existing upstream.
@@ -42,7 +66,12 @@ impl Snapshot {
                     idle_timeout: l.idle_timeout,
                     access_log: config.global.access_log,
                 })),
-                _ => continue,
+                (Protocol::Http, _) => Engine::Http(Arc::new(l7::Settings::build(
+                    l,
+                    &http_upstreams,
+                    config.global.access_log,
+                ))),
+                (Protocol::Tcp, None) => continue,
             };
             listeners.insert(
                 l.name.clone(),

@@ -262,6 +262,11 @@ impl Lease {
         &self.backend
     }
 
+    /// The backend, to keep after the lease is gone (for logging).
+    pub fn shared_backend(&self) -> Arc<Backend> {
+        self.backend.clone()
+    }
+
     /// The backend's index in its upstream, for `PickContext::exclude`.
     pub fn index(&self) -> usize {
         self.index

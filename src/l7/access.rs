@@ -1,0 +1,48 @@
+//! One access-log line per HTTP request, written when the response is over: when its
+//! body has been sent, or the client went away.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Uri};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::body::BodyStats;
+use crate::upstream::{Backend, Upstream};
+
+pub struct Record {
+    pub client: SocketAddr,
+    pub listener: Arc<str>,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    pub uri: Uri,
+    pub status: u16,
+    pub request_id: HeaderValue,
+    pub body: Option<Arc<BodyStats>>,
+    pub bytes_out: u64,
+    pub started: Instant,
+    pub upstream: Option<Arc<Upstream>>,
+    pub backend: Option<Arc<Backend>>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        info!(
+            target: "fulcrum::access",
+            client = %self.client.ip(),
+            listener = %self.listener,
+            method = %self.method,
+            host = %self.host.as_ref().and_then(|h| h.to_str().ok()).or(self.uri.host()).unwrap_or("-"),
+            path = %self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            status = self.status,
+            bytes_in = self.body.as_ref().map_or(0, |b| b.bytes.load(Ordering::Relaxed)),
+            bytes_out = self.bytes_out,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
+            backend = %self.backend.as_ref().map_or("-", |b| b.name.as_str()),
+            request_id = %self.request_id.to_str().unwrap_or("-"),
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Body types of the HTTP engine. Bodies stream frame by frame; none is collected.
+//!
+//! - [`RequestBody`]: what is sent to a backend: nothing, or the client's body with
+//!   `max_body_size` enforced and its bytes counted.
+//! - [`ResponseBody`]: what the client receives: a short error text, a backend's body
+//!   (whose connection returns to the pool when it ends), or a static file.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::pool::{BackendPool, Sender};
+use crate::upstream::Lease;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Counts of one request's body, shared with its access record.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    pub bytes: AtomicU64,
+    pub too_large: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body over max_body_size")]
+pub struct TooLarge;
+
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    /// 0: no limit.
+    limit: u64,
+    seen: u64,
+    stats: Option<Arc<BodyStats>>,
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            stats: None,
+        }
+    }
+
+    pub fn stream(inner: Incoming, limit: u64, stats: Arc<BodyStats>) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+            stats: Some(stats),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if let Some(stats) = &this.stats {
+                        stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if this.limit > 0 && this.seen > this.limit {
+                            stats.too_large.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// A backend's response body. Holds the lease (the request is in flight on the
+/// backend until its body ends) and the connection, which returns to the pool once the
+/// body ended cleanly.
+pub struct UpstreamBody {
+    pub inner: Incoming,
+    pub conn: Option<(Sender, Arc<BackendPool>)>,
+    pub lease: Option<Lease>,
+}
+
+impl UpstreamBody {
+    fn finish(&mut self) {
+        if let Some((sender, pool)) = self.conn.take() {
+            pool.checkin(sender);
+        }
+        self.lease.take();
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-response: close it.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream(UpstreamBody),
+    Static(hyper_staticfile::Body),
+}
+
+impl ResponseBody {
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(u) => match Pin::new(&mut u.inner).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    u.finish();
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // Broken mid-way: the connection is not reused.
+                    u.conn = None;
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            },
+            ResponseBody::Static(s) => Pin::new(s)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Upstream(u) => u.inner.is_end_stream(),
+            ResponseBody::Static(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Upstream(u) => u.inner.size_hint(),
+            ResponseBody::Static(s) => s.size_hint(),
+        }
+    }
+}
+
+/// The body the client receives: counts what is sent and logs the access line when
+/// the response is over (finished, failed or abandoned).
+pub struct ClientBody {
+    pub inner: ResponseBody,
+    pub record: Option<super::access::Record>,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(record)) = (&res, this.record.as_mut()) {
+            if let Some(d) = frame.data_ref() {
+                record.bytes_out += d.len() as u64;
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

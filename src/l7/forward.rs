@@ -1,0 +1,402 @@
+//! Forwarding one request to a backend of an upstream: the header rules, the
+//! upstream connection from the pool, retries, the response-header timeout, and
+//! HTTP/1.1 upgrades.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use super::body::{BodyStats, RequestBody, ResponseBody, UpstreamBody};
+use super::error::ProxyError;
+use super::{ConnCtx, UpstreamTarget};
+use crate::activity::{Activity, Watched};
+use crate::upstream::{Backend, Outcome, PickContext};
+
+/// Most tries one request makes, whatever `retries` says.
+const MAX_ATTEMPTS: usize = 16;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded.
+fn hop_by_hop() -> [&'static HeaderName; 6] {
+    [
+        &header::CONNECTION,
+        &PROXY_CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// Whether `Connection` lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        for t in v.to_str().unwrap_or("").split(',') {
+            let t = t.trim();
+            let common = ["close", "keep-alive", "upgrade", "te", ""];
+            if common.iter().any(|c| t.eq_ignore_ascii_case(c)) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for h in hop_by_hop() {
+        headers.remove(h);
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The client's address appended to any `X-Forwarded-For` it sent.
+fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
+    let ip = peer.ip().to_canonical().to_string();
+    let mut value = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            value.push_str(s);
+            value.push_str(", ");
+        }
+    }
+    value.push_str(&ip);
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// What the forwarding of one request reports back besides its response.
+#[derive(Default)]
+pub struct Trace {
+    pub backend: Option<Arc<Backend>>,
+    pub body: Option<Arc<BodyStats>>,
+}
+
+/// The request line and headers sent upstream, reusable across attempts.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+
+    fn into_request(self, body: RequestBody) -> Request<RequestBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method;
+        *r.uri_mut() = self.uri;
+        *r.headers_mut() = self.headers;
+        r
+    }
+}
+
+pub async fn forward(
+    mut req: Request<Incoming>,
+    target: &UpstreamTarget,
+    timeout: Duration,
+    ctx: &ConnCtx,
+    request_id: &HeaderValue,
+    trace: &mut Trace,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let settings = &ctx.settings;
+    let upgrade = req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade");
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let limit = settings.max_body_size;
+    if limit > 0 {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+
+    let (parts, body) = req.into_parts();
+    let has_body = !hyper::body::Body::is_end_stream(&body);
+    let mut headers = parts.headers;
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let host = headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut headers);
+    let xff = forwarded_for(&headers, ctx.peer);
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(settings.scheme),
+    );
+    match &host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, h.clone());
+            }
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // Framing is hyper's to decide from the body: never trust the client's here.
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(v) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, v);
+    }
+    let uri = match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.scheme().is_some() || parts.uri.authority().is_some() => {
+            Uri::from(pq.clone())
+        }
+        Some(_) => parts.uri,
+        None => Uri::from_static("/"),
+    };
+    let retriable_after_send = is_idempotent(&parts.method) && !has_body;
+    let mut head = Some(Head {
+        method: parts.method,
+        uri,
+        headers,
+    });
+
+    let mut body = Some(if has_body {
+        let stats = Arc::new(BodyStats::default());
+        trace.body = Some(stats.clone());
+        RequestBody::stream(body, limit, stats)
+    } else {
+        RequestBody::empty()
+    });
+
+    let up = &target.upstream;
+    let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut unsent: Option<Request<RequestBody>> = None;
+    let mut failures = 0;
+    let mut last_error = ProxyError::NoBackend;
+    while failures < attempts {
+        let Some(mut lease) = up.pick(&PickContext {
+            client: Some(ctx.peer),
+            exclude: &tried,
+        }) else {
+            break;
+        };
+        let i = lease.index();
+        let pool = &target.pools[i];
+        let (mut sender, fresh) = match pool.checkout().await {
+            Some(s) => (s, false),
+            None => match pool.connect(up.connect_timeout).await {
+                Ok(s) => (s, true),
+                Err(e) => {
+                    warn!(
+                        request_id = %request_id.to_str().unwrap_or("-"),
+                        upstream = %up.name,
+                        backend = %lease.backend().name,
+                        backend.addr = %lease.backend().addr,
+                        error = %e,
+                        "connect to backend failed"
+                    );
+                    lease.set_outcome(Outcome::Failure);
+                    tried.push(i);
+                    failures += 1;
+                    last_error = ProxyError::Connect(e);
+                    continue;
+                }
+            },
+        };
+        trace.backend = Some(lease.shared_backend());
+        let last_try = failures + 1 >= attempts || !retriable_after_send;
+        let request = match unsent.take() {
+            Some(r) => r,
+            None => match (last_try, head.take(), body.take()) {
+                (true, Some(h), Some(b)) => h.into_request(b),
+                (false, Some(h), Some(b)) => {
+                    let r = h.request(b);
+                    head = Some(h);
+                    body = Some(RequestBody::empty());
+                    r
+                }
+                (_, Some(h), None) => {
+                    let r = h.request(RequestBody::empty());
+                    head = Some(h);
+                    r
+                }
+                (_, None, _) => break,
+            },
+        };
+        let sent = tokio::time::timeout(timeout, sender.try_send_request(request)).await;
+        let mut resp = match sent {
+            Err(_) => {
+                lease.set_outcome(Outcome::Failure);
+                return Err(ProxyError::Timeout(timeout));
+            }
+            Ok(Ok(resp)) => resp,
+            Ok(Err(mut e)) => {
+                if let Some(r) = e.take_message() {
+                    // Never written: a pooled connection the backend had closed. Try
+                    // again; only a fresh connection failing counts against the backend.
+                    unsent = Some(r);
+                    if fresh {
+                        lease.set_outcome(Outcome::Failure);
+                        tried.push(i);
+                        failures += 1;
+                        last_error = ProxyError::Backend(e.error().to_string());
+                    }
+                    continue;
+                }
+                let err = e.into_error();
+                if trace
+                    .body
+                    .as_ref()
+                    .is_some_and(|b| b.too_large.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                if err.is_user() {
+                    return Err(ProxyError::ClientBody(err.to_string()));
+                }
+                warn!(
+                    request_id = %request_id.to_str().unwrap_or("-"),
+                    upstream = %up.name,
+                    backend = %lease.backend().name,
+                    error = %err,
+                    "request to backend failed"
+                );
+                lease.set_outcome(Outcome::Failure);
+                tried.push(i);
+                failures += 1;
+                last_error = ProxyError::Backend(err.to_string());
+                if retriable_after_send && !err.is_parse() {
+                    continue;
+                }
+                return Err(last_error);
+            }
+        };
+        lease.set_outcome(Outcome::Success);
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::Backend(
+                    "101 to a request that asked for no upgrade".into(),
+                ));
+            };
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let idle = settings.idle_timeout;
+            let cut = ctx.cut.clone();
+            let backend_addr = lease.backend().addr;
+            ctx.tracker.spawn(async move {
+                let _lease = lease;
+                let (client, backend) = match tokio::join!(client_upgrade, backend_upgrade) {
+                    (Ok(c), Ok(b)) => (c, b),
+                    (c, b) => {
+                        debug!(backend.addr = %backend_addr, client = ?c.err(), backend = ?b.err(), "upgrade failed");
+                        return;
+                    }
+                };
+                let activity = Arc::new(Activity::new());
+                let mut c = Watched::new(TokioIo::new(client), activity.clone());
+                let mut b = Watched::new(TokioIo::new(backend), activity.clone());
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+                    _ = activity.idle_for(idle) => {}
+                    _ = cut.cancelled() => {}
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+        }
+
+        strip_hop_by_hop(resp.headers_mut());
+        let (parts, inner) = resp.into_parts();
+        return Ok(Response::from_parts(
+            parts,
+            ResponseBody::Upstream(UpstreamBody {
+                inner,
+                conn: Some((sender, pool.clone())),
+                lease: Some(lease),
+            }),
+        ));
+    }
+    Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let mut h = HeaderMap::new();
+        let peer: SocketAddr = "192.0.2.9:1234".parse().unwrap();
+        assert_eq!(forwarded_for(&h, peer), "192.0.2.9");
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        assert_eq!(forwarded_for(&h, peer), "10.0.0.1, 10.0.0.2, 192.0.2.9");
+        let mapped: SocketAddr = "[::ffff:192.0.2.9]:1".parse().unwrap();
+        assert_eq!(forwarded_for(&HeaderMap::new(), mapped), "192.0.2.9");
+    }
+}

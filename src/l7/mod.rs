@@ -1,0 +1,329 @@
+//! The HTTP engine (`protocol = "http"`): HTTP/1.1 and HTTP/2 (h2c with prior
+//! knowledge) from clients through hyper; routes; forwarding to upstreams over pooled
+//! HTTP/1.1 connections; static files; upgrades; error responses; access logs.
+//!
+//! Accepting, connection limits and access rules happen in the runtime's accept loop;
+//! a denied client still gets an HTTP answer (403) from here.
+
+mod access;
+pub mod body;
+mod error;
+mod forward;
+pub mod pool;
+pub mod route;
+mod static_files;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::activity::{Activity, Watched};
+use crate::config::{self, RouteTarget};
+use crate::upstream::Upstream;
+use body::{ClientBody, ResponseBody};
+pub use error::{ProxyError, OVERLOADED};
+pub use pool::{BackendPool, Pools};
+use route::{Action, RouteTable, Target};
+pub use static_files::StaticDir;
+
+/// hyper refuses a smaller read buffer; headers up to this size are always allowed.
+const MIN_HEADER_BUFFER: u64 = 8192;
+
+/// An upstream as the HTTP engine uses it: the pool of each backend, by index.
+#[derive(Debug)]
+pub struct UpstreamTarget {
+    pub upstream: Arc<Upstream>,
+    pub pools: Vec<Arc<BackendPool>>,
+}
+
+impl UpstreamTarget {
+    pub fn new(upstream: Arc<Upstream>, pools: &Pools) -> Self {
+        let list = upstream
+            .backends()
+            .iter()
+            .map(|b| pools.get(&upstream.name, &b.address, b.addr))
+            .collect();
+        UpstreamTarget {
+            upstream,
+            pools: list,
+        }
+    }
+}
+
+/// What an http listener needs, from one configuration generation.
+pub struct Settings {
+    pub listener: Arc<str>,
+    pub routes: RouteTable,
+    pub max_body_size: u64,
+    pub idle_timeout: Duration,
+    pub redirect_https: bool,
+    pub access_log: bool,
+    /// `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+    server: auto::Builder<TokioExecutor>,
+}
+
+impl Settings {
+    /// Compiles a listener's routes against the generation's upstreams.
+    pub fn build(
+        l: &config::Listener,
+        upstreams: &HashMap<String, Arc<UpstreamTarget>>,
+        access_log: bool,
+    ) -> Settings {
+        let action = |target: &RouteTarget, timeout, strip: Option<&String>| -> Option<Action> {
+            let target = match target {
+                RouteTarget::Upstream(name) => Target::Upstream(upstreams.get(name)?.clone()),
+                RouteTarget::Static(dir) => Target::Static(Arc::new(StaticDir::new(dir.clone()))),
+            };
+            Some(Action {
+                target,
+                timeout,
+                strip_prefix: strip.cloned(),
+            })
+        };
+        let routes = l
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some(route::Route {
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    methods: r.methods.iter().filter_map(|m| m.parse().ok()).collect(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .filter_map(|(n, v)| {
+                            Some((n.parse().ok()?, HeaderValue::from_str(v).ok()?))
+                        })
+                        .collect(),
+                    action: action(&r.target, r.timeout, r.path_prefix.as_ref())?,
+                })
+            })
+            .collect();
+        let default = l.upstream.as_ref().and_then(|u| {
+            action(
+                &RouteTarget::Upstream(u.clone()),
+                config::DEFAULT_ROUTE_TIMEOUT,
+                None,
+            )
+        });
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        let header_buf = l.max_header_size.max(MIN_HEADER_BUFFER);
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(l.header_timeout)
+            .max_buf_size(header_buf as usize)
+            .keep_alive(true);
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32);
+        Settings {
+            listener: Arc::from(l.name.as_str()),
+            routes: RouteTable { routes, default },
+            max_body_size: l.max_body_size,
+            idle_timeout: l.idle_timeout,
+            redirect_https: l.redirect_https,
+            access_log,
+            scheme: "http",
+            server,
+        }
+    }
+}
+
+/// One client connection.
+pub struct ConnCtx {
+    pub settings: Arc<Settings>,
+    pub peer: SocketAddr,
+    /// False when the access rules deny the client: every request gets 403.
+    pub admitted: bool,
+    in_flight: AtomicUsize,
+    /// Fires when shutdown's drain time is over.
+    pub cut: CancellationToken,
+    /// Where upgraded connections are spawned, so shutdown waits for them too.
+    pub tracker: TaskTracker,
+}
+
+/// Serves one accepted connection until it closes, is idle for `idle_timeout`, or
+/// shutdown ends it: `drain` closes it after the requests in flight, `cut` at once.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<Settings>,
+    admitted: bool,
+    drain: CancellationToken,
+    cut: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let ctx = Arc::new(ConnCtx {
+        settings: settings.clone(),
+        peer,
+        admitted,
+        in_flight: AtomicUsize::new(0),
+        cut: cut.clone(),
+        tracker,
+    });
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| {
+        let ctx = service_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let conn = settings.server.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(client.addr = %peer, error = %e, "http connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = idle(&activity, &ctx, settings.idle_timeout), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = cut.cancelled() => return,
+        }
+    }
+}
+
+/// Completes when no byte has moved for `timeout` and no request is waiting on a backend.
+async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
+    loop {
+        activity.idle_for(timeout).await;
+        if ctx.in_flight.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::time::sleep(timeout).await;
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
+    ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(&ctx.in_flight);
+    let s = &ctx.settings;
+    let request_id = req
+        .headers()
+        .get(&forward::X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let mut record = s.access_log.then(|| access::Record {
+        client: ctx.peer,
+        listener: s.listener.clone(),
+        method: req.method().clone(),
+        host: req.headers().get(header::HOST).cloned(),
+        uri: req.uri().clone(),
+        status: 0,
+        request_id: request_id.clone(),
+        body: None,
+        bytes_out: 0,
+        started: Instant::now(),
+        upstream: None,
+        backend: None,
+    });
+    let mut trace = forward::Trace::default();
+    let mut upstream = None;
+    let result = respond(req, ctx, &request_id, &mut trace, &mut upstream).await;
+    let response = result.unwrap_or_else(|e| {
+        let status = e.status();
+        if status.is_server_error() {
+            warn!(request_id = %request_id.to_str().unwrap_or("-"), listener = %s.listener, status = status.as_u16(), source = ?e.source(), error = %e, "request failed");
+        } else {
+            debug!(request_id = %request_id.to_str().unwrap_or("-"), listener = %s.listener, status = status.as_u16(), error = %e, "request refused");
+        }
+        error::plain(status).map(|b| ResponseBody::Full(Some(b)))
+    });
+    if let Some(r) = record.as_mut() {
+        r.status = response.status().as_u16();
+        r.body = trace.body;
+        r.upstream = upstream;
+        r.backend = trace.backend;
+    }
+    response.map(|inner| ClientBody { inner, record })
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    request_id: &HeaderValue,
+    trace: &mut forward::Trace,
+    upstream: &mut Option<Arc<Upstream>>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if !ctx.admitted {
+        return Err(ProxyError::Denied);
+    }
+    let s = &ctx.settings;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(route::strip_port);
+    if s.redirect_https {
+        let Some(host) = host else {
+            return Err(ProxyError::BadRequest("no host to redirect to"));
+        };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = HeaderValue::try_from(format!("https://{host}{path}"))
+            .map_err(|_| ProxyError::BadRequest("host not usable in a redirect"))?;
+        let mut r =
+            error::plain(StatusCode::PERMANENT_REDIRECT).map(|b| ResponseBody::Full(Some(b)));
+        r.headers_mut().insert(header::LOCATION, location);
+        return Ok(r);
+    }
+    let action = s
+        .routes
+        .find(req.method(), host, req.uri().path(), req.headers())
+        .ok_or(ProxyError::NoRoute)?;
+    match &action.target {
+        Target::Static(dir) => Ok(static_files::serve(
+            dir,
+            req.method(),
+            req.uri(),
+            req.headers(),
+            action.strip_prefix.as_deref(),
+        )
+        .await),
+        Target::Upstream(t) => {
+            *upstream = Some(t.upstream.clone());
+            forward::forward(req, t, action.timeout, ctx, request_id, trace).await
+        }
+    }
+}

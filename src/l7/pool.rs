@@ -1,0 +1,124 @@
+//! Pooled HTTP/1.1 connections to one backend. Idle connections wait in a bounded
+//! lock-free queue; a connection goes back only after its response ended cleanly.
+//!
+//! Pools outlive configuration generations: [`Pools`] keys them by (upstream, address)
+//! like the backends' live state, so a reload keeps warm connections.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::body::RequestBody;
+use crate::config;
+
+/// Idle connections kept per backend; more are closed when their response ends.
+pub const MAX_IDLE_PER_BACKEND: usize = 128;
+
+pub type Sender = SendRequest<RequestBody>;
+
+#[derive(Debug)]
+pub struct BackendPool {
+    addr: SocketAddr,
+    idle: ArrayQueue<Sender>,
+}
+
+impl BackendPool {
+    pub fn new(addr: SocketAddr) -> Self {
+        BackendPool {
+            addr,
+            idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
+        }
+    }
+
+    /// An idle connection that is still open and ready for a request.
+    pub async fn checkout(&self) -> Option<Sender> {
+        while let Some(mut s) = self.idle.pop() {
+            if s.is_closed() {
+                continue;
+            }
+            if s.ready().await.is_ok() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response ended cleanly; closed when the pool is full.
+    pub fn checkin(&self, s: Sender) {
+        if !s.is_closed() {
+            let _ = self.idle.push(s);
+        }
+    }
+
+    /// Opens a new connection within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Sender, String> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(backend.addr = %addr, error = %e, "backend connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    pub fn idle_len(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// Every backend's pool, across generations.
+#[derive(Debug, Default)]
+pub struct Pools {
+    /// Touched only when a generation is built.
+    map: Mutex<HashMap<(String, String), Arc<BackendPool>>>,
+}
+
+impl Pools {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, upstream: &str, address: &str, addr: SocketAddr) -> Arc<BackendPool> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = map
+            .entry((upstream.to_string(), address.to_string()))
+            .or_insert_with(|| Arc::new(BackendPool::new(addr)));
+        if pool.addr != addr {
+            // The name now resolves elsewhere: start a fresh pool for the new address.
+            *pool = Arc::new(BackendPool::new(addr));
+        }
+        pool.clone()
+    }
+
+    /// Drops the pools of backends that `config` no longer has.
+    pub fn retain(&self, config: &config::Config) {
+        let keep: HashSet<(&str, &str)> = config
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                u.backends
+                    .iter()
+                    .map(move |b| (u.name.as_str(), b.address.as_str()))
+            })
+            .collect();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|(u, a), _| keep.contains(&(u.as_str(), a.as_str())));
+    }
+}
