@@ -268,7 +268,13 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
         } else {
             debug!(request_id = %request_id.to_str().unwrap_or("-"), listener = %s.listener, status = status.as_u16(), error = %e, "request refused");
         }
-        error::plain(status).map(|b| ResponseBody::Full(Some(b)))
+        let mut r = error::plain(status).map(|b| ResponseBody::Full(Some(b)));
+        if e.source() == error::Source::Client && status == StatusCode::BAD_REQUEST {
+            // What follows a malformed request on this connection cannot be trusted.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     });
     if let Some(r) = record.as_mut() {
         r.status = response.status().as_u16();

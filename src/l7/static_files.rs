@@ -71,8 +71,10 @@ pub async fn serve(
             return error(StatusCode::NOT_FOUND);
         }
     };
+    let mut content_type = None;
     let result = match result {
         ResolveResult::Found(file) => {
+            content_type = file.content_type.clone();
             let inside = match (
                 &dir.canonical,
                 tokio::fs::canonicalize(dir.root.join(&file.path)).await,
@@ -94,14 +96,79 @@ pub async fn serve(
         }
         ResolveResult::PermissionDenied => return error(StatusCode::FORBIDDEN),
     };
-    match ResponseBuilder::new()
-        .request_parts(method, uri, headers)
+    // If-None-Match takes precedence over If-Modified-Since (RFC 9110 13.2.2), which
+    // the builder alone would look at.
+    let if_none_match = headers.get(header::IF_NONE_MATCH);
+    let filtered;
+    let builder_headers =
+        if if_none_match.is_some() && headers.contains_key(header::IF_MODIFIED_SINCE) {
+            let mut h = headers.clone();
+            h.remove(header::IF_MODIFIED_SINCE);
+            filtered = h;
+            &filtered
+        } else {
+            headers
+        };
+    let mut resp = match ResponseBuilder::new()
+        .request_parts(method, uri, builder_headers)
         .build(result)
     {
         Ok(r) => r.map(ResponseBody::Static),
         Err(e) => {
             debug!(error = %e, "static response could not be built");
-            error(StatusCode::INTERNAL_SERVER_ERROR)
+            return error(StatusCode::INTERNAL_SERVER_ERROR);
         }
+    };
+    if let (Some(ct), false) = (
+        content_type,
+        resp.headers().contains_key(header::CONTENT_TYPE),
+    ) {
+        if let Ok(v) = HeaderValue::try_from(ct) {
+            resp.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+    }
+    let is_ok = resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT;
+    if let (true, Some(inm), Some(etag)) = (is_ok, if_none_match, resp.headers().get(header::ETAG))
+    {
+        if etag_matches(inm, etag) {
+            let (mut parts, _) = resp.into_parts();
+            parts.status = StatusCode::NOT_MODIFIED;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::CONTENT_RANGE);
+            return Response::from_parts(parts, ResponseBody::empty());
+        }
+    }
+    resp
+}
+
+/// Weak comparison (RFC 9110 8.8.3.2) of an `If-None-Match` list against an ETag.
+fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(list) = if_none_match.to_str() else {
+        return false;
+    };
+    let Ok(etag) = etag.to_str() else {
+        return false;
+    };
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let etag = opaque(etag);
+    list.split(',')
+        .any(|t| t.trim() == "*" || opaque(t) == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_compare_weakly_and_in_lists() {
+        let e = HeaderValue::from_static("W/\"a-1\"");
+        assert!(etag_matches(&HeaderValue::from_static("W/\"a-1\""), &e));
+        assert!(etag_matches(&HeaderValue::from_static("\"a-1\""), &e));
+        assert!(etag_matches(
+            &HeaderValue::from_static("\"x\", W/\"a-1\""),
+            &e
+        ));
+        assert!(etag_matches(&HeaderValue::from_static("*"), &e));
+        assert!(!etag_matches(&HeaderValue::from_static("\"a-2\""), &e));
     }
 }

@@ -1,6 +1,8 @@
 //! Fixtures: real backends and a real fulcrum on loopback port 0.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
