@@ -93,9 +93,15 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging(config.global.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a single-threaded scheduler does the same work without the
+    // cross-thread bookkeeping of work stealing.
+    let mut builder = if config.global.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all();
-    if config.global.workers > 0 {
+    if config.global.workers > 1 {
         builder.worker_threads(config.global.workers);
     }
     let rt = builder.build().context("cannot start the runtime")?;

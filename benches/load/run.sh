@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# HTTP load comparison: fulcrum, HAProxy and nginx, each with one worker, in front of
+# the same fast local backend (nginx answering a short body), measured with wrk.
+#
+#   bash benches/load/run.sh            # 10 s per run
+#   DURATION=30s bash benches/load/run.sh
+#
+# The proxy under test is pinned to CPU 0; wrk and the backend share CPU 1. On a
+# 2-core machine the load generator can be the limit, so besides req/s the table gives
+# the proxy's own CPU time (utime + stime from /proc) and requests per proxy CPU-second,
+# the fair figure. Everything listens on 127.0.0.1 and is stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+BACKEND_PORT=18080
+declare -A PORT=([fulcrum]=18081 [haproxy]=18082 [nginx]=18083)
+
+need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need haproxy haproxy
+need nginx nginx-light
+need taskset util-linux
+
+cargo build --release --quiet
+FULCRUM=$PWD/target/release/fulcrum
+
+WORK=$(mktemp -d /tmp/fulcrum-load.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+nginx_conf() { # $1 dir, $2 http block body
+  mkdir -p "$1/logs"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $1/nginx.pid;
+error_log $1/logs/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+  $2
+}
+CONF
+}
+
+# The backend: nginx, one process, on CPU 1.
+nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000; location / { return 200 'hello from the backend\n'; } }"
+taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+PIDS+=($!)
+
+# fulcrum
+cat > "$WORK/fulcrum.toml" <<CONF
+[global]
+workers = 1
+access_log = false
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:${PORT[fulcrum]}"
+protocol = "http"
+upstream = "backend"
+[upstream.backend]
+backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+CONF
+RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
+PIDS+=($!); PID_fulcrum=$!
+
+# HAProxy
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:${PORT[haproxy]}
+  default_backend backend
+backend backend
+  server b1 127.0.0.1:$BACKEND_PORT
+CONF
+taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
+PIDS+=($!); PID_haproxy=$!
+
+# nginx as the proxy
+nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server { listen 127.0.0.1:${PORT[nginx]}; keepalive_requests 1000000;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+taskset -c 0 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" &
+PIDS+=($!); PID_nginx=$!
+
+for port in $BACKEND_PORT "${PORT[@]}"; do
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
+    sleep 0.05
+  done
+done
+
+for proxy in fulcrum haproxy nginx; do
+  pid_var="PID_$proxy"
+  kill -0 "${!pid_var}" 2>/dev/null || { echo "$proxy did not start" >&2; exit 1; }
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+declare -A RPS P99 CPU EFF
+run() { # $1 proxy, $2 mode (keepalive|close)
+  local pid_var="PID_$1" extra=()
+  [ "$2" = close ] && extra=(-H "Connection: close")
+  local before after out
+  before=$(cpu_ticks "${!pid_var}")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${extra[@]}" "http://127.0.0.1:${PORT[$1]}/")
+  after=$(cpu_ticks "${!pid_var}")
+  local key="$1/$2"
+  RPS[$key]=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  P99[$key]=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  CPU[$key]=$(awk -v t="$((after - before))" -v hz="$TICKS" 'BEGIN {printf "%.2f", t / hz}')
+  local errors
+  errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+  EFF[$key]=$(awk -v r="${RPS[$key]}" -v c="${CPU[$key]}" -v d="${DURATION%s}" 'BEGIN { if (c > 0) printf "%.0f", r * d / c; else print "n/a" }')
+  [ -n "$errors" ] && echo "  $key: $errors" >&2
+  return 0
+}
+
+for mode in keepalive close; do
+  for proxy in fulcrum haproxy nginx; do
+    echo "running $proxy ($mode) for $DURATION ..." >&2
+    run "$proxy" "$mode"
+  done
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+printf '\n%-8s %-9s %12s %10s %9s %16s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s"
+for mode in keepalive close; do
+  for proxy in fulcrum haproxy nginx; do
+    k="$proxy/$mode"
+    printf '%-8s %-9s %12s %10s %9s %16s\n' "$proxy" "$mode" "${RPS[$k]}" "${P99[$k]}" "${CPU[$k]}" "${EFF[$k]}"
+  done
+done
+echo
+for mode in keepalive close; do
+  echo "$mode: fulcrum/haproxy req/cpu-s $(ratio "${EFF[fulcrum/$mode]}" "${EFF[haproxy/$mode]}"), req/s $(ratio "${RPS[fulcrum/$mode]}" "${RPS[haproxy/$mode]}");" \
+       "fulcrum/nginx req/cpu-s $(ratio "${EFF[fulcrum/$mode]}" "${EFF[nginx/$mode]}"), req/s $(ratio "${RPS[fulcrum/$mode]}" "${RPS[nginx/$mode]}")"
+done
