@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use fulcrum::config::Config;
 use fulcrum::upstream::{PickContext, Registry, Upstream};
 
-fn upstream(backends: usize, weighted: bool) -> Upstream {
+fn upstream(strategy: &str, backends: usize, weighted: bool) -> Upstream {
     let list: Vec<String> = (0..backends)
         .map(|i| {
             let weight = if weighted { 1 + (i * 7) % 10 } else { 1 };
@@ -22,7 +22,7 @@ fn upstream(backends: usize, weighted: bool) -> Upstream {
         .collect();
     let src = format!(
         "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
-         [upstream.app]\nbackends = [{}]\n",
+         [upstream.app]\nstrategy = \"{strategy}\"\nbackends = [{}]\n",
         list.join(", ")
     );
     let config = Config::parse(&src, Path::new("bench.toml")).expect("bench config");
@@ -30,24 +30,32 @@ fn upstream(backends: usize, weighted: bool) -> Upstream {
 }
 
 fn pick(c: &mut Criterion) {
-    let mut group = c.benchmark_group("pick/round_robin");
-    for n in [3usize, 100] {
-        for weighted in [false, true] {
-            let up = upstream(n, weighted);
+    for strategy in [
+        "round_robin",
+        "least_connections",
+        "random",
+        "consistent_hash",
+        "ewma",
+    ] {
+        let mut group = c.benchmark_group(format!("pick/{strategy}"));
+        for n in [3usize, 100, 1000] {
+            let up = upstream(strategy, n, true);
             let client = "192.0.2.7:5555".parse().ok();
-            let label = if weighted { "weighted" } else { "equal" };
-            group.bench_with_input(BenchmarkId::new(label, n), &up, |b, up| {
+            let mut key = 0u64;
+            group.bench_with_input(BenchmarkId::from_parameter(n), &up, |b, up| {
                 b.iter(|| {
+                    key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
                     let lease = up.pick(&PickContext {
                         client,
                         exclude: &[],
+                        hash: Some(key),
                     });
                     black_box(lease)
                 })
             });
         }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, pick);

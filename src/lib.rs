@@ -9,6 +9,7 @@
 pub mod activity;
 pub mod balance;
 pub mod config;
+pub mod health;
 pub mod l4;
 pub mod l7;
 pub mod runtime;

@@ -149,6 +149,30 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:1:12: unclosed array table, expected `]`",
         ),
         (
+            "[upstream.app]\nstrategy = \"consistent_hash\"\nhash_key = \"ip\"\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:3:12: `upstream.app.hash_key` must be \"source_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\", got \"ip\"",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n[upstream.app.health]\ncheck = \"tcp\"\npath = \"/x\"\n",
+            "fulcrum.toml:5:8: `upstream.app.health.path` only applies to check = \"http\"",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n[upstream.app.health]\nexpect_status = \"200-99\"\n",
+            "fulcrum.toml:4:17: `upstream.app.health.expect_status` must be a status or a range like \"200-399\" within 100-599, got \"200-99\"",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n[upstream.app.health]\nrise = 0\n",
+            "fulcrum.toml:4:8: `upstream.app.health.rise` must be between 1 and 100, got 0",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n[upstream.app.health]\ninterval = \"often\"\n",
+            "fulcrum.toml:4:12: `upstream.app.health.interval` is not a duration",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n[upstream.app.sticky]\ncookie = \"a b\"\n",
+            "fulcrum.toml:4:10: `upstream.app.sticky.cookie` is not a valid cookie name, got \"a b\"",
+        ),
+        (
             "[global]\nmax_connections = \"lots\"\n",
             "fulcrum.toml:2:19: `global.max_connections` invalid type: string \"lots\", expected i64",
         ),
@@ -178,10 +202,6 @@ fn features_not_built_yet_are_refused_not_ignored() {
             "`failover` is not supported yet",
         ),
         (
-            "[upstream.app.health]\ncheck = \"tcp\"\n",
-            "`upstream.app.health` is not supported yet",
-        ),
-        (
             "[upstream.app.tls]\nsni = \"x\"\n",
             "`upstream.app.tls` is not supported yet",
         ),
@@ -204,13 +224,6 @@ fn features_not_built_yet_are_refused_not_ignored() {
         errors(&cached).contains("`listener[0].route[0].cache` is not supported yet"),
         "{}",
         errors(&cached)
-    );
-    let lc = BASE.replace(
-        "[upstream.app]",
-        "[upstream.app]\nstrategy = \"least_connections\"",
-    );
-    assert!(
-        errors(&lc).contains("`upstream.app.strategy` \"least_connections\" is not supported yet")
     );
 }
 

@@ -70,7 +70,7 @@ impl RoundRobin {
         // was built) and some indices may be excluded: walk on to the next usable one.
         for k in 0..order.len() {
             let i = order[(start.wrapping_add(k)) % order.len()] as usize;
-            if i < c.len() && c.is_eligible(i) && !s.exclude.contains(&i) {
+            if s.usable(c, i) {
                 return Some(i);
             }
         }
@@ -255,14 +255,23 @@ mod tests {
         let c = Fake::new(&[1, 1, 1]);
         let rr = RoundRobin::new();
         for _ in 0..10 {
-            let i = rr.select(&c, Selection { exclude: &[0, 2] }).unwrap();
+            let i = rr
+                .select(
+                    &c,
+                    Selection {
+                        exclude: &[0, 2],
+                        hash: None,
+                    },
+                )
+                .unwrap();
             assert_eq!(i, 1);
         }
         assert_eq!(
             rr.select(
                 &c,
                 Selection {
-                    exclude: &[0, 1, 2]
+                    exclude: &[0, 1, 2],
+                    hash: None,
                 }
             ),
             None

@@ -34,6 +34,15 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RETRIES: u32 = 1;
 pub const MAX_RETRIES: i64 = 100;
+pub const DEFAULT_STICKY_COOKIE: &str = "fulcrum_sticky";
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 399);
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+pub const DEFAULT_PASSIVE_FAILURES: u32 = 5;
+pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(30);
 pub const DEFAULT_WEIGHT: u32 = 1;
 pub const MAX_WEIGHT: i64 = 1000;
 
@@ -186,11 +195,45 @@ impl Strategy {
             .find(|(_, s)| *s == self)
             .map_or("round_robin", |(n, _)| n)
     }
+}
 
-    /// Whether this build implements the strategy.
-    fn is_supported(self) -> bool {
-        matches!(self, Strategy::RoundRobin)
-    }
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    SourceIp,
+    Path,
+    /// Lower case.
+    Header(String),
+    Cookie(String),
+}
+
+/// `[upstream.NAME.sticky]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    Tcp,
+    Http,
+}
+
+/// `[upstream.NAME.health]`: active checks, and passive ejection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub check: CheckKind,
+    pub path: String,
+    /// Inclusive range of statuses that pass.
+    pub expect_status: (u16, u16),
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Consecutive failed proxied attempts that eject a backend; with `eject_for`.
+    pub passive_failures: u32,
+    /// Zero: no passive ejection.
+    pub eject_for: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +244,10 @@ pub struct Upstream {
     /// Further attempts on another backend after a failed one.
     pub retries: u32,
     pub backends: Vec<Backend>,
+    /// `consistent_hash` only.
+    pub hash_key: HashKey,
+    pub sticky: Option<Sticky>,
+    pub health: Option<Health>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -837,15 +884,7 @@ impl Validator<'_> {
         let strategy = match &u.strategy {
             None => Strategy::RoundRobin,
             Some(s) => match Strategy::ALL.iter().find(|(n, _)| n == s.get_ref()) {
-                Some((_, st)) if st.is_supported() => *st,
-                Some((n, st)) => {
-                    self.err(
-                        Some(s.span()),
-                        key("strategy"),
-                        format!("{n:?} is not supported yet (only \"round_robin\" is)"),
-                    );
-                    *st
-                }
+                Some((_, st)) => *st,
                 None => {
                     let names: Vec<&str> = Strategy::ALL.iter().map(|(n, _)| *n).collect();
                     self.err(
@@ -857,15 +896,46 @@ impl Validator<'_> {
                 }
             },
         };
-        if let Some(h) = &u.hash_key {
-            if strategy != Strategy::ConsistentHash {
-                self.err(
-                    Some(h.span()),
-                    key("hash_key"),
-                    "only applies to strategy = \"consistent_hash\"",
-                );
+        let hash_key = match &u.hash_key {
+            None => HashKey::SourceIp,
+            Some(h) => {
+                if strategy != Strategy::ConsistentHash {
+                    self.err(
+                        Some(h.span()),
+                        key("hash_key"),
+                        "only applies to strategy = \"consistent_hash\"",
+                    );
+                }
+                let text = h.get_ref().as_str();
+                let named = |prefix: &str| {
+                    text.strip_prefix(prefix)
+                        .filter(|n| {
+                            !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok()
+                        })
+                        .map(str::to_ascii_lowercase)
+                };
+                match text {
+                    "source_ip" => HashKey::SourceIp,
+                    "path" => HashKey::Path,
+                    _ => {
+                        if let Some(n) = named("header:") {
+                            HashKey::Header(n)
+                        } else if let Some(n) =
+                            text.strip_prefix("cookie:").filter(|n| !n.is_empty())
+                        {
+                            HashKey::Cookie(n.to_string())
+                        } else {
+                            self.err(
+                                Some(h.span()),
+                                key("hash_key"),
+                                format!("must be \"source_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\", got {text:?}"),
+                            );
+                            HashKey::SourceIp
+                        }
+                    }
+                }
             }
-        }
+        };
         let connect_timeout = self.duration(
             &u.connect_timeout,
             &key("connect_timeout"),
@@ -878,15 +948,30 @@ impl Validator<'_> {
             MAX_RETRIES,
             i64::from(DEFAULT_RETRIES),
         ) as u32;
-        for (k, span) in [
-            ("tls", u.tls.as_ref().map(Spanned::span)),
-            ("sticky", u.sticky.as_ref().map(Spanned::span)),
-            ("health", u.health.as_ref().map(Spanned::span)),
-        ] {
-            if let Some(span) = span {
-                self.unsupported(span, key(k));
-            }
+        if let Some(tls) = &u.tls {
+            self.unsupported(tls.span(), key("tls"));
         }
+        let sticky = u.sticky.as_ref().map(|st| {
+            let cookie = match &st.get_ref().cookie {
+                None => DEFAULT_STICKY_COOKIE.to_string(),
+                Some(c) => {
+                    let valid = !c.get_ref().is_empty()
+                        && c.get_ref()
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    if !valid {
+                        self.err(
+                            Some(c.span()),
+                            key("sticky.cookie"),
+                            format!("is not a valid cookie name, got {:?}", c.get_ref()),
+                        );
+                    }
+                    c.get_ref().clone()
+                }
+            };
+            Sticky { cookie }
+        });
+        let health = u.health.as_ref().map(|h| self.health(name, h.get_ref()));
 
         if u.backends.get_ref().is_empty() {
             self.err(
@@ -958,8 +1043,109 @@ impl Validator<'_> {
             connect_timeout,
             retries,
             backends,
+            hash_key,
+            sticky,
+            health,
         })
     }
+
+    fn health(&mut self, upstream: &str, h: &RawHealth) -> Health {
+        let key = |k: &str| format!("upstream.{upstream}.health.{k}");
+        let check = match h.check.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
+            None | Some(("tcp", _)) => CheckKind::Tcp,
+            Some(("http", _)) => CheckKind::Http,
+            Some((other, span)) => {
+                self.err(
+                    Some(span),
+                    key("check"),
+                    format!("must be \"tcp\" or \"http\", got {other:?}"),
+                );
+                CheckKind::Tcp
+            }
+        };
+        let path = match &h.path {
+            None => DEFAULT_HEALTH_PATH.to_string(),
+            Some(p) => {
+                if check != CheckKind::Http {
+                    self.err(
+                        Some(p.span()),
+                        key("path"),
+                        "only applies to check = \"http\"",
+                    );
+                }
+                if !p.get_ref().starts_with('/')
+                    || http::uri::PathAndQuery::try_from(p.get_ref().as_str()).is_err()
+                {
+                    self.err(
+                        Some(p.span()),
+                        key("path"),
+                        format!("must be a path starting with '/', got {:?}", p.get_ref()),
+                    );
+                }
+                p.get_ref().clone()
+            }
+        };
+        let expect_status = match &h.expect_status {
+            None => DEFAULT_EXPECT_STATUS,
+            Some(e) => {
+                match parse_status_range(e.get_ref()) {
+                    Some(r) => r,
+                    None => {
+                        self.err(
+                        Some(e.span()),
+                        key("expect_status"),
+                        format!("must be a status or a range like \"200-399\" within 100-599, got {:?}", e.get_ref()),
+                    );
+                        DEFAULT_EXPECT_STATUS
+                    }
+                }
+            }
+        };
+        let interval = self.duration(&h.interval, &key("interval"), DEFAULT_HEALTH_INTERVAL);
+        let timeout = self.duration(&h.timeout, &key("timeout"), DEFAULT_HEALTH_TIMEOUT);
+        let rise = self.int(&h.rise, &key("rise"), 1, 100, i64::from(DEFAULT_RISE)) as u32;
+        let fall = self.int(&h.fall, &key("fall"), 1, 100, i64::from(DEFAULT_FALL)) as u32;
+        let passive_failures = self.int(
+            &h.passive_failures,
+            &key("passive_failures"),
+            1,
+            1000,
+            i64::from(DEFAULT_PASSIVE_FAILURES),
+        ) as u32;
+        let eject_for = match &h.eject_for {
+            None => DEFAULT_EJECT_FOR,
+            Some(v) => match parse_duration(v.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(Some(v.span()), key("eject_for"), e);
+                    DEFAULT_EJECT_FOR
+                }
+            },
+        };
+        Health {
+            check,
+            path,
+            expect_status,
+            interval,
+            timeout,
+            rise,
+            fall,
+            passive_failures,
+            eject_for,
+        }
+    }
+}
+
+/// `"200"` or `"200-399"`, within 100..=599.
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let v = s.trim().parse().ok()?;
+            (v, v)
+        }
+    };
+    ((100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi).then_some((lo, hi))
 }
 
 /// Resolves `host:port` (or an IP address with port) to its first address.
@@ -1001,6 +1187,15 @@ mod tests {
         assert!(!wild.matches(".example.com"));
         assert!(!wild.matches("a..example.com"));
         assert!(!wild.matches("badexample.com"));
+    }
+
+    #[test]
+    fn status_ranges_parse() {
+        assert_eq!(parse_status_range("200-399"), Some((200, 399)));
+        assert_eq!(parse_status_range("204"), Some((204, 204)));
+        assert_eq!(parse_status_range("399-200"), None);
+        assert_eq!(parse_status_range("99-200"), None);
+        assert_eq!(parse_status_range("ok"), None);
     }
 
     #[test]

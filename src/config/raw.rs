@@ -139,21 +139,21 @@ pub struct RawUpstreamTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSticky {
-    pub cookie: Option<String>,
+    pub cookie: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
-    pub check: Option<String>,
-    pub path: Option<String>,
-    pub expect_status: Option<String>,
-    pub interval: Option<String>,
-    pub timeout: Option<String>,
-    pub rise: Option<i64>,
-    pub fall: Option<i64>,
-    pub passive_failures: Option<i64>,
-    pub eject_for: Option<String>,
+    pub check: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub passive_failures: Option<Spanned<i64>>,
+    pub eject_for: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -61,14 +61,18 @@ async fn connect(s: &Settings, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
     let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..attempts {
+        // A TCP connection has only its source address to hash, whatever `hash_key` says.
         let mut lease = up.pick(&PickContext {
             client: Some(peer),
             exclude: &tried,
+            hash: None,
         })?;
         let addr = lease.backend().addr;
+        let started = Instant::now();
         let err = match timeout(up.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                lease.record_latency(started.elapsed());
                 lease.set_outcome(Outcome::Success);
                 return Some((stream, lease));
             }

@@ -14,9 +14,12 @@ use tracing::{debug, warn};
 
 use super::body::{BodyStats, RequestBody, ResponseBody, UpstreamBody};
 use super::error::ProxyError;
+use super::sticky::cookie;
 use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
-use crate::upstream::{Backend, Outcome, PickContext};
+use crate::balance::hash_bytes;
+use crate::config::HashKey;
+use crate::upstream::{hash_ip, Backend, Outcome, PickContext};
 
 /// Most tries one request makes, whatever `retries` says.
 const MAX_ATTEMPTS: usize = 16;
@@ -139,6 +142,14 @@ pub async fn forward(
         && req.headers().contains_key(header::UPGRADE)
         && connection_has(req.headers(), "upgrade");
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let up = &target.upstream;
+    let hash = up
+        .hashes()
+        .then(|| request_hash(&up.hash_key, &req, ctx.peer));
+    let sticky = target
+        .sticky
+        .as_ref()
+        .map(|s| (s, s.requested(req.headers())));
 
     let limit = settings.max_body_size;
     if limit > 0 {
@@ -213,16 +224,22 @@ pub async fn forward(
         RequestBody::empty()
     });
 
-    let up = &target.upstream;
     let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
     let mut tried: Vec<usize> = Vec::new();
     let mut unsent: Option<Request<RequestBody>> = None;
     let mut failures = 0;
     let mut last_error = ProxyError::NoBackend;
     while failures < attempts {
-        let Some(mut lease) = up.pick(&PickContext {
-            client: Some(ctx.peer),
-            exclude: &tried,
+        let sticky_lease = match sticky {
+            Some((_, Some(i))) if !tried.contains(&i) => up.pick_backend(i),
+            _ => None,
+        };
+        let Some(mut lease) = sticky_lease.or_else(|| {
+            up.pick(&PickContext {
+                client: Some(ctx.peer),
+                exclude: &tried,
+                hash,
+            })
         }) else {
             break;
         };
@@ -269,6 +286,7 @@ pub async fn forward(
                 (_, None, _) => break,
             },
         };
+        let sent_at = tokio::time::Instant::now();
         let sent = tokio::time::timeout(timeout, sender.try_send_request(request)).await;
         let mut resp = match sent {
             Err(_) => {
@@ -318,6 +336,14 @@ pub async fn forward(
             }
         };
         lease.set_outcome(Outcome::Success);
+        lease.record_latency(sent_at.elapsed());
+        if let Some((cookie, requested)) = sticky {
+            if requested != Some(i) {
+                if let Some(v) = cookie.set_cookie(i) {
+                    resp.headers_mut().append(header::SET_COOKIE, v.clone());
+                }
+            }
+        }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -363,6 +389,21 @@ pub async fn forward(
         ));
     }
     Err(last_error)
+}
+
+/// What `consistent_hash` hashes for this request; a missing header or cookie falls
+/// back to the client address.
+fn request_hash(key: &HashKey, req: &Request<Incoming>, peer: SocketAddr) -> u64 {
+    let bytes: Option<&[u8]> = match key {
+        HashKey::SourceIp => None,
+        HashKey::Path => Some(req.uri().path().as_bytes()),
+        HashKey::Header(name) => req.headers().get(name.as_str()).map(HeaderValue::as_bytes),
+        HashKey::Cookie(name) => cookie(req.headers(), name).map(str::as_bytes),
+    };
+    match bytes {
+        Some(b) => hash_bytes(b),
+        None => hash_ip(peer.ip()),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod forward;
 pub mod pool;
 pub mod route;
 mod static_files;
+mod sticky;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,18 +49,22 @@ const MIN_HEADER_BUFFER: u64 = 8192;
 pub struct UpstreamTarget {
     pub upstream: Arc<Upstream>,
     pub pools: Vec<Arc<BackendPool>>,
+    pub sticky: Option<sticky::StickyCookie>,
 }
 
 impl UpstreamTarget {
-    pub fn new(upstream: Arc<Upstream>, pools: &Pools) -> Self {
+    pub fn new(upstream: Arc<Upstream>, sticky: Option<&config::Sticky>, pools: &Pools) -> Self {
         let list = upstream
             .backends()
             .iter()
             .map(|b| pools.get(&upstream.name, &b.address, b.addr))
             .collect();
+        // No TLS listener yet: the cookie is never marked Secure.
+        let sticky = sticky.map(|s| sticky::StickyCookie::new(&s.cookie, &upstream, false));
         UpstreamTarget {
             upstream,
             pools: list,
+            sticky,
         }
     }
 }

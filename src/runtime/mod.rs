@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::health;
 use crate::l7::Pools;
 use crate::upstream::Registry;
 pub use snapshot::Snapshot;
@@ -36,6 +37,8 @@ pub struct BindError {
 /// What every accept loop and connection shares.
 pub(crate) struct Shared {
     pub current: ArcSwap<Snapshot>,
+    pub registry: Registry,
+    pub health: health::Supervisor,
     /// `global.max_connections` across all listeners.
     pub global_limit: Arc<Semaphore>,
     /// Every connection task, so that shutdown can wait for them.
@@ -94,6 +97,8 @@ impl Server {
         let shared = Arc::new(Shared {
             global_limit: Arc::new(Semaphore::new(snapshot.config.global.max_connections)),
             current: ArcSwap::from_pointee(snapshot),
+            registry,
+            health: health::Supervisor::new(),
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             cut: CancellationToken::new(),
@@ -119,6 +124,9 @@ impl Server {
     /// finish for up to `global.shutdown_timeout`, and cuts the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         let shared = self.shared;
+        shared
+            .health
+            .sync(&shared.current.load().config, &shared.registry);
         let mut loops = tokio::task::JoinSet::new();
         for b in self.bound {
             info!(listener = %b.name, addr = %b.local, "listening");
@@ -134,6 +142,7 @@ impl Server {
         let timeout = shared.current.load().config.global.shutdown_timeout;
         shared.stop_accepting.cancel();
         while loops.join_next().await.is_some() {}
+        shared.health.stop_all();
         info!(
             open = shared.tracker.len(),
             timeout = ?timeout,

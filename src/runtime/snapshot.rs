@@ -43,13 +43,13 @@ impl Snapshot {
             .iter()
             .any(|l| l.protocol == Protocol::Http)
         {
-            upstreams
+            config
+                .upstreams
                 .iter()
-                .map(|(n, u)| {
-                    (
-                        n.clone(),
-                        Arc::new(l7::UpstreamTarget::new(u.clone(), pools)),
-                    )
+                .filter_map(|c| {
+                    let u = upstreams.get(&c.name)?;
+                    let target = l7::UpstreamTarget::new(u.clone(), c.sticky.as_ref(), pools);
+                    Some((c.name.clone(), Arc::new(target)))
                 })
                 .collect()
         } else {

@@ -1,43 +1,85 @@
 //! Upstreams as both engines use them: the backends of one configuration generation,
 //! their live state, and `pick`, which hands out a [`Lease`].
 //!
-//! Live state ([`BackendState`]: health, draining, in-flight count, outcome counters) is
-//! not part of a generation. It lives in the [`Registry`], keyed by (upstream name,
-//! backend address), so a reload that keeps a backend keeps its state.
+//! Live state ([`BackendState`]: health, draining, passive ejection, in-flight count,
+//! latency, outcome counters) is not part of a generation. It lives in the [`Registry`],
+//! keyed by (upstream name, backend address), so a reload that keeps a backend keeps
+//! its state. Nothing here knows whether it serves TCP or HTTP.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::balance::{Balancer, Candidates, Selection};
-use crate::config;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::balance::{
+    hash_bytes, Balancer, Candidates, ConsistentHash, Ewma, LeastConnections, Random, Selection,
+};
+use crate::config::{self, HashKey, Strategy};
+
+/// Decay time of the latency average: a sample's weight halves in about 7 s.
+const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
+
+/// Milliseconds since the first call: the clock of ejections and latency samples.
+fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    // +1 so that 0 can mean "never".
+    Instant::now().duration_since(base).as_nanos() as u64 + 1
+}
+
+/// Counters every backend of a registry shares.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Bumped on every change of eligibility (health, drain, ejection).
+    epoch: AtomicU64,
+    /// Backends ejected right now, across the registry: while nonzero, picks look
+    /// for ejections that have run out.
+    ejected: AtomicU64,
+}
 
 /// The live state of one backend, shared by every generation that has it.
 #[derive(Debug)]
 pub struct BackendState {
     healthy: AtomicBool,
     draining: AtomicBool,
+    /// `now_ms()` until which passive checks keep the backend out; 0: not ejected.
+    ejected_until: AtomicU64,
     active: AtomicUsize,
     succeeded: AtomicU64,
     failed: AtomicU64,
     consecutive_failures: AtomicU32,
-    /// The registry's eligibility epoch, bumped on every health or drain change.
-    epoch: Arc<AtomicU64>,
+    /// Peak-EWMA latency in nanoseconds (f64 bits) and when it was last updated.
+    ewma_bits: AtomicU64,
+    ewma_stamp: AtomicU64,
+    changes: Arc<Changes>,
 }
 
 impl BackendState {
-    fn new(epoch: Arc<AtomicU64>) -> Self {
+    fn new(changes: Arc<Changes>) -> Self {
         BackendState {
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
+            ejected_until: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
-            epoch,
+            ewma_bits: AtomicU64::new(0),
+            ewma_stamp: AtomicU64::new(0),
+            changes,
         }
+    }
+
+    fn changed(&self) {
+        self.changes.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -48,7 +90,7 @@ impl BackendState {
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let changed = self.healthy.swap(healthy, Ordering::AcqRel) != healthy;
         if changed {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.changed();
         }
         changed
     }
@@ -61,9 +103,34 @@ impl BackendState {
     pub fn set_draining(&self, draining: bool) -> bool {
         let changed = self.draining.swap(draining, Ordering::AcqRel) != draining;
         if changed {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.changed();
         }
         changed
+    }
+
+    /// Whether passive checks keep the backend out right now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Acquire);
+        until != 0 && now_ms() < until
+    }
+
+    fn eject(&self, for_: Duration) {
+        let until = now_ms() + for_.as_millis() as u64;
+        if self.ejected_until.swap(until, Ordering::AcqRel) == 0 {
+            self.changes.ejected.fetch_add(1, Ordering::AcqRel);
+        }
+        self.changed();
+    }
+
+    /// Ends an ejection (its time ran out, or an active check passed).
+    pub fn clear_ejection(&self) -> bool {
+        if self.ejected_until.swap(0, Ordering::AcqRel) != 0 {
+            self.changes.ejected.fetch_sub(1, Ordering::AcqRel);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.changed();
+            return true;
+        }
+        false
     }
 
     /// Connections or requests in flight on this backend.
@@ -82,12 +149,35 @@ impl BackendState {
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
+
+    /// Peak-EWMA latency in nanoseconds, 0 before the first sample.
+    pub fn latency_ns(&self) -> f64 {
+        f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
+    }
+
+    /// Feeds one latency sample: a slower sample is taken at once (the "peak"), a
+    /// faster one pulls the average down as time passes.
+    pub fn record_latency(&self, sample: Duration) {
+        let now = now_ns();
+        let sample = sample.as_nanos() as f64;
+        let prev = self.latency_ns();
+        let last = self.ewma_stamp.swap(now, Ordering::Relaxed);
+        let next = if prev == 0.0 || sample > prev {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(last) as f64;
+            let w = (-elapsed / EWMA_DECAY_NS).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        // Lock-free: a concurrent sample may win; either is a fair estimate.
+        self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
+    }
 }
 
 /// Live backend state across generations.
 #[derive(Debug, Default)]
 pub struct Registry {
-    epoch: Arc<AtomicU64>,
+    changes: Arc<Changes>,
     /// Touched only when a generation is built, never per request.
     states: Mutex<HashMap<(String, String), Arc<BackendState>>>,
 }
@@ -102,7 +192,7 @@ impl Registry {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states
             .entry((upstream.to_string(), address.to_string()))
-            .or_insert_with(|| Arc::new(BackendState::new(self.epoch.clone())))
+            .or_insert_with(|| Arc::new(BackendState::new(self.changes.clone())))
             .clone()
     }
 
@@ -118,7 +208,13 @@ impl Registry {
             })
             .collect();
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.retain(|(u, a), _| keep.contains(&(u.as_str(), a.as_str())));
+        states.retain(|(u, a), s| {
+            let kept = keep.contains(&(u.as_str(), a.as_str()));
+            if !kept {
+                s.clear_ejection();
+            }
+            kept
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -143,19 +239,32 @@ pub struct Backend {
 
 impl Backend {
     pub fn is_eligible(&self) -> bool {
-        self.weight > 0 && self.state.is_healthy() && !self.state.is_draining()
+        self.weight > 0
+            && self.state.is_healthy()
+            && !self.state.is_draining()
+            && !self.state.is_ejected()
     }
+}
+
+/// Passive ejection settings.
+#[derive(Debug, Clone, Copy)]
+struct Passive {
+    failures: u32,
+    eject_for: Duration,
 }
 
 /// An upstream of one generation: its backends, its strategy and its settings.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
+    pub strategy: Strategy,
     pub connect_timeout: Duration,
     pub retries: u32,
+    pub hash_key: HashKey,
     backends: Vec<Arc<Backend>>,
     balancer: Balancer,
-    epoch: Arc<AtomicU64>,
+    passive: Option<Passive>,
+    changes: Arc<Changes>,
 }
 
 /// What a pick may depend on.
@@ -164,6 +273,9 @@ pub struct PickContext<'a> {
     pub client: Option<SocketAddr>,
     /// Backends (by index) already tried for this connection or request.
     pub exclude: &'a [usize],
+    /// The request's hash for `consistent_hash` ([`Upstream::hash`]); `None` hashes
+    /// the client address.
+    pub hash: Option<u64>,
 }
 
 struct View<'a> {
@@ -181,15 +293,29 @@ impl Candidates for View<'_> {
     fn is_eligible(&self, i: usize) -> bool {
         self.backends[i].is_eligible()
     }
+    fn active(&self, i: usize) -> u64 {
+        self.backends[i].state.active() as u64
+    }
+    fn latency_ns(&self, i: usize) -> f64 {
+        self.backends[i].state.latency_ns()
+    }
     fn epoch(&self) -> u64 {
         self.epoch
+    }
+}
+
+/// The hash of a client address, for `hash_key = "source_ip"` and as the fallback.
+pub fn hash_ip(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => hash_bytes(&v6.octets()),
     }
 }
 
 impl Upstream {
     /// Builds the upstream of a new generation, taking live state from `registry`.
     pub fn build(cfg: &config::Upstream, registry: &Registry) -> Upstream {
-        let backends = cfg
+        let backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
             .map(|b| {
@@ -202,16 +328,37 @@ impl Upstream {
                 })
             })
             .collect();
-        // The config refuses every strategy this build does not have.
-        debug_assert_eq!(cfg.strategy, config::Strategy::RoundRobin);
-        let balancer = Balancer::round_robin();
+        let balancer = match cfg.strategy {
+            Strategy::RoundRobin => Balancer::round_robin(),
+            Strategy::LeastConnections => Balancer::LeastConnections(LeastConnections::new()),
+            Strategy::Random => Balancer::Random(Random::new()),
+            Strategy::Ewma => Balancer::Ewma(Ewma::new()),
+            Strategy::ConsistentHash => {
+                let ids: Vec<(&str, u32)> = backends
+                    .iter()
+                    .map(|b| (b.name.as_str(), b.weight))
+                    .collect();
+                Balancer::ConsistentHash(ConsistentHash::new(&ids))
+            }
+        };
+        let passive = cfg
+            .health
+            .as_ref()
+            .filter(|h| !h.eject_for.is_zero())
+            .map(|h| Passive {
+                failures: h.passive_failures,
+                eject_for: h.eject_for,
+            });
         Upstream {
             name: cfg.name.clone(),
+            strategy: cfg.strategy,
             connect_timeout: cfg.connect_timeout,
             retries: cfg.retries,
+            hash_key: cfg.hash_key.clone(),
             backends,
             balancer,
-            epoch: registry.epoch.clone(),
+            passive,
+            changes: registry.changes.clone(),
         }
     }
 
@@ -219,25 +366,65 @@ impl Upstream {
         &self.backends
     }
 
+    /// Whether the strategy looks at [`PickContext::hash`].
+    pub fn hashes(&self) -> bool {
+        self.strategy == Strategy::ConsistentHash
+    }
+
+    /// Ends the ejections of this upstream's backends whose time ran out.
+    fn expire_ejections(&self) {
+        if self.changes.ejected.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let now = now_ms();
+        for b in &self.backends {
+            let until = b.state.ejected_until.load(Ordering::Acquire);
+            if until != 0 && now >= until && b.state.clear_ejection() {
+                info!(upstream = %self.name, backend = %b.name, "ejection over: backend back in rotation");
+            }
+        }
+    }
+
+    fn lease(&self, i: usize) -> Lease {
+        let backend = self.backends[i].clone();
+        backend.state.active.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            backend,
+            index: i,
+            outcome: None,
+            passive: self.passive,
+        }
+    }
+
     /// Picks a backend by the upstream's strategy; `None` when none is eligible.
     pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Lease> {
+        self.expire_ejections();
         let view = View {
             backends: &self.backends,
-            epoch: self.epoch.load(Ordering::Acquire),
+            epoch: self.changes.epoch.load(Ordering::Acquire),
+        };
+        let hash = if self.hashes() {
+            ctx.hash.or_else(|| ctx.client.map(|c| hash_ip(c.ip())))
+        } else {
+            None
         };
         let i = self.balancer.select(
             &view,
             Selection {
                 exclude: ctx.exclude,
+                hash,
             },
         )?;
-        let backend = self.backends[i].clone();
-        backend.state.active.fetch_add(1, Ordering::Relaxed);
-        Some(Lease {
-            backend,
-            index: i,
-            outcome: None,
-        })
+        Some(self.lease(i))
+    }
+
+    /// A lease on backend `i` if it is eligible (for sticky sessions).
+    pub fn pick_backend(&self, i: usize) -> Option<Lease> {
+        self.expire_ejections();
+        self.backends
+            .get(i)
+            .filter(|b| b.is_eligible())
+            .map(|_| self.lease(i))
     }
 }
 
@@ -249,12 +436,14 @@ pub enum Outcome {
 }
 
 /// A picked backend. While held it counts as one in-flight connection or request on
-/// that backend; dropping it releases the count and records the outcome, if one was set.
+/// that backend; dropping it releases the count and records the outcome, if one was set:
+/// failures in a row past `passive_failures` eject the backend for `eject_for`.
 #[derive(Debug)]
 pub struct Lease {
     backend: Arc<Backend>,
     index: usize,
     outcome: Option<Outcome>,
+    passive: Option<Passive>,
 }
 
 impl Lease {
@@ -275,6 +464,11 @@ impl Lease {
     pub fn set_outcome(&mut self, outcome: Outcome) {
         self.outcome = Some(outcome);
     }
+
+    /// Time to first response byte (HTTP) or to connect (TCP), for `ewma`.
+    pub fn record_latency(&self, latency: Duration) {
+        self.backend.state.record_latency(latency);
+    }
 }
 
 impl Drop for Lease {
@@ -288,7 +482,19 @@ impl Drop for Lease {
             }
             Some(Outcome::Failure) => {
                 s.failed.fetch_add(1, Ordering::Relaxed);
-                s.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                let n = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(p) = self.passive {
+                    if n >= p.failures && !s.is_ejected() {
+                        s.eject(p.eject_for);
+                        warn!(
+                            backend = %self.backend.name,
+                            backend.addr = %self.backend.addr,
+                            failures = n,
+                            eject_for = ?p.eject_for,
+                            "backend ejected after failures in a row"
+                        );
+                    }
+                }
             }
             None => {}
         }
@@ -300,18 +506,22 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn config(backends: &str) -> config::Config {
+    fn config(backends: &str, extra: &str) -> config::Config {
         let src = format!(
             "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
-             [upstream.app]\nbackends = [{backends}]\n"
+             [upstream.app]\nbackends = [{backends}]\n{extra}"
         );
         config::Config::parse(&src, Path::new("t.toml")).unwrap()
+    }
+
+    fn one() -> config::Config {
+        config("{ address = \"127.0.0.1:1\" }", "")
     }
 
     #[test]
     fn a_lease_counts_in_flight_work_until_dropped() {
         let reg = Registry::new();
-        let up = Upstream::build(&config("{ address = \"127.0.0.1:1\" }").upstreams[0], &reg);
+        let up = Upstream::build(&one().upstreams[0], &reg);
         let a = up.pick(&PickContext::default()).unwrap();
         let b = up.pick(&PickContext::default()).unwrap();
         assert_eq!(up.backends()[0].state.active(), 2);
@@ -324,7 +534,7 @@ mod tests {
     #[test]
     fn a_lease_records_its_outcome_when_dropped() {
         let reg = Registry::new();
-        let up = Upstream::build(&config("{ address = \"127.0.0.1:1\" }").upstreams[0], &reg);
+        let up = Upstream::build(&one().upstreams[0], &reg);
         for _ in 0..2 {
             let mut l = up.pick(&PickContext::default()).unwrap();
             l.set_outcome(Outcome::Failure);
@@ -340,12 +550,17 @@ mod tests {
     #[test]
     fn state_survives_a_rebuild_for_the_same_address_only() {
         let reg = Registry::new();
-        let cfg1 = config("{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }");
+        let cfg1 = config(
+            "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
+            "",
+        );
         let gen1 = Upstream::build(&cfg1.upstreams[0], &reg);
         gen1.backends()[0].state.set_draining(true);
         gen1.backends()[1].state.set_healthy(false);
-        let cfg2 =
-            config("{ address = \"127.0.0.1:2\", weight = 3 }, { address = \"127.0.0.1:3\" }");
+        let cfg2 = config(
+            "{ address = \"127.0.0.1:2\", weight = 3 }, { address = \"127.0.0.1:3\" }",
+            "",
+        );
         reg.retain(&cfg2);
         let gen2 = Upstream::build(&cfg2.upstreams[0], &reg);
         assert!(!gen2.backends()[0].state.is_healthy());
@@ -360,7 +575,11 @@ mod tests {
     fn a_drained_or_down_backend_is_not_picked() {
         let reg = Registry::new();
         let up = Upstream::build(
-            &config("{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }").upstreams[0],
+            &config(
+                "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
+                "",
+            )
+            .upstreams[0],
             &reg,
         );
         up.backends()[0].state.set_draining(true);
@@ -371,5 +590,60 @@ mod tests {
         assert!(up.pick(&PickContext::default()).is_none());
         up.backends()[0].state.set_draining(false);
         assert_eq!(up.pick(&PickContext::default()).unwrap().index(), 0);
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_a_backend_until_its_time_runs_out() {
+        let reg = Registry::new();
+        let cfg = config(
+            "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
+            "[upstream.app.health]\npassive_failures = 3\neject_for = \"150ms\"\n",
+        );
+        let up = Upstream::build(&cfg.upstreams[0], &reg);
+        for _ in 0..3 {
+            let mut l = up.pick_backend(0).unwrap();
+            l.set_outcome(Outcome::Failure);
+        }
+        assert!(up.backends()[0].state.is_ejected());
+        for _ in 0..4 {
+            assert_eq!(up.pick(&PickContext::default()).unwrap().index(), 1);
+        }
+        assert!(up.pick_backend(0).is_none());
+        std::thread::sleep(Duration::from_millis(200));
+        let picks: Vec<usize> = (0..4)
+            .map(|_| up.pick(&PickContext::default()).unwrap().index())
+            .collect();
+        assert!(
+            picks.contains(&0),
+            "back in rotation after eject_for: {picks:?}"
+        );
+        assert!(!up.backends()[0].state.is_ejected());
+    }
+
+    #[test]
+    fn a_success_between_failures_resets_the_count() {
+        let reg = Registry::new();
+        let cfg = config(
+            "{ address = \"127.0.0.1:1\" }",
+            "[upstream.app.health]\npassive_failures = 2\neject_for = \"10s\"\n",
+        );
+        let up = Upstream::build(&cfg.upstreams[0], &reg);
+        for outcome in [Outcome::Failure, Outcome::Success, Outcome::Failure] {
+            up.pick_backend(0).unwrap().set_outcome(outcome);
+        }
+        assert!(!up.backends()[0].state.is_ejected());
+    }
+
+    #[test]
+    fn latency_takes_peaks_at_once_and_decays_towards_lower_samples() {
+        let reg = Registry::new();
+        let s = reg.state("u", "a");
+        s.record_latency(Duration::from_millis(10));
+        assert_eq!(s.latency_ns(), 10_000_000.0);
+        s.record_latency(Duration::from_millis(50));
+        assert_eq!(s.latency_ns(), 50_000_000.0);
+        s.record_latency(Duration::from_millis(1));
+        let after = s.latency_ns();
+        assert!((1_000_000.0..=50_000_000.0).contains(&after), "{after}");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct HttpBackend {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     accepted: Arc<AtomicUsize>,
     pub abandoned: Arc<AtomicUsize>,
+    /// The status `/health` answers with.
+    pub health: Arc<AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -82,8 +84,14 @@ async fn backend_service(
     name: Arc<str>,
     seen: Arc<Mutex<Vec<Seen>>>,
     abandoned: Arc<AtomicUsize>,
+    health: Arc<AtomicU16>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    if path == "/health" {
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::from_u16(health.load(Ordering::SeqCst)).unwrap();
+        return Ok(r);
+    }
     let mut record = Seen {
         method: req.method().clone(),
         uri: req.uri().to_string(),
@@ -159,7 +167,13 @@ impl HttpBackend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
         let abandoned = Arc::new(AtomicUsize::new(0));
-        let (s, a, ab) = (seen.clone(), accepted.clone(), abandoned.clone());
+        let health = Arc::new(AtomicU16::new(200));
+        let (s, a, ab, hl) = (
+            seen.clone(),
+            accepted.clone(),
+            abandoned.clone(),
+            health.clone(),
+        );
         let n: Arc<str> = Arc::from(name);
         let task = tokio::spawn(async move {
             loop {
@@ -167,10 +181,10 @@ impl HttpBackend {
                     return;
                 };
                 a.fetch_add(1, Ordering::SeqCst);
-                let (s, ab, n) = (s.clone(), ab.clone(), n.clone());
+                let (s, ab, n, hl) = (s.clone(), ab.clone(), n.clone(), hl.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        backend_service(req, n.clone(), s.clone(), ab.clone())
+                        backend_service(req, n.clone(), s.clone(), ab.clone(), hl.clone())
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -185,6 +199,7 @@ impl HttpBackend {
             seen,
             accepted,
             abandoned,
+            health,
             task,
         }
     }

@@ -83,6 +83,8 @@ pub async fn refusing_addr() -> SocketAddr {
 
 /// A fulcrum server started from TOML in this process.
 pub struct Fulcrum {
+    /// The generation the server started with; its backends' live state is shared.
+    pub snapshot: Arc<fulcrum::runtime::Snapshot>,
     server_addrs: Vec<(String, SocketAddr)>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<ShutdownReport>,
@@ -103,11 +105,13 @@ impl Fulcrum {
                     .map(move |a| (n.clone(), a))
             })
             .collect();
+        let snapshot = server.snapshot();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
         Fulcrum {
+            snapshot,
             server_addrs,
             stop: Some(tx),
             handle,
@@ -131,6 +135,16 @@ impl Fulcrum {
             .await
             .expect("shutdown finished")
             .expect("server task")
+    }
+
+    /// The live state of backend `name` of upstream `upstream`.
+    pub fn backend(&self, upstream: &str, name: &str) -> Arc<fulcrum::upstream::Backend> {
+        self.snapshot.upstreams[upstream]
+            .backends()
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {name} in {upstream}"))
     }
 
     pub fn begin_stop(&mut self) {
