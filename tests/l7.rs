@@ -589,3 +589,142 @@ async fn redirect_https_answers_308_to_the_same_host_and_path() {
     assert_eq!(h["location"], "https://shop.example.com/a/b?c=d");
     f.stop().await;
 }
+
+#[tokio::test]
+async fn the_route_timeout_starts_after_a_slow_upload_is_complete() {
+    let b = HttpBackend::start("b").await;
+    let config = web(
+        "[[listener.route]]\nupstream = \"app\"\ntimeout = \"300ms\"\n",
+        &upstream("app", &[&b]),
+    );
+    let f = Fulcrum::start(&config).await;
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    // /bytes/0 answers only after reading the whole body: ten bytes over a second.
+    s.write_all(b"POST /bytes/0 HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"z").await.unwrap();
+    }
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    assert_eq!(b.last().body_len, 10);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_header_timeout_while_idle() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\nheader_timeout = \"200ms\"\nidle_timeout = \"10s\"",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("the connection is still open");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        let mut rest = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut rest)).await;
+        // Idle for longer than header_timeout, well within idle_timeout.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    drop(s);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_idle_timeout() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\nidle_timeout = \"300ms\"",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let resp = raw_exchange(f.addr("web"), b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_the_backend_released() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\nidle_timeout = \"300ms\"",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"GET /bytes/67108864 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let backend = f.backend("app", "b");
+    let mut started = false;
+    for _ in 0..500 {
+        if backend.state.active() == 1 {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "the request never reached the backend");
+    // Never read: the response stalls once the socket buffers are full.
+    let mut released = false;
+    for _ in 0..1000 {
+        if backend.state.active() == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(released, "a stalled response held its backend");
+    drop(s);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn requests_with_no_host_or_two_hosts_get_400() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    let addr = f.addr("web");
+    let resp = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = raw_exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(b.requests().is_empty());
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_post_still_says_its_length_and_http2_cookies_arrive_as_one() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    let addr = f.addr("web");
+    let req = Request::post(format!("http://{addr}/"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.0, 200);
+    assert_eq!(b.last().headers["content-length"], "0");
+    let req = Request::get(format!("http://{addr}/"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&h2c_client(), req).await.0, 200);
+    let seen = b.last();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+    f.stop().await;
+}

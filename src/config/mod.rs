@@ -22,6 +22,9 @@ use raw::*;
 use toml::Spanned;
 pub use units::{parse_duration, parse_size};
 
+/// The longest duration any key accepts: longer ones are surely mistakes, and would
+/// overflow clocks.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_WORKERS: usize = 0;
 pub const MAX_WORKERS: i64 = 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;

@@ -2,15 +2,19 @@
 
 use std::time::Duration;
 
-/// `"250ms"`, `"2s"`, `"1m"`, `"1h 30m"`; a bare `"0"` is zero.
+/// `"250ms"`, `"2s"`, `"1m"`, `"1h 30m"`; a bare `"0"` is zero; at most a week.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!("is not a duration ({e}); write it like \"250ms\", \"2s\" or \"1m\", got {s:?}")
-    })
+    })?;
+    if d > super::MAX_DURATION {
+        return Err(format!("must be at most 7 days, got {s:?}"));
+    }
+    Ok(d)
 }
 
 /// A size in bytes: an integer, or a string with an optional unit
@@ -77,6 +81,8 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("400000000000y").is_err());
+        assert!(parse_duration("8days").is_err());
     }
 
     #[test]

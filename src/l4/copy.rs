@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::{Activity, Watched};
 
-/// Per-direction buffer: large enough for loopback and LAN bulk transfers.
-const BUF_SIZE: usize = 64 * 1024;
+/// Per-direction buffer: big enough for bulk transfers, small enough that many idle
+/// connections stay cheap (2 x 32 KiB each).
+const BUF_SIZE: usize = 32 * 1024;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Copied {

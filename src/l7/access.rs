@@ -31,7 +31,7 @@ impl Drop for Record {
     fn drop(&mut self) {
         info!(
             target: "fulcrum::access",
-            client = %self.client.ip(),
+            client = %self.client,
             listener = %self.listener,
             method = %self.method,
             host = %self.host.as_ref().and_then(|h| h.to_str().ok()).or(self.uri.host()).unwrap_or("-"),

@@ -24,6 +24,28 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct BodyStats {
     pub bytes: AtomicU64,
     pub too_large: AtomicBool,
+    /// The whole body was read from the client (and handed on).
+    pub finished: AtomicBool,
+    /// Signalled once `finished` is set.
+    pub done: tokio::sync::Notify,
+}
+
+impl BodyStats {
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Completes once the whole body has been read.
+    pub async fn wait_finished(&self) {
+        if !self.is_finished() {
+            self.done.notified().await;
+        }
+    }
+
+    fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.done.notify_one();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +107,12 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(stats) = &this.stats {
+                    stats.finish();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -103,17 +130,22 @@ impl Body for RequestBody {
 
 /// A backend's response body. Holds the lease (the request is in flight on the
 /// backend until its body ends) and the connection, which returns to the pool once the
-/// body ended cleanly.
+/// response ended cleanly and the request's own body was sent whole (a backend may
+/// answer before reading it all; that connection is still busy and is closed).
 pub struct UpstreamBody {
     pub inner: Incoming,
     pub conn: Option<(Sender, Arc<BackendPool>)>,
     pub lease: Option<Lease>,
+    /// The request's body, if it had one.
+    pub request: Option<Arc<BodyStats>>,
 }
 
 impl UpstreamBody {
     fn finish(&mut self) {
         if let Some((sender, pool)) = self.conn.take() {
-            pool.checkin(sender);
+            if self.request.as_ref().is_none_or(|r| r.is_finished()) {
+                pool.checkin(sender);
+            }
         }
         self.lease.take();
     }
@@ -156,8 +188,11 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    // Broken mid-way: the connection is not reused.
+                    // Broken mid-way: the connection is not reused, the backend failed.
                     u.conn = None;
+                    if let Some(lease) = u.lease.as_mut() {
+                        lease.set_outcome(crate::upstream::Outcome::Failure);
+                    }
                     Poll::Ready(Some(Err(Box::new(e))))
                 }
                 other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),

@@ -171,12 +171,12 @@ pub async fn forward(
     } else {
         None
     };
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The authority of an absolute-form or HTTP/2 request wins over Host (RFC 9112 3.2.2).
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| headers.get(header::HOST).cloned());
     strip_hop_by_hop(&mut headers);
     let xff = forwarded_for(&headers, ctx.peer);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -187,17 +187,36 @@ pub async fn forward(
     match &host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            if !headers.contains_key(header::HOST) {
-                headers.insert(header::HOST, h.clone());
-            }
+            headers.insert(header::HOST, h.clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
         }
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    // Framing is hyper's to decide from the body: never trust the client's here.
+    // Framing is hyper's to decide from the body: never trust the client's here. An
+    // empty body of a method that usually has one still says so, or some backends
+    // answer 411.
+    let said_empty = headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
     headers.remove(header::CONTENT_LENGTH);
+    if !has_body
+        && (said_empty || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH))
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+    if parts.version == Version::HTTP_2 && headers.get_all(header::COOKIE).iter().count() > 1 {
+        let joined: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if let Ok(v) = HeaderValue::try_from(joined.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
     if let Some(v) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, v);
@@ -287,7 +306,20 @@ pub async fn forward(
             },
         };
         let sent_at = tokio::time::Instant::now();
-        let sent = tokio::time::timeout(timeout, sender.try_send_request(request)).await;
+        // The route's timeout is for the backend's answer: it starts once the request
+        // body (if any) has been read whole, not while a client is still uploading.
+        let body_stats = trace.body.clone();
+        let deadline = async {
+            if let Some(stats) = &body_stats {
+                stats.wait_finished().await;
+            }
+            let _waiting = ctx.waiting_on_backend();
+            tokio::time::sleep(timeout).await;
+        };
+        let sent = tokio::select! {
+            r = sender.try_send_request(request) => Ok(r),
+            _ = deadline => Err(()),
+        };
         let mut resp = match sent {
             Err(_) => {
                 lease.set_outcome(Outcome::Failure);
@@ -355,8 +387,10 @@ pub async fn forward(
             let idle = settings.idle_timeout;
             let cut = ctx.cut.clone();
             let backend_addr = lease.backend().addr;
+            let permits = ctx.permits.clone();
             ctx.tracker.spawn(async move {
-                let _lease = lease;
+                // The tunnel still counts against the connection limits.
+                let _held = (lease, permits);
                 let (client, backend) = match tokio::join!(client_upgrade, backend_upgrade) {
                     (Ok(c), Ok(b)) => (c, b),
                     (c, b) => {
@@ -377,6 +411,10 @@ pub async fn forward(
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
         }
 
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            // hyper decoded the chunked body; a Content-Length beside it is a lie.
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(resp.headers_mut());
         let (parts, inner) = resp.into_parts();
         return Ok(Response::from_parts(
@@ -385,6 +423,7 @@ pub async fn forward(
                 inner,
                 conn: Some((sender, pool.clone())),
                 lease: Some(lease),
+                request: trace.body.clone(),
             }),
         ));
     }

@@ -17,7 +17,7 @@ mod sticky;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +77,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub redirect_https: bool,
     pub access_log: bool,
+    pub header_timeout: Duration,
     /// `X-Forwarded-Proto`.
     pub scheme: &'static str,
     server: auto::Builder<TokioExecutor>,
@@ -131,7 +132,10 @@ impl Settings {
         server
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(l.header_timeout)
+            // hyper's timer also runs while a keep-alive connection waits for its next
+            // request: never shorter than idle_timeout, or idle connections would close
+            // early. The first head is held to header_timeout by serve_connection.
+            .header_read_timeout(l.header_timeout.max(l.idle_timeout))
             .max_buf_size(header_buf as usize)
             .keep_alive(true);
         server
@@ -145,6 +149,7 @@ impl Settings {
             idle_timeout: l.idle_timeout,
             redirect_https: l.redirect_https,
             access_log,
+            header_timeout: l.header_timeout,
             scheme: "http",
             server,
         }
@@ -157,24 +162,68 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// False when the access rules deny the client: every request gets 403.
     pub admitted: bool,
-    in_flight: AtomicUsize,
+    /// Requests whose body is sent and that wait for the backend's answer, a wait the
+    /// route's `timeout` bounds: meanwhile the connection is not idle.
+    waiting: AtomicUsize,
+    /// Set once the first request's head has arrived.
+    first_request: AtomicBool,
+    /// The connection's places under the connection limits, held by upgraded tunnels too.
+    pub permits: Arc<dyn Send + Sync>,
     /// Fires when shutdown's drain time is over.
     pub cut: CancellationToken,
     /// Where upgraded connections are spawned, so shutdown waits for them too.
     pub tracker: TaskTracker,
 }
 
-/// Serves one accepted connection until it closes, is idle for `idle_timeout`, or
-/// shutdown ends it: `drain` closes it after the requests in flight, `cut` at once.
+/// Counts a request as waiting on its backend while held.
+pub struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnCtx {
+    pub fn waiting_on_backend(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.waiting)
+    }
+}
+
+/// What the runtime hands over with an accepted connection.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// False when the access rules deny the client.
+    pub admitted: bool,
+    /// Places under the connection limits, released when the connection (and any
+    /// tunnel upgraded from it) ends.
+    pub permits: Arc<dyn Send + Sync>,
+}
+
+/// Serves one accepted connection until it closes or shutdown ends it: `drain` closes
+/// it after the requests in flight, `cut` at once.
+///
+/// Timeouts: the first request's head must arrive within `header_timeout` (later heads
+/// on a keep-alive connection get the longer of `header_timeout` and `idle_timeout`
+/// from hyper). A connection on which no byte moves for `idle_timeout`, while no
+/// request waits on a backend, is closed after its responses in flight; if it is
+/// still silent one `idle_timeout` later (a client that stopped reading, a stalled
+/// upload), it is dropped.
 pub async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     settings: Arc<Settings>,
-    admitted: bool,
     drain: CancellationToken,
     cut: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let Accepted {
+        stream,
+        peer,
+        admitted,
+        permits,
+    } = accepted;
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
@@ -182,7 +231,9 @@ pub async fn serve_connection(
         settings: settings.clone(),
         peer,
         admitted,
-        in_flight: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
+        first_request: AtomicBool::new(false),
+        permits,
         cut: cut.clone(),
         tracker,
     });
@@ -193,6 +244,9 @@ pub async fn serve_connection(
     });
     let conn = settings.server.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    let first_head = tokio::time::sleep(settings.header_timeout);
+    tokio::pin!(first_head);
+    let mut head_checked = false;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -202,11 +256,22 @@ pub async fn serve_connection(
                 }
                 return;
             }
+            _ = &mut first_head, if !head_checked => {
+                head_checked = true;
+                if !ctx.first_request.load(Ordering::Relaxed) {
+                    debug!(client.addr = %peer, "no complete request head within header_timeout: closed");
+                    return;
+                }
+            }
             _ = drain.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = idle(&activity, &ctx, settings.idle_timeout), if !closing => {
+            _ = idle(&activity, &ctx, settings.idle_timeout) => {
+                if closing {
+                    debug!(client.addr = %peer, "still idle after closing: dropped");
+                    return;
+                }
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -215,22 +280,14 @@ pub async fn serve_connection(
     }
 }
 
-/// Completes when no byte has moved for `timeout` and no request is waiting on a backend.
+/// Completes when no byte has moved for `timeout` and no request waits on a backend.
 async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
     loop {
         activity.idle_for(timeout).await;
-        if ctx.in_flight.load(Ordering::Relaxed) == 0 {
+        if ctx.waiting.load(Ordering::Relaxed) == 0 {
             return;
         }
         tokio::time::sleep(timeout).await;
-    }
-}
-
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -240,8 +297,7 @@ fn new_request_id() -> HeaderValue {
 }
 
 async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
-    ctx.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight(&ctx.in_flight);
+    ctx.first_request.store(true, Ordering::Relaxed);
     let s = &ctx.settings;
     let request_id = req
         .headers()
@@ -300,12 +356,22 @@ async fn respond(
     if !ctx.admitted {
         return Err(ProxyError::Denied);
     }
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if hosts == 0 && req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() {
+        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+    }
     let s = &ctx.settings;
     let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
+        .uri()
+        .host()
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .map(route::strip_port);
     if s.redirect_https {
         let Some(host) = host else {

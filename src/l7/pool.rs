@@ -21,6 +21,9 @@ use crate::config;
 /// Idle connections kept per backend; more are closed when their response ends.
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
 
+/// A pooled connection should be ready at once; one that is not is given up.
+const READY_WAIT: Duration = Duration::from_millis(500);
+
 pub type Sender = SendRequest<RequestBody>;
 
 #[derive(Debug)]
@@ -43,7 +46,7 @@ impl BackendPool {
             if s.is_closed() {
                 continue;
             }
-            if s.ready().await.is_ok() {
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, s.ready()).await {
                 return Some(s);
             }
         }

@@ -81,10 +81,14 @@ pub(crate) async fn accept_loop(
                 let settings = settings.clone();
                 let drain = shared.stop_accepting.clone();
                 let tracker = shared.tracker.clone();
+                let accepted = l7::Accepted {
+                    stream,
+                    peer,
+                    admitted,
+                    permits: Arc::new(permits),
+                };
                 shared.tracker.spawn(async move {
-                    let _permits = permits;
-                    l7::serve_connection(stream, peer, settings, admitted, drain, cut, tracker)
-                        .await;
+                    l7::serve_connection(accepted, settings, drain, cut, tracker).await;
                 });
             }
         }

@@ -35,7 +35,7 @@ fn now_ns() -> u64 {
     Instant::now().duration_since(base).as_nanos() as u64 + 1
 }
 
-/// Counters every backend of a registry shares.
+/// Counters the backends of one upstream share.
 #[derive(Debug, Default)]
 struct Changes {
     /// Bumped on every change of eligibility (health, drain, ejection).
@@ -115,7 +115,7 @@ impl BackendState {
     }
 
     fn eject(&self, for_: Duration) {
-        let until = now_ms() + for_.as_millis() as u64;
+        let until = now_ms().saturating_add(for_.as_millis().min(u128::from(u64::MAX / 2)) as u64);
         if self.ejected_until.swap(until, Ordering::AcqRel) == 0 {
             self.changes.ejected.fetch_add(1, Ordering::AcqRel);
         }
@@ -177,9 +177,16 @@ impl BackendState {
 /// Live backend state across generations.
 #[derive(Debug, Default)]
 pub struct Registry {
-    changes: Arc<Changes>,
     /// Touched only when a generation is built, never per request.
-    states: Mutex<HashMap<(String, String), Arc<BackendState>>>,
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    states: HashMap<(String, String), Arc<BackendState>>,
+    /// One per upstream, so that a change in one upstream leaves the others' cached
+    /// strategy state alone.
+    changes: HashMap<String, Arc<Changes>>,
 }
 
 impl Registry {
@@ -187,12 +194,26 @@ impl Registry {
         Self::default()
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changes(inner: &mut RegistryInner, upstream: &str) -> Arc<Changes> {
+        inner
+            .changes
+            .entry(upstream.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// The state of (upstream, address), created healthy if it is new.
     pub fn state(&self, upstream: &str, address: &str) -> Arc<BackendState> {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states
+        let mut inner = self.lock();
+        let changes = Self::changes(&mut inner, upstream);
+        inner
+            .states
             .entry((upstream.to_string(), address.to_string()))
-            .or_insert_with(|| Arc::new(BackendState::new(self.changes.clone())))
+            .or_insert_with(|| Arc::new(BackendState::new(changes)))
             .clone()
     }
 
@@ -207,18 +228,21 @@ impl Registry {
                     .map(move |b| (u.name.as_str(), b.address.as_str()))
             })
             .collect();
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.retain(|(u, a), s| {
+        let mut inner = self.lock();
+        inner.states.retain(|(u, a), s| {
             let kept = keep.contains(&(u.as_str(), a.as_str()));
             if !kept {
                 s.clear_ejection();
             }
             kept
         });
+        inner
+            .changes
+            .retain(|u, _| config.upstreams.iter().any(|c| &c.name == u));
     }
 
     pub fn len(&self) -> usize {
-        self.states.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().states.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -358,7 +382,7 @@ impl Upstream {
             backends,
             balancer,
             passive,
-            changes: registry.changes.clone(),
+            changes: Registry::changes(&mut registry.lock(), &cfg.name),
         }
     }
 
