@@ -25,10 +25,16 @@ pub fn hash_bytes(data: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The ring is indexed by the top bits of a hash, so that a lookup searches only the
+/// few points of one slice instead of the whole ring.
+const INDEX_BITS: u32 = 16;
+
 #[derive(Debug)]
 pub struct ConsistentHash {
     /// (point, backend index), sorted by point.
     ring: Vec<(u64, u32)>,
+    /// `index[b]`: the first ring position whose point's top bits are >= b.
+    index: Vec<u32>,
 }
 
 impl ConsistentHash {
@@ -54,7 +60,15 @@ impl ConsistentHash {
             }
         }
         ring.sort_unstable();
-        ConsistentHash { ring }
+        let mut index = Vec::with_capacity((1 << INDEX_BITS) + 1);
+        let mut pos = 0usize;
+        for b in 0..=(1u64 << INDEX_BITS) {
+            while pos < ring.len() && (ring[pos].0 >> (64 - INDEX_BITS)) < b {
+                pos += 1;
+            }
+            index.push(pos as u32);
+        }
+        ConsistentHash { ring, index }
     }
 
     pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
@@ -62,10 +76,13 @@ impl ConsistentHash {
             return None;
         }
         let h = s.hash.unwrap_or(0);
-        let start = self.ring.partition_point(|&(p, _)| p < h);
+        let b = (h >> (64 - INDEX_BITS)) as usize;
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        let start = lo + self.ring[lo..hi].partition_point(|&(p, _)| p < h);
         let n = self.ring.len();
-        (0..n)
-            .map(|k| self.ring[(start + k) % n].1 as usize)
+        (start..n)
+            .chain(0..start)
+            .map(|k| self.ring[k].1 as usize)
             .find(|&i| s.usable(c, i))
     }
 }

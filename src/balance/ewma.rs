@@ -19,7 +19,7 @@ impl Ewma {
     pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         lowest(c, &s, start % c.len().max(1), |i| {
-            c.latency_ns(i) * (c.active(i) + 1) as f64 / f64::from(c.weight(i).max(1))
+            c.latency_ns(i) * (c.active(i) + 1) as f64 * c.inv_weight(i)
         })
     }
 }

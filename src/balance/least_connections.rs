@@ -18,7 +18,7 @@ impl LeastConnections {
     pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         lowest(c, &s, start % c.len().max(1), |i| {
-            c.active(i) as f64 / f64::from(c.weight(i).max(1))
+            c.active(i) as f64 * c.inv_weight(i)
         })
     }
 }

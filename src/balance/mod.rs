@@ -25,6 +25,10 @@ pub trait Candidates {
         self.len() == 0
     }
     fn weight(&self, i: usize) -> u32;
+    /// `1 / weight` (1 for weight 0), precomputed where it can be: scores multiply by it.
+    fn inv_weight(&self, i: usize) -> f64 {
+        1.0 / f64::from(self.weight(i).max(1))
+    }
     /// Healthy, not drained, not ejected, and weight > 0.
     fn is_eligible(&self, i: usize) -> bool;
     /// Connections or requests in flight.
@@ -86,9 +90,10 @@ fn lowest<F: Fn(usize) -> f64>(
     score: F,
 ) -> Option<usize> {
     let n = c.len();
+    let start = start.min(n);
     let mut best: Option<(usize, f64)> = None;
-    for k in 0..n {
-        let i = (start + k) % n;
+    // From `start` to the end, then from 0: no division per candidate.
+    for i in (start..n).chain(0..start) {
         if !s.usable(c, i) {
             continue;
         }

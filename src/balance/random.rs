@@ -62,7 +62,7 @@ impl Random {
             }));
             t = self.table.load();
         }
-        let load = |i: usize| c.active(i) as f64 / f64::from(c.weight(i).max(1));
+        let load = |i: usize| c.active(i) as f64 * c.inv_weight(i);
         let a = Self::draw(&t).filter(|&i| s.usable(c, i));
         let b = Self::draw(&t).filter(|&i| s.usable(c, i));
         match (a, b) {

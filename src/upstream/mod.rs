@@ -286,6 +286,11 @@ pub struct Upstream {
     pub retries: u32,
     pub hash_key: HashKey,
     backends: Vec<Arc<Backend>>,
+    /// The backends' state, weights and inverse weights side by side, so that a
+    /// strategy scanning them follows one pointer per backend, not two.
+    states: Vec<Arc<BackendState>>,
+    weights: Vec<u32>,
+    inv_weights: Vec<f64>,
     balancer: Balancer,
     passive: Option<Passive>,
     changes: Arc<Changes>,
@@ -303,25 +308,31 @@ pub struct PickContext<'a> {
 }
 
 struct View<'a> {
-    backends: &'a [Arc<Backend>],
+    states: &'a [Arc<BackendState>],
+    weights: &'a [u32],
+    inv_weights: &'a [f64],
     epoch: u64,
 }
 
 impl Candidates for View<'_> {
     fn len(&self) -> usize {
-        self.backends.len()
+        self.states.len()
     }
     fn weight(&self, i: usize) -> u32 {
-        self.backends[i].weight
+        self.weights[i]
+    }
+    fn inv_weight(&self, i: usize) -> f64 {
+        self.inv_weights[i]
     }
     fn is_eligible(&self, i: usize) -> bool {
-        self.backends[i].is_eligible()
+        let s = &self.states[i];
+        self.weights[i] > 0 && s.is_healthy() && !s.is_draining() && !s.is_ejected()
     }
     fn active(&self, i: usize) -> u64 {
-        self.backends[i].state.active() as u64
+        self.states[i].active() as u64
     }
     fn latency_ns(&self, i: usize) -> f64 {
-        self.backends[i].state.latency_ns()
+        self.states[i].latency_ns()
     }
     fn epoch(&self) -> u64 {
         self.epoch
@@ -373,7 +384,16 @@ impl Upstream {
                 failures: h.passive_failures,
                 eject_for: h.eject_for,
             });
+        let states = backends.iter().map(|b| b.state.clone()).collect();
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let inv_weights = weights
+            .iter()
+            .map(|w| 1.0 / f64::from((*w).max(1)))
+            .collect();
         Upstream {
+            states,
+            weights,
+            inv_weights,
             name: cfg.name.clone(),
             strategy: cfg.strategy,
             connect_timeout: cfg.connect_timeout,
@@ -424,7 +444,9 @@ impl Upstream {
     pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Lease> {
         self.expire_ejections();
         let view = View {
-            backends: &self.backends,
+            states: &self.states,
+            weights: &self.weights,
+            inv_weights: &self.inv_weights,
             epoch: self.changes.epoch.load(Ordering::Acquire),
         };
         let hash = if self.hashes() {
