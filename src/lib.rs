@@ -7,6 +7,7 @@
 //! - [`runtime`]: one generation of configuration, listeners, shutdown.
 
 pub mod activity;
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod health;

@@ -114,12 +114,42 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
                 return ExitCode::FAILURE;
             }
         };
+        tokio::spawn(reload_on_sighup(server.handle()));
+        let mut watchdog_usec = 0;
+        if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
+            tokio::spawn(watchdog(std::time::Duration::from_micros(
+                watchdog_usec / 2,
+            )));
+        }
         let report = server.run(shutdown_signal()).await;
         tracing::info!(cut = report.cut, "exiting");
         ExitCode::SUCCESS
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(code)
+}
+
+/// Reloads the configuration on every SIGHUP; a failed reload is logged and counted by
+/// the library, and the old configuration keeps serving.
+async fn reload_on_sighup(handle: fulcrum::runtime::Handle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with POST /reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading");
+        let _ = handle.reload().await;
+    }
+}
+
+/// Tells systemd every half `WatchdogSec` that the runtime still runs tasks.
+async fn watchdog(every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

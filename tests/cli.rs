@@ -147,7 +147,15 @@ struct Process {
 
 impl Process {
     fn start(config: &Path) -> Process {
-        let mut child = bin()
+        Self::start_with(config, &[])
+    }
+
+    fn start_with(config: &Path, env: &[(&str, &str)]) -> Process {
+        let mut cmd = bin();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(config)
@@ -268,5 +276,33 @@ async fn sigint_cuts_connections_left_at_the_shutdown_timeout_and_exits_0() {
     let cut = p.wait_for("shutdown timeout reached: connections cut");
     assert_eq!(cut["cut"], 1);
     assert_eq!(open.read_to_end().await, b"");
+    assert_eq!(p.wait_exit(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
+    let a = Backend::start("a").await;
+    let t = process_config("notify", a.addr, "5s");
+    let socket_path = t.dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut p = Process::start_with(&t.path, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+    };
+    assert_eq!(next(), "READY=1");
+    p.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1");
+    let line = p.wait_for("configuration reloaded");
+    assert_eq!(line["generation"], 2);
+    p.signal("TERM");
+    assert_eq!(next(), "STOPPING=1");
     assert_eq!(p.wait_exit(), 0);
 }

@@ -173,6 +173,14 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:4:10: `upstream.app.sticky.cookie` is not a valid cookie name, got \"a b\"",
         ),
         (
+            "[admin]\nbind = \"127.0.0.1:9090\"\ntoken_file = \"/nonexistent/token\"\n",
+            "fulcrum.toml:3:14: `admin.token_file` /nonexistent/token cannot be read",
+        ),
+        (
+            "[admin]\nbind = \"localhost:9090\"\n",
+            "fulcrum.toml:2:8: `admin.bind` is not an address like \"127.0.0.1:9090\", got \"localhost:9090\"",
+        ),
+        (
             "[global]\nmax_connections = \"lots\"\n",
             "fulcrum.toml:2:19: `global.max_connections` invalid type: string \"lots\", expected i64",
         ),
@@ -189,10 +197,6 @@ fn each_invalid_file_gets_its_message() {
 #[test]
 fn features_not_built_yet_are_refused_not_ignored() {
     let table: &[(&str, &str)] = &[
-        (
-            "[admin]\nbind = \"127.0.0.1:9090\"\n",
-            "`admin` is not supported yet",
-        ),
         (
             "[cache]\nmax_size = \"1MiB\"\n",
             "`cache` is not supported yet",

@@ -58,6 +58,15 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Sorted by name.
     pub upstreams: Vec<Upstream>,
+    pub admin: Option<Admin>,
+}
+
+/// `[admin]`: the admin API's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    /// The bearer token POST requests need, read from `token_file` (whitespace trimmed).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +77,8 @@ pub struct Global {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub access_log: bool,
+    /// Reload when the file changes on disk.
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +323,24 @@ impl Config {
         }
     }
 
+    /// A configuration with nothing in it.
+    pub fn empty() -> Config {
+        Config {
+            file: PathBuf::new(),
+            global: Global {
+                workers: DEFAULT_WORKERS,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                log_format: LogFormat::Text,
+                access_log: true,
+                watch_config: false,
+            },
+            listeners: Vec::new(),
+            upstreams: Vec::new(),
+            admin: None,
+        }
+    }
+
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == name)
     }
@@ -444,9 +473,7 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let global = self.global(raw.global.as_ref());
-        if let Some(admin) = &raw.admin {
-            self.unsupported(admin.span(), "admin");
-        }
+        let admin = raw.admin.as_ref().map(|a| self.admin(a.get_ref()));
         if let Some(cache) = &raw.cache {
             self.unsupported(cache.span(), "cache");
         }
@@ -495,7 +522,52 @@ impl Validator<'_> {
             global,
             listeners,
             upstreams,
+            admin,
         }
+    }
+
+    fn admin(&mut self, a: &RawAdmin) -> Admin {
+        let bind = match a.bind.get_ref().parse::<SocketAddr>() {
+            Ok(b) => b,
+            Err(_) => {
+                self.err(
+                    Some(a.bind.span()),
+                    "admin.bind",
+                    format!(
+                        "is not an address like \"127.0.0.1:9090\", got {:?}",
+                        a.bind.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let token = a.token_file.as_ref().and_then(|t| {
+            let path = self
+                .file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(t.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+                Ok(_) => {
+                    self.err(
+                        Some(t.span()),
+                        "admin.token_file",
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err(
+                        Some(t.span()),
+                        "admin.token_file",
+                        format!("{} cannot be read: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        Admin { bind, token }
     }
 
     fn global(&mut self, g: Option<&RawGlobal>) -> Global {
@@ -506,6 +578,7 @@ impl Validator<'_> {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 log_format: LogFormat::Text,
                 access_log: true,
+                watch_config: true,
             };
         };
         let workers = self.int(&g.workers, "global.workers", 0, MAX_WORKERS, 0) as usize;
@@ -549,6 +622,7 @@ impl Validator<'_> {
             shutdown_timeout,
             log_format,
             access_log: g.access_log.unwrap_or(true),
+            watch_config: g.watch_config.unwrap_or(true),
         }
     }
 

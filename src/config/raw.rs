@@ -34,6 +34,7 @@ pub struct RawGlobal {
     pub shutdown_timeout: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub access_log: Option<bool>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

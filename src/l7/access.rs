@@ -10,9 +10,13 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::body::BodyStats;
+use crate::admin::metrics::RequestMetrics;
 use crate::upstream::{Backend, Upstream};
 
 pub struct Record {
+    /// Write the access line (`global.access_log`); the metrics are counted either way.
+    pub log: bool,
+    pub metrics: Arc<RequestMetrics>,
     pub client: SocketAddr,
     pub listener: Arc<str>,
     pub method: Method,
@@ -29,6 +33,13 @@ pub struct Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
+        self.metrics.count(self.status);
+        self.metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+        if !self.log {
+            return;
+        }
         info!(
             target: "fulcrum::access",
             client = %self.client,

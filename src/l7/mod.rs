@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::activity::{Activity, Watched};
+use crate::admin::metrics::{Metrics, RequestMetrics};
 use crate::config::{self, RouteTarget};
 use crate::upstream::Upstream;
 use body::{ClientBody, ResponseBody};
@@ -80,6 +81,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// Request counters for requests no route took (403, 404, 400, redirects).
+    unrouted: Arc<RequestMetrics>,
     server: auto::Builder<TokioExecutor>,
 }
 
@@ -89,16 +92,23 @@ impl Settings {
         l: &config::Listener,
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
         access_log: bool,
+        metrics: &Metrics,
     ) -> Settings {
         let action = |target: &RouteTarget, timeout, strip: Option<&String>| -> Option<Action> {
-            let target = match target {
-                RouteTarget::Upstream(name) => Target::Upstream(upstreams.get(name)?.clone()),
-                RouteTarget::Static(dir) => Target::Static(Arc::new(StaticDir::new(dir.clone()))),
+            let (target, label) = match target {
+                RouteTarget::Upstream(name) => (
+                    Target::Upstream(upstreams.get(name)?.clone()),
+                    name.as_str(),
+                ),
+                RouteTarget::Static(dir) => {
+                    (Target::Static(Arc::new(StaticDir::new(dir.clone()))), "-")
+                }
             };
             Some(Action {
                 target,
                 timeout,
                 strip_prefix: strip.cloned(),
+                metrics: metrics.requests(&l.name, label),
             })
         };
         let routes = l
@@ -143,6 +153,7 @@ impl Settings {
             .timer(TokioTimer::new())
             .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32);
         Settings {
+            unrouted: metrics.requests(&l.name, "-"),
             listener: Arc::from(l.name.as_str()),
             routes: RouteTable { routes, default },
             max_body_size: l.max_body_size,
@@ -305,7 +316,9 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut record = s.access_log.then(|| access::Record {
+    let mut record = Some(access::Record {
+        log: s.access_log,
+        metrics: s.unrouted.clone(),
         client: ctx.peer,
         listener: s.listener.clone(),
         method: req.method().clone(),
@@ -321,7 +334,16 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
     });
     let mut trace = forward::Trace::default();
     let mut upstream = None;
-    let result = respond(req, ctx, &request_id, &mut trace, &mut upstream).await;
+    let mut metrics = None;
+    let result = respond(
+        req,
+        ctx,
+        &request_id,
+        &mut trace,
+        &mut upstream,
+        &mut metrics,
+    )
+    .await;
     let response = result.unwrap_or_else(|e| {
         let status = e.status();
         if status.is_server_error() {
@@ -342,6 +364,9 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
         r.body = trace.body;
         r.upstream = upstream;
         r.backend = trace.backend;
+        if let Some(m) = metrics {
+            r.metrics = m;
+        }
     }
     response.map(|inner| ClientBody { inner, record })
 }
@@ -352,6 +377,7 @@ async fn respond(
     request_id: &HeaderValue,
     trace: &mut forward::Trace,
     upstream: &mut Option<Arc<Upstream>>,
+    metrics: &mut Option<Arc<RequestMetrics>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if !ctx.admitted {
         return Err(ProxyError::Denied);
@@ -389,6 +415,7 @@ async fn respond(
         .routes
         .find(req.method(), host, req.uri().path(), req.headers())
         .ok_or(ProxyError::NoRoute)?;
+    *metrics = Some(action.metrics.clone());
     match &action.target {
         Target::Static(dir) => Ok(static_files::serve(
             dir,

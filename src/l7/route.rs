@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::admin::metrics::RequestMetrics;
 use crate::config::HostPattern;
 
 use super::{StaticDir, UpstreamTarget};
@@ -25,6 +26,8 @@ pub struct Action {
     pub timeout: Duration,
     /// Removed from the path before a static route looks for the file.
     pub strip_prefix: Option<String>,
+    /// Request counters for this listener and the route's upstream.
+    pub metrics: Arc<RequestMetrics>,
 }
 
 #[derive(Debug)]
@@ -126,6 +129,7 @@ mod tests {
                 target: Target::Static(Arc::new(StaticDir::new("/nonexistent".into()))),
                 timeout: Duration::from_secs(1),
                 strip_prefix: None,
+                metrics: crate::admin::metrics::Metrics::new().requests("t", "-"),
             },
         }
     }

@@ -1,5 +1,9 @@
 //! Binding listener sockets and the accept loop shared by both engines: connection
 //! limits and access rules are applied here, before an engine sees a connection.
+//!
+//! An accept loop belongs to a configured bind address, not to a generation: each
+//! accepted connection is served by whatever the current generation says that address
+//! is, so a reload that keeps the address keeps the socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,10 +13,11 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::snapshot::Engine;
-use super::Shared;
+use super::{BindKey, Shared};
 use crate::{l4, l7};
 
 const BACKLOG: i32 = 1024;
@@ -31,31 +36,43 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Open-connection gauge of a listener, decremented when the connection ends.
+struct Open(prometheus::IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub(crate) async fn accept_loop(
     socket: TcpListener,
-    name: String,
-    limit: Option<Arc<Semaphore>>,
+    key: BindKey,
+    stop: CancellationToken,
     shared: Arc<Shared>,
 ) {
+    let configured = socket.local_addr().ok();
     loop {
         let accepted = tokio::select! {
-            _ = shared.stop_accepting.cancelled() => break,
+            _ = stop.cancelled() => break,
             r = socket.accept() => r,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
-                warn!(listener = %name, error = %e, "accept failed");
+                warn!(addr = ?configured, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let snapshot = shared.current.load_full();
-        let Some(entry) = snapshot.listener(&name) else {
+        let Some(entry) = snapshot.listener(&key) else {
             continue;
         };
-        let Some(permits) = admit(&shared.global_limit, limit.as_ref()) else {
+        let name = &entry.name;
+        entry.metrics.accepted.inc();
+        let Some(permits) = admit(&shared.global_limit, entry.limit.as_ref()) else {
             debug!(listener = %name, client.addr = %peer, "over max_connections: closed");
             if let Engine::Http(_) = entry.engine {
                 // One try, never a wait: the answer fits any socket buffer.
@@ -63,6 +80,8 @@ pub(crate) async fn accept_loop(
             }
             continue;
         };
+        entry.metrics.open.inc();
+        let open = Open(entry.metrics.open.clone());
         let admitted = entry.access.admits(peer.ip());
         let cut = shared.cut.clone();
         match &entry.engine {
@@ -73,7 +92,7 @@ pub(crate) async fn accept_loop(
                 }
                 let settings = settings.clone();
                 shared.tracker.spawn(async move {
-                    let _permits = permits;
+                    let _held = (permits, open);
                     l4::proxy(stream, peer, settings, cut).await;
                 });
             }
@@ -85,7 +104,7 @@ pub(crate) async fn accept_loop(
                     stream,
                     peer,
                     admitted,
-                    permits: Arc::new(permits),
+                    permits: Arc::new((permits, open)),
                 };
                 shared.tracker.spawn(async move {
                     l7::serve_connection(accepted, settings, drain, cut, tracker).await;

@@ -1,27 +1,34 @@
 //! The running server: one [`Snapshot`] per configuration generation, the bound
-//! listeners and their accept loops, connection limits, and graceful shutdown.
+//! listeners and their accept loops, reloads, the admin API, connection limits,
+//! systemd notifications and graceful shutdown.
 //!
 //! Only this module wires the others together. The engines get what one connection
 //! needs from the current snapshot and never see the rest.
 
 mod listener;
+mod reload;
 mod snapshot;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::admin::{self, metrics::Metrics};
+use crate::config::{Config, Listener};
 use crate::health;
 use crate::l7::Pools;
 use crate::upstream::Registry;
+use snapshot::Parts;
 pub use snapshot::Snapshot;
 
 /// A listener that could not be bound.
@@ -34,33 +41,165 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-/// What every accept loop and connection shares.
+/// What identifies a listening socket across reloads: its configured address, or for
+/// port 0 (a fresh port each time) the listener and the position in its `bind`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum BindKey {
+    Addr(SocketAddr),
+    Ephemeral(String, usize),
+}
+
+pub(crate) fn bind_keys(l: &Listener) -> Vec<(BindKey, SocketAddr)> {
+    l.bind
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let key = if a.port() == 0 {
+                BindKey::Ephemeral(l.name.clone(), i)
+            } else {
+                BindKey::Addr(*a)
+            };
+            (key, *a)
+        })
+        .collect()
+}
+
+struct RunningLoop {
+    listener: String,
+    local: SocketAddr,
+    stop: CancellationToken,
+    /// `None` between `Server::bind` and `Server::run`: the socket waits in `pending`.
+    task: Option<JoinHandle<()>>,
+    pending: Option<TcpListener>,
+}
+
+/// What every accept loop, connection and control path shares.
 pub(crate) struct Shared {
     pub current: ArcSwap<Snapshot>,
     pub registry: Registry,
+    pub pools: Pools,
     pub health: health::Supervisor,
-    /// `global.max_connections` across all listeners.
+    pub metrics: Arc<Metrics>,
+    /// `global.max_connections` across all listeners, and its current size.
     pub global_limit: Arc<Semaphore>,
+    global_max: Mutex<usize>,
+    /// Each listener's `max_connections` semaphore and size, by listener name.
+    limits: Mutex<HashMap<String, (Arc<Semaphore>, usize)>>,
+    loops: Mutex<HashMap<BindKey, RunningLoop>>,
     /// Every connection task, so that shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Fires when shutdown begins: the accept loops stop and drop their sockets.
     pub stop_accepting: CancellationToken,
     /// Fires when the drain time is over: open connections are cut.
     pub cut: CancellationToken,
+    /// Reloads run one at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    started: Instant,
 }
 
-struct Bound {
-    name: String,
-    socket: TcpListener,
-    local: SocketAddr,
-    /// The listener's own `max_connections`.
-    limit: Option<Arc<Semaphore>>,
+/// Resizes a semaphore that counts places, for a limit changed by a reload. Places in
+/// use stay in use. Known imperfection: shrinking removes only free places, so a limit
+/// lowered below the connections open at that moment ends up higher than asked.
+fn resize(sem: &Semaphore, old: usize, new: usize) {
+    if new > old {
+        sem.add_permits(new - old);
+    } else if new < old {
+        sem.forget_permits(old - new);
+    }
+}
+
+impl Shared {
+    /// The listeners' semaphores for `config`, created or resized.
+    fn limits_for(&self, config: &Config) -> HashMap<String, Arc<Semaphore>> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.retain(|name, _| {
+            config
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && l.max_connections.is_some())
+        });
+        let mut out = HashMap::new();
+        for l in &config.listeners {
+            let Some(n) = l.max_connections else { continue };
+            let entry = limits
+                .entry(l.name.clone())
+                .or_insert_with(|| (Arc::new(Semaphore::new(n)), n));
+            resize(&entry.0, entry.1, n);
+            entry.1 = n;
+            out.insert(l.name.clone(), entry.0.clone());
+        }
+        let mut global = self.global_max.lock().unwrap_or_else(|p| p.into_inner());
+        resize(&self.global_limit, *global, config.global.max_connections);
+        *global = config.global.max_connections;
+        out
+    }
+
+    fn build(&self, config: Arc<Config>, generation: u64) -> Snapshot {
+        let limits = self.limits_for(&config);
+        Snapshot::build(
+            config,
+            generation,
+            &Parts {
+                registry: &self.registry,
+                pools: &self.pools,
+                metrics: &self.metrics,
+                limits: &limits,
+            },
+        )
+    }
+
+    /// Registers a bound socket; its accept loop starts now, or at `run` when `start`
+    /// is false (the server is not running yet).
+    fn add_loop(
+        self: &Arc<Self>,
+        key: BindKey,
+        name: String,
+        configured: SocketAddr,
+        socket: TcpListener,
+        start: bool,
+    ) {
+        let local = socket.local_addr().unwrap_or(configured);
+        let stop = self.stop_accepting.child_token();
+        let mut entry = RunningLoop {
+            listener: name,
+            local,
+            stop,
+            task: None,
+            pending: Some(socket),
+        };
+        if start {
+            self.spawn_loop(&key, &mut entry);
+        }
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops.insert(key, entry);
+    }
+
+    fn spawn_loop(self: &Arc<Self>, key: &BindKey, entry: &mut RunningLoop) {
+        if let Some(socket) = entry.pending.take() {
+            info!(listener = %entry.listener, addr = %entry.local, "listening");
+            entry.task = Some(tokio::spawn(listener::accept_loop(
+                socket,
+                key.clone(),
+                entry.stop.clone(),
+                self.clone(),
+            )));
+        }
+    }
+}
+
+/// sd_notify, when run under systemd; a no-op otherwise.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, states) {
+            warn!(error = %e, "sd_notify failed");
+        }
+    }
 }
 
 /// A server whose listeners are bound: start it with [`Server::run`].
 pub struct Server {
     shared: Arc<Shared>,
-    bound: Vec<Bound>,
+    admin: Option<TcpListener>,
 }
 
 /// How a shutdown went.
@@ -70,49 +209,66 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
+/// A handle to a running server: reloads, status, drain.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
 impl Server {
-    /// Builds the first generation from `config` and binds every listener.
+    /// Builds the first generation from `config` and binds every listener (and the
+    /// admin API's).
     pub async fn bind(config: Config) -> Result<Server, BindError> {
-        let registry = Registry::new();
-        let pools = Pools::new();
-        let snapshot = Snapshot::build(Arc::new(config), 1, &registry, &pools);
-        let mut bound = Vec::new();
-        for l in &snapshot.config.listeners {
-            let limit = l.max_connections.map(|n| Arc::new(Semaphore::new(n)));
-            for addr in &l.bind {
-                let socket = listener::bind(*addr).map_err(|source| BindError {
-                    listener: l.name.clone(),
-                    addr: *addr,
-                    source,
-                })?;
-                let local = socket.local_addr().unwrap_or(*addr);
-                bound.push(Bound {
-                    name: l.name.clone(),
-                    socket,
-                    local,
-                    limit: limit.clone(),
-                });
-            }
-        }
+        let metrics = Arc::new(Metrics::new());
         let shared = Arc::new(Shared {
-            global_limit: Arc::new(Semaphore::new(snapshot.config.global.max_connections)),
-            current: ArcSwap::from_pointee(snapshot),
-            registry,
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            registry: Registry::new(),
+            pools: Pools::new(),
             health: health::Supervisor::new(),
+            metrics,
+            global_limit: Arc::new(Semaphore::new(0)),
+            global_max: Mutex::new(0),
+            limits: Mutex::new(HashMap::new()),
+            loops: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             cut: CancellationToken::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
         });
-        Ok(Server { shared, bound })
+        let config = Arc::new(config);
+        for l in &config.listeners {
+            for (key, addr) in bind_keys(l) {
+                let socket = listener::bind(addr).map_err(|source| BindError {
+                    listener: l.name.clone(),
+                    addr,
+                    source,
+                })?;
+                shared.add_loop(key, l.name.clone(), addr, socket, false);
+            }
+        }
+        let admin = match &config.admin {
+            Some(a) => Some(listener::bind(a.bind).map_err(|source| BindError {
+                listener: "admin".into(),
+                addr: a.bind,
+                source,
+            })?),
+            None => None,
+        };
+        let snapshot = shared.build(config, 1);
+        shared.metrics.config_generation.set(1);
+        shared.current.store(Arc::new(snapshot));
+        Ok(Server { shared, admin })
     }
 
     /// The addresses a listener is bound to (useful with port 0).
     pub fn local_addrs(&self, listener: &str) -> Vec<SocketAddr> {
-        self.bound
-            .iter()
-            .filter(|b| b.name == listener)
-            .map(|b| b.local)
-            .collect()
+        self.handle().local_addrs(listener)
+    }
+
+    /// The admin API's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// The current configuration generation.
@@ -120,28 +276,53 @@ impl Server {
         self.shared.current.load_full()
     }
 
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets open connections
     /// finish for up to `global.shutdown_timeout`, and cuts the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         let shared = self.shared;
-        shared
-            .health
-            .sync(&shared.current.load().config, &shared.registry);
-        let mut loops = tokio::task::JoinSet::new();
-        for b in self.bound {
-            info!(listener = %b.name, addr = %b.local, "listening");
-            loops.spawn(listener::accept_loop(
-                b.socket,
-                b.name,
-                b.limit,
-                shared.clone(),
-            ));
+        {
+            let mut loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, entry) in loops.iter_mut() {
+                shared.spawn_loop(key, entry);
+            }
         }
-        shutdown.await;
+        let config = shared.current.load().config.clone();
+        shared.health.sync(&config, &shared.registry);
+        let handle = Handle {
+            shared: shared.clone(),
+        };
+        let background = CancellationToken::new();
+        if let Some(socket) = self.admin {
+            if let Ok(addr) = socket.local_addr() {
+                info!(addr = %addr, "admin API listening");
+            }
+            let control: Arc<dyn admin::Control> = Arc::new(handle.clone());
+            tokio::spawn(admin::serve(socket, control, background.clone()));
+        }
+        if config.global.watch_config {
+            reload::watch(handle.clone(), &config.file, background.clone());
+        }
+        notify(&[sd_notify::NotifyState::Ready]);
 
+        shutdown.await;
+        notify(&[sd_notify::NotifyState::Stopping]);
         let timeout = shared.current.load().config.global.shutdown_timeout;
         shared.stop_accepting.cancel();
-        while loops.join_next().await.is_some() {}
+        let loops: Vec<RunningLoop> = {
+            let mut loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
+            loops.drain().map(|(_, l)| l).collect()
+        };
+        for l in loops {
+            if let Some(task) = l.task {
+                let _ = task.await;
+            }
+        }
         shared.health.stop_all();
         info!(
             open = shared.tracker.len(),
@@ -158,11 +339,80 @@ impl Server {
                 open
             }
         };
+        background.cancel();
         if cut > 0 {
             warn!(cut, "shutdown timeout reached: connections cut");
         } else {
             info!("shutdown complete: every connection finished");
         }
         ShutdownReport { cut }
+    }
+}
+
+impl Handle {
+    /// Reloads the configuration file (see [`reload`]).
+    pub async fn reload(&self) -> Result<u64, String> {
+        reload::reload(&self.shared).await
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
+    }
+
+    /// The local addresses of a listener's sockets, in the order of its `bind`.
+    pub fn local_addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        let loops = self.shared.loops.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(&BindKey, SocketAddr)> = loops
+            .iter()
+            .filter(|(_, l)| l.listener == listener)
+            .map(|(k, l)| (k, l.local))
+            .collect();
+        found.sort_by_key(|(k, local)| match k {
+            BindKey::Ephemeral(_, i) => (*i, *local),
+            BindKey::Addr(_) => (usize::MAX, *local),
+        });
+        found.into_iter().map(|(_, a)| a).collect()
+    }
+}
+
+impl admin::Control for Handle {
+    fn status(&self) -> serde_json::Value {
+        reload::status(&self.shared)
+    }
+
+    fn reload(&self) -> admin::BoxFuture<'_, Result<u64, String>> {
+        Box::pin(Handle::reload(self))
+    }
+
+    fn set_draining(&self, upstream: &str, backend: &str, draining: bool) -> Result<(), String> {
+        let snapshot = self.shared.current.load();
+        let up = snapshot
+            .upstreams
+            .get(upstream)
+            .ok_or_else(|| format!("no upstream {upstream:?}"))?;
+        let b = up
+            .backends()
+            .iter()
+            .find(|b| b.name == backend)
+            .ok_or_else(|| format!("no backend {backend:?} in upstream {upstream:?}"))?;
+        if b.state.set_draining(draining) {
+            info!(upstream, backend, draining, "backend drain state changed");
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        reload::refresh_backend_metrics(&self.shared);
+        self.shared.metrics.encode()
+    }
+
+    fn token(&self) -> Option<String> {
+        self.shared
+            .current
+            .load()
+            .config
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.clone())
     }
 }

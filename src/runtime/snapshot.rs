@@ -1,24 +1,34 @@
-//! One configuration generation, built whole from a validated `Config` and shared
-//! read-only by every connection that starts while it is current.
+//! One configuration generation, built whole from a validated `Config` beside the one
+//! serving, and shared read-only by every connection that starts while it is current.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
+use crate::admin::metrics::{ListenerMetrics, Metrics};
 use crate::config::{AccessRules, Config, Protocol};
 use crate::l4;
 use crate::l7;
 use crate::upstream::{Registry, Upstream};
 
+use super::{bind_keys, BindKey};
+
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
-    listeners: HashMap<String, ListenerEntry>,
+    /// By bind: what an accept loop on that socket serves.
+    listeners: HashMap<BindKey, Arc<ListenerEntry>>,
 }
 
 pub(crate) struct ListenerEntry {
+    pub name: String,
     pub access: AccessRules,
     pub engine: Engine,
+    /// The listener's own `max_connections`; the same semaphore across generations.
+    pub limit: Option<Arc<Semaphore>>,
+    pub metrics: ListenerMetrics,
 }
 
 pub(crate) enum Engine {
@@ -26,17 +36,20 @@ pub(crate) enum Engine {
     Http(Arc<l7::Settings>),
 }
 
+/// What a generation is built from besides its `Config`: the state that outlives it.
+pub(crate) struct Parts<'a> {
+    pub registry: &'a Registry,
+    pub pools: &'a l7::Pools,
+    pub metrics: &'a Metrics,
+    pub limits: &'a HashMap<String, Arc<Semaphore>>,
+}
+
 impl Snapshot {
-    pub fn build(
-        config: Arc<Config>,
-        generation: u64,
-        registry: &Registry,
-        pools: &l7::Pools,
-    ) -> Snapshot {
+    pub(crate) fn build(config: Arc<Config>, generation: u64, parts: &Parts<'_>) -> Snapshot {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| (u.name.clone(), Arc::new(Upstream::build(u, registry))))
+            .map(|u| (u.name.clone(), Arc::new(Upstream::build(u, parts.registry))))
             .collect();
         let http_upstreams: HashMap<String, Arc<l7::UpstreamTarget>> = if config
             .listeners
@@ -48,7 +61,7 @@ impl Snapshot {
                 .iter()
                 .filter_map(|c| {
                     let u = upstreams.get(&c.name)?;
-                    let target = l7::UpstreamTarget::new(u.clone(), c.sticky.as_ref(), pools);
+                    let target = l7::UpstreamTarget::new(u.clone(), c.sticky.as_ref(), parts.pools);
                     Some((c.name.clone(), Arc::new(target)))
                 })
                 .collect()
@@ -70,16 +83,20 @@ impl Snapshot {
                     l,
                     &http_upstreams,
                     config.global.access_log,
+                    parts.metrics,
                 ))),
                 (Protocol::Tcp, None) => continue,
             };
-            listeners.insert(
-                l.name.clone(),
-                ListenerEntry {
-                    access: l.access.clone(),
-                    engine,
-                },
-            );
+            let entry = Arc::new(ListenerEntry {
+                name: l.name.clone(),
+                access: l.access.clone(),
+                engine,
+                limit: parts.limits.get(&l.name).cloned(),
+                metrics: parts.metrics.listener(&l.name),
+            });
+            for (key, _) in bind_keys(l) {
+                listeners.insert(key, entry.clone());
+            }
         }
         Snapshot {
             generation,
@@ -89,7 +106,17 @@ impl Snapshot {
         }
     }
 
-    pub(crate) fn listener(&self, name: &str) -> Option<&ListenerEntry> {
-        self.listeners.get(name)
+    pub(crate) fn listener(&self, key: &BindKey) -> Option<&Arc<ListenerEntry>> {
+        self.listeners.get(key)
+    }
+
+    /// A generation that serves nothing: the placeholder before the first.
+    pub(crate) fn empty() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            config: Arc::new(Config::empty()),
+            upstreams: HashMap::new(),
+            listeners: HashMap::new(),
+        }
     }
 }

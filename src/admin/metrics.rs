@@ -1,0 +1,283 @@
+//! Prometheus metrics: one [`Metrics`] value built once and passed in, every name a
+//! constant here. The hot path holds pre-resolved handles (per listener and per
+//! (listener, upstream), resolved once per configuration generation); backend gauges
+//! and counters are read from the live backend state when `/metrics` is scraped.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub const CONNECTIONS_TOTAL: &str = "fulcrum_connections_total";
+pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
+pub const HTTP_REQUESTS_TOTAL: &str = "fulcrum_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "fulcrum_http_request_duration_seconds";
+pub const BACKEND_HEALTHY: &str = "fulcrum_backend_healthy";
+pub const BACKEND_ACTIVE: &str = "fulcrum_backend_active_connections";
+pub const BACKEND_REQUESTS_TOTAL: &str = "fulcrum_backend_requests_total";
+pub const TLS_HANDSHAKES_TOTAL: &str = "fulcrum_tls_handshakes_total";
+pub const CACHE_REQUESTS_TOTAL: &str = "fulcrum_cache_requests_total";
+pub const CACHE_SIZE_BYTES: &str = "fulcrum_cache_size_bytes";
+pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
+pub const CONFIG_GENERATION: &str = "fulcrum_config_generation";
+pub const FAILOVER_ACTIVE: &str = "fulcrum_failover_active";
+pub const FAILOVER_TRANSITIONS_TOTAL: &str = "fulcrum_failover_transitions_total";
+pub const FAILOVER_HEARTBEATS_REJECTED_TOTAL: &str = "fulcrum_failover_heartbeats_rejected_total";
+
+/// Every metric fulcrum exports, registered in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Accepted connections, per listener.
+    pub connections_total: IntCounterVec,
+    /// Open connections, per listener.
+    pub connections_active: IntGaugeVec,
+    /// HTTP responses, per listener, upstream and status code.
+    pub http_requests_total: IntCounterVec,
+    /// Time from a request's head to the end of its response, per listener and upstream.
+    pub http_request_duration: HistogramVec,
+    /// 1 when the backend is healthy (set at scrape time).
+    pub backend_healthy: IntGaugeVec,
+    /// Connections or requests in flight on the backend (set at scrape time).
+    pub backend_active: IntGaugeVec,
+    /// Attempts given to the backend, by outcome (`success`, `failure`).
+    pub backend_requests_total: IntCounterVec,
+    /// TLS handshakes per listener and result; TLS listeners are not served yet.
+    pub tls_handshakes_total: IntCounterVec,
+    /// Cache lookups by result; the response cache is not served yet.
+    pub cache_requests_total: IntCounterVec,
+    pub cache_size_bytes: IntGauge,
+    /// Reloads by result (`success`, `failure`).
+    pub config_reloads_total: IntCounterVec,
+    pub config_generation: IntGauge,
+    /// 1 while this node holds the virtual addresses; failover is not served yet.
+    pub failover_active: IntGauge,
+    pub failover_transitions_total: IntCounterVec,
+    pub failover_heartbeats_rejected_total: IntCounterVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let m = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Builds and registers every metric. The names and labels are constants, so
+    /// registration cannot fail at run time.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let http_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                HTTP_REQUEST_DURATION,
+                "Time from a request's head to the end of its response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["listener", "upstream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(http_request_duration.clone()))
+            .expect("unique metric");
+        Metrics {
+            connections_total: counter_vec(
+                &r,
+                CONNECTIONS_TOTAL,
+                "Accepted connections",
+                &["listener"],
+            ),
+            connections_active: gauge_vec(
+                &r,
+                CONNECTIONS_ACTIVE,
+                "Open connections",
+                &["listener"],
+            ),
+            http_requests_total: counter_vec(
+                &r,
+                HTTP_REQUESTS_TOTAL,
+                "HTTP responses by status code",
+                &["listener", "upstream", "code"],
+            ),
+            http_request_duration,
+            backend_healthy: gauge_vec(
+                &r,
+                BACKEND_HEALTHY,
+                "1 when the backend is healthy",
+                &["upstream", "backend"],
+            ),
+            backend_active: gauge_vec(
+                &r,
+                BACKEND_ACTIVE,
+                "Connections or requests in flight on the backend",
+                &["upstream", "backend"],
+            ),
+            backend_requests_total: counter_vec(
+                &r,
+                BACKEND_REQUESTS_TOTAL,
+                "Attempts given to the backend, by outcome",
+                &["upstream", "backend", "outcome"],
+            ),
+            tls_handshakes_total: counter_vec(
+                &r,
+                TLS_HANDSHAKES_TOTAL,
+                "TLS handshakes by result",
+                &["listener", "result"],
+            ),
+            cache_requests_total: counter_vec(
+                &r,
+                CACHE_REQUESTS_TOTAL,
+                "Cache lookups by result",
+                &["result"],
+            ),
+            cache_size_bytes: gauge(&r, CACHE_SIZE_BYTES, "Bytes of stored responses"),
+            config_reloads_total: counter_vec(
+                &r,
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads by result",
+                &["result"],
+            ),
+            config_generation: gauge(
+                &r,
+                CONFIG_GENERATION,
+                "The configuration generation serving",
+            ),
+            failover_active: gauge(&r, FAILOVER_ACTIVE, "1 while this node is the active one"),
+            failover_transitions_total: counter_vec(
+                &r,
+                FAILOVER_TRANSITIONS_TOTAL,
+                "Failover transitions",
+                &["to"],
+            ),
+            failover_heartbeats_rejected_total: counter_vec(
+                &r,
+                FAILOVER_HEARTBEATS_REJECTED_TOTAL,
+                "Heartbeats dropped, by reason",
+                &["reason"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The handles of one listener.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            accepted: self.connections_total.with_label_values(&[listener]),
+            open: self.connections_active.with_label_values(&[listener]),
+        }
+    }
+
+    /// The handles for requests of `listener` served by `upstream` (or "-").
+    pub fn requests(&self, listener: &str, upstream: &str) -> Arc<RequestMetrics> {
+        Arc::new(RequestMetrics {
+            vec: self.http_requests_total.clone(),
+            listener: listener.to_string(),
+            upstream: upstream.to_string(),
+            codes: std::array::from_fn(|_| OnceLock::new()),
+            duration: self
+                .http_request_duration
+                .with_label_values(&[listener, upstream]),
+        })
+    }
+
+    /// The Prometheus text format of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Connection counters of one listener.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub accepted: IntCounter,
+    pub open: IntGauge,
+}
+
+/// Request counters of one (listener, upstream): a counter per status code, resolved
+/// on first use and kept, and the duration histogram.
+pub struct RequestMetrics {
+    vec: IntCounterVec,
+    listener: String,
+    upstream: String,
+    codes: [OnceLock<IntCounter>; 500],
+    pub duration: Histogram,
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics")
+            .field("listener", &self.listener)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestMetrics {
+    pub fn count(&self, status: u16) {
+        let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| self.codes.get(usize::from(i)))
+        else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.vec
+                .with_label_values(&[&self.listener, &self.upstream, &status.to_string()])
+        })
+        .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_of_the_contract_is_registered() {
+        let m = Metrics::new();
+        m.listener("web").accepted.inc();
+        m.requests("web", "app").count(200);
+        m.config_reloads_total.with_label_values(&["success"]).inc();
+        let text = m.encode();
+        for name in [
+            CONNECTIONS_TOTAL,
+            CONNECTIONS_ACTIVE,
+            HTTP_REQUESTS_TOTAL,
+            HTTP_REQUEST_DURATION,
+            CACHE_SIZE_BYTES,
+            CONFIG_RELOADS_TOTAL,
+            CONFIG_GENERATION,
+            FAILOVER_ACTIVE,
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+        assert!(
+            text.contains(
+                "fulcrum_http_requests_total{code=\"200\",listener=\"web\",upstream=\"app\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! The admin API on its own listener: health, metrics, status, reload, drain. It acts
+//! through [`Control`], which the runtime implements, so this module knows nothing of
+//! how the server is put together.
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Admin request bodies are small JSON documents.
+const MAX_BODY: usize = 64 * 1024;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the admin API can ask of the running server.
+pub trait Control: Send + Sync + 'static {
+    /// The `/status` document.
+    fn status(&self) -> serde_json::Value;
+    /// Reloads the configuration file: the new generation, or why it was refused.
+    fn reload(&self) -> BoxFuture<'_, Result<u64, String>>;
+    /// Drains or takes back a backend; `Err` names what does not exist.
+    fn set_draining(&self, upstream: &str, backend: &str, draining: bool) -> Result<(), String>;
+    /// The Prometheus text of every metric.
+    fn metrics(&self) -> String;
+    /// The bearer token POST requests need, if one is configured.
+    fn token(&self) -> Option<String>;
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json_response(status, json!({ "error": message.into() }))
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Whether the request carries the configured token (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+async fn route(req: Request<Incoming>, control: &dyn Control) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if (method == Method::POST || method == Method::DELETE)
+        && !authorized(&req, control.token().as_deref())
+    {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => {
+            text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
+        }
+        (&Method::GET, ["metrics"]) => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            control.metrics(),
+        ),
+        (&Method::GET, ["status"]) => json_response(StatusCode::OK, control.status()),
+        (&Method::POST, ["reload"]) => match control.reload().await {
+            Ok(generation) => json_response(StatusCode::OK, json!({ "generation": generation })),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        },
+        (
+            &Method::POST,
+            ["upstreams", upstream, "backends", backend, action @ ("drain" | "undrain")],
+        ) => {
+            let upstream = percent_decode(upstream);
+            let backend = percent_decode(backend);
+            match control.set_draining(&upstream, &backend, *action == "drain") {
+                Ok(()) => json_response(
+                    StatusCode::OK,
+                    json!({ "upstream": upstream, "backend": backend, "draining": *action == "drain" }),
+                ),
+                Err(e) => error(StatusCode::NOT_FOUND, e),
+            }
+        }
+        (&Method::POST, ["cache", "purge"]) => {
+            // Read (and check) the body even though there is nothing to purge.
+            match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(body) => {
+                    let bytes = body.to_bytes();
+                    if !bytes.is_empty()
+                        && serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+                    {
+                        return error(StatusCode::BAD_REQUEST, "the body is not JSON");
+                    }
+                    error(StatusCode::NOT_FOUND, "no response cache is configured")
+                }
+                Err(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+            }
+        }
+        (_, ["healthz" | "metrics" | "status" | "reload"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+/// `%2F` and friends in path segments (backend names default to `host:port`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Serves the admin API on `listener` until `stop` fires.
+pub async fn serve(listener: TcpListener, control: Arc<dyn Control>, stop: CancellationToken) {
+    loop {
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let control = control.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(route(req, control.as_ref()).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(client.addr = %peer, error = %e, "admin connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("127.0.0.1%3A9001"), "127.0.0.1:9001");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%4"), "end%4");
+    }
+}

@@ -1,0 +1,297 @@
+//! Reloading: the new file is read and validated whole, new listeners are bound, and
+//! the next generation is built beside the current one, then swapped in with one
+//! store. In-flight work finishes on the generation it started with; sockets whose
+//! address stays are kept; backends that stay keep their live state and pools. A bad
+//! file, a certificate that does not load or a port that cannot be bound changes
+//! nothing. Also: watching the file, and the `/status` document.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{bind_keys, listener, notify, BindKey, Handle, Shared};
+use crate::config::{Config, Protocol};
+
+/// Changes to the file closer together than this make one reload.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<u64, String> {
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        notify(&[sd_notify::NotifyState::Reloading, now]);
+    }
+    let result = apply(shared).await;
+    let label = if result.is_ok() { "success" } else { "failure" };
+    shared
+        .metrics
+        .config_reloads_total
+        .with_label_values(&[label])
+        .inc();
+    notify(&[sd_notify::NotifyState::Ready]);
+    result
+}
+
+async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
+    let old = shared.current.load_full();
+    let path = old.config.file.clone();
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(file = %path.display(), "reload refused, the configuration in use stays:\n{e}");
+            return Err(e.to_string());
+        }
+    };
+    // Bind what is new before anything changes: a port in use refuses the whole reload.
+    let running: HashSet<BindKey> = shared
+        .loops
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    let mut new_sockets: Vec<(BindKey, String, std::net::SocketAddr, TcpListener)> = Vec::new();
+    for l in &config.listeners {
+        for (key, addr) in bind_keys(l) {
+            if running.contains(&key) {
+                continue;
+            }
+            match listener::bind(addr) {
+                Ok(s) => new_sockets.push((key, l.name.clone(), addr, s)),
+                Err(e) => {
+                    let msg = format!("listener {:?}: cannot bind {addr}: {e}", l.name);
+                    error!("reload refused, the configuration in use stays: {msg}");
+                    return Err(msg);
+                }
+            }
+        }
+    }
+    let admin_changed =
+        old.config.admin.as_ref().map(|a| a.bind) != config.admin.as_ref().map(|a| a.bind);
+
+    let generation = old.generation + 1;
+    let config = Arc::new(config);
+    let next = shared.build(config.clone(), generation);
+    shared.current.store(Arc::new(next));
+    shared.metrics.config_generation.set(generation as i64);
+
+    let wanted: HashSet<BindKey> = config
+        .listeners
+        .iter()
+        .flat_map(|l| bind_keys(l).into_iter().map(|(k, _)| k))
+        .collect();
+    let removed: Vec<super::RunningLoop> = {
+        let mut loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<BindKey> = loops
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        gone.iter().filter_map(|k| loops.remove(k)).collect()
+    };
+    for l in removed {
+        info!(listener = %l.listener, addr = %l.local, "listener removed: no longer accepting");
+        l.stop.cancel();
+    }
+    for (key, name, addr, socket) in new_sockets {
+        shared.add_loop(key, name, addr, socket, true);
+    }
+    shared.registry.retain(&config);
+    shared.pools.retain(&config);
+    shared.health.sync(&config, &shared.registry);
+    if admin_changed {
+        warn!("[admin] bind changed: the admin API keeps its address until a restart");
+    }
+    info!(generation, changes = %summary(&old.config, &config), "configuration reloaded");
+    Ok(generation)
+}
+
+/// One line: what a reload changed.
+fn summary(old: &Config, new: &Config) -> String {
+    fn diff(what: &str, old: BTreeSet<String>, new: BTreeSet<String>, out: &mut Vec<String>) {
+        let added: Vec<&String> = new.difference(&old).collect();
+        let removed: Vec<&String> = old.difference(&new).collect();
+        if !added.is_empty() {
+            out.push(format!("{what} added: {}", join(&added)));
+        }
+        if !removed.is_empty() {
+            out.push(format!("{what} removed: {}", join(&removed)));
+        }
+    }
+    fn join(v: &[&String]) -> String {
+        v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    }
+    let mut out = Vec::new();
+    let listeners = |c: &Config| c.listeners.iter().map(|l| l.name.clone()).collect();
+    diff("listeners", listeners(old), listeners(new), &mut out);
+    let changed: Vec<String> = new
+        .listeners
+        .iter()
+        .filter(|l| old.listeners.iter().any(|o| o.name == l.name && o != *l))
+        .map(|l| l.name.clone())
+        .collect();
+    if !changed.is_empty() {
+        out.push(format!("listeners changed: {}", changed.join(", ")));
+    }
+    let upstreams = |c: &Config| c.upstreams.iter().map(|u| u.name.clone()).collect();
+    diff("upstreams", upstreams(old), upstreams(new), &mut out);
+    let backends = |c: &Config| {
+        c.upstreams
+            .iter()
+            .flat_map(|u| {
+                u.backends
+                    .iter()
+                    .map(move |b| format!("{}/{}", u.name, b.name))
+            })
+            .collect()
+    };
+    diff("backends", backends(old), backends(new), &mut out);
+    let routes = |c: &Config| c.listeners.iter().map(|l| l.routes.len()).sum::<usize>();
+    if routes(old) != routes(new) {
+        out.push(format!("routes: {} -> {}", routes(old), routes(new)));
+    }
+    if out.is_empty() {
+        "no listener, upstream or backend added or removed".into()
+    } else {
+        out.join("; ")
+    }
+}
+
+/// Reloads when the file changes, debounced: editors write files in several steps.
+pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
+    use notify::{RecursiveMode, Watcher};
+    let Some(dir) = file.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    }) else {
+        return;
+    };
+    if !file.exists() {
+        return;
+    }
+    let name = file.file_name().map(|n| n.to_os_string());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+            if ours && !event.kind.is_access() {
+                let _ = tx.try_send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP or POST /reload");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+        warn!(error = %e, dir = %dir.display(), "cannot watch the configuration file's directory");
+        return;
+    }
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = rx.recv() => if got.is_none() { return },
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            info!("configuration file changed: reloading");
+            let _ = handle.reload().await;
+        }
+    });
+}
+
+/// Sets the backend metrics from the live state, for a scrape.
+pub(crate) fn refresh_backend_metrics(shared: &Shared) {
+    let snapshot = shared.current.load();
+    let m = &shared.metrics;
+    for (name, up) in &snapshot.upstreams {
+        for b in up.backends() {
+            let labels = [name.as_str(), b.name.as_str()];
+            m.backend_healthy
+                .with_label_values(&labels)
+                .set(i64::from(b.state.is_healthy() && !b.state.is_ejected()));
+            m.backend_active
+                .with_label_values(&labels)
+                .set(b.state.active() as i64);
+            for (outcome, value) in [
+                ("success", b.state.succeeded()),
+                ("failure", b.state.failed()),
+            ] {
+                let c = m.backend_requests_total.with_label_values(&[
+                    name.as_str(),
+                    b.name.as_str(),
+                    outcome,
+                ]);
+                if value > c.get() {
+                    c.inc_by(value - c.get());
+                }
+            }
+        }
+    }
+}
+
+/// The `/status` document.
+pub(crate) fn status(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.current.load();
+    let config = &snapshot.config;
+    let listeners: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "bind": l.bind.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "protocol": match l.protocol { Protocol::Http => "http", Protocol::Tcp => "tcp" },
+                "active_connections": shared.metrics.connections_active.with_label_values(&[&l.name]).get(),
+            })
+        })
+        .collect();
+    let mut names: Vec<&String> = snapshot.upstreams.keys().collect();
+    names.sort();
+    let upstreams: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let up = &snapshot.upstreams[name];
+            let backends: Vec<_> = up
+                .backends()
+                .iter()
+                .map(|b| {
+                    json!({
+                        "name": b.name,
+                        "address": b.address,
+                        "weight": b.weight,
+                        "healthy": b.state.is_healthy(),
+                        "ejected": b.state.is_ejected(),
+                        "draining": b.state.is_draining(),
+                        "active_connections": b.state.active(),
+                    })
+                })
+                .collect();
+            json!({ "name": name, "strategy": up.strategy.as_str(), "backends": backends })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "generation": snapshot.generation,
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "failover": { "enabled": false },
+        "listeners": listeners,
+        "upstreams": upstreams,
+    })
+}

@@ -1,0 +1,446 @@
+//! Reload, the admin API, metrics and systemd notifications.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::http::*;
+use fulcrum::config::Config;
+use fulcrum::runtime::{Handle, Server};
+use http::{Request, StatusCode};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("fulcrum-ops-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn file(&self) -> PathBuf {
+        self.0.join("fulcrum.toml")
+    }
+    fn write(&self, contents: &str) {
+        // Write then rename, as careful editors and config managers do.
+        let tmp = self.0.join(".fulcrum.toml.tmp");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, self.file()).unwrap();
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Running {
+    handle: Handle,
+    admin: Option<std::net::SocketAddr>,
+    web: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<fulcrum::runtime::ShutdownReport>,
+}
+
+async fn start(dir: &Dir) -> Running {
+    let config = Config::load(&dir.file()).unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::bind(config).await.unwrap();
+    let handle = server.handle();
+    let admin = server.admin_addr();
+    let web = server.local_addrs("web")[0];
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Running {
+        handle,
+        admin,
+        web,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("stopped")
+            .unwrap();
+    }
+}
+
+fn web_config(backend: &HttpBackend, extra: &str) -> String {
+    format!(
+        "[global]\nwatch_config = false\nshutdown_timeout = \"5s\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         {extra}\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"{}\" }}]\n",
+        backend.addr, backend.name
+    )
+}
+
+async fn admin(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let (status, _, body) = send(&client(), b.body(empty()).unwrap()).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request() {
+    let one = HttpBackend::start("one").await;
+    let two = HttpBackend::start("two").await;
+    let dir = Dir::new("under-load");
+    let a = web_config(&one, "");
+    let b = web_config(&two, "");
+    dir.write(&a);
+    let r = start(&dir).await;
+    let addr = r.web;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for fresh in [false, true] {
+        let (done, failures, served) = (done.clone(), failures.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            let keep_alive = client();
+            for _ in 0..5000 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let c = if fresh { client() } else { keep_alive.clone() };
+                let req = Request::get(format!("http://{addr}/"))
+                    .body(empty())
+                    .unwrap();
+                match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+                    Ok(Ok(resp)) if resp.status() == 200 => {
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        dir.write(if i % 2 == 0 { &b } else { &a });
+        let generation = r.handle.reload().await.expect("reload");
+        assert_eq!(generation, i + 2);
+    }
+    done.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(served.load(Ordering::SeqCst) > 20);
+    assert!(!one.requests().is_empty() && !two.requests().is_empty());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_reload_changes_nothing_and_is_counted() {
+    let one = HttpBackend::start("one").await;
+    let dir = Dir::new("invalid");
+    dir.write(
+        &web_config(&one, "").replace("[global]", "[admin]\nbind = \"127.0.0.1:0\"\n[global]"),
+    );
+    let r = start(&dir).await;
+    let admin_addr = r.admin.unwrap();
+    dir.write("[[listener]]\nname = \"web\"\nbind = \"nowhere\"\n");
+    let err = r.handle.reload().await.unwrap_err();
+    assert!(
+        err.contains("`listener[0].bind` is not an address"),
+        "{err}"
+    );
+    assert_eq!(
+        get(r.web, "/").await.0,
+        200,
+        "the old configuration serves on"
+    );
+    let (status, body) = admin(admin_addr, "POST", "/reload", None).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("is not an address"), "{body}");
+    let (_, metrics) = admin(admin_addr, "GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("fulcrum_config_reloads_total{result=\"failure\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fulcrum_config_generation 1"), "{metrics}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_binding_a_port_in_use_is_refused_whole() {
+    let one = HttpBackend::start("one").await;
+    let dir = Dir::new("port-in-use");
+    dir.write(&web_config(&one, ""));
+    let r = start(&dir).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    dir.write(&format!(
+        "{}[[listener]]\nname = \"extra\"\nbind = \"{port}\"\nprotocol = \"http\"\nupstream = \"app\"\n",
+        web_config(&one, "")
+    ));
+    let err = r.handle.reload().await.unwrap_err();
+    assert!(
+        err.contains(&format!("listener \"extra\": cannot bind {port}")),
+        "{err}"
+    );
+    assert_eq!(r.handle.snapshot().generation, 1);
+    assert_eq!(get(r.web, "/").await.0, 200);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn listeners_are_added_and_removed_and_unchanged_ones_keep_their_socket() {
+    let one = HttpBackend::start("one").await;
+    let dir = Dir::new("listeners");
+    dir.write(&web_config(&one, ""));
+    let r = start(&dir).await;
+    let with_extra = format!(
+        "{}[[listener]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n",
+        web_config(&one, "")
+    );
+    dir.write(&with_extra);
+    r.handle.reload().await.unwrap();
+    let extra = r.handle.local_addrs("extra");
+    assert_eq!(extra.len(), 1);
+    assert_eq!(
+        r.handle.local_addrs("web"),
+        [r.web],
+        "the unchanged listener kept its socket"
+    );
+    // The new tcp listener forwards to the HTTP backend.
+    let resp = raw_exchange(
+        extra[0],
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    dir.write(&web_config(&one, ""));
+    r.handle.reload().await.unwrap();
+    assert!(r.handle.local_addrs("extra").is_empty());
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(extra[0]).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a removed listener still accepts");
+    assert_eq!(get(r.web, "/").await.0, 200);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_drains_reports_and_guards_posts_with_the_token() {
+    let one = HttpBackend::start("one").await;
+    let two = HttpBackend::start("two").await;
+    let dir = Dir::new("admin");
+    std::fs::write(dir.0.join("admin.token"), "  s3cret-token\n").unwrap();
+    dir.write(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\
+         [global]\nwatch_config = false\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"one\" }}, {{ address = \"{}\", name = \"two\" }}]\n",
+        one.addr, two.addr
+    ));
+    let r = start(&dir).await;
+    let a = r.admin.unwrap();
+    assert_eq!(
+        admin(a, "GET", "/healthz", None).await,
+        (StatusCode::OK, "ok\n".into())
+    );
+    assert_eq!(
+        admin(a, "POST", "/upstreams/app/backends/one/drain", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        admin(
+            a,
+            "POST",
+            "/upstreams/app/backends/one/drain",
+            Some("wrong")
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        admin(
+            a,
+            "POST",
+            "/upstreams/app/backends/one/drain",
+            Some("s3cret-token")
+        )
+        .await
+        .0,
+        200
+    );
+    for _ in 0..4 {
+        assert_eq!(get(r.web, "/").await.1["x-backend"], "two");
+    }
+    // The drain survives a reload.
+    assert_eq!(
+        admin(a, "POST", "/reload", Some("s3cret-token")).await.1,
+        "{\"generation\":2}"
+    );
+    for _ in 0..4 {
+        assert_eq!(get(r.web, "/").await.1["x-backend"], "two");
+    }
+    let (status, body) = admin(a, "GET", "/status", None).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["generation"], 2);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["listeners"][0]["name"], "web");
+    assert_eq!(v["listeners"][0]["protocol"], "http");
+    assert_eq!(v["upstreams"][0]["strategy"], "round_robin");
+    assert_eq!(v["upstreams"][0]["backends"][0]["draining"], true);
+    assert_eq!(v["upstreams"][0]["backends"][0]["healthy"], true);
+    assert_eq!(
+        admin(
+            a,
+            "POST",
+            "/upstreams/app/backends/one/undrain",
+            Some("s3cret-token")
+        )
+        .await
+        .0,
+        200
+    );
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..4 {
+        names.insert(
+            get(r.web, "/").await.1["x-backend"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(names.contains("one"));
+    let (status, body) = admin(
+        a,
+        "POST",
+        "/upstreams/app/backends/nope/drain",
+        Some("s3cret-token"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(body.starts_with("{\"error\":"), "{body}");
+    assert_eq!(
+        admin(
+            a,
+            "POST",
+            "/upstreams/none/backends/one/drain",
+            Some("s3cret-token")
+        )
+        .await
+        .0,
+        404
+    );
+    // Bad JSON on the purge endpoint is a 400 with a message.
+    let req = Request::post(format!("http://{a}/cache/purge"))
+        .header("authorization", "Bearer s3cret-token")
+        .body(body_of("{not json"))
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("error"));
+    r.stop().await;
+}
+
+fn body_of(s: &'static str) -> Body {
+    body(s)
+}
+
+#[tokio::test]
+async fn every_contract_metric_is_exported_after_traffic() {
+    let one = HttpBackend::start("one").await;
+    let dir = Dir::new("metrics");
+    dir.write(
+        &web_config(&one, "").replace("[global]", "[admin]\nbind = \"127.0.0.1:0\"\n[global]"),
+    );
+    let r = start(&dir).await;
+    for _ in 0..3 {
+        assert_eq!(get(r.web, "/").await.0, 200);
+    }
+    assert_eq!(get(r.web, "/status/404").await.0, 404);
+    r.handle.reload().await.unwrap();
+    let (status, text) = admin(r.admin.unwrap(), "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    for line in [
+        "fulcrum_connections_total{listener=\"web\"}",
+        "fulcrum_connections_active{listener=\"web\"}",
+        "fulcrum_http_requests_total{code=\"200\",listener=\"web\",upstream=\"app\"} 3",
+        "fulcrum_http_requests_total{code=\"404\",listener=\"web\",upstream=\"app\"} 1",
+        "fulcrum_http_request_duration_seconds_count{listener=\"web\",upstream=\"app\"} 4",
+        "fulcrum_backend_healthy{backend=\"one\",upstream=\"app\"} 1",
+        "fulcrum_backend_active_connections{backend=\"one\",upstream=\"app\"} 0",
+        "fulcrum_backend_requests_total{backend=\"one\",outcome=\"success\",upstream=\"app\"} 4",
+        "fulcrum_cache_size_bytes 0",
+        "fulcrum_config_reloads_total{result=\"success\"} 1",
+        "fulcrum_config_generation 2",
+        "fulcrum_failover_active 0",
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
+    // The text format: every sample line is `name{labels} value`, names documented.
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = l.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "bad sample line {l}");
+        assert!(l.starts_with("fulcrum_"), "{l}");
+    }
+    assert!(text.contains("# HELP fulcrum_connections_total"));
+    assert!(text.contains("# TYPE fulcrum_http_request_duration_seconds histogram"));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_of_the_file_reloads_it() {
+    let one = HttpBackend::start("one").await;
+    let two = HttpBackend::start("two").await;
+    let dir = Dir::new("watch");
+    dir.write(&web_config(&one, "").replace("watch_config = false", "watch_config = true"));
+    let r = start(&dir).await;
+    assert_eq!(get(r.web, "/").await.1["x-backend"], "one");
+    dir.write(&web_config(&two, "").replace("watch_config = false", "watch_config = true"));
+    let mut reloaded = false;
+    for _ in 0..250 {
+        if r.handle.snapshot().generation >= 2 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "the file change was not noticed");
+    assert_eq!(get(r.web, "/").await.1["x-backend"], "two");
+    r.stop().await;
+}
