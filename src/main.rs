@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fulcrum::config::{Config, LogFormat};
 use fulcrum::runtime::Server;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_CONFIG: &str = "/etc/fulcrum/fulcrum.toml";
@@ -106,6 +107,13 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     }
     let rt = builder.build().context("cannot start the runtime")?;
     let code = rt.block_on(async {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("fulcrum: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -114,14 +122,14 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(reload_on_sighup(server.handle()));
+        tokio::spawn(reload_on_sighup(signals.hup, server.handle()));
         let mut watchdog_usec = 0;
         if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
             tokio::spawn(watchdog(std::time::Duration::from_micros(
                 watchdog_usec / 2,
             )));
         }
-        let report = server.run(shutdown_signal()).await;
+        let report = server.run(shutdown_signal(signals.term, signals.int)).await;
         tracing::info!(cut = report.cut, "exiting");
         ExitCode::SUCCESS
     });
@@ -131,12 +139,7 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
 
 /// Reloads the configuration on every SIGHUP; a failed reload is logged and counted by
 /// the library, and the old configuration keeps serving.
-async fn reload_on_sighup(handle: fulcrum::runtime::Handle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload with POST /reload");
-        return;
-    };
+async fn reload_on_sighup(mut hup: Signal, handle: fulcrum::runtime::Handle) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading");
         let _ = handle.reload().await;
@@ -152,16 +155,26 @@ async fn watchdog(every: std::time::Duration) {
     }
 }
 
+/// The signals fulcrum handles, installed before any listener is bound so that none
+/// arriving early falls to its default action (which would end the process).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
+async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
