@@ -9,9 +9,9 @@
 #
 # Configuration: the image carries config/quickstart.toml as /etc/fulcrum/fulcrum.toml
 # and its static sites as /etc/fulcrum/quickstart/ (relative paths in the config are
-# relative to its directory). The quick start binds 127.0.0.1:8080/8081/8082, which
-# inside a container cannot be reached from outside, and has no [admin] section, so the
-# HEALTHCHECK below reports it unhealthy. For real use, mount your own config directory
+# relative to its directory). The quick start binds 127.0.0.1:8080/8081/8082 and its
+# admin API 127.0.0.1:9090: the HEALTHCHECK below (run inside the container) reaches
+# it, but nothing outside the container can. For real use, mount your own config directory
 # at /etc/fulcrum (read-only) whose listeners bind 0.0.0.0 (or [::]) and which has
 #   [admin]
 #   bind = "0.0.0.0:9090"     # or "127.0.0.1:9090" to keep the admin API inside the container
