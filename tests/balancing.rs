@@ -237,3 +237,56 @@ async fn get_cookie(
         .unwrap();
     send(&client(), req).await
 }
+
+#[tokio::test]
+async fn a_health_endpoint_that_hangs_is_bounded_by_timeout() {
+    let good = HttpBackend::start("good").await;
+    // Accepts and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"good\" }}, {{ address = \"{hang_addr}\", name = \"hang\" }}]\n\
+         [upstream.app.health]\ncheck = \"http\"\npath = \"/health\"\ninterval = \"50ms\"\ntimeout = \"100ms\"\nfall = 2\n",
+        good.addr
+    );
+    let f = Fulcrum::start(&config).await;
+    let hang_state = f.backend("app", "hang");
+    let good_state = f.backend("app", "good");
+    eventually("the hanging backend marked down", || {
+        !hang_state.state.is_healthy()
+    })
+    .await;
+    assert!(good_state.state.is_healthy());
+    f.stop().await;
+    holder.abort();
+}
+
+#[tokio::test]
+async fn a_request_without_the_hash_header_falls_back_to_its_source_address() {
+    let a = HttpBackend::start("a").await;
+    let b = HttpBackend::start("b").await;
+    let c = HttpBackend::start("c").await;
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [upstream.app]\nstrategy = \"consistent_hash\"\nhash_key = \"cookie:user\"\n\
+         backends = [{{ address = \"{}\", name = \"a\" }}, {{ address = \"{}\", name = \"b\" }}, {{ address = \"{}\", name = \"c\" }}]\n",
+        a.addr, b.addr, c.addr
+    );
+    let f = Fulcrum::start(&config).await;
+    // Every request comes from 127.0.0.1 without the cookie: always the same backend.
+    let first = get(f.addr("web"), "/").await.1["x-backend"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..8 {
+        assert_eq!(get(f.addr("web"), "/").await.1["x-backend"], first.as_str());
+    }
+    f.stop().await;
+}
