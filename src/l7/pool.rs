@@ -13,6 +13,7 @@ use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::RequestBody;
@@ -24,12 +25,18 @@ pub const MAX_IDLE_PER_BACKEND: usize = 128;
 /// A pooled connection should be ready at once; one that is not is given up.
 const READY_WAIT: Duration = Duration::from_millis(500);
 
+/// Idle connections older than this are closed rather than reused: backends close
+/// idle keep-alive connections after a few seconds (Node.js after 5 s, gunicorn 2 s),
+/// and a request written just as the backend closes cannot be retried if it had a body.
+pub const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
+
 pub type Sender = SendRequest<RequestBody>;
 
 #[derive(Debug)]
 pub struct BackendPool {
     addr: SocketAddr,
-    idle: ArrayQueue<Sender>,
+    /// Idle connections and when they became idle, oldest first.
+    idle: ArrayQueue<(Instant, Sender)>,
 }
 
 impl BackendPool {
@@ -42,8 +49,8 @@ impl BackendPool {
 
     /// An idle connection that is still open and ready for a request.
     pub async fn checkout(&self) -> Option<Sender> {
-        while let Some(mut s) = self.idle.pop() {
-            if s.is_closed() {
+        while let Some((since, mut s)) = self.idle.pop() {
+            if s.is_closed() || since.elapsed() > MAX_IDLE_AGE {
                 continue;
             }
             if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, s.ready()).await {
@@ -56,7 +63,7 @@ impl BackendPool {
     /// Returns a connection whose response ended cleanly; closed when the pool is full.
     pub fn checkin(&self, s: Sender) {
         if !s.is_closed() {
-            let _ = self.idle.push(s);
+            let _ = self.idle.push((Instant::now(), s));
         }
     }
 
