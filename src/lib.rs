@@ -14,4 +14,5 @@ pub mod health;
 pub mod l4;
 pub mod l7;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;

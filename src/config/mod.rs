@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
@@ -120,6 +121,41 @@ pub struct Listener {
     pub redirect_https: bool,
     /// http: tried in order, the first match wins.
     pub routes: Vec<Route>,
+    /// `[listener.tls]`: TLS termination.
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+/// `[listener.tls]`, with every certificate and key already read, parsed and matched.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// In the order written: SNI picks by each certificate's names, the first is the
+    /// default.
+    pub certificates: Vec<Arc<rustls::sign::CertifiedKey>>,
+    pub min_version: TlsVersion,
+    /// Protocol names offered by ALPN, in preference order.
+    pub alpn: Vec<Vec<u8>>,
+    /// Require client certificates signed by one of these.
+    pub client_ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+}
+
+impl PartialEq for ListenerTls {
+    fn eq(&self, o: &Self) -> bool {
+        self.min_version == o.min_version
+            && self.alpn == o.alpn
+            && self.client_ca == o.client_ca
+            && self.certificates.len() == o.certificates.len()
+            && self
+                .certificates
+                .iter()
+                .zip(&o.certificates)
+                .all(|(a, b)| a.cert == b.cert)
+    }
 }
 
 /// One `[[listener.route]]`.
@@ -773,9 +809,10 @@ impl Validator<'_> {
                 }
             }
         }
-        if let Some(tls) = &l.tls {
-            self.unsupported(tls.span(), key("tls"));
-        }
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| self.listener_tls(&key("tls"), t.get_ref(), protocol));
         let routes = if protocol == Protocol::Http {
             l.route
                 .iter()
@@ -800,6 +837,180 @@ impl Validator<'_> {
             access: AccessRules { allow, deny },
             redirect_https: l.redirect_https.as_ref().is_some_and(|r| *r.get_ref()),
             routes,
+            tls: tls.flatten(),
+        })
+    }
+
+    fn listener_tls(
+        &mut self,
+        key: &str,
+        t: &RawListenerTls,
+        protocol: Protocol,
+    ) -> Option<ListenerTls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let k = |f: &str| format!("{key}.{f}");
+        let dir = self.file.parent().unwrap_or(Path::new("")).to_path_buf();
+        if t.certificates.get_ref().is_empty() {
+            self.err(
+                Some(t.certificates.span()),
+                k("certificates"),
+                "must list at least one { cert, key }",
+            );
+        }
+        let mut certificates = Vec::new();
+        for (i, c) in t.certificates.get_ref().iter().enumerate() {
+            let ck = |f: &str| format!("{key}.certificates[{i}].{f}");
+            let cert_path = dir.join(&c.get_ref().cert);
+            let key_path = dir.join(&c.get_ref().key);
+            let chain: Vec<CertificateDer<'static>> =
+                match CertificateDer::pem_file_iter(&cert_path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                {
+                    Ok(chain) if !chain.is_empty() => chain,
+                    Ok(_) => {
+                        self.err(
+                            Some(c.span()),
+                            ck("cert"),
+                            format!("{} holds no PEM certificate", cert_path.display()),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        self.err(
+                            Some(c.span()),
+                            ck("cert"),
+                            format!("{} cannot be loaded: {e}", cert_path.display()),
+                        );
+                        continue;
+                    }
+                };
+            let private = match PrivateKeyDer::from_pem_file(&key_path) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.err(
+                        Some(c.span()),
+                        ck("key"),
+                        format!("{} cannot be loaded: {e}", key_path.display()),
+                    );
+                    continue;
+                }
+            };
+            let signing = match rustls::crypto::ring::sign::any_supported_type(&private) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.err(
+                        Some(c.span()),
+                        ck("key"),
+                        format!("{} is not a usable key: {e}", key_path.display()),
+                    );
+                    continue;
+                }
+            };
+            let certified = rustls::sign::CertifiedKey::new(chain, signing);
+            if let Err(e) = certified.keys_match() {
+                self.err(
+                    Some(c.span()),
+                    ck("key"),
+                    format!(
+                        "{} does not match {}: {e}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                );
+                continue;
+            }
+            if let Err(e) = webpki::EndEntityCert::try_from(&certified.cert[0]) {
+                self.err(
+                    Some(c.span()),
+                    ck("cert"),
+                    format!("{} is not a usable certificate: {e}", cert_path.display()),
+                );
+                continue;
+            }
+            certificates.push(Arc::new(certified));
+        }
+        let min_version = match t
+            .min_version
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("1.2", _)) => TlsVersion::V12,
+            Some(("1.3", _)) => TlsVersion::V13,
+            Some((other, span)) => {
+                self.err(
+                    Some(span),
+                    k("min_version"),
+                    format!("must be \"1.2\" or \"1.3\", got {other:?}"),
+                );
+                TlsVersion::V12
+            }
+        };
+        let alpn = match &t.alpn {
+            Some(a) => {
+                for p in a.get_ref() {
+                    let ok = match protocol {
+                        Protocol::Http => p == "h2" || p == "http/1.1",
+                        Protocol::Tcp => !p.is_empty() && p.len() < 256,
+                    };
+                    if !ok {
+                        self.err(
+                            Some(a.span()),
+                            k("alpn"),
+                            format!("{p:?} is not a protocol this listener speaks"),
+                        );
+                    }
+                }
+                a.get_ref().iter().map(|p| p.as_bytes().to_vec()).collect()
+            }
+            None if protocol == Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            None => Vec::new(),
+        };
+        let client_ca = t.client_ca.as_ref().and_then(|ca| {
+            let path = dir.join(ca.get_ref());
+            match CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            {
+                Ok(v) if !v.is_empty() => {
+                    if let Some(e) = v
+                        .iter()
+                        .find_map(|c| webpki::anchor_from_trusted_cert(c).err())
+                    {
+                        self.err(
+                            Some(ca.span()),
+                            k("client_ca"),
+                            format!("{} is not a usable CA certificate: {e}", path.display()),
+                        );
+                        return None;
+                    }
+                    Some(v)
+                }
+                Ok(_) => {
+                    self.err(
+                        Some(ca.span()),
+                        k("client_ca"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err(
+                        Some(ca.span()),
+                        k("client_ca"),
+                        format!("{} cannot be loaded: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        if certificates.is_empty() {
+            return None;
+        }
+        Some(ListenerTls {
+            certificates,
+            min_version,
+            alpn,
+            client_ca,
         })
     }
 

@@ -82,10 +82,10 @@ pub struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
-    pub certificates: Vec<RawCertificate>,
-    pub min_version: Option<String>,
-    pub alpn: Option<Vec<String>>,
-    pub client_ca: Option<String>,
+    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub min_version: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<String>>>,
+    pub client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

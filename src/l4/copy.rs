@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +45,8 @@ impl End {
     }
 }
 
-pub async fn both_ways(
-    client: TcpStream,
+pub async fn both_ways<S: AsyncRead + AsyncWrite + Unpin>(
+    client: S,
     backend: TcpStream,
     idle_timeout: Duration,
     cut: &CancellationToken,

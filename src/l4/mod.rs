@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -34,9 +35,11 @@ pub struct Settings {
 
 /// Proxies one client connection to a backend of `s.upstream`. Returns when both
 /// directions are finished, or the connection was idle for too long, or `cut` fires.
-pub async fn proxy(client: TcpStream, peer: SocketAddr, s: Arc<Settings>, cut: CancellationToken) {
+pub async fn proxy<S>(client: S, peer: SocketAddr, s: Arc<Settings>, cut: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let started = Instant::now();
-    let _ = client.set_nodelay(true);
     let Some((backend_stream, lease)) = connect(&s, peer).await else {
         warn!(
             client.addr = %peer,

@@ -371,7 +371,7 @@ pub async fn forward(
         lease.record_latency(sent_at.elapsed());
         if let Some((cookie, requested)) = sticky {
             if requested != Some(i) {
-                if let Some(v) = cookie.set_cookie(i) {
+                if let Some(v) = cookie.set_cookie(i, settings.scheme == "https") {
                     resp.headers_mut().append(header::SET_COOKIE, v.clone());
                 }
             }

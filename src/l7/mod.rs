@@ -26,7 +26,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,8 +59,7 @@ impl UpstreamTarget {
             .iter()
             .map(|b| pools.get(&upstream.name, &b.address, b.addr))
             .collect();
-        // No TLS listener yet: the cookie is never marked Secure.
-        let sticky = sticky.map(|s| sticky::StickyCookie::new(&s.cookie, &upstream, false));
+        let sticky = sticky.map(|s| sticky::StickyCookie::new(&s.cookie, &upstream));
         UpstreamTarget {
             upstream,
             pools: list,
@@ -161,7 +159,7 @@ impl Settings {
             redirect_https: l.redirect_https,
             access_log,
             header_timeout: l.header_timeout,
-            scheme: "http",
+            scheme: if l.tls.is_some() { "https" } else { "http" },
             server,
         }
     }
@@ -202,9 +200,9 @@ impl ConnCtx {
     }
 }
 
-/// What the runtime hands over with an accepted connection.
-pub struct Accepted {
-    pub stream: TcpStream,
+/// What the runtime hands over with an accepted connection (after TLS, if any).
+pub struct Accepted<S> {
+    pub stream: S,
     pub peer: SocketAddr,
     /// False when the access rules deny the client.
     pub admitted: bool,
@@ -222,20 +220,21 @@ pub struct Accepted {
 /// request waits on a backend, is closed after its responses in flight; if it is
 /// still silent one `idle_timeout` later (a client that stopped reading, a stalled
 /// upload), it is dropped.
-pub async fn serve_connection(
-    accepted: Accepted,
+pub async fn serve_connection<S>(
+    accepted: Accepted<S>,
     settings: Arc<Settings>,
     drain: CancellationToken,
     cut: CancellationToken,
     tracker: TaskTracker,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Accepted {
         stream,
         peer,
         admitted,
         permits,
     } = accepted;
-    let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
     let ctx = Arc::new(ConnCtx {

@@ -13,8 +13,9 @@ pub struct StickyCookie {
     pub name: String,
     /// The cookie value of each backend, by index.
     ids: Vec<String>,
-    /// `Set-Cookie` of each backend, by index, ready to send.
+    /// `Set-Cookie` of each backend, by index, ready to send: plain and `Secure`.
     set: Vec<HeaderValue>,
+    set_secure: Vec<HeaderValue>,
 }
 
 /// The value of cookie `name` among the request's `Cookie` headers.
@@ -30,7 +31,7 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl StickyCookie {
-    pub fn new(name: &str, upstream: &Upstream, secure: bool) -> Self {
+    pub fn new(name: &str, upstream: &Upstream) -> Self {
         let ids: Vec<String> = upstream
             .backends()
             .iter()
@@ -41,20 +42,23 @@ impl StickyCookie {
                 format!("{:016x}", hash_bytes(&key))
             })
             .collect();
-        let set = ids
-            .iter()
-            .map(|id| {
-                let secure = if secure { "; Secure" } else { "" };
-                HeaderValue::try_from(format!(
-                    "{name}={id}; Path=/; HttpOnly; SameSite=Lax{secure}"
-                ))
-                .unwrap_or_else(|_| HeaderValue::from_static(""))
-            })
-            .collect();
+        let make = |secure: &str| -> Vec<HeaderValue> {
+            ids.iter()
+                .map(|id| {
+                    HeaderValue::try_from(format!(
+                        "{name}={id}; Path=/; HttpOnly; SameSite=Lax{secure}"
+                    ))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""))
+                })
+                .collect()
+        };
+        let set = make("");
+        let set_secure = make("; Secure");
         StickyCookie {
             name: name.to_string(),
             ids,
             set,
+            set_secure,
         }
     }
 
@@ -64,8 +68,10 @@ impl StickyCookie {
         self.ids.iter().position(|id| id == value)
     }
 
-    pub fn set_cookie(&self, i: usize) -> Option<&HeaderValue> {
-        self.set.get(i).filter(|v| !v.is_empty())
+    /// `secure`: the client came over TLS.
+    pub fn set_cookie(&self, i: usize, secure: bool) -> Option<&HeaderValue> {
+        let list = if secure { &self.set_secure } else { &self.set };
+        list.get(i).filter(|v| !v.is_empty())
     }
 }
 

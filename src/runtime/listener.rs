@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::snapshot::Engine;
+use super::snapshot::{Engine, ListenerEntry};
 use super::{BindKey, Shared};
 use crate::{l4, l7};
 
@@ -83,42 +83,81 @@ pub(crate) async fn accept_loop(
         entry.metrics.open.inc();
         let open = Open(entry.metrics.open.clone());
         let admitted = entry.access.admits(peer.ip());
-        let cut = shared.cut.clone();
-        match &entry.engine {
-            Engine::Tcp(settings) => {
-                if !admitted {
-                    debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
-                    continue;
+        if !admitted {
+            if let Engine::Tcp(_) = entry.engine {
+                debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
+                continue;
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = entry.clone();
+        let shared_task = shared.clone();
+        shared.tracker.spawn(async move {
+            let held = (permits, open);
+            match &entry.tls {
+                None => serve(stream, peer, admitted, held, &entry, &shared_task).await,
+                Some(tls) => {
+                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            tls.ok.inc();
+                            serve(s, peer, admitted, held, &entry, &shared_task).await;
+                        }
+                        Ok(Err(e)) => {
+                            tls.failed.inc();
+                            debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tls.failed.inc();
+                            debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
+                        }
+                    }
                 }
-                let settings = settings.clone();
-                shared.tracker.spawn(async move {
-                    let _held = (permits, open);
-                    l4::proxy(stream, peer, settings, cut).await;
-                });
             }
-            Engine::Http(settings) => {
-                let settings = settings.clone();
-                let drain = shared.stop_accepting.clone();
-                let tracker = shared.tracker.clone();
-                let accepted = l7::Accepted {
-                    stream,
-                    peer,
-                    admitted,
-                    permits: Arc::new((permits, open)),
-                };
-                shared.tracker.spawn(async move {
-                    l7::serve_connection(accepted, settings, drain, cut, tracker).await;
-                });
-            }
+        });
+    }
+}
+
+/// Hands an admitted connection (after TLS, if any) to its engine.
+async fn serve<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    admitted: bool,
+    held: (Places, Open),
+    entry: &ListenerEntry,
+    shared: &Shared,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let cut = shared.cut.clone();
+    match &entry.engine {
+        Engine::Tcp(settings) => {
+            let _held = held;
+            l4::proxy(stream, peer, settings.clone(), cut).await;
+        }
+        Engine::Http(settings) => {
+            let accepted = l7::Accepted {
+                stream,
+                peer,
+                admitted,
+                permits: Arc::new(held),
+            };
+            let drain = shared.stop_accepting.clone();
+            l7::serve_connection(
+                accepted,
+                settings.clone(),
+                drain,
+                cut,
+                shared.tracker.clone(),
+            )
+            .await;
         }
     }
 }
 
+type Places = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
 /// Takes a place under the global limit and the listener's own, or neither.
-fn admit(
-    global: &Arc<Semaphore>,
-    listener: Option<&Arc<Semaphore>>,
-) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+fn admit(global: &Arc<Semaphore>, listener: Option<&Arc<Semaphore>>) -> Option<Places> {
     let g = global.clone().try_acquire_owned().ok()?;
     let l = match listener {
         Some(l) => Some(l.clone().try_acquire_owned().ok()?),

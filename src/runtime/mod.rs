@@ -31,14 +31,18 @@ use crate::upstream::Registry;
 use snapshot::Parts;
 pub use snapshot::Snapshot;
 
-/// A listener that could not be bound.
+/// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("listener {listener:?}: cannot bind {addr}: {source}")]
-pub struct BindError {
-    pub listener: String,
-    pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+pub enum BindError {
+    #[error("listener {listener:?}: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// What identifies a listening socket across reloads: its configured address, or for
@@ -134,7 +138,7 @@ impl Shared {
         out
     }
 
-    fn build(&self, config: Arc<Config>, generation: u64) -> Snapshot {
+    fn build(&self, config: Arc<Config>, generation: u64) -> Result<Snapshot, String> {
         let limits = self.limits_for(&config);
         Snapshot::build(
             config,
@@ -239,7 +243,7 @@ impl Server {
         let config = Arc::new(config);
         for l in &config.listeners {
             for (key, addr) in bind_keys(l) {
-                let socket = listener::bind(addr).map_err(|source| BindError {
+                let socket = listener::bind(addr).map_err(|source| BindError::Bind {
                     listener: l.name.clone(),
                     addr,
                     source,
@@ -248,14 +252,14 @@ impl Server {
             }
         }
         let admin = match &config.admin {
-            Some(a) => Some(listener::bind(a.bind).map_err(|source| BindError {
+            Some(a) => Some(listener::bind(a.bind).map_err(|source| BindError::Bind {
                 listener: "admin".into(),
                 addr: a.bind,
                 source,
             })?),
             None => None,
         };
-        let snapshot = shared.build(config, 1);
+        let snapshot = shared.build(config, 1).map_err(BindError::Tls)?;
         shared.metrics.config_generation.set(1);
         shared.current.store(Arc::new(snapshot));
         Ok(Server { shared, admin })

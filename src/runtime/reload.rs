@@ -76,7 +76,13 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
 
     let generation = old.generation + 1;
     let config = Arc::new(config);
-    let next = shared.build(config.clone(), generation);
+    let next = match shared.build(config.clone(), generation) {
+        Ok(n) => n,
+        Err(e) => {
+            error!("reload refused, the configuration in use stays: {e}");
+            return Err(e);
+        }
+    };
     shared.current.store(Arc::new(next));
     shared.metrics.config_generation.set(generation as i64);
 

@@ -29,6 +29,15 @@ pub(crate) struct ListenerEntry {
     /// The listener's own `max_connections`; the same semaphore across generations.
     pub limit: Option<Arc<Semaphore>>,
     pub metrics: ListenerMetrics,
+    /// TLS termination, with the time a client has to finish its handshake.
+    pub tls: Option<Tls>,
+}
+
+pub(crate) struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handshake_timeout: std::time::Duration,
+    pub ok: prometheus::IntCounter,
+    pub failed: prometheus::IntCounter,
 }
 
 pub(crate) enum Engine {
@@ -45,7 +54,13 @@ pub(crate) struct Parts<'a> {
 }
 
 impl Snapshot {
-    pub(crate) fn build(config: Arc<Config>, generation: u64, parts: &Parts<'_>) -> Snapshot {
+    /// Fails only if a listener's TLS settings cannot be put together, which the
+    /// configuration's validation already rules out.
+    pub(crate) fn build(
+        config: Arc<Config>,
+        generation: u64,
+        parts: &Parts<'_>,
+    ) -> Result<Snapshot, String> {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -87,7 +102,24 @@ impl Snapshot {
                 ))),
                 (Protocol::Tcp, None) => continue,
             };
+            let tls = match &l.tls {
+                Some(t) => Some(Tls {
+                    acceptor: crate::tls::acceptor(t)
+                        .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?,
+                    handshake_timeout: l.header_timeout,
+                    ok: parts
+                        .metrics
+                        .tls_handshakes_total
+                        .with_label_values(&[&l.name, "ok"]),
+                    failed: parts
+                        .metrics
+                        .tls_handshakes_total
+                        .with_label_values(&[&l.name, "failed"]),
+                }),
+                None => None,
+            };
             let entry = Arc::new(ListenerEntry {
+                tls,
                 name: l.name.clone(),
                 access: l.access.clone(),
                 engine,
@@ -98,12 +130,12 @@ impl Snapshot {
                 listeners.insert(key, entry.clone());
             }
         }
-        Snapshot {
+        Ok(Snapshot {
             generation,
             config,
             upstreams,
             listeners,
-        }
+        })
     }
 
     pub(crate) fn listener(&self, key: &BindKey) -> Option<&Arc<ListenerEntry>> {

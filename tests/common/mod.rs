@@ -86,14 +86,21 @@ pub struct Fulcrum {
     /// The generation the server started with; its backends' live state is shared.
     pub snapshot: Arc<fulcrum::runtime::Snapshot>,
     server_addrs: Vec<(String, SocketAddr)>,
+    /// The admin API, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<ShutdownReport>,
 }
 
 impl Fulcrum {
     pub async fn start(toml: &str) -> Fulcrum {
-        let config = Config::parse(toml, Path::new("test.toml"))
-            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        Self::start_at(toml, Path::new("test.toml")).await
+    }
+
+    /// As `start`, with relative paths resolved as if the file were `file`.
+    pub async fn start_at(toml: &str, file: &Path) -> Fulcrum {
+        let config =
+            Config::parse(toml, file).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
         let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         let server = Server::bind(config).await.expect("bind");
         let server_addrs = names
@@ -106,12 +113,14 @@ impl Fulcrum {
             })
             .collect();
         let snapshot = server.snapshot();
+        let admin = server.admin_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
         Fulcrum {
             snapshot,
+            admin,
             server_addrs,
             stop: Some(tx),
             handle,

@@ -1,0 +1,73 @@
+//! TLS with rustls: the server side of `[listener.tls]` (certificates chosen by SNI
+//! against each certificate's names, exact and wildcard; the first is the default;
+//! ALPN; minimum version; client certificates), built once per configuration
+//! generation from material the config already loaded and matched.
+
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ListenerTls, TlsVersion};
+
+/// Picks the first certificate valid for the client's SNI name (as webpki checks a
+/// name: exact or wildcard), else the first certificate.
+#[derive(Debug)]
+struct BySni {
+    certificates: Vec<Arc<CertifiedKey>>,
+}
+
+impl BySni {
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let by_name = name
+            .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok())
+            .and_then(|sni| {
+                self.certificates.iter().find(|c| {
+                    c.cert.first().is_some_and(|leaf| {
+                        webpki::EndEntityCert::try_from(leaf)
+                            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&sni).is_ok())
+                    })
+                })
+            });
+        by_name.or_else(|| self.certificates.first()).cloned()
+    }
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// The acceptor for one listener of one generation.
+pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
+        TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V13 => &[&rustls::version::TLS13],
+    };
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match &t.client_ca {
+        Some(cas) => {
+            let mut roots = RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca.clone())?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(BySni {
+        certificates: t.certificates.clone(),
+    }));
+    config.alpn_protocols = t.alpn.clone();
+    // Resumption: stateless tickets besides rustls' in-memory session cache.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

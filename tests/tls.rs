@@ -1,0 +1,322 @@
+//! TLS termination: certificates by SNI, ALPN, versions, client certificates, TLS in
+//! front of TCP, and what a broken handshake gets. The PKI is made by each test.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::http::*;
+use common::{Backend, Fulcrum};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+struct Pki {
+    dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("fulcrum-tls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    /// Writes `name.pem` and `name.key` for a certificate valid for `names`.
+    fn leaf(&self, name: &str, names: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        cert.der().clone()
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("fulcrum.toml")
+    }
+
+    fn client(&self, alpn: &[&str], tls12_only: bool, identity: Option<&str>) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(name) => {
+                let chain = CertificateDer::pem_file_iter(self.dir.join(format!("{name}.pem")))
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key =
+                    PrivateKeyDer::from_pem_file(self.dir.join(format!("{name}.key"))).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn connect(c: &TlsConnector, addr: std::net::SocketAddr, name: &str) -> std::io::Result<Tls> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), c.connect(server_name, tcp))
+        .await
+        .expect("handshake in time")
+}
+
+fn peer_leaf(s: &Tls) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+/// One HTTP/1.1 request over the stream; returns the status line and the whole response.
+async fn http1(s: &mut Tls, path: &str) -> String {
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn https_config(backend: &HttpBackend, tls_extra: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\nheader_timeout = \"500ms\"\n\
+         [listener.tls]\ncertificates = [\n\
+           {{ cert = \"default.pem\", key = \"default.key\" }},\n\
+           {{ cert = \"a.pem\", key = \"a.key\" }},\n\
+           {{ cert = \"wild.pem\", key = \"wild.key\" }},\n\
+         ]\n{tls_extra}\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"b\" }}]\n",
+        backend.addr
+    )
+}
+
+fn standard_pki(name: &str) -> (Pki, [CertificateDer<'static>; 3]) {
+    let pki = Pki::new(name);
+    let d = pki.leaf("default", &["default.test", "127.0.0.1"]);
+    let a = pki.leaf("a", &["a.test"]);
+    let w = pki.leaf("wild", &["*.wild.test"]);
+    (pki, [d, a, w])
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_the_first_is_the_default() {
+    let (pki, [default, a, wild]) = standard_pki("sni");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&https_config(&b, ""), &pki.file()).await;
+    let addr = f.addr("web");
+    let c = pki.client(&["http/1.1"], false, None);
+    assert_eq!(peer_leaf(&connect(&c, addr, "a.test").await.unwrap()), a);
+    assert_eq!(
+        peer_leaf(&connect(&c, addr, "x.wild.test").await.unwrap()),
+        wild
+    );
+    assert_eq!(
+        peer_leaf(&connect(&c, addr, "default.test").await.unwrap()),
+        default
+    );
+    // No SNI at all (an IP address as the name): the default certificate.
+    assert_eq!(
+        peer_leaf(&connect(&c, addr, "127.0.0.1").await.unwrap()),
+        default
+    );
+    // An unknown name gets the default, which the client then rightly refuses.
+    assert!(connect(&c, addr, "other.test").await.is_err());
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn alpn_offers_h2_and_http11_and_requests_are_forwarded_as_https() {
+    let (pki, _) = standard_pki("alpn");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&https_config(&b, ""), &pki.file()).await;
+    let addr = f.addr("web");
+    let mut s = connect(&pki.client(&["http/1.1"], false, None), addr, "a.test")
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let resp = http1(&mut s, "/").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.last().headers["x-forwarded-proto"], "https");
+
+    let s = connect(
+        &pki.client(&["h2", "http/1.1"], false, None),
+        addr,
+        "a.test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://a.test/h2")
+        .body(empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b.last().uri, "/h2");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn tls12_is_refused_under_min_version_13_and_counted() {
+    let (pki, _) = standard_pki("min13");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&https_config(&b, "min_version = \"1.3\""), &pki.file()).await;
+    let addr = f.addr("web");
+    assert!(connect(&pki.client(&[], true, None), addr, "a.test")
+        .await
+        .is_err());
+    let mut ok = connect(&pki.client(&[], false, None), addr, "a.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert!(http1(&mut ok, "/").await.starts_with("HTTP/1.1 200"));
+    let (_, _, metrics) = get(f.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(
+        text.contains("fulcrum_tls_handshakes_total{listener=\"web\",result=\"failed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fulcrum_tls_handshakes_total{listener=\"web\",result=\"ok\"} 1"),
+        "{text}"
+    );
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_and_verified_with_client_ca() {
+    let (pki, _) = standard_pki("mtls");
+    pki.leaf("client", &["client.test"]);
+    let other = Pki::new("mtls-other");
+    other.leaf("stranger", &["stranger.test"]);
+    std::fs::copy(other.dir.join("stranger.pem"), pki.dir.join("stranger.pem")).unwrap();
+    std::fs::copy(other.dir.join("stranger.key"), pki.dir.join("stranger.key")).unwrap();
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&https_config(&b, "client_ca = \"ca.pem\""), &pki.file()).await;
+    let addr = f.addr("web");
+    let mut with = connect(&pki.client(&[], false, Some("client")), addr, "a.test")
+        .await
+        .unwrap();
+    assert!(http1(&mut with, "/").await.starts_with("HTTP/1.1 200"));
+    for identity in [None, Some("stranger")] {
+        // With TLS 1.3 the refusal can surface after the client's handshake completes.
+        let refused = match connect(&pki.client(&[], false, identity), addr, "a.test").await {
+            Err(_) => true,
+            Ok(mut s) => !http1(&mut s, "/").await.starts_with("HTTP/1.1 200"),
+        };
+        assert!(refused, "{identity:?} was let in");
+    }
+    assert_eq!(b.requests().len(), 1);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn tls_terminates_in_front_of_a_plain_tcp_backend() {
+    let (pki, _) = standard_pki("tcp");
+    let a = Backend::start("a").await;
+    let config = format!(
+        "[[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+         [listener.tls]\ncertificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"a\" }}]\n",
+        a.addr
+    );
+    let f = Fulcrum::start_at(&config, &pki.file()).await;
+    let mut s = connect(&pki.client(&[], false, None), f.addr("front"), "a.test")
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), None);
+    s.write_all(b"ping").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(String::from_utf8_lossy(&out), "a\npingbye:a");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_and_stalled_handshakes_are_closed_and_counted() {
+    let (pki, _) = standard_pki("garbage");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&https_config(&b, ""), &pki.file()).await;
+    let addr = f.addr("web");
+    let resp = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n").await;
+    assert!(!resp.contains("200"), "{resp}");
+    // A client that opens and says nothing is cut at header_timeout (500 ms here).
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let (_, _, metrics) = get(f.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(
+        text.contains("fulcrum_tls_handshakes_total{listener=\"web\",result=\"failed\"} 2"),
+        "{text}"
+    );
+    assert!(b.requests().is_empty());
+    f.stop().await;
+}
+
+#[test]
+fn check_refuses_a_key_that_does_not_match_its_certificate() {
+    let pki = Pki::new("mismatch");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let src = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+               [listener.tls]\ncertificates = [{ cert = \"a.pem\", key = \"b.key\" }]\n";
+    let err = fulcrum::config::Config::parse(src, &pki.file())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`listener[0].tls.certificates[0].key`"),
+        "{err}"
+    );
+    assert!(err.contains("b.key does not match"), "{err}");
+}
