@@ -71,3 +71,82 @@ pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// TLS to the backends of one upstream: verified against the configured CA, or the
+/// system's roots.
+#[derive(Clone)]
+pub struct BackendTls {
+    connector: tokio_rustls::TlsConnector,
+    /// The configured name; else each backend's host.
+    sni: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendTls {
+    /// `alpn`: what to offer the backend (`http/1.1` for the HTTP engine).
+    pub fn new(t: &crate::config::UpstreamTls, alpn: &[&[u8]]) -> Result<BackendTls, String> {
+        let mut roots = RootCertStore::empty();
+        match &t.ca {
+            Some(cas) => {
+                for ca in cas {
+                    roots.add(ca.clone()).map_err(|e| e.to_string())?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err("no system root certificates found; set upstream tls.ca".into());
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let sni = match &t.sni {
+            Some(s) => Some(
+                rustls::pki_types::ServerName::try_from(s.clone()).map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        Ok(BackendTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            sni,
+        })
+    }
+
+    /// The TLS handshake with a backend whose address (as written) is `address`.
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+        address: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = match &self.sni {
+            Some(n) => n.clone(),
+            None => {
+                let host = address
+                    .rsplit_once(':')
+                    .map_or(address, |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?
+            }
+        };
+        self.connector.connect(name, tcp).await
+    }
+}

@@ -211,10 +211,6 @@ fn features_not_built_yet_are_refused_not_ignored() {
             "[failover]\nnode = \"a\"\nbind = \"127.0.0.1:1\"\npeers = []\nsecret_file = \"k\"\n",
             "`failover` is not supported yet",
         ),
-        (
-            "[upstream.app.tls]\nsni = \"x\"\n",
-            "`upstream.app.tls` is not supported yet",
-        ),
     ];
     for (extra, expected) in table {
         let got = errors(&format!("{BASE}{extra}"));

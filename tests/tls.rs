@@ -320,3 +320,80 @@ fn check_refuses_a_key_that_does_not_match_its_certificate() {
     );
     assert!(err.contains("b.key does not match"), "{err}");
 }
+
+/// An HTTPS backend presenting certificate `name` from `pki`; answers "tls-backend".
+async fn tls_backend(pki: &Pki, name: &str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let chain = CertificateDer::pem_file_iter(pki.dir.join(format!("{name}.pem")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.dir.join(format!("{name}.key"))).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(body("tls-backend")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn backends_are_reached_over_verified_tls() {
+    let pki = Pki::new("upstream");
+    pki.leaf("backend", &["backend.test"]);
+    let other = Pki::new("upstream-other");
+    std::fs::copy(other.dir.join("ca.pem"), pki.dir.join("other-ca.pem")).unwrap();
+    let (addr, _task) = tls_backend(&pki, "backend").await;
+    for (ca, expected) in [("ca.pem", 200), ("other-ca.pem", 502)] {
+        let config = format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [upstream.app]\nretries = 0\nbackends = [{{ address = \"{addr}\" }}]\n\
+             tls = {{ sni = \"backend.test\", ca = \"{ca}\" }}\n"
+        );
+        let f = Fulcrum::start_at(&config, &pki.file()).await;
+        let (status, _, body) = get(f.addr("web"), "/").await;
+        assert_eq!(status.as_u16(), expected, "with {ca}");
+        if expected == 200 {
+            assert_eq!(body, "tls-backend");
+        }
+        f.stop().await;
+    }
+    // The TCP engine too: TLS offload to the backend.
+    let config = format!(
+        "[[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ address = \"{addr}\" }}]\n\
+         tls = {{ sni = \"backend.test\", ca = \"ca.pem\" }}\n"
+    );
+    let f = Fulcrum::start_at(&config, &pki.file()).await;
+    let resp = raw_exchange(
+        f.addr("front"),
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("tls-backend"),
+        "{resp}"
+    );
+    f.stop().await;
+}

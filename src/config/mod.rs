@@ -298,6 +298,17 @@ pub struct Upstream {
     pub hash_key: HashKey,
     pub sticky: Option<Sticky>,
     pub health: Option<Health>,
+    /// TLS to the backends.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `upstream.NAME.tls`: TLS to the backends, verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent and verified; defaults to the host part of each backend's address.
+    pub sni: Option<String>,
+    /// Trusted roots; `None`: the system's.
+    pub ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1236,9 +1247,7 @@ impl Validator<'_> {
             MAX_RETRIES,
             i64::from(DEFAULT_RETRIES),
         ) as u32;
-        if let Some(tls) = &u.tls {
-            self.unsupported(tls.span(), key("tls"));
-        }
+        let tls = u.tls.as_ref().map(|t| self.upstream_tls(name, t.get_ref()));
         let sticky = u.sticky.as_ref().map(|st| {
             let cookie = match &st.get_ref().cookie {
                 None => DEFAULT_STICKY_COOKIE.to_string(),
@@ -1334,7 +1343,69 @@ impl Validator<'_> {
             hash_key,
             sticky,
             health,
+            tls,
         })
+    }
+
+    fn upstream_tls(&mut self, upstream: &str, t: &RawUpstreamTls) -> UpstreamTls {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let key = |k: &str| format!("upstream.{upstream}.tls.{k}");
+        let sni = t.sni.as_ref().and_then(|s| {
+            match rustls::pki_types::ServerName::try_from(s.get_ref().as_str()) {
+                Ok(_) => Some(s.get_ref().clone()),
+                Err(_) => {
+                    self.err(
+                        Some(s.span()),
+                        key("sni"),
+                        format!("is not a DNS name or IP address, got {:?}", s.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        let ca = t.ca.as_ref().and_then(|ca| {
+            let path = self
+                .file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(ca.get_ref());
+            match CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            {
+                Ok(v) if !v.is_empty() => {
+                    if let Some(e) = v
+                        .iter()
+                        .find_map(|c| webpki::anchor_from_trusted_cert(c).err())
+                    {
+                        self.err(
+                            Some(ca.span()),
+                            key("ca"),
+                            format!("{} is not a usable CA certificate: {e}", path.display()),
+                        );
+                        return None;
+                    }
+                    Some(v)
+                }
+                Ok(_) => {
+                    self.err(
+                        Some(ca.span()),
+                        key("ca"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err(
+                        Some(ca.span()),
+                        key("ca"),
+                        format!("{} cannot be loaded: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        UpstreamTls { sni, ca }
     }
 
     fn health(&mut self, upstream: &str, h: &RawHealth) -> Health {

@@ -133,8 +133,8 @@ pub struct RawBackend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
-    pub sni: Option<String>,
-    pub ca: Option<String>,
+    pub sni: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

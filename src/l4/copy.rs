@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{Activity, Watched};
@@ -45,12 +44,16 @@ impl End {
     }
 }
 
-pub async fn both_ways<S: AsyncRead + AsyncWrite + Unpin>(
-    client: S,
-    backend: TcpStream,
+pub async fn both_ways<C, B>(
+    client: C,
+    backend: B,
     idle_timeout: Duration,
     cut: &CancellationToken,
-) -> (Copied, End) {
+) -> (Copied, End)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let activity = Arc::new(Activity::new());
     let mut c = Watched::new(client, activity.clone());
     let mut b = Watched::new(backend, activity.clone());

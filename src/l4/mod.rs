@@ -31,6 +31,8 @@ pub struct Settings {
     pub upstream: Arc<Upstream>,
     pub idle_timeout: Duration,
     pub access_log: bool,
+    /// TLS to the backends.
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 /// Proxies one client connection to a backend of `s.upstream`. Returns when both
@@ -50,7 +52,37 @@ where
         access_line(&s, peer, None, &Copied::default(), started, End::NoBackend);
         return;
     };
-    let (copied, end) = copy::both_ways(client, backend_stream, s.idle_timeout, &cut).await;
+    let (copied, end) = match &s.tls {
+        None => copy::both_ways(client, backend_stream, s.idle_timeout, &cut).await,
+        Some(tls) => {
+            let connected = tokio::time::timeout(
+                s.upstream.connect_timeout,
+                tls.connect(backend_stream, &lease.backend().address),
+            )
+            .await;
+            match connected {
+                Ok(Ok(b)) => copy::both_ways(client, b, s.idle_timeout, &cut).await,
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no TLS answer in time".to_string(),
+                    };
+                    warn!(client.addr = %peer, upstream = %s.upstream.name, backend = %lease.backend().name, error = %error, "TLS to the backend failed");
+                    let mut lease = lease;
+                    lease.set_outcome(Outcome::Failure);
+                    access_line(
+                        &s,
+                        peer,
+                        Some(&lease),
+                        &Copied::default(),
+                        started,
+                        End::NoBackend,
+                    );
+                    return;
+                }
+            }
+        }
+    };
     if let End::Error(e) = &end {
         debug!(client.addr = %peer, backend.addr = %lease.backend().addr, error = %e, "connection ended with an error");
     }

@@ -266,7 +266,16 @@ pub async fn forward(
         let pool = &target.pools[i];
         let (mut sender, fresh) = match pool.checkout().await {
             Some(s) => (s, false),
-            None => match pool.connect(up.connect_timeout).await {
+            None => match pool
+                .connect(
+                    up.connect_timeout,
+                    target
+                        .tls
+                        .as_ref()
+                        .map(|t| (t, lease.backend().address.as_str())),
+                )
+                .await
+            {
                 Ok(s) => (s, true),
                 Err(e) => {
                     warn!(

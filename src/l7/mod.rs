@@ -50,10 +50,17 @@ pub struct UpstreamTarget {
     pub upstream: Arc<Upstream>,
     pub pools: Vec<Arc<BackendPool>>,
     pub sticky: Option<sticky::StickyCookie>,
+    /// TLS to the backends.
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 impl UpstreamTarget {
-    pub fn new(upstream: Arc<Upstream>, sticky: Option<&config::Sticky>, pools: &Pools) -> Self {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        sticky: Option<&config::Sticky>,
+        tls: Option<crate::tls::BackendTls>,
+        pools: &Pools,
+    ) -> Self {
         let list = upstream
             .backends()
             .iter()
@@ -64,6 +71,7 @@ impl UpstreamTarget {
             upstream,
             pools: list,
             sticky,
+            tls,
         }
     }
 }

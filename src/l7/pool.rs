@@ -18,6 +18,7 @@ use tracing::debug;
 
 use super::body::RequestBody;
 use crate::config;
+use crate::tls::BackendTls;
 
 /// Idle connections kept per backend; more are closed when their response ends.
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -67,14 +68,39 @@ impl BackendPool {
         }
     }
 
-    /// Opens a new connection within `timeout`.
-    pub async fn connect(&self, timeout: Duration) -> Result<Sender, String> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no answer within {timeout:?}")),
-        };
+    /// Opens a new connection (and its TLS session, with `tls`) within `timeout`.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        tls: Option<(&BackendTls, &str)>,
+    ) -> Result<Sender, String> {
+        match tokio::time::timeout(timeout, self.open(tls)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    async fn open(&self, tls: Option<(&BackendTls, &str)>) -> Result<Sender, String> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
+        match tls {
+            None => self.handshake(stream).await,
+            Some((tls, address)) => {
+                let stream = tls
+                    .connect(stream, address)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    async fn handshake<S>(&self, stream: S) -> Result<Sender, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -71,15 +71,23 @@ impl Snapshot {
             .iter()
             .any(|l| l.protocol == Protocol::Http)
         {
-            config
-                .upstreams
-                .iter()
-                .filter_map(|c| {
-                    let u = upstreams.get(&c.name)?;
-                    let target = l7::UpstreamTarget::new(u.clone(), c.sticky.as_ref(), parts.pools);
-                    Some((c.name.clone(), Arc::new(target)))
-                })
-                .collect()
+            let mut targets = HashMap::new();
+            for c in &config.upstreams {
+                let Some(u) = upstreams.get(&c.name) else {
+                    continue;
+                };
+                let tls = match &c.tls {
+                    Some(t) => Some(
+                        crate::tls::BackendTls::new(t, &[b"http/1.1"])
+                            .map_err(|e| format!("upstream {:?}: TLS: {e}", c.name))?,
+                    ),
+                    None => None,
+                };
+                let target =
+                    l7::UpstreamTarget::new(u.clone(), c.sticky.as_ref(), tls, parts.pools);
+                targets.insert(c.name.clone(), Arc::new(target));
+            }
+            targets
         } else {
             HashMap::new()
         };
@@ -93,6 +101,13 @@ impl Snapshot {
                     upstream: up.clone(),
                     idle_timeout: l.idle_timeout,
                     access_log: config.global.access_log,
+                    tls: match config.upstream(&up.name).and_then(|c| c.tls.as_ref()) {
+                        Some(t) => Some(
+                            crate::tls::BackendTls::new(t, &[])
+                                .map_err(|e| format!("upstream {:?}: TLS: {e}", up.name))?,
+                        ),
+                        None => None,
+                    },
                 })),
                 (Protocol::Http, _) => Engine::Http(Arc::new(l7::Settings::build(
                     l,
