@@ -150,3 +150,10 @@ impl BackendTls {
         self.connector.connect(name, tcp).await
     }
 }
+
+/// The subject of the client certificate a TLS session verified (mTLS), for the logs.
+pub fn client_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(Arc::from(cert.subject().to_string()))
+}

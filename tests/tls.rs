@@ -397,3 +397,50 @@ async fn backends_are_reached_over_verified_tls() {
     );
     f.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_swaps_the_certificate_without_dropping_an_open_connection() {
+    let pki = Pki::new("reload");
+    let first = pki.leaf("site", &["a.test"]);
+    let b = HttpBackend::start("b").await;
+    std::fs::write(
+        pki.file(),
+        format!(
+            "[global]\nwatch_config = false\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [listener.tls]\ncertificates = [{{ cert = \"site.pem\", key = \"site.key\" }}]\n\
+             [upstream.app]\nbackends = [{{ address = \"{}\" }}]\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let config = fulcrum::config::Config::load(&pki.file()).unwrap();
+    let server = fulcrum::runtime::Server::bind(config).await.unwrap();
+    let handle = server.handle();
+    let addr = server.local_addrs("web")[0];
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let c = pki.client(&["http/1.1"], false, None);
+    let mut open = connect(&c, addr, "a.test").await.unwrap();
+    assert_eq!(peer_leaf(&open), first);
+    let second = pki.leaf("site", &["a.test"]);
+    assert_ne!(first, second);
+    handle.reload().await.unwrap();
+    assert_eq!(
+        peer_leaf(&connect(&c, addr, "a.test").await.unwrap()),
+        second
+    );
+    // The connection opened before the reload still works, on its old session.
+    assert!(http1(&mut open, "/").await.starts_with("HTTP/1.1 200"));
+    // A broken key refuses the reload whole: the new certificate keeps serving.
+    std::fs::write(pki.dir.join("site.key"), "not a key").unwrap();
+    assert!(handle.reload().await.is_err());
+    assert_eq!(
+        peer_leaf(&connect(&c, addr, "a.test").await.unwrap()),
+        second
+    );
+    tx.send(()).unwrap();
+    run.await.unwrap();
+}

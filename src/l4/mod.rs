@@ -37,8 +37,13 @@ pub struct Settings {
 
 /// Proxies one client connection to a backend of `s.upstream`. Returns when both
 /// directions are finished, or the connection was idle for too long, or `cut` fires.
-pub async fn proxy<S>(client: S, peer: SocketAddr, s: Arc<Settings>, cut: CancellationToken)
-where
+pub async fn proxy<S>(
+    client: S,
+    peer: SocketAddr,
+    client_cert: Option<Arc<str>>,
+    s: Arc<Settings>,
+    cut: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
@@ -49,7 +54,15 @@ where
             upstream = %s.upstream.name,
             "no backend could be reached; closing the connection"
         );
-        access_line(&s, peer, None, &Copied::default(), started, End::NoBackend);
+        access_line(
+            &s,
+            peer,
+            client_cert.as_deref(),
+            None,
+            &Copied::default(),
+            started,
+            End::NoBackend,
+        );
         return;
     };
     let (copied, end) = match &s.tls {
@@ -73,6 +86,7 @@ where
                     access_line(
                         &s,
                         peer,
+                        client_cert.as_deref(),
                         Some(&lease),
                         &Copied::default(),
                         started,
@@ -86,7 +100,15 @@ where
     if let End::Error(e) = &end {
         debug!(client.addr = %peer, backend.addr = %lease.backend().addr, error = %e, "connection ended with an error");
     }
-    access_line(&s, peer, Some(&lease), &copied, started, end);
+    access_line(
+        &s,
+        peer,
+        client_cert.as_deref(),
+        Some(&lease),
+        &copied,
+        started,
+        end,
+    );
 }
 
 /// Picks and connects, moving on to another backend after a failed connect, up to
@@ -132,6 +154,7 @@ async fn connect(s: &Settings, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
 fn access_line(
     s: &Settings,
     peer: SocketAddr,
+    client_cert: Option<&str>,
     lease: Option<&Lease>,
     copied: &Copied,
     started: Instant,
@@ -150,5 +173,6 @@ fn access_line(
         bytes_out = copied.to_client,
         duration_ms = started.elapsed().as_millis() as u64,
         end = %end.as_str(),
+        client_cert = client_cert,
     );
 }

@@ -18,6 +18,8 @@ pub struct Record {
     pub log: bool,
     pub metrics: Arc<RequestMetrics>,
     pub client: SocketAddr,
+    /// The subject of the client's verified certificate (mTLS).
+    pub client_cert: Option<Arc<str>>,
     pub listener: Arc<str>,
     pub method: Method,
     pub host: Option<HeaderValue>,
@@ -54,6 +56,7 @@ impl Drop for Record {
             upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
             backend = %self.backend.as_ref().map_or("-", |b| b.name.as_str()),
             request_id = %self.request_id.to_str().unwrap_or("-"),
+            client_cert = self.client_cert.as_deref(),
         );
     }
 }

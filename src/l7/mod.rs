@@ -177,6 +177,7 @@ impl Settings {
 pub struct ConnCtx {
     pub settings: Arc<Settings>,
     pub peer: SocketAddr,
+    pub client_cert: Option<Arc<str>>,
     /// False when the access rules deny the client: every request gets 403.
     pub admitted: bool,
     /// Requests whose body is sent and that wait for the backend's answer, a wait the
@@ -212,6 +213,8 @@ impl ConnCtx {
 pub struct Accepted<S> {
     pub stream: S,
     pub peer: SocketAddr,
+    /// The subject of the verified client certificate (mTLS).
+    pub client_cert: Option<Arc<str>>,
     /// False when the access rules deny the client.
     pub admitted: bool,
     /// Places under the connection limits, released when the connection (and any
@@ -240,6 +243,7 @@ pub async fn serve_connection<S>(
     let Accepted {
         stream,
         peer,
+        client_cert,
         admitted,
         permits,
     } = accepted;
@@ -248,6 +252,7 @@ pub async fn serve_connection<S>(
     let ctx = Arc::new(ConnCtx {
         settings: settings.clone(),
         peer,
+        client_cert,
         admitted,
         waiting: AtomicUsize::new(0),
         first_request: AtomicBool::new(false),
@@ -327,6 +332,7 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
         log: s.access_log,
         metrics: s.unrouted.clone(),
         client: ctx.peer,
+        client_cert: ctx.client_cert.clone(),
         listener: s.listener.clone(),
         method: req.method().clone(),
         host: req.headers().get(header::HOST).cloned(),

@@ -95,12 +95,13 @@ pub(crate) async fn accept_loop(
         shared.tracker.spawn(async move {
             let held = (permits, open);
             match &entry.tls {
-                None => serve(stream, peer, admitted, held, &entry, &shared_task).await,
+                None => serve(stream, peer, None, admitted, held, &entry, &shared_task).await,
                 Some(tls) => {
                     match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
                             tls.ok.inc();
-                            serve(s, peer, admitted, held, &entry, &shared_task).await;
+                            let subject = crate::tls::client_subject(s.get_ref().1);
+                            serve(s, peer, subject, admitted, held, &entry, &shared_task).await;
                         }
                         Ok(Err(e)) => {
                             tls.failed.inc();
@@ -121,6 +122,7 @@ pub(crate) async fn accept_loop(
 async fn serve<S>(
     stream: S,
     peer: std::net::SocketAddr,
+    client_cert: Option<Arc<str>>,
     admitted: bool,
     held: (Places, Open),
     entry: &ListenerEntry,
@@ -132,12 +134,13 @@ async fn serve<S>(
     match &entry.engine {
         Engine::Tcp(settings) => {
             let _held = held;
-            l4::proxy(stream, peer, settings.clone(), cut).await;
+            l4::proxy(stream, peer, client_cert, settings.clone(), cut).await;
         }
         Engine::Http(settings) => {
             let accepted = l7::Accepted {
                 stream,
                 peer,
+                client_cert,
                 admitted,
                 permits: Arc::new(held),
             };
