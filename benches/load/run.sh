@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# HTTP load comparison: fulcrum, HAProxy and nginx, each with one worker, in front of
-# the same fast local backend (nginx answering a short body), measured with wrk.
+# HTTP and HTTPS load comparison: fulcrum, HAProxy and nginx, each with one worker, in
+# front of the same fast local backend (nginx answering a short body), measured with wrk.
+# HTTPS uses one ECDSA P-256 certificate for all three; with `Connection: close` every
+# request is a new TLS connection, so req/s there is handshakes per second.
 #
 #   bash benches/load/run.sh            # 10 s per run
 #   DURATION=30s bash benches/load/run.sh
@@ -16,12 +18,14 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 BACKEND_PORT=18080
 declare -A PORT=([fulcrum]=18081 [haproxy]=18082 [nginx]=18083)
+declare -A TLS_PORT=([fulcrum]=18091 [haproxy]=18092 [nginx]=18093)
 
 need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk
 need haproxy haproxy
 need nginx nginx-light
 need taskset util-linux
+need openssl openssl
 
 cargo build --release --quiet
 FULCRUM=$PWD/target/release/fulcrum
@@ -56,6 +60,12 @@ http {
 CONF
 }
 
+# One ECDSA P-256 certificate for all three proxies' HTTPS listeners.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$WORK/site.key" -out "$WORK/site.pem" 2>/dev/null
+cat "$WORK/site.pem" "$WORK/site.key" > "$WORK/site.combined.pem"
+
 # The backend: nginx, one process, on CPU 1.
 nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000; location / { return 200 'hello from the backend\n'; } }"
 taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
@@ -71,6 +81,14 @@ name = "bench"
 bind = "127.0.0.1:${PORT[fulcrum]}"
 protocol = "http"
 upstream = "backend"
+[[listener]]
+name = "bench-tls"
+bind = "127.0.0.1:${TLS_PORT[fulcrum]}"
+protocol = "http"
+upstream = "backend"
+[listener.tls]
+certificates = [{ cert = "site.pem", key = "site.key" }]
+alpn = ["http/1.1"]
 [upstream.backend]
 backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
 CONF
@@ -91,6 +109,7 @@ defaults
   http-reuse always
 frontend bench
   bind 127.0.0.1:${PORT[haproxy]}
+  bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $WORK/site.combined.pem alpn http/1.1
   default_backend backend
 backend backend
   server b1 127.0.0.1:$BACKEND_PORT
@@ -100,14 +119,16 @@ PIDS+=($!); PID_haproxy=$!
 
 # nginx as the proxy
 nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
-  server { listen 127.0.0.1:${PORT[nginx]}; keepalive_requests 1000000;
+  server { listen 127.0.0.1:${PORT[nginx]}; listen 127.0.0.1:${TLS_PORT[nginx]} ssl;
+    ssl_certificate $WORK/site.pem; ssl_certificate_key $WORK/site.key;
+    keepalive_requests 1000000;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 taskset -c 0 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" &
 PIDS+=($!); PID_nginx=$!
 
-for port in $BACKEND_PORT "${PORT[@]}"; do
+for url in "http://127.0.0.1:$BACKEND_PORT/" "${PORT[@]/#/http://127.0.0.1:}" "${TLS_PORT[@]/#/https://127.0.0.1:}"; do
   for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
+    curl -kfs -o /dev/null "$url" && break
     sleep 0.05
   done
 done
@@ -121,12 +142,13 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 
 declare -A RPS P99 CPU EFF
-run() { # $1 proxy, $2 mode (keepalive|close)
-  local pid_var="PID_$1" extra=()
-  [ "$2" = close ] && extra=(-H "Connection: close")
+run() { # $1 proxy, $2 mode (keepalive|close|tls-keepalive|tls-close)
+  local pid_var="PID_$1" extra=() url="http://127.0.0.1:${PORT[$1]}/"
+  case "$2" in *close) extra=(-H "Connection: close") ;; esac
+  case "$2" in tls-*) url="https://127.0.0.1:${TLS_PORT[$1]}/" ;; esac
   local before after out
   before=$(cpu_ticks "${!pid_var}")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${extra[@]}" "http://127.0.0.1:${PORT[$1]}/")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${extra[@]}" "$url")
   after=$(cpu_ticks "${!pid_var}")
   local key="$1/$2"
   RPS[$key]=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
@@ -139,7 +161,8 @@ run() { # $1 proxy, $2 mode (keepalive|close)
   return 0
 }
 
-for mode in keepalive close; do
+MODES="keepalive close tls-keepalive tls-close"
+for mode in $MODES; do
   for proxy in fulcrum haproxy nginx; do
     echo "running $proxy ($mode) for $DURATION ..." >&2
     run "$proxy" "$mode"
@@ -147,15 +170,15 @@ for mode in keepalive close; do
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-printf '\n%-8s %-9s %12s %10s %9s %16s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s"
-for mode in keepalive close; do
+printf '\n%-8s %-13s %12s %10s %9s %16s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s"
+for mode in $MODES; do
   for proxy in fulcrum haproxy nginx; do
     k="$proxy/$mode"
-    printf '%-8s %-9s %12s %10s %9s %16s\n' "$proxy" "$mode" "${RPS[$k]}" "${P99[$k]}" "${CPU[$k]}" "${EFF[$k]}"
+    printf '%-8s %-13s %12s %10s %9s %16s\n' "$proxy" "$mode" "${RPS[$k]}" "${P99[$k]}" "${CPU[$k]}" "${EFF[$k]}"
   done
 done
 echo
-for mode in keepalive close; do
+for mode in $MODES; do
   echo "$mode: fulcrum/haproxy req/cpu-s $(ratio "${EFF[fulcrum/$mode]}" "${EFF[haproxy/$mode]}"), req/s $(ratio "${RPS[fulcrum/$mode]}" "${RPS[haproxy/$mode]}");" \
        "fulcrum/nginx req/cpu-s $(ratio "${EFF[fulcrum/$mode]}" "${EFF[nginx/$mode]}"), req/s $(ratio "${RPS[fulcrum/$mode]}" "${RPS[nginx/$mode]}")"
 done
