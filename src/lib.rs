@@ -10,6 +10,7 @@ pub mod activity;
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod failover;
 pub mod health;
 pub mod l4;
 pub mod l7;

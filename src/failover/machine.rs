@@ -1,0 +1,365 @@
+//! The failover state machine, pure: [`Machine::step`] takes an event and the time and
+//! returns what to do. The driver owns sockets, timers and addresses.
+//!
+//! Rank: a higher priority wins; equal priorities are broken by the greater node name.
+//! A passive node becomes active when no live peer is active and no live peer outranks
+//! it (after one `dead_after` from start, so that it hears its peers first), or, with
+//! `preempt`, when it outranks the active peer. An active node steps down when an
+//! active peer outranks it. A peer is live while its heartbeats keep arriving within
+//! `dead_after`; a resign heartbeat ends it at once.
+
+use std::collections::HashMap;
+
+use super::wire::State;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Passive,
+    Active,
+    /// The addresses could not be taken: never claims to be active.
+    Fault,
+}
+
+impl Role {
+    /// What heartbeats say.
+    pub fn state(self) -> State {
+        match self {
+            Role::Passive => State::Passive,
+            Role::Active => State::Active,
+            Role::Fault => State::Fault,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    Heartbeat {
+        from: &'a str,
+        priority: u8,
+        state: State,
+    },
+    /// Time passed (the driver ticks every `interval`).
+    Tick,
+    /// A graceful stop.
+    Shutdown,
+    /// Adding an address failed.
+    VipFailed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Add the addresses, announce them (gratuitous ARP), run `on_active`.
+    BecomeActive,
+    /// Remove the addresses, run `on_passive`.
+    BecomePassive,
+    /// Announce the addresses again: a dual-active conflict resolved in our favour, or
+    /// a peer came back and may hold stale neighbour caches.
+    Announce,
+    /// Tell the peers we are leaving, so that one takes over at once.
+    SendResign,
+    /// Remove what addresses were added, and report the fault.
+    EnterFault,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    priority: u8,
+    state: State,
+    last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    name: String,
+    priority: u8,
+    preempt: bool,
+    dead_after_ms: u64,
+    started_ms: u64,
+    role: Role,
+    peers: HashMap<String, Peer>,
+}
+
+impl Machine {
+    pub fn new(name: &str, priority: u8, preempt: bool, dead_after_ms: u64, now_ms: u64) -> Self {
+        Machine {
+            name: name.to_string(),
+            priority,
+            preempt,
+            dead_after_ms,
+            started_ms: now_ms,
+            role: Role::Passive,
+            peers: HashMap::new(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Milliseconds since the most recent heartbeat of any peer.
+    pub fn peer_last_seen_ms(&self, now_ms: u64) -> Option<u64> {
+        self.peers
+            .values()
+            .map(|p| now_ms.saturating_sub(p.last_seen_ms))
+            .min()
+    }
+
+    fn outranks(&self, priority: u8, name: &str) -> bool {
+        (self.priority, self.name.as_str()) > (priority, name)
+    }
+
+    fn alive(&self, p: &Peer, now_ms: u64) -> bool {
+        now_ms.saturating_sub(p.last_seen_ms) <= self.dead_after_ms
+    }
+
+    fn set(&mut self, role: Role, action: Action, out: &mut Vec<Action>) {
+        if self.role != role {
+            self.role = role;
+            out.push(action);
+        }
+    }
+
+    pub fn step(&mut self, now_ms: u64, event: Event<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Heartbeat {
+                from,
+                priority,
+                state,
+            } => {
+                if self.role == Role::Fault || from == self.name {
+                    return out;
+                }
+                let was_alive = self.peers.get(from).is_some_and(|p| self.alive(p, now_ms));
+                if state == State::Resign {
+                    self.peers.remove(from);
+                } else {
+                    self.peers.insert(
+                        from.to_string(),
+                        Peer {
+                            priority,
+                            state,
+                            last_seen_ms: now_ms,
+                        },
+                    );
+                }
+                if self.role == Role::Active && state == State::Active {
+                    if self.outranks(priority, from) {
+                        out.push(Action::Announce);
+                    } else {
+                        self.set(Role::Passive, Action::BecomePassive, &mut out);
+                    }
+                } else if self.role == Role::Active && !was_alive && state != State::Resign {
+                    out.push(Action::Announce);
+                }
+                self.evaluate(now_ms, &mut out);
+            }
+            Event::Tick => {
+                let dead_after = self.dead_after_ms;
+                self.peers
+                    .retain(|_, p| now_ms.saturating_sub(p.last_seen_ms) <= dead_after);
+                self.evaluate(now_ms, &mut out);
+            }
+            Event::Shutdown => {
+                if self.role == Role::Active {
+                    out.push(Action::SendResign);
+                    self.set(Role::Passive, Action::BecomePassive, &mut out);
+                }
+            }
+            Event::VipFailed => {
+                if self.role != Role::Fault {
+                    self.role = Role::Fault;
+                    out.push(Action::EnterFault);
+                }
+            }
+        }
+        out
+    }
+
+    /// A passive node's decision to take over.
+    fn evaluate(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if self.role != Role::Passive {
+            return;
+        }
+        let mut any_active = false;
+        let mut outranks_every_active = true;
+        let mut better_passive = false;
+        for (name, p) in self.peers.iter().filter(|(_, p)| self.alive(p, now_ms)) {
+            let outranked = self.outranks(p.priority, name);
+            match p.state {
+                State::Active => {
+                    any_active = true;
+                    outranks_every_active &= outranked;
+                }
+                State::Passive => better_passive |= !outranked,
+                State::Resign | State::Fault => {}
+            }
+        }
+        let take_over = if any_active {
+            self.preempt && outranks_every_active
+        } else {
+            let settled = now_ms.saturating_sub(self.started_ms) >= self.dead_after_ms;
+            settled && !better_passive
+        };
+        if take_over {
+            self.set(Role::Active, Action::BecomeActive, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DEAD: u64 = 700;
+
+    fn hb(from: &str, priority: u8, state: State) -> Event<'_> {
+        Event::Heartbeat {
+            from,
+            priority,
+            state,
+        }
+    }
+
+    #[test]
+    fn a_lone_node_takes_over_after_dead_after() {
+        let mut m = Machine::new("lb1", 150, true, DEAD, 0);
+        assert!(m.step(100, Event::Tick).is_empty());
+        assert_eq!(m.step(DEAD, Event::Tick), [Action::BecomeActive]);
+        assert_eq!(m.role(), Role::Active);
+    }
+
+    #[test]
+    fn a_passive_node_takes_over_when_the_active_goes_silent() {
+        let mut m = Machine::new("lb2", 100, true, DEAD, 0);
+        m.step(100, hb("lb1", 150, State::Active));
+        assert!(m.step(750, Event::Tick).is_empty(), "heard lb1 650 ms ago");
+        assert_eq!(m.step(801, Event::Tick), [Action::BecomeActive]);
+    }
+
+    #[test]
+    fn a_resign_makes_the_passive_take_over_at_once() {
+        let mut m = Machine::new("lb2", 100, true, DEAD, 0);
+        m.step(900, hb("lb1", 150, State::Active));
+        assert_eq!(
+            m.step(950, hb("lb1", 150, State::Resign)),
+            [Action::BecomeActive]
+        );
+    }
+
+    #[test]
+    fn preempt_takes_the_role_back_and_no_preempt_does_not() {
+        let mut back = Machine::new("lb1", 150, true, DEAD, 0);
+        assert_eq!(
+            back.step(1000, hb("lb2", 100, State::Active)),
+            [Action::BecomeActive]
+        );
+        let mut polite = Machine::new("lb1", 150, false, DEAD, 0);
+        assert!(polite.step(1000, hb("lb2", 100, State::Active)).is_empty());
+        assert_eq!(polite.role(), Role::Passive);
+    }
+
+    #[test]
+    fn dual_active_resolves_by_rank_and_the_winner_announces_again() {
+        let mut high = Machine::new("lb1", 150, true, DEAD, 0);
+        high.step(DEAD, Event::Tick);
+        let mut low = Machine::new("lb2", 100, true, DEAD, 0);
+        low.step(DEAD, Event::Tick);
+        assert_eq!(
+            high.step(800, hb("lb2", 100, State::Active)),
+            [Action::Announce]
+        );
+        assert_eq!(
+            low.step(800, hb("lb1", 150, State::Active)),
+            [Action::BecomePassive]
+        );
+    }
+
+    #[test]
+    fn equal_priorities_are_broken_by_the_greater_name() {
+        let mut a = Machine::new("lb-a", 100, true, DEAD, 0);
+        a.step(DEAD, Event::Tick);
+        assert_eq!(
+            a.step(800, hb("lb-b", 100, State::Active)),
+            [Action::BecomePassive]
+        );
+    }
+
+    #[test]
+    fn a_returning_peer_is_announced_to_again() {
+        let mut m = Machine::new("lb1", 150, true, DEAD, 0);
+        m.step(DEAD, Event::Tick);
+        assert_eq!(
+            m.step(800, hb("lb2", 100, State::Passive)),
+            [Action::Announce]
+        );
+        assert!(m.step(900, hb("lb2", 100, State::Passive)).is_empty());
+        m.step(2000, Event::Tick);
+        assert_eq!(
+            m.step(2100, hb("lb2", 100, State::Passive)),
+            [Action::Announce]
+        );
+    }
+
+    #[test]
+    fn shutdown_resigns_and_a_fault_never_claims_active() {
+        let mut m = Machine::new("lb1", 150, true, DEAD, 0);
+        m.step(DEAD, Event::Tick);
+        assert_eq!(
+            m.step(800, Event::Shutdown),
+            [Action::SendResign, Action::BecomePassive]
+        );
+        let mut f = Machine::new("lb1", 150, true, DEAD, 0);
+        assert_eq!(f.step(10, Event::VipFailed), [Action::EnterFault]);
+        assert!(f.step(5000, Event::Tick).is_empty());
+        assert_eq!(f.role().state(), State::Fault);
+    }
+
+    proptest! {
+        /// Live nodes exchanging heartbeats end with exactly one active: the best-ranked
+        /// with preempt, any one without; and no step both takes and gives the role.
+        #[test]
+        fn live_nodes_converge_to_one_active(
+            priorities in prop::collection::vec(1u8..4, 2..4),
+            preempt in any::<bool>(),
+            order in prop::collection::vec(any::<u8>(), 60),
+            starts in prop::collection::vec(0u64..1500, 4),
+        ) {
+            let names: Vec<String> = (0..priorities.len()).map(|i| format!("n{i}")).collect();
+            let mut nodes: Vec<Machine> = priorities
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Machine::new(&names[i], *p, preempt, DEAD, starts[i]))
+                .collect();
+            let mut now = 1500;
+            for round in 0..30 {
+                now += 200;
+                for k in 0..nodes.len() {
+                    let i = (k + usize::from(order[round % order.len()])) % nodes.len();
+                    let (role, prio) = (nodes[i].role(), nodes[i].priority);
+                    for (j, node) in nodes.iter_mut().enumerate() {
+                        if i != j {
+                            let acts = node.step(now, hb(&names[i], prio, role.state()));
+                            let takes = acts.contains(&Action::BecomeActive);
+                            let gives = acts.contains(&Action::BecomePassive);
+                            prop_assert!(!(takes && gives), "{:?}", acts);
+                        }
+                    }
+                }
+                for n in nodes.iter_mut() {
+                    let acts = n.step(now, Event::Tick);
+                    prop_assert!(!(acts.contains(&Action::BecomeActive) && acts.contains(&Action::BecomePassive)));
+                }
+            }
+            let active: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].role() == Role::Active).collect();
+            prop_assert_eq!(active.len(), 1, "actives: {:?}", active);
+            if preempt {
+                let best = (0..nodes.len())
+                    .max_by_key(|&i| (priorities[i], names[i].clone()))
+                    .unwrap();
+                prop_assert_eq!(active[0], best);
+            }
+        }
+    }
+}
