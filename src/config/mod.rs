@@ -977,43 +977,10 @@ impl Validator<'_> {
             None if protocol == Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             None => Vec::new(),
         };
-        let client_ca = t.client_ca.as_ref().and_then(|ca| {
-            let path = dir.join(ca.get_ref());
-            match CertificateDer::pem_file_iter(&path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            {
-                Ok(v) if !v.is_empty() => {
-                    if let Some(e) = v
-                        .iter()
-                        .find_map(|c| webpki::anchor_from_trusted_cert(c).err())
-                    {
-                        self.err(
-                            Some(ca.span()),
-                            k("client_ca"),
-                            format!("{} is not a usable CA certificate: {e}", path.display()),
-                        );
-                        return None;
-                    }
-                    Some(v)
-                }
-                Ok(_) => {
-                    self.err(
-                        Some(ca.span()),
-                        k("client_ca"),
-                        format!("{} holds no PEM certificate", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    self.err(
-                        Some(ca.span()),
-                        k("client_ca"),
-                        format!("{} cannot be loaded: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        });
+        let client_ca = t
+            .client_ca
+            .as_ref()
+            .and_then(|ca| self.ca_file(k("client_ca"), ca));
         if certificates.is_empty() {
             return None;
         }
@@ -1347,9 +1314,38 @@ impl Validator<'_> {
         })
     }
 
-    fn upstream_tls(&mut self, upstream: &str, t: &RawUpstreamTls) -> UpstreamTls {
+    /// A PEM file of CA certificates (relative to the config file's directory), each
+    /// usable as a trust anchor.
+    fn ca_file(
+        &mut self,
+        key: String,
+        v: &Spanned<String>,
+    ) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::CertificateDer;
+        let path = self
+            .file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(v.get_ref());
+        let problem = match CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(certs) if certs.is_empty() => format!("{} holds no PEM certificate", path.display()),
+            Ok(certs) => match certs
+                .iter()
+                .find_map(|c| webpki::anchor_from_trusted_cert(c).err())
+            {
+                None => return Some(certs),
+                Some(e) => format!("{} is not a usable CA certificate: {e}", path.display()),
+            },
+            Err(e) => format!("{} cannot be loaded: {e}", path.display()),
+        };
+        self.err(Some(v.span()), key, problem);
+        None
+    }
+
+    fn upstream_tls(&mut self, upstream: &str, t: &RawUpstreamTls) -> UpstreamTls {
         let key = |k: &str| format!("upstream.{upstream}.tls.{k}");
         let sni = t.sni.as_ref().and_then(|s| {
             match rustls::pki_types::ServerName::try_from(s.get_ref().as_str()) {
@@ -1364,47 +1360,7 @@ impl Validator<'_> {
                 }
             }
         });
-        let ca = t.ca.as_ref().and_then(|ca| {
-            let path = self
-                .file
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join(ca.get_ref());
-            match CertificateDer::pem_file_iter(&path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            {
-                Ok(v) if !v.is_empty() => {
-                    if let Some(e) = v
-                        .iter()
-                        .find_map(|c| webpki::anchor_from_trusted_cert(c).err())
-                    {
-                        self.err(
-                            Some(ca.span()),
-                            key("ca"),
-                            format!("{} is not a usable CA certificate: {e}", path.display()),
-                        );
-                        return None;
-                    }
-                    Some(v)
-                }
-                Ok(_) => {
-                    self.err(
-                        Some(ca.span()),
-                        key("ca"),
-                        format!("{} holds no PEM certificate", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    self.err(
-                        Some(ca.span()),
-                        key("ca"),
-                        format!("{} cannot be loaded: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        });
+        let ca = t.ca.as_ref().and_then(|ca| self.ca_file(key("ca"), ca));
         UpstreamTls { sni, ca }
     }
 
