@@ -177,6 +177,22 @@ impl Metrics {
             ),
             registry: r,
         }
+        .seed()
+    }
+
+    /// Gives the fixed label values their series at 0, so that every family of the
+    /// contract is exported from the start.
+    fn seed(self) -> Self {
+        for r in ["success", "failure"] {
+            self.config_reloads_total.with_label_values(&[r]);
+        }
+        for r in ["hit", "miss", "stale", "revalidated", "bypass"] {
+            self.cache_requests_total.with_label_values(&[r]);
+        }
+        for to in ["active", "passive"] {
+            self.failover_transitions_total.with_label_values(&[to]);
+        }
+        self
     }
 
     /// The handles of one listener.

@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{CheckKind, Config, Health};
+use crate::config::{CheckKind, Config, Health, UpstreamTls};
+use crate::tls::BackendTls;
 use crate::upstream::{BackendState, Registry};
 
 /// What one checker probes; a change restarts it.
@@ -30,6 +31,8 @@ struct Spec {
     host: String,
     name: String,
     health: Health,
+    /// The upstream's TLS to its backends: http checks use it too.
+    tls: Option<UpstreamTls>,
 }
 
 struct Running {
@@ -63,6 +66,7 @@ impl Supervisor {
                         host: b.address.clone(),
                         name: b.name.clone(),
                         health: health.clone(),
+                        tls: u.tls.clone(),
                     },
                 );
             }
@@ -72,6 +76,13 @@ impl Supervisor {
             let keep = wanted.get(key) == Some(&r.spec);
             if !keep {
                 r.stop.cancel();
+                let still_there = config
+                    .upstream(&key.0)
+                    .is_some_and(|u| u.backends.iter().any(|b| b.address == key.1));
+                if still_there && !wanted.contains_key(key) {
+                    // Checks are off now: nothing would ever bring it back up.
+                    registry.state(&key.0, &key.1).set_healthy(true);
+                }
             }
             keep
         });
@@ -111,6 +122,16 @@ async fn check_loop(
     state: Arc<BackendState>,
     stop: CancellationToken,
 ) {
+    let tls = match &spec.tls {
+        Some(t) => match BackendTls::new(t, &[b"http/1.1"]) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                warn!(upstream = %upstream, backend = %spec.name, error = %e, "health checks cannot set up TLS");
+                None
+            }
+        },
+        None => None,
+    };
     let h = &spec.health;
     let first = h.interval.mul_f64(fastrand::f64());
     let mut successes = 0u32;
@@ -124,7 +145,7 @@ async fn check_loop(
         wait = jittered(h.interval);
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(h.timeout, probe(&spec)) => r.unwrap_or_else(|_| Err(format!("no answer within {:?}", h.timeout))),
+            r = tokio::time::timeout(h.timeout, probe(&spec, tls.as_ref())) => r.unwrap_or_else(|_| Err(format!("no answer within {:?}", h.timeout))),
         };
         match result {
             Ok(()) => {
@@ -149,13 +170,29 @@ async fn check_loop(
     }
 }
 
-async fn probe(spec: &Spec) -> Result<(), String> {
+async fn probe(spec: &Spec, tls: Option<&BackendTls>) -> Result<(), String> {
     let stream = TcpStream::connect(spec.addr)
         .await
         .map_err(|e| e.to_string())?;
     if spec.health.check == CheckKind::Tcp {
         return Ok(());
     }
+    match tls {
+        None => http_probe(spec, stream).await,
+        Some(tls) => {
+            let stream = tls
+                .connect(stream, &spec.host)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            http_probe(spec, stream).await
+        }
+    }
+}
+
+async fn http_probe<S>(spec: &Spec, stream: S) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;

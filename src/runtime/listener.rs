@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -72,9 +72,10 @@ pub(crate) async fn accept_loop(
         };
         let name = &entry.name;
         entry.metrics.accepted.inc();
-        let Some(permits) = admit(&shared.global_limit, entry.limit.as_ref()) else {
+        let global_max = snapshot.config.global.max_connections;
+        let Some(permits) = admit(&shared.global_open, global_max, &entry.open, entry.limit) else {
             debug!(listener = %name, client.addr = %peer, "over max_connections: closed");
-            if let Engine::Http(_) = entry.engine {
+            if let (Engine::Http(_), None) = (&entry.engine, &entry.tls) {
                 // One try, never a wait: the answer fits any socket buffer.
                 let _ = stream.try_write(l7::OVERLOADED);
             }
@@ -92,27 +93,36 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let entry = entry.clone();
         let shared_task = shared.clone();
+        let cut = shared.cut.clone();
         shared.tracker.spawn(async move {
-            let held = (permits, open);
-            match &entry.tls {
-                None => serve(stream, peer, None, admitted, held, &entry, &shared_task).await,
-                Some(tls) => {
-                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            tls.ok.inc();
-                            let subject = crate::tls::client_subject(s.get_ref().1);
-                            serve(s, peer, subject, admitted, held, &entry, &shared_task).await;
-                        }
-                        Ok(Err(e)) => {
-                            tls.failed.inc();
-                            debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tls.failed.inc();
-                            debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
+            let work = async move {
+                    let held = (permits, open);
+                    match &entry.tls {
+                        None => serve(stream, peer, None, admitted, held, &entry, &shared_task).await,
+                        Some(tls) => {
+                            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => {
+                                    tls.ok.inc();
+                                    let subject = crate::tls::client_subject(s.get_ref().1);
+                                    serve(s, peer, subject, admitted, held, &entry, &shared_task).await;
+                                }
+                                Ok(Err(e)) => {
+                                    tls.failed.inc();
+                                    debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    tls.failed.inc();
+                                    debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
+                                }
+                            }
                         }
                     }
-                }
+            };
+            // Whatever the connection waits on (a handshake, a connect), the end of the
+            // drain time ends it.
+            tokio::select! {
+                _ = work => {}
+                _ = cut.cancelled() => {}
             }
         });
     }
@@ -157,14 +167,35 @@ async fn serve<S>(
     }
 }
 
-type Places = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+type Places = (Place, Place);
 
-/// Takes a place under the global limit and the listener's own, or neither.
-fn admit(global: &Arc<Semaphore>, listener: Option<&Arc<Semaphore>>) -> Option<Places> {
-    let g = global.clone().try_acquire_owned().ok()?;
-    let l = match listener {
-        Some(l) => Some(l.clone().try_acquire_owned().ok()?),
-        None => None,
-    };
+/// A place counted under a limit, given back when dropped.
+pub(crate) struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Place> {
+    if count.fetch_add(1, Ordering::AcqRel) >= max {
+        count.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(Place(count.clone()))
+}
+
+/// Takes a place under the global limit and the listener's own, or neither. The
+/// limits are the current generation's; the counts outlive generations, so a reload
+/// that lowers a limit applies it exactly to new connections.
+fn admit(
+    global: &Arc<AtomicUsize>,
+    global_max: usize,
+    listener: &Arc<AtomicUsize>,
+    listener_max: Option<usize>,
+) -> Option<Places> {
+    let g = take(global, global_max)?;
+    let l = take(listener, listener_max.unwrap_or(usize::MAX))?;
     Some((g, l))
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use std::sync::atomic::AtomicUsize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,11 +84,11 @@ pub(crate) struct Shared {
     pub pools: Pools,
     pub health: health::Supervisor,
     pub metrics: Arc<Metrics>,
-    /// `global.max_connections` across all listeners, and its current size.
-    pub global_limit: Arc<Semaphore>,
-    global_max: Mutex<usize>,
-    /// Each listener's `max_connections` semaphore and size, by listener name.
-    limits: Mutex<HashMap<String, (Arc<Semaphore>, usize)>>,
+    /// Connections open across all listeners, against `global.max_connections`.
+    pub global_open: Arc<AtomicUsize>,
+    /// Connections open per listener name, across generations (limits come from the
+    /// current generation; the counts from here).
+    open_by_listener: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     loops: Mutex<HashMap<BindKey, RunningLoop>>,
     /// Every connection task, so that shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -98,48 +98,30 @@ pub(crate) struct Shared {
     pub cut: CancellationToken,
     /// Reloads run one at a time.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Stops the admin API (when a reload removes `[admin]`).
+    admin_stop: Mutex<Option<CancellationToken>>,
     started: Instant,
 }
 
-/// Resizes a semaphore that counts places, for a limit changed by a reload. Places in
-/// use stay in use. Known imperfection: shrinking removes only free places, so a limit
-/// lowered below the connections open at that moment ends up higher than asked.
-fn resize(sem: &Semaphore, old: usize, new: usize) {
-    if new > old {
-        sem.add_permits(new - old);
-    } else if new < old {
-        sem.forget_permits(old - new);
-    }
-}
-
 impl Shared {
-    /// The listeners' semaphores for `config`, created or resized.
-    fn limits_for(&self, config: &Config) -> HashMap<String, Arc<Semaphore>> {
-        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        limits.retain(|name, _| {
-            config
-                .listeners
-                .iter()
-                .any(|l| &l.name == name && l.max_connections.is_some())
-        });
-        let mut out = HashMap::new();
-        for l in &config.listeners {
-            let Some(n) = l.max_connections else { continue };
-            let entry = limits
-                .entry(l.name.clone())
-                .or_insert_with(|| (Arc::new(Semaphore::new(n)), n));
-            resize(&entry.0, entry.1, n);
-            entry.1 = n;
-            out.insert(l.name.clone(), entry.0.clone());
-        }
-        let mut global = self.global_max.lock().unwrap_or_else(|p| p.into_inner());
-        resize(&self.global_limit, *global, config.global.max_connections);
-        *global = config.global.max_connections;
-        out
+    /// The open-connection counters of `config`'s listeners, kept across generations.
+    fn counters_for(&self, config: &Config) -> HashMap<String, Arc<AtomicUsize>> {
+        let mut open = self
+            .open_by_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        config
+            .listeners
+            .iter()
+            .map(|l| {
+                let c = open.entry(l.name.clone()).or_default().clone();
+                (l.name.clone(), c)
+            })
+            .collect()
     }
 
     fn build(&self, config: Arc<Config>, generation: u64) -> Result<Snapshot, String> {
-        let limits = self.limits_for(&config);
+        let counters = self.counters_for(&config);
         Snapshot::build(
             config,
             generation,
@@ -147,7 +129,7 @@ impl Shared {
                 registry: &self.registry,
                 pools: &self.pools,
                 metrics: &self.metrics,
-                limits: &limits,
+                counters: &counters,
             },
         )
     }
@@ -230,14 +212,14 @@ impl Server {
             pools: Pools::new(),
             health: health::Supervisor::new(),
             metrics,
-            global_limit: Arc::new(Semaphore::new(0)),
-            global_max: Mutex::new(0),
-            limits: Mutex::new(HashMap::new()),
+            global_open: Arc::new(AtomicUsize::new(0)),
+            open_by_listener: Mutex::new(HashMap::new()),
             loops: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             cut: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            admin_stop: Mutex::new(None),
             started: Instant::now(),
         });
         let config = Arc::new(config);
@@ -307,7 +289,9 @@ impl Server {
                 info!(addr = %addr, "admin API listening");
             }
             let control: Arc<dyn admin::Control> = Arc::new(handle.clone());
-            tokio::spawn(admin::serve(socket, control, background.clone()));
+            let stop = background.child_token();
+            *shared.admin_stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop.clone());
+            tokio::spawn(admin::serve(socket, control, stop));
         }
         if config.global.watch_config {
             reload::watch(handle.clone(), &config.file, background.clone());
@@ -316,6 +300,8 @@ impl Server {
 
         shutdown.await;
         notify(&[sd_notify::NotifyState::Stopping]);
+        // No reload may start (or be half-way) while the listeners close.
+        let _no_reloads = shared.reload_lock.lock().await;
         let timeout = shared.current.load().config.global.shutdown_timeout;
         shared.stop_accepting.cancel();
         let loops: Vec<RunningLoop> = {

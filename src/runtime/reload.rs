@@ -23,6 +23,9 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 
 pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<u64, String> {
     let _one_at_a_time = shared.reload_lock.lock().await;
+    if shared.stop_accepting.is_cancelled() {
+        return Err("shutting down: no reload".into());
+    }
     if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
         notify(&[sd_notify::NotifyState::Reloading, now]);
     }
@@ -110,8 +113,18 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     shared.registry.retain(&config);
     shared.pools.retain(&config);
     shared.health.sync(&config, &shared.registry);
-    if admin_changed {
-        warn!("[admin] bind changed: the admin API keeps its address until a restart");
+    if config.admin.is_none() {
+        if let Some(stop) = shared
+            .admin_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            stop.cancel();
+            info!("[admin] removed: the admin API is closed");
+        }
+    } else if admin_changed {
+        warn!("[admin] bind changed or added: the admin API keeps its address (or stays off) until a restart");
     }
     info!(generation, changes = %summary(&old.config, &config), "configuration reloaded");
     Ok(generation)

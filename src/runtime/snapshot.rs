@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use std::sync::atomic::AtomicUsize;
 
 use crate::admin::metrics::{ListenerMetrics, Metrics};
 use crate::config::{AccessRules, Config, Protocol};
@@ -26,8 +26,10 @@ pub(crate) struct ListenerEntry {
     pub name: String,
     pub access: AccessRules,
     pub engine: Engine,
-    /// The listener's own `max_connections`; the same semaphore across generations.
-    pub limit: Option<Arc<Semaphore>>,
+    /// The listener's own `max_connections`.
+    pub limit: Option<usize>,
+    /// Its open connections: the same counter across generations.
+    pub open: Arc<AtomicUsize>,
     pub metrics: ListenerMetrics,
     /// TLS termination, with the time a client has to finish its handshake.
     pub tls: Option<Tls>,
@@ -50,7 +52,7 @@ pub(crate) struct Parts<'a> {
     pub registry: &'a Registry,
     pub pools: &'a l7::Pools,
     pub metrics: &'a Metrics,
-    pub limits: &'a HashMap<String, Arc<Semaphore>>,
+    pub counters: &'a HashMap<String, Arc<AtomicUsize>>,
 }
 
 impl Snapshot {
@@ -138,7 +140,8 @@ impl Snapshot {
                 name: l.name.clone(),
                 access: l.access.clone(),
                 engine,
-                limit: parts.limits.get(&l.name).cloned(),
+                limit: l.max_connections,
+                open: parts.counters.get(&l.name).cloned().unwrap_or_default(),
                 metrics: parts.metrics.listener(&l.name),
             });
             for (key, _) in bind_keys(l) {
