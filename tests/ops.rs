@@ -444,3 +444,32 @@ async fn a_change_of_the_file_reloads_it() {
     assert_eq!(get(r.web, "/").await.1["x-backend"], "two");
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_on_a_keep_alive_connection_uses_the_generation_current_when_it_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let one = HttpBackend::start("one").await;
+    let two = HttpBackend::start("two").await;
+    let dir = Dir::new("keepalive-generation");
+    dir.write(&web_config(&one, ""));
+    let r = start(&dir).await;
+    let mut s = tokio::net::TcpStream::connect(r.web).await.unwrap();
+    let ask = async |s: &mut tokio::net::TcpStream| {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(ask(&mut s).await.contains("x-backend: one"));
+    dir.write(&web_config(&two, ""));
+    r.handle.reload().await.unwrap();
+    let answer = ask(&mut s).await;
+    assert!(answer.contains("x-backend: two"), "{answer}");
+    drop(s);
+    r.stop().await;
+}

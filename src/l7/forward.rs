@@ -134,10 +134,10 @@ pub async fn forward(
     target: &UpstreamTarget,
     timeout: Duration,
     ctx: &ConnCtx,
+    settings: &super::Settings,
     request_id: &HeaderValue,
     trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let settings = &ctx.settings;
     let upgrade = req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && connection_has(req.headers(), "upgrade");

@@ -173,9 +173,15 @@ impl Settings {
     }
 }
 
+/// The current generation's settings of a listener (`None` once a reload removed it).
+pub type CurrentSettings = Arc<dyn Fn() -> Option<Arc<Settings>> + Send + Sync>;
+
 /// One client connection.
 pub struct ConnCtx {
+    /// The settings the connection was accepted with: its timeouts and limits.
     pub settings: Arc<Settings>,
+    /// Each request is routed by the generation current when it arrives.
+    current: CurrentSettings,
     pub peer: SocketAddr,
     pub client_cert: Option<Arc<str>>,
     /// False when the access rules deny the client: every request gets 403.
@@ -234,6 +240,7 @@ pub struct Accepted<S> {
 pub async fn serve_connection<S>(
     accepted: Accepted<S>,
     settings: Arc<Settings>,
+    current: CurrentSettings,
     drain: CancellationToken,
     cut: CancellationToken,
     tracker: TaskTracker,
@@ -251,6 +258,7 @@ pub async fn serve_connection<S>(
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
     let ctx = Arc::new(ConnCtx {
         settings: settings.clone(),
+        current,
         peer,
         client_cert,
         admitted,
@@ -321,7 +329,8 @@ fn new_request_id() -> HeaderValue {
 
 async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
     ctx.first_request.store(true, Ordering::Relaxed);
-    let s = &ctx.settings;
+    let settings = (ctx.current)().unwrap_or_else(|| ctx.settings.clone());
+    let s = &settings;
     let request_id = req
         .headers()
         .get(&forward::X_REQUEST_ID)
@@ -351,6 +360,7 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
     let result = respond(
         req,
         ctx,
+        s,
         &request_id,
         &mut trace,
         &mut upstream,
@@ -387,6 +397,7 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
 async fn respond(
     req: Request<Incoming>,
     ctx: &ConnCtx,
+    s: &Settings,
     request_id: &HeaderValue,
     trace: &mut forward::Trace,
     upstream: &mut Option<Arc<Upstream>>,
@@ -402,7 +413,6 @@ async fn respond(
     if hosts == 0 && req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() {
         return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
     }
-    let s = &ctx.settings;
     let host = req
         .uri()
         .host()
@@ -440,7 +450,7 @@ async fn respond(
         .await),
         Target::Upstream(t) => {
             *upstream = Some(t.upstream.clone());
-            forward::forward(req, t, action.timeout, ctx, request_id, trace).await
+            forward::forward(req, t, action.timeout, ctx, s, request_id, trace).await
         }
     }
 }

@@ -93,18 +93,31 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let entry = entry.clone();
         let shared_task = shared.clone();
+        let key = key.clone();
         let cut = shared.cut.clone();
         shared.tracker.spawn(async move {
             let work = async move {
                     let held = (permits, open);
                     match &entry.tls {
-                        None => serve(stream, peer, None, admitted, held, &entry, &shared_task).await,
+                        None => serve(
+                            stream,
+                            Conn { peer, client_cert: None, admitted, held },
+                            &entry,
+                            &key,
+                            &shared_task,
+                        ).await,
                         Some(tls) => {
                             match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => {
                                     tls.ok.inc();
                                     let subject = crate::tls::client_subject(s.get_ref().1);
-                                    serve(s, peer, subject, admitted, held, &entry, &shared_task).await;
+                                    serve(
+                                        s,
+                                        Conn { peer, client_cert: subject, admitted, held },
+                                        &entry,
+                                        &key,
+                                        &shared_task,
+                                    ).await;
                                 }
                                 Ok(Err(e)) => {
                                     tls.failed.inc();
@@ -129,17 +142,16 @@ pub(crate) async fn accept_loop(
 }
 
 /// Hands an admitted connection (after TLS, if any) to its engine.
-async fn serve<S>(
-    stream: S,
-    peer: std::net::SocketAddr,
-    client_cert: Option<Arc<str>>,
-    admitted: bool,
-    held: (Places, Open),
-    entry: &ListenerEntry,
-    shared: &Shared,
-) where
+async fn serve<S>(stream: S, conn: Conn, entry: &ListenerEntry, key: &BindKey, shared: &Arc<Shared>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        client_cert,
+        admitted,
+        held,
+    } = conn;
     let cut = shared.cut.clone();
     match &entry.engine {
         Engine::Tcp(settings) => {
@@ -155,9 +167,20 @@ async fn serve<S>(
                 permits: Arc::new(held),
             };
             let drain = shared.stop_accepting.clone();
+            let current: l7::CurrentSettings = {
+                let shared = shared.clone();
+                let key = key.clone();
+                Arc::new(
+                    move || match shared.current.load().listener(&key).map(|e| &e.engine) {
+                        Some(Engine::Http(s)) => Some(s.clone()),
+                        _ => None,
+                    },
+                )
+            };
             l7::serve_connection(
                 accepted,
                 settings.clone(),
+                current,
                 drain,
                 cut,
                 shared.tracker.clone(),
@@ -168,6 +191,15 @@ async fn serve<S>(
 }
 
 type Places = (Place, Place);
+
+/// An accepted connection's facts, for its engine.
+struct Conn {
+    peer: std::net::SocketAddr,
+    /// The subject of the verified client certificate (mTLS).
+    client_cert: Option<Arc<str>>,
+    admitted: bool,
+    held: (Places, Open),
+}
 
 /// A place counted under a limit, given back when dropped.
 pub(crate) struct Place(Arc<AtomicUsize>);
