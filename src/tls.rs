@@ -77,6 +77,9 @@ pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
 #[derive(Clone)]
 pub struct BackendTls {
     connector: tokio_rustls::TlsConnector,
+    /// A hash of the settings (SNI, CA), never 0: pooled connections made with other
+    /// settings are not reused.
+    fingerprint: u64,
     /// The configured name; else each backend's host.
     sni: Option<rustls::pki_types::ServerName<'static>>,
 }
@@ -122,10 +125,21 @@ impl BackendTls {
             ),
             None => None,
         };
+        let mut id = Vec::new();
+        id.extend_from_slice(t.sni.as_deref().unwrap_or("").as_bytes());
+        for ca in t.ca.iter().flatten() {
+            id.push(0);
+            id.extend_from_slice(ca.as_ref());
+        }
         Ok(BackendTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            fingerprint: crate::balance::hash_bytes(&id) | 1,
             sni,
         })
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The TLS handshake with a backend whose address (as written) is `address`.

@@ -68,11 +68,14 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 /// Whether the request carries the configured token (compared in constant time).
 fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
     let Some(token) = token else { return true };
+    // The scheme name is case-insensitive (RFC 9110 11.1).
     let Some(given) = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
     else {
         return false;
     };

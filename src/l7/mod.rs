@@ -61,10 +61,11 @@ impl UpstreamTarget {
         tls: Option<crate::tls::BackendTls>,
         pools: &Pools,
     ) -> Self {
+        let tls_id = tls.as_ref().map_or(0, crate::tls::BackendTls::fingerprint);
         let list = upstream
             .backends()
             .iter()
-            .map(|b| pools.get(&upstream.name, &b.address, b.addr))
+            .map(|b| pools.get(&upstream.name, &b.address, b.addr, tls_id))
             .collect();
         let sticky = sticky.map(|s| sticky::StickyCookie::new(&s.cookie, &upstream));
         UpstreamTarget {

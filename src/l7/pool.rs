@@ -36,14 +36,17 @@ pub type Sender = SendRequest<RequestBody>;
 #[derive(Debug)]
 pub struct BackendPool {
     addr: SocketAddr,
+    /// Identifies the TLS settings the connections were made with (0: plain).
+    tls_id: u64,
     /// Idle connections and when they became idle, oldest first.
     idle: ArrayQueue<(Instant, Sender)>,
 }
 
 impl BackendPool {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, tls_id: u64) -> Self {
         BackendPool {
             addr,
+            tls_id,
             idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
         }
     }
@@ -131,14 +134,22 @@ impl Pools {
         Self::default()
     }
 
-    pub fn get(&self, upstream: &str, address: &str, addr: SocketAddr) -> Arc<BackendPool> {
+    /// `tls_id`: a fingerprint of the upstream's TLS settings, 0 without TLS.
+    pub fn get(
+        &self,
+        upstream: &str,
+        address: &str,
+        addr: SocketAddr,
+        tls_id: u64,
+    ) -> Arc<BackendPool> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let pool = map
             .entry((upstream.to_string(), address.to_string()))
-            .or_insert_with(|| Arc::new(BackendPool::new(addr)));
-        if pool.addr != addr {
-            // The name now resolves elsewhere: start a fresh pool for the new address.
-            *pool = Arc::new(BackendPool::new(addr));
+            .or_insert_with(|| Arc::new(BackendPool::new(addr, tls_id)));
+        if pool.addr != addr || pool.tls_id != tls_id {
+            // The name resolves elsewhere now, or TLS changed: connections made before
+            // must not be reused.
+            *pool = Arc::new(BackendPool::new(addr, tls_id));
         }
         pool.clone()
     }
