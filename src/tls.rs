@@ -41,6 +41,16 @@ impl ResolvesServerCert for BySni {
     }
 }
 
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
+        std::sync::OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(t.clone());
+    }
+    let t = rustls::crypto::ring::Ticketer::new()?;
+    Ok(TICKETER.get_or_init(|| t).clone())
+}
+
 /// The acceptor for one listener of one generation.
 pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -67,8 +77,9 @@ pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
         certificates: t.certificates.clone(),
     }));
     config.alpn_protocols = t.alpn.clone();
-    // Resumption: stateless tickets besides rustls' in-memory session cache.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    // Resumption: stateless tickets besides rustls' in-memory session cache. One
+    // ticketer for the life of the process, so that tickets survive reloads.
+    config.ticketer = ticketer()?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -473,3 +473,36 @@ async fn a_request_on_a_keep_alive_connection_uses_the_generation_current_when_i
     drop(s);
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_removed_backend_leaves_the_metrics() {
+    let one = HttpBackend::start("one").await;
+    let two = HttpBackend::start("two").await;
+    let dir = Dir::new("metrics-removed");
+    let both = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[global]\nwatch_config = false\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"one\" }}, {{ address = \"{}\", name = \"two\" }}]\n",
+        one.addr, two.addr
+    );
+    dir.write(&both);
+    let r = start(&dir).await;
+    let admin_addr = r.admin.unwrap();
+    let (_, before) = admin(admin_addr, "GET", "/metrics", None).await;
+    assert!(
+        before.contains("fulcrum_backend_healthy{backend=\"two\",upstream=\"app\"} 1"),
+        "{before}"
+    );
+    dir.write(&both.replace(
+        &format!(", {{ address = \"{}\", name = \"two\" }}", two.addr),
+        "",
+    ));
+    r.handle.reload().await.unwrap();
+    let (_, after) = admin(admin_addr, "GET", "/metrics", None).await;
+    assert!(!after.contains("backend=\"two\""), "{after}");
+    assert!(
+        after.contains("fulcrum_backend_healthy{backend=\"one\",upstream=\"app\"} 1"),
+        "{after}"
+    );
+    r.stop().await;
+}

@@ -422,14 +422,16 @@ async fn a_reload_swaps_the_certificate_without_dropping_an_open_connection() {
     let run = tokio::spawn(server.run(async move {
         let _ = rx.await;
     }));
-    let c = pki.client(&["http/1.1"], false, None);
-    let mut open = connect(&c, addr, "a.test").await.unwrap();
+    // A new client each time: a resumed session would report the certificate of the
+    // session it resumes (tickets outlive reloads).
+    let c = || pki.client(&["http/1.1"], false, None);
+    let mut open = connect(&c(), addr, "a.test").await.unwrap();
     assert_eq!(peer_leaf(&open), first);
     let second = pki.leaf("site", &["a.test"]);
     assert_ne!(first, second);
     handle.reload().await.unwrap();
     assert_eq!(
-        peer_leaf(&connect(&c, addr, "a.test").await.unwrap()),
+        peer_leaf(&connect(&c(), addr, "a.test").await.unwrap()),
         second
     );
     // The connection opened before the reload still works, on its old session.
@@ -438,8 +440,21 @@ async fn a_reload_swaps_the_certificate_without_dropping_an_open_connection() {
     std::fs::write(pki.dir.join("site.key"), "not a key").unwrap();
     assert!(handle.reload().await.is_err());
     assert_eq!(
-        peer_leaf(&connect(&c, addr, "a.test").await.unwrap()),
+        peer_leaf(&connect(&c(), addr, "a.test").await.unwrap()),
         second
+    );
+    // Session tickets outlive reloads: a returning client resumes without a full handshake.
+    let same = c();
+    let mut first_visit = connect(&same, addr, "a.test").await.unwrap();
+    assert!(http1(&mut first_visit, "/")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let _ = pki.leaf("site", &["a.test"]);
+    handle.reload().await.unwrap();
+    let back = connect(&same, addr, "a.test").await.unwrap();
+    assert_eq!(
+        back.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
     );
     tx.send(()).unwrap();
     run.await.unwrap();

@@ -25,6 +25,10 @@ use tracing::{debug, warn};
 
 /// Admin request bodies are small JSON documents.
 const MAX_BODY: usize = 64 * 1024;
+/// Admin connections open at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Time allowed to read a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -124,7 +128,17 @@ async fn route(req: Request<Incoming>, control: &dyn Control) -> Response<Full<B
         }
         (&Method::POST, ["cache", "purge"]) => {
             // Read (and check) the body even though there is nothing to purge.
-            match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            let read = tokio::time::timeout(
+                BODY_TIMEOUT,
+                Limited::new(req.into_body(), MAX_BODY).collect(),
+            );
+            let Ok(read) = read.await else {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive in time",
+                );
+            };
+            match read {
                 Ok(body) => {
                     let bytes = body.to_bytes();
                     if !bytes.is_empty()
@@ -168,6 +182,7 @@ fn percent_decode(s: &str) -> String {
 
 /// Serves the admin API on `listener` until `stop` fires.
 pub async fn serve(listener: TcpListener, control: Arc<dyn Control>, stop: CancellationToken) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -180,9 +195,14 @@ pub async fn serve(listener: TcpListener, control: Arc<dyn Control>, stop: Cance
                 }
             },
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            debug!(client.addr = %peer, "too many admin connections: closed");
+            continue;
+        };
         let control = control.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _place = place;
             let service = service_fn(move |req| {
                 let control = control.clone();
                 async move { Ok::<_, Infallible>(route(req, control.as_ref()).await) }

@@ -43,9 +43,18 @@ pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<u64, String> {
 async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     let old = shared.current.load_full();
     let path = old.config.file.clone();
-    let config = match Config::load(&path) {
-        Ok(c) => c,
+    // Reading files and resolving names blocks: not on a thread that serves traffic.
+    let load = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || Config::load(&path))
+    };
+    let config = match load.await.map_err(|e| e.to_string()) {
+        Ok(Ok(c)) => c,
         Err(e) => {
+            error!("reload refused, the configuration in use stays: {e}");
+            return Err(e);
+        }
+        Ok(Err(e)) => {
             error!(file = %path.display(), "reload refused, the configuration in use stays:\n{e}");
             return Err(e.to_string());
         }
@@ -110,6 +119,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     for (key, name, addr, socket) in new_sockets {
         shared.add_loop(key, name, addr, socket, true);
     }
+    forget_removed_series(shared, &old.config, &config);
     shared.registry.retain(&config);
     shared.pools.retain(&config);
     shared.health.sync(&config, &shared.registry);
@@ -233,6 +243,32 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
             let _ = handle.reload().await;
         }
     });
+}
+
+/// Drops the per-backend series of backends a reload removed, so that they are no
+/// longer exported with their last values.
+fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
+    let m = &shared.metrics;
+    for u in &old.upstreams {
+        for b in &u.backends {
+            let kept = new
+                .upstream(&u.name)
+                .is_some_and(|n| n.backends.iter().any(|nb| nb.name == b.name));
+            if kept {
+                continue;
+            }
+            let labels = [u.name.as_str(), b.name.as_str()];
+            let _ = m.backend_healthy.remove_label_values(&labels);
+            let _ = m.backend_active.remove_label_values(&labels);
+            for outcome in ["success", "failure"] {
+                let _ = m.backend_requests_total.remove_label_values(&[
+                    u.name.as_str(),
+                    b.name.as_str(),
+                    outcome,
+                ]);
+            }
+        }
+    }
 }
 
 /// Sets the backend metrics from the live state, for a scrape.
