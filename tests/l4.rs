@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::http::pattern;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -111,19 +112,6 @@ async fn half_close_is_passed_on_both_ways() {
     let rest = c.read_to_end().await;
     assert_eq!(String::from_utf8(rest).unwrap(), "hellobye:a");
     f.stop().await;
-}
-
-/// A reproducible byte stream, so that corruption anywhere is detected.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -388,6 +388,19 @@ impl Config {
         }
     }
 
+    /// Every backend's identity: (upstream name, address as written). Live state,
+    /// pools and health checkers are kept by it across reloads.
+    pub fn backend_identities(&self) -> HashSet<(&str, &str)> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| {
+                u.backends
+                    .iter()
+                    .map(move |b| (u.name.as_str(), b.address.as_str()))
+            })
+            .collect()
+    }
+
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == name)
     }

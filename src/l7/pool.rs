@@ -4,7 +4,7 @@
 //! Pools outlive configuration generations: [`Pools`] keys them by (upstream, address)
 //! like the backends' live state, so a reload keeps warm connections.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -156,15 +156,7 @@ impl Pools {
 
     /// Drops the pools of backends that `config` no longer has.
     pub fn retain(&self, config: &config::Config) {
-        let keep: HashSet<(&str, &str)> = config
-            .upstreams
-            .iter()
-            .flat_map(|u| {
-                u.backends
-                    .iter()
-                    .map(move |b| (u.name.as_str(), b.address.as_str()))
-            })
-            .collect();
+        let keep = config.backend_identities();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|(u, a), _| keep.contains(&(u.as_str(), a.as_str())));
     }

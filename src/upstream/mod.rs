@@ -6,7 +6,7 @@
 //! keyed by (upstream name, backend address), so a reload that keeps a backend keeps
 //! its state. Nothing here knows whether it serves TCP or HTTP.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -219,15 +219,7 @@ impl Registry {
 
     /// Forgets every backend that `config` no longer has.
     pub fn retain(&self, config: &config::Config) {
-        let keep: HashSet<(&str, &str)> = config
-            .upstreams
-            .iter()
-            .flat_map(|u| {
-                u.backends
-                    .iter()
-                    .map(move |b| (u.name.as_str(), b.address.as_str()))
-            })
-            .collect();
+        let keep = config.backend_identities();
         let mut inner = self.lock();
         inner.states.retain(|(u, a), s| {
             let kept = keep.contains(&(u.as_str(), a.as_str()));
