@@ -147,7 +147,7 @@ async fn failed_attempts_in_a_row_eject_a_backend_for_eject_for() {
     let config = format!(
         "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
          [upstream.app]\nretries = 1\nbackends = [{{ address = \"{dead}\", name = \"dead\" }}, {{ address = \"{}\", name = \"good\" }}]\n\
-         [upstream.app.health]\ninterval = \"1h\"\npassive_failures = 2\neject_for = \"400ms\"\n",
+         [upstream.app.health]\ninterval = \"1h\"\npassive_failures = 2\neject_for = \"2s\"\n",
         good.addr
     );
     let f = Fulcrum::start(&config).await;

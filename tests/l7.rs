@@ -594,17 +594,17 @@ async fn redirect_https_answers_308_to_the_same_host_and_path() {
 async fn the_route_timeout_starts_after_a_slow_upload_is_complete() {
     let b = HttpBackend::start("b").await;
     let config = web(
-        "[[listener.route]]\nupstream = \"app\"\ntimeout = \"300ms\"\n",
+        "[[listener.route]]\nupstream = \"app\"\ntimeout = \"500ms\"\n",
         &upstream("app", &[&b]),
     );
     let f = Fulcrum::start(&config).await;
     let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
-    // /bytes/0 answers only after reading the whole body: ten bytes over a second.
+    // /bytes/0 answers only after reading the whole body: ten bytes over 1.5 seconds.
     s.write_all(b"POST /bytes/0 HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
         .await
         .unwrap();
     for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         s.write_all(b"z").await.unwrap();
     }
     let mut buf = [0u8; 12];

@@ -433,7 +433,7 @@ async fn a_change_of_the_file_reloads_it() {
     assert_eq!(get(r.web, "/").await.1["x-backend"], "one");
     dir.write(&web_config(&two, "").replace("watch_config = false", "watch_config = true"));
     let mut reloaded = false;
-    for _ in 0..250 {
+    for _ in 0..500 {
         if r.handle.snapshot().generation >= 2 {
             reloaded = true;
             break;

@@ -635,7 +635,7 @@ mod tests {
         let reg = Registry::new();
         let cfg = config(
             "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
-            "[upstream.app.health]\npassive_failures = 3\neject_for = \"150ms\"\n",
+            "[upstream.app.health]\npassive_failures = 3\neject_for = \"1s\"\n",
         );
         let up = Upstream::build(&cfg.upstreams[0], &reg);
         for _ in 0..3 {
@@ -647,7 +647,7 @@ mod tests {
             assert_eq!(up.pick(&PickContext::default()).unwrap().index(), 1);
         }
         assert!(up.pick_backend(0).is_none());
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(1100));
         let picks: Vec<usize> = (0..4)
             .map(|_| up.pick(&PickContext::default()).unwrap().index())
             .collect();
