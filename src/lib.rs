@@ -4,11 +4,13 @@
 //! - [`balance`]: the balancing strategies, pure and synchronous.
 //! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`.
 //! - [`l4`]: the TCP engine.
+//! - [`l7`]: the HTTP engine; [`cache`]: its shared response cache.
 //! - [`runtime`]: one generation of configuration, listeners, shutdown.
 
 pub mod activity;
 pub mod admin;
 pub mod balance;
+pub mod cache;
 pub mod config;
 pub mod failover;
 pub mod health;

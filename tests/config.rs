@@ -202,30 +202,81 @@ fn each_invalid_file_gets_its_message() {
 
 #[test]
 fn features_not_built_yet_are_refused_not_ignored() {
-    let table: &[(&str, &str)] = &[
-        (
-            "[cache]\nmax_size = \"1MiB\"\n",
-            "`cache` is not supported yet",
-        ),
-        (
-            "[failover]\nnode = \"a\"\nbind = \"127.0.0.1:1\"\npeers = []\nsecret_file = \"k\"\n",
-            "`failover` is not supported yet",
-        ),
-    ];
+    let table: &[(&str, &str)] = &[(
+        "[failover]\nnode = \"a\"\nbind = \"127.0.0.1:1\"\npeers = []\nsecret_file = \"k\"\n",
+        "`failover` is not supported yet",
+    )];
     for (extra, expected) in table {
         let got = errors(&format!("{BASE}{extra}"));
         assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
     }
-    let cached = BASE.replace("protocol = \"tcp\"", "protocol = \"http\"")
-        + "[[listener.route]]\nupstream = \"app\"\ncache = true\n";
-    let cached = cached.replace(
-        "[upstream.app]\nbackends = [{ address = \"127.0.0.1:7001\" }]\n",
-        "",
-    ) + "[upstream.app]\nbackends = [{ address = \"127.0.0.1:7001\" }]\n";
+}
+
+const CACHED: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:7000"
+protocol = "http"
+[[listener.route]]
+upstream = "app"
+cache = true
+
+[upstream.app]
+backends = [{ address = "127.0.0.1:7001" }]
+"#;
+
+#[test]
+fn the_cache_section_is_validated() {
+    let c = Config::parse(CACHED, Path::new("fulcrum.toml")).unwrap();
+    let cache = c.cache.expect("a caching route brings the cache");
+    assert_eq!(cache.max_size, 256 << 20);
+    assert_eq!(cache.max_object_size, 8 << 20);
+    assert!(c.listeners[0].routes[0].cache);
+
+    let sized = format!("{CACHED}[cache]\nmax_size = \"1MiB\"\nmax_object_size = 4096\n");
+    let c = Config::parse(&sized, Path::new("fulcrum.toml")).unwrap();
+    assert_eq!(
+        c.cache.map(|c| (c.max_size, c.max_object_size)),
+        Some((1 << 20, 4096))
+    );
+
+    // No route caches: no cache, whatever [cache] says.
+    let unused = format!("{BASE}[cache]\nmax_size = \"1MiB\"\n");
+    assert_eq!(
+        Config::parse(&unused, Path::new("fulcrum.toml"))
+            .unwrap()
+            .cache,
+        None
+    );
+
+    let table: &[(&str, &str)] = &[
+        (
+            "[cache]\nmax_size = 0\n",
+            "fulcrum.toml:13:12: `cache.max_size` must be greater than zero",
+        ),
+        (
+            "[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"2MiB\"\n",
+            "fulcrum.toml:14:19: `cache.max_object_size` must not be larger than cache.max_size (1048576 bytes)",
+        ),
+        (
+            "[cache]\nmax_size = \"lots\"\n",
+            "fulcrum.toml:13:12: `cache.max_size`",
+        ),
+        (
+            "[cache]\nmax_items = 3\n",
+            "fulcrum.toml:13:1: `cache.max_items` unknown field `max_items`",
+        ),
+    ];
+    for (extra, expected) in table {
+        let got = errors(&format!("{CACHED}{extra}"));
+        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
+    }
+
+    let on_static = CACHED.replace("upstream = \"app\"\ncache", "static = \".\"\ncache");
+    let got = errors(&on_static);
     assert!(
-        errors(&cached).contains("`listener[0].route[0].cache` is not supported yet"),
-        "{}",
-        errors(&cached)
+        got.contains("`listener[0].route[0].cache` applies to routes with an `upstream`"),
+        "{got}"
     );
 }
 

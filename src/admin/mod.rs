@@ -43,8 +43,19 @@ pub trait Control: Send + Sync + 'static {
     fn set_draining(&self, upstream: &str, backend: &str, draining: bool) -> Result<(), String>;
     /// The Prometheus text of every metric.
     fn metrics(&self) -> String;
+    /// Drops the cached responses of `host` (and under `path_prefix`): how many, or
+    /// `None` when no route caches.
+    fn purge_cache(&self, host: Option<&str>, path_prefix: Option<&str>) -> Option<usize>;
     /// The bearer token POST requests need, if one is configured.
     fn token(&self) -> Option<String>;
+}
+
+/// The body of `POST /cache/purge`: both optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeFilter {
+    host: Option<String>,
+    path_prefix: Option<String>,
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -127,7 +138,6 @@ async fn route(req: Request<Incoming>, control: &dyn Control) -> Response<Full<B
             }
         }
         (&Method::POST, ["cache", "purge"]) => {
-            // Read (and check) the body even though there is nothing to purge.
             let read = tokio::time::timeout(
                 BODY_TIMEOUT,
                 Limited::new(req.into_body(), MAX_BODY).collect(),
@@ -141,12 +151,24 @@ async fn route(req: Request<Incoming>, control: &dyn Control) -> Response<Full<B
             match read {
                 Ok(body) => {
                     let bytes = body.to_bytes();
-                    if !bytes.is_empty()
-                        && serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+                    let filter = if bytes.iter().all(u8::is_ascii_whitespace) {
+                        PurgeFilter::default()
+                    } else {
+                        match serde_json::from_slice::<PurgeFilter>(&bytes) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                return error(
+                                    StatusCode::BAD_REQUEST,
+                                    format!("the body is not a purge request: {e}"),
+                                )
+                            }
+                        }
+                    };
+                    match control.purge_cache(filter.host.as_deref(), filter.path_prefix.as_deref())
                     {
-                        return error(StatusCode::BAD_REQUEST, "the body is not JSON");
+                        Some(n) => json_response(StatusCode::OK, json!({ "purged": n })),
+                        None => error(StatusCode::NOT_FOUND, "no response cache is configured"),
                     }
-                    error(StatusCode::NOT_FOUND, "no response cache is configured")
                 }
                 Err(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
             }

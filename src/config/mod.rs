@@ -60,7 +60,22 @@ pub struct Config {
     /// Sorted by name.
     pub upstreams: Vec<Upstream>,
     pub admin: Option<Admin>,
+    /// `[cache]`, or its defaults when only routes ask for the cache; `None` when no
+    /// route caches.
+    pub cache: Option<CacheSettings>,
 }
+
+/// `[cache]`: the shared response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Bytes of stored responses in total.
+    pub max_size: u64,
+    /// Larger responses pass through unstored.
+    pub max_object_size: u64,
+}
+
+pub const DEFAULT_CACHE_MAX_SIZE: u64 = 256 << 20;
+pub const DEFAULT_CACHE_MAX_OBJECT_SIZE: u64 = 8 << 20;
 
 /// `[admin]`: the admin API's listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +185,8 @@ pub struct Route {
     pub target: RouteTarget,
     /// Time allowed for the upstream's response headers.
     pub timeout: Duration,
+    /// Served through the response cache.
+    pub cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +402,7 @@ impl Config {
             listeners: Vec::new(),
             upstreams: Vec::new(),
             admin: None,
+            cache: None,
         }
     }
 
@@ -534,9 +552,7 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let global = self.global(raw.global.as_ref());
         let admin = raw.admin.as_ref().map(|a| self.admin(a.get_ref()));
-        if let Some(cache) = &raw.cache {
-            self.unsupported(cache.span(), "cache");
-        }
+        let cache_section = raw.cache.as_ref().map(|c| self.cache(c.get_ref()));
         if let Some(failover) = &raw.failover {
             self.unsupported(failover.span(), "failover");
         }
@@ -577,12 +593,71 @@ impl Validator<'_> {
         if raw.listener.is_empty() {
             self.err(None, "listener", "at least one [[listener]] is required");
         }
+        let caching = listeners
+            .iter()
+            .any(|l: &Listener| l.routes.iter().any(|r| r.cache));
+        let cache = caching.then(|| {
+            cache_section.unwrap_or(CacheSettings {
+                max_size: DEFAULT_CACHE_MAX_SIZE,
+                max_object_size: DEFAULT_CACHE_MAX_OBJECT_SIZE,
+            })
+        });
         Config {
             file: self.file.to_path_buf(),
             global,
             listeners,
             upstreams,
             admin,
+            cache,
+        }
+    }
+
+    fn cache(&mut self, c: &RawCache) -> CacheSettings {
+        let max_size = self.size(&c.max_size, "cache.max_size", DEFAULT_CACHE_MAX_SIZE);
+        let max_object_size = self.size(
+            &c.max_object_size,
+            "cache.max_object_size",
+            DEFAULT_CACHE_MAX_OBJECT_SIZE,
+        );
+        if max_size == 0 {
+            if let Some(v) = &c.max_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_size",
+                    "must be greater than zero",
+                );
+            }
+        }
+        if max_object_size == 0 {
+            if let Some(v) = &c.max_object_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_object_size",
+                    "must be greater than zero",
+                );
+            }
+        } else if max_object_size > max_size {
+            if let Some(v) = &c.max_object_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_object_size",
+                    format!("must not be larger than cache.max_size ({max_size} bytes)"),
+                );
+            }
+        }
+        // Stored objects are weighed in 32 bits.
+        if max_object_size > u64::from(u32::MAX) {
+            if let Some(v) = &c.max_object_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_object_size",
+                    "must be at most 4GiB",
+                );
+            }
+        }
+        CacheSettings {
+            max_size,
+            max_object_size,
         }
     }
 
@@ -1081,11 +1156,7 @@ impl Validator<'_> {
             }
         }
         let timeout = self.duration(&r.timeout, &k("timeout"), DEFAULT_ROUTE_TIMEOUT);
-        if let Some(c) = &r.cache {
-            if *c.get_ref() {
-                self.unsupported(c.span(), k("cache"));
-            }
-        }
+        let cache = r.cache.as_ref().is_some_and(|c| *c.get_ref());
         let target = match (&r.upstream, &r.static_dir) {
             (Some(u), None) => {
                 if !upstreams.contains_key(u.get_ref()) {
@@ -1129,6 +1200,15 @@ impl Validator<'_> {
                 return None;
             }
         };
+        if cache && matches!(target, RouteTarget::Static(_)) {
+            if let Some(c) = &r.cache {
+                self.err(
+                    Some(c.span()),
+                    k("cache"),
+                    "applies to routes with an `upstream`; static files are served from disk",
+                );
+            }
+        }
         Some(Route {
             host,
             path_prefix,
@@ -1136,6 +1216,7 @@ impl Validator<'_> {
             headers,
             target,
             timeout,
+            cache,
         })
     }
 

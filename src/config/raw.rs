@@ -160,8 +160,8 @@ pub struct RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
-    pub max_size: Option<RawSize>,
-    pub max_object_size: Option<RawSize>,
+    pub max_size: Option<Spanned<RawSize>>,
+    pub max_object_size: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,8 @@ pub struct Record {
     pub started: Instant,
     pub upstream: Option<Arc<Upstream>>,
     pub backend: Option<Arc<Backend>>,
+    /// How the response cache answered, on cached routes.
+    pub cache: Option<super::cached::Outcome>,
 }
 
 impl Drop for Record {
@@ -55,6 +57,7 @@ impl Drop for Record {
             duration_ms = self.started.elapsed().as_millis() as u64,
             upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
             backend = %self.backend.as_ref().map_or("-", |b| b.name.as_str()),
+            cache = self.cache.map(super::cached::Outcome::as_str),
             request_id = %self.request_id.to_str().unwrap_or("-"),
             client_cert = self.client_cert.as_deref(),
         );

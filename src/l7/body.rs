@@ -164,6 +164,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
     Static(hyper_staticfile::Body),
+    /// On its way to the client and into the cache.
+    Tee(Box<super::cached::Tee>),
 }
 
 impl ResponseBody {
@@ -200,6 +202,7 @@ impl Body for ResponseBody {
             ResponseBody::Static(s) => Pin::new(s)
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            ResponseBody::Tee(t) => Pin::new(t.as_mut()).poll_frame(cx),
         }
     }
 
@@ -208,6 +211,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Upstream(u) => u.inner.is_end_stream(),
             ResponseBody::Static(s) => s.is_end_stream(),
+            ResponseBody::Tee(t) => t.is_end_stream(),
         }
     }
 
@@ -216,6 +220,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ResponseBody::Upstream(u) => u.inner.size_hint(),
             ResponseBody::Static(s) => s.size_hint(),
+            ResponseBody::Tee(t) => t.size_hint(),
         }
     }
 }

@@ -129,8 +129,11 @@ impl Head {
     }
 }
 
+/// Sends the request to a backend of `target`, with the retries of section 3 of the
+/// interface. `None` as the body is a request fulcrum makes itself (a background
+/// revalidation): no body, no client connection behind it.
 pub async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<Option<Incoming>>,
     target: &UpstreamTarget,
     timeout: Duration,
     ctx: &ConnCtx,
@@ -164,7 +167,8 @@ pub async fn forward(
     }
 
     let (parts, body) = req.into_parts();
-    let has_body = !hyper::body::Body::is_end_stream(&body);
+    let body = body.filter(|b| !hyper::body::Body::is_end_stream(b));
+    let has_body = body.is_some();
     let mut headers = parts.headers;
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
@@ -235,12 +239,13 @@ pub async fn forward(
         headers,
     });
 
-    let mut body = Some(if has_body {
-        let stats = Arc::new(BodyStats::default());
-        trace.body = Some(stats.clone());
-        RequestBody::stream(body, limit, stats)
-    } else {
-        RequestBody::empty()
+    let mut body = Some(match body {
+        Some(body) => {
+            let stats = Arc::new(BodyStats::default());
+            trace.body = Some(stats.clone());
+            RequestBody::stream(body, limit, stats)
+        }
+        None => RequestBody::empty(),
     });
 
     let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
@@ -441,7 +446,7 @@ pub async fn forward(
 
 /// What `consistent_hash` hashes for this request; a missing header or cookie falls
 /// back to the client address.
-fn request_hash(key: &HashKey, req: &Request<Incoming>, peer: SocketAddr) -> u64 {
+fn request_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr) -> u64 {
     let bytes: Option<&[u8]> = match key {
         HashKey::SourceIp => None,
         HashKey::Path => Some(req.uri().path().as_bytes()),

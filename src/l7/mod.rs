@@ -7,6 +7,7 @@
 
 mod access;
 pub mod body;
+pub mod cached;
 mod error;
 mod forward;
 pub mod pool;
@@ -100,8 +101,14 @@ impl Settings {
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
         access_log: bool,
         metrics: &Metrics,
+        cache: Option<&Arc<crate::cache::Cache>>,
     ) -> Settings {
-        let action = |target: &RouteTarget, timeout, strip: Option<&String>| -> Option<Action> {
+        let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
+        let action = |target: &RouteTarget,
+                      timeout,
+                      strip: Option<&String>,
+                      caching: bool|
+         -> Option<Action> {
             let (target, label) = match target {
                 RouteTarget::Upstream(name) => (
                     Target::Upstream(upstreams.get(name)?.clone()),
@@ -116,6 +123,13 @@ impl Settings {
                 timeout,
                 strip_prefix: strip.cloned(),
                 metrics: metrics.requests(&l.name, label),
+                cache: match (caching, cache, &counters) {
+                    (true, Some(cache), Some(counters)) => Some(cached::CacheRoute {
+                        cache: cache.clone(),
+                        counters: counters.clone(),
+                    }),
+                    _ => None,
+                },
             })
         };
         let routes = l
@@ -133,7 +147,7 @@ impl Settings {
                             Some((n.parse().ok()?, HeaderValue::from_str(v).ok()?))
                         })
                         .collect(),
-                    action: action(&r.target, r.timeout, r.path_prefix.as_ref())?,
+                    action: action(&r.target, r.timeout, r.path_prefix.as_ref(), r.cache)?,
                 })
             })
             .collect();
@@ -142,6 +156,7 @@ impl Settings {
                 &RouteTarget::Upstream(u.clone()),
                 config::DEFAULT_ROUTE_TIMEOUT,
                 None,
+                false,
             )
         });
         let mut server = auto::Builder::new(TokioExecutor::new());
@@ -328,7 +343,7 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
+async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBody> {
     ctx.first_request.store(true, Ordering::Relaxed);
     let settings = (ctx.current)().unwrap_or_else(|| ctx.settings.clone());
     let s = &settings;
@@ -354,18 +369,21 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
         started: Instant::now(),
         upstream: None,
         backend: None,
+        cache: None,
     });
     let mut trace = forward::Trace::default();
     let mut upstream = None;
     let mut metrics = None;
+    let mut cache = None;
     let result = respond(
         req,
         ctx,
-        s,
+        &settings,
         &request_id,
         &mut trace,
         &mut upstream,
         &mut metrics,
+        &mut cache,
     )
     .await;
     let response = result.unwrap_or_else(|e| {
@@ -388,6 +406,7 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
         r.body = trace.body;
         r.upstream = upstream;
         r.backend = trace.backend;
+        r.cache = cache;
         if let Some(m) = metrics {
             r.metrics = m;
         }
@@ -395,14 +414,16 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ClientBody> {
     response.map(|inner| ClientBody { inner, record })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     req: Request<Incoming>,
-    ctx: &ConnCtx,
-    s: &Settings,
+    ctx: &Arc<ConnCtx>,
+    s: &Arc<Settings>,
     request_id: &HeaderValue,
     trace: &mut forward::Trace,
     upstream: &mut Option<Arc<Upstream>>,
     metrics: &mut Option<Arc<RequestMetrics>>,
+    cache: &mut Option<cached::Outcome>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if !ctx.admitted {
         return Err(ProxyError::Denied);
@@ -451,7 +472,22 @@ async fn respond(
         .await),
         Target::Upstream(t) => {
             *upstream = Some(t.upstream.clone());
-            forward::forward(req, t, action.timeout, ctx, s, request_id, trace).await
+            match &action.cache {
+                Some(route) => {
+                    let f = cached::Forwarding {
+                        target: t,
+                        timeout: action.timeout,
+                        ctx,
+                        settings: s,
+                        request_id,
+                    };
+                    cached::serve(req, route, f, trace, cache).await
+                }
+                None => {
+                    forward::forward(req.map(Some), t, action.timeout, ctx, s, request_id, trace)
+                        .await
+                }
+            }
         }
     }
 }

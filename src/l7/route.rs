@@ -28,6 +28,8 @@ pub struct Action {
     pub strip_prefix: Option<String>,
     /// Request counters for this listener and the route's upstream.
     pub metrics: Arc<RequestMetrics>,
+    /// Served through the response cache.
+    pub cache: Option<super::cached::CacheRoute>,
 }
 
 #[derive(Debug)]
@@ -130,6 +132,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 strip_prefix: None,
                 metrics: crate::admin::metrics::Metrics::new().requests("t", "-"),
+                cache: None,
             },
         }
     }

@@ -130,6 +130,7 @@ impl Shared {
                 pools: &self.pools,
                 metrics: &self.metrics,
                 counters: &counters,
+                cache: self.current.load().cache.as_ref(),
             },
         )
     }
@@ -394,6 +395,14 @@ impl admin::Control for Handle {
     fn metrics(&self) -> String {
         reload::refresh_backend_metrics(&self.shared);
         self.shared.metrics.encode()
+    }
+
+    fn purge_cache(&self, host: Option<&str>, path_prefix: Option<&str>) -> Option<usize> {
+        let snapshot = self.shared.current.load();
+        let cache = snapshot.cache.as_ref()?;
+        let dropped = cache.purge(host, path_prefix);
+        info!(host, path_prefix, dropped, "cache purged");
+        Some(dropped)
     }
 
     fn token(&self) -> Option<String> {

@@ -275,6 +275,8 @@ fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
 pub(crate) fn refresh_backend_metrics(shared: &Shared) {
     let snapshot = shared.current.load();
     let m = &shared.metrics;
+    m.cache_size_bytes
+        .set(snapshot.cache.as_ref().map_or(0, |c| c.size() as i64));
     for (name, up) in &snapshot.upstreams {
         for b in up.backends() {
             let labels = [name.as_str(), b.name.as_str()];

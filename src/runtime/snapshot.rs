@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use crate::admin::metrics::{ListenerMetrics, Metrics};
+use crate::cache::Cache;
 use crate::config::{AccessRules, Config, Protocol};
 use crate::l4;
 use crate::l7;
@@ -18,6 +19,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// The response cache, kept across generations while its sizes stay the same.
+    pub cache: Option<Arc<Cache>>,
     /// By bind: what an accept loop on that socket serves.
     listeners: HashMap<BindKey, Arc<ListenerEntry>>,
 }
@@ -53,6 +56,8 @@ pub(crate) struct Parts<'a> {
     pub pools: &'a l7::Pools,
     pub metrics: &'a Metrics,
     pub counters: &'a HashMap<String, Arc<AtomicUsize>>,
+    /// The cache of the generation serving now.
+    pub cache: Option<&'a Arc<Cache>>,
 }
 
 impl Snapshot {
@@ -63,6 +68,10 @@ impl Snapshot {
         generation: u64,
         parts: &Parts<'_>,
     ) -> Result<Snapshot, String> {
+        let cache = config.cache.map(|settings| match parts.cache {
+            Some(c) if c.settings == settings => c.clone(),
+            _ => Arc::new(Cache::new(settings)),
+        });
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -116,6 +125,7 @@ impl Snapshot {
                     &http_upstreams,
                     config.global.access_log,
                     parts.metrics,
+                    cache.as_ref(),
                 ))),
                 (Protocol::Tcp, None) => continue,
             };
@@ -152,6 +162,7 @@ impl Snapshot {
             generation,
             config,
             upstreams,
+            cache,
             listeners,
         })
     }
@@ -166,6 +177,7 @@ impl Snapshot {
             generation: 0,
             config: Arc::new(Config::empty()),
             upstreams: HashMap::new(),
+            cache: None,
             listeners: HashMap::new(),
         }
     }

@@ -1,0 +1,339 @@
+//! The shared response cache (RFC 9111) of routes with `cache = true`.
+//!
+//! - [`policy`]: what may be stored and for how long (pure functions over headers);
+//! - the store: responses by key (scheme, host, path and query), each key holding its
+//!   variants (`Vary`), bounded by bytes with the least recently used key going first;
+//! - collapsing: concurrent misses for one key make one upstream request, the others
+//!   wait for it (bounded) and then look again;
+//! - [`status`]: the `Cache-Status` field (RFC 9211).
+//!
+//! The HTTP engine drives it; nothing here touches a socket.
+
+pub mod policy;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_cache_semantics::{BeforeRequest, CachePolicy};
+use moka::policy::EvictionPolicy;
+use tokio::sync::watch;
+
+use crate::config::CacheSettings;
+use policy::{PolicyRequest, StaleRules};
+
+/// Variants kept per key; the oldest goes first.
+const MAX_VARIANTS: usize = 16;
+/// Bookkeeping counted per stored response beside its headers and body.
+const ENTRY_OVERHEAD: u64 = 512;
+
+/// The primary cache key. Hosts never mix: the host is part of it, lower case, with
+/// its port as the client gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub https: bool,
+    pub host: Box<str>,
+    /// Path and query, as received.
+    pub path: Box<str>,
+}
+
+impl Key {
+    pub fn new(https: bool, host: &str, uri: &Uri) -> Key {
+        Key {
+            https,
+            host: host.to_ascii_lowercase().into_boxed_str(),
+            path: uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned()
+                .into_boxed_str(),
+        }
+    }
+}
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Stored {
+    pub status: StatusCode,
+    /// As received (hop-by-hop fields already removed).
+    pub headers: HeaderMap,
+    pub policy: CachePolicy,
+    pub stale: StaleRules,
+    pub body: Bytes,
+    /// The request's values of the fields `Vary` names.
+    secondary: Vec<(HeaderName, Vec<HeaderValue>)>,
+    weight: u64,
+    lifetime: Duration,
+    /// The request's path and query.
+    uri: Uri,
+}
+
+impl Stored {
+    pub fn new(
+        policy: CachePolicy,
+        uri: Uri,
+        request: &HeaderMap,
+        status: StatusCode,
+        response: HeaderMap,
+        body: Bytes,
+        now: SystemTime,
+    ) -> Stored {
+        let header_bytes: usize = response
+            .iter()
+            .chain(request.iter())
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        Stored {
+            stale: StaleRules::of_response(&response),
+            secondary: policy::secondary_key(&response, request),
+            weight: body.len() as u64 + header_bytes as u64 + ENTRY_OVERHEAD,
+            lifetime: lifetime(&policy, now),
+            policy,
+            status,
+            headers: response,
+            uri,
+            body,
+        }
+    }
+
+    /// Freshened by a 304 (RFC 9111 4.3.4): its fields replace the stored ones, the
+    /// body stays.
+    pub fn freshened(
+        &self,
+        not_modified: &HeaderMap,
+        request: &HeaderMap,
+        now: SystemTime,
+    ) -> Stored {
+        let headers = policy::merge_304(&self.headers, not_modified);
+        let policy = CachePolicy::new_options(
+            &PolicyRequest {
+                method: &Method::GET,
+                uri: &self.uri,
+                headers: request,
+            },
+            &policy::PolicyResponse {
+                status: self.status,
+                headers: &headers,
+            },
+            now,
+            policy::options(),
+        );
+        Stored {
+            stale: StaleRules::of_response(&headers),
+            secondary: self.secondary.clone(),
+            weight: self.weight,
+            lifetime: lifetime(&policy, now),
+            policy,
+            status: self.status,
+            headers,
+            uri: self.uri.clone(),
+            body: self.body.clone(),
+        }
+    }
+
+    /// The head the cache sends for it now: the stored fields with `Age`.
+    pub fn head(&self, now: SystemTime) -> http::response::Parts {
+        let mut r = http::Response::new(());
+        *r.status_mut() = self.status;
+        *r.headers_mut() = self.headers.clone();
+        r.headers_mut().insert(
+            header::AGE,
+            HeaderValue::from(self.policy.age(now).as_secs()),
+        );
+        r.into_parts().0
+    }
+
+    /// How long past its freshness lifetime it is (zero while fresh).
+    pub fn stale_for(&self, now: SystemTime) -> Duration {
+        self.policy.age(now).saturating_sub(self.lifetime)
+    }
+}
+
+/// The freshness lifetime: while fresh, the time left plus the age is constant. A
+/// response stale on arrival counts as having lived for its age then.
+fn lifetime(policy: &CachePolicy, at: SystemTime) -> Duration {
+    policy.time_to_live(at) + policy.age(at)
+}
+
+type Variants = Arc<Vec<Arc<Stored>>>;
+
+/// What a lookup found for a request.
+pub enum Lookup {
+    /// A stored response that may be used as it is.
+    Fresh(Arc<Stored>),
+    /// A stored response that matches but needs revalidation: the request to send
+    /// (with the validators added).
+    Stale(Arc<Stored>, Box<Parts>),
+    /// Nothing stored matches; `vary` when responses exist for the key but none for
+    /// this request's variant.
+    Miss { vary: bool },
+}
+
+pub struct Cache {
+    pub settings: CacheSettings,
+    store: moka::sync::Cache<Key, Variants>,
+    inflight: Arc<Mutex<HashMap<Key, watch::Receiver<()>>>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The one upstream request of a key's concurrent misses. Those waiting on it look
+/// again once it is dropped: stored, refused or abandoned.
+pub struct Flight {
+    key: Key,
+    inflight: Arc<Mutex<HashMap<Key, watch::Receiver<()>>>>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.inflight.lock() {
+            map.remove(&self.key);
+        }
+    }
+}
+
+pub enum Join {
+    /// Make the request; the others wait on this.
+    Lead(Flight),
+    /// Another request for the key is on its way: wait for it.
+    Wait(watch::Receiver<()>),
+}
+
+impl Cache {
+    pub fn new(settings: CacheSettings) -> Cache {
+        let store = moka::sync::Cache::builder()
+            .max_capacity(settings.max_size)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|_k: &Key, v: &Variants| {
+                let w: u64 = v.iter().map(|s| s.weight).sum();
+                u32::try_from(w).unwrap_or(u32::MAX)
+            })
+            .build();
+        Cache {
+            settings,
+            store,
+            inflight: Arc::default(),
+        }
+    }
+
+    /// The stored response for this request, if one matches: fresh, or stale with
+    /// the request that revalidates it. A HEAD is answered from a stored GET.
+    pub fn lookup(&self, key: &Key, req: &Parts, now: SystemTime) -> Lookup {
+        let Some(variants) = self.store.get(key) else {
+            return Lookup::Miss { vary: false };
+        };
+        let preq = PolicyRequest {
+            method: &Method::GET,
+            uri: &req.uri,
+            headers: &req.headers,
+        };
+        for stored in variants.iter() {
+            match stored.policy.before_request(&preq, now) {
+                BeforeRequest::Fresh(_) => return Lookup::Fresh(stored.clone()),
+                BeforeRequest::Stale {
+                    request,
+                    matches: true,
+                } => return Lookup::Stale(stored.clone(), Box::new(request)),
+                BeforeRequest::Stale { matches: false, .. } => {}
+            }
+        }
+        Lookup::Miss { vary: true }
+    }
+
+    /// Stores a complete response, replacing the variant with the same secondary key.
+    pub fn insert(&self, key: Key, stored: Stored) {
+        self.insert_arc(key, Arc::new(stored));
+    }
+
+    pub fn insert_arc(&self, key: Key, stored: Arc<Stored>) {
+        if stored.weight > self.settings.max_object_size.max(1) + ENTRY_OVERHEAD * 64 {
+            return;
+        }
+        let mut list: Vec<Arc<Stored>> = Vec::with_capacity(2);
+        list.push(stored.clone());
+        if let Some(old) = self.store.get(&key) {
+            list.extend(
+                old.iter()
+                    .filter(|o| o.secondary != stored.secondary)
+                    .take(MAX_VARIANTS - 1)
+                    .cloned(),
+            );
+        }
+        self.store.insert(key, Arc::new(list));
+        // Evict now rather than on some later call: the bound holds at every insert.
+        self.store.run_pending_tasks();
+    }
+
+    /// Drops every response stored for the key (RFC 9111 4.4).
+    pub fn invalidate(&self, key: &Key) {
+        self.store.invalidate(key);
+    }
+
+    /// Drops the responses whose host (and path, by prefix) match; how many.
+    pub fn purge(&self, host: Option<&str>, path_prefix: Option<&str>) -> usize {
+        let host = host.map(str::to_ascii_lowercase);
+        let mut dropped = 0;
+        for (key, variants) in self.store.iter() {
+            let host_ok = host.as_deref().is_none_or(|h| {
+                key.host.as_ref() == h
+                    || key.host.rsplit_once(':').is_some_and(|(name, _)| name == h)
+            });
+            let path_ok = path_prefix.is_none_or(|p| key.path.starts_with(p));
+            if host_ok && path_ok {
+                self.store.invalidate(key.as_ref());
+                dropped += variants.len();
+            }
+        }
+        self.store.run_pending_tasks();
+        dropped
+    }
+
+    /// Bytes of stored responses (headers and bookkeeping counted).
+    pub fn size(&self) -> u64 {
+        self.store.run_pending_tasks();
+        self.store.weighted_size()
+    }
+
+    /// Joins the upstream request for `key` in flight, or starts one.
+    pub fn join(&self, key: &Key) -> Join {
+        let Ok(mut map) = self.inflight.lock() else {
+            // A poisoned map: every request goes upstream on its own.
+            let (tx, _) = watch::channel(());
+            return Join::Lead(Flight {
+                key: key.clone(),
+                inflight: Arc::default(),
+                _done: tx,
+            });
+        };
+        if let Some(rx) = map.get(key) {
+            return Join::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        map.insert(key.clone(), rx);
+        Join::Lead(Flight {
+            key: key.clone(),
+            inflight: self.inflight.clone(),
+            _done: tx,
+        })
+    }
+}
+
+/// Waits until the flight is over (or `limit` passed).
+pub async fn wait(mut rx: watch::Receiver<()>, limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        // Only ever closed, never sent on: `changed` returns once the flight is over.
+        while rx.changed().await.is_ok() {}
+    })
+    .await;
+}

@@ -1,0 +1,811 @@
+//! What may be stored and for how long: RFC 9111 through `http-cache-semantics`, with
+//! the parts it leaves out added here (RFC 5861's stale directives, `Vary: *`,
+//! `only-if-cached`, no storing of responses that set cookies, no storing of what
+//! could never be reused).
+
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
+
+/// RFC 9111 1.2.2: delta-seconds too large to represent are taken as 2^31.
+const DELTA_SECONDS_MAX: u64 = 1 << 31;
+
+/// The policy options of a shared cache: `private` is not stored, `s-maxage` counts,
+/// heuristic freshness is at most 10% of the time since `Last-Modified` (RFC 9111
+/// 4.2.2) and `immutable` adds nothing beyond the response's own lifetime.
+pub fn options() -> CacheOptions {
+    CacheOptions {
+        shared: true,
+        cache_heuristic: 0.1,
+        immutable_min_time_to_live: Duration::ZERO,
+        ignore_cargo_cult: false,
+    }
+}
+
+/// A request as the policy sees it: the path and query only (the cache key already
+/// holds the scheme and host), and optionally another method (a HEAD is answered
+/// from a stored GET).
+pub struct PolicyRequest<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+}
+
+impl RequestLike for PolicyRequest<'_> {
+    fn uri(&self) -> Uri {
+        self.uri.clone()
+    }
+    fn is_same_uri(&self, other: &Uri) -> bool {
+        self.uri.path_and_query() == other.path_and_query()
+    }
+    fn method(&self) -> &Method {
+        self.method
+    }
+    fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+}
+
+pub struct PolicyResponse<'a> {
+    pub status: StatusCode,
+    pub headers: &'a HeaderMap,
+}
+
+impl ResponseLike for PolicyResponse<'_> {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+    fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+}
+
+/// The directives of every `Cache-Control` field of `headers`: names as written (compare
+/// them without regard to case), values unquoted. Commas inside quoted strings do not
+/// split.
+pub fn directives(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<&str>)> {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(split_list)
+        .filter_map(|d| {
+            let (name, value) = match d.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(unquote(v.trim()))),
+                None => (d.trim(), None),
+            };
+            (!name.is_empty()).then_some((name, value))
+        })
+}
+
+/// Splits a comma-separated list, keeping quoted strings whole.
+fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let mut quoted = false;
+        let mut escaped = false;
+        for (i, c) in s.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ',' if !quoted => {
+                    rest = Some(&s[i + 1..]);
+                    return Some(&s[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(s)
+    })
+    .filter(|p| !p.trim().is_empty())
+}
+
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
+/// RFC 9111 1.2.2 delta-seconds: digits only; too large is 2^31.
+pub fn delta_seconds(v: &str) -> Option<Duration> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs = v.parse::<u64>().unwrap_or(DELTA_SECONDS_MAX);
+    Some(Duration::from_secs(secs.min(DELTA_SECONDS_MAX)))
+}
+
+fn has(headers: &HeaderMap, name: &str) -> bool {
+    directives(headers).any(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
+fn seconds(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    directives(headers)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| delta_seconds(v?))
+}
+
+/// What a stored response allows beyond its freshness lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StaleRules {
+    /// RFC 5861 `stale-while-revalidate`.
+    pub while_revalidate: Option<Duration>,
+    /// RFC 5861 `stale-if-error`.
+    pub if_error: Option<Duration>,
+    /// `must-revalidate`, `proxy-revalidate`, or `no-cache`: never served stale.
+    pub never: bool,
+}
+
+impl StaleRules {
+    pub fn of_response(headers: &HeaderMap) -> StaleRules {
+        StaleRules {
+            while_revalidate: seconds(headers, "stale-while-revalidate"),
+            if_error: seconds(headers, "stale-if-error"),
+            never: has(headers, "must-revalidate")
+                || has(headers, "proxy-revalidate")
+                || has(headers, "no-cache"),
+        }
+    }
+
+    /// Whether a response stale by `stale_for` may be served while it is refreshed.
+    pub fn serve_while_revalidating(&self, stale_for: Duration, request: &HeaderMap) -> bool {
+        !self.never
+            && self.while_revalidate.is_some_and(|w| stale_for <= w)
+            && accepts_stale(request)
+    }
+
+    /// Whether a response stale by `stale_for` may be served because the origin
+    /// failed; the request's own `stale-if-error` counts too (RFC 5861 4).
+    pub fn serve_on_error(&self, stale_for: Duration, request: &HeaderMap) -> bool {
+        if self.never || !accepts_stale(request) {
+            return false;
+        }
+        let window = match (self.if_error, seconds(request, "stale-if-error")) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        window.is_some_and(|w| stale_for <= w)
+    }
+}
+
+/// A request that insists on the origin (`no-cache`, `max-age=0`, `Pragma: no-cache`)
+/// or on freshness takes no stale response.
+fn accepts_stale(request: &HeaderMap) -> bool {
+    let mut accepts = true;
+    for (name, value) in directives(request) {
+        if name.eq_ignore_ascii_case("no-cache") || name.eq_ignore_ascii_case("min-fresh") {
+            accepts = false;
+        } else if name.eq_ignore_ascii_case("max-age") {
+            accepts &= value.and_then(delta_seconds).is_none_or(|d| !d.is_zero());
+        }
+    }
+    if !request.contains_key(header::CACHE_CONTROL) && pragma_no_cache(request) {
+        accepts = false;
+    }
+    accepts
+}
+
+fn pragma_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::PRAGMA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("no-cache"))
+        })
+}
+
+/// RFC 9111 5.2.1.7: the client wants a stored response or nothing (504).
+pub fn only_if_cached(request: &HeaderMap) -> bool {
+    has(request, "only-if-cached")
+}
+
+/// Why a response is not stored, if it is not.
+pub fn refuse(
+    method: &Method,
+    status: StatusCode,
+    response: &HeaderMap,
+    policy: &CachePolicy,
+    now: std::time::SystemTime,
+) -> Option<&'static str> {
+    if method != Method::GET {
+        return Some("method");
+    }
+    if status == StatusCode::PARTIAL_CONTENT || response.contains_key(header::CONTENT_RANGE) {
+        return Some("partial");
+    }
+    if !policy.is_storable() {
+        return Some("not storable");
+    }
+    if vary_names(response).any(|n| n == "*") {
+        return Some("vary *");
+    }
+    if response.contains_key(header::SET_COOKIE)
+        && !has(response, "public")
+        && !has(response, "s-maxage")
+    {
+        // Storable by the letter of RFC 9111, but one client's cookie would reach
+        // every other: the origin has to say `public` or `s-maxage` to share it.
+        return Some("set-cookie");
+    }
+    let validator =
+        response.contains_key(header::ETAG) || response.contains_key(header::LAST_MODIFIED);
+    let stale = StaleRules::of_response(response);
+    if policy.time_to_live(now).is_zero()
+        && !validator
+        && (stale.never || stale.if_error.is_none() && stale.while_revalidate.is_none())
+    {
+        // Stale from the start and nothing to revalidate with: never reusable.
+        return Some("no freshness");
+    }
+    None
+}
+
+/// The names listed by `Vary`, lower case.
+pub fn vary_names(response: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    response
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+}
+
+/// The request's values of the fields `Vary` names: the secondary key (RFC 9111 4.1).
+pub fn secondary_key(
+    response: &HeaderMap,
+    request: &HeaderMap,
+) -> Vec<(HeaderName, Vec<HeaderValue>)> {
+    let mut key: Vec<(HeaderName, Vec<HeaderValue>)> = vary_names(response)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .map(|n| {
+            let values = request.get_all(&n).iter().cloned().collect();
+            (n, values)
+        })
+        .collect();
+    key.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    key.dedup_by(|a, b| a.0 == b.0);
+    key
+}
+
+/// Fields a 304 never replaces: they describe the stored body, or the connection.
+const KEEP_ON_304: [&str; 10] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// The stored fields freshened by a 304 (RFC 9111 4.3.4): every field the 304
+/// carries replaces all stored instances of it, except those that describe the body.
+pub fn merge_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut out = stored.clone();
+    for name in not_modified.keys() {
+        if KEEP_ON_304.contains(&name.as_str()) {
+            continue;
+        }
+        out.remove(name);
+        for v in not_modified.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Whether a 304 answers for this stored response (RFC 9111 4.3.4): a strong ETag must
+/// be the stored one, a weak one compares weakly, a Last-Modified must agree. A 304
+/// with no validator at all answers the conditional request the cache sent with the
+/// stored validators: it is taken as freshening the stored response.
+pub fn freshens(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let get = |h: &HeaderMap, n: header::HeaderName| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    };
+    let old_tag = get(stored, header::ETAG);
+    match get(not_modified, header::ETAG) {
+        Some(new) if !new.starts_with("W/") => old_tag.as_deref() == Some(new.as_str()),
+        Some(new) => old_tag.is_some_and(|old| weak(&old) == weak(&new)),
+        None => match get(not_modified, header::LAST_MODIFIED) {
+            Some(new) => get(stored, header::LAST_MODIFIED).as_deref() == Some(new.as_str()),
+            None => true,
+        },
+    }
+}
+
+/// RFC 9110 13.1.2 / 13.1.3 for a response the cache is about to send: whether the
+/// client's `If-None-Match` (or, without it, `If-Modified-Since`) makes it a 304.
+pub fn not_modified(request: &HeaderMap, response: &HeaderMap) -> bool {
+    if let Some(inm) = request.get(header::IF_NONE_MATCH) {
+        let Some(etag) = response.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let etag = weak(etag);
+        return request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|t| t == "*" || weak(t) == etag)
+            || inm.as_bytes() == b"*";
+    }
+    let (Some(since), Some(modified)) = (
+        request
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(httpdate),
+        response
+            .get(header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(httpdate),
+    ) else {
+        return false;
+    };
+    modified <= since
+}
+
+/// Weak comparison (RFC 9110 8.8.3.2): the opaque tags only.
+fn weak(tag: &str) -> &str {
+    tag.trim().trim_start_matches("W/")
+}
+
+/// An HTTP date. Only the IMF-fixdate form every current origin sends is read; the
+/// obsolete forms count as no date (the condition is then not applied).
+fn httpdate(v: &str) -> Option<std::time::SystemTime> {
+    imf_fixdate(v)
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn imf_fixdate(v: &str) -> Option<std::time::SystemTime> {
+    let v = v.trim();
+    let rest = v.get(5..)?; // "Sun, "
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':');
+    let h: u64 = hms.next()?.parse().ok()?;
+    let m: u64 = hms.next()?.parse().ok()?;
+    let s: u64 = hms.next()?.parse().ok()?;
+    if parts.next()? != "GMT" || day == 0 || day > 31 || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day as i64);
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn policy(req: &HeaderMap, status: u16, res: &HeaderMap, now: SystemTime) -> CachePolicy {
+        let uri: Uri = "/x".parse().unwrap();
+        CachePolicy::new_options(
+            &PolicyRequest {
+                method: &Method::GET,
+                uri: &uri,
+                headers: req,
+            },
+            &PolicyResponse {
+                status: StatusCode::from_u16(status).unwrap(),
+                headers: res,
+            },
+            now,
+            options(),
+        )
+    }
+
+    /// (request headers, status, response headers, stored?, freshness lifetime in s)
+    #[test]
+    fn storability_and_freshness_follow_the_headers() {
+        let now = SystemTime::now();
+        let date = httpdate_of(now);
+        let hour_ago = httpdate_of(now - Duration::from_secs(3600));
+        let ten_hours_ago = httpdate_of(now - Duration::from_secs(36_000));
+        let in_a_minute = httpdate_of(now + Duration::from_secs(60));
+        type Row<'a> = (
+            Vec<(&'a str, &'a str)>,
+            u16,
+            Vec<(&'a str, String)>,
+            bool,
+            u64,
+        );
+        let table: Vec<Row> = vec![
+            (
+                vec![],
+                200,
+                vec![("cache-control", "max-age=60".into())],
+                true,
+                60,
+            ),
+            (
+                vec![],
+                200,
+                vec![("cache-control", "s-maxage=30, max-age=60".into())],
+                true,
+                30,
+            ),
+            (
+                vec![],
+                200,
+                vec![("cache-control", "no-store, max-age=60".into())],
+                false,
+                0,
+            ),
+            (
+                vec![],
+                200,
+                vec![("cache-control", "private, max-age=60".into())],
+                false,
+                0,
+            ),
+            (
+                vec![("cache-control", "no-store")],
+                200,
+                vec![("cache-control", "max-age=60".into())],
+                false,
+                0,
+            ),
+            // Authorization: only with public, s-maxage or must-revalidate.
+            (
+                vec![("authorization", "Basic eDp5")],
+                200,
+                vec![("cache-control", "max-age=60".into())],
+                false,
+                0,
+            ),
+            (
+                vec![("authorization", "Basic eDp5")],
+                200,
+                vec![("cache-control", "public, max-age=60".into())],
+                true,
+                60,
+            ),
+            (
+                vec![("authorization", "Basic eDp5")],
+                200,
+                vec![("cache-control", "s-maxage=60".into())],
+                true,
+                60,
+            ),
+            // Expires against Date; max-age wins over Expires.
+            (
+                vec![],
+                200,
+                vec![("date", date.clone()), ("expires", in_a_minute.clone())],
+                true,
+                60,
+            ),
+            (
+                vec![],
+                200,
+                vec![
+                    ("date", date.clone()),
+                    ("expires", in_a_minute.clone()),
+                    ("cache-control", "max-age=5".into()),
+                ],
+                true,
+                5,
+            ),
+            (
+                vec![],
+                200,
+                vec![("expires", "0".into()), ("etag", "\"a\"".into())],
+                true,
+                0,
+            ),
+            // No freshness and no validator: nothing to reuse, not stored.
+            (vec![], 200, vec![], false, 0),
+            // Heuristic freshness: 10% of the time since Last-Modified.
+            (
+                vec![],
+                200,
+                vec![
+                    ("date", date.clone()),
+                    ("last-modified", ten_hours_ago.clone()),
+                ],
+                true,
+                3600,
+            ),
+            // ... only for status codes that are heuristically cacheable.
+            (
+                vec![],
+                302,
+                vec![("date", date.clone()), ("last-modified", hour_ago.clone())],
+                false,
+                0,
+            ),
+            (
+                vec![],
+                404,
+                vec![("cache-control", "max-age=60".into())],
+                true,
+                60,
+            ),
+            // no-cache: stored, always revalidated.
+            (
+                vec![],
+                200,
+                vec![
+                    ("cache-control", "no-cache".into()),
+                    ("etag", "\"a\"".into()),
+                ],
+                true,
+                0,
+            ),
+            (
+                vec![],
+                200,
+                vec![("cache-control", "max-age=60".into()), ("vary", "*".into())],
+                false,
+                0,
+            ),
+            (
+                vec![],
+                200,
+                vec![
+                    ("cache-control", "max-age=60".into()),
+                    ("set-cookie", "a=b".into()),
+                ],
+                false,
+                0,
+            ),
+            (
+                vec![],
+                200,
+                vec![
+                    ("cache-control", "public, max-age=60".into()),
+                    ("set-cookie", "a=b".into()),
+                ],
+                true,
+                60,
+            ),
+            (
+                vec![],
+                206,
+                vec![
+                    ("cache-control", "max-age=60".into()),
+                    ("content-range", "bytes 0-1/2".into()),
+                ],
+                false,
+                0,
+            ),
+            (vec![], 500, vec![], false, 0),
+            // Conflicting duplicate directives: the first counts, and the response is
+            // never served stale (must-revalidate).
+            (
+                vec![],
+                200,
+                vec![
+                    ("cache-control", "max-age=60, max-age=10".into()),
+                    ("etag", "\"a\"".into()),
+                ],
+                true,
+                60,
+            ),
+        ];
+        for (i, (req, status, res, stored, ttl)) in table.into_iter().enumerate() {
+            let req = headers(&req);
+            let res_pairs: Vec<(&str, &str)> = res.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let res = headers(&res_pairs);
+            let p = policy(&req, status, &res, now);
+            let refused = refuse(
+                &Method::GET,
+                StatusCode::from_u16(status).unwrap(),
+                &res,
+                &p,
+                now,
+            );
+            assert_eq!(refused.is_none(), stored, "row {i}: {refused:?}");
+            if stored {
+                let got = p.time_to_live(now).as_secs();
+                assert!(got.abs_diff(ttl) <= 1, "row {i}: ttl {got}, want {ttl}");
+            }
+        }
+    }
+
+    fn httpdate_of(t: SystemTime) -> String {
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days as i64);
+        let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+        let mon = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ][m as usize - 1];
+        format!(
+            "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+
+    fn civil_from_days(z: i64) -> (i64, i64, i64) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let y = yoe + era * 400;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        (if m <= 2 { y + 1 } else { y }, m, d)
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(
+            imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(imf_fixdate("Sun, 06 Nov 1994 08:49:37 PST"), None);
+        assert_eq!(imf_fixdate("garbage"), None);
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(imf_fixdate(&httpdate_of(t)), Some(t));
+    }
+
+    #[test]
+    fn cache_control_lists_keep_quoted_commas() {
+        let h = headers(&[
+            (
+                "cache-control",
+                "no-cache=\"set-cookie, x\", max-age=\"20\"",
+            ),
+            ("cache-control", "Stale-While-Revalidate=30,,"),
+        ]);
+        let got: Vec<_> = directives(&h).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("no-cache", Some("set-cookie, x")),
+                ("max-age", Some("20")),
+                ("Stale-While-Revalidate", Some("30"))
+            ]
+        );
+        assert_eq!(
+            delta_seconds("99999999999999999999"),
+            Some(Duration::from_secs(1 << 31))
+        );
+        assert_eq!(delta_seconds("-1"), None);
+        assert_eq!(delta_seconds("1.5"), None);
+        assert_eq!(delta_seconds(""), None);
+    }
+
+    #[test]
+    fn stale_rules() {
+        let none = HeaderMap::new();
+        let r = StaleRules::of_response(&headers(&[(
+            "cache-control",
+            "max-age=1, stale-while-revalidate=10, stale-if-error=60",
+        )]));
+        assert!(r.serve_while_revalidating(Duration::from_secs(10), &none));
+        assert!(!r.serve_while_revalidating(Duration::from_secs(11), &none));
+        assert!(r.serve_on_error(Duration::from_secs(60), &none));
+        assert!(!r.serve_on_error(Duration::from_secs(61), &none));
+        // The client insisting on the origin gets no stale response.
+        let no_cache = headers(&[("cache-control", "no-cache")]);
+        assert!(!r.serve_while_revalidating(Duration::ZERO, &no_cache));
+        assert!(!r.serve_on_error(Duration::ZERO, &no_cache));
+        let pragma = headers(&[("pragma", "no-cache")]);
+        assert!(!r.serve_while_revalidating(Duration::ZERO, &pragma));
+        // must-revalidate forbids both.
+        let strict = StaleRules::of_response(&headers(&[(
+            "cache-control",
+            "max-age=1, must-revalidate, stale-while-revalidate=10, stale-if-error=60",
+        )]));
+        assert!(!strict.serve_while_revalidating(Duration::ZERO, &none));
+        assert!(!strict.serve_on_error(Duration::ZERO, &none));
+        // The request's stale-if-error counts.
+        let plain = StaleRules::of_response(&headers(&[("cache-control", "max-age=1")]));
+        assert!(!plain.serve_on_error(Duration::from_secs(5), &none));
+        let asks = headers(&[("cache-control", "stale-if-error=30")]);
+        assert!(plain.serve_on_error(Duration::from_secs(5), &asks));
+    }
+
+    #[test]
+    fn conditional_requests_of_the_client() {
+        let res = headers(&[
+            ("etag", "W/\"v1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert!(not_modified(&headers(&[("if-none-match", "\"v1\"")]), &res));
+        assert!(not_modified(
+            &headers(&[("if-none-match", "\"x\", W/\"v1\"")]),
+            &res
+        ));
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), &res));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"v2\"")]),
+            &res
+        ));
+        // If-None-Match wins over If-Modified-Since.
+        assert!(!not_modified(
+            &headers(&[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")
+            ]),
+            &res
+        ));
+        assert!(not_modified(
+            &headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+            &res
+        ));
+        assert!(!not_modified(
+            &headers(&[("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")]),
+            &res
+        ));
+        assert!(!not_modified(
+            &headers(&[("if-modified-since", "junk")]),
+            &res
+        ));
+        assert!(!not_modified(&HeaderMap::new(), &res));
+    }
+
+    #[test]
+    fn the_secondary_key_lists_what_vary_names() {
+        let res = headers(&[
+            ("vary", "Accept-Encoding, accept-language"),
+            ("vary", "accept-encoding"),
+        ]);
+        let req = headers(&[("accept-encoding", "gzip"), ("x", "y")]);
+        let key = secondary_key(&res, &req);
+        assert_eq!(key.len(), 2);
+        assert_eq!(key[0].0, "accept-encoding");
+        assert_eq!(key[0].1, vec![HeaderValue::from_static("gzip")]);
+        assert_eq!(key[1].0, "accept-language");
+        assert!(key[1].1.is_empty());
+    }
+}

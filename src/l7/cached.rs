@@ -1,0 +1,734 @@
+//! Requests of routes with `cache = true`: answered from the response cache when it
+//! may, forwarded (and stored) when it must.
+//!
+//! - GET: a fresh stored response is a hit; a stale one is revalidated with its
+//!   validators (a 304 refreshes it), or served while it is refreshed in the background
+//!   (`stale-while-revalidate`), or served when the origin fails (`stale-if-error`);
+//!   concurrent misses for one key make one upstream request.
+//! - HEAD: answered from a fresh stored GET, otherwise forwarded as it is.
+//! - Other methods are forwarded untouched; a non-error answer to an unsafe one drops
+//!   what is stored for its URI (and for `Location` / `Content-Location` on the same
+//!   host).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_cache_semantics::CachePolicy;
+use hyper::body::Incoming;
+use prometheus::IntCounter;
+use tracing::debug;
+
+use super::body::{BoxError, ResponseBody};
+use super::error::{self, ProxyError};
+use super::forward::{self, Trace};
+use super::{ConnCtx, Settings, UpstreamTarget};
+use crate::admin::metrics::Metrics;
+use crate::cache::policy::{self, PolicyRequest, PolicyResponse};
+use crate::cache::status::{CacheStatus, Fwd, CACHE_STATUS};
+use crate::cache::{self, Cache, Flight, Join, Key, Lookup, Stored};
+
+/// The cache as a route uses it, with the counters of `fulcrum_cache_requests_total`.
+#[derive(Debug)]
+pub struct CacheRoute {
+    pub cache: Arc<Cache>,
+    pub counters: Arc<Counters>,
+}
+
+#[derive(Debug)]
+pub struct Counters {
+    hit: IntCounter,
+    miss: IntCounter,
+    stale: IntCounter,
+    revalidated: IntCounter,
+    bypass: IntCounter,
+}
+
+impl Counters {
+    pub fn new(metrics: &Metrics) -> Counters {
+        let c = |r: &str| metrics.cache_requests_total.with_label_values(&[r]);
+        Counters {
+            hit: c("hit"),
+            miss: c("miss"),
+            stale: c("stale"),
+            revalidated: c("revalidated"),
+            bypass: c("bypass"),
+        }
+    }
+}
+
+/// How the cache answered: the `cache` field of the access line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Bypass,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
+    fn count(self, c: &Counters) {
+        match self {
+            Outcome::Hit => c.hit.inc(),
+            Outcome::Miss => c.miss.inc(),
+            Outcome::Stale => c.stale.inc(),
+            Outcome::Revalidated => c.revalidated.inc(),
+            Outcome::Bypass => c.bypass.inc(),
+        }
+    }
+}
+
+/// What one cached request needs to be forwarded.
+pub struct Forwarding<'a> {
+    pub target: &'a Arc<UpstreamTarget>,
+    pub timeout: Duration,
+    pub ctx: &'a Arc<ConnCtx>,
+    pub settings: &'a Arc<Settings>,
+    pub request_id: &'a HeaderValue,
+}
+
+impl Forwarding<'_> {
+    async fn send(
+        &self,
+        req: Request<Option<Incoming>>,
+        trace: &mut Trace,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        forward::forward(
+            req,
+            self.target,
+            self.timeout,
+            self.ctx,
+            self.settings,
+            self.request_id,
+            trace,
+        )
+        .await
+    }
+}
+
+pub async fn serve(
+    mut req: Request<Incoming>,
+    route: &CacheRoute,
+    f: Forwarding<'_>,
+    trace: &mut Trace,
+    outcome: &mut Option<Outcome>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // HTTP/2 and absolute-form requests carry the host in the URI: one Host for both,
+    // so that their stored requests compare alike.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(a) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, a);
+        }
+    }
+    let https = f.settings.scheme == "https";
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let method = req.method().clone();
+    let (Some(host), true) = (host, method == Method::GET || method == Method::HEAD) else {
+        return bypass(req, route, &f, https, trace, outcome).await;
+    };
+    let key = Key::new(https, &host, req.uri());
+    let now = SystemTime::now();
+    let (parts, body) = req.into_parts();
+    let only_if_cached = policy::only_if_cached(&parts.headers);
+    let lookup = route.cache.lookup(&key, &parts, now);
+    if let Lookup::Fresh(stored) = &lookup {
+        let status = CacheStatus::hit(ttl_secs(stored, now));
+        return Ok(served(
+            route,
+            &parts,
+            stored,
+            now,
+            status,
+            Outcome::Hit,
+            outcome,
+        ));
+    }
+    if only_if_cached {
+        // RFC 9111 5.2.1.7: nothing usable stored.
+        let r = error::plain(StatusCode::GATEWAY_TIMEOUT).map(|b| ResponseBody::Full(Some(b)));
+        return Ok(finish(
+            route,
+            r,
+            CacheStatus::forward(Fwd::Miss),
+            Outcome::Miss,
+            outcome,
+        ));
+    }
+    if method == Method::HEAD {
+        // Forwarded as it is: a HEAD response has no body to store.
+        let fwd = match lookup {
+            Lookup::Stale(..) => Fwd::Stale,
+            Lookup::Miss { vary: true } => Fwd::VaryMiss,
+            _ => Fwd::Miss,
+        };
+        let resp = f
+            .send(Request::from_parts(parts, Some(body)), trace)
+            .await?;
+        return Ok(finish(
+            route,
+            resp,
+            CacheStatus::forward(fwd),
+            Outcome::Miss,
+            outcome,
+        ));
+    }
+    match lookup {
+        Lookup::Fresh(_) => unreachable_fresh(),
+        Lookup::Stale(stored, mut revalidation) => {
+            revalidation.version = parts.version;
+            let stale = stored.policy.is_stale(now);
+            let stale_for = stored.stale_for(now);
+            if stale
+                && stored
+                    .stale
+                    .serve_while_revalidating(stale_for, &parts.headers)
+            {
+                refresh_in_background(route, &f, &key, &parts, *revalidation, stored.clone());
+                let mut status = CacheStatus::hit(-(stale_for.as_secs() as i64));
+                status.detail = Some("stale-while-revalidate");
+                return Ok(served(
+                    route,
+                    &parts,
+                    &stored,
+                    now,
+                    status,
+                    Outcome::Stale,
+                    outcome,
+                ));
+            }
+            let fwd = if stale { Fwd::Stale } else { Fwd::Request };
+            let fetch = Fetch {
+                key,
+                client: parts,
+                upstream: *revalidation,
+                stored: Some(stored),
+                fwd,
+                flight: None,
+            };
+            fetch.run(route, &f, Some(body), trace, outcome).await
+        }
+        Lookup::Miss { vary } => {
+            let fwd = if vary { Fwd::VaryMiss } else { Fwd::Miss };
+            let flight = match route.cache.join(&key) {
+                Join::Lead(flight) => Some(flight),
+                Join::Wait(rx) => {
+                    cache::wait(rx, f.timeout).await;
+                    let now = SystemTime::now();
+                    if let Lookup::Fresh(stored) = route.cache.lookup(&key, &parts, now) {
+                        let mut status = CacheStatus::hit(ttl_secs(&stored, now));
+                        status.detail = Some("collapsed");
+                        return Ok(served(
+                            route,
+                            &parts,
+                            &stored,
+                            now,
+                            status,
+                            Outcome::Hit,
+                            outcome,
+                        ));
+                    }
+                    None
+                }
+            };
+            let fetch = Fetch {
+                key,
+                upstream: upstream_head(&parts),
+                client: parts,
+                stored: None,
+                fwd,
+                flight,
+            };
+            fetch.run(route, &f, Some(body), trace, outcome).await
+        }
+    }
+}
+
+#[cold]
+fn unreachable_fresh() -> Result<Response<ResponseBody>, ProxyError> {
+    // A fresh lookup returned above; answering 500 beats a panic if that ever changes.
+    Err(ProxyError::Backend("cache lookup".into()))
+}
+
+/// Methods the cache does not answer: forwarded untouched. A non-error answer to an
+/// unsafe one invalidates the URI (RFC 9111 4.4).
+async fn bypass(
+    req: Request<Incoming>,
+    route: &CacheRoute,
+    f: &Forwarding<'_>,
+    https: bool,
+    trace: &mut Trace,
+    outcome: &mut Option<Outcome>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let safe = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    let target = if safe {
+        None
+    } else {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| (h.to_owned(), req.uri().clone()))
+    };
+    let resp = f.send(req.map(Some), trace).await?;
+    if let Some((host, uri)) = target {
+        let status = resp.status();
+        if status.is_success() || status.is_redirection() {
+            route.cache.invalidate(&Key::new(https, &host, &uri));
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                let Some(other) = resp.headers().get(&name).and_then(|v| v.to_str().ok()) else {
+                    continue;
+                };
+                if let Some(uri) = same_origin(other, &host) {
+                    route.cache.invalidate(&Key::new(https, &host, &uri));
+                }
+            }
+        }
+    }
+    Ok(finish(
+        route,
+        resp,
+        CacheStatus::forward(Fwd::Method),
+        Outcome::Bypass,
+        outcome,
+    ))
+}
+
+/// A `Location`-like reference as a path on `host`, if it points there.
+fn same_origin(reference: &str, host: &str) -> Option<Uri> {
+    let uri: Uri = reference.parse().ok()?;
+    match uri.authority() {
+        None if reference.starts_with('/') && !reference.starts_with("//") => Some(uri),
+        Some(a) if a.as_str().eq_ignore_ascii_case(host) => {
+            Some(Uri::from(uri.path_and_query()?.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// A copy of a request head (`Parts` is not `Clone`).
+fn upstream_head(parts: &Parts) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    r.into_parts().0
+}
+
+fn ttl_secs(stored: &Stored, now: SystemTime) -> i64 {
+    stored.policy.time_to_live(now).as_secs() as i64
+}
+
+/// A stored response sent to the client; a 304 when the client's own conditional
+/// matches it (RFC 9111 4.3.2). HEAD gets the head only.
+fn served(
+    route: &CacheRoute,
+    client: &Parts,
+    stored: &Stored,
+    now: SystemTime,
+    status: CacheStatus,
+    result: Outcome,
+    outcome: &mut Option<Outcome>,
+) -> Response<ResponseBody> {
+    let head = stored.head(now);
+    let body = if client.method == Method::HEAD {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::Full(Some(stored.body.clone()))
+    };
+    let mut r = Response::from_parts(head, body);
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+    if r.status() == StatusCode::OK && policy::not_modified(&client.headers, r.headers()) {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        *r.body_mut() = ResponseBody::empty();
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    finish(route, r, status, result, outcome)
+}
+
+/// Adds `Cache-Status` and counts the outcome.
+fn finish(
+    route: &CacheRoute,
+    mut r: Response<ResponseBody>,
+    status: CacheStatus,
+    result: Outcome,
+    outcome: &mut Option<Outcome>,
+) -> Response<ResponseBody> {
+    r.headers_mut().insert(CACHE_STATUS, status.to_header());
+    result.count(&route.counters);
+    *outcome = Some(result);
+    r
+}
+
+/// One trip to the origin for a GET: a miss, or the revalidation of a stored response.
+struct Fetch {
+    key: Key,
+    /// The client's request as it arrived.
+    client: Parts,
+    /// What goes upstream (with the stored validators when revalidating).
+    upstream: Parts,
+    stored: Option<Arc<Stored>>,
+    fwd: Fwd,
+    flight: Option<Flight>,
+}
+
+impl Fetch {
+    async fn run(
+        self,
+        route: &CacheRoute,
+        f: &Forwarding<'_>,
+        body: Option<Incoming>,
+        trace: &mut Trace,
+        outcome: &mut Option<Outcome>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let sent = f
+            .send(
+                Request::from_parts(upstream_head(&self.upstream), body),
+                trace,
+            )
+            .await;
+        let now = SystemTime::now();
+        // stale-if-error: a failed origin (no answer, or a 5xx) and a stored response
+        // that allows it.
+        let failed_with = match &sent {
+            Err(e) => Some(e.status().as_u16()),
+            Ok(r) if is_origin_error(r.status()) => Some(r.status().as_u16()),
+            Ok(_) => None,
+        };
+        if let (Some(code), Some(stored)) = (failed_with, &self.stored) {
+            let stale_for = stored.stale_for(now);
+            if stored.stale.serve_on_error(stale_for, &self.client.headers) {
+                debug!(
+                    code,
+                    "origin failed: serving the stored response (stale-if-error)"
+                );
+                let mut status = CacheStatus::forward(self.fwd);
+                status.fwd_status = Some(code);
+                status.ttl = Some(-(stale_for.as_secs() as i64));
+                status.detail = Some("stale-if-error");
+                return Ok(served(
+                    route,
+                    &self.client,
+                    stored,
+                    now,
+                    status,
+                    Outcome::Stale,
+                    outcome,
+                ));
+            }
+        }
+        let resp = match sent {
+            Ok(r) => r,
+            // RFC 9111 4.2.4 / 5.2.2.2: a stored response that must be revalidated and
+            // cannot be: 504.
+            Err(e) if self.stored.as_ref().is_some_and(|s| s.stale.never) => {
+                debug!(error = %e, "revalidation failed");
+                let r =
+                    error::plain(StatusCode::GATEWAY_TIMEOUT).map(|b| ResponseBody::Full(Some(b)));
+                return Ok(finish(
+                    route,
+                    r,
+                    CacheStatus::forward(self.fwd),
+                    Outcome::Miss,
+                    outcome,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.answer(route, resp, now, outcome))
+    }
+
+    /// What the client gets for the origin's answer, and what is stored of it.
+    fn answer(
+        self,
+        route: &CacheRoute,
+        resp: Response<ResponseBody>,
+        now: SystemTime,
+        outcome: &mut Option<Outcome>,
+    ) -> Response<ResponseBody> {
+        let mut status = CacheStatus::forward(self.fwd);
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            if let Some(stored) = &self.stored {
+                if policy::freshens(&stored.headers, resp.headers()) {
+                    let fresh =
+                        Arc::new(stored.freshened(resp.headers(), &self.client.headers, now));
+                    route.cache.insert_arc(self.key.clone(), fresh.clone());
+                    status.fwd_status = Some(304);
+                    status.stored = true;
+                    status.ttl = Some(ttl_secs(&fresh, now));
+                    return served(
+                        route,
+                        &self.client,
+                        &fresh,
+                        now,
+                        status,
+                        Outcome::Revalidated,
+                        outcome,
+                    );
+                }
+            }
+            // The client's own conditional: its 304 goes back as it is.
+            return finish(route, resp, status, Outcome::Miss, outcome);
+        }
+        let (parts, body) = resp.into_parts();
+        let policy = CachePolicy::new_options(
+            &PolicyRequest {
+                method: &Method::GET,
+                uri: &self.client.uri,
+                headers: &self.client.headers,
+            },
+            &PolicyResponse {
+                status: parts.status,
+                headers: &parts.headers,
+            },
+            now,
+            policy::options(),
+        );
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let max = route.cache.settings.max_object_size;
+        let refused = policy::refuse(&Method::GET, parts.status, &parts.headers, &policy, now)
+            .or_else(|| declared.is_some_and(|n| n > max).then_some("too large"));
+        if let Some(why) = refused {
+            debug!(reason = why, "response not stored");
+            if self.stored.is_some() && why != "too large" {
+                // What was stored is no longer what the origin says.
+                route.cache.invalidate(&self.key);
+            }
+            return finish(
+                route,
+                Response::from_parts(parts, body),
+                status,
+                Outcome::Miss,
+                outcome,
+            );
+        }
+        status.stored = true;
+        let pending = Pending {
+            cache: route.cache.clone(),
+            key: self.key,
+            uri: self.client.uri,
+            request: self.client.headers,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            policy,
+            declared,
+            _flight: self.flight,
+        };
+        let tee = Tee {
+            inner: body,
+            chunks: Vec::new(),
+            size: 0,
+            max,
+            pending: Some(pending),
+        };
+        let r = Response::from_parts(parts, ResponseBody::Tee(Box::new(tee)));
+        finish(route, r, status, Outcome::Miss, outcome)
+    }
+}
+
+/// 500, 502, 503 and 504: the origin failing, as `stale-if-error` means it.
+fn is_origin_error(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// `stale-while-revalidate`: the stale response went to the client; this refreshes
+/// it. One refresh per key at a time.
+fn refresh_in_background(
+    route: &CacheRoute,
+    f: &Forwarding<'_>,
+    key: &Key,
+    client: &Parts,
+    revalidation: Parts,
+    stored: Arc<Stored>,
+) {
+    let Join::Lead(flight) = route.cache.join(key) else {
+        return;
+    };
+    let route = CacheRoute {
+        cache: route.cache.clone(),
+        counters: route.counters.clone(),
+    };
+    let target = f.target.clone();
+    let timeout = f.timeout;
+    let ctx = f.ctx.clone();
+    let settings = f.settings.clone();
+    let request_id = f.request_id.clone();
+    let fetch = Fetch {
+        key: key.clone(),
+        client: upstream_head(client),
+        upstream: revalidation,
+        stored: Some(stored),
+        fwd: Fwd::Stale,
+        flight: Some(flight),
+    };
+    tokio::spawn(async move {
+        let f = Forwarding {
+            target: &target,
+            timeout,
+            ctx: &ctx,
+            settings: &settings,
+            request_id: &request_id,
+        };
+        let mut trace = Trace::default();
+        let mut outcome = None;
+        let result = async {
+            let resp = f
+                .send(
+                    Request::from_parts(upstream_head(&fetch.upstream), None),
+                    &mut trace,
+                )
+                .await?;
+            let r = fetch.answer(&route, resp, SystemTime::now(), &mut outcome);
+            // Read the body through, which stores it.
+            http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .map(|_| ())
+                .map_err(|e| ProxyError::Backend(e.to_string()))
+        }
+        .await;
+        if let Err(e) = result {
+            debug!(error = %e, "background revalidation failed");
+        }
+    });
+}
+
+/// What is needed to store a response once its body has arrived whole.
+struct Pending {
+    cache: Arc<Cache>,
+    key: Key,
+    uri: Uri,
+    request: HeaderMap,
+    status: StatusCode,
+    headers: HeaderMap,
+    policy: CachePolicy,
+    declared: Option<u64>,
+    /// Requests waiting on this one look again when it is dropped.
+    _flight: Option<Flight>,
+}
+
+/// A response body on its way to the client, copied (by reference) for the store.
+/// Stored only once it ended intact, at the length it declared, within the size limit;
+/// a larger one goes on streaming, unbuffered.
+pub struct Tee {
+    inner: ResponseBody,
+    chunks: Vec<Bytes>,
+    size: u64,
+    max: u64,
+    pending: Option<Pending>,
+}
+
+impl Tee {
+    fn complete(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        if p.declared.is_some_and(|n| n != self.size) {
+            debug!("response shorter or longer than its Content-Length: not stored");
+            return;
+        }
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.size as usize);
+                for c in self.chunks.drain(..) {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        };
+        let stored = Stored::new(
+            p.policy,
+            p.uri,
+            &p.request,
+            p.status,
+            p.headers,
+            body,
+            SystemTime::now(),
+        );
+        p.cache.insert(p.key, stored);
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if self.pending.is_some() && self.inner.is_end_stream() {
+            self.complete();
+        }
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), true) = (frame.data_ref(), this.pending.is_some()) {
+                    this.size += data.len() as u64;
+                    if this.size > this.max {
+                        // Too large to store: stream the rest, keep nothing.
+                        this.pending = None;
+                        this.chunks = Vec::new();
+                    } else {
+                        this.chunks.push(data.clone());
+                    }
+                }
+                // The server stops polling once the body says it is over.
+                if this.inner.is_end_stream() {
+                    this.complete();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.pending = None;
+                this.chunks = Vec::new();
+            }
+            Poll::Ready(None) => this.complete(),
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

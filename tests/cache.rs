@@ -1,0 +1,707 @@
+//! The response cache, end to end: a real origin, a real fulcrum, a real client.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::http::{body, client, empty, pattern, send, Seen};
+use common::Fulcrum;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the origin answers.
+#[derive(Clone, Default)]
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+    delay: Duration,
+}
+
+fn reply(status: u16, headers: &[(&'static str, &str)], b: impl Into<Bytes>) -> Reply {
+    Reply {
+        status,
+        headers: headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
+        body: b.into(),
+        delay: Duration::ZERO,
+    }
+}
+
+type Script = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
+
+/// An HTTP/1.1 origin whose answers a test scripts: `script(request, n)` with `n`
+/// the number of requests before this one.
+struct Origin {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Origin {
+    async fn start(script: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let script: Arc<Script> = Arc::new(script);
+        let count = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, script, count) = (s.clone(), script.clone(), count.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (seen, script, count) = (seen.clone(), script.clone(), count.clone());
+                        async move {
+                            let (parts, b) = req.into_parts();
+                            let body_len = b.collect().await.map_or(0, |c| c.to_bytes().len());
+                            let one = Seen {
+                                method: parts.method,
+                                uri: parts.uri.to_string(),
+                                version: parts.version,
+                                headers: parts.headers,
+                                body_len,
+                            };
+                            let n = count.fetch_add(1, Ordering::SeqCst);
+                            let r = script(&one, n);
+                            seen.lock().unwrap().push(one);
+                            if !r.delay.is_zero() {
+                                tokio::time::sleep(r.delay).await;
+                            }
+                            let mut resp = Response::new(Full::new(r.body));
+                            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap();
+                            for (n, v) in r.headers {
+                                resp.headers_mut().append(n, v.parse().unwrap());
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Origin { addr, seen, task }
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn config(origin: SocketAddr, cache: &str) -> String {
+    format!(
+        "[global]\nwatch_config = false\nshutdown_timeout = \"5s\"\naccess_log = false\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\
+         {cache}\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+         [[listener.route]]\npath_prefix = \"/plain\"\nupstream = \"app\"\n\
+         [[listener.route]]\nupstream = \"app\"\ncache = true\n\
+         [upstream.app]\nretries = 0\nbackends = [{{ address = \"{origin}\" }}]\n"
+    )
+}
+
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn request(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let (status, headers, body) = send(&client(), b.body(empty()).unwrap()).await;
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Got {
+    request(addr, Method::GET, path, &[]).await
+}
+
+async fn start(origin: &Origin, cache: &str) -> (Fulcrum, SocketAddr) {
+    let f = Fulcrum::start(&config(origin.addr, cache)).await;
+    let addr = f.addr("web");
+    (f, addr)
+}
+
+#[tokio::test]
+async fn a_fresh_response_is_served_from_the_cache_and_head_after_get() {
+    let origin = Origin::start(|_, n| {
+        reply(
+            200,
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+            format!("body {n}"),
+        )
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+
+    let first = get(addr, "/a").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, "body 0");
+    assert_eq!(first.cache_status(), "fulcrum; fwd=miss; stored");
+
+    let second = get(addr, "/a").await;
+    assert_eq!(second.body, "body 0");
+    assert!(
+        second.cache_status().starts_with("fulcrum; hit; ttl="),
+        "{}",
+        second.cache_status()
+    );
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(second.headers["etag"], "\"v1\"");
+    assert_eq!(origin.count(), 1);
+
+    let head = request(addr, Method::HEAD, "/a", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-length"], "6");
+    assert!(head.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 1);
+
+    // The client's own conditional is answered from the cache.
+    let cond = request(addr, Method::GET, "/a", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(cond.status, 304);
+    assert_eq!(origin.count(), 1);
+
+    // Routes without `cache` never see it.
+    let plain = get(addr, "/plain").await;
+    assert!(!plain.headers.contains_key("cache-status"));
+
+    // Another path, another host: separate entries. A key never mixes hosts.
+    get(addr, "/b").await;
+    let other_host = request(addr, Method::GET, "/a", &[("host", "other.example")]).await;
+    assert_eq!(other_host.cache_status(), "fulcrum; fwd=miss; stored");
+    assert_eq!(origin.count(), 4);
+}
+
+#[tokio::test]
+async fn what_must_not_be_stored_is_not() {
+    let origin = Origin::start(|seen, n| {
+        let cc = match seen.uri.as_str() {
+            "/no-store" => "no-store, max-age=60",
+            "/private" => "private, max-age=60",
+            _ => "max-age=60",
+        };
+        let mut r = reply(200, &[("cache-control", cc)], format!("{n}"));
+        if seen.uri == "/vary-star" {
+            r.headers.push(("vary", "*".into()));
+        }
+        if seen.uri == "/nothing" {
+            r.headers.clear();
+        }
+        r
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    for path in ["/no-store", "/private", "/vary-star", "/nothing"] {
+        let a = get(addr, path).await;
+        let b = get(addr, path).await;
+        assert_ne!(a.body, b.body, "{path} was served from the cache");
+        assert_eq!(b.cache_status(), "fulcrum; fwd=miss", "{path}");
+    }
+    // Authorization: not stored without public / s-maxage / must-revalidate.
+    let auth = [("authorization", "Bearer x")];
+    let a = request(addr, Method::GET, "/auth", &auth).await;
+    let b = request(addr, Method::GET, "/auth", &auth).await;
+    assert_ne!(a.body, b.body);
+    // A request that says no-store is not stored either.
+    let ns = [("cache-control", "no-store")];
+    let a = request(addr, Method::GET, "/req-no-store", &ns).await;
+    let b = get(addr, "/req-no-store").await;
+    assert_ne!(a.body, b.body);
+}
+
+#[tokio::test]
+async fn vary_keeps_one_response_per_variant() {
+    let origin = Origin::start(|seen, _| {
+        let lang = seen
+            .headers
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_string();
+        reply(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            lang,
+        )
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    let en = [("accept-language", "en")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(request(addr, Method::GET, "/v", &en).await.body, "en");
+    let f = request(addr, Method::GET, "/v", &fr).await;
+    assert_eq!(f.body, "fr");
+    assert_eq!(f.cache_status(), "fulcrum; fwd=vary-miss; stored");
+    let e = request(addr, Method::GET, "/v", &en).await;
+    assert_eq!(e.body, "en");
+    assert!(e.cache_status().contains("hit"));
+    assert_eq!(request(addr, Method::GET, "/v", &fr).await.body, "fr");
+    assert_eq!(get(addr, "/v").await.body, "none");
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn stale_responses_are_revalidated_and_a_304_refreshes_them() {
+    // max-age=0: stale at once, revalidated with its ETag every time.
+    let origin = Origin::start(|seen, _| {
+        let matches = seen
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v.to_str().unwrap().contains("\"v1\""));
+        if matches {
+            reply(
+                304,
+                &[
+                    ("etag", "\"v1\""),
+                    ("cache-control", "max-age=0"),
+                    ("x-fresh", "yes"),
+                ],
+                "",
+            )
+        } else {
+            reply(
+                200,
+                &[("etag", "\"v1\""), ("cache-control", "max-age=0")],
+                "the body",
+            )
+        }
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    assert_eq!(get(addr, "/r").await.body, "the body");
+    let again = get(addr, "/r").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, "the body");
+    assert_eq!(
+        again.headers["x-fresh"], "yes",
+        "the 304's fields replace the stored ones"
+    );
+    assert!(
+        again
+            .cache_status()
+            .starts_with("fulcrum; fwd=stale; fwd-status=304; stored"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.last().headers["if-none-match"], "\"v1\"");
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn a_client_no_cache_revalidates_a_fresh_response() {
+    let origin = Origin::start(|seen, n| {
+        if seen.headers.contains_key("if-none-match") {
+            reply(304, &[("etag", "\"e\"")], "")
+        } else {
+            reply(
+                200,
+                &[("etag", "\"e\""), ("cache-control", "max-age=600")],
+                format!("v{n}"),
+            )
+        }
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    assert_eq!(get(addr, "/n").await.body, "v0");
+    let r = request(addr, Method::GET, "/n", &[("cache-control", "no-cache")]).await;
+    assert_eq!(r.body, "v0");
+    assert!(
+        r.cache_status().contains("fwd=request"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 2);
+    let p = request(addr, Method::GET, "/n", &[("pragma", "no-cache")]).await;
+    assert_eq!(p.body, "v0");
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_upstream_request() {
+    let origin = Origin::start(|_, n| {
+        let mut r = reply(200, &[("cache-control", "max-age=60")], format!("only {n}"));
+        r.delay = Duration::from_millis(300);
+        r
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        tasks.push(tokio::spawn(async move { get(addr, "/c").await }));
+    }
+    for t in tasks {
+        let g = t.await.unwrap();
+        assert_eq!(g.status, 200);
+        assert_eq!(g.body, "only 0");
+    }
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_misses_of_an_unstorable_response_each_go_upstream() {
+    let origin = Origin::start(|_, n| {
+        let mut r = reply(200, &[("cache-control", "no-store")], format!("{n}"));
+        r.delay = Duration::from_millis(200);
+        r
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "/u").await }))
+        .collect();
+    let mut bodies = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.unwrap().body);
+    }
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 4, "each got its own answer");
+    assert_eq!(origin.count(), 4);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_behind() {
+    let origin = Origin::start(|_, n| {
+        reply(
+            200,
+            &[("cache-control", "max-age=0, stale-while-revalidate=600")],
+            format!("v{n}"),
+        )
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    assert_eq!(get(addr, "/s").await.body, "v0");
+    let stale = get(addr, "/s").await;
+    assert_eq!(stale.body, "v0");
+    assert!(
+        stale.cache_status().contains("hit")
+            && stale.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+    // The refresh happens behind: wait for it, then the new body is what is stored.
+    for _ in 0..200 {
+        if origin.count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut body = Bytes::new();
+    for _ in 0..200 {
+        body = get(addr, "/s").await.body;
+        if body != "v0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(body.starts_with(b"v"), "{body:?}");
+    assert_ne!(body, "v0");
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_when_the_origin_fails() {
+    let origin = Origin::start(|_, n| {
+        if n == 0 {
+            reply(
+                200,
+                &[("cache-control", "max-age=0, stale-if-error=600")],
+                "good",
+            )
+        } else {
+            reply(503, &[], "down")
+        }
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    assert_eq!(get(addr, "/e").await.body, "good");
+    let r = get(addr, "/e").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "good");
+    assert!(
+        r.cache_status().contains("fwd-status=503"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.cache_status().contains("detail=stale-if-error"));
+    // The origin gone altogether: still served.
+    drop(origin);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = get(addr, "/e").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "good");
+    // Without the directive, a failure is the client's to see.
+    let strict = Origin::start(|_, n| {
+        if n == 0 {
+            reply(
+                200,
+                &[("cache-control", "max-age=0"), ("etag", "\"x\"")],
+                "good",
+            )
+        } else {
+            reply(503, &[], "down")
+        }
+    })
+    .await;
+    let (_g, addr) = start(&strict, "").await;
+    get(addr, "/e").await;
+    assert_eq!(get(addr, "/e").await.status, 503);
+}
+
+#[tokio::test]
+async fn the_store_is_bounded_and_large_objects_stream_through() {
+    let origin = Origin::start(|seen, _| {
+        let len = if seen.uri.starts_with("/big") {
+            64 * 1024
+        } else {
+            10 * 1024
+        };
+        reply(200, &[("cache-control", "max-age=600")], pattern(len))
+    })
+    .await;
+    let (f, addr) = start(
+        &origin,
+        "[cache]\nmax_size = \"48KiB\"\nmax_object_size = \"16KiB\"\n",
+    )
+    .await;
+    // Larger than max_object_size: passes through whole, not stored.
+    let big = get(addr, "/big").await;
+    assert_eq!(big.body.len(), 64 * 1024);
+    assert_eq!(big.body.as_ref(), pattern(64 * 1024).as_slice());
+    assert_eq!(big.cache_status(), "fulcrum; fwd=miss");
+    assert_eq!(get(addr, "/big").await.cache_status(), "fulcrum; fwd=miss");
+
+    // Ten 10 KiB objects into 48 KiB: the first ones go, the last one stays.
+    for i in 0..10 {
+        get(addr, &format!("/o{i}")).await;
+    }
+    assert!(get(addr, "/o9").await.cache_status().contains("hit"));
+    assert_eq!(
+        get(addr, "/o0").await.cache_status(),
+        "fulcrum; fwd=miss; stored"
+    );
+    let m = metrics(&f).await;
+    let size: u64 = metric_value(&m, "fulcrum_cache_size_bytes").unwrap() as u64;
+    assert!(size > 0 && size <= 48 * 1024, "size {size}");
+}
+
+#[tokio::test]
+async fn a_broken_or_lying_body_is_not_stored() {
+    // Promises 1000 bytes, sends 500, closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            s.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c
+                .write_all(b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 1000\r\n\r\n")
+                .await;
+            let _ = c.write_all(&[b'x'; 500]).await;
+            drop(c);
+        }
+    });
+    let f = Fulcrum::start(&config(addr, "")).await;
+    let web = f.addr("web");
+    for _ in 0..2 {
+        let resp = client()
+            .request(
+                Request::get(format!("http://{web}/broken"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(resp.into_body().collect().await.is_err(), "the body breaks");
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 2, "nothing was stored");
+    task.abort();
+}
+
+#[tokio::test]
+async fn unsafe_methods_pass_through_and_invalidate() {
+    let origin = Origin::start(|seen, n| match seen.method {
+        Method::GET => reply(200, &[("cache-control", "max-age=600")], format!("get {n}")),
+        _ => reply(
+            200,
+            &[("location", "/other")],
+            format!("{} {}", seen.method, seen.body_len),
+        ),
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    get(addr, "/item").await;
+    get(addr, "/other").await;
+    assert!(get(addr, "/item").await.cache_status().contains("hit"));
+    let put = send(
+        &client(),
+        Request::put(format!("http://{addr}/item"))
+            .body(body("12345"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(put.2, "PUT 5", "forwarded untouched, with its body");
+    assert_eq!(put.1["cache-status"], "fulcrum; fwd=method");
+    let after = get(addr, "/item").await;
+    assert_eq!(after.cache_status(), "fulcrum; fwd=miss; stored");
+    // Location on the same host was invalidated too.
+    assert_eq!(
+        get(addr, "/other").await.cache_status(),
+        "fulcrum; fwd=miss; stored"
+    );
+    // A failed unsafe request invalidates nothing... and OPTIONS never does.
+    let before = origin.count();
+    request(addr, Method::OPTIONS, "/item", &[]).await;
+    assert!(get(addr, "/item").await.cache_status().contains("hit"));
+    assert_eq!(origin.count(), before + 1);
+}
+
+#[tokio::test]
+async fn only_if_cached_gets_504_on_a_miss() {
+    let origin = Origin::start(|_, _| reply(200, &[("cache-control", "max-age=60")], "x")).await;
+    let (_f, addr) = start(&origin, "").await;
+    let r = request(
+        addr,
+        Method::GET,
+        "/oic",
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(origin.count(), 0);
+    get(addr, "/oic").await;
+    let r = request(
+        addr,
+        Method::GET,
+        "/oic",
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn the_admin_api_purges_and_the_metrics_count() {
+    let origin =
+        Origin::start(|_, n| reply(200, &[("cache-control", "max-age=600")], format!("{n}"))).await;
+    let (f, addr) = start(&origin, "").await;
+    for p in ["/p/1", "/p/2", "/q"] {
+        get(addr, p).await;
+    }
+    let admin = f.admin.unwrap();
+    let (status, _, body) = send(
+        &client(),
+        Request::post(format!("http://{admin}/cache/purge"))
+            .body(common::http::body(r#"{"path_prefix": "/p/"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, r#"{"purged":2}"#);
+    assert_eq!(
+        get(addr, "/p/1").await.cache_status(),
+        "fulcrum; fwd=miss; stored"
+    );
+    assert!(get(addr, "/q").await.cache_status().contains("hit"));
+    let (status, _, _) = send(
+        &client(),
+        Request::post(format!("http://{admin}/cache/purge"))
+            .body(common::http::body(r#"{"host": 3}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let host = addr.to_string();
+    let (_, _, body) = send(
+        &client(),
+        Request::post(format!("http://{admin}/cache/purge"))
+            .body(common::http::body(format!(r#"{{"host": "{host}"}}"#)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body, r#"{"purged":2}"#);
+
+    request(addr, Method::DELETE, "/q", &[]).await;
+    let m = metrics(&f).await;
+    assert_eq!(
+        metric_value(&m, "fulcrum_cache_requests_total{result=\"hit\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&m, "fulcrum_cache_requests_total{result=\"miss\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric_value(&m, "fulcrum_cache_requests_total{result=\"bypass\"}"),
+        Some(1.0)
+    );
+}
+
+async fn metrics(f: &Fulcrum) -> String {
+    let admin = f.admin.unwrap();
+    let (_, _, body) = send(
+        &client(),
+        Request::get(format!("http://{admin}/metrics"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
