@@ -342,7 +342,7 @@ fn upstream_head(parts: &Parts) -> Parts {
 }
 
 fn ttl_secs(stored: &Stored, now: SystemTime) -> i64 {
-    stored.policy.time_to_live(now).as_secs() as i64
+    stored.ttl(now).as_secs() as i64
 }
 
 /// A stored response sent to the client; a 304 when the client's own conditional
