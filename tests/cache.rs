@@ -705,3 +705,70 @@ fn metric_value(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+#[tokio::test]
+async fn last_modified_validates_and_must_revalidate_fails_closed() {
+    const LM: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let origin = Origin::start(|seen, n| {
+        if seen
+            .headers
+            .get("if-modified-since")
+            .is_some_and(|v| v == LM)
+        {
+            reply(304, &[], "")
+        } else if n == 0 {
+            reply(
+                200,
+                &[("last-modified", LM), ("cache-control", "max-age=0")],
+                "dated",
+            )
+        } else {
+            reply(
+                200,
+                &[
+                    ("etag", "\"m\""),
+                    ("cache-control", "max-age=0, must-revalidate"),
+                ],
+                "strict",
+            )
+        }
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    get(addr, "/lm").await;
+    let r = get(addr, "/lm").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_ref()),
+        (200, b"dated".as_ref())
+    );
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.last().headers["if-modified-since"], LM);
+
+    // One answer, then the origin is gone: revalidation is impossible, and a
+    // must-revalidate response is not served stale but answered 504.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = listener.local_addr().unwrap();
+    let once = tokio::spawn(async move {
+        let (mut c, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf).await;
+        let _ = c
+            .write_all(b"HTTP/1.1 200 OK\r\netag: \"m\"\r\ncache-control: max-age=0, must-revalidate\r\ncontent-length: 6\r\nconnection: close\r\n\r\nstrict")
+            .await;
+    });
+    let g = Fulcrum::start(&config(gone, "")).await;
+    let web = g.addr("web");
+    assert_eq!(get(web, "/strict").await.body, "strict");
+    once.await.unwrap();
+    let r = get(web, "/strict").await;
+    assert_eq!(r.status, 504);
+    assert!(
+        r.cache_status().contains("fwd=stale"),
+        "{}",
+        r.cache_status()
+    );
+}

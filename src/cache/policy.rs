@@ -136,7 +136,9 @@ pub struct StaleRules {
     pub while_revalidate: Option<Duration>,
     /// RFC 5861 `stale-if-error`.
     pub if_error: Option<Duration>,
-    /// `must-revalidate`, `proxy-revalidate`, or `no-cache`: never served stale.
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` (which carries
+    /// proxy-revalidate's meaning for a shared cache, RFC 9111 5.2.2.10) or `no-cache`:
+    /// never served stale, whatever RFC 5861's directives say.
     pub never: bool,
 }
 
@@ -147,6 +149,7 @@ impl StaleRules {
             if_error: seconds(headers, "stale-if-error"),
             never: has(headers, "must-revalidate")
                 || has(headers, "proxy-revalidate")
+                || has(headers, "s-maxage")
                 || has(headers, "no-cache"),
         }
     }
@@ -748,6 +751,15 @@ mod tests {
         )]));
         assert!(!strict.serve_while_revalidating(Duration::ZERO, &none));
         assert!(!strict.serve_on_error(Duration::ZERO, &none));
+        // So do proxy-revalidate and s-maxage, for a shared cache.
+        for cc in ["max-age=1, proxy-revalidate", "s-maxage=1"] {
+            let r = StaleRules::of_response(&headers(&[(
+                "cache-control",
+                &format!("{cc}, stale-while-revalidate=10, stale-if-error=60"),
+            )]));
+            assert!(!r.serve_while_revalidating(Duration::ZERO, &none), "{cc}");
+            assert!(!r.serve_on_error(Duration::ZERO, &none), "{cc}");
+        }
         // The request's stale-if-error counts.
         let plain = StaleRules::of_response(&headers(&[("cache-control", "max-age=1")]));
         assert!(!plain.serve_on_error(Duration::from_secs(5), &none));
