@@ -57,7 +57,7 @@ impl Drop for Record {
             duration_ms = self.started.elapsed().as_millis() as u64,
             upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
             backend = %self.backend.as_ref().map_or("-", |b| b.name.as_str()),
-            cache = self.cache.map(super::cached::Outcome::as_str),
+            cache = self.cache.map(|c| tracing::field::display(c.as_str())),
             request_id = %self.request_id.to_str().unwrap_or("-"),
             client_cert = self.client_cert.as_deref(),
         );
