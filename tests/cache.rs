@@ -205,6 +205,13 @@ async fn a_fresh_response_is_served_from_the_cache_and_head_after_get() {
     assert!(head.cache_status().contains("hit"));
     assert_eq!(origin.count(), 1);
 
+    // A single range of the stored response.
+    let part = request(addr, Method::GET, "/a", &[("range", "bytes=2-3")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, "dy");
+    assert_eq!(part.headers["content-range"], "bytes 2-3/6");
+    assert_eq!(origin.count(), 1);
+
     // The client's own conditional is answered from the cache.
     let cond = request(addr, Method::GET, "/a", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(cond.status, 304);
@@ -771,4 +778,35 @@ async fn last_modified_validates_and_must_revalidate_fails_closed() {
         "{}",
         r.cache_status()
     );
+    // An origin that cannot be reached at all: the error says so in Cache-Status too.
+    let r = get(web, "/never-stored").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.cache_status(), "fulcrum; fwd=miss");
+}
+
+#[tokio::test]
+async fn a_304_for_another_response_is_not_passed_to_an_unconditional_client() {
+    let origin = Origin::start(|seen, n| {
+        if n == 0 {
+            reply(
+                200,
+                &[("etag", "\"abc\""), ("cache-control", "max-age=0")],
+                "old",
+            )
+        } else if seen.headers.contains_key("if-none-match") {
+            reply(304, &[("etag", "\"xyz\"")], "")
+        } else {
+            reply(
+                200,
+                &[("etag", "\"xyz\""), ("cache-control", "max-age=0")],
+                "new",
+            )
+        }
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    assert_eq!(get(addr, "/t").await.body, "old");
+    let r = get(addr, "/t").await;
+    assert_eq!((r.status.as_u16(), r.body.as_ref()), (200, b"new".as_ref()));
+    assert!(!origin.last().headers.contains_key("if-none-match"));
 }

@@ -10,6 +10,7 @@
 //! The HTTP engine drives it; nothing here touches a socket.
 
 pub mod policy;
+pub mod range;
 pub mod status;
 
 use std::collections::HashMap;
@@ -112,19 +113,7 @@ impl Stored {
         now: SystemTime,
     ) -> Stored {
         let headers = policy::merge_304(&self.headers, not_modified);
-        let policy = CachePolicy::new_options(
-            &PolicyRequest {
-                method: &Method::GET,
-                uri: &self.uri,
-                headers: request,
-            },
-            &policy::PolicyResponse {
-                status: self.status,
-                headers: &headers,
-            },
-            now,
-            policy::options(),
-        );
+        let policy = policy::new_policy(&self.uri, request, self.status, &headers, now);
         Stored {
             stale: StaleRules::of_response(&headers),
             secondary: self.secondary.clone(),
@@ -253,10 +242,11 @@ impl Cache {
         // directives of its own, a variant that matches, a response still fresh.
         let plain = !req.headers.contains_key(header::CACHE_CONTROL)
             && !req.headers.contains_key(header::PRAGMA);
+        let view = policy::request_view(&req.headers);
         let preq = PolicyRequest {
             method: &Method::GET,
             uri: &req.uri,
-            headers: &req.headers,
+            headers: &view,
         };
         for stored in variants.iter() {
             if plain && now < stored.fresh_until && stored.same_variant(&req.headers) {

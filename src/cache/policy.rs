@@ -23,6 +23,147 @@ pub fn options() -> CacheOptions {
     }
 }
 
+/// Statuses the policy crate stores; others only with explicit freshness (below).
+const UNDERSTOOD: [u16; 14] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// The policy of a response, from the fields as [`response_view`] and
+/// [`request_view`] present them. A final status the policy crate does not know is
+/// storable with explicit freshness (RFC 9111 3: any final status the cache
+/// understands, and a cache understands what it only stores and replays): it is
+/// presented as a 200, which changes nothing else since explicit freshness rules out
+/// heuristics.
+pub fn new_policy(
+    uri: &Uri,
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    now: std::time::SystemTime,
+) -> CachePolicy {
+    let request = request_view(request);
+    let response = response_view(response);
+    let explicit = response.contains_key(header::EXPIRES)
+        || directives(&response).any(|(n, _)| n == "max-age" || n == "s-maxage");
+    let status = if !UNDERSTOOD.contains(&status.as_u16())
+        && explicit
+        && status.as_u16() >= 200
+        && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+    {
+        StatusCode::OK
+    } else {
+        status
+    };
+    CachePolicy::new_options(
+        &PolicyRequest {
+            method: &Method::GET,
+            uri,
+            headers: &request,
+        },
+        &PolicyResponse {
+            status,
+            headers: &response,
+        },
+        now,
+        options(),
+    )
+}
+
+/// Directive names are case-insensitive (RFC 9111 5.2); the policy crate compares
+/// them as written: lower-case them.
+fn lower_cache_control(h: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = h
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(|v| HeaderValue::from_bytes(&v.as_bytes().to_ascii_lowercase()).unwrap_or(v.clone()))
+        .collect();
+    h.remove(header::CACHE_CONTROL);
+    for v in values {
+        h.append(header::CACHE_CONTROL, v);
+    }
+}
+
+fn has_upper_cache_control(h: &HeaderMap) -> bool {
+    h.get_all(header::CACHE_CONTROL)
+        .iter()
+        .any(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
+}
+
+/// The request's fields as the policy reads them: directive names in lower case, and
+/// `Pragma` ignored beside `Cache-Control` (RFC 9111 5.4).
+pub fn request_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
+    let pragma_ignored = h.contains_key(header::CACHE_CONTROL) && h.contains_key(header::PRAGMA);
+    if !pragma_ignored && !has_upper_cache_control(h) {
+        return std::borrow::Cow::Borrowed(h);
+    }
+    let mut out = h.clone();
+    if pragma_ignored {
+        out.remove(header::PRAGMA);
+    }
+    lower_cache_control(&mut out);
+    std::borrow::Cow::Owned(out)
+}
+
+/// The response's fields as the policy reads them: directive names in lower case;
+/// `Expires`, `Date` and `Last-Modified` read strictly in the three HTTP date forms
+/// (an `Expires` that is not one, or appears twice, is in the past; a `Date` or
+/// `Last-Modified` that is not one is absent); `Age` from its first value, absent when
+/// that is not delta-seconds.
+pub fn response_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
+    let mut out: Option<HeaderMap> = None;
+    if has_upper_cache_control(h) {
+        lower_cache_control(out.get_or_insert_with(|| h.clone()));
+    }
+    for name in [header::EXPIRES, header::DATE, header::LAST_MODIFIED] {
+        let mut values = h.get_all(&name).iter();
+        let Some(first) = values.next() else { continue };
+        let twice = values.next().is_some();
+        let parsed = first.to_str().ok().and_then(httpdate).filter(|_| !twice);
+        let normal = parsed.map(fmt_httpdate);
+        if normal.as_deref().map(str::as_bytes) == Some(first.as_bytes()) {
+            continue;
+        }
+        let o = out.get_or_insert_with(|| h.clone());
+        match normal.and_then(|n| HeaderValue::try_from(n).ok()) {
+            Some(v) => {
+                o.insert(&name, v);
+            }
+            None if name == header::EXPIRES => {
+                o.insert(&name, HeaderValue::from_static("0"));
+            }
+            None => {
+                o.remove(&name);
+            }
+        }
+    }
+    if let Some(age) = h.get(header::AGE) {
+        let first = age
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .and_then(delta_seconds);
+        let plain = h.get_all(header::AGE).iter().count() == 1
+            && first.is_some_and(|d| age.as_bytes() == d.as_secs().to_string().as_bytes());
+        if !plain {
+            let o = out.get_or_insert_with(|| h.clone());
+            match first {
+                Some(d) => {
+                    o.insert(header::AGE, HeaderValue::from(d.as_secs()));
+                }
+                None => {
+                    o.remove(header::AGE);
+                }
+            }
+        }
+    }
+    match out {
+        Some(o) => std::borrow::Cow::Owned(o),
+        None => std::borrow::Cow::Borrowed(h),
+    }
+}
+
 /// A request as the policy sees it: the path and query only (the cache key already
 /// holds the scheme and host), and optionally another method (a HEAD is answered
 /// from a stored GET).
@@ -219,7 +360,7 @@ pub fn refuse(
     if method != Method::GET {
         return Some("method");
     }
-    if status == StatusCode::PARTIAL_CONTENT || response.contains_key(header::CONTENT_RANGE) {
+    if status == StatusCode::PARTIAL_CONTENT {
         return Some("partial");
     }
     if !policy.is_storable() {
@@ -365,44 +506,132 @@ fn weak(tag: &str) -> &str {
     tag.trim().trim_start_matches("W/")
 }
 
-/// An HTTP date. Only the IMF-fixdate form every current origin sends is read; the
-/// obsolete forms count as no date (the condition is then not applied).
-fn httpdate(v: &str) -> Option<std::time::SystemTime> {
+/// An HTTP date (RFC 9110 5.6.7): IMF-fixdate, or one of the two obsolete forms
+/// recipients must still read (RFC 850 and asctime). Anything else is not a date.
+pub fn httpdate(v: &str) -> Option<std::time::SystemTime> {
+    let v = v.trim();
     imf_fixdate(v)
+        .or_else(|| rfc850_date(v))
+        .or_else(|| asctime_date(v))
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn imf_fixdate(v: &str) -> Option<std::time::SystemTime> {
-    let v = v.trim();
-    let rest = v.get(5..)?; // "Sun, "
-    let mut parts = rest.split(' ');
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut hms = parts.next()?.split(':');
-    let h: u64 = hms.next()?.parse().ok()?;
-    let m: u64 = hms.next()?.parse().ok()?;
-    let s: u64 = hms.next()?.parse().ok()?;
-    if parts.next()? != "GMT" || day == 0 || day > 31 || h > 23 || m > 59 || s > 60 {
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const LONG_DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+fn month(m: &str) -> Option<i64> {
+    MONTHS.iter().position(|x| *x == m).map(|i| i as i64 + 1)
+}
+
+fn digits<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
+    (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// `HH:MM:SS` as seconds.
+fn time_of_day(s: &str) -> Option<u64> {
+    let mut p = s.split(':');
+    let h: u64 = digits(p.next()?, 2)?;
+    let m: u64 = digits(p.next()?, 2)?;
+    let sec: u64 = digits(p.next()?, 2)?;
+    (p.next().is_none() && h < 24 && m < 60 && sec <= 60).then_some(h * 3600 + m * 60 + sec)
+}
+
+fn at(year: i64, month: i64, day: i64, secs: u64) -> Option<std::time::SystemTime> {
+    if !(1..=31).contains(&day) || year < 1970 {
         return None;
     }
-    let days = days_from_civil(year, month, day as i64);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(days * 86_400 + secs))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, single spaces exactly.
+fn imf_fixdate(v: &str) -> Option<std::time::SystemTime> {
+    let p: Vec<&str> = v.split(' ').collect();
+    let [wd, day, mon, year, time, "GMT"] = p.as_slice() else {
+        return None;
+    };
+    let wd = wd.strip_suffix(',')?;
+    DAYS.contains(&wd).then_some(())?;
+    at(
+        digits(year, 4)?,
+        month(mon)?,
+        digits(day, 2)?,
+        time_of_day(time)?,
+    )
+}
+
+/// `Sunday, 06-Nov-94 08:49:37 GMT` (two-digit years: RFC 9110 5.6.7's 50-year rule
+/// reduced to 1970-2069).
+fn rfc850_date(v: &str) -> Option<std::time::SystemTime> {
+    let p: Vec<&str> = v.split(' ').collect();
+    let [wd, date, time, "GMT"] = p.as_slice() else {
+        return None;
+    };
+    LONG_DAYS.contains(&wd.strip_suffix(',')?).then_some(())?;
+    let mut d = date.split('-');
+    let day = digits(d.next()?, 2)?;
+    let mon = month(d.next()?)?;
+    let yy: i64 = digits(d.next()?, 2)?;
+    let year = if yy >= 70 { 1900 + yy } else { 2000 + yy };
+    at(year, mon, day, time_of_day(time)?)
+}
+
+/// `Sun Nov  6 08:49:37 1994`.
+fn asctime_date(v: &str) -> Option<std::time::SystemTime> {
+    let wd = v.get(..4)?;
+    let rest = v.get(4..)?;
+    DAYS.contains(&wd.strip_suffix(' ')?).then_some(())?;
+    let mon = month(rest.get(..3)?)?;
+    let rest = rest.get(3..)?.strip_prefix(' ')?;
+    let day_field = rest.get(..2)?;
+    let day: i64 = day_field.trim_start_matches(' ').parse().ok()?;
+    let rest = rest.get(2..)?.strip_prefix(' ')?;
+    let (time, year) = rest.split_once(' ')?;
+    at(digits(year, 4)?, mon, day, time_of_day(time)?)
+}
+
+/// IMF-fixdate of a time.
+pub fn fmt_httpdate(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    // 1970-01-01 was a Thursday.
+    let wd = DAYS[((days + 3) % 7) as usize];
+    let mon = MONTHS[(m - 1).clamp(0, 11) as usize];
+    format!(
+        "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -434,19 +663,7 @@ mod tests {
 
     fn policy(req: &HeaderMap, status: u16, res: &HeaderMap, now: SystemTime) -> CachePolicy {
         let uri: Uri = "/x".parse().unwrap();
-        CachePolicy::new_options(
-            &PolicyRequest {
-                method: &Method::GET,
-                uri: &uri,
-                headers: req,
-            },
-            &PolicyResponse {
-                status: StatusCode::from_u16(status).unwrap(),
-                headers: res,
-            },
-            now,
-            options(),
-        )
+        new_policy(&uri, req, StatusCode::from_u16(status).unwrap(), res, now)
     }
 
     /// (request headers, status, response headers, stored?, freshness lifetime in s)
@@ -659,33 +876,7 @@ mod tests {
     }
 
     fn httpdate_of(t: SystemTime) -> String {
-        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        let (y, m, d) = civil_from_days(days as i64);
-        let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-        let mon = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ][m as usize - 1];
-        format!(
-            "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
-    }
-
-    fn civil_from_days(z: i64) -> (i64, i64, i64) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let y = yoe + era * 400;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (if m <= 2 { y + 1 } else { y }, m, d)
+        fmt_httpdate(t)
     }
 
     #[test]
@@ -694,10 +885,24 @@ mod tests {
             imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
-        assert_eq!(imf_fixdate("Sun, 06 Nov 1994 08:49:37 PST"), None);
-        assert_eq!(imf_fixdate("garbage"), None);
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(httpdate("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(httpdate("Sun Nov  6 08:49:37 1994"), Some(t));
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 06  Nov  1994 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 8:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "0",
+            "garbage",
+            "",
+        ] {
+            assert_eq!(httpdate(bad), None, "{bad:?}");
+        }
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(imf_fixdate(&httpdate_of(t)), Some(t));
+        assert_eq!(httpdate(&fmt_httpdate(t)), Some(t));
+        assert_eq!(fmt_httpdate(t), "Tue, 14 Nov 2023 22:13:20 GMT");
     }
 
     #[test]

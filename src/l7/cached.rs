@@ -29,7 +29,8 @@ use super::error::{self, ProxyError};
 use super::forward::{self, Trace};
 use super::{ConnCtx, Settings, UpstreamTarget};
 use crate::admin::metrics::Metrics;
-use crate::cache::policy::{self, PolicyRequest, PolicyResponse};
+use crate::cache::policy;
+use crate::cache::range;
 use crate::cache::status::{CacheStatus, Fwd, CACHE_STATUS};
 use crate::cache::{self, Cache, Flight, Join, Key, Lookup, Stored};
 
@@ -104,6 +105,17 @@ pub struct Forwarding<'a> {
 }
 
 impl Forwarding<'_> {
+    /// Forwards; should it fail, the error response carries `status` too.
+    async fn send_as(
+        &self,
+        status: CacheStatus,
+        req: Request<Option<Incoming>>,
+        trace: &mut Trace,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        trace.cache_status = Some(status.to_header());
+        self.send(req, trace).await
+    }
+
     async fn send(
         &self,
         req: Request<Option<Incoming>>,
@@ -186,7 +198,11 @@ pub async fn serve(
             _ => Fwd::Miss,
         };
         let resp = f
-            .send(Request::from_parts(parts, Some(body)), trace)
+            .send_as(
+                CacheStatus::forward(fwd),
+                Request::from_parts(parts, Some(body)),
+                trace,
+            )
             .await?;
         return Ok(finish(
             route,
@@ -295,7 +311,9 @@ async fn bypass(
             .and_then(|h| h.to_str().ok())
             .map(|h| (h.to_owned(), req.uri().clone()))
     };
-    let resp = f.send(req.map(Some), trace).await?;
+    let resp = f
+        .send_as(CacheStatus::forward(Fwd::Method), req.map(Some), trace)
+        .await?;
     if let Some((host, uri)) = target {
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
@@ -369,6 +387,33 @@ fn served(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         *r.body_mut() = ResponseBody::empty();
         r.headers_mut().remove(header::CONTENT_LENGTH);
+    } else if r.status() == StatusCode::OK {
+        match range::select(&client.headers, r.headers(), stored.body.len() as u64) {
+            range::Selected::Whole => {}
+            range::Selected::Part(from, to) => {
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let total = stored.body.len();
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(to - from + 1));
+                if let Ok(v) = HeaderValue::try_from(format!("bytes {from}-{to}/{total}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                if client.method != Method::HEAD {
+                    let part = stored.body.slice(from as usize..=to as usize);
+                    *r.body_mut() = ResponseBody::Full(Some(part));
+                }
+            }
+            range::Selected::Unsatisfiable => {
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let total = stored.body.len();
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                if let Ok(v) = HeaderValue::try_from(format!("bytes */{total}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                *r.body_mut() = ResponseBody::empty();
+            }
+        }
     }
     finish(route, r, status, result, outcome)
 }
@@ -409,7 +454,8 @@ impl Fetch {
         outcome: &mut Option<Outcome>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let sent = f
-            .send(
+            .send_as(
+                CacheStatus::forward(self.fwd),
                 Request::from_parts(upstream_head(&self.upstream), body),
                 trace,
             )
@@ -445,6 +491,31 @@ impl Fetch {
             }
         }
         let resp = match sent {
+            Ok(r)
+                if r.status() == StatusCode::NOT_MODIFIED
+                    && !conditional(&self.client.headers)
+                    && self
+                        .stored
+                        .as_ref()
+                        .is_some_and(|s| !policy::freshens(&s.headers, r.headers())) =>
+            {
+                // A 304 for some other response than the one stored, to a client that
+                // asked for no 304: ask again without validators (RFC 9111 4.3.3).
+                drop(r);
+                route.cache.invalidate(&self.key);
+                let again = f
+                    .send_as(
+                        CacheStatus::forward(self.fwd),
+                        Request::from_parts(upstream_head(&self.client), None),
+                        trace,
+                    )
+                    .await?;
+                let refetch = Fetch {
+                    stored: None,
+                    ..self
+                };
+                return Ok(refetch.answer(route, again, SystemTime::now(), outcome));
+            }
             Ok(r) => r,
             // RFC 9111 4.2.4 / 5.2.2.2: a stored response that must be revalidated and
             // cannot be: 504.
@@ -498,18 +569,12 @@ impl Fetch {
             return finish(route, resp, status, Outcome::Miss, outcome);
         }
         let (parts, body) = resp.into_parts();
-        let policy = CachePolicy::new_options(
-            &PolicyRequest {
-                method: &Method::GET,
-                uri: &self.client.uri,
-                headers: &self.client.headers,
-            },
-            &PolicyResponse {
-                status: parts.status,
-                headers: &parts.headers,
-            },
+        let policy = policy::new_policy(
+            &self.client.uri,
+            &self.client.headers,
+            parts.status,
+            &parts.headers,
             now,
-            policy::options(),
         );
         let declared = parts
             .headers
@@ -555,6 +620,11 @@ impl Fetch {
         let r = Response::from_parts(parts, ResponseBody::Tee(Box::new(tee)));
         finish(route, r, status, Outcome::Miss, outcome)
     }
+}
+
+/// Whether the client's request is conditional: then a 304 is an answer it can use.
+fn conditional(h: &HeaderMap) -> bool {
+    h.contains_key(header::IF_NONE_MATCH) || h.contains_key(header::IF_MODIFIED_SINCE)
 }
 
 /// 500, 502, 503 and 504: the origin failing, as `stale-if-error` means it.

@@ -102,6 +102,8 @@ fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
 pub struct Trace {
     pub backend: Option<Arc<Backend>>,
     pub body: Option<Arc<BodyStats>>,
+    /// `Cache-Status` for an error response, on cached routes.
+    pub cache_status: Option<HeaderValue>,
 }
 
 /// The request line and headers sent upstream, reusable across attempts.

@@ -386,6 +386,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         &mut cache,
     )
     .await;
+    let cache_status = trace.cache_status.take();
     let response = result.unwrap_or_else(|e| {
         let status = e.status();
         if status.is_server_error() {
@@ -398,6 +399,10 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             // What follows a malformed request on this connection cannot be trusted.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(v) = cache_status {
+            r.headers_mut()
+                .insert(crate::cache::status::CACHE_STATUS, v);
         }
         r
     });
