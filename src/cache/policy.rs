@@ -529,8 +529,24 @@ const LONG_DAYS: [&str; 7] = [
     "Sunday",
 ];
 
+/// Names compare without regard to case: origins that send `AUG` or `gmt` mean the
+/// same date.
 fn month(m: &str) -> Option<i64> {
-    MONTHS.iter().position(|x| *x == m).map(|i| i as i64 + 1)
+    MONTHS
+        .iter()
+        .position(|x| x.eq_ignore_ascii_case(m))
+        .map(|i| i as i64 + 1)
+}
+
+fn one_of(names: &[&str], n: &str) -> Option<()> {
+    names
+        .iter()
+        .any(|x| x.eq_ignore_ascii_case(n))
+        .then_some(())
+}
+
+fn gmt(tz: &str) -> Option<()> {
+    tz.eq_ignore_ascii_case("GMT").then_some(())
 }
 
 fn digits<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
@@ -559,11 +575,11 @@ fn at(year: i64, month: i64, day: i64, secs: u64) -> Option<std::time::SystemTim
 /// `Sun, 06 Nov 1994 08:49:37 GMT`, single spaces exactly.
 fn imf_fixdate(v: &str) -> Option<std::time::SystemTime> {
     let p: Vec<&str> = v.split(' ').collect();
-    let [wd, day, mon, year, time, "GMT"] = p.as_slice() else {
+    let [wd, day, mon, year, time, tz] = p.as_slice() else {
         return None;
     };
-    let wd = wd.strip_suffix(',')?;
-    DAYS.contains(&wd).then_some(())?;
+    gmt(tz)?;
+    one_of(&DAYS, wd.strip_suffix(',')?)?;
     at(
         digits(year, 4)?,
         month(mon)?,
@@ -576,10 +592,11 @@ fn imf_fixdate(v: &str) -> Option<std::time::SystemTime> {
 /// reduced to 1970-2069).
 fn rfc850_date(v: &str) -> Option<std::time::SystemTime> {
     let p: Vec<&str> = v.split(' ').collect();
-    let [wd, date, time, "GMT"] = p.as_slice() else {
+    let [wd, date, time, tz] = p.as_slice() else {
         return None;
     };
-    LONG_DAYS.contains(&wd.strip_suffix(',')?).then_some(())?;
+    gmt(tz)?;
+    one_of(&LONG_DAYS, wd.strip_suffix(',')?)?;
     let mut d = date.split('-');
     let day = digits(d.next()?, 2)?;
     let mon = month(d.next()?)?;
@@ -592,7 +609,7 @@ fn rfc850_date(v: &str) -> Option<std::time::SystemTime> {
 fn asctime_date(v: &str) -> Option<std::time::SystemTime> {
     let wd = v.get(..4)?;
     let rest = v.get(4..)?;
-    DAYS.contains(&wd.strip_suffix(' ')?).then_some(())?;
+    one_of(&DAYS, wd.strip_suffix(' ')?)?;
     let mon = month(rest.get(..3)?)?;
     let rest = rest.get(3..)?.strip_prefix(' ')?;
     let day_field = rest.get(..2)?;
@@ -888,6 +905,7 @@ mod tests {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(httpdate("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
         assert_eq!(httpdate("Sun Nov  6 08:49:37 1994"), Some(t));
+        assert_eq!(httpdate("SUN, 06 nov 1994 08:49:37 gmt"), Some(t));
         for bad in [
             "Sun, 06 Nov 1994 08:49:37 PST",
             "Sun, 06  Nov  1994 08:49:37 GMT",
