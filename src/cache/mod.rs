@@ -350,3 +350,167 @@ pub async fn wait(mut rx: watch::Receiver<()>, limit: Duration) {
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max: u64) -> CacheSettings {
+        CacheSettings {
+            max_size: max,
+            max_object_size: max,
+        }
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::get(path);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn stored(req: &Parts, response: &[(&str, &str)], body: &'static [u8]) -> Stored {
+        let now = SystemTime::now();
+        let mut h = HeaderMap::new();
+        for (n, v) in response {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let policy = policy::new_policy(&req.uri, &req.headers, StatusCode::OK, &h, now);
+        Stored::new(
+            policy,
+            req.uri.clone(),
+            &req.headers,
+            StatusCode::OK,
+            h,
+            Bytes::from_static(body),
+            now,
+        )
+    }
+
+    fn key(path: &str) -> Key {
+        Key::new(false, "Example.com", &path.parse().unwrap())
+    }
+
+    #[test]
+    fn stores_looks_up_and_keeps_one_response_per_variant() {
+        let cache = Cache::new(settings(1 << 20));
+        let now = SystemTime::now();
+        let en = request("/a", &[("accept-language", "en")]);
+        let fr = request("/a", &[("accept-language", "fr")]);
+        let vary = [("cache-control", "max-age=60"), ("vary", "accept-language")];
+        assert!(matches!(
+            cache.lookup(&key("/a"), &en, now),
+            Lookup::Miss { vary: false }
+        ));
+        cache.insert(key("/a"), stored(&en, &vary, b"en"));
+        assert!(matches!(
+            cache.lookup(&key("/a"), &fr, now),
+            Lookup::Miss { vary: true }
+        ));
+        cache.insert(key("/a"), stored(&fr, &vary, b"fr"));
+        cache.insert(key("/a"), stored(&en, &vary, b"en2"));
+        match cache.lookup(&key("/a"), &en, now) {
+            Lookup::Fresh(s) => assert_eq!(s.body, "en2"),
+            _ => panic!("en is stored"),
+        }
+        match cache.lookup(&key("/a"), &fr, now) {
+            Lookup::Fresh(s) => assert_eq!(s.body, "fr"),
+            _ => panic!("fr is stored"),
+        }
+        // Hosts are compared without regard to case; the path is not.
+        assert!(matches!(
+            cache.lookup(
+                &Key::new(false, "example.COM", &"/a".parse().unwrap()),
+                &en,
+                now
+            ),
+            Lookup::Fresh(_)
+        ));
+        assert!(matches!(
+            cache.lookup(&key("/A"), &en, now),
+            Lookup::Miss { .. }
+        ));
+        // A request with directives of its own takes the policy's full path.
+        let no_cache = request(
+            "/a",
+            &[("accept-language", "en"), ("cache-control", "no-cache")],
+        );
+        assert!(matches!(
+            cache.lookup(&key("/a"), &no_cache, now),
+            Lookup::Stale(..)
+        ));
+        assert_eq!(cache.purge(Some("example.com"), Some("/a")), 2);
+        assert!(matches!(
+            cache.lookup(&key("/a"), &en, now),
+            Lookup::Miss { vary: false }
+        ));
+    }
+
+    #[test]
+    fn the_least_recently_used_goes_first() {
+        let cache = Cache::new(settings(8 * 1024));
+        let r = request("/", &[]);
+        let body: &'static [u8] = &[b'x'; 2000];
+        for i in 0..3 {
+            cache.insert(
+                key(&format!("/{i}")),
+                stored(&r, &[("cache-control", "max-age=60")], body),
+            );
+        }
+        let now = SystemTime::now();
+        // Touch /0, then two more entries push out the least recently used: /1, /2.
+        assert!(matches!(
+            cache.lookup(&key("/0"), &r, now),
+            Lookup::Fresh(_)
+        ));
+        for i in 3..5 {
+            cache.insert(
+                key(&format!("/{i}")),
+                stored(&r, &[("cache-control", "max-age=60")], body),
+            );
+        }
+        assert!(cache.size() <= 8 * 1024);
+        assert!(matches!(
+            cache.lookup(&key("/4"), &r, now),
+            Lookup::Fresh(_)
+        ));
+        assert!(matches!(
+            cache.lookup(&key("/1"), &r, now),
+            Lookup::Miss { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn one_request_leads_the_others_wait_until_it_is_over() {
+        let cache = Cache::new(settings(1 << 20));
+        let Join::Lead(flight) = cache.join(&key("/c")) else {
+            panic!("the first leads");
+        };
+        let Join::Wait(rx) = cache.join(&key("/c")) else {
+            panic!("the second waits");
+        };
+        assert!(matches!(cache.join(&key("/other")), Join::Lead(_)));
+        let waiter = tokio::spawn(wait(rx, Duration::from_secs(30)));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(flight);
+        waiter.await.unwrap();
+        // Over: the next one leads again.
+        assert!(matches!(cache.join(&key("/c")), Join::Lead(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_is_bounded() {
+        let cache = Cache::new(settings(1 << 20));
+        let _flight = cache.join(&key("/c"));
+        let Join::Wait(rx) = cache.join(&key("/c")) else {
+            panic!("the second waits");
+        };
+        // Paused time: the bound passes without the flight ending.
+        wait(rx, Duration::from_secs(5)).await;
+    }
+}
