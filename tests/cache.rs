@@ -810,3 +810,39 @@ async fn a_304_for_another_response_is_not_passed_to_an_unconditional_client() {
     assert_eq!((r.status.as_u16(), r.body.as_ref()), (200, b"new".as_ref()));
     assert!(!origin.last().headers.contains_key("if-none-match"));
 }
+
+#[tokio::test]
+async fn the_cache_survives_a_reload_unless_its_sizes_change() {
+    let origin =
+        Origin::start(|_, n| reply(200, &[("cache-control", "max-age=600")], format!("{n}"))).await;
+    let dir = std::env::temp_dir().join(format!("fulcrum-cache-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fulcrum.toml");
+    std::fs::write(&file, config(origin.addr, "")).unwrap();
+    let f = Fulcrum::start_at(&config(origin.addr, ""), &file).await;
+    let (addr, admin) = (f.addr("web"), f.admin.unwrap());
+    let reload = || async move {
+        let (status, _, body) = send(
+            &client(),
+            Request::post(format!("http://{admin}/reload"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body:?}");
+    };
+    get(addr, "/r").await;
+    reload().await;
+    assert!(get(addr, "/r").await.cache_status().contains("hit"));
+    std::fs::write(
+        &file,
+        config(origin.addr, "[cache]\nmax_size = \"32MiB\"\n"),
+    )
+    .unwrap();
+    reload().await;
+    assert_eq!(
+        get(addr, "/r").await.cache_status(),
+        "fulcrum; fwd=miss; stored"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
