@@ -6,6 +6,7 @@
 //! "is not supported yet" rather than ignored.
 
 mod error;
+mod failover;
 mod raw;
 mod units;
 
@@ -18,6 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use failover::{
+    default_dead_after, Failover, Vip, DEFAULT_FAILOVER_INTERVAL, DEFAULT_FAILOVER_PRIORITY,
+    MAX_NODE_NAME, MIN_FAILOVER_INTERVAL,
+};
 pub use ipnet::IpNet;
 use raw::*;
 use toml::Spanned;
@@ -60,6 +65,8 @@ pub struct Config {
     /// Sorted by name.
     pub upstreams: Vec<Upstream>,
     pub admin: Option<Admin>,
+    /// `[failover]`: the active-passive pair.
+    pub failover: Option<Failover>,
 }
 
 /// `[admin]`: the admin API's listener.
@@ -385,6 +392,7 @@ impl Config {
             listeners: Vec::new(),
             upstreams: Vec::new(),
             admin: None,
+            failover: None,
         }
     }
 
@@ -450,6 +458,27 @@ impl Config {
                 u.backends.len(),
                 if u.backends.len() == 1 { "" } else { "s" },
                 backends.join(", ")
+            );
+        }
+        if let Some(f) = &self.failover {
+            let vips: Vec<String> = f
+                .vips
+                .iter()
+                .map(|v| format!("{} on {}", v.address, v.interface))
+                .collect();
+            let _ = writeln!(
+                out,
+                "failover {}: priority {}, heartbeats on {} to {} peer{}, vips: {}",
+                f.node,
+                f.priority,
+                f.bind,
+                f.peers.len(),
+                if f.peers.len() == 1 { "" } else { "s" },
+                if vips.is_empty() {
+                    "none (hooks only)".to_string()
+                } else {
+                    vips.join(", ")
+                }
             );
         }
         out
@@ -537,9 +566,7 @@ impl Validator<'_> {
         if let Some(cache) = &raw.cache {
             self.unsupported(cache.span(), "cache");
         }
-        if let Some(failover) = &raw.failover {
-            self.unsupported(failover.span(), "failover");
-        }
+        let failover = raw.failover.as_ref().map(|f| self.failover(f.get_ref()));
         let upstreams: Vec<Upstream> = raw
             .upstream
             .iter()
@@ -583,6 +610,7 @@ impl Validator<'_> {
             listeners,
             upstreams,
             admin,
+            failover,
         }
     }
 

@@ -97,6 +97,12 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     };
     shared.current.store(Arc::new(next));
     shared.metrics.config_generation.set(generation as i64);
+    if old.config.failover != config.failover {
+        warn!(
+            generation,
+            "[failover] changed: failover keeps the settings it started with until the next restart"
+        );
+    }
 
     let wanted: HashSet<BindKey> = config
         .listeners
@@ -301,6 +307,22 @@ pub(crate) fn refresh_backend_metrics(shared: &Shared) {
     }
 }
 
+/// The `failover` object of `/status`.
+fn failover_status(shared: &Shared) -> serde_json::Value {
+    match shared.failover.get() {
+        Some(rx) => {
+            let s = rx.borrow();
+            json!({
+                "enabled": true,
+                "node": s.node,
+                "state": s.state(),
+                "peer_last_seen_ms": s.peer_last_seen_ms(),
+            })
+        }
+        None => json!({ "enabled": false }),
+    }
+}
+
 /// The `/status` document.
 pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     let snapshot = shared.current.load();
@@ -345,7 +367,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": snapshot.generation,
         "uptime_seconds": shared.started.elapsed().as_secs(),
-        "failover": { "enabled": false },
+        "failover": failover_status(shared),
         "listeners": listeners,
         "upstreams": upstreams,
     })
