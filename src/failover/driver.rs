@@ -48,6 +48,9 @@ const ARP_GAP: Duration = Duration::from_millis(150);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one warning per this period about rejected heartbeats or failed sends.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Announcing again at most this often: while a peer that ranks lower still claims to
+/// be active, each of its heartbeats asks for an announce.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 /// Commands waiting for the address and hook tasks; transitions are rare.
 const QUEUE: usize = 64;
 
@@ -163,6 +166,7 @@ pub fn start(
         metrics,
         warned: None,
         suppressed: 0,
+        announced: None,
         config,
     };
     let task = tokio::spawn(driver.run(stop.clone(), events_rx, addresses, hooks));
@@ -217,6 +221,8 @@ struct Driver {
     /// Rate limit of warnings: when the last one was logged, and how many were not.
     warned: Option<Instant>,
     suppressed: u64,
+    /// When the addresses were last announced again.
+    announced: Option<Instant>,
 }
 
 impl Driver {
@@ -387,8 +393,15 @@ impl Driver {
                     self.send(State::Passive);
                 }
                 Action::Announce => {
-                    debug!("failover: announcing the addresses again");
-                    self.command(Command::Announce);
+                    let now = Instant::now();
+                    if self
+                        .announced
+                        .is_none_or(|t| now.duration_since(t) >= ANNOUNCE_EVERY)
+                    {
+                        debug!("failover: announcing the addresses again");
+                        self.announced = Some(now);
+                        self.command(Command::Announce);
+                    }
                 }
                 Action::SendResign => {
                     info!("failover: resigning");
