@@ -326,3 +326,32 @@ fn a_failover_section_gets_its_defaults_and_reads_its_key() {
         "the key is never printed"
     );
 }
+
+/// config/failover-pair is checked with its example key in place of the real one,
+/// which is never part of the repository.
+#[test]
+fn the_failover_pair_examples_are_valid_with_a_key() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/failover-pair");
+    let dir = std::env::temp_dir().join(format!("fulcrum-config-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("failover.key.example"), dir.join("failover.key")).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["lb1.toml", "lb2.toml"] {
+        std::fs::copy(src.join(name), dir.join(name)).unwrap();
+        nodes.push(Config::load(&dir.join(name)));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let nodes: Vec<Config> = nodes
+        .into_iter()
+        .map(|n| n.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let (a, b) = (
+        nodes[0].failover.as_ref().unwrap(),
+        nodes[1].failover.as_ref().unwrap(),
+    );
+    assert_eq!(a.peers, [b.bind]);
+    assert_eq!(b.peers, [a.bind]);
+    assert_eq!(a.secret, b.secret);
+    assert_eq!(a.vips, b.vips);
+    assert!(a.priority > b.priority);
+}
