@@ -4,6 +4,8 @@
 //! - [`balance`]: the balancing strategies, pure and synchronous.
 //! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`.
 //! - [`l4`]: the TCP engine.
+//! - [`failover`]: the active-passive pair: heartbeats, the state machine, the driver
+//!   that moves the virtual addresses.
 //! - [`runtime`]: one generation of configuration, listeners, shutdown.
 
 pub mod activity;

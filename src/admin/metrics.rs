@@ -51,9 +51,11 @@ pub struct Metrics {
     /// Reloads by result (`success`, `failure`).
     pub config_reloads_total: IntCounterVec,
     pub config_generation: IntGauge,
-    /// 1 while this node holds the virtual addresses; failover is not served yet.
+    /// 1 while this node is the active one of a failover pair.
     pub failover_active: IntGauge,
+    /// Failover role changes, by the role entered (`active`, `passive`, `fault`).
     pub failover_transitions_total: IntCounterVec,
+    /// Heartbeats dropped, by reason (see `failover::wire::Reject`).
     pub failover_heartbeats_rejected_total: IntCounterVec,
 }
 

@@ -2,7 +2,7 @@
 //! and two helpers it never waits on.
 //!
 //! - The heartbeat task sends this node's heartbeat to every peer each `interval`,
-//!   authenticates what arrives (rejections counted by reason), ticks the machine four
+//!   authenticates what arrives (rejections counted by reason), ticks the machine ten
 //!   times per interval, and turns the machine's actions into commands.
 //! - The address task runs those commands in order: add the virtual addresses over
 //!   netlink and announce them with gratuitous ARP (three times, 150 ms apart, on a
@@ -173,6 +173,12 @@ pub fn start(
     Ok(Running { status, stop, task })
 }
 
+/// How often the machine looks at the time: a tenth of `interval` (at least 5 ms), so
+/// that a takeover comes at most that late after `dead_after`.
+fn check_every(interval: Duration) -> Duration {
+    (interval / 10).max(Duration::from_millis(5))
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -248,8 +254,7 @@ impl Driver {
         );
         let mut send = tokio::time::interval(self.config.interval);
         send.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut check =
-            tokio::time::interval((self.config.interval / 4).max(Duration::from_millis(5)));
+        let mut check = tokio::time::interval(check_every(self.config.interval));
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut buf = [0u8; 512];
         loop {
@@ -290,7 +295,13 @@ impl Driver {
     }
 
     fn received(&mut self, data: &[u8], from: SocketAddr) {
-        let accepted = if self.config.peers.iter().any(|p| p.ip() == from.ip()) {
+        let source = from.ip().to_canonical();
+        let accepted = if self
+            .config
+            .peers
+            .iter()
+            .any(|p| p.ip().to_canonical() == source)
+        {
             self.receiver.accept(data, &self.config.secret, unix_ms())
         } else {
             Err(Reject::Source)
@@ -316,12 +327,11 @@ impl Driver {
                     .with_label_values(&[reject.reason()])
                     .inc();
                 debug!(from = %from, reason = reject.reason(), "failover: heartbeat rejected");
-                if reject != Reject::Own {
-                    self.warn(format_args!(
-                        "heartbeat from {from} rejected ({})",
-                        reject.reason()
-                    ));
-                }
+                // `own` from a peer's address: two nodes share a name.
+                self.warn(format_args!(
+                    "heartbeat from {from} rejected ({})",
+                    reject.reason()
+                ));
             }
         }
     }
@@ -585,5 +595,105 @@ async fn run_hooks(config: Arc<Failover>, mut hooks: mpsc::Receiver<Hook>) {
                 warn!(hook = %path.display(), state, timeout = ?HOOK_TIMEOUT, "failover: hook killed: ran too long");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Generous bound for anything these tests wait on; never a measurement.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn metrics() -> Metrics {
+        Metrics {
+            active: IntGauge::new("a", "a").unwrap(),
+            transitions: IntCounterVec::new(prometheus::Opts::new("t", "t"), &["to"]).unwrap(),
+            rejected: IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap(),
+        }
+    }
+
+    fn node(
+        name: &str,
+        priority: u8,
+        bind: SocketAddr,
+        peer: SocketAddr,
+        dir: &std::path::Path,
+    ) -> Failover {
+        Failover {
+            node: name.into(),
+            priority,
+            bind,
+            peers: vec![peer],
+            interval: Duration::from_millis(20),
+            dead_after: Duration::from_millis(100),
+            preempt: true,
+            secret: b"key".to_vec(),
+            vips: Vec::new(),
+            on_active: Some(dir.join("hook")),
+            on_passive: None,
+        }
+    }
+
+    async fn wait_role(status: &watch::Receiver<Status>, role: Role) {
+        let mut rx = status.clone();
+        tokio::time::timeout(PATIENCE, rx.wait_for(|s| s.role == role))
+            .await
+            .expect("role in time")
+            .expect("driver alive");
+    }
+
+    #[tokio::test]
+    async fn two_nodes_elect_the_higher_and_a_graceful_stop_hands_over() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-driver-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hook = dir.join("hook");
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\necho \"$FULCRUM_FAILOVER_NODE $FULCRUM_FAILOVER_STATE\" >> \"$(dirname \"$0\")/ran\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let a_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a_addr, b_addr) = (a_sock.local_addr().unwrap(), b_sock.local_addr().unwrap());
+        a_sock.set_nonblocking(true).unwrap();
+        b_sock.set_nonblocking(true).unwrap();
+        let a_metrics = metrics();
+        let a = start(
+            node("a", 200, a_addr, b_addr, &dir),
+            a_sock,
+            a_metrics.clone(),
+        )
+        .unwrap();
+        let b = start(node("b", 100, b_addr, a_addr, &dir), b_sock, metrics()).unwrap();
+        let (a_status, b_status) = (a.status(), b.status());
+        wait_role(&a_status, Role::Active).await;
+        assert_eq!(b_status.borrow().role, Role::Passive);
+        assert!(b_status.borrow().peer_last_seen_ms().is_some());
+        assert_eq!(a_metrics.active.get(), 1);
+        assert_eq!(
+            a_metrics.transitions.with_label_values(&["active"]).get(),
+            1
+        );
+
+        // A graceful stop of the active: the passive takes over.
+        a.stop().await;
+        wait_role(&b_status, Role::Active).await;
+        b.stop().await;
+        let ran = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let ran = std::fs::read_to_string(dir.join("ran")).unwrap_or_default();
+                if ran.lines().count() >= 2 {
+                    return ran;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        let ran = ran.expect("both hooks ran");
+        assert_eq!(ran, "a active\nb active\n");
     }
 }
