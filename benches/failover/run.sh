@@ -5,7 +5,7 @@
 #
 # Topology: two balancers (lb1 10.99.0.11, lb2 10.99.0.12) on a bridge with a backend
 # (10.99.0.20, fulcrum serving a static file) and a client (10.99.0.30); heartbeats
-# (or VRRP adverts) on a veth link of their own between the balancers (10.98.0.1/2).
+# (or VRRP adverts) on a network of their own, another bridge (10.98.0.1, 10.98.0.2).
 # The VIP is 10.99.0.100/24 on eth0; both balancers' proxies listen on it.
 #
 # The client asks http://VIP:8080/ every 10 ms, one request at a time, each with a
@@ -14,11 +14,11 @@
 #              or keepalived and the proxy); takeover = from the kill to the end of
 #              the first successful request started after it; failed = requests
 #              started after the kill that failed.
-#   partition: the heartbeat link goes down (both nodes become active), then up;
+#   partition: heartbeats are dropped both ways (both nodes become active), then pass;
 #              reported: failed requests after it came up, and the time from then to
 #              the end of the first success after the last failure (0 if none failed).
 # Each case runs with fulcrum's own failover at interval 200ms and 100ms (default
-# dead_after: 3 x interval + 100ms), and, when keepalived is installed or installable,
+# dead_after: 3 x interval + 100ms; and 100ms with keepalived's window), and, when keepalived is installed or installable,
 # with keepalived (VRRPv3 unicast, advert_int 1 and 0.1) moving the VIP in front of
 # the same fulcrum proxy.
 set -euo pipefail
@@ -76,11 +76,18 @@ topology() {
     ip -n "$(ns $n)" addr add "$addr/24" dev eth0
     ip -n "$(ns $n)" link set eth0 up
   done
-  ip -n "$(ns lb1)" link add hb0 type veth peer name hb0 netns "$(ns lb2)"
-  ip -n "$(ns lb1)" addr add 10.98.0.1/30 dev hb0
-  ip -n "$(ns lb2)" addr add 10.98.0.2/30 dev hb0
-  ip -n "$(ns lb1)" link set hb0 up
-  ip -n "$(ns lb2)" link set hb0 up
+  # The heartbeat network: a second bridge, so that a partition (a port taken off it)
+  # leaves every interface up, as a failed switch or a firewall would.
+  ip -n "$br" link add br1 type bridge
+  ip -n "$br" link set br1 up
+  for pair in lb1:10.98.0.1 lb2:10.98.0.2; do
+    n=${pair%%:*}; addr=${pair#*:}
+    ip -n "$br" link add "h$n" type veth peer name hb0 netns "$(ns $n)"
+    ip -n "$br" link set "h$n" master br1
+    ip -n "$br" link set "h$n" up
+    ip -n "$(ns $n)" addr add "$addr/24" dev hb0
+    ip -n "$(ns $n)" link set hb0 up
+  done
 }
 
 # The backend: fulcrum serving one static file.
@@ -121,9 +128,10 @@ ${2:-}
 EOF
 }
 
-# start_fulcrum NODE PRIORITY INTERVAL: fulcrum with its own failover.
+# start_fulcrum NODE PRIORITY INTERVAL[/DEAD_AFTER]: fulcrum with its own failover.
 start_fulcrum() {
-  local n=$1 prio=$2 interval=$3 me peer
+  local n=$1 prio=$2 interval=${3%/*} dead_after= me peer
+  [ "$interval" = "$3" ] || dead_after="dead_after = \"${3#*/}\""
   if [ "$n" = lb1 ]; then me=10.98.0.1; peer=10.98.0.2; else me=10.98.0.2; peer=10.98.0.1; fi
   mkdir -p "$WORK/$n"
   echo "benchmark pair key" > "$WORK/$n/failover.key"
@@ -133,6 +141,7 @@ priority = $prio
 bind = \"$me:8411\"
 peers = [\"$peer:8411\"]
 interval = \"$interval\"
+$dead_after
 secret_file = \"failover.key\"
 vips = [{ address = \"$VIP/24\", interface = \"eth0\" }]" > "$WORK/$n/fulcrum.toml"
   ip netns exec "$(ns $n)" "$BIN" run -c "$WORK/$n/fulcrum.toml" 2>>"$WORK/$n/log" &
@@ -257,7 +266,7 @@ run_case() {
   for run in $(seq 1 "$RUNS"); do
     for n in lb1 lb2; do ip -n "$(ns $n)" addr del "$VIP/24" dev eth0 2>/dev/null || true; done
     rm -f "$WORK"/lb?/vrrp.pid
-    ip -n "$(ns lb1)" link set hb0 up
+    ip -n "$(ns br)" link set hlb1 master br1
     "start_$kind" lb1 150 "$param"
     "start_$kind" lb2 100 "$param"
     if ! wait_until 20 vip_on lb1; then echo "$name run $run: lb1 never took the VIP" >&2; stop_pids; continue; fi
@@ -273,19 +282,22 @@ run_case() {
       t0=$(date +%s%N)
       # shellcheck disable=SC2086
       kill -9 $victims 2>/dev/null || true
-      sleep 3
+      wait_until 20 vip_on lb2 || echo "$name run $run: lb2 never took the VIP" >&2
+      sleep 1.5
     else
-      ip -n "$(ns lb1)" link set hb0 down
+      # lb1's heartbeat port leaves the bridge: nothing passes, every interface of
+      # the balancers stays up, so neither sees a link fault.
+      ip -n "$(ns br)" link set hlb1 nomaster
       wait_until 20 vip_on lb2 || echo "$name run $run: lb2 never took the VIP in the partition" >&2
       sleep 1
       t0=$(date +%s%N)
-      ip -n "$(ns lb1)" link set hb0 up
+      ip -n "$(ns br)" link set hlb1 master br1
       sleep 3
     fi
     touch "$stopf"; wait "$client" || true
     read -r took failed < <(python3 "$ANALYZE" "$out" "$t0" "$mode")
     echo "$name run $run: ${took}s, $failed failed"
-    echo "$name $took $failed" >> "$WORK/results"
+    echo "$name|$took|$failed" >> "$WORK/results"
     stop_pids
   done
 }
@@ -295,20 +307,23 @@ summary() {
 import sys, statistics as st
 by = {}
 for l in open(sys.argv[1]):
-    name, took, failed = l.split()
+    name, took, failed = l.strip().split("|")
     by.setdefault(name, []).append((float(took), int(failed)))
 print()
-print(f"{'case':34} {'runs':>4} {'time mean':>10} {'min':>7} {'max':>7} {'failed mean':>12} {'max':>5}")
+print(f"{'case':40} {'runs':>4} {'time mean':>10} {'min':>7} {'max':>7} {'failed mean':>12} {'max':>5}")
 means = {}
 for name, rs in by.items():
     t = [r[0] for r in rs]; f = [r[1] for r in rs]
     means[name] = (st.mean(t), st.mean(f))
-    print(f"{name:34} {len(rs):>4} {st.mean(t):>9.3f}s {min(t):>6.3f}s {max(t):>6.3f}s {st.mean(f):>12.1f} {max(f):>5}")
-pairs = [("kill fulcrum 100ms", "kill keepalived 0.1"), ("kill fulcrum 200ms", "kill keepalived 1"),
+    print(f"{name:40} {len(rs):>4} {st.mean(t):>9.3f}s {min(t):>6.3f}s {max(t):>6.3f}s {st.mean(f):>12.1f} {max(f):>5}")
+pairs = [("kill fulcrum 100ms", "kill keepalived 0.1"),
+         ("kill fulcrum 100ms dead_after 360ms", "kill keepalived 0.1"),
+         ("kill fulcrum 200ms", "kill keepalived 1"),
          ("partition fulcrum 100ms", "partition keepalived 0.1")]
 for a, b in pairs:
-    if a in means and b in means and means[b][0] > 0:
-        print(f"{a} / {b}: time x{means[a][0] / means[b][0]:.2f}, failed x{means[a][1] / max(means[b][1], 1e-9):.2f}")
+    if a in means and b in means:
+        ratio = lambda x, y: f"x{x / y:.2f}" if y > 0 else f"{x:.3g} vs 0"
+        print(f"{a} / {b}: time {ratio(means[a][0], means[b][0])}, failed {ratio(means[a][1], means[b][1])}")
 EOF
 }
 
@@ -318,6 +333,9 @@ wait_until 20 ip netns exec "$(ns be)" bash -c "exec 3<>/dev/tcp/10.99.0.20/8080
 
 run_case "kill fulcrum 200ms" fulcrum 200ms kill
 run_case "kill fulcrum 100ms" fulcrum 100ms kill
+# keepalived's backup at priority 100 declares the master down after
+# 3 x advert_int + (256 - 100) / 256 x advert_int = 361 ms: the same window.
+run_case "kill fulcrum 100ms dead_after 360ms" fulcrum 100ms/360ms kill
 run_case "partition fulcrum 200ms" fulcrum 200ms partition
 run_case "partition fulcrum 100ms" fulcrum 100ms partition
 if command -v keepalived >/dev/null 2>&1; then
