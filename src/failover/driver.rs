@@ -626,8 +626,8 @@ mod tests {
             priority,
             bind,
             peers: vec![peer],
-            interval: Duration::from_millis(20),
-            dead_after: Duration::from_millis(100),
+            interval: Duration::from_millis(50),
+            dead_after: Duration::from_millis(300),
             preempt: true,
             secret: b"key".to_vec(),
             vips: Vec::new(),
@@ -670,7 +670,7 @@ mod tests {
         let b = start(node("b", 100, b_addr, a_addr, &dir), b_sock, metrics()).unwrap();
         let (a_status, b_status) = (a.status(), b.status());
         wait_role(&a_status, Role::Active).await;
-        assert_eq!(b_status.borrow().role, Role::Passive);
+        wait_role(&b_status, Role::Passive).await;
         assert!(b_status.borrow().peer_last_seen_ms().is_some());
         assert_eq!(a_metrics.active.get(), 1);
         assert_eq!(
@@ -685,7 +685,7 @@ mod tests {
         let ran = tokio::time::timeout(PATIENCE, async {
             loop {
                 let ran = std::fs::read_to_string(dir.join("ran")).unwrap_or_default();
-                if ran.lines().count() >= 2 {
+                if ran.lines().any(|l| l == "a active") && ran.lines().any(|l| l == "b active") {
                     return ran;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -693,7 +693,8 @@ mod tests {
         })
         .await;
         std::fs::remove_dir_all(&dir).unwrap();
-        let ran = ran.expect("both hooks ran");
-        assert_eq!(ran, "a active\nb active\n");
+        // On a loaded machine b may have been active for a moment before it heard a:
+        // the order is not asserted, only that each hook ran with its node and state.
+        ran.expect("both on_active hooks ran");
     }
 }
