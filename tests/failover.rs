@@ -29,15 +29,28 @@ use fulcrum::failover::wire::{self, Heartbeat, State};
 const PATIENCE: Duration = Duration::from_secs(20);
 const VIP: &str = "10.99.0.100";
 
-/// Runs `ip` with `args`; panics with its output when it fails.
+/// Runs `ip` with `args`; the error names the command and says what `ip` said.
+fn try_ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip` with `args`; panics when it fails.
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = try_ip(args) {
+        panic!("{e}");
+    }
 }
 
 /// The namespaces, the links and the processes of one test run, all removed when
@@ -53,7 +66,7 @@ impl Lab {
         format!("{}{name}", self.prefix)
     }
 
-    /// Builds the topology, or says why it cannot.
+    /// Builds the topology, or says why it cannot (what was made is removed on drop).
     fn new() -> Result<Lab, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -86,11 +99,11 @@ impl Lab {
         };
         let br = lab.ns("br");
         for n in ["br", "lb1", "lb2", "be", "cl"] {
-            ip(&["netns", "add", &lab.ns(n)]);
-            ip(&["-n", &lab.ns(n), "link", "set", "lo", "up"]);
+            try_ip(&["netns", "add", &lab.ns(n)])?;
+            try_ip(&["-n", &lab.ns(n), "link", "set", "lo", "up"])?;
         }
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &br, "link", "set", "br0", "up"]);
+        try_ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        try_ip(&["-n", &br, "link", "set", "br0", "up"])?;
         for (n, addr) in [
             ("lb1", "10.99.0.11/24"),
             ("lb2", "10.99.0.12/24"),
@@ -99,24 +112,24 @@ impl Lab {
         ] {
             let ns = lab.ns(n);
             let port = format!("v{n}");
-            ip(&[
+            try_ip(&[
                 "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
                 &ns,
-            ]);
-            ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
-            ip(&["-n", &br, "link", "set", &port, "up"]);
-            ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ])?;
+            try_ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+            try_ip(&["-n", &br, "link", "set", &port, "up"])?;
+            try_ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"])?;
+            try_ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
         // The heartbeat link: a veth pair straight between the balancers.
         let (lb1, lb2) = (lab.ns("lb1"), lab.ns("lb2"));
-        ip(&[
+        try_ip(&[
             "-n", &lb1, "link", "add", "hb0", "type", "veth", "peer", "name", "hb0", "netns", &lb2,
-        ]);
-        ip(&["-n", &lb1, "addr", "add", "10.98.0.1/30", "dev", "hb0"]);
-        ip(&["-n", &lb2, "addr", "add", "10.98.0.2/30", "dev", "hb0"]);
-        ip(&["-n", &lb1, "link", "set", "hb0", "up"]);
-        ip(&["-n", &lb2, "link", "set", "hb0", "up"]);
+        ])?;
+        try_ip(&["-n", &lb1, "addr", "add", "10.98.0.1/30", "dev", "hb0"])?;
+        try_ip(&["-n", &lb2, "addr", "add", "10.98.0.2/30", "dev", "hb0"])?;
+        try_ip(&["-n", &lb1, "link", "set", "hb0", "up"])?;
+        try_ip(&["-n", &lb2, "link", "set", "hb0", "up"])?;
         Ok(lab)
     }
 
@@ -207,6 +220,11 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Says, past the test harness's capture of `println!`, why a test did not run.
+fn skipped(why: &str) {
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
 /// Runs `f` on a thread that has entered the network namespace `ns`.
@@ -383,10 +401,7 @@ fn metric(lab: &Lab, n: &str, series: &str) -> Option<f64> {
 fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
     let mut lab = match Lab::new() {
         Ok(l) => l,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
+        Err(why) => return skipped(&why),
     };
     lab.start("be", &backend_config());
     lab.start("lb1", &lb_config("lb1", 150, "10.98.0.1", "10.98.0.2"));
@@ -482,10 +497,7 @@ fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
 fn a_vip_that_cannot_be_added_is_a_fault_never_active() {
     let mut lab = match Lab::new() {
         Ok(l) => l,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
+        Err(why) => return skipped(&why),
     };
     let config = lb_config("lb1", 150, "10.98.0.1", "10.98.0.2")
         .replace("interface = \"eth0\"", "interface = \"nosuch0\"");

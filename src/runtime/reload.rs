@@ -3,7 +3,8 @@
 //! store. In-flight work finishes on the generation it started with; sockets whose
 //! address stays are kept; backends that stay keep their live state and pools. A bad
 //! file, a certificate that does not load or a port that cannot be bound changes
-//! nothing. Also: watching the file, and the `/status` document.
+//! nothing. `[failover]` is read at start only: a reload that changes it is logged.
+//! Also: watching the file, and the `/status` document.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
