@@ -175,6 +175,15 @@ impl Lab {
         }
     }
 
+    /// Rewrites the config of namespace `n`'s fulcrum and sends it SIGHUP.
+    fn reload(&self, n: &str, config: &str) {
+        std::fs::write(self.dir.join(n).join("fulcrum.toml"), config).unwrap();
+        let (_, child) = self.children.iter().find(|(name, _)| name == n).unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+    }
+
     /// SIGTERM, and waits for the exit.
     fn terminate(&mut self, n: &str) -> Option<std::process::ExitStatus> {
         let i = self.children.iter().position(|(name, _)| name == n)?;
@@ -480,6 +489,16 @@ fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
         state(&lab, "lb1") == "active" && state(&lab, "lb2") == "passive"
     });
     clients.wait_served("the VIP to serve after the partition", &lab);
+
+    // A reload that changes [failover] is applied to the rest, and says that failover
+    // keeps its start settings; nothing changes in the pair.
+    lab.reload("lb2", &lb_config("lb2", 250, "10.98.0.2", "10.98.0.1"));
+    wait_for("lb2 to log the failover change at reload", &lab, || {
+        lab.log("lb2")
+            .contains("keeps the settings it started with")
+    });
+    assert_eq!(state(&lab, "lb2"), "passive");
+    assert_eq!(state(&lab, "lb1"), "active");
 
     // A graceful stop of the active resigns: the passive takes over, and the stopped
     // node exits 0.
