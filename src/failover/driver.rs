@@ -441,7 +441,12 @@ async fn run_addresses(
     hooks: mpsc::Sender<Hook>,
 ) {
     let mut netlink: Option<Netlink> = None;
+    // The gratuitous ARP series under way: a node that gives the addresses away stops
+    // announcing them, so that its last ARP never follows the new holder's.
+    let mut series = CancellationToken::new();
     while let Some(command) = commands.recv().await {
+        series.cancel();
+        series = CancellationToken::new();
         if !vips.is_empty() && netlink.is_none() {
             match Netlink::connect() {
                 Ok(n) => netlink = Some(n),
@@ -457,7 +462,7 @@ async fn run_addresses(
         match command {
             Command::Acquire => match acquire(netlink.as_ref(), &vips).await {
                 Ok(links) => {
-                    announce(&vips, &links);
+                    announce(&vips, &links, series.clone());
                     let _ = hooks.try_send(Hook::Active);
                 }
                 Err(e) => {
@@ -478,7 +483,7 @@ async fn run_addresses(
                     for vip in &vips {
                         links.push(n.link(&vip.interface).await.ok());
                     }
-                    announce(&vips, &links);
+                    announce(&vips, &links, series.clone());
                 }
             }
         }
@@ -524,7 +529,8 @@ async fn release(netlink: Option<&Netlink>, vips: &[Vip]) {
 }
 
 /// Gratuitous ARP for every IPv4 address, [`ARP_COUNT`] times on a timer of its own.
-fn announce(vips: &[Vip], links: &[Option<Link>]) {
+/// Stops early when `stop` fires.
+fn announce(vips: &[Vip], links: &[Option<Link>], stop: CancellationToken) {
     let targets: Vec<(u32, [u8; 6], std::net::Ipv4Addr)> = vips
         .iter()
         .zip(links)
@@ -543,7 +549,10 @@ fn announce(vips: &[Vip], links: &[Option<Link>]) {
     tokio::spawn(async move {
         for round in 0..ARP_COUNT {
             if round > 0 {
-                tokio::time::sleep(ARP_GAP).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(ARP_GAP) => {}
+                }
             }
             for (index, mac, ip) in &targets {
                 if let Err(e) = arp::send(*index, *mac, *ip) {
