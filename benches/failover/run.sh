@@ -10,8 +10,8 @@
 #
 # The client asks http://VIP:8080/ every 10 ms, one request at a time, each with a
 # 200 ms budget. Cases:
-#   kill:      kill -9 of everything this script runs on the active node (fulcrum;
-#              or keepalived and the proxy); takeover = from the kill to the end of
+#   kill:      SIGSTOP then kill -9 of everything this script runs on the active
+#              node (fulcrum; or keepalived and the proxy), as a crash would; takeover = from the kill to the end of
 #              the first successful request started after it; failed = requests
 #              started after the kill that failed.
 #   partition: heartbeats are dropped both ways (both nodes become active), then pass;
@@ -185,12 +185,17 @@ EOF
   eval "PIDS_$n=\"$proxy $ka\""
 }
 
-# Every process of NODE, the keepalived VRRP child included.
-node_pids() {
+# A crash of NODE: every process this script runs there stops at once (SIGSTOP), then
+# dies (SIGKILL). Stopping first matters for keepalived: its VRRP child, told of its
+# parent's death, would otherwise resign gracefully (a priority 0 advert) before its
+# own SIGKILL lands, or the parent would start a new child.
+crash_node() {
   local n=$1 v
   eval "v=\${PIDS_$n}"
-  echo "$v"
-  [ -f "$WORK/$n/vrrp.pid" ] && cat "$WORK/$n/vrrp.pid" || true
+  # shellcheck disable=SC2046,SC2086
+  kill -STOP $v $(cat "$WORK/$n/vrrp.pid" 2>/dev/null) 2>/dev/null || true
+  # shellcheck disable=SC2046,SC2086
+  kill -9 $(cat "$WORK/$n/vrrp.pid" 2>/dev/null) $v 2>/dev/null || true
 }
 
 vip_on() { ip -n "$(ns "$1")" -o addr show dev eth0 | grep -q " $VIP/"; }
@@ -278,10 +283,8 @@ run_case() {
     sleep 1
     local t0
     if [ "$mode" = kill ]; then
-      local victims; victims=$(node_pids lb1)
       t0=$(date +%s%N)
-      # shellcheck disable=SC2086
-      kill -9 $victims 2>/dev/null || true
+      crash_node lb1
       wait_until 20 vip_on lb2 || echo "$name run $run: lb2 never took the VIP" >&2
       sleep 1.5
     else
