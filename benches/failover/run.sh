@@ -11,9 +11,10 @@
 # The client asks http://VIP:8080/ every 10 ms, one request at a time, each with a
 # 200 ms budget. Cases:
 #   kill:      SIGSTOP then kill -9 of everything this script runs on the active
-#              node (fulcrum; or keepalived and the proxy), as a crash would; takeover = from the kill to the end of
-#              the first successful request started after it; failed = requests
-#              started after the kill that failed.
+#              node (fulcrum; or keepalived and the proxy), as a crash would;
+#              takeover = from the kill to the end of the first successful request
+#              after the first failed one; failed = requests started after the kill
+#              that failed.
 #   partition: heartbeats are dropped both ways (both nodes become active), then pass;
 #              reported: failed requests after it came up, and the time from then to
 #              the end of the first success after the last failure (0 if none failed).
@@ -253,7 +254,10 @@ rows = [tuple(map(int, l.split())) for l in open(log) if l.count(" ") == 2]
 after = [r for r in rows if r[0] >= t0]
 failed = sum(1 for r in after if r[2] == 0)
 if mode == "kill":
-    first = next((r for r in after if r[2] == 1), None)
+    # The first success after the first failure: a request the old node answered
+    # just before it stopped is not a takeover.
+    first_fail = next((i for i, r in enumerate(after) if r[2] == 0), None)
+    first = None if first_fail is None else next((r for r in after[first_fail:] if r[2] == 1), None)
     took = (first[1] - t0) / 1e9 if first else float("nan")
 else:
     last_fail = max((i for i, r in enumerate(after) if r[2] == 0), default=None)
@@ -283,8 +287,9 @@ run_case() {
     sleep 1
     local t0
     if [ "$mode" = kill ]; then
-      t0=$(date +%s%N)
       crash_node lb1
+      # After the signals: kill(2) has delivered them when it returns.
+      t0=$(date +%s%N)
       wait_until 20 vip_on lb2 || echo "$name run $run: lb2 never took the VIP" >&2
       sleep 1.5
     else
