@@ -5,6 +5,8 @@
 //! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`.
 //! - [`l4`]: the TCP engine.
 //! - [`l7`]: the HTTP engine; [`cache`]: its shared response cache.
+//! - [`failover`]: the active-passive pair: heartbeats, the state machine, the driver
+//!   that moves the virtual addresses.
 //! - [`runtime`]: one generation of configuration, listeners, shutdown.
 
 pub mod activity;

@@ -187,6 +187,52 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:7:17: `listener[0].tls.certificates[0].cert` /nonexistent/c.pem cannot be loaded",
         ),
         (
+            "[failover]\nnode = \"\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\nsecret_file = \"/nonexistent/failover.key\"\n",
+            "fulcrum.toml:2:8: `failover.node` must be 1 to 64 bytes long, got \"\"",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\nsecret_file = \"/nonexistent/failover.key\"\n",
+            "fulcrum.toml:5:15: `failover.secret_file` /nonexistent/failover.key cannot be read",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\npriority = 255\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\nsecret_file = \"k\"\n",
+            "fulcrum.toml:3:12: `failover.priority` must be between 1 and 254, got 255",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"lb1:8411\"\npeers = [\"127.0.0.1:8412\"]\nsecret_file = \"k\"\n",
+            "fulcrum.toml:3:8: `failover.bind` is not an address with a port like \"10.99.0.11:8411\", got \"lb1:8411\"",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = []\nsecret_file = \"k\"\n",
+            "fulcrum.toml:4:9: `failover.peers` must list at least one peer address",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8411\"]\nsecret_file = \"k\"\n",
+            "fulcrum.toml:4:10: `failover.peers[0]` is this node's own `bind`",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\ninterval = \"200ms\"\ndead_after = \"150ms\"\nsecret_file = \"k\"\n",
+            "fulcrum.toml:6:14: `failover.dead_after` must be longer than `failover.interval` (200ms), got 150ms",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\ninterval = \"1ms\"\nsecret_file = \"k\"\n",
+            "fulcrum.toml:5:12: `failover.interval` must be at least 10ms",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\nsecret_file = \"k\"\n\
+             vips = [{ address = \"10.99.0.100\", interface = \"eth0\" }]\n",
+            "fulcrum.toml:6:21: `failover.vips[0].address` is not an address with a prefix length like \"10.99.0.100/24\", got \"10.99.0.100\"",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\nsecret_file = \"k\"\n\
+             vips = [{ address = \"10.99.0.100/24\", interface = \"a-very-long-interface-name\" }]\n",
+            "fulcrum.toml:6:51: `failover.vips[0].interface` must be an interface name of 1 to 15 bytes without '/' or spaces",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\nsecret_file = \"k\"\nprio = 3\n",
+            "fulcrum.toml:6:1: `failover.prio` unknown field `prio`",
+        ),
+        (
             "[global]\nmax_connections = \"lots\"\n",
             "fulcrum.toml:2:19: `global.max_connections` invalid type: string \"lots\", expected i64",
         ),
@@ -197,18 +243,6 @@ fn each_invalid_file_gets_its_message() {
             got.lines().any(|l| l.starts_with(expected)),
             "for:\n{src}\nexpected a line starting with:\n{expected}\ngot:\n{got}"
         );
-    }
-}
-
-#[test]
-fn features_not_built_yet_are_refused_not_ignored() {
-    let table: &[(&str, &str)] = &[(
-        "[failover]\nnode = \"a\"\nbind = \"127.0.0.1:1\"\npeers = []\nsecret_file = \"k\"\n",
-        "`failover` is not supported yet",
-    )];
-    for (extra, expected) in table {
-        let got = errors(&format!("{BASE}{extra}"));
-        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
     }
 }
 
@@ -310,4 +344,59 @@ fn every_example_in_config_is_valid() {
         }
     }
     assert!(checked > 0);
+}
+
+#[test]
+fn a_failover_section_gets_its_defaults_and_reads_its_key() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-config-failover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("failover.key"), "  s3cret\n").unwrap();
+    let src = format!(
+        "{BASE}[failover]\nnode = \"lb1\"\nbind = \"10.99.0.11:8411\"\npeers = [\"10.99.0.12:8411\"]\n\
+         secret_file = \"failover.key\"\nvips = [{{ address = \"10.99.0.100/24\", interface = \"eth0\" }}]\n\
+         on_active = \"hooks/up\"\n"
+    );
+    let parsed = Config::parse(&src, &dir.join("fulcrum.toml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let f = parsed.unwrap().failover.unwrap();
+    assert_eq!(f.priority, 100);
+    assert_eq!(f.interval, std::time::Duration::from_millis(200));
+    assert_eq!(f.dead_after, std::time::Duration::from_millis(700));
+    assert!(f.preempt);
+    assert_eq!(f.secret, b"s3cret");
+    assert_eq!(f.vips[0].address.to_string(), "10.99.0.100/24");
+    assert_eq!(f.on_active, Some(dir.join("hooks/up")));
+    assert!(
+        !format!("{f:?}").contains("s3cret"),
+        "the key is never printed"
+    );
+}
+
+/// config/failover-pair is checked with its example key in place of the real one,
+/// which is never part of the repository.
+#[test]
+fn the_failover_pair_examples_are_valid_with_a_key() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/failover-pair");
+    let dir = std::env::temp_dir().join(format!("fulcrum-config-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("failover.key.example"), dir.join("failover.key")).unwrap();
+    let mut nodes = Vec::new();
+    for name in ["lb1.toml", "lb2.toml"] {
+        std::fs::copy(src.join(name), dir.join(name)).unwrap();
+        nodes.push(Config::load(&dir.join(name)));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let nodes: Vec<Config> = nodes
+        .into_iter()
+        .map(|n| n.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let (a, b) = (
+        nodes[0].failover.as_ref().unwrap(),
+        nodes[1].failover.as_ref().unwrap(),
+    );
+    assert_eq!(a.peers, [b.bind]);
+    assert_eq!(b.peers, [a.bind]);
+    assert_eq!(a.secret, b.secret);
+    assert_eq!(a.vips, b.vips);
+    assert!(a.priority > b.priority);
 }

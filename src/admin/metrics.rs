@@ -43,17 +43,19 @@ pub struct Metrics {
     pub backend_active: IntGaugeVec,
     /// Attempts given to the backend, by outcome (`success`, `failure`).
     pub backend_requests_total: IntCounterVec,
-    /// TLS handshakes per listener and result; TLS listeners are not served yet.
+    /// TLS handshakes per TLS listener and result.
     pub tls_handshakes_total: IntCounterVec,
-    /// Cache lookups by result; the response cache is not served yet.
+    /// Requests of cached routes by how the cache answered.
     pub cache_requests_total: IntCounterVec,
     pub cache_size_bytes: IntGauge,
     /// Reloads by result (`success`, `failure`).
     pub config_reloads_total: IntCounterVec,
     pub config_generation: IntGauge,
-    /// 1 while this node holds the virtual addresses; failover is not served yet.
+    /// 1 while this node is the active one of a failover pair.
     pub failover_active: IntGauge,
+    /// Failover role changes, by the role entered (`active`, `passive`, `fault`).
     pub failover_transitions_total: IntCounterVec,
+    /// Heartbeats dropped, by reason (see `failover::wire::Reject`).
     pub failover_heartbeats_rejected_total: IntCounterVec,
 }
 

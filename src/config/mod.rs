@@ -1,11 +1,9 @@
 //! Configuration: the TOML file as written (`raw`) is checked as a whole and turned into
 //! an immutable, validated [`Config`]. Every problem found is reported at once, each with
 //! the file, the line and column, and the key path.
-//!
-//! Keys of the file format whose feature this build does not have are refused with
-//! "is not supported yet" rather than ignored.
 
 mod error;
+mod failover;
 mod raw;
 mod units;
 
@@ -18,6 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use failover::{
+    default_dead_after, Failover, Vip, DEFAULT_FAILOVER_INTERVAL, DEFAULT_FAILOVER_PRIORITY,
+    MAX_NODE_NAME, MIN_FAILOVER_INTERVAL,
+};
 pub use ipnet::IpNet;
 use raw::*;
 use toml::Spanned;
@@ -63,6 +65,8 @@ pub struct Config {
     /// `[cache]`, or its defaults when only routes ask for the cache; `None` when no
     /// route caches.
     pub cache: Option<CacheSettings>,
+    /// `[failover]`: the active-passive pair.
+    pub failover: Option<Failover>,
 }
 
 /// `[cache]`: the shared response cache.
@@ -403,6 +407,7 @@ impl Config {
             upstreams: Vec::new(),
             admin: None,
             cache: None,
+            failover: None,
         }
     }
 
@@ -470,6 +475,27 @@ impl Config {
                 backends.join(", ")
             );
         }
+        if let Some(f) = &self.failover {
+            let vips: Vec<String> = f
+                .vips
+                .iter()
+                .map(|v| format!("{} on {}", v.address, v.interface))
+                .collect();
+            let _ = writeln!(
+                out,
+                "failover {}: priority {}, heartbeats on {} to {} peer{}, vips: {}",
+                f.node,
+                f.priority,
+                f.bind,
+                f.peers.len(),
+                if f.peers.len() == 1 { "" } else { "s" },
+                if vips.is_empty() {
+                    "none (hooks only)".to_string()
+                } else {
+                    vips.join(", ")
+                }
+            );
+        }
         out
     }
 }
@@ -491,10 +517,6 @@ impl Validator<'_> {
     fn err(&mut self, span: Option<Range<usize>>, key: impl Into<String>, msg: impl Into<String>) {
         self.errors
             .push(ConfigError::new(self.file, self.src, span, key, msg));
-    }
-
-    fn unsupported(&mut self, span: Range<usize>, key: impl Into<String>) {
-        self.err(Some(span), key, "is not supported yet");
     }
 
     fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
@@ -553,9 +575,7 @@ impl Validator<'_> {
         let global = self.global(raw.global.as_ref());
         let admin = raw.admin.as_ref().map(|a| self.admin(a.get_ref()));
         let cache_section = raw.cache.as_ref().map(|c| self.cache(c.get_ref()));
-        if let Some(failover) = &raw.failover {
-            self.unsupported(failover.span(), "failover");
-        }
+        let failover = raw.failover.as_ref().map(|f| self.failover(f.get_ref()));
         let upstreams: Vec<Upstream> = raw
             .upstream
             .iter()
@@ -609,6 +629,7 @@ impl Validator<'_> {
             upstreams,
             admin,
             cache,
+            failover,
         }
     }
 

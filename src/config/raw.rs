@@ -3,10 +3,6 @@
 //! Every table rejects unknown keys. Values that need checks beyond their TOML type
 //! (durations, sizes, addresses, names, ranges) are kept as `Spanned` so that the
 //! validation can point at their line and column.
-//!
-//! The tables of features this build refuses ("not supported yet") are still parsed
-//! whole, so a typo in them is reported too; their fields are read once the feature is.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
@@ -167,23 +163,23 @@ pub struct RawCache {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFailover {
-    pub node: String,
-    pub priority: Option<i64>,
-    pub bind: String,
-    pub peers: Vec<String>,
-    pub interval: Option<String>,
-    pub dead_after: Option<String>,
+    pub node: Spanned<String>,
+    pub priority: Option<Spanned<i64>>,
+    pub bind: Spanned<String>,
+    pub peers: Spanned<Vec<Spanned<String>>>,
+    pub interval: Option<Spanned<String>>,
+    pub dead_after: Option<Spanned<String>>,
     pub preempt: Option<bool>,
-    pub secret_file: String,
+    pub secret_file: Spanned<String>,
     #[serde(default)]
-    pub vips: Vec<RawVip>,
-    pub on_active: Option<String>,
-    pub on_passive: Option<String>,
+    pub vips: Vec<Spanned<RawVip>>,
+    pub on_active: Option<Spanned<String>>,
+    pub on_passive: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVip {
-    pub address: String,
-    pub interface: String,
+    pub address: Spanned<String>,
+    pub interface: Spanned<String>,
 }

@@ -1,14 +1,18 @@
-//! Active-passive failover of virtual addresses between two (or more) instances, in
-//! three parts that can be read alone:
+//! Active-passive failover of virtual addresses between two (or more) instances:
 //!
 //! - [`wire`]: the heartbeat datagram, authenticated with HMAC-SHA256 over a shared
 //!   key, and the receiver's checks (size, magic, version, MAC, replayed or stale
-//!   sequence numbers), each rejection with a reason for the metrics;
+//!   sequence numbers, unknown source), each rejection with a reason for the metrics;
 //! - [`machine`]: the pure state machine, `step(event) -> actions`, with no sockets
-//!   and no clock of its own.
-//!
-//! The driver (UDP sockets, timers, adding the addresses over netlink, gratuitous ARP,
-//! hooks) is not built yet: the configuration refuses `[failover]` until it is.
+//!   and no clock of its own;
+//! - [`driver`]: the task that runs it: UDP heartbeats, timers, the actions (addresses
+//!   over netlink in [`netlink`], gratuitous ARP in [`arp`], hooks), the graceful
+//!   resign, and the role published for `/status` and the metrics.
 
+pub mod arp;
+pub mod driver;
 pub mod machine;
+pub mod netlink;
 pub mod wire;
+
+pub use driver::{Metrics, Running, Status};

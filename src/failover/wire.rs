@@ -76,6 +76,8 @@ pub enum Reject {
     Stale,
     /// Our own heartbeat, looped back.
     Own,
+    /// From an address that is not one of the configured peers.
+    Source,
 }
 
 impl Reject {
@@ -90,6 +92,7 @@ impl Reject {
             Reject::Replay => "replay",
             Reject::Stale => "stale",
             Reject::Own => "own",
+            Reject::Source => "source",
         }
     }
 }
@@ -154,7 +157,15 @@ pub fn decode(data: &[u8], key: &[u8]) -> Result<Heartbeat, Reject> {
     })
 }
 
-/// The receiver's memory: which peers exist, and the last sequence accepted from each.
+/// How many distinct authenticated node names a receiver remembers. A pair needs one;
+/// the bound keeps a key holder that invents names from growing the map.
+pub const MAX_PEERS: usize = 16;
+
+/// The receiver's memory: the last sequence accepted from each node.
+///
+/// Peers are configured by address, so names are learnt from authenticated heartbeats
+/// (up to [`MAX_PEERS`]). A sender's sequence numbers must grow across its restarts
+/// too: the driver starts them at its clock in microseconds.
 #[derive(Debug, Default)]
 pub struct Receiver {
     me: String,
@@ -162,11 +173,10 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// `peers`: the names heartbeats may come from.
-    pub fn new(me: &str, peers: &[&str]) -> Self {
+    pub fn new(me: &str) -> Self {
         Receiver {
             me: me.to_string(),
-            last: peers.iter().map(|p| (p.to_string(), 0)).collect(),
+            last: HashMap::new(),
         }
     }
 
@@ -176,16 +186,17 @@ impl Receiver {
         if hb.node == self.me {
             return Err(Reject::Own);
         }
-        let Some(last) = self.last.get_mut(&hb.node) else {
+        let last = self.last.get(&hb.node).copied();
+        if last.is_none() && self.last.len() >= MAX_PEERS {
             return Err(Reject::UnknownNode);
-        };
-        if hb.sequence <= *last {
+        }
+        if last.is_some_and(|last| hb.sequence <= last) {
             return Err(Reject::Replay);
         }
         if hb.sent_at_ms.abs_diff(now_ms) > MAX_SKEW_MS {
             return Err(Reject::Stale);
         }
-        *last = hb.sequence;
+        self.last.insert(hb.node.clone(), hb.sequence);
         Ok(hb)
     }
 }
@@ -239,7 +250,7 @@ mod tests {
 
     #[test]
     fn replays_stale_unknown_and_own_heartbeats_are_dropped() {
-        let mut r = Receiver::new("lb1", &["lb2"]);
+        let mut r = Receiver::new("lb1");
         let now = 1_000_000;
         assert!(r.accept(&encode(&hb(5), b"k"), b"k", now).is_ok());
         assert_eq!(
@@ -255,6 +266,11 @@ mod tests {
             r.accept(&encode(&hb(9), b"k"), b"k", now + MAX_SKEW_MS + 1),
             Err(Reject::Stale)
         );
+        for i in 0..MAX_PEERS - 1 {
+            let mut other = hb(10);
+            other.node = format!("lb-{i}");
+            assert!(r.accept(&encode(&other, b"k"), b"k", now).is_ok());
+        }
         let mut stranger = hb(10);
         stranger.node = "lb9".into();
         assert_eq!(

@@ -24,11 +24,19 @@ const BACKLOG: i32 = 1024;
 
 /// Binds a listening socket. IPv6 sockets are IPv6-only, so that `0.0.0.0:p` and
 /// `[::]:p` can be separate listeners.
+///
+/// IP_FREEBIND lets a listener bind an address this host does not hold (yet): the
+/// passive node of a failover pair keeps its listeners on the virtual address bound,
+/// and they accept the moment the address arrives. For an address the host holds it
+/// changes nothing.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, metrics::Metrics};
 use crate::config::{Config, Listener};
+use crate::failover;
 use crate::health;
 use crate::l7::Pools;
 use crate::upstream::Registry;
@@ -101,6 +102,8 @@ pub(crate) struct Shared {
     /// Stops the admin API (when a reload removes `[admin]`).
     admin_stop: Mutex<Option<CancellationToken>>,
     started: Instant,
+    /// The failover driver's published role, once it runs.
+    failover: std::sync::OnceLock<tokio::sync::watch::Receiver<failover::Status>>,
 }
 
 impl Shared {
@@ -187,6 +190,8 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 pub struct Server {
     shared: Arc<Shared>,
     admin: Option<TcpListener>,
+    /// The heartbeat socket, bound with the listeners; the driver starts in `run`.
+    failover: Option<std::net::UdpSocket>,
 }
 
 /// How a shutdown went.
@@ -222,6 +227,7 @@ impl Server {
             reload_lock: tokio::sync::Mutex::new(()),
             admin_stop: Mutex::new(None),
             started: Instant::now(),
+            failover: std::sync::OnceLock::new(),
         });
         let config = Arc::new(config);
         for l in &config.listeners {
@@ -242,10 +248,22 @@ impl Server {
             })?),
             None => None,
         };
+        let failover = match &config.failover {
+            Some(f) => Some(failover::driver::bind(f).map_err(|source| BindError::Bind {
+                listener: "failover".into(),
+                addr: f.bind,
+                source,
+            })?),
+            None => None,
+        };
         let snapshot = shared.build(config, 1).map_err(BindError::Tls)?;
         shared.metrics.config_generation.set(1);
         shared.current.store(Arc::new(snapshot));
-        Ok(Server { shared, admin })
+        Ok(Server {
+            shared,
+            admin,
+            failover,
+        })
     }
 
     /// The addresses a listener is bound to (useful with port 0).
@@ -297,10 +315,19 @@ impl Server {
         if config.global.watch_config {
             reload::watch(handle.clone(), &config.file, background.clone());
         }
+        let failover = match (self.failover, &config.failover) {
+            (Some(socket), Some(f)) => start_failover(&shared, f.clone(), socket),
+            _ => None,
+        };
         notify(&[sd_notify::NotifyState::Ready]);
 
         shutdown.await;
         notify(&[sd_notify::NotifyState::Stopping]);
+        // Resign and give the addresses away first: the peer takes over while this
+        // node drains what it has.
+        if let Some(f) = failover {
+            f.stop().await;
+        }
         // No reload may start (or be half-way) while the listeners close.
         let _no_reloads = shared.reload_lock.lock().await;
         let timeout = shared.current.load().config.global.shutdown_timeout;
@@ -337,6 +364,30 @@ impl Server {
             info!("shutdown complete: every connection finished");
         }
         ShutdownReport { cut }
+    }
+}
+
+/// Starts the failover driver with the shared metrics; a failure to start is logged
+/// and leaves this node out of the pair (it never claims the addresses).
+fn start_failover(
+    shared: &Shared,
+    config: crate::config::Failover,
+    socket: std::net::UdpSocket,
+) -> Option<failover::Running> {
+    let metrics = failover::Metrics {
+        active: shared.metrics.failover_active.clone(),
+        transitions: shared.metrics.failover_transitions_total.clone(),
+        rejected: shared.metrics.failover_heartbeats_rejected_total.clone(),
+    };
+    match failover::driver::start(config, socket, metrics) {
+        Ok(running) => {
+            let _ = shared.failover.set(running.status());
+            Some(running)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "failover cannot start");
+            None
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! store. In-flight work finishes on the generation it started with; sockets whose
 //! address stays are kept; backends that stay keep their live state and pools. A bad
 //! file, a certificate that does not load or a port that cannot be bound changes
-//! nothing. Also: watching the file, and the `/status` document.
+//! nothing. `[failover]` is read at start only: a reload that changes it is logged.
+//! Also: watching the file, and the `/status` document.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -97,6 +98,12 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     };
     shared.current.store(Arc::new(next));
     shared.metrics.config_generation.set(generation as i64);
+    if old.config.failover != config.failover {
+        warn!(
+            generation,
+            "[failover] changed: failover keeps the settings it started with until the next restart"
+        );
+    }
 
     let wanted: HashSet<BindKey> = config
         .listeners
@@ -303,6 +310,22 @@ pub(crate) fn refresh_backend_metrics(shared: &Shared) {
     }
 }
 
+/// The `failover` object of `/status`.
+fn failover_status(shared: &Shared) -> serde_json::Value {
+    match shared.failover.get() {
+        Some(rx) => {
+            let s = rx.borrow();
+            json!({
+                "enabled": true,
+                "node": s.node,
+                "state": s.state(),
+                "peer_last_seen_ms": s.peer_last_seen_ms(),
+            })
+        }
+        None => json!({ "enabled": false }),
+    }
+}
+
 /// The `/status` document.
 pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     let snapshot = shared.current.load();
@@ -347,7 +370,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": snapshot.generation,
         "uptime_seconds": shared.started.elapsed().as_secs(),
-        "failover": { "enabled": false },
+        "failover": failover_status(shared),
         "listeners": listeners,
         "upstreams": upstreams,
     })
