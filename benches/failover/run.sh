@@ -287,6 +287,9 @@ run_case() {
     sleep 1
     local t0
     if [ "$mode" = kill ]; then
+      # At a random point of the heartbeat (or advert) period: otherwise the runs
+      # would all crash at the same phase, a bias for or against either.
+      sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", r / 32768 }')"
       crash_node lb1
       # After the signals: kill(2) has delivered them when it returns.
       t0=$(date +%s%N)
