@@ -525,5 +525,14 @@ fn a_vip_that_cannot_be_added_is_a_fault_never_active() {
         state(&lab, "lb1") == "fault"
     });
     assert_eq!(metric(&lab, "lb1", "fulcrum_failover_active"), Some(0.0));
+    // It never said it was active, not even while it tried to add the address.
+    assert_eq!(
+        metric(
+            &lab,
+            "lb1",
+            "fulcrum_failover_transitions_total{to=\"active\"}"
+        ),
+        Some(0.0)
+    );
     assert!(lab.log("lb1").contains("nosuch0"), "{}", lab.log("lb1"));
 }

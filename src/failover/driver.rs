@@ -159,6 +159,9 @@ pub fn start(
         ),
         receiver: Receiver::new(&config.node),
         sequence: unix_micros(),
+        sent_at_ms: 0,
+        held: false,
+        resigned: false,
         started: now,
         socket,
         status: status_tx,
@@ -211,6 +214,8 @@ enum Command {
 
 /// Reports from the address task.
 enum Report {
+    /// Every address is held (and being announced).
+    Acquired,
     VipFailed,
 }
 
@@ -219,6 +224,13 @@ struct Driver {
     machine: Machine,
     receiver: Receiver,
     sequence: u64,
+    /// The send time of the last heartbeat: never goes back, even if the clock does.
+    sent_at_ms: u64,
+    /// The machine is active and the addresses are held: until then the node says
+    /// passive, in its heartbeats, `/status` and the metrics.
+    held: bool,
+    /// A resign went out: no other heartbeat follows it.
+    resigned: bool,
     started: Instant,
     socket: UdpSocket,
     status: watch::Sender<Status>,
@@ -260,7 +272,7 @@ impl Driver {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = send.tick() => self.send(self.machine.role().state()),
+                _ = send.tick() => self.send(self.advertised()),
                 _ = check.tick() => {
                     let now = self.now();
                     let actions = self.machine.step(now, Event::Tick);
@@ -270,11 +282,23 @@ impl Driver {
                     Ok((n, from)) => self.received(&buf[..n], from),
                     Err(e) => self.warn(format_args!("heartbeat receive failed: {e}")),
                 },
-                Some(Report::VipFailed) = reports.recv() => {
-                    let now = self.now();
-                    let actions = self.machine.step(now, Event::VipFailed);
-                    self.act(actions);
-                }
+                Some(report) = reports.recv() => match report {
+                    Report::Acquired => {
+                        if self.machine.role() == Role::Active && !self.held {
+                            self.held = true;
+                            info!(node = %self.config.node, "failover: active, the addresses are held");
+                            self.transition(Role::Active);
+                            // Tell the peers now rather than an interval later: a
+                            // dual-active conflict or a preemption settles sooner.
+                            self.send(State::Active);
+                        }
+                    }
+                    Report::VipFailed => {
+                        let now = self.now();
+                        let actions = self.machine.step(now, Event::VipFailed);
+                        self.act(actions);
+                    }
+                },
             }
         }
         let now = self.now();
@@ -352,16 +376,28 @@ impl Driver {
         self.suppressed = 0;
     }
 
+    /// What the heartbeats say: active only once the addresses are held.
+    fn advertised(&self) -> State {
+        match self.machine.role() {
+            Role::Active if !self.held => State::Passive,
+            role => role.state(),
+        }
+    }
+
     /// Sends this node's heartbeat, saying `state`, to every peer. Never waits: a full
     /// socket buffer drops this one, the next comes an interval later.
     fn send(&mut self, state: State) {
+        if self.resigned {
+            return;
+        }
         self.sequence += 1;
+        self.sent_at_ms = self.sent_at_ms.max(unix_ms());
         let hb = Heartbeat {
             node: self.config.node.clone(),
             priority: self.config.priority,
             state,
             sequence: self.sequence,
-            sent_at_ms: unix_ms(),
+            sent_at_ms: self.sent_at_ms,
         };
         let data = wire::encode(&hb, &self.config.secret);
         let peers = self.config.peers.clone();
@@ -389,15 +425,14 @@ impl Driver {
         for action in actions {
             match action {
                 Action::BecomeActive => {
-                    info!(node = %self.config.node, "failover: becoming active");
-                    self.transition(Role::Active);
+                    // Active once the addresses are held (`Report::Acquired`).
+                    info!(node = %self.config.node, "failover: taking the addresses");
+                    self.held = false;
                     self.command(Command::Acquire);
-                    // Tell the peers now rather than an interval later: a dual-active
-                    // conflict or a preemption settles sooner.
-                    self.send(State::Active);
                 }
                 Action::BecomePassive => {
                     info!(node = %self.config.node, "failover: becoming passive");
+                    self.held = false;
                     self.transition(Role::Passive);
                     self.command(Command::Release { hook: true });
                     self.send(State::Passive);
@@ -418,12 +453,16 @@ impl Driver {
                     for _ in 0..RESIGN_COPIES {
                         self.send(State::Resign);
                     }
+                    // Nothing after it: a later `passive` would make the peer wait
+                    // `dead_after` for a node that is leaving.
+                    self.resigned = true;
                 }
                 Action::EnterFault => {
                     error!(
                         node = %self.config.node,
                         "failover: fault, the addresses cannot be held; this node stays out of the pair until restarted"
                     );
+                    self.held = false;
                     self.transition(Role::Fault);
                     self.command(Command::Release { hook: false });
                     self.send(State::Fault);
@@ -444,6 +483,8 @@ async fn run_addresses(
     // The gratuitous ARP series under way: a node that gives the addresses away stops
     // announcing them, so that its last ARP never follows the new holder's.
     let mut series = CancellationToken::new();
+    // Whether the addresses are held: only then are they announced again.
+    let mut held = false;
     while let Some(command) = commands.recv().await {
         series.cancel();
         series = CancellationToken::new();
@@ -462,21 +503,26 @@ async fn run_addresses(
         match command {
             Command::Acquire => match acquire(netlink.as_ref(), &vips).await {
                 Ok(links) => {
+                    held = true;
                     announce(&vips, &links, series.clone());
+                    let _ = reports.try_send(Report::Acquired);
                     let _ = hooks.try_send(Hook::Active);
                 }
                 Err(e) => {
                     error!(error = %e, "failover: cannot add a virtual address");
+                    held = false;
                     release(netlink.as_ref(), &vips).await;
                     let _ = reports.try_send(Report::VipFailed);
                 }
             },
             Command::Release { hook } => {
+                held = false;
                 release(netlink.as_ref(), &vips).await;
                 if hook {
                     let _ = hooks.try_send(Hook::Passive);
                 }
             }
+            Command::Announce if !held => {}
             Command::Announce => {
                 if let Some(n) = &netlink {
                     let mut links = Vec::new();

@@ -167,7 +167,9 @@ impl Machine {
                 }
             }
             Event::VipFailed => {
-                if self.role != Role::Fault {
+                // Only an active node is adding addresses: a late report after it
+                // gave the role up changes nothing.
+                if self.role == Role::Active {
                     self.role = Role::Fault;
                     out.push(Action::EnterFault);
                 }
@@ -189,7 +191,9 @@ impl Machine {
             match p.state {
                 State::Active => {
                     any_active = true;
-                    outranks_every_active &= outranked;
+                    // Preemption needs a higher priority: equal priorities do not
+                    // fail back (the name only settles two actives).
+                    outranks_every_active &= self.priority > p.priority;
                 }
                 State::Passive => better_passive |= !outranked,
                 State::Resign | State::Fault => {}
@@ -311,7 +315,13 @@ mod tests {
             [Action::SendResign, Action::BecomePassive]
         );
         let mut f = Machine::new("lb1", 150, true, DEAD, 0);
-        assert_eq!(f.step(10, Event::VipFailed), [Action::EnterFault]);
+        assert!(
+            f.step(10, Event::VipFailed).is_empty(),
+            "a passive node adds nothing"
+        );
+        f.step(DEAD, Event::Tick);
+        assert_eq!(f.role(), Role::Active);
+        assert_eq!(f.step(DEAD + 10, Event::VipFailed), [Action::EnterFault]);
         assert!(f.step(5000, Event::Tick).is_empty());
         assert_eq!(f.role().state(), State::Fault);
     }
@@ -355,10 +365,10 @@ mod tests {
             let active: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].role() == Role::Active).collect();
             prop_assert_eq!(active.len(), 1, "actives: {:?}", active);
             if preempt {
-                let best = (0..nodes.len())
-                    .max_by_key(|&i| (priorities[i], names[i].clone()))
-                    .unwrap();
-                prop_assert_eq!(active[0], best);
+                // The role goes to a node of the highest priority (among equals, no
+                // failing back).
+                let best = priorities.iter().max().copied().unwrap();
+                prop_assert_eq!(priorities[active[0]], best);
             }
         }
     }

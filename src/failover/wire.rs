@@ -161,15 +161,19 @@ pub fn decode(data: &[u8], key: &[u8]) -> Result<Heartbeat, Reject> {
 /// the bound keeps a key holder that invents names from growing the map.
 pub const MAX_PEERS: usize = 16;
 
-/// The receiver's memory: the last sequence accepted from each node.
+/// The receiver's memory: the send time and sequence of the last heartbeat accepted
+/// from each node.
 ///
 /// Peers are configured by address, so names are learnt from authenticated heartbeats
-/// (up to [`MAX_PEERS`]). A sender's sequence numbers must grow across its restarts
-/// too: the driver starts them at its clock in microseconds.
+/// (up to [`MAX_PEERS`]). A heartbeat is accepted only when it comes after the last one
+/// in (send time, sequence) order: a replay never does, and a restarted sender, whose
+/// sequence starts again, does as soon as its clock is past its last heartbeat before
+/// the restart. The clock is compared with the receiver's only at first contact (an old
+/// heartbeat replayed to a receiver that just started is refused).
 #[derive(Debug, Default)]
 pub struct Receiver {
     me: String,
-    last: HashMap<String, u64>,
+    last: HashMap<String, (u64, u64)>,
 }
 
 impl Receiver {
@@ -190,13 +194,14 @@ impl Receiver {
         if last.is_none() && self.last.len() >= MAX_PEERS {
             return Err(Reject::UnknownNode);
         }
-        if last.is_some_and(|last| hb.sequence <= last) {
-            return Err(Reject::Replay);
+        let order = (hb.sent_at_ms, hb.sequence);
+        match last {
+            Some(last) if order <= last => return Err(Reject::Replay),
+            Some(_) => {}
+            None if hb.sent_at_ms.abs_diff(now_ms) > MAX_SKEW_MS => return Err(Reject::Stale),
+            None => {}
         }
-        if hb.sent_at_ms.abs_diff(now_ms) > MAX_SKEW_MS {
-            return Err(Reject::Stale);
-        }
-        self.last.insert(hb.node.clone(), hb.sequence);
+        self.last.insert(hb.node.clone(), order);
         Ok(hb)
     }
 }
@@ -262,8 +267,23 @@ mod tests {
             Err(Reject::Replay)
         );
         assert!(r.accept(&encode(&hb(6), b"k"), b"k", now).is_ok());
+        // A restarted sender: its sequence starts low again, its clock has moved on.
+        let mut restarted = hb(1);
+        restarted.sent_at_ms += 1000;
+        assert!(r.accept(&encode(&restarted, b"k"), b"k", now).is_ok());
+        // ... and what it sent before the restart is a replay now.
         assert_eq!(
-            r.accept(&encode(&hb(9), b"k"), b"k", now + MAX_SKEW_MS + 1),
+            r.accept(&encode(&hb(7), b"k"), b"k", now),
+            Err(Reject::Replay)
+        );
+        // Known peers are not held to the receiver's clock; a first contact is.
+        let mut later = hb(2);
+        later.sent_at_ms = now + MAX_SKEW_MS + 5000;
+        assert!(r.accept(&encode(&later, b"k"), b"k", now).is_ok());
+        let mut far = hb(9);
+        far.node = "lb7".into();
+        assert_eq!(
+            r.accept(&encode(&far, b"k"), b"k", now + MAX_SKEW_MS + 1),
             Err(Reject::Stale)
         );
         for i in 0..MAX_PEERS - 1 {
