@@ -4,7 +4,8 @@
 //! Rank: a higher priority wins; equal priorities are broken by the greater node name.
 //! A passive node becomes active when no live peer is active and no live peer outranks
 //! it (after one `dead_after` from start, so that it hears its peers first), or, with
-//! `preempt`, when it outranks the active peer. An active node steps down when an
+//! `preempt`, when its priority is higher than the active peer's (equal priorities
+//! never fail back). An active node steps down when an
 //! active peer outranks it. A peer is live while its heartbeats keep arriving within
 //! `dead_after`; a resign heartbeat ends it at once.
 
