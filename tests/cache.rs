@@ -782,6 +782,12 @@ async fn last_modified_validates_and_must_revalidate_fails_closed() {
     let r = get(web, "/never-stored").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.cache_status(), "fulcrum; fwd=miss");
+    let m = metrics(&g).await;
+    // /strict: miss, then the failed revalidation; /never-stored: the failure.
+    assert_eq!(
+        metric_value(&m, "fulcrum_cache_requests_total{result=\"miss\"}"),
+        Some(3.0)
+    );
 }
 
 #[tokio::test]

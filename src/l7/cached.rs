@@ -135,6 +135,28 @@ impl Forwarding<'_> {
 }
 
 pub async fn serve(
+    req: Request<Incoming>,
+    route: &CacheRoute,
+    f: Forwarding<'_>,
+    trace: &mut Trace,
+    outcome: &mut Option<Outcome>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let answered_here = req.method() == Method::GET || req.method() == Method::HEAD;
+    let result = answer(req, route, f, trace, outcome).await;
+    if result.is_err() && outcome.is_none() {
+        // The origin failed and nothing stored could answer: still counted.
+        let counted = if answered_here {
+            Outcome::Miss
+        } else {
+            Outcome::Bypass
+        };
+        counted.count(&route.counters);
+        *outcome = Some(counted);
+    }
+    result
+}
+
+async fn answer(
     mut req: Request<Incoming>,
     route: &CacheRoute,
     f: Forwarding<'_>,
