@@ -617,7 +617,11 @@ enum Hook {
 }
 
 /// Runs hooks one at a time, in order, each bounded by [`HOOK_TIMEOUT`].
-async fn run_hooks(config: Arc<Failover>, mut hooks: mpsc::Receiver<Hook>) {
+async fn run_hooks(config: Arc<Failover>, hooks: mpsc::Receiver<Hook>) {
+    run_hooks_within(config, hooks, HOOK_TIMEOUT).await
+}
+
+async fn run_hooks_within(config: Arc<Failover>, mut hooks: mpsc::Receiver<Hook>, limit: Duration) {
     while let Some(hook) = hooks.recv().await {
         let (path, state): (&Option<PathBuf>, &str) = match hook {
             Hook::Active => (&config.on_active, "active"),
@@ -629,6 +633,8 @@ async fn run_hooks(config: Arc<Failover>, mut hooks: mpsc::Receiver<Hook>) {
             .env("FULCRUM_FAILOVER_STATE", state)
             .env("FULCRUM_FAILOVER_NODE", &config.node)
             .stdin(std::process::Stdio::null())
+            // A group of its own: at the timeout, what it started goes with it.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(c) => c,
@@ -637,7 +643,7 @@ async fn run_hooks(config: Arc<Failover>, mut hooks: mpsc::Receiver<Hook>) {
                 continue;
             }
         };
-        match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
+        match tokio::time::timeout(limit, child.wait()).await {
             Ok(Ok(status)) if status.success() => {
                 info!(hook = %path.display(), state, "failover: hook finished")
             }
@@ -646,8 +652,11 @@ async fn run_hooks(config: Arc<Failover>, mut hooks: mpsc::Receiver<Hook>) {
             }
             Ok(Err(e)) => error!(hook = %path.display(), error = %e, "failover: hook lost"),
             Err(_) => {
+                if let Some(pid) = child.id() {
+                    super::group::kill(pid);
+                }
                 let _ = child.kill().await;
-                warn!(hook = %path.display(), state, timeout = ?HOOK_TIMEOUT, "failover: hook killed: ran too long");
+                warn!(hook = %path.display(), state, timeout = ?limit, "failover: hook killed: ran too long");
             }
         }
     }
@@ -751,5 +760,60 @@ mod tests {
         // On a loaded machine b may have been active for a moment before it heard a:
         // the order is not asserted, only that each hook ran with its node and state.
         ran.expect("both on_active hooks ran");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hook_that_overruns_is_killed_with_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-hook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hook = dir.join("hook");
+        // Starts a child of its own, writes its pid, then hangs.
+        std::fs::write(
+            &hook,
+            "#!/bin/sh
+sleep 300 &
+echo $! > \"$(dirname \"$0\")/child\"
+sleep 300
+",
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let config = Arc::new(node("h", 100, peer, peer, &dir));
+        let (tx, rx) = mpsc::channel(1);
+        // A short limit: the hook hangs for 300 s.
+        let task = tokio::spawn(run_hooks_within(config, rx, Duration::from_secs(1)));
+        tx.send(Hook::Active).await.unwrap();
+        // The child's pid, once the script wrote it (real time passes for the script).
+        let child_file = dir.join("child");
+        let mut child = None;
+        for _ in 0..500 {
+            if let Some(pid) = std::fs::read_to_string(&child_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                child = Some(pid);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let child = child.expect("the hook started its child");
+        // Closing the queue ends the task once the hook is killed.
+        drop(tx);
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the hook task ended")
+            .unwrap();
+        let gone = (0..500).any(|_| {
+            let alive = std::path::Path::new(&format!("/proc/{child}")).exists()
+                && std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "));
+            if alive {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            !alive
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(gone, "the hook's own child {child} outlived the kill");
     }
 }

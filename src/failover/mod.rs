@@ -6,11 +6,13 @@
 //! - [`machine`]: the pure state machine, `step(event) -> actions`, with no sockets
 //!   and no clock of its own;
 //! - [`driver`]: the task that runs it: UDP heartbeats, timers, the actions (addresses
-//!   over netlink in [`netlink`], gratuitous ARP in [`arp`], hooks), the graceful
-//!   resign, and the role published for `/status` and the metrics.
+//!   over netlink in [`netlink`], gratuitous ARP in [`arp`], hooks killed with their
+//!   process group by [`group`] when they overrun), the graceful resign, and the role
+//!   published for `/status` and the metrics.
 
 pub mod arp;
 pub mod driver;
+pub mod group;
 pub mod machine;
 pub mod netlink;
 pub mod wire;
