@@ -655,6 +655,16 @@ async fn the_admin_api_purges_and_the_metrics_count() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(body, r#"{"purged":2}"#);
+    let (_, _, status) = send(
+        &client(),
+        Request::get(format!("http://{admin}/status"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(status["cache"]["keys"], 1, "{status}");
+    assert!(status["cache"]["size_bytes"].as_u64().unwrap() > 0);
     assert_eq!(
         get(addr, "/p/1").await.cache_status(),
         "fulcrum; fwd=miss; stored"

@@ -318,6 +318,12 @@ impl Cache {
         self.store.weighted_size()
     }
 
+    /// URIs with stored responses.
+    pub fn keys(&self) -> u64 {
+        self.store.run_pending_tasks();
+        self.store.entry_count()
+    }
+
     /// Joins the upstream request for `key` in flight, or starts one.
     pub fn join(&self, key: &Key) -> Join {
         let Ok(mut map) = self.inflight.lock() else {

@@ -371,6 +371,16 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "generation": snapshot.generation,
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "failover": failover_status(shared),
+        "cache": match &snapshot.cache {
+            Some(c) => json!({
+                "enabled": true,
+                "size_bytes": c.size(),
+                "keys": c.keys(),
+                "max_size": c.settings.max_size,
+                "max_object_size": c.settings.max_object_size,
+            }),
+            None => json!({ "enabled": false }),
+        },
         "listeners": listeners,
         "upstreams": upstreams,
     })
