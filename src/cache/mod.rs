@@ -270,7 +270,8 @@ impl Cache {
     }
 
     pub fn insert_arc(&self, key: Key, stored: Arc<Stored>) {
-        if stored.weight > self.settings.max_object_size.max(1) + ENTRY_OVERHEAD * 64 {
+        // Larger than the whole cache (a huge head): it would only evict everything.
+        if stored.weight > self.settings.max_size {
             return;
         }
         let mut list: Vec<Arc<Stored>> = Vec::with_capacity(2);
@@ -517,6 +518,8 @@ mod tests {
             panic!("the second waits");
         };
         // Paused time: the bound passes without the flight ending.
-        wait(rx, Duration::from_secs(5)).await;
+        let bounded =
+            tokio::time::timeout(Duration::from_secs(60), wait(rx, Duration::from_secs(5)));
+        assert!(bounded.await.is_ok(), "the wait outlived its bound");
     }
 }

@@ -349,17 +349,13 @@ pub fn only_if_cached(request: &HeaderMap) -> bool {
     has(request, "only-if-cached")
 }
 
-/// Why a response is not stored, if it is not.
+/// Why a response to a GET is not stored, if it is not (only GET responses are).
 pub fn refuse(
-    method: &Method,
     status: StatusCode,
     response: &HeaderMap,
     policy: &CachePolicy,
     now: std::time::SystemTime,
 ) -> Option<&'static str> {
-    if method != Method::GET {
-        return Some("method");
-    }
     if status == StatusCode::PARTIAL_CONTENT {
         return Some("partial");
     }
@@ -877,13 +873,7 @@ mod tests {
             let res_pairs: Vec<(&str, &str)> = res.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let res = headers(&res_pairs);
             let p = policy(&req, status, &res, now);
-            let refused = refuse(
-                &Method::GET,
-                StatusCode::from_u16(status).unwrap(),
-                &res,
-                &p,
-                now,
-            );
+            let refused = refuse(StatusCode::from_u16(status).unwrap(), &res, &p, now);
             assert_eq!(refused.is_none(), stored, "row {i}: {refused:?}");
             if stored {
                 let got = p.time_to_live(now).as_secs();

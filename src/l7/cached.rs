@@ -35,7 +35,7 @@ use crate::cache::status::{CacheStatus, Fwd, CACHE_STATUS};
 use crate::cache::{self, Cache, Flight, Join, Key, Lookup, Stored};
 
 /// The cache as a route uses it, with the counters of `fulcrum_cache_requests_total`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CacheRoute {
     pub cache: Arc<Cache>,
     pub counters: Arc<Counters>,
@@ -188,19 +188,24 @@ async fn answer(
     let now = SystemTime::now();
     let (parts, body) = req.into_parts();
     let only_if_cached = policy::only_if_cached(&parts.headers);
-    let lookup = route.cache.lookup(&key, &parts, now);
-    if let Lookup::Fresh(stored) = &lookup {
-        let status = CacheStatus::hit(ttl_secs(stored, now));
-        return Ok(served(
-            route,
-            &parts,
-            stored,
-            now,
-            status,
-            Outcome::Hit,
-            outcome,
-        ));
-    }
+    // A fresh response is the answer; otherwise a stale one to revalidate, or nothing.
+    let (stale, fwd) = match route.cache.lookup(&key, &parts, now) {
+        Lookup::Fresh(stored) => {
+            let status = CacheStatus::hit(ttl_secs(&stored, now));
+            return Ok(served(
+                route,
+                &parts,
+                &stored,
+                now,
+                status,
+                Outcome::Hit,
+                outcome,
+            ));
+        }
+        Lookup::Stale(stored, revalidation) => (Some((stored, revalidation)), Fwd::Stale),
+        Lookup::Miss { vary: true } => (None, Fwd::VaryMiss),
+        Lookup::Miss { vary: false } => (None, Fwd::Miss),
+    };
     if only_if_cached {
         // RFC 9111 5.2.1.7: nothing usable stored.
         let r = error::plain(StatusCode::GATEWAY_TIMEOUT).map(|b| ResponseBody::Full(Some(b)));
@@ -214,11 +219,6 @@ async fn answer(
     }
     if method == Method::HEAD {
         // Forwarded as it is: a HEAD response has no body to store.
-        let fwd = match lookup {
-            Lookup::Stale(..) => Fwd::Stale,
-            Lookup::Miss { vary: true } => Fwd::VaryMiss,
-            _ => Fwd::Miss,
-        };
         let resp = f
             .send_as(
                 CacheStatus::forward(fwd),
@@ -234,81 +234,69 @@ async fn answer(
             outcome,
         ));
     }
-    match lookup {
-        Lookup::Fresh(_) => unreachable_fresh(),
-        Lookup::Stale(stored, mut revalidation) => {
-            revalidation.version = parts.version;
-            let stale = stored.policy.is_stale(now);
-            let stale_for = stored.stale_for(now);
-            if stale
-                && stored
-                    .stale
-                    .serve_while_revalidating(stale_for, &parts.headers)
-            {
-                refresh_in_background(route, &f, &key, &parts, *revalidation, stored.clone());
-                let mut status = CacheStatus::hit(-(stale_for.as_secs() as i64));
-                status.detail = Some("stale-while-revalidate");
+    if let Some((stored, mut revalidation)) = stale {
+        revalidation.version = parts.version;
+        let stale = stored.policy.is_stale(now);
+        let stale_for = stored.stale_for(now);
+        if stale
+            && stored
+                .stale
+                .serve_while_revalidating(stale_for, &parts.headers)
+        {
+            refresh_in_background(route, &f, &key, &parts, *revalidation, stored.clone());
+            let mut status = CacheStatus::hit(-(stale_for.as_secs() as i64));
+            status.detail = Some("stale-while-revalidate");
+            return Ok(served(
+                route,
+                &parts,
+                &stored,
+                now,
+                status,
+                Outcome::Stale,
+                outcome,
+            ));
+        }
+        let fetch = Fetch {
+            key,
+            client: parts,
+            upstream: *revalidation,
+            stored: Some(stored),
+            // Still fresh: the client's own directives sent it upstream.
+            fwd: if stale { Fwd::Stale } else { Fwd::Request },
+            flight: None,
+        };
+        return fetch.run(route, &f, Some(body), trace, outcome).await;
+    }
+    let flight = match route.cache.join(&key) {
+        Join::Lead(flight) => Some(flight),
+        Join::Wait(rx) => {
+            cache::wait(rx, f.timeout).await;
+            let now = SystemTime::now();
+            if let Lookup::Fresh(stored) = route.cache.lookup(&key, &parts, now) {
+                let mut status = CacheStatus::hit(ttl_secs(&stored, now));
+                status.detail = Some("collapsed");
                 return Ok(served(
                     route,
                     &parts,
                     &stored,
                     now,
                     status,
-                    Outcome::Stale,
+                    Outcome::Hit,
                     outcome,
                 ));
             }
-            let fwd = if stale { Fwd::Stale } else { Fwd::Request };
-            let fetch = Fetch {
-                key,
-                client: parts,
-                upstream: *revalidation,
-                stored: Some(stored),
-                fwd,
-                flight: None,
-            };
-            fetch.run(route, &f, Some(body), trace, outcome).await
+            None
         }
-        Lookup::Miss { vary } => {
-            let fwd = if vary { Fwd::VaryMiss } else { Fwd::Miss };
-            let flight = match route.cache.join(&key) {
-                Join::Lead(flight) => Some(flight),
-                Join::Wait(rx) => {
-                    cache::wait(rx, f.timeout).await;
-                    let now = SystemTime::now();
-                    if let Lookup::Fresh(stored) = route.cache.lookup(&key, &parts, now) {
-                        let mut status = CacheStatus::hit(ttl_secs(&stored, now));
-                        status.detail = Some("collapsed");
-                        return Ok(served(
-                            route,
-                            &parts,
-                            &stored,
-                            now,
-                            status,
-                            Outcome::Hit,
-                            outcome,
-                        ));
-                    }
-                    None
-                }
-            };
-            let fetch = Fetch {
-                key,
-                upstream: upstream_head(&parts),
-                client: parts,
-                stored: None,
-                fwd,
-                flight,
-            };
-            fetch.run(route, &f, Some(body), trace, outcome).await
-        }
-    }
-}
-
-#[cold]
-fn unreachable_fresh() -> Result<Response<ResponseBody>, ProxyError> {
-    // A fresh lookup returned above; answering 500 beats a panic if that ever changes.
-    Err(ProxyError::Backend("cache lookup".into()))
+    };
+    let fetch = Fetch {
+        key,
+        upstream: copy_head(&parts),
+        client: parts,
+        stored: None,
+        fwd,
+        flight,
+    };
+    fetch.run(route, &f, Some(body), trace, outcome).await
 }
 
 /// Methods the cache does not answer: forwarded untouched. A non-error answer to an
@@ -372,7 +360,7 @@ fn same_origin(reference: &str, host: &str) -> Option<Uri> {
 }
 
 /// A copy of a request head (`Parts` is not `Clone`).
-fn upstream_head(parts: &Parts) -> Parts {
+fn copy_head(parts: &Parts) -> Parts {
     let mut r = Request::new(());
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = parts.uri.clone();
@@ -478,7 +466,7 @@ impl Fetch {
         let sent = f
             .send_as(
                 CacheStatus::forward(self.fwd),
-                Request::from_parts(upstream_head(&self.upstream), body),
+                Request::from_parts(copy_head(&self.upstream), body),
                 trace,
             )
             .await;
@@ -528,7 +516,7 @@ impl Fetch {
                 let again = f
                     .send_as(
                         CacheStatus::forward(self.fwd),
-                        Request::from_parts(upstream_head(&self.client), None),
+                        Request::from_parts(copy_head(&self.client), None),
                         trace,
                     )
                     .await?;
@@ -604,7 +592,7 @@ impl Fetch {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let max = route.cache.settings.max_object_size;
-        let refused = policy::refuse(&Method::GET, parts.status, &parts.headers, &policy, now)
+        let refused = policy::refuse(parts.status, &parts.headers, &policy, now)
             .or_else(|| declared.is_some_and(|n| n > max).then_some("too large"));
         if let Some(why) = refused {
             debug!(reason = why, "response not stored");
@@ -667,10 +655,7 @@ fn refresh_in_background(
     let Join::Lead(flight) = route.cache.join(key) else {
         return;
     };
-    let route = CacheRoute {
-        cache: route.cache.clone(),
-        counters: route.counters.clone(),
-    };
+    let route = route.clone();
     let target = f.target.clone();
     let timeout = f.timeout;
     let ctx = f.ctx.clone();
@@ -678,7 +663,7 @@ fn refresh_in_background(
     let request_id = f.request_id.clone();
     let fetch = Fetch {
         key: key.clone(),
-        client: upstream_head(client),
+        client: copy_head(client),
         upstream: revalidation,
         stored: Some(stored),
         fwd: Fwd::Stale,
@@ -697,7 +682,7 @@ fn refresh_in_background(
         let result = async {
             let resp = f
                 .send(
-                    Request::from_parts(upstream_head(&fetch.upstream), None),
+                    Request::from_parts(copy_head(&fetch.upstream), None),
                     &mut trace,
                 )
                 .await?;
