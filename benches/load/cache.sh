@@ -18,7 +18,7 @@ BODY=${BODY:-1024}
 ORIGIN_PORT=18180
 declare -A PORT=([direct]=18181 [fulcrum]=18182 [nginx]=18183)
 
-need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+. benches/load/common.sh
 need wrk wrk
 need nginx nginx-light
 need taskset util-linux
@@ -37,27 +37,6 @@ cleanup() {
 trap cleanup EXIT
 
 head -c "$BODY" /dev/zero | tr '\0' 'x' > "$WORK/object"
-
-nginx_conf() { # $1 dir, $2 http block body
-  mkdir -p "$1/logs"
-  cat > "$1/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $1/nginx.pid;
-error_log $1/logs/error.log crit;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $1/body;
-  proxy_temp_path $1/proxy;
-  fastcgi_temp_path $1/fastcgi;
-  uwsgi_temp_path $1/uwsgi;
-  scgi_temp_path $1/scgi;
-  $2
-}
-CONF
-}
 
 # The origin: a static object, cacheable for an hour.
 ORIGIN_SERVER="keepalive_requests 1000000; location / { root $WORK; try_files /object =404; add_header Cache-Control \"max-age=3600\"; etag on; }"

@@ -20,7 +20,7 @@ BACKEND_PORT=18080
 declare -A PORT=([fulcrum]=18081 [haproxy]=18082 [nginx]=18083)
 declare -A TLS_PORT=([fulcrum]=18091 [haproxy]=18092 [nginx]=18093)
 
-need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+. benches/load/common.sh
 need wrk wrk
 need haproxy haproxy
 need nginx nginx-light
@@ -38,27 +38,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-nginx_conf() { # $1 dir, $2 http block body
-  mkdir -p "$1/logs"
-  cat > "$1/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $1/nginx.pid;
-error_log $1/logs/error.log crit;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $1/body;
-  proxy_temp_path $1/proxy;
-  fastcgi_temp_path $1/fastcgi;
-  uwsgi_temp_path $1/uwsgi;
-  scgi_temp_path $1/scgi;
-  $2
-}
-CONF
-}
 
 # One ECDSA P-256 certificate for all three proxies' HTTPS listeners.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \

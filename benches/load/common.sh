@@ -1,0 +1,25 @@
+# Shared by the load scripts: installing what is missing, and a one-process nginx
+# configuration in a directory of its own.
+
+need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+
+nginx_conf() { # $1 dir, $2 http block body
+  mkdir -p "$1/logs"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $1/nginx.pid;
+error_log $1/logs/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+  $2
+}
+CONF
+}
