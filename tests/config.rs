@@ -177,6 +177,29 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:3:14: `admin.token_file` /nonexistent/token cannot be read",
         ),
         (
+            "[admin]\nbind = \"0.0.0.0:9090\"\n",
+            "fulcrum.toml:2:8: `admin.bind` 0.0.0.0:9090 is not a loopback address: set admin.token_file",
+        ),
+        (
+            "[admin]\nbind = \"[::]:9090\"\n",
+            "fulcrum.toml:2:8: `admin.bind` [::]:9090 is not a loopback address: set admin.token_file",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[listener.route]]\nupstream = \"app\"\nupgrades = [\"websocket\", \"h2c\"]\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:26: `listener[0].route[0].upgrades[1]` h2c is never tunnelled",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[listener.route]]\nupstream = \"app\"\nstatic_hidden = true\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:17: `listener[0].route[0].static_hidden` applies to routes with `static`",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\nbody_timeout = \"5s\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:16: `listener[0].body_timeout` only applies to http listeners",
+        ),
+        (
             "[admin]\nbind = \"localhost:9090\"\n",
             "fulcrum.toml:2:8: `admin.bind` is not an address like \"127.0.0.1:9090\", got \"localhost:9090\"",
         ),
@@ -350,7 +373,16 @@ fn every_example_in_config_is_valid() {
 fn a_failover_section_gets_its_defaults_and_reads_its_key() {
     let dir = std::env::temp_dir().join(format!("fulcrum-config-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("failover.key"), "  s3cret\n").unwrap();
+    std::fs::write(
+        dir.join("failover.key"),
+        "  s3cret-s3cret-s3cret-s3cret-s3cret\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.join("failover.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let src = format!(
         "{BASE}[failover]\nnode = \"lb1\"\nbind = \"10.99.0.11:8411\"\npeers = [\"10.99.0.12:8411\"]\n\
          secret_file = \"failover.key\"\nvips = [{{ address = \"10.99.0.100/24\", interface = \"eth0\" }}]\n\
@@ -363,13 +395,53 @@ fn a_failover_section_gets_its_defaults_and_reads_its_key() {
     assert_eq!(f.interval, std::time::Duration::from_millis(200));
     assert_eq!(f.dead_after, std::time::Duration::from_millis(700));
     assert!(f.preempt);
-    assert_eq!(f.secret, b"s3cret");
+    assert_eq!(f.secret, b"s3cret-s3cret-s3cret-s3cret-s3cret");
     assert_eq!(f.vips[0].address.to_string(), "10.99.0.100/24");
     assert_eq!(f.on_active, Some(dir.join("hooks/up")));
     assert!(
         !format!("{f:?}").contains("s3cret"),
         "the key is never printed"
     );
+}
+
+/// A key others can read, or too short to resist guessing, is refused.
+#[test]
+fn a_failover_key_must_be_private_and_long_enough() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-config-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = format!(
+        "{BASE}[failover]\nnode = \"lb1\"\nbind = \"10.99.0.11:8411\"\npeers = [\"10.99.0.12:8411\"]\n\
+         secret_file = \"failover.key\"\n"
+    );
+    let check = |key: &str, mode: u32| {
+        std::fs::write(dir.join("failover.key"), key).unwrap();
+        std::fs::set_permissions(
+            dir.join("failover.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+        Config::parse(&src, &dir.join("fulcrum.toml"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let long = "0123456789abcdef0123456789abcdef\n";
+    let readable = check(long, 0o644);
+    let group = check(long, 0o640);
+    let short = check("short key\n", 0o600);
+    let good = check(long, 0o600);
+    let owner_only = check(long, 0o400);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let readable = readable.unwrap_err();
+    assert!(
+        readable.contains("`failover.secret_file`")
+            && readable.contains("readable by group or others"),
+        "{readable}"
+    );
+    assert!(group.unwrap_err().contains("readable by group or others"));
+    let short = short.unwrap_err();
+    assert!(short.contains("at least 32"), "{short}");
+    good.unwrap();
+    owner_only.unwrap();
 }
 
 /// config/failover-pair is checked with its example key in place of the real one,
@@ -380,6 +452,11 @@ fn the_failover_pair_examples_are_valid_with_a_key() {
     let dir = std::env::temp_dir().join(format!("fulcrum-config-pair-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(src.join("failover.key.example"), dir.join("failover.key")).unwrap();
+    std::fs::set_permissions(
+        dir.join("failover.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let mut nodes = Vec::new();
     for name in ["lb1.toml", "lb2.toml"] {
         std::fs::copy(src.join(name), dir.join(name)).unwrap();

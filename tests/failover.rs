@@ -137,7 +137,16 @@ impl Lab {
     fn start(&mut self, n: &str, config: &str) {
         let dir = self.dir.join(n);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("failover.key"), "test pair key\n").unwrap();
+        std::fs::write(
+            dir.join("failover.key"),
+            "a test pair key of at least 32 bytes\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            dir.join("failover.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.join("index.html"), "served through the VIP\n").unwrap();
         let path = dir.join("fulcrum.toml");
         std::fs::write(&path, config).unwrap();

@@ -23,18 +23,6 @@ fn web(listener: &str, rest: &str) -> String {
     format!("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n{listener}\n{rest}")
 }
 
-async fn get_with(
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
-    let mut b = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(&client(), b.body(empty()).unwrap()).await
-}
-
 #[tokio::test]
 async fn routes_match_host_path_method_and_headers_in_order() {
     let api = HttpBackend::start("api").await;

@@ -171,3 +171,77 @@ async fn no_path_escapes_the_directory() {
     }
     f.stop().await;
 }
+
+async fn ranged(
+    addr: std::net::SocketAddr,
+    range: &str,
+) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    let req = Request::get(format!("http://{addr}/static/data.bin"))
+        .header("range", range)
+        .body(empty())
+        .unwrap();
+    send(&client(), req).await
+}
+
+#[tokio::test]
+async fn many_or_overlapping_ranges_get_the_whole_file() {
+    let site = Site::new("ranges");
+    let f = Fulcrum::start(&site.config()).await;
+    let addr = f.addr("web");
+    let (status, h, body) = ranged(addr, "bytes=0-9,20-29").await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("multipart/byteranges"));
+    assert!(body.len() < 1000);
+    let seventeen: Vec<String> = (0..17)
+        .map(|i| format!("{}-{}", i * 50, i * 50 + 1))
+        .collect();
+    for range in [
+        format!("bytes={}", seventeen.join(",")),
+        "bytes=0-999,0-999,0-999".to_string(),
+        "bytes=0-,1-,2-".to_string(),
+        "bytes=-1000,0-".to_string(),
+    ] {
+        let (status, _, body) = ranged(addr, &range).await;
+        assert_eq!(status, StatusCode::OK, "{range}");
+        assert_eq!(body, pattern(1000), "{range}");
+    }
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn hidden_files_are_served_only_when_the_route_says_so() {
+    let site = Site::new("hidden");
+    let public = site.root.join("public");
+    std::fs::write(public.join(".env"), "PASSWORD=1").unwrap();
+    std::fs::create_dir_all(public.join(".git")).unwrap();
+    std::fs::write(public.join(".git").join("config"), "[core]").unwrap();
+    let f = Fulcrum::start(&site.config()).await;
+    let addr = f.addr("web");
+    for path in [
+        "/static/.env",
+        "/static/.git/config",
+        "/static/%2eenv",
+        "/static/sub/../.env",
+    ] {
+        let (status, _, body) = get(addr, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            !body.starts_with(b"PASSWORD") && !body.starts_with(b"[core]"),
+            "{path}"
+        );
+    }
+    let (status, _, _) = get(addr, "/static/style.css").await;
+    assert_eq!(status, StatusCode::OK);
+    f.stop().await;
+    let open = format!("{}static_hidden = true\n", site.config());
+    let f = Fulcrum::start(&open).await;
+    let (status, _, body) = get(f.addr("web"), "/static/.env").await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"PASSWORD=1"[..])
+    );
+    f.stop().await;
+}

@@ -32,10 +32,14 @@ const MAX_VARIANTS: usize = 16;
 /// Bookkeeping counted per stored response beside its headers and body.
 const ENTRY_OVERHEAD: u64 = 512;
 
-/// The primary cache key. Hosts never mix: the host is part of it, lower case, with
-/// its port as the client gave it.
+/// The primary cache key. Hosts never mix: the host is part of it, lower case,
+/// without its default port. Neither do routes: a route chosen by a header or a method
+/// never fills the entry another route serves, so the listener and the route are part
+/// of it too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
+    /// The listener and the route that serve the request.
+    pub route: Arc<str>,
     pub https: bool,
     pub host: Box<str>,
     /// Path and query, as received.
@@ -43,8 +47,10 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(https: bool, host: &str, uri: &Uri) -> Key {
+    /// `host` as the request's one normalised authority gives it.
+    pub fn new(route: &Arc<str>, https: bool, host: &str, uri: &Uri) -> Key {
         Key {
+            route: route.clone(),
             https,
             host: host.to_ascii_lowercase().into_boxed_str(),
             path: uri
@@ -95,7 +101,7 @@ impl Stored {
             secondary: policy::secondary_key(&response, request),
             weight: body.len() as u64 + header_bytes as u64 + ENTRY_OVERHEAD,
             lifetime: lifetime(&policy, now),
-            fresh_until: now + policy.time_to_live(now),
+            fresh_until: fresh_until(&policy, now),
             policy,
             status,
             headers: response,
@@ -119,7 +125,7 @@ impl Stored {
             secondary: self.secondary.clone(),
             weight: self.weight,
             lifetime: lifetime(&policy, now),
-            fresh_until: now + policy.time_to_live(now),
+            fresh_until: fresh_until(&policy, now),
             policy,
             status: self.status,
             headers,
@@ -158,10 +164,24 @@ impl Stored {
     }
 }
 
+/// The longest a stored response stays fresh, whatever its headers say (about 68
+/// years: RFC 9111's 2^31 seconds). Every time computed from a response is bounded by
+/// it, so no arithmetic on them can overflow.
+pub const MAX_TTL: Duration = Duration::from_secs(1 << 31);
+
+/// Freshness left, capped.
+fn ttl(policy: &CachePolicy, at: SystemTime) -> Duration {
+    policy.time_to_live(at).min(MAX_TTL)
+}
+
+fn fresh_until(policy: &CachePolicy, now: SystemTime) -> SystemTime {
+    now.checked_add(ttl(policy, now)).unwrap_or(now)
+}
+
 /// The freshness lifetime: while fresh, the time left plus the age is constant. A
 /// response stale on arrival counts as having lived for its age then.
 fn lifetime(policy: &CachePolicy, at: SystemTime) -> Duration {
-    policy.time_to_live(at) + policy.age(at)
+    ttl(policy, at).saturating_add(policy.age(at).min(MAX_TTL))
 }
 
 type Variants = Arc<Vec<Arc<Stored>>>;
@@ -363,10 +383,7 @@ mod tests {
     use super::*;
 
     fn settings(max: u64) -> CacheSettings {
-        CacheSettings {
-            max_size: max,
-            max_object_size: max,
-        }
+        CacheSettings::new(max, max)
     }
 
     fn request(path: &str, headers: &[(&str, &str)]) -> Parts {
@@ -399,7 +416,12 @@ mod tests {
     }
 
     fn key(path: &str) -> Key {
-        Key::new(false, "Example.com", &path.parse().unwrap())
+        Key::new(
+            &Arc::from("web#0"),
+            false,
+            "Example.com",
+            &path.parse().unwrap(),
+        )
     }
 
     #[test]
@@ -431,7 +453,12 @@ mod tests {
         // Hosts are compared without regard to case; the path is not.
         assert!(matches!(
             cache.lookup(
-                &Key::new(false, "example.COM", &"/a".parse().unwrap()),
+                &Key::new(
+                    &Arc::from("web#0"),
+                    false,
+                    "example.COM",
+                    &"/a".parse().unwrap()
+                ),
                 &en,
                 now
             ),
@@ -455,6 +482,78 @@ mod tests {
             cache.lookup(&key("/a"), &en, now),
             Lookup::Miss { vary: false }
         ));
+    }
+
+    #[test]
+    fn huge_lifetimes_are_capped_never_overflowed() {
+        let cache = Cache::new(settings(1 << 20));
+        let now = SystemTime::now();
+        let r = request("/", &[]);
+        let cases: [&[(&str, &str)]; 7] = [
+            &[("cache-control", "max-age=10000000000000000000")],
+            &[("cache-control", "max-age=99999999999999999999999999")],
+            &[("cache-control", "s-maxage=18446744073709551615")],
+            &[(
+                "cache-control",
+                "max-age=0, stale-while-revalidate=10000000000000000000, stale-if-error=10000000000000000000",
+            )],
+            &[("expires", "Fri, 31 Dec 9999 23:59:59 GMT")],
+            &[
+                ("cache-control", "max-age=60"),
+                ("age", "10000000000000000000"),
+                ("etag", "\"x\""),
+            ],
+            &[("cache-control", "MAX-AGE=10000000000000000000, Public")],
+        ];
+        for (i, headers) in cases.iter().enumerate() {
+            let s = stored(&r, headers, b"x");
+            assert!(
+                s.ttl(now) <= MAX_TTL + Duration::from_secs(1),
+                "case {i}: {:?}",
+                s.ttl(now)
+            );
+            let _ = s.stale_for(now + MAX_TTL + MAX_TTL);
+            let _ = s.head(now);
+            cache.insert(key(&format!("/{i}")), s);
+            let later = now + Duration::from_secs(3600);
+            let _ = cache.lookup(&key(&format!("/{i}")), &r, later);
+            let no_cache = request(
+                "/",
+                &[(
+                    "cache-control",
+                    "max-stale=99999999999999999999, min-fresh=18446744073709551615",
+                )],
+            );
+            let _ = cache.lookup(&key(&format!("/{i}")), &no_cache, later);
+        }
+        // A huge max-age is a long lifetime, not none.
+        let s = stored(&r, cases[0], b"x");
+        assert!(s.ttl(now) >= Duration::from_secs(1 << 30));
+    }
+
+    #[test]
+    fn routes_and_listeners_never_share_an_entry() {
+        let cache = Cache::new(settings(1 << 20));
+        let now = SystemTime::now();
+        let r = request("/a", &[]);
+        let uri: Uri = "/a".parse().unwrap();
+        let api = Key::new(&Arc::from("web#0"), false, "example.com", &uri);
+        cache.insert(
+            api.clone(),
+            stored(&r, &[("cache-control", "max-age=60")], b"api"),
+        );
+        for other in [
+            Key::new(&Arc::from("web#1"), false, "example.com", &uri),
+            Key::new(&Arc::from("other#0"), false, "example.com", &uri),
+            Key::new(&Arc::from("web#0"), true, "example.com", &uri),
+            Key::new(&Arc::from("web#0"), false, "example.org", &uri),
+        ] {
+            assert!(matches!(
+                cache.lookup(&other, &r, now),
+                Lookup::Miss { vary: false }
+            ));
+        }
+        assert!(matches!(cache.lookup(&api, &r, now), Lookup::Fresh(_)));
     }
 
     #[test]

@@ -71,12 +71,21 @@ pub fn new_policy(
 }
 
 /// Directive names are case-insensitive (RFC 9111 5.2); the policy crate compares
-/// them as written: lower-case them.
-fn lower_cache_control(h: &mut HeaderMap) {
+/// them as written: lower-case them. Delta-seconds over 2^31 are 2^31 (RFC 9111
+/// 1.2.2): the crate would take them as they are, and a lifetime of 10^19 seconds
+/// overflows every clock it is added to.
+fn normal_cache_control(h: &mut HeaderMap) {
     let values: Vec<HeaderValue> = h
         .get_all(header::CACHE_CONTROL)
         .iter()
-        .map(|v| HeaderValue::from_bytes(&v.as_bytes().to_ascii_lowercase()).unwrap_or(v.clone()))
+        .map(|v| {
+            let lower = v.as_bytes().to_ascii_lowercase();
+            let capped = match std::str::from_utf8(&lower) {
+                Ok(text) if has_big_delta(text) => cap_deltas(text).into_bytes(),
+                _ => lower,
+            };
+            HeaderValue::from_bytes(&capped).unwrap_or(v.clone())
+        })
         .collect();
     h.remove(header::CACHE_CONTROL);
     for v in values {
@@ -84,24 +93,49 @@ fn lower_cache_control(h: &mut HeaderMap) {
     }
 }
 
-fn has_upper_cache_control(h: &HeaderMap) -> bool {
-    h.get_all(header::CACHE_CONTROL)
-        .iter()
-        .any(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
+/// Whether a directive's value is a run of digits larger than 2^31.
+fn has_big_delta(v: &str) -> bool {
+    split_list(v).any(|d| {
+        d.split_once('=').is_some_and(|(_, n)| {
+            let n = unquote(n.trim());
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<u64>().map_or(true, |x| x > DELTA_SECONDS_MAX)
+        })
+    })
+}
+
+/// The list with every numeric value over 2^31 replaced by 2^31.
+fn cap_deltas(v: &str) -> String {
+    let parts: Vec<String> = split_list(v)
+        .map(|d| match d.split_once('=') {
+            Some((name, _)) if has_big_delta(d) => {
+                format!("{}={DELTA_SECONDS_MAX}", name.trim())
+            }
+            _ => d.trim().to_string(),
+        })
+        .collect();
+    parts.join(", ")
+}
+
+fn needs_normal_cache_control(h: &HeaderMap) -> bool {
+    h.get_all(header::CACHE_CONTROL).iter().any(|v| {
+        v.as_bytes().iter().any(u8::is_ascii_uppercase) || v.to_str().is_ok_and(has_big_delta)
+    })
 }
 
 /// The request's fields as the policy reads them: directive names in lower case, and
 /// `Pragma` ignored beside `Cache-Control` (RFC 9111 5.4).
 pub fn request_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
     let pragma_ignored = h.contains_key(header::CACHE_CONTROL) && h.contains_key(header::PRAGMA);
-    if !pragma_ignored && !has_upper_cache_control(h) {
+    if !pragma_ignored && !needs_normal_cache_control(h) {
         return std::borrow::Cow::Borrowed(h);
     }
     let mut out = h.clone();
     if pragma_ignored {
         out.remove(header::PRAGMA);
     }
-    lower_cache_control(&mut out);
+    normal_cache_control(&mut out);
     std::borrow::Cow::Owned(out)
 }
 
@@ -112,8 +146,8 @@ pub fn request_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
 /// that is not delta-seconds.
 pub fn response_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
     let mut out: Option<HeaderMap> = None;
-    if has_upper_cache_control(h) {
-        lower_cache_control(out.get_or_insert_with(|| h.clone()));
+    if needs_normal_cache_control(h) {
+        normal_cache_control(out.get_or_insert_with(|| h.clone()));
     }
     for name in [header::EXPIRES, header::DATE, header::LAST_MODIFIED] {
         let mut values = h.get_all(&name).iter();

@@ -18,6 +18,8 @@ pub const DEFAULT_FAILOVER_INTERVAL: Duration = Duration::from_millis(200);
 pub const MIN_FAILOVER_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest node name a heartbeat carries.
 pub const MAX_NODE_NAME: usize = 64;
+/// The shortest shared key accepted, in bytes (as written in the file, trimmed).
+pub const MIN_SECRET_LEN: usize = 32;
 /// Linux interface names are at most 15 bytes (IFNAMSIZ less the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
 
@@ -205,13 +207,40 @@ impl Validator<'_> {
 
     fn secret(&mut self, file: &Spanned<String>) -> Vec<u8> {
         let path = self.dir().join(file.get_ref());
+        if let Ok(meta) = std::fs::metadata(&path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                self.err(
+                    Some(file.span()),
+                    "failover.secret_file",
+                    format!(
+                        "{} is readable by group or others (mode {:o}): make it readable by fulcrum only (chmod 600)",
+                        path.display(),
+                        mode & 0o777
+                    ),
+                );
+            }
+        }
         match std::fs::read(&path) {
-            Ok(bytes) if !bytes.trim_ascii().is_empty() => bytes.trim_ascii().to_vec(),
-            Ok(_) => {
+            Ok(bytes) if bytes.trim_ascii().len() >= MIN_SECRET_LEN => bytes.trim_ascii().to_vec(),
+            Ok(bytes) if bytes.trim_ascii().is_empty() => {
                 self.err(
                     Some(file.span()),
                     "failover.secret_file",
                     format!("{} is empty", path.display()),
+                );
+                Vec::new()
+            }
+            Ok(bytes) => {
+                self.err(
+                    Some(file.span()),
+                    "failover.secret_file",
+                    format!(
+                        "{} holds {} bytes: a key needs at least {MIN_SECRET_LEN} (head -c 32 /dev/urandom | base64 > failover.key)",
+                        path.display(),
+                        bytes.trim_ascii().len()
+                    ),
                 );
                 Vec::new()
             }

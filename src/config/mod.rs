@@ -36,6 +36,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 0;
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The window over which `min_rate` is measured.
+pub const MIN_RATE_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// `route.upgrades` when not given.
+pub const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RETRIES: u32 = 1;
@@ -76,6 +82,20 @@ pub struct CacheSettings {
     pub max_size: u64,
     /// Larger responses pass through unstored.
     pub max_object_size: u64,
+    /// Bytes of responses being stored at once (teed into the store while they
+    /// stream); past it, further responses stream unstored.
+    pub max_inflight: u64,
+}
+
+impl CacheSettings {
+    /// The defaults, `max_inflight` a quarter of `max_size`.
+    pub fn new(max_size: u64, max_object_size: u64) -> CacheSettings {
+        CacheSettings {
+            max_size,
+            max_object_size,
+            max_inflight: max_size / 4,
+        }
+    }
 }
 
 pub const DEFAULT_CACHE_MAX_SIZE: u64 = 256 << 20;
@@ -135,6 +155,11 @@ pub struct Listener {
     pub max_header_size: u64,
     /// 0 means no limit.
     pub max_body_size: u64,
+    /// http: a request body must have arrived whole within this time (408).
+    pub body_timeout: Duration,
+    /// http: bytes per second below which an upload or a download is cut, measured
+    /// over [`MIN_RATE_WINDOW`]; 0 = off.
+    pub min_rate: u64,
     pub access: AccessRules,
     /// http: answer every request with a 308 to the same host and path over https.
     pub redirect_https: bool,
@@ -191,6 +216,10 @@ pub struct Route {
     pub timeout: Duration,
     /// Served through the response cache.
     pub cache: bool,
+    /// `Upgrade` protocols passed through, lower case; never `h2c`.
+    pub upgrades: Vec<String>,
+    /// Static routes: serve path segments that start with a dot.
+    pub static_hidden: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +350,10 @@ pub struct Upstream {
     pub health: Option<Health>,
     /// TLS to the backends.
     pub tls: Option<UpstreamTls>,
+    /// Requests (or tcp connections) in flight per backend; 0 = no cap.
+    pub max_connections_per_backend: u32,
+    /// How long a request waits for a backend under its cap before a 503.
+    pub queue_timeout: Duration,
 }
 
 /// `upstream.NAME.tls`: TLS to the backends, verified.
@@ -519,6 +552,13 @@ impl Validator<'_> {
             .push(ConfigError::new(self.file, self.src, span, key, msg));
     }
 
+    /// A key whose feature is not built yet: refused rather than silently ignored.
+    fn unsupported(&mut self, span: Option<Range<usize>>, key: &str) {
+        if let Some(span) = span {
+            self.err(Some(span), key, "is not supported yet");
+        }
+    }
+
     fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
@@ -617,10 +657,10 @@ impl Validator<'_> {
             .iter()
             .any(|l: &Listener| l.routes.iter().any(|r| r.cache));
         let cache = caching.then(|| {
-            cache_section.unwrap_or(CacheSettings {
-                max_size: DEFAULT_CACHE_MAX_SIZE,
-                max_object_size: DEFAULT_CACHE_MAX_OBJECT_SIZE,
-            })
+            cache_section.unwrap_or(CacheSettings::new(
+                DEFAULT_CACHE_MAX_SIZE,
+                DEFAULT_CACHE_MAX_OBJECT_SIZE,
+            ))
         });
         Config {
             file: self.file.to_path_buf(),
@@ -676,9 +716,15 @@ impl Validator<'_> {
                 );
             }
         }
+        let max_inflight = self.size(&c.max_inflight, "cache.max_inflight", max_size / 4);
+        self.unsupported(
+            c.max_inflight.as_ref().map(Spanned::span),
+            "cache.max_inflight",
+        );
         CacheSettings {
             max_size,
             max_object_size,
+            max_inflight,
         }
     }
 
@@ -723,6 +769,15 @@ impl Validator<'_> {
                 }
             }
         });
+        if token.is_none() && a.token_file.is_none() && !bind.ip().is_loopback() {
+            self.err(
+                Some(a.bind.span()),
+                "admin.bind",
+                format!(
+                    "{bind} is not a loopback address: set admin.token_file, or anyone who reaches it can reload, drain and purge"
+                ),
+            );
+        }
         Admin { bind, token }
     }
 
@@ -891,6 +946,15 @@ impl Validator<'_> {
             &key("max_body_size"),
             DEFAULT_MAX_BODY_SIZE,
         );
+        let body_timeout =
+            self.duration(&l.body_timeout, &key("body_timeout"), DEFAULT_BODY_TIMEOUT);
+        let min_rate = self.size(&l.min_rate, &key("min_rate"), 0);
+        for (k, span) in [
+            ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
+            ("min_rate", l.min_rate.as_ref().map(Spanned::span)),
+        ] {
+            self.unsupported(span, &key(k));
+        }
         if max_header_size == 0 {
             if let Some(v) = &l.max_header_size {
                 self.err(
@@ -904,7 +968,9 @@ impl Validator<'_> {
         let deny = self.cidrs(&l.deny, &key("deny"));
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 5] = [
+            let http_only: [(&str, Option<Range<usize>>); 7] = [
+                ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
+                ("min_rate", l.min_rate.as_ref().map(Spanned::span)),
                 (
                     "header_timeout",
                     l.header_timeout.as_ref().map(Spanned::span),
@@ -954,6 +1020,8 @@ impl Validator<'_> {
             header_timeout,
             max_header_size,
             max_body_size,
+            body_timeout,
+            min_rate,
             access: AccessRules { allow, deny },
             redirect_https: l.redirect_https.as_ref().is_some_and(|r| *r.get_ref()),
             routes,
@@ -1221,6 +1289,45 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let mut upgrades = Vec::new();
+        match &r.upgrades {
+            None => upgrades.extend(DEFAULT_UPGRADES.iter().map(|u| u.to_string())),
+            Some(list) => {
+                for (j, u) in list.get_ref().iter().enumerate() {
+                    let lower = u.get_ref().trim().to_ascii_lowercase();
+                    let token = !lower.is_empty()
+                        && lower
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+                    if lower == "h2c" || lower.starts_with("h2c/") {
+                        self.err(
+                            Some(u.span()),
+                            format!("{key}.upgrades[{j}]"),
+                            "h2c is never tunnelled: a client could reach the backend's HTTP/2 past every route rule",
+                        );
+                    } else if !token {
+                        self.err(
+                            Some(u.span()),
+                            format!("{key}.upgrades[{j}]"),
+                            format!(
+                                "is not a protocol name like \"websocket\", got {:?}",
+                                u.get_ref()
+                            ),
+                        );
+                    } else {
+                        upgrades.push(lower);
+                    }
+                }
+            }
+        }
+        let static_hidden = r.static_hidden.as_ref().is_some_and(|h| *h.get_ref());
+        if let (Some(h), RouteTarget::Upstream(_)) = (&r.static_hidden, &target) {
+            self.err(
+                Some(h.span()),
+                k("static_hidden"),
+                "applies to routes with `static`",
+            );
+        }
         if cache && matches!(target, RouteTarget::Static(_)) {
             if let Some(c) = &r.cache {
                 self.err(
@@ -1238,6 +1345,8 @@ impl Validator<'_> {
             target,
             timeout,
             cache,
+            upgrades,
+            static_hidden,
         })
     }
 
@@ -1416,11 +1525,34 @@ impl Validator<'_> {
                 });
             }
         }
+        let max_connections_per_backend = self.int(
+            &u.max_connections_per_backend,
+            &key("max_connections_per_backend"),
+            0,
+            i64::from(u32::MAX),
+            0,
+        ) as u32;
+        let queue_timeout = self.duration(
+            &u.queue_timeout,
+            &key("queue_timeout"),
+            DEFAULT_QUEUE_TIMEOUT,
+        );
+        for (k, span) in [
+            (
+                "max_connections_per_backend",
+                u.max_connections_per_backend.as_ref().map(Spanned::span),
+            ),
+            ("queue_timeout", u.queue_timeout.as_ref().map(Spanned::span)),
+        ] {
+            self.unsupported(span, &key(k));
+        }
         Some(Upstream {
             name: name.to_string(),
             strategy,
             connect_timeout,
             retries,
+            max_connections_per_backend,
+            queue_timeout,
             backends,
             hash_key,
             sticky,

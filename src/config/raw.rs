@@ -68,6 +68,8 @@ pub struct RawListener {
     pub header_timeout: Option<Spanned<String>>,
     pub max_header_size: Option<Spanned<RawSize>>,
     pub max_body_size: Option<Spanned<RawSize>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub min_rate: Option<Spanned<RawSize>>,
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
     pub redirect_https: Option<Spanned<bool>>,
@@ -103,6 +105,8 @@ pub struct RawRoute {
     pub static_dir: Option<Spanned<String>>,
     pub cache: Option<Spanned<bool>>,
     pub timeout: Option<Spanned<String>>,
+    pub upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+    pub static_hidden: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +116,8 @@ pub struct RawUpstream {
     pub hash_key: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
+    pub max_connections_per_backend: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<String>>,
     pub backends: Spanned<Vec<Spanned<RawBackend>>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub sticky: Option<Spanned<RawSticky>>,
@@ -158,6 +164,7 @@ pub struct RawHealth {
 pub struct RawCache {
     pub max_size: Option<Spanned<RawSize>>,
     pub max_object_size: Option<Spanned<RawSize>>,
+    pub max_inflight: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]

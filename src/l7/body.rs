@@ -230,6 +230,8 @@ impl Body for ResponseBody {
 pub struct ClientBody {
     pub inner: ResponseBody,
     pub record: Option<super::access::Record>,
+    /// Ends the request for the connection's idle accounting when dropped.
+    pub _open: Option<super::OpenRequest>,
 }
 
 impl Body for ClientBody {

@@ -13,7 +13,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -26,8 +26,7 @@ use tracing::debug;
 
 use super::body::{BoxError, ResponseBody};
 use super::error::{self, ProxyError};
-use super::forward::{self, Trace};
-use super::{ConnCtx, Settings, UpstreamTarget};
+use super::forward::{self, Forwarding, Trace};
 use crate::admin::metrics::Metrics;
 use crate::cache::policy;
 use crate::cache::range;
@@ -39,6 +38,14 @@ use crate::cache::{self, Cache, Flight, Join, Key, Lookup, Stored};
 pub struct CacheRoute {
     pub cache: Arc<Cache>,
     pub counters: Arc<Counters>,
+    /// The listener and route, part of every key this route stores under.
+    pub id: Arc<str>,
+}
+
+impl CacheRoute {
+    fn key(&self, https: bool, host: &str, uri: &Uri) -> Key {
+        Key::new(&self.id, https, host, uri)
+    }
 }
 
 #[derive(Debug)]
@@ -95,43 +102,15 @@ impl Outcome {
     }
 }
 
-/// What one cached request needs to be forwarded.
-pub struct Forwarding<'a> {
-    pub target: &'a Arc<UpstreamTarget>,
-    pub timeout: Duration,
-    pub ctx: &'a Arc<ConnCtx>,
-    pub settings: &'a Arc<Settings>,
-    pub request_id: &'a HeaderValue,
-}
-
-impl Forwarding<'_> {
-    /// Forwards; should it fail, the error response carries `status` too.
-    async fn send_as(
-        &self,
-        status: CacheStatus,
-        req: Request<Option<Incoming>>,
-        trace: &mut Trace,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        trace.cache_status = Some(status.to_header());
-        self.send(req, trace).await
-    }
-
-    async fn send(
-        &self,
-        req: Request<Option<Incoming>>,
-        trace: &mut Trace,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        forward::forward(
-            req,
-            self.target,
-            self.timeout,
-            self.ctx,
-            self.settings,
-            self.request_id,
-            trace,
-        )
-        .await
-    }
+/// Forwards; should it fail, the error response carries `status` too.
+async fn send_as(
+    f: &Forwarding<'_>,
+    status: CacheStatus,
+    req: Request<Option<Incoming>>,
+    trace: &mut Trace,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    trace.cache_status = Some(status.to_header());
+    forward::forward(req, f, trace).await
 }
 
 pub async fn serve(
@@ -163,28 +142,17 @@ async fn answer(
     trace: &mut Trace,
     outcome: &mut Option<Outcome>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // HTTP/2 and absolute-form requests carry the host in the URI: one Host for both,
-    // so that their stored requests compare alike.
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(a) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, a);
-        }
+    // HTTP/2 and absolute-form requests carry the host in the URI: the request's one
+    // host as Host for all, so that their stored requests compare alike.
+    if let Some(h) = f.host {
+        req.headers_mut().insert(header::HOST, h.header().clone());
     }
     let https = f.settings.scheme == "https";
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
     let method = req.method().clone();
-    let (Some(host), true) = (host, method == Method::GET || method == Method::HEAD) else {
+    let (Some(host), true) = (f.host, method == Method::GET || method == Method::HEAD) else {
         return bypass(req, route, &f, https, trace, outcome).await;
     };
-    let key = Key::new(https, &host, req.uri());
+    let key = route.key(https, host.authority(), req.uri());
     let now = SystemTime::now();
     let (parts, body) = req.into_parts();
     let only_if_cached = policy::only_if_cached(&parts.headers);
@@ -219,13 +187,13 @@ async fn answer(
     }
     if method == Method::HEAD {
         // Forwarded as it is: a HEAD response has no body to store.
-        let resp = f
-            .send_as(
-                CacheStatus::forward(fwd),
-                Request::from_parts(parts, Some(body)),
-                trace,
-            )
-            .await?;
+        let resp = send_as(
+            &f,
+            CacheStatus::forward(fwd),
+            Request::from_parts(parts, Some(body)),
+            trace,
+        )
+        .await?;
         return Ok(finish(
             route,
             resp,
@@ -313,27 +281,21 @@ async fn bypass(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
-    let target = if safe {
-        None
-    } else {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| (h.to_owned(), req.uri().clone()))
+    let target = match (safe, f.host) {
+        (false, Some(h)) => Some((h.authority(), req.uri().clone())),
+        _ => None,
     };
-    let resp = f
-        .send_as(CacheStatus::forward(Fwd::Method), req.map(Some), trace)
-        .await?;
+    let resp = send_as(f, CacheStatus::forward(Fwd::Method), req.map(Some), trace).await?;
     if let Some((host, uri)) = target {
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
-            route.cache.invalidate(&Key::new(https, &host, &uri));
+            route.cache.invalidate(&route.key(https, host, &uri));
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 let Some(other) = resp.headers().get(&name).and_then(|v| v.to_str().ok()) else {
                     continue;
                 };
-                if let Some(uri) = same_origin(other, &host) {
-                    route.cache.invalidate(&Key::new(https, &host, &uri));
+                if let Some(uri) = same_origin(other, host) {
+                    route.cache.invalidate(&route.key(https, host, &uri));
                 }
             }
         }
@@ -463,13 +425,13 @@ impl Fetch {
         trace: &mut Trace,
         outcome: &mut Option<Outcome>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let sent = f
-            .send_as(
-                CacheStatus::forward(self.fwd),
-                Request::from_parts(copy_head(&self.upstream), body),
-                trace,
-            )
-            .await;
+        let sent = send_as(
+            f,
+            CacheStatus::forward(self.fwd),
+            Request::from_parts(copy_head(&self.upstream), body),
+            trace,
+        )
+        .await;
         let now = SystemTime::now();
         // stale-if-error: a failed origin (no answer, or a 5xx) and a stored response
         // that allows it.
@@ -513,13 +475,13 @@ impl Fetch {
                 // asked for no 304: ask again without validators (RFC 9111 4.3.3).
                 drop(r);
                 route.cache.invalidate(&self.key);
-                let again = f
-                    .send_as(
-                        CacheStatus::forward(self.fwd),
-                        Request::from_parts(copy_head(&self.client), None),
-                        trace,
-                    )
-                    .await?;
+                let again = send_as(
+                    f,
+                    CacheStatus::forward(self.fwd),
+                    Request::from_parts(copy_head(&self.client), None),
+                    trace,
+                )
+                .await?;
                 let refetch = Fetch {
                     stored: None,
                     ..self
@@ -661,6 +623,7 @@ fn refresh_in_background(
     let ctx = f.ctx.clone();
     let settings = f.settings.clone();
     let request_id = f.request_id.clone();
+    let host = f.host.cloned();
     let fetch = Fetch {
         key: key.clone(),
         client: copy_head(client),
@@ -676,16 +639,18 @@ fn refresh_in_background(
             ctx: &ctx,
             settings: &settings,
             request_id: &request_id,
+            host: host.as_ref(),
+            upgrades: &[],
         };
         let mut trace = Trace::default();
         let mut outcome = None;
         let result = async {
-            let resp = f
-                .send(
-                    Request::from_parts(copy_head(&fetch.upstream), None),
-                    &mut trace,
-                )
-                .await?;
+            let resp = forward::forward(
+                Request::from_parts(copy_head(&fetch.upstream), None),
+                &f,
+                &mut trace,
+            )
+            .await?;
             let r = fetch.answer(&route, resp, SystemTime::now(), &mut outcome);
             // Read the body through, which stores it.
             http_body_util::BodyExt::collect(r.into_body())

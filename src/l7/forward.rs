@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use super::body::{BodyStats, RequestBody, ResponseBody, UpstreamBody};
 use super::error::ProxyError;
+use super::host::RequestHost;
 use super::sticky::cookie;
 use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
@@ -104,6 +105,49 @@ pub struct Trace {
     pub body: Option<Arc<BodyStats>>,
     /// `Cache-Status` for an error response, on cached routes.
     pub cache_status: Option<HeaderValue>,
+    /// The sticky cookie that names the backend picked: added to the client's
+    /// response only, never to what the cache stores.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// Everything one request needs to be forwarded, besides the request itself.
+#[derive(Clone)]
+pub struct Forwarding<'a> {
+    pub target: &'a Arc<UpstreamTarget>,
+    /// Time allowed for the backend's response headers.
+    pub timeout: Duration,
+    pub ctx: &'a Arc<ConnCtx>,
+    pub settings: &'a Arc<super::Settings>,
+    pub request_id: &'a HeaderValue,
+    /// The request's one host: sent as `Host` and `X-Forwarded-Host`.
+    pub host: Option<&'a RequestHost>,
+    /// The `Upgrade` protocols the route passes through (lower case).
+    pub upgrades: &'a [String],
+}
+
+/// Whether the request asks for an upgrade the route allows: HTTP/1.1, `Connection:
+/// upgrade`, and every protocol `Upgrade` names among `allowed` (never `h2c`). Any
+/// other `Upgrade` is dropped with the hop-by-hop fields and the request goes on as
+/// a plain one (RFC 9110 7.8: a server may ignore it).
+pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return false;
+    }
+    let mut named = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or(",").split(','))
+        .map(|p| p.trim())
+        .peekable();
+    named.peek().is_some()
+        && named.all(|p| {
+            let name = p.split('/').next().unwrap_or("");
+            !name.eq_ignore_ascii_case("h2c")
+                && allowed
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(p) || a.eq_ignore_ascii_case(name))
+        })
 }
 
 /// The request line and headers sent upstream, reusable across attempts.
@@ -136,16 +180,18 @@ impl Head {
 /// revalidation): no body, no client connection behind it.
 pub async fn forward(
     mut req: Request<Option<Incoming>>,
-    target: &UpstreamTarget,
-    timeout: Duration,
-    ctx: &ConnCtx,
-    settings: &super::Settings,
-    request_id: &HeaderValue,
+    f: &Forwarding<'_>,
     trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let upgrade = req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade");
+    let Forwarding {
+        target,
+        timeout,
+        ctx,
+        settings,
+        request_id,
+        ..
+    } = f.clone();
+    let upgrade = wants_upgrade(&req, f.upgrades);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let up = &target.upstream;
     let hash = up
@@ -177,12 +223,6 @@ pub async fn forward(
     } else {
         None
     };
-    // The authority of an absolute-form or HTTP/2 request wins over Host (RFC 9112 3.2.2).
-    let host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| headers.get(header::HOST).cloned());
     strip_hop_by_hop(&mut headers);
     let xff = forwarded_for(&headers, ctx.peer);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -190,10 +230,10 @@ pub async fn forward(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(settings.scheme),
     );
-    match &host {
+    match f.host {
         Some(h) => {
-            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            headers.insert(header::HOST, h.clone());
+            headers.insert(X_FORWARDED_HOST.clone(), h.header().clone());
+            headers.insert(header::HOST, h.header().clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
@@ -387,9 +427,7 @@ pub async fn forward(
         lease.record_latency(sent_at.elapsed());
         if let Some((cookie, requested)) = sticky {
             if requested != Some(i) {
-                if let Some(v) = cookie.set_cookie(i, settings.scheme == "https") {
-                    resp.headers_mut().append(header::SET_COOKIE, v.clone());
-                }
+                trace.set_cookie = cookie.set_cookie(i, settings.scheme == "https").cloned();
             }
         }
 

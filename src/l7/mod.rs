@@ -10,6 +10,7 @@ pub mod body;
 pub mod cached;
 mod error;
 mod forward;
+pub mod host;
 pub mod pool;
 pub mod route;
 mod static_files;
@@ -18,7 +19,7 @@ mod sticky;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +39,27 @@ use crate::config::{self, RouteTarget};
 use crate::upstream::Upstream;
 use body::{ClientBody, ResponseBody};
 pub use error::{ProxyError, OVERLOADED};
+use host::RequestHost;
 pub use pool::{BackendPool, Pools};
 use route::{Action, RouteTable, Target};
 pub use static_files::StaticDir;
 
 /// hyper refuses a smaller read buffer; headers up to this size are always allowed.
 const MIN_HEADER_BUFFER: u64 = 8192;
+
+/// HTTP/2 limits towards clients (RFC 9113 6.5.2), all set explicitly.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may open and reset before fulcrum accepted them (rapid reset,
+/// CVE-2023-44487): past it, the connection is closed with ENHANCE_YOUR_CALM.
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams fulcrum may reset for the client's protocol errors before it closes the
+/// connection (CVE-2019-9514 and kin).
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Bytes buffered per stream for sending.
+pub const H2_MAX_SEND_BUFFER: usize = 400 * 1024;
+pub const H2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// An upstream as the HTTP engine uses it: the pool of each backend, by index.
 #[derive(Debug)]
@@ -104,11 +120,9 @@ impl Settings {
         cache: Option<&Arc<crate::cache::Cache>>,
     ) -> Settings {
         let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
-        let action = |target: &RouteTarget,
-                      timeout,
-                      strip: Option<&String>,
-                      caching: bool|
-         -> Option<Action> {
+        let action = |index: usize, r: &config::Route| -> Option<Action> {
+            let (target, timeout, strip, caching) =
+                (&r.target, r.timeout, r.path_prefix.as_ref(), r.cache);
             let (target, label) = match target {
                 RouteTarget::Upstream(name) => (
                     Target::Upstream(upstreams.get(name)?.clone()),
@@ -127,15 +141,19 @@ impl Settings {
                     (true, Some(cache), Some(counters)) => Some(cached::CacheRoute {
                         cache: cache.clone(),
                         counters: counters.clone(),
+                        id: Arc::from(format!("{}#{index}", l.name)),
                     }),
                     _ => None,
                 },
+                upgrades: r.upgrades.clone(),
+                static_hidden: r.static_hidden,
             })
         };
         let routes = l
             .routes
             .iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(index, r)| {
                 Some(route::Route {
                     host: r.host.clone(),
                     path_prefix: r.path_prefix.clone(),
@@ -147,16 +165,24 @@ impl Settings {
                             Some((n.parse().ok()?, HeaderValue::from_str(v).ok()?))
                         })
                         .collect(),
-                    action: action(&r.target, r.timeout, r.path_prefix.as_ref(), r.cache)?,
+                    action: action(index, r)?,
                 })
             })
             .collect();
         let default = l.upstream.as_ref().and_then(|u| {
             action(
-                &RouteTarget::Upstream(u.clone()),
-                config::DEFAULT_ROUTE_TIMEOUT,
-                None,
-                false,
+                l.routes.len(),
+                &config::Route {
+                    host: None,
+                    path_prefix: None,
+                    methods: Vec::new(),
+                    headers: Vec::new(),
+                    target: RouteTarget::Upstream(u.clone()),
+                    timeout: config::DEFAULT_ROUTE_TIMEOUT,
+                    cache: false,
+                    upgrades: config::DEFAULT_UPGRADES.map(String::from).to_vec(),
+                    static_hidden: false,
+                },
             )
         });
         let mut server = auto::Builder::new(TokioExecutor::new());
@@ -170,10 +196,23 @@ impl Settings {
             .header_read_timeout(l.header_timeout.max(l.idle_timeout))
             .max_buf_size(header_buf as usize)
             .keep_alive(true);
+        // Every HTTP/2 limit is set here rather than left to the library's defaults, so
+        // that an update of the library cannot loosen one.
         server
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32);
+            .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32)
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            .max_send_buf_size(H2_MAX_SEND_BUFFER)
+            .max_frame_size(H2_MAX_FRAME_SIZE)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .adaptive_window(false)
+            // No pings from fulcrum; a client's pings do not keep a connection open
+            // either (see `idle`).
+            .keep_alive_interval(None);
         Settings {
             unrouted: metrics.requests(&l.name, "-"),
             listener: Arc::from(l.name.as_str()),
@@ -207,6 +246,17 @@ pub struct ConnCtx {
     waiting: AtomicUsize,
     /// Set once the first request's head has arrived.
     first_request: AtomicBool,
+    /// Requests whose response is not over yet.
+    open: AtomicUsize,
+    /// When the last request began or ended, in milliseconds since `born`.
+    last_request_ms: AtomicU64,
+    born: Instant,
+    /// Set by an HTTP/2 request: then only requests count as activity, not the pings
+    /// and other frames a client can send to hold a connection open.
+    h2: AtomicBool,
+    /// Fired when a response must be the connection's last (a malformed request, a
+    /// denied client): the connection closes once it is sent.
+    close: CancellationToken,
     /// The connection's places under the connection limits, held by upgraded tunnels too.
     pub permits: Arc<dyn Send + Sync>,
     /// Fires when shutdown's drain time is over.
@@ -228,6 +278,28 @@ impl ConnCtx {
     pub fn waiting_on_backend(&self) -> Waiting<'_> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         Waiting(&self.waiting)
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last_request_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn request_began(self: &Arc<Self>) -> OpenRequest {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        OpenRequest(self.clone())
+    }
+}
+
+/// A request whose response is not over yet; its end counts as the connection's last
+/// activity.
+pub struct OpenRequest(Arc<ConnCtx>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -280,6 +352,11 @@ pub async fn serve_connection<S>(
         admitted,
         waiting: AtomicUsize::new(0),
         first_request: AtomicBool::new(false),
+        open: AtomicUsize::new(0),
+        last_request_ms: AtomicU64::new(0),
+        born: Instant::now(),
+        h2: AtomicBool::new(false),
+        close: CancellationToken::new(),
         permits,
         cut: cut.clone(),
         tracker,
@@ -314,6 +391,10 @@ pub async fn serve_connection<S>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            _ = ctx.close.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
             _ = idle(&activity, &ctx, settings.idle_timeout) => {
                 if closing {
                     debug!(client.addr = %peer, "still idle after closing: dropped");
@@ -327,14 +408,37 @@ pub async fn serve_connection<S>(
     }
 }
 
-/// Completes when no byte has moved for `timeout` and no request waits on a backend.
+/// Completes when no byte has moved for `timeout` and no request waits on a backend;
+/// on HTTP/2 also when no request has been open for `timeout`, whatever frames moved.
 async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
-    loop {
-        activity.idle_for(timeout).await;
-        if ctx.waiting.load(Ordering::Relaxed) == 0 {
-            return;
+    let bytes = async {
+        loop {
+            activity.idle_for(timeout).await;
+            if ctx.waiting.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep(timeout).await;
         }
-        tokio::time::sleep(timeout).await;
+    };
+    let requests = async {
+        loop {
+            if !ctx.h2.load(Ordering::Relaxed) {
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
+            let last = Duration::from_millis(ctx.last_request_ms.load(Ordering::Relaxed));
+            let quiet = ctx.born.elapsed().saturating_sub(last);
+            if ctx.open.load(Ordering::Relaxed) == 0 && quiet >= timeout {
+                return;
+            }
+            // Open requests: look again one timeout later.
+            let left = timeout.saturating_sub(quiet);
+            tokio::time::sleep(if left.is_zero() { timeout } else { left }).await;
+        }
+    };
+    tokio::select! {
+        _ = bytes => {}
+        _ = requests => {}
     }
 }
 
@@ -345,6 +449,10 @@ fn new_request_id() -> HeaderValue {
 
 async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBody> {
     ctx.first_request.store(true, Ordering::Relaxed);
+    if req.version() == http::Version::HTTP_2 {
+        ctx.h2.store(true, Ordering::Relaxed);
+    }
+    let open = ctx.request_began();
     let settings = (ctx.current)().unwrap_or_else(|| ctx.settings.clone());
     let s = &settings;
     let request_id = req
@@ -353,14 +461,19 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut record = Some(access::Record {
+    // The one host of the request, for routing, forwarding, the cache key and the log.
+    let host = host::request_host(req.uri(), req.headers(), req.version(), s.scheme == "https");
+    let mut record = access::Record {
         log: s.access_log,
         metrics: s.unrouted.clone(),
         client: ctx.peer,
         client_cert: ctx.client_cert.clone(),
         listener: s.listener.clone(),
         method: req.method().clone(),
-        host: req.headers().get(header::HOST).cloned(),
+        host: match &host {
+            Ok(h) => h.as_ref().map(|h| h.header().clone()),
+            Err(_) => req.headers().get(header::HOST).cloned(),
+        },
         uri: req.uri().clone(),
         status: 0,
         request_id: request_id.clone(),
@@ -370,24 +483,30 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         upstream: None,
         backend: None,
         cache: None,
-    });
+    };
     let mut trace = forward::Trace::default();
     let mut upstream = None;
     let mut metrics = None;
     let mut cache = None;
-    let result = respond(
-        req,
-        ctx,
-        &settings,
-        &request_id,
-        &mut trace,
-        &mut upstream,
-        &mut metrics,
-        &mut cache,
-    )
-    .await;
+    let result = match host {
+        Ok(host) => {
+            respond(
+                req,
+                ctx,
+                &settings,
+                &request_id,
+                host.as_ref(),
+                &mut trace,
+                &mut upstream,
+                &mut metrics,
+                &mut cache,
+            )
+            .await
+        }
+        Err(why) => Err(ProxyError::BadRequest(why)),
+    };
     let cache_status = trace.cache_status.take();
-    let response = result.unwrap_or_else(|e| {
+    let mut response = result.unwrap_or_else(|e| {
         let status = e.status();
         if status.is_server_error() {
             warn!(request_id = %request_id.to_str().unwrap_or("-"), listener = %s.listener, status = status.as_u16(), source = ?e.source(), error = %e, "request failed");
@@ -395,10 +514,14 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             debug!(request_id = %request_id.to_str().unwrap_or("-"), listener = %s.listener, status = status.as_u16(), error = %e, "request refused");
         }
         let mut r = error::plain(status).map(|b| ResponseBody::Full(Some(b)));
-        if e.source() == error::Source::Client && status == StatusCode::BAD_REQUEST {
-            // What follows a malformed request on this connection cannot be trusted.
+        if e.source() == error::Source::Client
+            && matches!(status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN)
+        {
+            // What follows a malformed request on this connection cannot be trusted,
+            // and a denied client has nothing more to ask: its last response.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            ctx.close.cancel();
         }
         if let Some(v) = cache_status {
             r.headers_mut()
@@ -406,17 +529,22 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         }
         r
     });
-    if let Some(r) = record.as_mut() {
-        r.status = response.status().as_u16();
-        r.body = trace.body;
-        r.upstream = upstream;
-        r.backend = trace.backend;
-        r.cache = cache;
-        if let Some(m) = metrics {
-            r.metrics = m;
-        }
+    if let Some(cookie) = trace.set_cookie.take() {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    response.map(|inner| ClientBody { inner, record })
+    record.status = response.status().as_u16();
+    record.body = trace.body;
+    record.upstream = upstream;
+    record.backend = trace.backend;
+    record.cache = cache;
+    if let Some(m) = metrics {
+        record.metrics = m;
+    }
+    response.map(|inner| ClientBody {
+        inner,
+        record: Some(record),
+        _open: Some(open),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -425,6 +553,7 @@ async fn respond(
     ctx: &Arc<ConnCtx>,
     s: &Arc<Settings>,
     request_id: &HeaderValue,
+    host: Option<&RequestHost>,
     trace: &mut forward::Trace,
     upstream: &mut Option<Arc<Upstream>>,
     metrics: &mut Option<Arc<RequestMetrics>>,
@@ -433,28 +562,12 @@ async fn respond(
     if !ctx.admitted {
         return Err(ProxyError::Denied);
     }
-    let hosts = req.headers().get_all(header::HOST).iter().count();
-    if hosts > 1 {
-        return Err(ProxyError::BadRequest("more than one Host header"));
-    }
-    if hosts == 0 && req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() {
-        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
-    }
-    let host = req
-        .uri()
-        .host()
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .map(route::strip_port);
     if s.redirect_https {
         let Some(host) = host else {
             return Err(ProxyError::BadRequest("no host to redirect to"));
         };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let location = HeaderValue::try_from(format!("https://{host}{path}"))
+        let location = HeaderValue::try_from(format!("https://{}{path}", host.name()))
             .map_err(|_| ProxyError::BadRequest("host not usable in a redirect"))?;
         let mut r =
             error::plain(StatusCode::PERMANENT_REDIRECT).map(|b| ResponseBody::Full(Some(b)));
@@ -463,7 +576,12 @@ async fn respond(
     }
     let action = s
         .routes
-        .find(req.method(), host, req.uri().path(), req.headers())
+        .find(
+            req.method(),
+            host.map(RequestHost::name),
+            req.uri().path(),
+            req.headers(),
+        )
         .ok_or(ProxyError::NoRoute)?;
     *metrics = Some(action.metrics.clone());
     match &action.target {
@@ -473,25 +591,26 @@ async fn respond(
             req.uri(),
             req.headers(),
             action.strip_prefix.as_deref(),
+            action.static_hidden,
         )
         .await),
         Target::Upstream(t) => {
             *upstream = Some(t.upstream.clone());
+            let f = forward::Forwarding {
+                target: t,
+                timeout: action.timeout,
+                ctx,
+                settings: s,
+                request_id,
+                host,
+                upgrades: &action.upgrades,
+            };
             match &action.cache {
-                Some(route) => {
-                    let f = cached::Forwarding {
-                        target: t,
-                        timeout: action.timeout,
-                        ctx,
-                        settings: s,
-                        request_id,
-                    };
+                // An upgrade is a tunnel, not a response to store: it goes past the cache.
+                Some(route) if !forward::wants_upgrade(&req, &action.upgrades) => {
                     cached::serve(req, route, f, trace, cache).await
                 }
-                None => {
-                    forward::forward(req.map(Some), t, action.timeout, ctx, s, request_id, trace)
-                        .await
-                }
+                _ => forward::forward(req.map(Some), &f, trace).await,
             }
         }
     }

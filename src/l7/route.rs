@@ -30,6 +30,10 @@ pub struct Action {
     pub metrics: Arc<RequestMetrics>,
     /// Served through the response cache.
     pub cache: Option<super::cached::CacheRoute>,
+    /// `Upgrade` protocols passed through, lower case.
+    pub upgrades: Vec<String>,
+    /// Static routes: serve path segments that start with a dot.
+    pub static_hidden: bool,
 }
 
 #[derive(Debug)]
@@ -133,6 +137,8 @@ mod tests {
                 strip_prefix: None,
                 metrics: crate::admin::metrics::Metrics::new().requests("t", "-"),
                 cache: None,
+                upgrades: Vec::new(),
+                static_hidden: false,
             },
         }
     }

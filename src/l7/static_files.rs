@@ -1,7 +1,11 @@
 //! `static` routes: files from a directory, GET and HEAD only. Path resolution,
 //! `index.html`, Content-Type, ETag/Last-Modified with 304s and Range with 206 come
 //! from hyper-staticfile; this module adds the route's prefix removal and refuses any
-//! file whose real path (after symlinks) lies outside the directory.
+//! file whose real path (after symlinks) lies outside the directory, hidden files
+//! (a path segment starting with `.`, unless `static_hidden`), and range requests a
+//! client could use to make one file cost many times its size (more than
+//! [`MAX_RANGES`] ranges, or ranges that overlap: answered 200 with the whole file, as
+//! nginx does).
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -12,6 +16,9 @@ use tracing::debug;
 
 use super::body::ResponseBody;
 use super::error::plain;
+
+/// The most ranges one request may ask for; more are answered with the whole file.
+pub const MAX_RANGES: usize = 16;
 
 #[derive(Debug)]
 pub struct StaticDir {
@@ -43,6 +50,7 @@ pub async fn serve(
     uri: &Uri,
     headers: &HeaderMap,
     strip_prefix: Option<&str>,
+    hidden: bool,
 ) -> Response<ResponseBody> {
     if method != Method::GET && method != Method::HEAD {
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED);
@@ -60,6 +68,10 @@ pub async fn serve(
     } else {
         Cow::Owned(format!("/{rest}"))
     };
+    if !hidden && has_hidden_segment(&rel) {
+        debug!(path = %rel, "hidden static file refused");
+        return error(StatusCode::NOT_FOUND);
+    }
     let result = match dir
         .resolver()
         .resolve_path(&rel, AcceptEncoding::none())
@@ -72,9 +84,11 @@ pub async fn serve(
         }
     };
     let mut content_type = None;
+    let mut size = None;
     let result = match result {
         ResolveResult::Found(file) => {
             content_type = file.content_type.clone();
+            size = Some(file.size);
             let inside = match (
                 &dir.canonical,
                 tokio::fs::canonicalize(dir.root.join(&file.path)).await,
@@ -99,16 +113,27 @@ pub async fn serve(
     // If-None-Match takes precedence over If-Modified-Since (RFC 9110 13.2.2), which
     // the builder alone would look at.
     let if_none_match = headers.get(header::IF_NONE_MATCH);
+    let both_conditionals =
+        if_none_match.is_some() && headers.contains_key(header::IF_MODIFIED_SINCE);
+    let costly_ranges = size.is_some_and(|size| {
+        headers
+            .get(header::RANGE)
+            .is_some_and(|r| !ranges_acceptable(r, size))
+    });
     let filtered;
-    let builder_headers =
-        if if_none_match.is_some() && headers.contains_key(header::IF_MODIFIED_SINCE) {
-            let mut h = headers.clone();
+    let builder_headers = if both_conditionals || costly_ranges {
+        let mut h = headers.clone();
+        if both_conditionals {
             h.remove(header::IF_MODIFIED_SINCE);
-            filtered = h;
-            &filtered
-        } else {
-            headers
-        };
+        }
+        if costly_ranges {
+            h.remove(header::RANGE);
+        }
+        filtered = h;
+        &filtered
+    } else {
+        headers
+    };
     let mut resp = match ResponseBuilder::new()
         .request_parts(method, uri, builder_headers)
         .build(result)
@@ -141,6 +166,52 @@ pub async fn serve(
     resp
 }
 
+/// Whether a path segment starts with a dot, written plainly or percent-encoded.
+fn has_hidden_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        seg.starts_with('.') || seg.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("%2e"))
+    })
+}
+
+/// Whether a `Range` request for a file of `size` bytes is cheap enough to answer
+/// with its parts: at most [`MAX_RANGES`] ranges, none overlapping another. Values
+/// that are not byte ranges are left to the response builder (it ignores them).
+fn ranges_acceptable(range: &HeaderValue, size: u64) -> bool {
+    let Some(spec) = range
+        .to_str()
+        .ok()
+        .and_then(|r| r.trim().strip_prefix("bytes="))
+    else {
+        return true;
+    };
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for part in spec.split(',') {
+        if spans.len() == MAX_RANGES {
+            return false;
+        }
+        let Some((a, b)) = part.trim().split_once('-') else {
+            return true;
+        };
+        let span = match (a.trim(), b.trim()) {
+            ("", n) => match n.parse::<u64>() {
+                Ok(n) => (size.saturating_sub(n), size),
+                Err(_) => return true,
+            },
+            (a, "") => match a.parse::<u64>() {
+                Ok(a) => (a, size),
+                Err(_) => return true,
+            },
+            (a, b) => match (a.parse::<u64>(), b.parse::<u64>()) {
+                (Ok(a), Ok(b)) => (a, b.saturating_add(1).min(size)),
+                _ => return true,
+            },
+        };
+        spans.push(span);
+    }
+    spans.sort_unstable();
+    spans.windows(2).all(|w| w[0].1 <= w[1].0)
+}
+
 /// Weak comparison (RFC 9110 8.8.3.2) of an `If-None-Match` list against an ETag.
 fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     let Ok(list) = if_none_match.to_str() else {
@@ -158,6 +229,36 @@ fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_hidden_however_written() {
+        assert!(has_hidden_segment("/.env"));
+        assert!(has_hidden_segment("/a/.git/config"));
+        assert!(has_hidden_segment("/%2egit/config"));
+        assert!(has_hidden_segment("/a/%2Ehtaccess"));
+        assert!(!has_hidden_segment("/a/b.txt"));
+        assert!(!has_hidden_segment("/a.b/c"));
+    }
+
+    #[test]
+    fn many_or_overlapping_ranges_are_refused() {
+        let ok = |r: &'static str| ranges_acceptable(&HeaderValue::from_static(r), 1000);
+        assert!(ok("bytes=0-99"));
+        assert!(ok("bytes=0-9, 20-29, -10"));
+        assert!(ok("bytes=0-9,10-19"));
+        assert!(!ok("bytes=0-9, 5-19"));
+        assert!(!ok("bytes=0-, 0-"));
+        assert!(!ok("bytes=-500, 600-"));
+        let seventeen: Vec<String> = (0..17)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+            .collect();
+        let many = HeaderValue::try_from(format!("bytes={}", seventeen.join(","))).unwrap();
+        assert!(!ranges_acceptable(&many, 1000));
+        let sixteen =
+            HeaderValue::try_from(format!("bytes={}", seventeen[..16].join(","))).unwrap();
+        assert!(ranges_acceptable(&sixteen, 1000));
+        assert!(ok("items=0-5"));
+    }
 
     #[test]
     fn etags_compare_weakly_and_in_lists() {

@@ -283,6 +283,51 @@ pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes)
     send(&client(), req).await
 }
 
+/// A GET with extra request headers.
+pub async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(&client(), b.body(empty()).unwrap()).await
+}
+
+/// An HTTP/1.1 origin that answers every request with `body`, fresh for a minute
+/// (`Cache-Control: max-age=60`), and counts the requests it answered.
+pub async fn fresh_origin(body: &'static str) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let mut r = Response::new(full(body));
+                        r.headers_mut()
+                            .insert("cache-control", "max-age=60".parse().unwrap());
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits, task)
+}
+
 /// Writes `raw` on a new connection and reads until the peer closes (or 10 s pass).
 pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
     raw_exchange_within(addr, raw, Duration::from_secs(10)).await

@@ -1,0 +1,345 @@
+//! What a hostile client or a broken backend can send, against a real fulcrum: no
+//! response reaches a client it was not built for, nothing panics, every refusal has
+//! its status.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::*;
+use common::Fulcrum;
+use http::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn upstream(name: &str, backends: &[&HttpBackend]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address = \"{}\", name = \"{}\" }}", b.addr, b.name))
+        .collect();
+    format!(
+        "[upstream.{name}]\nretries = 0\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
+
+fn web(listener: &str, rest: &str) -> String {
+    format!(
+        "[global]\naccess_log = false\nwatch_config = false\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n{listener}\n{rest}"
+    )
+}
+
+/// Writes `raw` and reads one response head and its `content-length` body.
+async fn exchange(s: &mut TcpStream, raw: &[u8]) -> String {
+    s.write_all(raw).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            Ok(_) => break,
+            Err(_) => panic!("no response in time"),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await;
+    format!("{text}{}", String::from_utf8_lossy(&body))
+}
+
+/// Whether the peer closes the connection (rather than waiting for more).
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn an_absolute_target_that_disagrees_with_host_is_refused_and_never_stored() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "[[listener.route]]\nupstream = \"app\"\ncache = true\n",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let addr = f.addr("web");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let got = exchange(
+        &mut s,
+        b"GET http://evil.example/x HTTP/1.1\r\nhost: www.victim.example\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("http/1.1 400"), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    assert!(closed(&mut s).await, "the connection closes after a 400");
+    assert_eq!(b.requests().len(), 0, "nothing reached the backend");
+
+    // Agreeing forms are one and the same host, whatever the case or default port.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let got = exchange(
+        &mut s,
+        b"GET http://WWW.Victim.Example:80/x HTTP/1.1\r\nhost: www.victim.example\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("http/1.1 200"), "{got}");
+    let seen = b.last();
+    assert_eq!(seen.headers["host"], "www.victim.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "www.victim.example");
+}
+
+#[tokio::test]
+async fn malformed_hosts_get_400() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    let addr = f.addr("web");
+    for raw in [
+        &b"GET /x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nhost: user@a.example\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nhost: a.example:99999\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nhost: a.example/evil\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let got = exchange(&mut s, raw).await;
+        assert!(
+            got.starts_with("http/1.1 400"),
+            "{}\n{got}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(b.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn an_h2_authority_that_disagrees_with_host_is_refused() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    let addr = f.addr("web");
+    let req = Request::get(format!("http://{addr}/x"))
+        .header("host", "other.example")
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = send(&h2c_client(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let req = Request::get(format!("http://{addr}/x"))
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = send(&h2c_client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(b.requests().len(), 1);
+    assert_eq!(b.last().headers["host"], addr.to_string());
+}
+
+#[tokio::test]
+async fn the_forwarded_host_is_lower_case_without_its_default_port() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    let addr = f.addr("web");
+    let (status, _, _) = get_with(addr, "/a", &[("host", "Example.COM:80")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(b.last().headers["host"], "example.com");
+    assert_eq!(b.last().headers["x-forwarded-host"], "example.com");
+    let (status, _, _) = get_with(addr, "/a", &[("host", "Example.COM:8080")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(b.last().headers["host"], "example.com:8080");
+}
+
+#[tokio::test]
+async fn a_denied_client_gets_403_and_the_connection_closes() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\ndeny = [\"127.0.0.0/8\"]",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    let got = exchange(&mut s, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert!(got.starts_with("http/1.1 403"), "{got}");
+    assert!(closed(&mut s).await, "the connection closes after a 403");
+    assert_eq!(b.requests().len(), 0);
+}
+
+/// Reads one response head byte by byte (an upgraded stream follows it).
+async fn head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut byte))
+            .await
+            .expect("a response head in time")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+async fn echoes(s: &mut TcpStream) {
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&back, b"ping");
+}
+
+#[tokio::test]
+async fn a_websocket_on_a_cached_route_is_tunnelled() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "[[listener.route]]\nupstream = \"app\"\ncache = true\n",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let h = head(&mut s).await;
+    assert!(h.starts_with("http/1.1 101"), "{h}");
+    echoes(&mut s).await;
+}
+
+#[tokio::test]
+async fn only_the_upgrades_a_route_allows_are_tunnelled_and_never_h2c() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\n\
+         [[listener.route]]\npath_prefix = \"/ws\"\nupstream = \"app\"\nupgrades = [\"x-custom\"]\n",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let addr = f.addr("web");
+    for (path, upgrade) in [
+        ("/plain", "h2c"),
+        ("/plain", "x-custom"),
+        ("/plain", "websocket, h2c"),
+        ("/wsx", "websocket"),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let raw = format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: {upgrade}\r\nhttp2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+        );
+        let got = exchange(&mut s, raw.as_bytes()).await;
+        assert!(
+            got.starts_with("http/1.1 200"),
+            "{upgrade} on {path}: {got}"
+        );
+        let seen = b.last();
+        assert!(
+            !seen.headers.contains_key("upgrade") && !seen.headers.contains_key("http2-settings"),
+            "{upgrade} on {path} reached the backend: {:?}",
+            seen.headers
+        );
+    }
+    // What the route allows is tunnelled.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: x-custom\r\n\r\n")
+        .await
+        .unwrap();
+    let h = head(&mut s).await;
+    assert!(h.starts_with("http/1.1 101"), "{h}");
+    echoes(&mut s).await;
+}
+
+#[tokio::test]
+async fn a_sticky_cookie_is_never_stored_and_does_not_stop_storing() {
+    let (origin, hits, task) = fresh_origin("stored body").await;
+    let f = Fulcrum::start(&web(
+        "[[listener.route]]\nupstream = \"app\"\ncache = true\n",
+        &format!(
+            "[upstream.app]\nbackends = [{{ address = \"{origin}\", name = \"one\" }}]\n[upstream.app.sticky]\ncookie = \"lb\"\n"
+        ),
+    ))
+    .await;
+    let addr = f.addr("web");
+    let (status, first, b1) = get_with(addr, "/page", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        first["set-cookie"].to_str().unwrap().starts_with("lb="),
+        "the client that was balanced gets its cookie: {first:?}"
+    );
+    let status_line = first["cache-status"].to_str().unwrap();
+    assert!(status_line.contains("stored"), "{status_line}");
+    let (_, second, b2) = get_with(addr, "/page", &[]).await;
+    assert_eq!(b1, b2);
+    assert!(
+        second["cache-status"].to_str().unwrap().contains("hit"),
+        "{second:?}"
+    );
+    assert!(
+        !second.contains_key("set-cookie"),
+        "another client's cookie was replayed: {second:?}"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn routes_never_serve_each_others_entries() {
+    let (canary, _, t1) = fresh_origin("canary").await;
+    let (stable, _, t2) = fresh_origin("stable").await;
+    let f = Fulcrum::start(&web(
+        "[[listener.route]]\nheaders = { \"x-canary\" = \"1\" }\nupstream = \"canary\"\ncache = true\n\
+         [[listener.route]]\nupstream = \"stable\"\ncache = true\n",
+        &format!(
+            "[upstream.canary]\nbackends = [{{ address = \"{canary}\" }}]\n\
+             [upstream.stable]\nbackends = [{{ address = \"{stable}\" }}]\n"
+        ),
+    ))
+    .await;
+    let addr = f.addr("web");
+    let (_, _, b) = get_with(addr, "/app.js", &[("x-canary", "1")]).await;
+    assert_eq!(b, "canary");
+    let (_, h, b) = get_with(addr, "/app.js", &[]).await;
+    assert_eq!(
+        b, "stable",
+        "the canary's entry served another route: {h:?}"
+    );
+    let (_, h, b) = get_with(addr, "/app.js", &[("x-canary", "1")]).await;
+    assert_eq!(b, "canary");
+    assert!(h["cache-status"].to_str().unwrap().contains("hit"));
+    t1.abort();
+    t2.abort();
+}
+
+#[tokio::test]
+async fn a_huge_lifetime_from_the_origin_is_stored_capped() {
+    let (origin, task) = raw_backend(
+        b"HTTP/1.1 200 OK\r\ncache-control: max-age=10000000000000000000, stale-while-revalidate=99999999999999999999999\r\nexpires: Fri, 31 Dec 9999 23:59:59 GMT\r\ncontent-length: 4\r\nconnection: close\r\n\r\nlong",
+    )
+    .await;
+    let f = Fulcrum::start(&web(
+        "[[listener.route]]\nupstream = \"app\"\ncache = true\n",
+        &format!("[upstream.app]\nbackends = [{{ address = \"{origin}\" }}]\n"),
+    ))
+    .await;
+    let addr = f.addr("web");
+    let (status, h, b) = get_with(addr, "/forever", &[]).await;
+    assert_eq!((status, &b[..]), (StatusCode::OK, &b"long"[..]));
+    assert!(
+        h["cache-status"].to_str().unwrap().contains("stored"),
+        "{h:?}"
+    );
+    let (status, h, b) = get_with(addr, "/forever", &[]).await;
+    assert_eq!((status, &b[..]), (StatusCode::OK, &b"long"[..]));
+    let cs = h["cache-status"].to_str().unwrap();
+    assert!(cs.contains("hit"), "{cs}");
+    let ttl: u64 = cs
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("ttl="))
+        .and_then(|t| t.parse().ok())
+        .expect("a ttl");
+    assert!(ttl <= 1 << 31, "{ttl}");
+    task.abort();
+}
