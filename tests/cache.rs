@@ -649,6 +649,7 @@ async fn the_admin_api_purges_and_the_metrics_count() {
     let (status, _, body) = send(
         &client(),
         Request::post(format!("http://{admin}/cache/purge"))
+            .header("content-type", "application/json")
             .body(common::http::body(r#"{"path_prefix": "/p/"}"#))
             .unwrap(),
     )
@@ -673,6 +674,7 @@ async fn the_admin_api_purges_and_the_metrics_count() {
     let (status, _, _) = send(
         &client(),
         Request::post(format!("http://{admin}/cache/purge"))
+            .header("content-type", "application/json")
             .body(common::http::body(r#"{"host": 3}"#))
             .unwrap(),
     )
@@ -682,6 +684,7 @@ async fn the_admin_api_purges_and_the_metrics_count() {
     let (_, _, body) = send(
         &client(),
         Request::post(format!("http://{admin}/cache/purge"))
+            .header("content-type", "application/json")
             .body(common::http::body(format!(r#"{{"host": "{host}"}}"#)))
             .unwrap(),
     )

@@ -139,10 +139,10 @@ fn run_names_the_listener_and_address_when_a_bind_fails() {
     );
 }
 
-/// A running fulcrum process with JSON logs, its stderr read line by line.
+/// A running fulcrum process, its stderr read line by line.
 struct Process {
     child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
+    lines: mpsc::Receiver<String>,
 }
 
 impl Process {
@@ -167,24 +167,34 @@ impl Process {
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        return;
-                    }
+                if tx.send(line).is_err() {
+                    return;
                 }
             }
         });
         Process { child, lines }
     }
 
-    /// Waits for the first log line whose `key` is `value`.
+    /// Waits for the first JSON log line whose `key` is `value`.
     fn wait_for_field(&self, key: &str, value: &str) -> serde_json::Value {
+        loop {
+            let line = self.wait_for_line(&format!("{key} = {value:?}"), |_| true);
+            if let Ok(line) = serde_json::from_str::<serde_json::Value>(&line) {
+                if line[key] == value {
+                    return line;
+                }
+            }
+        }
+    }
+
+    /// Waits for the first log line that `wanted` accepts.
+    fn wait_for_line(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
         loop {
             let line = self
                 .lines
                 .recv_timeout(PATIENCE)
-                .unwrap_or_else(|_| panic!("no log line with {key} = {value:?}"));
-            if line[key] == value {
+                .unwrap_or_else(|_| panic!("no log line with {what}"));
+            if wanted(&line) {
                 return line;
             }
         }
@@ -305,4 +315,58 @@ async fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
     p.signal("TERM");
     assert_eq!(next(), "STOPPING=1");
     assert_eq!(p.wait_exit(), 0);
+}
+
+/// What is left of a text log line once its quoted values are taken out.
+fn outside_quotes(line: &str) -> String {
+    let mut out = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in line.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ if !quoted => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_add_fields_to_a_text_access_line() {
+    let b = common::http::HttpBackend::start("b").await;
+    let t = TempConfig::new(
+        "log-forging",
+        &format!(
+            "[global]\nlog_format = \"text\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{{ address = \"{}\", name = \"b\" }}]\n",
+            b.addr
+        ),
+    );
+    let p = Process::start_with(&t.path, &[("NO_COLOR", "1")]);
+    let listening = p.wait_for_line("listening", |l| l.contains("listening"));
+    let addr: SocketAddr = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("the listening line names its address")
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    let req = ::http::Request::get(format!("http://{addr}/x"))
+        .header("x-request-id", "abc status=999 upstream=forged")
+        .body(common::http::empty())
+        .unwrap();
+    let (status, _, _) = common::http::send(&common::http::client(), req).await;
+    assert_eq!(status, 200);
+    let line = p.wait_for_line("fulcrum::access", |l| l.contains("fulcrum::access"));
+    assert!(
+        line.contains(r#"request_id="abc status=999 upstream=forged""#),
+        "{line}"
+    );
+    let fields = outside_quotes(&line);
+    assert_eq!(fields.matches("status=").count(), 1, "{line}");
+    assert!(fields.contains("status=200"), "{line}");
+    assert!(!fields.contains("forged"), "{line}");
 }

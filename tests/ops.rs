@@ -366,6 +366,7 @@ async fn the_admin_api_drains_reports_and_guards_posts_with_the_token() {
     // Bad JSON on the purge endpoint is a 400 with a message.
     let req = Request::post(format!("http://{a}/cache/purge"))
         .header("authorization", "Bearer s3cret-token")
+        .header("content-type", "application/json")
         .body(body_of("{not json"))
         .unwrap();
     let (status, _, body) = send(&client(), req).await;
@@ -504,5 +505,84 @@ async fn a_removed_backend_leaves_the_metrics() {
         after.contains("fulcrum_backend_healthy{backend=\"one\",upstream=\"app\"} 1"),
         "{after}"
     );
+    r.stop().await;
+}
+
+/// A page on another site, opened in a browser that can reach the admin API, must not
+/// be able to act through it.
+#[tokio::test]
+async fn the_admin_api_refuses_cross_site_requests_and_bodies_that_are_not_json() {
+    let one = HttpBackend::start("one").await;
+    let dir = Dir::new("admin-guard");
+    dir.write(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n{}",
+        web_config(&one, "")
+    ));
+    let r = start(&dir).await;
+    let a = r.admin.unwrap();
+    let post = |headers: &[(&str, String)], body_text: &'static str| {
+        let mut b = Request::post(format!("http://{a}/cache/purge"));
+        for (n, v) in headers {
+            b = b.header(*n, v.as_str());
+        }
+        let req = b.body(body(body_text)).unwrap();
+        async move { send(&client(), req).await.0 }
+    };
+    let json = ("content-type", "application/json".to_string());
+    // No cache is configured: a request that passes the guards gets 404.
+    assert_eq!(post(&[json.clone()], "{}").await, 404);
+    assert_eq!(
+        post(&[], "").await,
+        404,
+        "a POST without a body needs no type"
+    );
+    assert_eq!(
+        post(&[json.clone(), ("origin", format!("http://{a}"))], "{}").await,
+        404,
+        "the admin API's own origin is allowed"
+    );
+    assert_eq!(
+        post(
+            &[json.clone(), ("sec-fetch-site", "same-origin".into())],
+            "{}"
+        )
+        .await,
+        404
+    );
+    for cross in [
+        ("origin", "http://evil.example".to_string()),
+        ("origin", "null".to_string()),
+        ("origin", format!("http://{a}.evil.example")),
+        ("sec-fetch-site", "cross-site".to_string()),
+    ] {
+        assert_eq!(
+            post(&[json.clone(), cross.clone()], "{}").await,
+            403,
+            "{cross:?}"
+        );
+    }
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        assert_eq!(
+            post(&[("content-type", ct.to_string())], "{}").await,
+            415,
+            "{ct}"
+        );
+    }
+    assert_eq!(post(&[], "{}").await, 415, "a body without a type");
+    assert_eq!(
+        post(
+            &[("content-type", "Application/JSON; charset=utf-8".into())],
+            "{}"
+        )
+        .await,
+        404
+    );
+    // Reads stay open to any page: they change nothing.
+    let (status, _) = admin(a, "GET", "/healthz", None).await;
+    assert_eq!(status, 200);
     r.stop().await;
 }

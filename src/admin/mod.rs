@@ -97,16 +97,68 @@ fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
     given.trim().as_bytes().ct_eq(token.as_bytes()).into()
 }
 
+/// Whether a browser sent the request on behalf of another site (RFC 6454 `Origin`,
+/// Fetch metadata's `Sec-Fetch-Site`): a page elsewhere must not be able to reload,
+/// drain or purge through a browser that can reach the admin API.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    let fetch_site = h
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let foreign_origin = h.get(header::ORIGIN).is_some_and(|origin| {
+        let own = h.get(header::HOST).and_then(|v| v.to_str().ok());
+        let given = origin.to_str().ok().and_then(|o| {
+            o.strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+        });
+        match (given, own) {
+            (Some(given), Some(own)) => !given.eq_ignore_ascii_case(own),
+            _ => true,
+        }
+    });
+    fetch_site || foreign_origin
+}
+
+/// Whether the request has a body that is not declared `application/json`.
+fn body_not_json(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    match h.get(header::CONTENT_TYPE) {
+        Some(ct) => {
+            let media = ct
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            !media.eq_ignore_ascii_case("application/json")
+        }
+        None => {
+            h.contains_key(header::TRANSFER_ENCODING)
+                || h.get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0")
+        }
+    }
+}
+
 async fn route(req: Request<Incoming>, control: &dyn Control) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    if (method == Method::POST || method == Method::DELETE)
-        && !authorized(&req, control.token().as_deref())
-    {
+    let changes = method == Method::POST || method == Method::DELETE;
+    if changes && cross_site(&req) {
+        return error(StatusCode::FORBIDDEN, "cross-site requests are refused");
+    }
+    if changes && !authorized(&req, control.token().as_deref()) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
+    }
+    if changes && body_not_json(&req) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "request bodies must be application/json",
+        );
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {

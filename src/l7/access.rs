@@ -16,6 +16,8 @@ use crate::upstream::{Backend, Upstream};
 pub struct Record {
     /// Write the access line (`global.access_log`); the metrics are counted either way.
     pub log: bool,
+    /// Quote values a client controls that could pass for more fields (text logs).
+    pub quote: bool,
     pub metrics: Arc<RequestMetrics>,
     pub client: SocketAddr,
     /// The subject of the client's verified certificate (mTLS).
@@ -44,13 +46,14 @@ impl Drop for Record {
         if !self.log {
             return;
         }
+        let q = |v| Logged(v, self.quote);
         info!(
             target: "fulcrum::access",
             client = %self.client,
             listener = %self.listener,
-            method = %self.method,
-            host = %self.host.as_ref().and_then(|h| h.to_str().ok()).or(self.uri.host()).unwrap_or("-"),
-            path = %self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            method = %q(self.method.as_str()),
+            host = %q(self.host.as_ref().and_then(|h| h.to_str().ok()).or(self.uri.host()).unwrap_or("-")),
+            path = %q(self.uri.path_and_query().map_or("/", |p| p.as_str())),
             status = self.status,
             bytes_in = self.body.as_ref().map_or(0, |b| b.bytes.load(Ordering::Relaxed)),
             bytes_out = self.bytes_out,
@@ -58,8 +61,46 @@ impl Drop for Record {
             upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
             backend = %self.backend.as_ref().map_or("-", |b| b.name.as_str()),
             cache = self.cache.map(|c| tracing::field::display(c.as_str())),
-            request_id = %self.request_id.to_str().unwrap_or("-"),
-            client_cert = self.client_cert.as_deref(),
+            request_id = %q(self.request_id.to_str().unwrap_or("-")),
+            client_cert = self.client_cert.as_deref().map(|c| tracing::field::display(q(c))),
         );
+    }
+}
+
+/// A value in an access line. In text logs, one that holds anything but visible ASCII
+/// other than `"`, `=` and `\` is written quoted, its quotes and control characters
+/// escaped: a client cannot make `x-request-id: a status=200` read as two fields.
+/// JSON lines escape every value already.
+struct Logged<'a>(&'a str, bool);
+
+impl std::fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = !self.0.is_empty()
+            && self
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'=' | b'\\'));
+        if plain || !self.1 {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Logged;
+
+    #[test]
+    fn values_that_could_pass_for_fields_are_quoted_in_text_logs() {
+        let text = |v: &str| Logged(v, true).to_string();
+        assert_eq!(text("/a/b?c"), "/a/b?c");
+        assert_eq!(text("abc status=200"), "\"abc status=200\"");
+        assert_eq!(text("a\"b"), "\"a\\\"b\"");
+        assert_eq!(text("line\nbreak"), "\"line\\nbreak\"");
+        assert_eq!(text("x=1"), "\"x=1\"");
+        assert_eq!(text(""), "\"\"");
+        assert_eq!(Logged("a b", false).to_string(), "a b");
     }
 }

@@ -102,6 +102,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub redirect_https: bool,
     pub access_log: bool,
+    /// Text logs: values a client controls are quoted when they could pass for fields.
+    pub quote_log_values: bool,
     pub header_timeout: Duration,
     /// `X-Forwarded-Proto`.
     pub scheme: &'static str,
@@ -115,7 +117,7 @@ impl Settings {
     pub fn build(
         l: &config::Listener,
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
-        access_log: bool,
+        global: &config::Global,
         metrics: &Metrics,
         cache: Option<&Arc<crate::cache::Cache>>,
     ) -> Settings {
@@ -220,7 +222,8 @@ impl Settings {
             max_body_size: l.max_body_size,
             idle_timeout: l.idle_timeout,
             redirect_https: l.redirect_https,
-            access_log,
+            access_log: global.access_log,
+            quote_log_values: global.log_format == config::LogFormat::Text,
             header_timeout: l.header_timeout,
             scheme: if l.tls.is_some() { "https" } else { "http" },
             server,
@@ -465,6 +468,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     let host = host::request_host(req.uri(), req.headers(), req.version(), s.scheme == "https");
     let mut record = access::Record {
         log: s.access_log,
+        quote: s.quote_log_values,
         metrics: s.unrouted.clone(),
         client: ctx.peer,
         client_cert: ctx.client_cert.clone(),

@@ -123,7 +123,7 @@ impl Snapshot {
                 (Protocol::Http, _) => Engine::Http(Arc::new(l7::Settings::build(
                     l,
                     &http_upstreams,
-                    config.global.access_log,
+                    &config.global,
                     parts.metrics,
                     cache.as_ref(),
                 ))),
