@@ -530,7 +530,7 @@ async fn the_admin_api_refuses_cross_site_requests_and_bodies_that_are_not_json(
     };
     let json = ("content-type", "application/json".to_string());
     // No cache is configured: a request that passes the guards gets 404.
-    assert_eq!(post(&[json.clone()], "{}").await, 404);
+    assert_eq!(post(std::slice::from_ref(&json), "{}").await, 404);
     assert_eq!(
         post(&[], "").await,
         404,
