@@ -17,6 +17,8 @@ pub struct Activity {
     base: Instant,
     /// Milliseconds after `base`.
     last_ms: AtomicU64,
+    /// Bytes read and written, all streams together.
+    moved: AtomicU64,
 }
 
 impl Default for Activity {
@@ -30,7 +32,18 @@ impl Activity {
         Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
         }
+    }
+
+    /// Bytes read and written so far.
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    fn moved_bytes(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
     }
 
     pub fn touch(&self) {
@@ -86,7 +99,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.read += n as u64;
-            self.activity.touch();
+            self.activity.moved_bytes(n);
         }
         res
     }
@@ -99,8 +112,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.activity.moved_bytes(n);
+            }
         }
         res
     }
@@ -111,8 +126,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.activity.moved_bytes(n);
+            }
         }
         res
     }

@@ -343,3 +343,112 @@ async fn a_huge_lifetime_from_the_origin_is_stored_capped() {
     assert!(ttl <= 1 << 31, "{ttl}");
     task.abort();
 }
+
+#[tokio::test]
+async fn an_upload_that_does_not_arrive_in_body_timeout_gets_408() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\nbody_timeout = \"1s\"",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    let got = exchange(
+        &mut s,
+        b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    assert!(got.starts_with("http/1.1 408"), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    assert!(closed(&mut s).await);
+    // A body that arrives in time is unaffected.
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    let got = exchange(
+        &mut s,
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(
+        got.starts_with("http/1.1 200") && got.ends_with("hello"),
+        "{got}"
+    );
+    // A backend that answers before the body is in: too late for a 408, so the
+    // response is cut rather than completed.
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\nonly ten b")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        !got.contains("\r\n0\r\n\r\n"),
+        "a cut upload made a complete response: {got}"
+    );
+}
+
+/// One window of `min_rate` is ten seconds: this test takes that long.
+#[tokio::test]
+async fn an_upload_slower_than_min_rate_is_cut() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\nmin_rate = 1000",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    // A byte every half second: far below 1000 bytes a second. Cut within two
+    // windows; a generous bound on the wait, never a measurement.
+    let trickle = async {
+        for _ in 0..120 {
+            if s.write_all(b"x").await.is_err() {
+                return true;
+            }
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                _ => {}
+            }
+        }
+        false
+    };
+    assert!(trickle.await, "the slow upload was never cut");
+}
+
+/// HTTP/2 pings are frames, not requests: a client that only pings is idle.
+#[tokio::test]
+async fn h2_pings_alone_do_not_keep_a_connection_open() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\nidle_timeout = \"1s\"",
+        &upstream("app", &[&b]),
+    ))
+    .await;
+    let tcp = TcpStream::connect(f.addr("web")).await.unwrap();
+    let (mut client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().expect("ping_pong");
+    let driver = tokio::spawn(conn);
+    let req = Request::get("http://a/x").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    let pinger = tokio::spawn(async move {
+        loop {
+            if pings.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    // Closed (GOAWAY, then the connection ends) about one idle_timeout after the
+    // response; the bound is generous.
+    tokio::time::timeout(Duration::from_secs(15), driver)
+        .await
+        .expect("pings kept the connection open")
+        .unwrap()
+        .ok();
+    pinger.abort();
+}

@@ -949,12 +949,6 @@ impl Validator<'_> {
         let body_timeout =
             self.duration(&l.body_timeout, &key("body_timeout"), DEFAULT_BODY_TIMEOUT);
         let min_rate = self.size(&l.min_rate, &key("min_rate"), 0);
-        for (k, span) in [
-            ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
-            ("min_rate", l.min_rate.as_ref().map(Spanned::span)),
-        ] {
-            self.unsupported(span, &key(k));
-        }
         if max_header_size == 0 {
             if let Some(v) = &l.max_header_size {
                 self.err(

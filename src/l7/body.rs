@@ -5,6 +5,7 @@
 //! - [`ResponseBody`]: what the client receives: a short error text, a backend's body
 //!   (whose connection returns to the pool when it ends), or a static file.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,12 +53,20 @@ impl BodyStats {
 #[error("request body over max_body_size")]
 pub struct TooLarge;
 
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within body_timeout")]
+pub struct TooLate;
+
 pub struct RequestBody {
     inner: Option<Incoming>,
     /// 0: no limit.
     limit: u64,
     seen: u64,
     stats: Option<Arc<BodyStats>>,
+    /// `body_timeout`: when the whole body must have arrived. Checked while the body
+    /// is read after the backend already answered; before that, the forwarding waits
+    /// on it itself.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl RequestBody {
@@ -67,15 +76,22 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             stats: None,
+            deadline: None,
         }
     }
 
-    pub fn stream(inner: Incoming, limit: u64, stats: Arc<BodyStats>) -> Self {
+    pub fn stream(
+        inner: Incoming,
+        limit: u64,
+        stats: Arc<BodyStats>,
+        deadline: tokio::time::Instant,
+    ) -> Self {
         RequestBody {
             inner: Some(inner),
             limit,
             seen: 0,
             stats: Some(stats),
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 }
@@ -113,7 +129,13 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {
+                    this.inner = None;
+                    Poll::Ready(Some(Err(Box::new(TooLate))))
+                }
+                _ => Poll::Pending,
+            },
         }
     }
 

@@ -21,6 +21,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("request body over max_body_size")]
     BodyTooLarge,
+    #[error("request body not received within body_timeout")]
+    BodyTimeout,
     #[error("no healthy backend to pick")]
     NoBackend,
     #[error("connect to backend failed: {0}")]
@@ -41,6 +43,7 @@ impl ProxyError {
             ProxyError::Denied => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Backend(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -52,6 +55,7 @@ impl ProxyError {
         match self {
             ProxyError::Denied
             | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
             | ProxyError::ClientBody(_) => Source::Client,
             ProxyError::NoRoute | ProxyError::NoBackend => Source::Fulcrum,
@@ -96,6 +100,7 @@ mod tests {
             (ProxyError::Denied, 403),
             (ProxyError::NoRoute, 404),
             (ProxyError::BodyTooLarge, 413),
+            (ProxyError::BodyTimeout, 408),
             (ProxyError::NoBackend, 503),
             (ProxyError::Connect("refused".into()), 502),
             (ProxyError::Backend("invalid".into()), 502),

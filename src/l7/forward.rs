@@ -214,6 +214,7 @@ pub async fn forward(
         }
     }
 
+    let body_deadline = tokio::time::Instant::now() + settings.body_timeout;
     let (parts, body) = req.into_parts();
     let body = body.filter(|b| !hyper::body::Body::is_end_stream(b));
     let has_body = body.is_some();
@@ -285,7 +286,7 @@ pub async fn forward(
         Some(body) => {
             let stats = Arc::new(BodyStats::default());
             trace.body = Some(stats.clone());
-            RequestBody::stream(body, limit, stats)
+            RequestBody::stream(body, limit, stats, body_deadline)
         }
         None => RequestBody::empty(),
     });
@@ -363,21 +364,28 @@ pub async fn forward(
         };
         let sent_at = tokio::time::Instant::now();
         // The route's timeout is for the backend's answer: it starts once the request
-        // body (if any) has been read whole, not while a client is still uploading.
+        // body (if any) has been read whole, not while a client is still uploading;
+        // the upload itself has `body_timeout` from the request's start.
         let body_stats = trace.body.clone();
         let deadline = async {
             if let Some(stats) = &body_stats {
-                stats.wait_finished().await;
+                tokio::select! {
+                    _ = stats.wait_finished() => {}
+                    _ = tokio::time::sleep_until(body_deadline) => return Late::Body,
+                }
             }
             let _waiting = ctx.waiting_on_backend();
             tokio::time::sleep(timeout).await;
+            Late::Backend
         };
         let sent = tokio::select! {
             r = sender.try_send_request(request) => Ok(r),
-            _ = deadline => Err(()),
+            late = deadline => Err(late),
         };
         let mut resp = match sent {
-            Err(_) => {
+            // The client's upload is late: the backend request is dropped with it.
+            Err(Late::Body) => return Err(ProxyError::BodyTimeout),
+            Err(Late::Backend) => {
                 lease.set_outcome(Outcome::Failure);
                 return Err(ProxyError::Timeout(timeout));
             }
@@ -482,6 +490,14 @@ pub async fn forward(
         ));
     }
     Err(last_error)
+}
+
+/// Which wait ran out first.
+enum Late {
+    /// The request body did not arrive whole within `body_timeout`.
+    Body,
+    /// The backend sent no response head within the route's timeout.
+    Backend,
 }
 
 /// What `consistent_hash` hashes for this request; a missing header or cookie falls

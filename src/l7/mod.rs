@@ -99,6 +99,10 @@ pub struct Settings {
     pub listener: Arc<str>,
     pub routes: RouteTable,
     pub max_body_size: u64,
+    /// A request body must have arrived whole this long after the request began.
+    pub body_timeout: Duration,
+    /// Bytes per second below which a transfer is cut (0: off).
+    pub min_rate: u64,
     pub idle_timeout: Duration,
     pub redirect_https: bool,
     pub access_log: bool,
@@ -220,6 +224,8 @@ impl Settings {
             listener: Arc::from(l.name.as_str()),
             routes: RouteTable { routes, default },
             max_body_size: l.max_body_size,
+            body_timeout: l.body_timeout,
+            min_rate: l.min_rate,
             idle_timeout: l.idle_timeout,
             redirect_https: l.redirect_https,
             access_log: global.access_log,
@@ -247,6 +253,9 @@ pub struct ConnCtx {
     /// Requests whose body is sent and that wait for the backend's answer, a wait the
     /// route's `timeout` bounds: meanwhile the connection is not idle.
     waiting: AtomicUsize,
+    /// Set whenever a request waits on its backend: `min_rate` does not hold a slow
+    /// backend against the client.
+    waited: AtomicBool,
     /// Set once the first request's head has arrived.
     first_request: AtomicBool,
     /// Requests whose response is not over yet.
@@ -280,6 +289,7 @@ impl Drop for Waiting<'_> {
 impl ConnCtx {
     pub fn waiting_on_backend(&self) -> Waiting<'_> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.waited.store(true, Ordering::Relaxed);
         Waiting(&self.waiting)
     }
 
@@ -354,6 +364,7 @@ pub async fn serve_connection<S>(
         client_cert,
         admitted,
         waiting: AtomicUsize::new(0),
+        waited: AtomicBool::new(false),
         first_request: AtomicBool::new(false),
         open: AtomicUsize::new(0),
         last_request_ms: AtomicU64::new(0),
@@ -406,7 +417,34 @@ pub async fn serve_connection<S>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            _ = too_slow(&activity, &ctx, settings.min_rate), if settings.min_rate > 0 => {
+                debug!(client.addr = %peer, min_rate = settings.min_rate, "transfer slower than min_rate: cut");
+                return;
+            }
             _ = cut.cancelled() => return,
+        }
+    }
+}
+
+/// Completes when a request's transfer (its upload, or its response's download) moved
+/// fewer than `min_rate` bytes per second over a whole window. Windows in which a
+/// request waited on its backend, or no request was open, do not count.
+async fn too_slow(activity: &Activity, ctx: &ConnCtx, min_rate: u64) {
+    let window = config::MIN_RATE_WINDOW;
+    let floor = min_rate.saturating_mul(window.as_secs());
+    loop {
+        let before = activity.moved();
+        let open_before = ctx.open.load(Ordering::Relaxed) > 0;
+        ctx.waited
+            .store(ctx.waiting.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
+        tokio::time::sleep(window).await;
+        let moved = activity.moved().saturating_sub(before);
+        if open_before
+            && ctx.open.load(Ordering::Relaxed) > 0
+            && !ctx.waited.load(Ordering::Relaxed)
+            && moved < floor
+        {
+            return;
         }
     }
 }
@@ -519,10 +557,13 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         }
         let mut r = error::plain(status).map(|b| ResponseBody::Full(Some(b)));
         if e.source() == error::Source::Client
-            && matches!(status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN)
+            && matches!(
+                status,
+                StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN | StatusCode::REQUEST_TIMEOUT
+            )
         {
-            // What follows a malformed request on this connection cannot be trusted,
-            // and a denied client has nothing more to ask: its last response.
+            // What follows a malformed or cut request on this connection cannot be
+            // trusted, and a denied client has nothing more to ask: its last response.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             ctx.close.cancel();
