@@ -452,3 +452,69 @@ async fn h2_pings_alone_do_not_keep_a_connection_open() {
         .ok();
     pinger.abort();
 }
+
+#[tokio::test]
+async fn requests_over_a_backends_cap_wait_their_turn() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"",
+        &format!(
+            "[upstream.app]\nretries = 0\nmax_connections_per_backend = 1\nqueue_timeout = \"30s\"\n\
+             backends = [{{ address = \"{}\", name = \"b\" }}]\n",
+            b.addr
+        ),
+    ))
+    .await;
+    let addr = f.addr("web");
+    let state = f.backend("app", "b").state.clone();
+    // Three at once on a backend capped at one: served one after the other.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let (peak, state) = (peak.clone(), state.clone());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(state.active(), std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let calls: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "/slow/200").await.0 }))
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), StatusCode::OK);
+    }
+    watcher.abort();
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(b.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_request_that_waits_past_queue_timeout_gets_503_with_retry_after() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"",
+        &format!(
+            "[upstream.app]\nretries = 0\nmax_connections_per_backend = 1\nqueue_timeout = \"100ms\"\n\
+             backends = [{{ address = \"{}\", name = \"b\" }}]\n",
+            b.addr
+        ),
+    ))
+    .await;
+    let addr = f.addr("web");
+    let state = f.backend("app", "b").state.clone();
+    let first = tokio::spawn(async move { get(addr, "/slow/5000").await.0 });
+    // Once the first holds the backend's one place...
+    for _ in 0..1000 {
+        if state.active() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state.active(), 1);
+    let (status, h, body) = get(addr, "/x").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h["retry-after"], "1");
+    assert!(!String::from_utf8_lossy(&body).contains("127.0.0.1"));
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+}

@@ -328,3 +328,31 @@ async fn shutdown_cuts_what_is_still_open_at_the_timeout() {
     assert_eq!(report.cut, 1);
     assert_eq!(open.read_to_end().await, b"");
 }
+
+#[tokio::test]
+async fn connections_over_a_backends_cap_wait_then_are_closed() {
+    let a = Backend::start("a").await;
+    let f = Fulcrum::start(&tcp_config(
+        "",
+        &format!(
+            "max_connections_per_backend = 1\nqueue_timeout = \"200ms\"\n{}",
+            backends_list(&[(&a, 1)])
+        ),
+    ))
+    .await;
+    let mut first = Client::connect(f.addr("front")).await;
+    assert_eq!(first.greeting().await.as_deref(), Some("a"));
+    // The backend's one place is taken: the next connection waits, then is closed.
+    assert_eq!(who(f.addr("front")).await, None);
+    assert_eq!(
+        a.accepted(),
+        1,
+        "the waiting connection never reached the backend"
+    );
+    // Once the first ends, its place is free again.
+    first.writer.shutdown().await.unwrap();
+    let _ = first.read_to_end().await;
+    assert_eq!(who(f.addr("front")).await.as_deref(), Some("a"));
+    assert_eq!(a.accepted(), 2);
+    f.stop().await;
+}

@@ -119,11 +119,14 @@ async fn connect(s: &Settings, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..attempts {
         // A TCP connection has only its source address to hash, whatever `hash_key` says.
-        let mut lease = up.pick(&PickContext {
-            client: Some(peer),
-            exclude: &tried,
-            hash: None,
-        })?;
+        let mut lease = up
+            .acquire(&PickContext {
+                client: Some(peer),
+                exclude: &tried,
+                hash: None,
+            })
+            .await
+            .ok()?;
         let addr = lease.backend().addr;
         let started = Instant::now();
         let err = match timeout(up.connect_timeout, TcpStream::connect(addr)).await {

@@ -25,6 +25,8 @@ pub enum ProxyError {
     BodyTimeout,
     #[error("no healthy backend to pick")]
     NoBackend,
+    #[error("every backend at max_connections_per_backend: {0:?}")]
+    Queue(crate::upstream::NoLease),
     #[error("connect to backend failed: {0}")]
     Connect(String),
     #[error("backend failed: {0}")]
@@ -44,7 +46,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Backend(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
@@ -58,7 +60,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
             | ProxyError::ClientBody(_) => Source::Client,
-            ProxyError::NoRoute | ProxyError::NoBackend => Source::Fulcrum,
+            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Queue(_) => Source::Fulcrum,
             ProxyError::Connect(_) | ProxyError::Backend(_) | ProxyError::Timeout(_) => {
                 Source::Backend
             }

@@ -20,7 +20,7 @@ use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::balance::hash_bytes;
 use crate::config::HashKey;
-use crate::upstream::{hash_ip, Backend, Outcome, PickContext};
+use crate::upstream::{hash_ip, Backend, NoLease, Outcome, PickContext};
 
 /// Most tries one request makes, whatever `retries` says.
 const MAX_ATTEMPTS: usize = 16;
@@ -301,14 +301,24 @@ pub async fn forward(
             Some((_, Some(i))) if !tried.contains(&i) => up.pick_backend(i),
             _ => None,
         };
-        let Some(mut lease) = sticky_lease.or_else(|| {
-            up.pick(&PickContext {
-                client: Some(ctx.peer),
-                exclude: &tried,
-                hash,
-            })
-        }) else {
-            break;
+        let picked = match sticky_lease {
+            Some(lease) => Ok(lease),
+            None => {
+                up.acquire(&PickContext {
+                    client: Some(ctx.peer),
+                    exclude: &tried,
+                    hash,
+                })
+                .await
+            }
+        };
+        let mut lease = match picked {
+            Ok(lease) => lease,
+            Err(NoLease::NoBackend) => break,
+            Err(why) => {
+                last_error = ProxyError::Queue(why);
+                break;
+            }
         };
         let i = lease.index();
         let pool = &target.pools[i];

@@ -43,6 +43,34 @@ struct Changes {
     /// Backends ejected right now, across the registry: while nonzero, picks look
     /// for ejections that have run out.
     ejected: AtomicU64,
+    /// `max_connections_per_backend`: requests waiting for a backend under its cap.
+    queued: AtomicUsize,
+    /// Signalled when a capped lease ends: one waiting request looks again.
+    freed: tokio::sync::Notify,
+}
+
+/// The most requests (or connections) one upstream lets wait for a backend under
+/// `max_connections_per_backend`; past it, they are refused at once.
+pub const MAX_QUEUE: usize = 4096;
+
+/// Why no lease could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoLease {
+    /// No backend is eligible (down, drained, ejected, weight 0, or all tried).
+    NoBackend,
+    /// Every eligible backend stayed at its cap for `queue_timeout`.
+    QueueTimeout,
+    /// The queue was full.
+    QueueFull,
+}
+
+/// A place in an upstream's queue, given back when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The live state of one backend, shared by every generation that has it.
@@ -286,6 +314,9 @@ pub struct Upstream {
     balancer: Balancer,
     passive: Option<Passive>,
     changes: Arc<Changes>,
+    /// `max_connections_per_backend`; 0: no cap.
+    cap: usize,
+    pub queue_timeout: Duration,
 }
 
 /// What a pick may depend on.
@@ -395,6 +426,8 @@ impl Upstream {
             balancer,
             passive,
             changes: Registry::changes(&mut registry.lock(), &cfg.name),
+            cap: cfg.max_connections_per_backend as usize,
+            queue_timeout: cfg.queue_timeout,
         }
     }
 
@@ -421,20 +454,86 @@ impl Upstream {
         }
     }
 
-    fn lease(&self, i: usize) -> Lease {
-        let backend = self.backends[i].clone();
-        backend.state.active.fetch_add(1, Ordering::Relaxed);
-        Lease {
+    /// A lease on backend `i`, unless it is at its cap: the count is taken only while
+    /// below it, so concurrent picks never push a backend past it.
+    fn lease(&self, i: usize) -> Option<Lease> {
+        let backend = self.backends.get(i)?.clone();
+        let active = &backend.state.active;
+        if self.cap == 0 {
+            active.fetch_add(1, Ordering::Relaxed);
+        } else {
+            active
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < self.cap).then_some(n + 1)
+                })
+                .ok()?;
+        }
+        Some(Lease {
             backend,
             index: i,
             outcome: None,
             passive: self.passive,
+            freed: (self.cap > 0).then(|| self.changes.clone()),
+        })
+    }
+
+    /// Picks a backend by the upstream's strategy; `None` when none is eligible (or,
+    /// under `max_connections_per_backend`, every eligible one is at its cap).
+    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Lease> {
+        self.expire_ejections();
+        let mut full: Option<Vec<usize>> = None;
+        loop {
+            let exclude = full.as_deref().unwrap_or(ctx.exclude);
+            let i = self.select(ctx, exclude)?;
+            if let Some(lease) = self.lease(i) {
+                return Some(lease);
+            }
+            // At its cap: look among the others.
+            full.get_or_insert_with(|| ctx.exclude.to_vec()).push(i);
         }
     }
 
-    /// Picks a backend by the upstream's strategy; `None` when none is eligible.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Lease> {
-        self.expire_ejections();
+    /// As [`pick`](Self::pick), but when every eligible backend is at its cap the
+    /// request waits (in a queue bounded by [`MAX_QUEUE`]) for one to free up, at most
+    /// `queue_timeout`.
+    pub async fn acquire(&self, ctx: &PickContext<'_>) -> Result<Lease, NoLease> {
+        if self.cap == 0 {
+            return self.pick(ctx).ok_or(NoLease::NoBackend);
+        }
+        // Those already waiting go first.
+        if self.changes.queued.load(Ordering::Acquire) == 0 {
+            if let Some(lease) = self.pick(ctx) {
+                return Ok(lease);
+            }
+        }
+        if self.select(ctx, ctx.exclude).is_none() {
+            return Err(NoLease::NoBackend);
+        }
+        let queued = &self.changes.queued;
+        if queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUE {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(NoLease::QueueFull);
+        }
+        let _place = Queued(queued);
+        let deadline = Instant::now() + self.queue_timeout;
+        loop {
+            let freed = self.changes.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(lease) = self.pick(ctx) {
+                return Ok(lease);
+            }
+            if self.select(ctx, ctx.exclude).is_none() {
+                return Err(NoLease::NoBackend);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(NoLease::QueueTimeout);
+            }
+        }
+    }
+
+    /// The strategy's choice among eligible backends not in `exclude`.
+    fn select(&self, ctx: &PickContext<'_>, exclude: &[usize]) -> Option<usize> {
         let view = View {
             states: &self.states,
             weights: &self.weights,
@@ -446,23 +545,17 @@ impl Upstream {
         } else {
             None
         };
-        let i = self.balancer.select(
-            &view,
-            Selection {
-                exclude: ctx.exclude,
-                hash,
-            },
-        )?;
-        Some(self.lease(i))
+        self.balancer.select(&view, Selection { exclude, hash })
     }
 
-    /// A lease on backend `i` if it is eligible (for sticky sessions).
+    /// A lease on backend `i` if it is eligible and below its cap (for sticky
+    /// sessions).
     pub fn pick_backend(&self, i: usize) -> Option<Lease> {
         self.expire_ejections();
         self.backends
             .get(i)
             .filter(|b| b.is_eligible())
-            .map(|_| self.lease(i))
+            .and_then(|_| self.lease(i))
     }
 }
 
@@ -482,6 +575,8 @@ pub struct Lease {
     index: usize,
     outcome: Option<Outcome>,
     passive: Option<Passive>,
+    /// Under `max_connections_per_backend`: told when this lease ends.
+    freed: Option<Arc<Changes>>,
 }
 
 impl Lease {
@@ -512,7 +607,10 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let s = &self.backend.state;
-        s.active.fetch_sub(1, Ordering::Relaxed);
+        s.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(changes) = &self.freed {
+            changes.freed.notify_one();
+        }
         match self.outcome {
             Some(Outcome::Success) => {
                 s.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -567,6 +665,92 @@ mod tests {
         assert_eq!(up.backends()[0].state.active(), 1);
         drop(b);
         assert_eq!(up.backends()[0].state.active(), 0);
+    }
+
+    fn capped(cap: u32, backends: &str) -> Upstream {
+        let c = config(
+            backends,
+            &format!("max_connections_per_backend = {cap}\nqueue_timeout = \"1s\"\n"),
+        );
+        Upstream::build(&c.upstreams[0], &Registry::new())
+    }
+
+    #[test]
+    fn no_backend_is_leased_past_its_cap() {
+        let up = capped(
+            2,
+            "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
+        );
+        let leases: Vec<Lease> = (0..4)
+            .map(|_| up.pick(&PickContext::default()).expect("below the caps"))
+            .collect();
+        assert!(up.backends().iter().all(|b| b.state.active() == 2));
+        assert!(
+            up.pick(&PickContext::default()).is_none(),
+            "both at their cap"
+        );
+        assert!(up.pick_backend(0).is_none());
+        drop(leases);
+        assert!(up.backends().iter().all(|b| b.state.active() == 0));
+    }
+
+    #[test]
+    fn concurrent_picks_never_pass_the_cap() {
+        let up = Arc::new(capped(3, "{ address = \"127.0.0.1:1\" }"));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (up, peak) = (up.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        if let Some(l) = up.pick(&PickContext::default()) {
+                            peak.fetch_max(l.backend().state.active(), Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Ordering::SeqCst) <= 3);
+        assert_eq!(up.backends()[0].state.active(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_a_backend_to_free_up_then_times_out() {
+        let up = Arc::new(capped(1, "{ address = \"127.0.0.1:1\" }"));
+        let held = up.acquire(&PickContext::default()).await.unwrap();
+        let waiter = {
+            let up = up.clone();
+            tokio::spawn(async move { up.acquire(&PickContext::default()).await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished(), "it waits while the backend is full");
+        drop(held);
+        assert_eq!(
+            waiter.await.unwrap(),
+            Ok(()),
+            "a freed place goes to the waiter"
+        );
+
+        let _held = up.acquire(&PickContext::default()).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            up.acquire(&PickContext::default()).await.map(drop),
+            Err(NoLease::QueueTimeout)
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(up.changes.queued.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_with_nothing_eligible_does_not_queue() {
+        let up = capped(1, "{ address = \"127.0.0.1:1\", weight = 0 }");
+        assert_eq!(
+            up.acquire(&PickContext::default()).await.map(drop),
+            Err(NoLease::NoBackend)
+        );
     }
 
     #[test]
