@@ -865,3 +865,119 @@ async fn the_cache_survives_a_reload_unless_its_sizes_change() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A raw HTTP/1.1 origin: every request gets `head` then `body` written as they are.
+async fn raw_origin(head: String, body: Bytes) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (head, body, c) = (head.clone(), body.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if s.write_all(head.as_bytes()).await.is_err()
+                        || s.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count, task)
+}
+
+#[tokio::test]
+async fn a_slow_client_that_leads_a_miss_holds_back_no_one() {
+    let size = 8 << 20;
+    let body = Bytes::from(pattern(size));
+    let (origin, count, task) = raw_origin(
+        format!("HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {size}\r\n\r\n"),
+        body.clone(),
+    )
+    .await;
+    let f = Fulcrum::start(&config(
+        origin,
+        "[cache]\nmax_size = \"64MiB\"\nmax_object_size = \"16MiB\"\n",
+    ))
+    .await;
+    let addr = f.addr("web");
+    // The leader asks and then reads nothing: megabytes wait in the socket buffers.
+    let mut leader = tokio::net::TcpStream::connect(addr).await.unwrap();
+    leader
+        .write_all(b"GET /big HTTP/1.1\r\nhost: cached.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 16];
+    leader.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first[..12], b"HTTP/1.1 200");
+    // Another client gets the whole response at its own pace, from the same fill.
+    let (status, headers, got) = send(
+        &client(),
+        Request::get(format!("http://{addr}/big"))
+            .header("host", "cached.example")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(got.len(), size);
+    assert!(got == body, "the body arrived intact");
+    assert!(
+        headers["cache-status"].to_str().unwrap().contains("hit"),
+        "{headers:?}"
+    );
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "one request reached the origin"
+    );
+    drop(leader);
+    task.abort();
+}
+
+#[tokio::test]
+async fn responses_past_max_inflight_stream_unstored() {
+    let body = Bytes::from(pattern(4096));
+    let (origin, count, task) = raw_origin(
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 4096\r\n\r\n".into(),
+        body.clone(),
+    )
+    .await;
+    let f = Fulcrum::start(&config(origin, "[cache]\nmax_inflight = \"1KiB\"\n")).await;
+    let addr = f.addr("web");
+    for _ in 0..2 {
+        let g = get(addr, "/over-budget").await;
+        assert_eq!(g.body, body);
+        assert_eq!(g.cache_status(), "fulcrum; fwd=miss");
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    task.abort();
+
+    // Without a declared length the copy is held to the budget as it grows.
+    let (origin, count, task) = raw_origin(
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+        Bytes::from(format!("1000\r\n{}\r\n0\r\n\r\n", "x".repeat(4096))),
+    )
+    .await;
+    let f2 = Fulcrum::start(&config(origin, "[cache]\nmax_inflight = \"1KiB\"\n")).await;
+    let addr = f2.addr("web");
+    for _ in 0..2 {
+        let g = get(addr, "/chunked").await;
+        assert_eq!(g.body.len(), 4096);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 2, "nothing was stored");
+    task.abort();
+    drop(f);
+}

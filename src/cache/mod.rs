@@ -3,12 +3,14 @@
 //! - [`policy`]: what may be stored and for how long (pure functions over headers);
 //! - the store: responses by key (scheme, host, path and query), each key holding its
 //!   variants (`Vary`), bounded by bytes with the least recently used key going first;
-//! - collapsing: concurrent misses for one key make one upstream request, the others
-//!   wait for it (bounded) and then look again;
+//! - collapsing: concurrent misses for one key make one upstream request; the others
+//!   wait for its response head (bounded), then read the same [`fill::Fill`] or, when
+//!   it is not stored, go their own way;
 //! - [`status`]: the `Cache-Status` field (RFC 9211).
 //!
 //! The HTTP engine drives it; nothing here touches a socket.
 
+pub mod fill;
 pub mod policy;
 pub mod range;
 pub mod status;
@@ -25,6 +27,7 @@ use moka::policy::EvictionPolicy;
 use tokio::sync::watch;
 
 use crate::config::CacheSettings;
+use fill::{Budget, Fill};
 use policy::{PolicyRequest, StaleRules};
 
 /// Variants kept per key; the oldest goes first.
@@ -198,10 +201,14 @@ pub enum Lookup {
     Miss { vary: bool },
 }
 
+type Inflight = Arc<Mutex<HashMap<Key, watch::Receiver<Option<Arc<Fill>>>>>>;
+
 pub struct Cache {
     pub settings: CacheSettings,
     store: moka::sync::Cache<Key, Variants>,
-    inflight: Arc<Mutex<HashMap<Key, watch::Receiver<()>>>>,
+    inflight: Inflight,
+    /// Bytes of responses being stored right now (`max_inflight`).
+    pub budget: Arc<Budget>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -212,12 +219,21 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// The one upstream request of a key's concurrent misses. Those waiting on it look
-/// again once it is dropped: stored, refused or abandoned.
+/// The one upstream request of a key's concurrent misses. Those waiting on it are
+/// released when its response head is in: handed the [`Fill`] it publishes, or left
+/// to look again once it is dropped (not stored, abandoned).
 pub struct Flight {
     key: Key,
-    inflight: Arc<Mutex<HashMap<Key, watch::Receiver<()>>>>,
-    _done: watch::Sender<()>,
+    inflight: Inflight,
+    fill: watch::Sender<Option<Arc<Fill>>>,
+}
+
+impl Flight {
+    /// Hands the response being stored to every request waiting on this one, and to
+    /// those that join while it fills.
+    pub fn publish(&self, fill: Arc<Fill>) {
+        self.fill.send_replace(Some(fill));
+    }
 }
 
 impl Drop for Flight {
@@ -232,7 +248,7 @@ pub enum Join {
     /// Make the request; the others wait on this.
     Lead(Flight),
     /// Another request for the key is on its way: wait for it.
-    Wait(watch::Receiver<()>),
+    Wait(watch::Receiver<Option<Arc<Fill>>>),
 }
 
 impl Cache {
@@ -246,6 +262,7 @@ impl Cache {
             })
             .build();
         Cache {
+            budget: Budget::new(settings.max_inflight),
             settings,
             store,
             inflight: Arc::default(),
@@ -349,33 +366,38 @@ impl Cache {
     pub fn join(&self, key: &Key) -> Join {
         let Ok(mut map) = self.inflight.lock() else {
             // A poisoned map: every request goes upstream on its own.
-            let (tx, _) = watch::channel(());
+            let (tx, _) = watch::channel(None);
             return Join::Lead(Flight {
                 key: key.clone(),
                 inflight: Arc::default(),
-                _done: tx,
+                fill: tx,
             });
         };
         if let Some(rx) = map.get(key) {
             return Join::Wait(rx.clone());
         }
-        let (tx, rx) = watch::channel(());
+        let (tx, rx) = watch::channel(None);
         map.insert(key.clone(), rx);
         Join::Lead(Flight {
             key: key.clone(),
             inflight: self.inflight.clone(),
-            _done: tx,
+            fill: tx,
         })
     }
 }
 
-/// Waits until the flight is over (or `limit` passed).
-pub async fn wait(mut rx: watch::Receiver<()>, limit: Duration) {
-    let _ = tokio::time::timeout(limit, async {
-        // Only ever closed, never sent on: `changed` returns once the flight is over.
-        while rx.changed().await.is_ok() {}
-    })
-    .await;
+/// Waits until the flight has its response head (or `limit` passed): the response
+/// being stored, or `None` when there is none to share (the flight ended without one,
+/// or is still waiting for its origin).
+pub async fn wait(
+    mut rx: watch::Receiver<Option<Arc<Fill>>>,
+    limit: Duration,
+) -> Option<Arc<Fill>> {
+    match tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(fill)) => fill.clone(),
+        // Ended without a fill, or out of time.
+        _ => None,
+    }
 }
 
 #[cfg(test)]

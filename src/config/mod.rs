@@ -552,13 +552,6 @@ impl Validator<'_> {
             .push(ConfigError::new(self.file, self.src, span, key, msg));
     }
 
-    /// A key whose feature is not built yet: refused rather than silently ignored.
-    fn unsupported(&mut self, span: Option<Range<usize>>, key: &str) {
-        if let Some(span) = span {
-            self.err(Some(span), key, "is not supported yet");
-        }
-    }
-
     fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
@@ -717,10 +710,6 @@ impl Validator<'_> {
             }
         }
         let max_inflight = self.size(&c.max_inflight, "cache.max_inflight", max_size / 4);
-        self.unsupported(
-            c.max_inflight.as_ref().map(Spanned::span),
-            "cache.max_inflight",
-        );
         CacheSettings {
             max_size,
             max_object_size,

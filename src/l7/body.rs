@@ -188,6 +188,8 @@ pub enum ResponseBody {
     Static(hyper_staticfile::Body),
     /// On its way to the client and into the cache.
     Tee(Box<super::cached::Tee>),
+    /// Read from a response being stored (as it fills, at the origin's pace).
+    Fill(crate::cache::fill::FillReader),
 }
 
 impl ResponseBody {
@@ -225,6 +227,7 @@ impl Body for ResponseBody {
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
             ResponseBody::Tee(t) => Pin::new(t.as_mut()).poll_frame(cx),
+            ResponseBody::Fill(f) => Pin::new(f).poll_frame(cx),
         }
     }
 
@@ -234,6 +237,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(u) => u.inner.is_end_stream(),
             ResponseBody::Static(s) => s.is_end_stream(),
             ResponseBody::Tee(t) => t.is_end_stream(),
+            ResponseBody::Fill(f) => f.is_end_stream(),
         }
     }
 
@@ -243,6 +247,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(u) => u.inner.size_hint(),
             ResponseBody::Static(s) => s.size_hint(),
             ResponseBody::Tee(t) => t.size_hint(),
+            ResponseBody::Fill(f) => f.size_hint(),
         }
     }
 }

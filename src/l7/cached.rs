@@ -13,7 +13,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -28,6 +28,7 @@ use super::body::{BoxError, ResponseBody};
 use super::error::{self, ProxyError};
 use super::forward::{self, Forwarding, Trace};
 use crate::admin::metrics::Metrics;
+use crate::cache::fill::{Fill, Reservation};
 use crate::cache::policy;
 use crate::cache::range;
 use crate::cache::status::{CacheStatus, Fwd, CACHE_STATUS};
@@ -232,13 +233,22 @@ async fn answer(
             // Still fresh: the client's own directives sent it upstream.
             fwd: if stale { Fwd::Stale } else { Fwd::Request },
             flight: None,
+            idle: f.timeout,
         };
         return fetch.run(route, &f, Some(body), trace, outcome).await;
     }
     let flight = match route.cache.join(&key) {
         Join::Lead(flight) => Some(flight),
         Join::Wait(rx) => {
-            cache::wait(rx, f.timeout).await;
+            // Released as soon as the leader's response head is in.
+            if let Some(fill) = cache::wait(rx, f.timeout).await {
+                if streams_from(&parts, &fill) {
+                    return Ok(from_fill(route, fill, outcome));
+                }
+                // A conditional or range request is answered from the stored copy,
+                // once the fill (at the origin's pace) has made it.
+                fill.wait_done(f.timeout).await;
+            }
             let now = SystemTime::now();
             if let Lookup::Fresh(stored) = route.cache.lookup(&key, &parts, now) {
                 let mut status = CacheStatus::hit(ttl_secs(&stored, now));
@@ -263,6 +273,7 @@ async fn answer(
         stored: None,
         fwd,
         flight,
+        idle: f.timeout,
     };
     fetch.run(route, &f, Some(body), trace, outcome).await
 }
@@ -319,6 +330,37 @@ fn same_origin(reference: &str, host: &str) -> Option<Uri> {
         }
         _ => None,
     }
+}
+
+/// Whether a request that collapsed onto a fill can be given it as it streams: a
+/// plain GET of the same variant (conditionals and ranges wait for the stored copy).
+fn streams_from(client: &Parts, fill: &Fill) -> bool {
+    client.method == Method::GET
+        && !conditional(&client.headers)
+        && !client.headers.contains_key(header::RANGE)
+        && fill.same_variant(&client.headers)
+}
+
+/// The response being stored, as it streams, to a request that collapsed onto it.
+fn from_fill(
+    route: &CacheRoute,
+    fill: Arc<Fill>,
+    outcome: &mut Option<Outcome>,
+) -> Response<ResponseBody> {
+    let now = SystemTime::now();
+    let mut r = Response::new(ResponseBody::Fill(fill.reader()));
+    *r.status_mut() = fill.status;
+    *r.headers_mut() = fill.headers.clone();
+    r.headers_mut().insert(
+        header::AGE,
+        HeaderValue::from(fill.policy.age(now).as_secs()),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(fill.len));
+    let ttl = fill.policy.time_to_live(now).min(cache::MAX_TTL).as_secs() as i64;
+    let mut status = CacheStatus::hit(ttl);
+    status.detail = Some("collapsed");
+    finish(route, r, status, Outcome::Hit, outcome)
 }
 
 /// A copy of a request head (`Parts` is not `Clone`).
@@ -414,6 +456,8 @@ struct Fetch {
     stored: Option<Arc<Stored>>,
     fwd: Fwd,
     flight: Option<Flight>,
+    /// The longest gap allowed between two pieces of a response being stored.
+    idle: Duration,
 }
 
 impl Fetch {
@@ -570,17 +614,59 @@ impl Fetch {
                 outcome,
             );
         }
+        let cache = &route.cache;
+        // A declared length within the budget: filled at the origin's pace by a task of
+        // its own, read by this client and by those that collapsed onto it.
+        if let Some(len) = declared {
+            if let Some(reservation) = cache.budget.reserve(len) {
+                status.stored = true;
+                let fill = Fill::new(
+                    parts.status,
+                    parts.headers.clone(),
+                    policy.clone(),
+                    &self.client.headers,
+                    len,
+                    reservation,
+                );
+                if let Some(flight) = &self.flight {
+                    flight.publish(fill.clone());
+                }
+                let pending = Pending {
+                    cache: cache.clone(),
+                    key: self.key,
+                    uri: self.client.uri,
+                    request: self.client.headers,
+                    status: parts.status,
+                    headers: parts.headers.clone(),
+                    policy,
+                    _flight: self.flight,
+                };
+                tokio::spawn(fill_from(fill.clone(), body, pending, self.idle));
+                let r = Response::from_parts(parts, ResponseBody::Fill(fill.reader()));
+                return finish(route, r, status, Outcome::Miss, outcome);
+            }
+        }
+        // The others waiting on this key do not wait for this client's pace: they go
+        // their own way.
+        drop(self.flight);
+        if declared.is_some() {
+            debug!(reason = "max_inflight", "response not stored");
+            let r = Response::from_parts(parts, body);
+            return finish(route, r, status, Outcome::Miss, outcome);
+        }
+        // No declared length: copied as it streams to this client, within the budget
+        // chunk by chunk.
+        let reservation = cache.budget.reserve(0);
         status.stored = true;
         let pending = Pending {
-            cache: route.cache.clone(),
+            cache: cache.clone(),
             key: self.key,
             uri: self.client.uri,
             request: self.client.headers,
             status: parts.status,
             headers: parts.headers.clone(),
             policy,
-            declared,
-            _flight: self.flight,
+            _flight: None,
         };
         let tee = Tee {
             inner: body,
@@ -588,10 +674,45 @@ impl Fetch {
             size: 0,
             max,
             pending: Some(pending),
+            reservation,
         };
         let r = Response::from_parts(parts, ResponseBody::Tee(Box::new(tee)));
         finish(route, r, status, Outcome::Miss, outcome)
     }
+}
+
+/// Reads a response into its fill at the origin's pace, then stores it whole. A gap
+/// of more than `idle` between two pieces, a broken or lying body: not stored, and the
+/// fill's readers see it broken off.
+async fn fill_from(fill: Arc<Fill>, mut body: ResponseBody, pending: Pending, idle: Duration) {
+    use http_body_util::BodyExt;
+    let complete = loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if !fill.push(data) {
+                        debug!("response longer than its Content-Length: not stored");
+                        break false;
+                    }
+                }
+            }
+            Ok(None) => break true,
+            Ok(Some(Err(e))) => {
+                debug!(error = %e, "response broke off: not stored");
+                break false;
+            }
+            Err(_) => {
+                debug!("response stalled: not stored");
+                break false;
+            }
+        }
+    };
+    // Stored before the fill says it ended: whoever waits on the end finds it.
+    match fill.body().filter(|_| complete) {
+        Some(whole) => pending.store(whole),
+        None => debug!("response shorter than its Content-Length: not stored"),
+    }
+    fill.finish(complete);
 }
 
 /// Whether the client's request is conditional: then a 304 is an answer it can use.
@@ -620,7 +741,8 @@ fn refresh_in_background(
     let route = route.clone();
     let target = f.target.clone();
     let timeout = f.timeout;
-    let ctx = f.ctx.clone();
+    // Nothing of the client's connection is held while the refresh runs.
+    let ctx = f.ctx.detached();
     let settings = f.settings.clone();
     let request_id = f.request_id.clone();
     let host = f.host.cloned();
@@ -631,6 +753,7 @@ fn refresh_in_background(
         stored: Some(stored),
         fwd: Fwd::Stale,
         flight: Some(flight),
+        idle: f.timeout,
     };
     tokio::spawn(async move {
         let f = Forwarding {
@@ -652,11 +775,24 @@ fn refresh_in_background(
             )
             .await?;
             let r = fetch.answer(&route, resp, SystemTime::now(), &mut outcome);
-            // Read the body through, which stores it.
-            http_body_util::BodyExt::collect(r.into_body())
-                .await
-                .map(|_| ())
-                .map_err(|e| ProxyError::Backend(e.to_string()))
+            match r.into_body() {
+                // Filled by a task of its own, at the origin's pace.
+                ResponseBody::Fill(_) => Ok(()),
+                // Read through piece by piece, which stores it; nothing kept here.
+                mut body @ ResponseBody::Tee(_) => {
+                    use http_body_util::BodyExt;
+                    loop {
+                        match tokio::time::timeout(timeout, body.frame()).await {
+                            Ok(None) => return Ok(()),
+                            Ok(Some(Ok(_))) => {}
+                            Ok(Some(Err(e))) => return Err(ProxyError::Backend(e.to_string())),
+                            Err(_) => return Err(ProxyError::Timeout(timeout)),
+                        }
+                    }
+                }
+                // Not stored: nothing to read.
+                _ => Ok(()),
+            }
         }
         .await;
         if let Err(e) = result {
@@ -674,29 +810,48 @@ struct Pending {
     status: StatusCode,
     headers: HeaderMap,
     policy: CachePolicy,
-    declared: Option<u64>,
     /// Requests waiting on this one look again when it is dropped.
     _flight: Option<Flight>,
 }
 
-/// A response body on its way to the client, copied (by reference) for the store.
-/// Stored only once it ended intact, at the length it declared, within the size limit;
-/// a larger one goes on streaming, unbuffered.
+impl Pending {
+    fn store(self, body: Bytes) {
+        let stored = Stored::new(
+            self.policy,
+            self.uri,
+            &self.request,
+            self.status,
+            self.headers,
+            body,
+            SystemTime::now(),
+        );
+        self.cache.insert(self.key, stored);
+    }
+}
+
+/// A response body of unknown length on its way to the client, copied (by reference)
+/// for the store. Stored only once it ended intact within the size limit and the
+/// budget of bytes being stored; past either, it goes on streaming, unbuffered.
 pub struct Tee {
     inner: ResponseBody,
     chunks: Vec<Bytes>,
     size: u64,
     max: u64,
     pending: Option<Pending>,
+    /// What the copy holds of `cache.max_inflight`.
+    reservation: Option<Reservation>,
 }
 
 impl Tee {
+    fn abandon(&mut self) {
+        self.pending = None;
+        self.chunks = Vec::new();
+        self.reservation = None;
+    }
+
     fn complete(&mut self) {
         let Some(p) = self.pending.take() else { return };
-        if p.declared.is_some_and(|n| n != self.size) {
-            debug!("response shorter or longer than its Content-Length: not stored");
-            return;
-        }
+        self.reservation = None;
         let body = match self.chunks.len() {
             0 => Bytes::new(),
             1 => self.chunks.pop().unwrap_or_default(),
@@ -708,16 +863,7 @@ impl Tee {
                 all.freeze()
             }
         };
-        let stored = Stored::new(
-            p.policy,
-            p.uri,
-            &p.request,
-            p.status,
-            p.headers,
-            body,
-            SystemTime::now(),
-        );
-        p.cache.insert(p.key, stored);
+        p.store(body);
     }
 }
 
@@ -743,10 +889,14 @@ impl Body for Tee {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), true) = (frame.data_ref(), this.pending.is_some()) {
                     this.size += data.len() as u64;
-                    if this.size > this.max {
-                        // Too large to store: stream the rest, keep nothing.
-                        this.pending = None;
-                        this.chunks = Vec::new();
+                    let held = this
+                        .reservation
+                        .as_mut()
+                        .is_some_and(|r| r.grow(data.len() as u64));
+                    if this.size > this.max || !held {
+                        // Too large to store, or too much being stored at once: stream
+                        // the rest, keep nothing.
+                        this.abandon();
                     } else {
                         this.chunks.push(data.clone());
                     }
@@ -756,10 +906,7 @@ impl Body for Tee {
                     this.complete();
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
-                this.pending = None;
-                this.chunks = Vec::new();
-            }
+            Poll::Ready(Some(Err(_))) => this.abandon(),
             Poll::Ready(None) => this.complete(),
             Poll::Pending => {}
         }

@@ -293,6 +293,31 @@ impl ConnCtx {
         Waiting(&self.waiting)
     }
 
+    /// A context for what fulcrum does on its own after a client's request (a
+    /// background revalidation): the client's address and settings, none of its
+    /// connection's resources (its places under the connection limits, its idle
+    /// accounting).
+    pub fn detached(&self) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx {
+            settings: self.settings.clone(),
+            current: self.current.clone(),
+            peer: self.peer,
+            client_cert: None,
+            admitted: true,
+            waiting: AtomicUsize::new(0),
+            waited: AtomicBool::new(false),
+            first_request: AtomicBool::new(true),
+            open: AtomicUsize::new(0),
+            last_request_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            h2: AtomicBool::new(false),
+            close: CancellationToken::new(),
+            permits: Arc::new(()),
+            cut: self.cut.clone(),
+            tracker: self.tracker.clone(),
+        })
+    }
+
     fn touch(&self) {
         let ms = self.born.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
         self.last_request_ms.store(ms, Ordering::Relaxed);
