@@ -23,3 +23,21 @@ http {
 }
 CONF
 }
+
+# A work directory of its own, removed at exit after every process listed in PIDS is
+# stopped. Sets WORK and PIDS.
+start_workdir() { # $1 name
+  WORK=$(mktemp -d "/tmp/fulcrum-$1.XXXXXX")
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# Waits (at most 5 s each) until every URL answers.
+wait_http() {
+  for url in "$@"; do
+    for _ in $(seq 100); do
+      curl -kfs -o /dev/null "$url" && break
+      sleep 0.05
+    done
+  done
+}

@@ -615,6 +615,16 @@ impl Fetch {
             );
         }
         let cache = &route.cache;
+        let mut pending = Pending {
+            cache: cache.clone(),
+            key: self.key,
+            uri: self.client.uri,
+            request: self.client.headers,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            policy,
+            _flight: None,
+        };
         // A declared length within the budget: filled at the origin's pace by a task of
         // its own, read by this client and by those that collapsed onto it.
         if let Some(len) = declared {
@@ -623,24 +633,15 @@ impl Fetch {
                 let fill = Fill::new(
                     parts.status,
                     parts.headers.clone(),
-                    policy.clone(),
-                    &self.client.headers,
+                    pending.policy.clone(),
+                    &pending.request,
                     len,
                     reservation,
                 );
                 if let Some(flight) = &self.flight {
                     flight.publish(fill.clone());
                 }
-                let pending = Pending {
-                    cache: cache.clone(),
-                    key: self.key,
-                    uri: self.client.uri,
-                    request: self.client.headers,
-                    status: parts.status,
-                    headers: parts.headers.clone(),
-                    policy,
-                    _flight: self.flight,
-                };
+                pending._flight = self.flight;
                 tokio::spawn(fill_from(fill.clone(), body, pending, self.idle));
                 let r = Response::from_parts(parts, ResponseBody::Fill(fill.reader()));
                 return finish(route, r, status, Outcome::Miss, outcome);
@@ -658,16 +659,6 @@ impl Fetch {
         // chunk by chunk.
         let reservation = cache.budget.reserve(0);
         status.stored = true;
-        let pending = Pending {
-            cache: cache.clone(),
-            key: self.key,
-            uri: self.client.uri,
-            request: self.client.headers,
-            status: parts.status,
-            headers: parts.headers.clone(),
-            policy,
-            _flight: None,
-        };
         let tee = Tee {
             inner: body,
             chunks: Vec::new(),
