@@ -200,6 +200,19 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:6:16: `listener[0].body_timeout` only applies to http listeners",
         ),
         (
+            "[upstream.app]\nqueue_timeout = \"30d\"\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:2:17: `upstream.app.queue_timeout` must be at most 7 days",
+        ),
+        (
+            "[upstream.app]\nmax_connections_per_backend = 5000000000\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:2:31: `upstream.app.max_connections_per_backend` must be between 0 and 4294967295",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\"\nmin_rate = \"99999999999999GiB\"\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:5:12: `listener[0].min_rate` is too large",
+        ),
+        (
             "[admin]\nbind = \"localhost:9090\"\n",
             "fulcrum.toml:2:8: `admin.bind` is not an address like \"127.0.0.1:9090\", got \"localhost:9090\"",
         ),
