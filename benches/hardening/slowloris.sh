@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Slow clients against fulcrum and HAProxy, in one run: normal clients' throughput
+# (wrk, keep-alive) with and without 2,000 slow clients (heads trickled, bodies
+# trickled, responses read a byte a second; see slow_clients.py), and each proxy's
+# resident memory while the slow clients are connected.
+#
+#   bash benches/hardening/slowloris.sh
+#   SLOW=2000 DURATION=20s bash benches/hardening/slowloris.sh
+#
+# Each proxy runs one worker pinned to CPU 0; wrk, the slow clients and the nginx
+# backend share CPU 1. Everything listens on 127.0.0.1 and is stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-20s}
+SLOW=${SLOW:-2000}
+CONNECTIONS=${CONNECTIONS:-64}
+BACKEND_PORT=18180
+declare -A PORT=([fulcrum]=18181 [haproxy]=18182)
+
+. benches/load/common.sh
+need wrk wrk
+need haproxy haproxy
+need nginx nginx-light
+need taskset util-linux
+need python3 python3
+
+cargo build --release --quiet
+FULCRUM=$PWD/target/release/fulcrum
+ulimit -n 65536
+
+start_workdir slowloris
+
+# The backend: nginx on CPU 1; / is a short body, /big a 1 MiB file.
+mkdir -p "$WORK/www"
+head -c 1048576 /dev/urandom > "$WORK/www/big"
+nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000;
+    location / { return 200 'hello from the backend\n'; }
+    location /big { root $WORK/www; } }"
+taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+PIDS+=($!)
+
+cat > "$WORK/fulcrum.toml" <<CONF
+[global]
+workers = 1
+access_log = false
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:${PORT[fulcrum]}"
+protocol = "http"
+upstream = "backend"
+header_timeout = "10s"
+body_timeout = "60s"
+[upstream.backend]
+backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+CONF
+RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
+PIDS+=($!); PID_fulcrum=$!
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 2s
+  timeout http-request 10s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:${PORT[haproxy]}
+  default_backend backend
+backend backend
+  server b1 127.0.0.1:$BACKEND_PORT
+CONF
+taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
+PIDS+=($!); PID_haproxy=$!
+
+wait_http "http://127.0.0.1:$BACKEND_PORT/" "${PORT[@]/#/http://127.0.0.1:}"
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rps() { # $1 port
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$1/" | awk '/^Requests\/sec/ {print $2}'
+}
+
+declare -A BASE LOADED RSS_IDLE RSS_MAX SLOWSTATS
+for proxy in fulcrum haproxy; do
+  pid_var="PID_$proxy"; pid=${!pid_var}; port=${PORT[$proxy]}
+  echo "$proxy: normal clients alone for $DURATION ..." >&2
+  BASE[$proxy]=$(rps "$port")
+  RSS_IDLE[$proxy]=$(rss_kib "$pid")
+  echo "$proxy: $SLOW slow clients, then normal clients for $DURATION ..." >&2
+  secs=${DURATION%s}
+  taskset -c 1 python3 benches/hardening/slow_clients.py 127.0.0.1 "$port" "$SLOW" "$((secs + 25))" /big > "$WORK/slow-$proxy.txt" &
+  slow=$!
+  sleep 15
+  max=0
+  ( while kill -0 "$slow" 2>/dev/null; do r=$(rss_kib "$pid"); echo "$r"; sleep 1; done ) > "$WORK/rss-$proxy.txt" &
+  sampler=$!
+  LOADED[$proxy]=$(rps "$port")
+  wait "$slow" || true
+  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+  RSS_MAX[$proxy]=$(sort -n "$WORK/rss-$proxy.txt" | tail -1)
+  SLOWSTATS[$proxy]=$(cat "$WORK/slow-$proxy.txt")
+  sleep 2
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+printf '\n%-8s %14s %18s %8s %14s %16s\n' proxy "req/s alone" "req/s with slow" ratio "RSS idle KiB" "RSS max KiB"
+for proxy in fulcrum haproxy; do
+  printf '%-8s %14s %18s %8s %14s %16s\n' "$proxy" "${BASE[$proxy]}" "${LOADED[$proxy]}" \
+    "$(ratio "${LOADED[$proxy]}" "${BASE[$proxy]}")" "${RSS_IDLE[$proxy]}" "${RSS_MAX[$proxy]}"
+done
+echo
+for proxy in fulcrum haproxy; do echo "$proxy ${SLOWSTATS[$proxy]}"; done
