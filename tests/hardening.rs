@@ -518,3 +518,73 @@ async fn a_request_that_waits_past_queue_timeout_gets_503_with_retry_after() {
     assert!(!String::from_utf8_lossy(&body).contains("127.0.0.1"));
     assert_eq!(first.await.unwrap(), StatusCode::OK);
 }
+
+/// Sends `path` raw (no client library touches it) and returns the status line.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let got = exchange(
+        &mut s,
+        format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    got.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn routes_match_the_normalised_path_and_the_backend_gets_it() {
+    let api = HttpBackend::start("api").await;
+    let web_b = HttpBackend::start("web").await;
+    let routes = |extra: &str| {
+        web(
+            &format!("upstream = \"web\"\n{extra}\n[[listener.route]]\npath_prefix = \"/api/\"\nupstream = \"api\"\n"),
+            &[upstream("api", &[&api]), upstream("web", &[&web_b])].concat(),
+        )
+    };
+    let f = Fulcrum::start(&routes("")).await;
+    let addr = f.addr("web");
+    for (sent, backend, seen) in [
+        ("/web/../api/x", &api, "/api/x"),
+        ("/%61pi/x?q=%2F", &api, "/api/x?q=%2F"),
+        ("//api//x", &api, "/api/x"),
+        ("/api/./x", &api, "/api/x"),
+        ("/web/%2e%2e/api/x", &api, "/api/x"),
+        ("/api/../admin", &web_b, "/admin"),
+        ("/a%20b/c%3f", &web_b, "/a%20b/c%3F"),
+    ] {
+        let status = raw_get(addr, sent).await;
+        assert!(status.starts_with("http/1.1 200"), "{sent}: {status}");
+        assert_eq!(backend.last().uri, seen, "{sent}");
+    }
+    for bad in [
+        "/api%2Fx",
+        "/api%5cx",
+        "/a%zz",
+        "/a%4",
+        "/a%00",
+        "/a%C0%AF",
+        "/%E0%80%AF",
+    ] {
+        let status = raw_get(addr, bad).await;
+        assert!(status.starts_with("http/1.1 400"), "{bad}: {status}");
+    }
+    f.stop().await;
+
+    // Encoded slashes where the listener allows them; repeated slashes kept; the path
+    // forwarded as it came.
+    let f = Fulcrum::start(&routes(
+        "allow_encoded_slashes = true\nmerge_slashes = false\nforward_normalized_path = false",
+    ))
+    .await;
+    let addr = f.addr("web");
+    assert!(raw_get(addr, "/api%2Fx").await.starts_with("http/1.1 200"));
+    assert_eq!(web_b.last().uri, "/api%2Fx");
+    assert!(raw_get(addr, "//api/x").await.starts_with("http/1.1 200"));
+    assert_eq!(web_b.last().uri, "//api/x", "not merged: no route matched");
+    assert!(raw_get(addr, "/%61pi/x").await.starts_with("http/1.1 200"));
+    assert_eq!(
+        api.last().uri,
+        "/%61pi/x",
+        "routed on the normal form, sent as it came"
+    );
+    f.stop().await;
+}

@@ -160,6 +160,12 @@ pub struct Listener {
     /// http: bytes per second below which an upload or a download is cut, measured
     /// over [`MIN_RATE_WINDOW`]; 0 = off.
     pub min_rate: u64,
+    /// http: repeated slashes in a path are merged before routes match it.
+    pub merge_slashes: bool,
+    /// http: `%2F`, `%5C` and `\` in a path are let through (otherwise 400).
+    pub allow_encoded_slashes: bool,
+    /// http: the backend gets the normalised path rather than the one received.
+    pub forward_normalized_path: bool,
     pub access: AccessRules,
     /// http: answer every request with a 308 to the same host and path over https.
     pub redirect_https: bool,
@@ -951,8 +957,17 @@ impl Validator<'_> {
         let deny = self.cidrs(&l.deny, &key("deny"));
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 7] = [
+            let http_only: [(&str, Option<Range<usize>>); 10] = [
                 ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
+                ("merge_slashes", l.merge_slashes.as_ref().map(Spanned::span)),
+                (
+                    "allow_encoded_slashes",
+                    l.allow_encoded_slashes.as_ref().map(Spanned::span),
+                ),
+                (
+                    "forward_normalized_path",
+                    l.forward_normalized_path.as_ref().map(Spanned::span),
+                ),
                 ("min_rate", l.min_rate.as_ref().map(Spanned::span)),
                 (
                     "header_timeout",
@@ -1005,6 +1020,15 @@ impl Validator<'_> {
             max_body_size,
             body_timeout,
             min_rate,
+            merge_slashes: l.merge_slashes.as_ref().is_none_or(|v| *v.get_ref()),
+            allow_encoded_slashes: l
+                .allow_encoded_slashes
+                .as_ref()
+                .is_some_and(|v| *v.get_ref()),
+            forward_normalized_path: l
+                .forward_normalized_path
+                .as_ref()
+                .is_none_or(|v| *v.get_ref()),
             access: AccessRules { allow, deny },
             redirect_https: l.redirect_https.as_ref().is_some_and(|r| *r.get_ref()),
             routes,

@@ -11,11 +11,13 @@ pub mod cached;
 mod error;
 mod forward;
 pub mod host;
+pub mod path;
 pub mod pool;
 pub mod route;
 mod static_files;
 mod sticky;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -103,6 +105,10 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Bytes per second below which a transfer is cut (0: off).
     pub min_rate: u64,
+    /// How paths are normalised before routes match them.
+    pub paths: path::Rules,
+    /// Send the normalised path to the backend.
+    pub forward_normalized_path: bool,
     pub idle_timeout: Duration,
     pub redirect_https: bool,
     pub access_log: bool,
@@ -226,6 +232,11 @@ impl Settings {
             max_body_size: l.max_body_size,
             body_timeout: l.body_timeout,
             min_rate: l.min_rate,
+            paths: path::Rules {
+                merge_slashes: l.merge_slashes,
+                allow_encoded_slashes: l.allow_encoded_slashes,
+            },
+            forward_normalized_path: l.forward_normalized_path,
             idle_timeout: l.idle_timeout,
             redirect_https: l.redirect_https,
             access_log: global.access_log,
@@ -619,7 +630,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
 
 #[allow(clippy::too_many_arguments)]
 async fn respond(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
     s: &Arc<Settings>,
     request_id: &HeaderValue,
@@ -644,15 +655,23 @@ async fn respond(
         r.headers_mut().insert(header::LOCATION, location);
         return Ok(r);
     }
+    // Routes match the path's one normal form; the backend gets it too, unless the
+    // listener says otherwise.
+    let normal = path::normalize(req.uri().path(), s.paths)
+        .map_err(|e| ProxyError::BadRequest(e.reason()))?;
     let action = s
         .routes
         .find(
             req.method(),
             host.map(RequestHost::name),
-            req.uri().path(),
+            &normal,
             req.headers(),
         )
         .ok_or(ProxyError::NoRoute)?;
+    if let (Cow::Owned(p), true) = (normal, s.forward_normalized_path) {
+        let uri = with_path(req.uri(), &p).ok_or(ProxyError::BadRequest("path not usable"))?;
+        *req.uri_mut() = uri;
+    }
     *metrics = Some(action.metrics.clone());
     match &action.target {
         Target::Static(dir) => Ok(static_files::serve(
@@ -684,4 +703,15 @@ async fn respond(
             }
         }
     }
+}
+
+/// `uri` with its path replaced (the query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }
