@@ -27,7 +27,7 @@ need python3 python3
 
 cargo build --release --quiet
 FULCRUM=$PWD/target/release/fulcrum
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 start_workdir slowloris
 
@@ -60,7 +60,7 @@ PIDS+=($!); PID_fulcrum=$!
 cat > "$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 2s
@@ -79,17 +79,30 @@ taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
 PIDS+=($!); PID_haproxy=$!
 
 wait_http "http://127.0.0.1:$BACKEND_PORT/" "${PORT[@]/#/http://127.0.0.1:}"
+for proxy in fulcrum haproxy; do
+  pid_var="PID_$proxy"
+  kill -0 "${!pid_var}" 2>/dev/null || { echo "$proxy did not start" >&2; exit 1; }
+done
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-rps() { # $1 port
-  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$1/" | awk '/^Requests\/sec/ {print $2}'
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+# req/s, then requests per proxy CPU-second (the proxy's work for the slow clients
+# counts against it; the load generator's does not).
+rps() { # $1 port, $2 pid
+  local before after out
+  before=$(cpu_ticks "$2")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$1/")
+  after=$(cpu_ticks "$2")
+  awk -v t="$((after - before))" -v hz="$TICKS" -v d="${DURATION%s}" \
+    '/^Requests\/sec/ { printf "%s %.0f", $2, (t > 0 ? $2 * d / (t / hz) : 0) }' <<<"$out"
 }
 
-declare -A BASE LOADED RSS_IDLE RSS_MAX SLOWSTATS
+declare -A BASE LOADED BASE_EFF LOADED_EFF RSS_IDLE RSS_MAX SLOWSTATS
 for proxy in fulcrum haproxy; do
   pid_var="PID_$proxy"; pid=${!pid_var}; port=${PORT[$proxy]}
   echo "$proxy: normal clients alone for $DURATION ..." >&2
-  BASE[$proxy]=$(rps "$port")
+  read -r BASE[$proxy] BASE_EFF[$proxy] <<<"$(rps "$port" "$pid")"
   RSS_IDLE[$proxy]=$(rss_kib "$pid")
   echo "$proxy: $SLOW slow clients, then normal clients for $DURATION ..." >&2
   secs=${DURATION%s}
@@ -99,7 +112,7 @@ for proxy in fulcrum haproxy; do
   max=0
   ( while kill -0 "$slow" 2>/dev/null; do r=$(rss_kib "$pid"); echo "$r"; sleep 1; done ) > "$WORK/rss-$proxy.txt" &
   sampler=$!
-  LOADED[$proxy]=$(rps "$port")
+  read -r LOADED[$proxy] LOADED_EFF[$proxy] <<<"$(rps "$port" "$pid")"
   wait "$slow" || true
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   RSS_MAX[$proxy]=$(sort -n "$WORK/rss-$proxy.txt" | tail -1)
@@ -108,10 +121,12 @@ for proxy in fulcrum haproxy; do
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-printf '\n%-8s %14s %18s %8s %14s %16s\n' proxy "req/s alone" "req/s with slow" ratio "RSS idle KiB" "RSS max KiB"
+printf '\n%-8s %12s %12s %6s %14s %14s %6s %10s %10s\n' proxy "req/s alone" "with slow" ratio \
+  "req/cpu-s alone" "with slow" ratio "RSS KiB" "peak KiB"
 for proxy in fulcrum haproxy; do
-  printf '%-8s %14s %18s %8s %14s %16s\n' "$proxy" "${BASE[$proxy]}" "${LOADED[$proxy]}" \
-    "$(ratio "${LOADED[$proxy]}" "${BASE[$proxy]}")" "${RSS_IDLE[$proxy]}" "${RSS_MAX[$proxy]}"
+  printf '%-8s %12s %12s %6s %14s %14s %6s %10s %10s\n' "$proxy" "${BASE[$proxy]}" "${LOADED[$proxy]}" \
+    "$(ratio "${LOADED[$proxy]}" "${BASE[$proxy]}")" "${BASE_EFF[$proxy]}" "${LOADED_EFF[$proxy]}" \
+    "$(ratio "${LOADED_EFF[$proxy]}" "${BASE_EFF[$proxy]}")" "${RSS_IDLE[$proxy]}" "${RSS_MAX[$proxy]}"
 done
 echo
 for proxy in fulcrum haproxy; do echo "$proxy ${SLOWSTATS[$proxy]}"; done

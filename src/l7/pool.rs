@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::{self, SendRequest};
+
+/// The most a backend connection reads ahead of its client (see `handshake`).
+pub const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -105,6 +108,10 @@ impl BackendPool {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (sender, conn) = http1::Builder::new()
+            // Each read from a backend becomes a chunk that waits in the client's write
+            // queue while a slow client drains it: the read buffer's bound is what a
+            // slow reader can hold per response (hyper's own default is 400 KiB).
+            .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
