@@ -588,3 +588,44 @@ async fn routes_match_the_normalised_path_and_the_backend_gets_it() {
     );
     f.stop().await;
 }
+
+/// A backend that sends part of a response head and closes may have acted on the
+/// request: it is not sent again (to another backend or the same).
+#[tokio::test]
+async fn a_request_is_retried_only_when_no_byte_of_a_response_arrived() {
+    let (half, _t1) = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+    let (silent, _t2) = raw_backend(b"").await;
+    let good = HttpBackend::start("good").await;
+    let two = |first: std::net::SocketAddr| {
+        web(
+            "upstream = \"app\"",
+            &format!(
+                "[upstream.app]\nstrategy = \"round_robin\"\nretries = 1\nbackends = [{{ address = \"{first}\", name = \"first\" }}, {{ address = \"{}\", name = \"good\" }}]\n",
+                good.addr
+            ),
+        )
+    };
+    // Nothing arrived: the GET is retried on the other backend and succeeds.
+    let f = Fulcrum::start(&two(silent)).await;
+    let before = good.requests().len();
+    for _ in 0..2 {
+        assert_eq!(get(f.addr("web"), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!(good.requests().len() - before, 2);
+    f.stop().await;
+    // Half a head arrived: 502, and the other backend never sees the request.
+    let f = Fulcrum::start(&two(half)).await;
+    let mut statuses = Vec::new();
+    let before = good.requests().len();
+    for _ in 0..2 {
+        statuses.push(get(f.addr("web"), "/x").await.0.as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 502], "the half answer is not retried");
+    assert_eq!(
+        good.requests().len() - before,
+        1,
+        "only the request picked for it"
+    );
+    f.stop().await;
+}

@@ -388,6 +388,9 @@ pub async fn forward(
             tokio::time::sleep(timeout).await;
             Late::Backend
         };
+        // Bytes the backend sent on this connection before this request: any more
+        // when it fails means part of a response arrived, and it is not sent again.
+        let received_before = sender.received();
         let sent = tokio::select! {
             r = sender.try_send_request(request) => Ok(r),
             late = deadline => Err(late),
@@ -435,7 +438,7 @@ pub async fn forward(
                 tried.push(i);
                 failures += 1;
                 last_error = ProxyError::Backend(err.to_string());
-                if retriable_after_send && !err.is_parse() {
+                if retriable_after_send && !err.is_parse() && sender.received() == received_before {
                     continue;
                 }
                 return Err(last_error);

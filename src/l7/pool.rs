@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1::{self, SendRequest};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
-/// The most a backend connection reads ahead of its client (see `handshake`).
-pub const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
@@ -22,6 +24,9 @@ use tracing::debug;
 use super::body::RequestBody;
 use crate::config;
 use crate::tls::BackendTls;
+
+/// The most a backend connection reads ahead of its client (see `handshake`).
+pub const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
 
 /// Idle connections kept per backend; more are closed when their response ends.
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -34,7 +39,89 @@ const READY_WAIT: Duration = Duration::from_millis(500);
 /// and a request written just as the backend closes cannot be retried if it had a body.
 pub const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
-pub type Sender = SendRequest<RequestBody>;
+/// A backend connection's request side, and the count of bytes the backend has sent
+/// on it: whether any byte of a response arrived decides whether a failed request
+/// may be sent again.
+#[derive(Debug)]
+pub struct Sender {
+    send: SendRequest<RequestBody>,
+    received: Arc<AtomicU64>,
+}
+
+impl Sender {
+    /// Bytes received from the backend on this connection so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Acquire)
+    }
+
+    pub fn try_send_request(
+        &mut self,
+        req: http::Request<RequestBody>,
+    ) -> impl std::future::Future<
+        Output = Result<
+            http::Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<http::Request<RequestBody>>,
+        >,
+    > {
+        self.send.try_send_request(req)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+}
+
+/// A backend stream that counts what it reads.
+struct Counted<S> {
+    inner: S,
+    received: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.received.fetch_add(n as u64, Ordering::Release);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 #[derive(Debug)]
 pub struct BackendPool {
@@ -60,7 +147,7 @@ impl BackendPool {
             if s.is_closed() || since.elapsed() > MAX_IDLE_AGE {
                 continue;
             }
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, s.ready()).await {
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, s.send.ready()).await {
                 return Some(s);
             }
         }
@@ -107,7 +194,12 @@ impl BackendPool {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = http1::Builder::new()
+        let received = Arc::new(AtomicU64::new(0));
+        let stream = Counted {
+            inner: stream,
+            received: received.clone(),
+        };
+        let (send, conn) = http1::Builder::new()
             // Each read from a backend becomes a chunk that waits in the client's write
             // queue while a slow client drains it: the read buffer's bound is what a
             // slow reader can hold per response (hyper's own default is 400 KiB).
@@ -121,7 +213,7 @@ impl BackendPool {
                 debug!(backend.addr = %addr, error = %e, "backend connection ended");
             }
         });
-        Ok(sender)
+        Ok(Sender { send, received })
     }
 
     pub fn idle_len(&self) -> usize {
