@@ -79,7 +79,9 @@ pub fn normalize(path: &str, rules: Rules) -> Result<Cow<'_, str>, BadPath> {
     // Escapes decoded where they name unreserved characters, kept (upper case) where
     // not; the bytes every escape stands for must form UTF-8 with what surrounds them.
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    // Bytes, not chars: a path may carry UTF-8 as it is (the URI parser lets it
+    // through), and each of its bytes is kept as it came.
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
     let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -95,11 +97,11 @@ pub fn normalize(path: &str, rules: Rules) -> Result<Cow<'_, str>, BadPath> {
             match v {
                 0 => return Err(BadPath::Nul),
                 b'/' | b'\\' if !rules.allow_encoded_slashes => return Err(BadPath::EncodedSlash),
-                _ if unreserved(v) => out.push(char::from(v)),
+                _ if unreserved(v) => out.push(v),
                 _ => {
-                    out.push('%');
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(v & 15)]));
+                    out.push(b'%');
+                    out.push(b"0123456789ABCDEF"[usize::from(v >> 4)]);
+                    out.push(b"0123456789ABCDEF"[usize::from(v & 15)]);
                 }
             }
             decoded.push(v);
@@ -108,7 +110,7 @@ pub fn normalize(path: &str, rules: Rules) -> Result<Cow<'_, str>, BadPath> {
             if c == b'\\' && !rules.allow_encoded_slashes {
                 return Err(BadPath::EncodedSlash);
             }
-            out.push(char::from(c));
+            out.push(c);
             decoded.push(c);
             i += 1;
         }
@@ -116,6 +118,7 @@ pub fn normalize(path: &str, rules: Rules) -> Result<Cow<'_, str>, BadPath> {
     if std::str::from_utf8(&decoded).is_err() {
         return Err(BadPath::Utf8);
     }
+    let out = String::from_utf8(out).map_err(|_| BadPath::Utf8)?;
     Ok(Cow::Owned(remove_dot_segments(&out, rules.merge_slashes)))
 }
 
@@ -206,6 +209,20 @@ mod tests {
         };
         assert_eq!(normalize("//api//x", keep).unwrap(), "//api//x");
         assert_eq!(normalize("//api/../x", keep).unwrap(), "//x");
+    }
+
+    /// Found by the route fuzz target: raw UTF-8 beside an escape was re-encoded as if
+    /// each byte were a character, and normalising twice gave another path.
+    #[test]
+    fn raw_utf8_in_a_path_is_kept_as_it_is() {
+        let rules = Rules {
+            merge_slashes: true,
+            allow_encoded_slashes: true,
+        };
+        let p = "/\\los/\u{97a13}e%61/caf\u{e9}";
+        let once = normalize(p, rules).unwrap().into_owned();
+        assert_eq!(once, "/\\los/\u{97a13}ea/caf\u{e9}");
+        assert_eq!(normalize(&once, rules).unwrap(), once);
     }
 
     #[test]
