@@ -290,3 +290,32 @@ async fn a_request_without_the_hash_header_falls_back_to_its_source_address() {
     }
     f.stop().await;
 }
+
+#[tokio::test]
+async fn the_sticky_cookie_attributes_follow_the_config() {
+    let a = HttpBackend::start("a").await;
+    for (keys, expected) in [
+        ("", "; Path=/; HttpOnly; SameSite=Lax"),
+        (
+            "secure = true\nsame_site = \"strict\"\nmax_age = \"1h\"\n",
+            "; Path=/; HttpOnly; SameSite=Strict; Max-Age=3600; Secure",
+        ),
+        (
+            "same_site = \"None\"\nsecure = true\n",
+            "; Path=/; HttpOnly; SameSite=None; Secure",
+        ),
+    ] {
+        let config = format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{{ address = \"{}\", name = \"a\" }}]\n\
+             [upstream.app.sticky]\ncookie = \"sid\"\n{keys}",
+            a.addr
+        );
+        let f = Fulcrum::start(&config).await;
+        let (_, h, _) = get(f.addr("web"), "/").await;
+        let cookie = set_cookie(&h).expect("the first response sets the cookie");
+        assert!(cookie.starts_with("sid="), "{cookie}");
+        assert!(cookie.ends_with(expected), "{keys}: {cookie}");
+        f.stop().await;
+    }
+}

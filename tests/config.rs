@@ -213,6 +213,14 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:5:12: `listener[0].min_rate` is too large",
         ),
         (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n[upstream.app.sticky]\nsame_site = \"loose\"\n",
+            "fulcrum.toml:4:13: `upstream.app.sticky.same_site` must be \"Strict\", \"Lax\" or \"None\", got \"loose\"",
+        ),
+        (
+            "[upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n[upstream.app.sticky]\nsame_site = \"None\"\nsecure = false\n",
+            "fulcrum.toml:5:10: `upstream.app.sticky.secure` must not be false with same_site = \"None\"",
+        ),
+        (
             "[admin]\nbind = \"localhost:9090\"\n",
             "fulcrum.toml:2:8: `admin.bind` is not an address like \"127.0.0.1:9090\", got \"localhost:9090\"",
         ),

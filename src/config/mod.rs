@@ -317,6 +317,12 @@ pub enum HashKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sticky {
     pub cookie: String,
+    /// `Secure`; `None`: on TLS listeners only.
+    pub secure: Option<bool>,
+    /// `SameSite`: `"Strict"`, `"Lax"` or `"None"`.
+    pub same_site: &'static str,
+    /// `Max-Age`; `None`: a session cookie.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1464,7 +1470,45 @@ impl Validator<'_> {
                     c.get_ref().clone()
                 }
             };
-            Sticky { cookie }
+            let st = st.get_ref();
+            let same_site = match st
+                .same_site
+                .as_ref()
+                .map(|v| (v.get_ref().as_str(), v.span()))
+            {
+                None => "Lax",
+                Some((v, span)) => match v.to_ascii_lowercase().as_str() {
+                    "strict" => "Strict",
+                    "lax" => "Lax",
+                    "none" => "None",
+                    _ => {
+                        self.err(
+                            Some(span),
+                            key("sticky.same_site"),
+                            format!("must be \"Strict\", \"Lax\" or \"None\", got {v:?}"),
+                        );
+                        "Lax"
+                    }
+                },
+            };
+            let secure = st.secure.as_ref().map(|s| *s.get_ref());
+            if let (Some(false), "None", Some(s)) = (secure, same_site, &st.secure) {
+                self.err(
+                    Some(s.span()),
+                    key("sticky.secure"),
+                    "must not be false with same_site = \"None\": browsers drop such cookies",
+                );
+            }
+            let max_age = st
+                .max_age
+                .as_ref()
+                .map(|_| self.duration(&st.max_age, &key("sticky.max_age"), Duration::ZERO));
+            Sticky {
+                cookie,
+                secure,
+                same_site,
+                max_age,
+            }
         });
         let health = u.health.as_ref().map(|h| self.health(name, h.get_ref()));
 

@@ -146,6 +146,9 @@ pub struct RawUpstreamTls {
 #[serde(deny_unknown_fields)]
 pub struct RawSticky {
     pub cookie: Option<Spanned<String>>,
+    pub secure: Option<Spanned<bool>>,
+    pub same_site: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -86,7 +86,7 @@ impl UpstreamTarget {
             .iter()
             .map(|b| pools.get(&upstream.name, &b.address, b.addr, tls_id))
             .collect();
-        let sticky = sticky.map(|s| sticky::StickyCookie::new(&s.cookie, &upstream));
+        let sticky = sticky.map(|s| sticky::StickyCookie::new(s, &upstream));
         UpstreamTarget {
             upstream,
             pools: list,

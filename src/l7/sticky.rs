@@ -13,7 +13,8 @@ pub struct StickyCookie {
     pub name: String,
     /// The cookie value of each backend, by index.
     ids: Vec<String>,
-    /// `Set-Cookie` of each backend, by index, ready to send: plain and `Secure`.
+    /// `Set-Cookie` of each backend, by index, ready to send: for plain and for TLS
+    /// listeners (the same unless `sticky.secure` is set).
     set: Vec<HeaderValue>,
     set_secure: Vec<HeaderValue>,
 }
@@ -31,7 +32,8 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl StickyCookie {
-    pub fn new(name: &str, upstream: &Upstream) -> Self {
+    pub fn new(cfg: &crate::config::Sticky, upstream: &Upstream) -> Self {
+        let name = cfg.cookie.as_str();
         let ids: Vec<String> = upstream
             .backends()
             .iter()
@@ -42,18 +44,28 @@ impl StickyCookie {
                 format!("{:016x}", hash_bytes(&key))
             })
             .collect();
-        let make = |secure: &str| -> Vec<HeaderValue> {
+        let max_age = cfg
+            .max_age
+            .map(|d| format!("; Max-Age={}", d.as_secs()))
+            .unwrap_or_default();
+        let make = |tls: bool| -> Vec<HeaderValue> {
+            let secure = if cfg.secure.unwrap_or(tls) {
+                "; Secure"
+            } else {
+                ""
+            };
             ids.iter()
                 .map(|id| {
                     HeaderValue::try_from(format!(
-                        "{name}={id}; Path=/; HttpOnly; SameSite=Lax{secure}"
+                        "{name}={id}; Path=/; HttpOnly; SameSite={}{max_age}{secure}",
+                        cfg.same_site
                     ))
                     .unwrap_or_else(|_| HeaderValue::from_static(""))
                 })
                 .collect()
         };
-        let set = make("");
-        let set_secure = make("; Secure");
+        let set = make(false);
+        let set_secure = make(true);
         StickyCookie {
             name: name.to_string(),
             ids,
