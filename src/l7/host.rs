@@ -56,6 +56,13 @@ pub fn request_host(
         None if https => 443,
         None => 80,
     };
+    // The common case: only `Host`, already in its normal form (a lower-case name, a
+    // port that is not the default): taken as it is, nothing parsed or allocated.
+    if uri.authority().is_none() {
+        if let Some(h) = host_header.and_then(|v| already_normal(v, default_port)) {
+            return Ok(Some(h));
+        }
+    }
     let from_header = match host_header {
         Some(v) => {
             let text = v.to_str().map_err(|_| "Host is not a valid authority")?;
@@ -77,6 +84,36 @@ pub fn request_host(
         (None, None) if version == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
         (None, None) => Ok(None),
     }
+}
+
+/// `value` itself when it is a lower-case DNS name or IPv4 address (letters, digits,
+/// `-`, `.`), optionally with a port that is not `default_port`.
+fn already_normal(value: &HeaderValue, default_port: u16) -> Option<RequestHost> {
+    let b = value.as_bytes();
+    let name_len = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+    let (name, port) = b.split_at(name_len);
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits[0] != b'0'
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u16>().ok())
+                    .is_some_and(|p| p != default_port)
+        }
+        _ => false,
+    };
+    (name_ok && port_ok).then(|| RequestHost {
+        value: value.clone(),
+        name_len,
+    })
 }
 
 /// Lower case, without user information, with a port only when it is not the default.
@@ -196,6 +233,41 @@ mod tests {
         assert!(host("/x", &["a.example/x"], false).is_err());
         assert!(host("/x", &[""], false).is_err());
         assert!(host("http://user@a.example/x", &["a.example"], false).is_err());
+    }
+
+    #[test]
+    fn a_host_already_normal_is_taken_as_it_is() {
+        for (v, https, normal) in [
+            ("example.com", false, true),
+            ("example.com:8080", false, true),
+            ("127.0.0.1:18081", false, true),
+            ("example.com:80", false, false),
+            ("example.com:443", true, false),
+            ("Example.com", false, false),
+            ("example.com:", false, false),
+            ("example.com:0080", false, false),
+            ("[::1]:80", false, false),
+            ("a@b", false, false),
+        ] {
+            let got = already_normal(&HeaderValue::from_static(v), if https { 443 } else { 80 });
+            assert_eq!(got.is_some(), normal, "{v}");
+        }
+        // Whichever way it is read, the answer is the same.
+        for v in [
+            "example.com",
+            "example.com:8080",
+            "Example.COM:80",
+            "[::1]:81",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(v));
+            let uri: Uri = "/".parse().unwrap();
+            let fast = request_host(&uri, &h, Version::HTTP_11, false)
+                .unwrap()
+                .unwrap();
+            let slow = normalise(&v.parse().unwrap(), 80).unwrap();
+            assert_eq!(fast, slow, "{v}");
+        }
     }
 
     #[test]

@@ -336,7 +336,9 @@ impl ConnCtx {
 
     fn request_began(self: &Arc<Self>) -> OpenRequest {
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+        if self.h2.load(Ordering::Relaxed) {
+            self.touch();
+        }
         OpenRequest(self.clone())
     }
 }
@@ -347,7 +349,11 @@ pub struct OpenRequest(Arc<ConnCtx>);
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        self.0.touch();
+        // The time of the last request matters only where requests time the
+        // connection out (HTTP/2); HTTP/1.1 reads no clock here.
+        if self.0.h2.load(Ordering::Relaxed) {
+            self.0.touch();
+        }
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -526,10 +532,11 @@ fn new_request_id() -> HeaderValue {
 
 async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBody> {
     ctx.first_request.store(true, Ordering::Relaxed);
+    // Only HTTP/2 connections are timed out by their requests (see `idle`).
     if req.version() == http::Version::HTTP_2 {
         ctx.h2.store(true, Ordering::Relaxed);
     }
-    let open = ctx.request_began();
+    let open = Some(ctx.request_began());
     let settings = (ctx.current)().unwrap_or_else(|| ctx.settings.clone());
     let s = &settings;
     let request_id = req
@@ -624,7 +631,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     response.map(|inner| ClientBody {
         inner,
         record: Some(record),
-        _open: Some(open),
+        _open: open,
     })
 }
 
