@@ -453,18 +453,23 @@ async fn h2_pings_alone_do_not_keep_a_connection_open() {
     pinger.abort();
 }
 
-#[tokio::test]
-async fn requests_over_a_backends_cap_wait_their_turn() {
-    let b = HttpBackend::start("b").await;
-    let f = Fulcrum::start(&web(
+/// A fulcrum in front of `b` alone, capped at one request in flight.
+async fn capped_at_one(b: &HttpBackend, queue_timeout: &str) -> Fulcrum {
+    Fulcrum::start(&web(
         "upstream = \"app\"",
         &format!(
-            "[upstream.app]\nretries = 0\nmax_connections_per_backend = 1\nqueue_timeout = \"30s\"\n\
+            "[upstream.app]\nretries = 0\nmax_connections_per_backend = 1\nqueue_timeout = \"{queue_timeout}\"\n\
              backends = [{{ address = \"{}\", name = \"b\" }}]\n",
             b.addr
         ),
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn requests_over_a_backends_cap_wait_their_turn() {
+    let b = HttpBackend::start("b").await;
+    let f = capped_at_one(&b, "30s").await;
     let addr = f.addr("web");
     let state = f.backend("app", "b").state.clone();
     // Three at once on a backend capped at one: served one after the other.
@@ -492,15 +497,7 @@ async fn requests_over_a_backends_cap_wait_their_turn() {
 #[tokio::test]
 async fn a_request_that_waits_past_queue_timeout_gets_503_with_retry_after() {
     let b = HttpBackend::start("b").await;
-    let f = Fulcrum::start(&web(
-        "upstream = \"app\"",
-        &format!(
-            "[upstream.app]\nretries = 0\nmax_connections_per_backend = 1\nqueue_timeout = \"100ms\"\n\
-             backends = [{{ address = \"{}\", name = \"b\" }}]\n",
-            b.addr
-        ),
-    ))
-    .await;
+    let f = capped_at_one(&b, "100ms").await;
     let addr = f.addr("web");
     let state = f.backend("app", "b").state.clone();
     let first = tokio::spawn(async move { get(addr, "/slow/5000").await.0 });
