@@ -181,6 +181,15 @@ async fn head(s: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap().to_ascii_lowercase()
 }
 
+/// Sends an upgrade request and checks it is answered 101 and then echoed both ways.
+async fn tunnels(addr: std::net::SocketAddr, request: &[u8]) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let h = head(&mut s).await;
+    assert!(h.starts_with("http/1.1 101"), "{h}");
+    echoes(&mut s).await;
+}
+
 async fn echoes(s: &mut TcpStream) {
     s.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
@@ -199,15 +208,11 @@ async fn a_websocket_on_a_cached_route_is_tunnelled() {
         &upstream("app", &[&b]),
     ))
     .await;
-    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
-    s.write_all(
+    tunnels(
+        f.addr("web"),
         b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let h = head(&mut s).await;
-    assert!(h.starts_with("http/1.1 101"), "{h}");
-    echoes(&mut s).await;
+    .await;
 }
 
 #[tokio::test]
@@ -243,13 +248,11 @@ async fn only_the_upgrades_a_route_allows_are_tunnelled_and_never_h2c() {
         );
     }
     // What the route allows is tunnelled.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: x-custom\r\n\r\n")
-        .await
-        .unwrap();
-    let h = head(&mut s).await;
-    assert!(h.starts_with("http/1.1 101"), "{h}");
-    echoes(&mut s).await;
+    tunnels(
+        addr,
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: x-custom\r\n\r\n",
+    )
+    .await;
 }
 
 #[tokio::test]
