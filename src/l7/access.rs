@@ -9,7 +9,7 @@ use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 use tracing::info;
 
-use super::body::BodyStats;
+use super::request_body::BodyStats;
 use crate::admin::metrics::RequestMetrics;
 use crate::upstream::{Backend, Upstream};
 

@@ -10,11 +10,14 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use super::body::{BodyStats, RequestBody, ResponseBody, UpstreamBody};
+use super::body::{ResponseBody, UpstreamBody};
 use super::error::ProxyError;
+use super::h1::{self, Head};
 use super::host::RequestHost;
+use super::request_body::{BodyStats, RequestBody};
 use super::sticky::cookie;
 use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
@@ -56,6 +59,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names costs less than six removals.
+    if !headers.keys().any(|k| hop_by_hop().contains(&k)) {
+        return;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
         for t in v.to_str().unwrap_or("").split(',') {
@@ -84,9 +91,19 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// The client's address appended to any `X-Forwarded-For` it sent.
-fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
-    let ip = peer.ip().to_canonical().to_string();
+/// A client's address as `X-Forwarded-For` carries it.
+pub fn ip_value(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The client's address (`ip`, from [`ip_value`]) appended to any `X-Forwarded-For`
+/// it sent.
+fn forwarded_for(headers: &HeaderMap, ip: &HeaderValue) -> HeaderValue {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        return ip.clone();
+    }
+    let ip = ip.to_str().unwrap_or("unknown");
     let mut value = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -94,7 +111,7 @@ fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
             value.push_str(", ");
         }
     }
-    value.push_str(&ip);
+    value.push_str(ip);
     HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
@@ -150,31 +167,6 @@ pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
         })
 }
 
-/// The request line and headers sent upstream, reusable across attempts.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn request(&self, body: RequestBody) -> Request<RequestBody> {
-        let mut r = Request::new(body);
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
-
-    fn into_request(self, body: RequestBody) -> Request<RequestBody> {
-        let mut r = Request::new(body);
-        *r.method_mut() = self.method;
-        *r.uri_mut() = self.uri;
-        *r.headers_mut() = self.headers;
-        r
-    }
-}
-
 /// Sends the request to a backend of `target`, with the retries of section 3 of the
 /// interface. `None` as the body is a request fulcrum makes itself (a background
 /// revalidation): no body, no client connection behind it.
@@ -225,7 +217,7 @@ pub async fn forward(
         None
     };
     strip_hop_by_hop(&mut headers);
-    let xff = forwarded_for(&headers, ctx.peer);
+    let xff = forwarded_for(&headers, &ctx.peer_ip);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -276,11 +268,11 @@ pub async fn forward(
         None => Uri::from_static("/"),
     };
     let retriable_after_send = is_idempotent(&parts.method) && !has_body;
-    let mut head = Some(Head {
+    let head = Head {
         method: parts.method,
         uri,
         headers,
-    });
+    };
 
     let mut body = Some(match body {
         Some(body) => {
@@ -293,7 +285,6 @@ pub async fn forward(
 
     let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
     let mut tried: Vec<usize> = Vec::new();
-    let mut unsent: Option<Request<RequestBody>> = None;
     let mut failures = 0;
     let mut last_error = ProxyError::NoBackend;
     while failures < attempts {
@@ -322,8 +313,8 @@ pub async fn forward(
         };
         let i = lease.index();
         let pool = &target.pools[i];
-        let (mut sender, fresh) = match pool.checkout().await {
-            Some(s) => (s, false),
+        let (conn, fresh) = match pool.checkout() {
+            Some(c) => (c, false),
             None => match pool
                 .connect(
                     up.connect_timeout,
@@ -334,7 +325,7 @@ pub async fn forward(
                 )
                 .await
             {
-                Ok(s) => (s, true),
+                Ok(c) => (c, true),
                 Err(e) => {
                     warn!(
                         request_id = %request_id.to_str().unwrap_or("-"),
@@ -353,24 +344,14 @@ pub async fn forward(
             },
         };
         trace.backend = Some(lease.shared_backend());
-        let last_try = failures + 1 >= attempts || !retriable_after_send;
-        let request = match unsent.take() {
-            Some(r) => r,
-            None => match (last_try, head.take(), body.take()) {
-                (true, Some(h), Some(b)) => h.into_request(b),
-                (false, Some(h), Some(b)) => {
-                    let r = h.request(b);
-                    head = Some(h);
-                    body = Some(RequestBody::empty());
-                    r
-                }
-                (_, Some(h), None) => {
-                    let r = h.request(RequestBody::empty());
-                    head = Some(h);
-                    r
-                }
-                (_, None, _) => break,
-            },
+        // A request without a body can be sent again; one with a body goes once.
+        let request_body = if retriable_after_send {
+            RequestBody::empty()
+        } else {
+            match body.take() {
+                Some(b) => b,
+                None => break,
+            }
         };
         let sent_at = tokio::time::Instant::now();
         // The route's timeout is for the backend's answer: it starts once the request
@@ -388,14 +369,11 @@ pub async fn forward(
             tokio::time::sleep(timeout).await;
             Late::Backend
         };
-        // Bytes the backend sent on this connection before this request: any more
-        // when it fails means part of a response arrived, and it is not sent again.
-        let received_before = sender.received();
         let sent = tokio::select! {
-            r = sender.try_send_request(request) => Ok(r),
+            r = conn.exchange(&head, request_body) => Ok(r),
             late = deadline => Err(late),
         };
-        let mut resp = match sent {
+        let resp = match sent {
             // The client's upload is late: the backend request is dropped with it.
             Err(Late::Body) => return Err(ProxyError::BodyTimeout),
             Err(Late::Backend) => {
@@ -403,42 +381,46 @@ pub async fn forward(
                 return Err(ProxyError::Timeout(timeout));
             }
             Ok(Ok(resp)) => resp,
-            Ok(Err(mut e)) => {
-                if let Some(r) = e.take_message() {
-                    // Never written: a pooled connection the backend had closed. Try
-                    // again; only a fresh connection failing counts against the backend.
-                    unsent = Some(r);
-                    if fresh {
-                        lease.set_outcome(Outcome::Failure);
-                        tried.push(i);
-                        failures += 1;
-                        last_error = ProxyError::Backend(e.error().to_string());
-                    }
-                    continue;
+            Ok(Err(h1::Failed::Unsent(unsent, e))) => {
+                // Never written: a pooled connection the backend had closed. Try
+                // again; only a fresh connection failing counts against the backend.
+                if !retriable_after_send {
+                    body = Some(unsent);
                 }
-                let err = e.into_error();
-                if trace
-                    .body
-                    .as_ref()
-                    .is_some_and(|b| b.too_large.load(std::sync::atomic::Ordering::Relaxed))
-                {
-                    return Err(ProxyError::BodyTooLarge);
+                if fresh {
+                    lease.set_outcome(Outcome::Failure);
+                    tried.push(i);
+                    failures += 1;
+                    last_error = ProxyError::Backend(e.to_string());
                 }
-                if err.is_user() {
-                    return Err(ProxyError::ClientBody(err.to_string()));
-                }
+                continue;
+            }
+            Ok(Err(e)) if e.too_large() => return Err(ProxyError::BodyTooLarge),
+            Ok(Err(e)) if e.too_late() => return Err(ProxyError::BodyTimeout),
+            Ok(Err(h1::Failed::RequestBody(e))) => {
+                return Err(ProxyError::ClientBody(e.to_string()))
+            }
+            Ok(Err(e)) => {
                 warn!(
                     request_id = %request_id.to_str().unwrap_or("-"),
                     upstream = %up.name,
                     backend = %lease.backend().name,
-                    error = %err,
+                    error = %e,
                     "request to backend failed"
                 );
                 lease.set_outcome(Outcome::Failure);
                 tried.push(i);
                 failures += 1;
-                last_error = ProxyError::Backend(err.to_string());
-                if retriable_after_send && !err.is_parse() && sender.received() == received_before {
+                last_error = ProxyError::Backend(e.to_string());
+                // Sent again only when not a byte of a response arrived.
+                let nothing_arrived = matches!(
+                    e,
+                    h1::Failed::Io {
+                        answered: false,
+                        ..
+                    }
+                );
+                if retriable_after_send && nothing_arrived {
                     continue;
                 }
                 return Err(last_error);
@@ -451,14 +433,22 @@ pub async fn forward(
                 trace.set_cookie = cookie.set_cookie(i, settings.scheme == "https").cloned();
             }
         }
+        let h1::Response {
+            status,
+            version,
+            mut headers,
+            body: inner,
+        } = resp;
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ProxyError::Backend(
                     "101 to a request that asked for no upgrade".into(),
                 ));
             };
-            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let Some((backend, early)) = inner.upgraded() else {
+                return Err(ProxyError::Backend("upgrade without a connection".into()));
+            };
             let idle = settings.idle_timeout;
             let cut = ctx.cut.clone();
             let backend_addr = lease.backend().addr;
@@ -466,41 +456,43 @@ pub async fn forward(
             ctx.tracker.spawn(async move {
                 // The tunnel still counts against the connection limits.
                 let _held = (lease, permits);
-                let (client, backend) = match tokio::join!(client_upgrade, backend_upgrade) {
-                    (Ok(c), Ok(b)) => (c, b),
-                    (c, b) => {
-                        debug!(backend.addr = %backend_addr, client = ?c.err(), backend = ?b.err(), "upgrade failed");
+                let client = match client_upgrade.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(backend.addr = %backend_addr, client = ?e, "upgrade failed");
                         return;
                     }
                 };
                 let activity = Arc::new(Activity::new());
                 let mut c = Watched::new(TokioIo::new(client), activity.clone());
-                let mut b = Watched::new(TokioIo::new(backend), activity.clone());
+                let mut b = Watched::new(backend, activity.clone());
+                // What the backend sent right after its 101 goes first.
+                if !early.is_empty() && c.write_all(&early).await.is_err() {
+                    return;
+                }
                 tokio::select! {
                     _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
                     _ = activity.idle_for(idle) => {}
                     _ = cut.cancelled() => {}
                 }
             });
-            let (parts, _) = resp.into_parts();
-            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+            let mut r = Response::new(ResponseBody::empty());
+            *r.status_mut() = status;
+            *r.version_mut() = version;
+            *r.headers_mut() = headers;
+            return Ok(r);
         }
 
-        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
-            // hyper decoded the chunked body; a Content-Length beside it is a lie.
-            resp.headers_mut().remove(header::CONTENT_LENGTH);
-        }
-        strip_hop_by_hop(resp.headers_mut());
-        let (parts, inner) = resp.into_parts();
-        return Ok(Response::from_parts(
-            parts,
-            ResponseBody::Upstream(UpstreamBody {
-                inner,
-                conn: Some((sender, pool.clone())),
-                lease: Some(lease),
-                request: trace.body.clone(),
-            }),
-        ));
+        strip_hop_by_hop(&mut headers);
+        let mut r = Response::new(ResponseBody::Upstream(UpstreamBody {
+            inner,
+            pool: pool.clone(),
+            lease: Some(lease),
+        }));
+        *r.status_mut() = status;
+        *r.version_mut() = version;
+        *r.headers_mut() = headers;
+        return Ok(r);
     }
     Err(last_error)
 }
@@ -555,11 +547,28 @@ mod tests {
     fn forwarded_for_appends_the_client() {
         let mut h = HeaderMap::new();
         let peer: SocketAddr = "192.0.2.9:1234".parse().unwrap();
-        assert_eq!(forwarded_for(&h, peer), "192.0.2.9");
+        assert_eq!(forwarded_for(&h, &ip_value(peer)), "192.0.2.9");
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
-        assert_eq!(forwarded_for(&h, peer), "10.0.0.1, 10.0.0.2, 192.0.2.9");
+        assert_eq!(
+            forwarded_for(&h, &ip_value(peer)),
+            "10.0.0.1, 10.0.0.2, 192.0.2.9"
+        );
         let mapped: SocketAddr = "[::ffff:192.0.2.9]:1".parse().unwrap();
-        assert_eq!(forwarded_for(&HeaderMap::new(), mapped), "192.0.2.9");
+        assert_eq!(ip_value(mapped), "192.0.2.9");
+    }
+
+    #[test]
+    fn a_field_named_by_connection_alone_is_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }

@@ -10,9 +10,11 @@ pub mod body;
 pub mod cached;
 mod error;
 mod forward;
+mod h1;
 pub mod host;
 pub mod path;
 pub mod pool;
+pub mod request_body;
 pub mod route;
 mod static_files;
 mod sticky;
@@ -258,6 +260,8 @@ pub struct ConnCtx {
     /// Each request is routed by the generation current when it arrives.
     current: CurrentSettings,
     pub peer: SocketAddr,
+    /// The client's address as `X-Forwarded-For` gives it, formatted once.
+    pub peer_ip: HeaderValue,
     pub client_cert: Option<Arc<str>>,
     /// False when the access rules deny the client: every request gets 403.
     pub admitted: bool,
@@ -313,6 +317,7 @@ impl ConnCtx {
             settings: self.settings.clone(),
             current: self.current.clone(),
             peer: self.peer,
+            peer_ip: self.peer_ip.clone(),
             client_cert: None,
             admitted: true,
             waiting: AtomicUsize::new(0),
@@ -403,6 +408,7 @@ pub async fn serve_connection<S>(
         settings: settings.clone(),
         current,
         peer,
+        peer_ip: forward::ip_value(peer),
         client_cert,
         admitted,
         waiting: AtomicUsize::new(0),
@@ -526,8 +532,14 @@ async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
 }
 
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBody> {
@@ -721,4 +733,21 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(pq.parse().ok()?);
     http::Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_lower_hex_digits_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .as_bytes()
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
+        assert_ne!(a, b);
+    }
 }

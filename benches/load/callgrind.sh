@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind: user-space
+# instructions of the proxy process only (all its threads), over a fixed number of
+# requests, after a warm-up that is not counted. The count is repeatable on a busy
+# machine, where requests per second are not: use it to judge a change on the request
+# path, and to compare with HAProxy measured the same way.
+#
+#   bash benches/load/callgrind.sh                     # fulcrum and HAProxy, keep-alive
+#   MODE=close bash benches/load/callgrind.sh          # a new connection per request
+#   MODE=h2c bash benches/load/callgrind.sh            # h2c, 8 connections x 8 streams
+#   PROXIES=fulcrum REQUESTS=5000 bash benches/load/callgrind.sh
+#   KEEP=1 bash benches/load/callgrind.sh              # keep the callgrind.out files
+#
+# The client is h2load (`--h1` for HTTP/1.1) with an exact request count; the backend
+# is one nginx process answering a short body. Both run outside valgrind. With KEEP=1
+# the profiles stay in the printed directory: `callgrind_annotate --inclusive=yes FILE`
+# shows where the instructions go.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+REQUESTS=${REQUESTS:-20000}
+WARMUP=${WARMUP:-2000}
+MODE=${MODE:-keepalive}
+PROXIES=${PROXIES:-fulcrum haproxy}
+BACKEND_PORT=18180
+declare -A PORT=([fulcrum]=18181 [haproxy]=18182 [nginx]=18183)
+
+. benches/load/common.sh
+need valgrind valgrind
+need callgrind_control valgrind
+need h2load nghttp2-client
+need haproxy haproxy
+need nginx nginx-light
+
+cargo build --release --quiet
+FULCRUM=$PWD/target/release/fulcrum
+
+start_workdir callgrind
+[ -n "${KEEP:-}" ] && trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; echo "profiles kept in $WORK" >&2' EXIT
+
+nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000; location / { return 200 'hello from the backend\n'; } }"
+nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+PIDS+=($!)
+
+cat > "$WORK/fulcrum.toml" <<CONF
+[global]
+workers = 1
+access_log = false
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:${PORT[fulcrum]}"
+protocol = "http"
+upstream = "backend"
+[upstream.backend]
+backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+CONF
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:${PORT[haproxy]} proto h2
+  bind 127.0.0.1:$((PORT[haproxy] + 10))
+  default_backend backend
+backend backend
+  server b1 127.0.0.1:$BACKEND_PORT
+CONF
+
+nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server { listen 127.0.0.1:${PORT[nginx]}; listen 127.0.0.1:$((PORT[nginx] + 10)) http2;
+    keepalive_requests 1000000;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+
+client() { # $1 url, $2 count
+  case "$MODE" in
+    keepalive) h2load --h1 -n "$2" -c 8 "$1" ;;
+    close) h2load --h1 -n "$2" -c 8 -H 'connection: close' "$1" ;;
+    h2c) h2load -n "$2" -c 8 -m 8 "$1" ;;
+    *) echo "MODE is keepalive, close or h2c" >&2; exit 2 ;;
+  esac
+}
+
+url_of() { # $1 proxy: HAProxy and nginx take h2c on a port of their own, fulcrum detects it
+  local port=${PORT[$1]}
+  case "$1/$MODE" in
+    haproxy/h2c | fulcrum/*) ;;
+    haproxy/*) port=$((port + 10)) ;;
+    nginx/h2c) port=$((port + 10)) ;;
+  esac
+  echo "http://127.0.0.1:$port/"
+}
+
+declare -A PER_REQUEST
+for proxy in $PROXIES; do
+  out="$WORK/callgrind.out.$proxy"
+  case "$proxy" in
+    fulcrum) cmd=("$FULCRUM" run -c "$WORK/fulcrum.toml") stop=INT ;;
+    haproxy) cmd=(haproxy -db -f "$WORK/haproxy.cfg") stop=USR1 ;;
+    nginx) cmd=(nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf") stop=QUIT ;;
+    *) echo "unknown proxy $proxy" >&2; exit 2 ;;
+  esac
+  RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    "${cmd[@]}" 2>"$WORK/$proxy.log" &
+  pid=$!
+  PIDS+=($pid)
+  url=$(url_of "$proxy")
+  for _ in $(seq 600); do
+    curl -fs -o /dev/null "$url" && break
+    sleep 0.1
+  done
+  client "$url" "$WARMUP" >/dev/null
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  summary=$(client "$url" "$REQUESTS")
+  callgrind_control -i off "$pid" >/dev/null 2>&1
+  grep -q " 0 failed, 0 errored" <<<"$summary" || grep "requests:" <<<"$summary" >&2
+  kill -"$stop" "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  total=$(awk '/^totals:/ {print $2}' "$out")
+  PER_REQUEST[$proxy]=$(awk -v t="$total" -v n="$REQUESTS" 'BEGIN {printf "%.0f", t / n}')
+  echo "$proxy ($MODE): $total instructions over $REQUESTS requests" >&2
+done
+
+printf '\n%-8s %-10s %24s\n' proxy mode "instructions/request"
+for proxy in $PROXIES; do
+  printf '%-8s %-10s %24s\n' "$proxy" "$MODE" "${PER_REQUEST[$proxy]}"
+done
+if [ -n "${PER_REQUEST[fulcrum]:-}" ] && [ -n "${PER_REQUEST[haproxy]:-}" ]; then
+  echo "fulcrum/haproxy instructions per request: $(ratio "${PER_REQUEST[fulcrum]}" "${PER_REQUEST[haproxy]}")"
+fi

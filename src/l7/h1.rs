@@ -1,0 +1,1074 @@
+//! HTTP/1.1 to a backend, driven inside the request's own task: the request head is
+//! written from the forwarding's header map, the response head is parsed with
+//! `httparse`, and the response body is decoded (`Content-Length`, chunked, or up to
+//! the connection's close) as the client reads it. No task per connection, no channel
+//! per request: the connection is a value that the pool holds while it is idle and
+//! the response body holds while a response streams.
+//!
+//! The parser is strict where a lenient one could be fooled into reading a response
+//! boundary in the wrong place: conflicting `Content-Length` values, a chunk size that
+//! is not hexadecimal or overflows, a chunk not followed by CRLF, header fields folded
+//! over lines, or a head over [`MAX_HEAD`] bytes all fail the response (502) and close
+//! the connection.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::request_body::{BoxError, RequestBody, TooLarge, TooLate};
+
+/// The largest response head (status line, fields, and any interim 1xx heads before
+/// it) read from a backend, and the read-ahead of a response body.
+pub const MAX_HEAD: usize = 32 * 1024;
+
+/// Most fields in one response head or trailer section.
+const MAX_FIELDS: usize = 128;
+
+/// The longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// What one read from a backend asks for at least.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A backend connection's byte stream: plain TCP or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One connection to a backend, between requests or during one.
+pub struct Conn {
+    io: Stream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// Request heads are written from here; its allocation is kept between requests.
+    head: Vec<u8>,
+}
+
+/// Why an exchange failed.
+pub enum Failed {
+    /// Not a byte of the request was written: the connection was already closed. The
+    /// request, body included, can go to another connection.
+    Unsent(RequestBody, io::Error),
+    /// The request's own body failed: too large, too late, or the client went away.
+    RequestBody(BoxError),
+    /// The connection failed; `answered` says whether any byte of a response arrived.
+    Io { error: io::Error, answered: bool },
+    /// The backend's response is not valid HTTP/1.1.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Unsent(_, e) => write!(f, "connection closed before the request: {e}"),
+            Failed::RequestBody(e) => write!(f, "request body: {e}"),
+            Failed::Io { error, .. } => write!(f, "{error}"),
+            Failed::Invalid(why) => write!(f, "invalid response: {why}"),
+        }
+    }
+}
+
+impl Failed {
+    /// Whether the request body failed because it went over `max_body_size`.
+    pub fn too_large(&self) -> bool {
+        matches!(self, Failed::RequestBody(e) if e.is::<TooLarge>())
+    }
+
+    /// Whether the request body did not arrive within `body_timeout`.
+    pub fn too_late(&self) -> bool {
+        matches!(self, Failed::RequestBody(e) if e.is::<TooLate>())
+    }
+}
+
+/// The request head as it goes to the backend.
+pub struct Head {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+/// How a response body is delimited (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// Up to the connection's end: never reused.
+    Close,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// A response head read from a backend, and what reading its body needs.
+pub struct Response {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// The body, or for a 101 the connection itself (see [`ResponseBody::upgraded`]).
+    pub body: ResponseBody,
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+        }
+    }
+
+    /// Whether the connection is still open with nothing unexpected on it: an idle
+    /// connection the backend closed (or wrote to) must not carry a request.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Sends `head` and `body` and reads the response head, skipping interim (1xx)
+    /// responses other than 101. The request body keeps being sent while the response
+    /// streams if the backend answers before it has all of it.
+    pub async fn exchange(mut self, head: &Head, body: RequestBody) -> Result<Response, Failed> {
+        self.head.clear();
+        let chunked = encode_head(&mut self.head, head, &body);
+        let mut writer = Writer {
+            pieces: VecDeque::new(),
+            body: Some(body),
+            chunked,
+            wrote_any: false,
+            flushed: false,
+        };
+        writer.pieces.push_back(Bytes::copy_from_slice(&self.head));
+        let mut writing = true;
+        let mut answered = false;
+        // A backend may answer and close before it read the whole request: its
+        // answer still counts, the failed write only if no answer comes.
+        let mut write_failed = None;
+        let parsed = poll_fn(|cx| {
+            if writing {
+                match writer.poll(&mut self.io, cx) {
+                    Poll::Ready(Ok(())) => writing = false,
+                    Poll::Ready(Err(Failed::Io { error, .. })) if writer.wrote_any => {
+                        writing = false;
+                        write_failed = Some(error);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            loop {
+                match parse_head(&mut self.buf, &head.method) {
+                    Ok(Some(parsed)) => return Poll::Ready(Ok(parsed)),
+                    Ok(None) => {}
+                    Err(why) => return Poll::Ready(Err(Failed::Invalid(why))),
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Poll::Ready(Err(Failed::Invalid("response head too large")));
+                }
+                match ready!(poll_fill(&mut self.io, &mut self.buf, cx)) {
+                    Ok(0) => {
+                        let error = write_failed.take().unwrap_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "backend closed the connection before a response",
+                            )
+                        });
+                        return Poll::Ready(Err(Failed::Io { error, answered }));
+                    }
+                    Ok(_) => answered = true,
+                    Err(error) => return Poll::Ready(Err(Failed::Io { error, answered })),
+                }
+            }
+        })
+        .await;
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(Failed::Io {
+                error,
+                answered: false,
+            }) if !writer.wrote_any => {
+                let body = writer.body.take().unwrap_or_else(RequestBody::empty);
+                return Err(Failed::Unsent(body, error));
+            }
+            Err(e) => return Err(e),
+        };
+        let Parsed {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        } = parsed;
+        Ok(Response {
+            status,
+            version,
+            headers,
+            body: ResponseBody {
+                conn: Some(self),
+                framing,
+                reusable: reusable && write_failed.is_none(),
+                writer: writing.then_some(writer),
+            },
+        })
+    }
+}
+
+/// Reads more from `io` into `buf`; `Ok(0)` is the connection's end.
+fn poll_fill(io: &mut Stream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    let spare = buf.spare_capacity_mut();
+    let mut rb = ReadBuf::uninit(spare);
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    let n = rb.filled().len();
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
+}
+
+/// Writes the request line and fields; returns whether the body goes chunked.
+fn encode_head(out: &mut Vec<u8>, head: &Head, body: &RequestBody) -> bool {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut chunked = false;
+    if !body.is_end_stream() {
+        match body.size_hint().exact() {
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+                out.extend_from_slice(b"\r\n");
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The request's bytes on their way out: the head, then the body as it arrives.
+struct Writer {
+    pieces: VecDeque<Bytes>,
+    body: Option<RequestBody>,
+    chunked: bool,
+    wrote_any: bool,
+    flushed: bool,
+}
+
+impl Writer {
+    /// Writes what there is; ready once the whole request is written and flushed.
+    fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
+        let io_failed = |error: io::Error| Failed::Io {
+            error,
+            answered: false,
+        };
+        loop {
+            while let Some(front) = self.pieces.front_mut() {
+                match Pin::new(&mut *io).poll_write(cx, front) {
+                    Poll::Ready(Ok(0)) => {
+                        let e = io::Error::new(io::ErrorKind::WriteZero, "backend write failed");
+                        return Poll::Ready(Err(io_failed(e)));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.wrote_any = true;
+                        self.flushed = false;
+                        front.advance(n);
+                        if front.is_empty() {
+                            self.pieces.pop_front();
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(io_failed(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.flushed {
+                match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flushed = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(io_failed(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.chunked => {
+                        self.pieces
+                            .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                        self.pieces.push_back(data);
+                        self.pieces.push_back(Bytes::from_static(b"\r\n"));
+                    }
+                    Ok(data) => self.pieces.push_back(data),
+                    Err(frame) => {
+                        if let (true, Ok(trailers)) = (self.chunked, frame.into_trailers()) {
+                            let mut t = b"0\r\n".to_vec();
+                            for (name, value) in &trailers {
+                                t.extend_from_slice(name.as_str().as_bytes());
+                                t.extend_from_slice(b": ");
+                                t.extend_from_slice(value.as_bytes());
+                                t.extend_from_slice(b"\r\n");
+                            }
+                            t.extend_from_slice(b"\r\n");
+                            self.pieces.push_back(Bytes::from(t));
+                            self.chunked = false;
+                            self.body = None;
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    self.body = None;
+                    return Poll::Ready(Err(Failed::RequestBody(e)));
+                }
+                None => {
+                    if self.chunked {
+                        self.pieces.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                    self.body = None;
+                }
+            }
+        }
+    }
+}
+
+struct Parsed {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// Parses a final response head from the front of `buf`, consuming it (and any 1xx
+/// before it); `Ok(None)`: more bytes are needed.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'static str> {
+    loop {
+        // Neither array is initialised up front: at 128 fields that alone would cost
+        // more than the parse.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err("too many header fields"),
+            Err(_) => return Err("malformed response head"),
+        };
+        let code = res.code.ok_or("no status")?;
+        let status = StatusCode::from_u16(code).map_err(|_| "bad status")?;
+        let version = if res.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 102, 103: interim, not forwarded.
+            buf.advance(len);
+            continue;
+        }
+        // Field values are slices of the head's own bytes, not copies. Offsets fit in
+        // u16: the head is at most MAX_HEAD bytes.
+        let mut spans = [const { MaybeUninit::<[u16; 4]>::uninit() }; MAX_FIELDS];
+        let count = res.headers.len();
+        let base = buf.as_ptr() as usize;
+        for (span, f) in spans.iter_mut().zip(res.headers.iter()) {
+            let n = f.name.as_ptr() as usize - base;
+            let v = f.value.as_ptr() as usize - base;
+            let at = |i: usize| u16::try_from(i).map_err(|_| "response head too large");
+            span.write([
+                at(n)?,
+                at(n + f.name.len())?,
+                at(v)?,
+                at(v + f.value.len())?,
+            ]);
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for span in &spans[..count] {
+            // SAFETY: the loop above wrote the first `count` spans.
+            let [ns, ne, vs, ve] = unsafe { span.assume_init() }.map(usize::from);
+            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad field name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| "bad field value")?;
+            headers.append(name, value);
+        }
+        let (framing, reusable) = framing(status, version, method, &mut headers)?;
+        return Ok(Some(Parsed {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        }));
+    }
+}
+
+/// How the body of this response is delimited, and whether its connection may carry
+/// another request after it (RFC 9112 6.3, 9.3). A `Content-Length` beside
+/// `Transfer-Encoding` is removed.
+fn framing(
+    status: StatusCode,
+    version: Version,
+    method: &Method,
+    headers: &mut HeaderMap,
+) -> Result<(Framing, bool), &'static str> {
+    let mut reusable = keeps_alive(version, headers);
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Done, false));
+    }
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Done, reusable));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            headers.remove(header::CONTENT_LENGTH);
+            reusable = false;
+        }
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => {
+                (Framing::Chunked(Chunk::Size), reusable)
+            }
+            _ => (Framing::Close, false),
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = content_length(trim(part)).ok_or("bad content-length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, reusable),
+        Some(n) => (Framing::Length(n), reusable),
+        None => (Framing::Close, false),
+    })
+}
+
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = version == Version::HTTP_10;
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let token = trim(token);
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                close = false;
+            }
+        }
+    }
+    !close
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// A chunk-size line (`1a;ext=x`): the size, or an error.
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let end = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(end);
+    if digits.is_empty() || digits.len() > 15 {
+        return Err("bad chunk size");
+    }
+    let mut n = 0u64;
+    for &d in digits {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return Err("bad chunk size"),
+        };
+        n = n * 16 + u64::from(v);
+    }
+    let rest = trim(rest);
+    if !(rest.is_empty() || rest[0] == b';') || rest.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return Err("bad chunk extension");
+    }
+    Ok(n)
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// A backend's response body, read from its connection as the client asks for it.
+/// The connection goes back to the pool (see [`ResponseBody::into_conn`]) once the
+/// body ended cleanly, the request was written whole, and both sides allow it.
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+    /// The rest of the request, when the backend answered before it had it all.
+    writer: Option<Writer>,
+}
+
+impl ResponseBody {
+    /// After a 101: the connection, and the bytes the backend sent past the head.
+    pub fn upgraded(self) -> Option<(Stream, Bytes)> {
+        let conn = self.conn?;
+        Some((conn.io, conn.buf.freeze()))
+    }
+
+    /// The connection, once the body ended cleanly and it can carry another request.
+    pub fn take_conn(&mut self) -> Option<Conn> {
+        if self.framing != Framing::Done || !self.reusable || self.writer.is_some() {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        conn.buf.is_empty().then_some(conn)
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.framing = Framing::Done;
+        self.reusable = false;
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+/// The next frame of a body framed by `framing` already in `buf`; `None`: more bytes
+/// are needed.
+fn decode(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+) -> Option<Result<Option<Frame<Bytes>>, &'static str>> {
+    loop {
+        match *framing {
+            Framing::Done => return Some(Ok(None)),
+            Framing::Close => {
+                if buf.is_empty() {
+                    return None;
+                }
+                return Some(Ok(Some(Frame::data(buf.split().freeze()))));
+            }
+            Framing::Length(rest) => {
+                if buf.is_empty() {
+                    return None;
+                }
+                let n = (rest as usize).min(buf.len());
+                let data = buf.split_to(n).freeze();
+                let left = rest - n as u64;
+                *framing = if left == 0 {
+                    Framing::Done
+                } else {
+                    Framing::Length(left)
+                };
+                return Some(Ok(Some(Frame::data(data))));
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(end) = find_crlf(buf) else {
+                    return (buf.len() > MAX_CHUNK_LINE).then_some(Err("chunk line too long"));
+                };
+                let size = match chunk_size(&buf[..end]) {
+                    Ok(n) => n,
+                    Err(e) => return Some(Err(e)),
+                };
+                buf.advance(end + 2);
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Data(rest)) => {
+                if buf.is_empty() {
+                    return None;
+                }
+                let n = (rest as usize).min(buf.len());
+                let data = buf.split_to(n).freeze();
+                let left = rest - n as u64;
+                *framing = Framing::Chunked(if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                });
+                return Some(Ok(Some(Frame::data(data))));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return None;
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Some(Err("chunk not followed by CRLF"));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                if buf.len() < 2 {
+                    return None;
+                }
+                if &buf[..2] == b"\r\n" {
+                    buf.advance(2);
+                    *framing = Framing::Done;
+                    return Some(Ok(None));
+                }
+                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                let len = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, _))) => len,
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return None,
+                    _ => return Some(Err("malformed trailers")),
+                };
+                let mut trailers = HeaderMap::new();
+                for f in fields.iter().take_while(|f| !f.name.is_empty()) {
+                    let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(f.name.as_bytes()),
+                        HeaderValue::from_bytes(f.value),
+                    ) else {
+                        return Some(Err("malformed trailers"));
+                    };
+                    trailers.append(name, value);
+                }
+                buf.advance(len);
+                *framing = Framing::Done;
+                return Some(Ok((!trailers.is_empty()).then(|| Frame::trailers(trailers))));
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let (Some(w), Some(conn)) = (this.writer.as_mut(), this.conn.as_mut()) {
+                match w.poll(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => this.writer = None,
+                    Poll::Ready(Err(Failed::RequestBody(e))) => {
+                        this.conn = None;
+                        this.framing = Framing::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    // The backend stopped reading the request: its response may still
+                    // be whole, the connection is not reused.
+                    Poll::Ready(Err(_)) => {
+                        this.writer = None;
+                        this.reusable = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let decoded = match this.conn.as_mut() {
+                Some(conn) => decode(&mut this.framing, &mut conn.buf),
+                None => Some(Ok(None)),
+            };
+            match decoded {
+                Some(Ok(Some(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Some(Ok(None)) => return Poll::Ready(None),
+                Some(Err(why)) => return this.fail(why),
+                None => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if conn.buf.len() >= MAX_HEAD {
+                return this.fail("read buffer full");
+            }
+            match ready!(poll_fill(&mut conn.io, &mut conn.buf, cx)) {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.framing = Framing::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("backend closed the connection mid-body"),
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str, method: Method) -> Result<Option<Parsed>, &'static str> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse_head(&mut buf, &method)
+    }
+
+    fn framing_of(raw: &str) -> Result<(Framing, bool), &'static str> {
+        parse(raw, Method::GET).map(|p| {
+            let p = p.expect("complete");
+            (p.framing, p.reusable)
+        })
+    }
+
+    #[test]
+    fn content_length_frames_the_body() {
+        let (f, keep) = framing_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").unwrap();
+        assert_eq!(f, Framing::Length(5));
+        assert!(keep);
+        let (f, _) = framing_of("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n").unwrap();
+        assert_eq!(f, Framing::Length(5));
+    }
+
+    #[test]
+    fn conflicting_or_malformed_lengths_fail() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0x10\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+        ] {
+            assert!(framing_of(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_wins_over_content_length_and_stops_reuse() {
+        let raw = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n";
+        let p = parse(raw, Method::GET).unwrap().unwrap();
+        assert_eq!(p.framing, Framing::Chunked(Chunk::Size));
+        assert!(!p.reusable);
+        assert!(!p.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn a_coding_other_than_chunked_last_reads_to_the_close() {
+        let (f, keep) =
+            framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n").unwrap();
+        assert_eq!(f, Framing::Close);
+        assert!(!keep);
+        let (f, _) =
+            framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n").unwrap();
+        assert_eq!(f, Framing::Chunked(Chunk::Size));
+    }
+
+    #[test]
+    fn no_length_reads_to_the_close() {
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\n\r\n").unwrap(),
+            (Framing::Close, false)
+        );
+    }
+
+    #[test]
+    fn bodiless_responses_have_no_body_whatever_they_say() {
+        let p = parse("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", Method::HEAD)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.framing, Framing::Done);
+        assert_eq!(p.headers[header::CONTENT_LENGTH], "9");
+        for raw in [
+            "HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(framing_of(raw).unwrap().0, Framing::Done, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n";
+        let p = parse(raw, Method::POST).unwrap().unwrap();
+        assert_eq!(p.status, StatusCode::CREATED);
+        assert!(!p.headers.contains_key(header::LINK));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        assert!(
+            !framing_of("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap()
+                .1
+        );
+        assert!(
+            framing_of("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
+                .unwrap()
+                .1
+        );
+        assert!(
+            !framing_of("HTTP/1.1 200 OK\r\nconnection: x, Close\r\ncontent-length: 0\r\n\r\n")
+                .unwrap()
+                .1
+        );
+    }
+
+    #[test]
+    fn malformed_heads_fail() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/2.0 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx: a\rb\r\n\r\n",
+            "HTTX/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(parse(raw, Method::GET).is_err(), "{raw:?}");
+        }
+        assert!(parse("HTTP/1.1 200 OK\r\nx: a\r\n", Method::GET)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a"), Ok(26));
+        assert_eq!(chunk_size(b"1A;name=value"), Ok(26));
+        assert_eq!(chunk_size(b"0"), Ok(0));
+        assert_eq!(chunk_size(b"5 ;x"), Ok(5));
+        for bad in [
+            &b""[..],
+            b"g",
+            b"-1",
+            b"0x5",
+            b"1 2",
+            b"fffffffffffffffff",
+            b"5\n",
+            b" 5",
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    fn decode_all(
+        mut framing: Framing,
+        wire: &[u8],
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), &'static str> {
+        // Fed one byte at a time: every boundary falls between reads somewhere.
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        for &byte in wire {
+            buf.extend_from_slice(&[byte]);
+            loop {
+                match decode(&mut framing, &mut buf) {
+                    Some(Ok(Some(frame))) => match frame.into_data() {
+                        Ok(d) => data.extend_from_slice(&d),
+                        Err(f) => trailers = f.into_trailers().ok(),
+                    },
+                    Some(Ok(None)) => return Ok((data, trailers, buf.is_empty())),
+                    Some(Err(e)) => return Err(e),
+                    None => break,
+                }
+            }
+        }
+        Ok((data, trailers, false))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5;ext\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nx-sum: 1\r\n\r\n";
+        let (data, trailers, rest_empty) = decode_all(Framing::Chunked(Chunk::Size), wire).unwrap();
+        assert_eq!(data, b"hello world!");
+        assert_eq!(trailers.unwrap()["x-sum"], "1");
+        assert!(rest_empty);
+        let (data, trailers, _) =
+            decode_all(Framing::Chunked(Chunk::Size), b"3\r\nabc\r\n0\r\n\r\n").unwrap();
+        assert_eq!(data, b"abc");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn broken_chunked_bodies_fail() {
+        for wire in [
+            &b"5\r\nhelloX\r\n0\r\n\r\n"[..],
+            b"z\r\n",
+            b"5\nhello\r\n",
+            b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(Framing::Chunked(Chunk::Size), wire).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn length_bodies_stop_at_their_length() {
+        let (data, _, rest_empty) = decode_all(Framing::Length(3), b"abc").unwrap();
+        assert_eq!(data, b"abc");
+        assert!(rest_empty);
+    }
+
+    #[test]
+    fn heads_are_written_with_the_body_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        let head = Head {
+            method: Method::GET,
+            uri: Uri::from_static("/a?b=1"),
+            headers,
+        };
+        let mut out = Vec::new();
+        assert!(!encode_head(&mut out, &head, &RequestBody::empty()));
+        assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\n\r\n");
+        assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+}
