@@ -19,5 +19,6 @@ pub mod health;
 pub mod l4;
 pub mod l7;
 pub mod runtime;
+pub mod side;
 pub mod tls;
 pub mod upstream;

@@ -40,6 +40,7 @@ use tracing::{debug, warn};
 use crate::activity::{Activity, Watched};
 use crate::admin::metrics::{Metrics, RequestMetrics};
 use crate::config::{self, RouteTarget};
+use crate::side::{self, First};
 use crate::upstream::Upstream;
 use body::{ClientBody, ResponseBody};
 pub use error::{ProxyError, OVERLOADED};
@@ -435,29 +436,37 @@ pub async fn serve_connection<S>(
     let mut head_checked = false;
     let mut closing = false;
     loop {
-        tokio::select! {
-            r = conn.as_mut() => {
+        // What can end or close the connection besides the connection itself: polled
+        // only when one of its timers or tokens fires, not on every read and write.
+        let watch = async {
+            tokio::select! {
+                _ = &mut first_head, if !head_checked => Watch::HeadTimeout,
+                _ = drain.cancelled(), if !closing => Watch::Close,
+                _ = ctx.close.cancelled(), if !closing => Watch::Close,
+                _ = idle(&activity, &ctx, settings.idle_timeout) => Watch::Idle,
+                _ = too_slow(&activity, &ctx, settings.min_rate), if settings.min_rate > 0 => Watch::TooSlow,
+                _ = cut.cancelled() => Watch::Cut,
+            }
+        };
+        match side::first(conn.as_mut(), watch).await {
+            First::Main(r) => {
                 if let Err(e) = r {
                     debug!(client.addr = %peer, error = %e, "http connection ended with an error");
                 }
                 return;
             }
-            _ = &mut first_head, if !head_checked => {
+            First::Side(Watch::HeadTimeout) => {
                 head_checked = true;
                 if !ctx.first_request.load(Ordering::Relaxed) {
                     debug!(client.addr = %peer, "no complete request head within header_timeout: closed");
                     return;
                 }
             }
-            _ = drain.cancelled(), if !closing => {
+            First::Side(Watch::Close) => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = ctx.close.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = idle(&activity, &ctx, settings.idle_timeout) => {
+            First::Side(Watch::Idle) => {
                 if closing {
                     debug!(client.addr = %peer, "still idle after closing: dropped");
                     return;
@@ -465,13 +474,24 @@ pub async fn serve_connection<S>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = too_slow(&activity, &ctx, settings.min_rate), if settings.min_rate > 0 => {
+            First::Side(Watch::TooSlow) => {
                 debug!(client.addr = %peer, min_rate = settings.min_rate, "transfer slower than min_rate: cut");
                 return;
             }
-            _ = cut.cancelled() => return,
+            First::Side(Watch::Cut) => return,
         }
     }
+}
+
+/// What ends or closes a client connection from outside its requests.
+enum Watch {
+    HeadTimeout,
+    /// Shutdown's drain began, or a response had to be the last.
+    Close,
+    Idle,
+    TooSlow,
+    /// Shutdown's drain time is over.
+    Cut,
 }
 
 /// Completes when a request's transfer (its upload, or its response's download) moved

@@ -141,10 +141,7 @@ pub(crate) async fn accept_loop(
             };
             // Whatever the connection waits on (a handshake, a connect), the end of the
             // drain time ends it.
-            tokio::select! {
-                _ = work => {}
-                _ = cut.cancelled() => {}
-            }
+            crate::side::first(work, cut.cancelled()).await;
         });
     }
 }
