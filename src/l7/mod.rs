@@ -713,14 +713,16 @@ async fn respond(
     }
     *metrics = Some(action.metrics.clone());
     match &action.target {
-        Target::Static(dir) => Ok(static_files::serve(
+        // The static and cached paths' large futures are boxed: the proxied request's
+        // future, moved whole into hyper, does not grow by them.
+        Target::Static(dir) => Ok(Box::pin(static_files::serve(
             dir,
             req.method(),
             req.uri(),
             req.headers(),
             action.strip_prefix.as_deref(),
             action.static_hidden,
-        )
+        ))
         .await),
         Target::Upstream(t) => {
             *upstream = Some(t.upstream.clone());
@@ -736,7 +738,7 @@ async fn respond(
             match &action.cache {
                 // An upgrade is a tunnel, not a response to store: it goes past the cache.
                 Some(route) if !forward::wants_upgrade(&req, &action.upgrades) => {
-                    cached::serve(req, route, f, trace, cache).await
+                    Box::pin(cached::serve(req, route, f, trace, cache)).await
                 }
                 _ => forward::forward(req.map(Some), &f, trace).await,
             }

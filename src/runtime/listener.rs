@@ -105,39 +105,50 @@ pub(crate) async fn accept_loop(
         let cut = shared.cut.clone();
         shared.tracker.spawn(async move {
             let work = async move {
-                    let held = (permits, open);
-                    match &entry.tls {
-                        None => serve(
-                            stream,
-                            Conn { peer, client_cert: None, admitted, held },
-                            &entry,
-                            &key,
-                            &shared_task,
-                        ).await,
-                        Some(tls) => {
-                            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => {
-                                    tls.ok.inc();
-                                    let subject = crate::tls::client_subject(s.get_ref().1);
-                                    serve(
-                                        s,
-                                        Conn { peer, client_cert: subject, admitted, held },
-                                        &entry,
-                                        &key,
-                                        &shared_task,
-                                    ).await;
-                                }
-                                Ok(Err(e)) => {
-                                    tls.failed.inc();
-                                    debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
-                                }
-                                Err(_) => {
-                                    tls.failed.inc();
-                                    debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
-                                }
-                            }
+                let held = (permits, open);
+                let Some(tls) = &entry.tls else {
+                    // A plain HTTP connection that has sent nothing holds only this small
+                    // future: the engine's state is built once its first bytes arrive.
+                    if let Engine::Http(settings) = &entry.engine {
+                        let first = tokio::time::timeout(settings.header_timeout, stream.readable());
+                        let arrived = tokio::select! {
+                            r = first => matches!(r, Ok(Ok(()))),
+                            _ = shared_task.stop_accepting.cancelled() => false,
+                        };
+                        if !arrived {
+                            debug!(listener = %entry.name, client.addr = %peer, "nothing within header_timeout: closed");
+                            return;
                         }
                     }
+                    let conn = Conn { peer, client_cert: None, admitted, held };
+                    return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
+                };
+                // Boxed: a TLS session's state is large, and plain connections should
+                // not carry room for it.
+                Box::pin(async {
+                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            tls.ok.inc();
+                            let subject = crate::tls::client_subject(s.get_ref().1);
+                            serve(
+                                s,
+                                Conn { peer, client_cert: subject, admitted, held },
+                                &entry,
+                                &key,
+                                &shared_task,
+                            ).await;
+                        }
+                        Ok(Err(e)) => {
+                            tls.failed.inc();
+                            debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tls.failed.inc();
+                            debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
+                        }
+                    }
+                })
+                .await;
             };
             // Whatever the connection waits on (a handshake, a connect), the end of the
             // drain time ends it.
@@ -161,7 +172,8 @@ where
     match &entry.engine {
         Engine::Tcp(settings) => {
             let _held = held;
-            l4::proxy(stream, peer, client_cert, settings.clone(), cut).await;
+            // Boxed: the TCP engine's future is larger than the HTTP engine's.
+            Box::pin(l4::proxy(stream, peer, client_cert, settings.clone(), cut)).await;
         }
         Engine::Http(settings) => {
             let accepted = l7::Accepted {
