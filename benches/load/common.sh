@@ -41,3 +41,6 @@ wait_http() {
     done
   done
 }
+
+# $1 / $2 with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

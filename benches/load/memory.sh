@@ -5,14 +5,16 @@
 # memory (VmRSS) before and after gives KiB per idle and per keep-alive connection
 # (see connections.py).
 #
-#   bash benches/load/memory.sh             # 10,000 connections
+#   bash benches/load/memory.sh             # 8,000 connections
 #   COUNT=2000 bash benches/load/memory.sh
 #
+# Each proxy needs two descriptors per connection (client and backend side): COUNT is
+# bounded by the open-files limit (`ulimit -Hn`), 8,000 fits a limit of 20,000.
 # Everything listens on 127.0.0.1 and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-COUNT=${COUNT:-10000}
+COUNT=${COUNT:-8000}
 BACKEND_PORT=18280
 declare -A PORT=([fulcrum]=18281 [haproxy]=18282 [nginx]=18283)
 
@@ -24,11 +26,13 @@ need python3 python3
 cargo build --release --quiet
 FULCRUM=$PWD/target/release/fulcrum
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-LIMIT=$((COUNT + 1000))
+LIMIT=$((COUNT + 500))
 
 start_workdir memory
 
 nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000; location / { return 200 'hello from the backend\n'; } }"
+# Every proxy may open one backend connection per client at first.
+sed -i "s/worker_connections 4096;/worker_connections $((LIMIT * 2));/; 1i worker_rlimit_nofile $((LIMIT * 2));" "$WORK/backend/nginx.conf"
 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
 PIDS+=($!)
 
@@ -105,7 +109,8 @@ declare -A IDLE KEEP
 for proxy in fulcrum haproxy nginx; do
   pid_var="PID_$proxy"
   echo "holding $COUNT connections to $proxy ..." >&2
-  out=$(python3 benches/load/connections.py "${!pid_var}" 127.0.0.1 "${PORT[$proxy]}" "$COUNT")
+  out=$(python3 benches/load/connections.py "${!pid_var}" 127.0.0.1 "${PORT[$proxy]}" "$COUNT") || {
+    echo "$proxy: measurement failed" >&2; tail -5 "$WORK/fulcrum.log" >&2; exit 1; }
   IDLE[$proxy]=$(awk '$1 == "idle" {print $2}' <<<"$out")
   KEEP[$proxy]=$(awk '$1 == "keepalive" {print $2}' <<<"$out")
 done

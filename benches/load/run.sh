@@ -148,7 +148,6 @@ for mode in $MODES; do
   done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 printf '\n%-8s %-13s %12s %10s %9s %16s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s"
 for mode in $MODES; do
   for proxy in fulcrum haproxy nginx; do
