@@ -14,6 +14,7 @@ pub mod fill;
 pub mod policy;
 pub mod range;
 pub mod status;
+pub mod tee;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

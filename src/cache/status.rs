@@ -4,6 +4,29 @@ use http::HeaderValue;
 
 pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
+/// What the cache did for one request, as the access log and
+/// `fulcrum_cache_requests_total` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Bypass,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
 /// Why a request went to the origin (RFC 9211 2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fwd {

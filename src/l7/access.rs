@@ -34,7 +34,7 @@ pub struct Record {
     pub upstream: Option<Arc<Upstream>>,
     pub backend: Option<Arc<Backend>>,
     /// How the response cache answered, on cached routes.
-    pub cache: Option<super::cached::Outcome>,
+    pub cache: Option<crate::cache::status::Outcome>,
 }
 
 impl Drop for Record {

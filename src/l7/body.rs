@@ -52,7 +52,7 @@ pub enum ResponseBody {
     Upstream(UpstreamBody),
     Static(hyper_staticfile::Body),
     /// On its way to the client and into the cache.
-    Tee(Box<super::cached::Tee>),
+    Tee(Box<crate::cache::tee::Tee<ResponseBody>>),
     /// Read from a response being stored (as it fills, at the origin's pace).
     Fill(crate::cache::fill::FillReader),
 }

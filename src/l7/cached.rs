@@ -10,28 +10,24 @@
 //!   what is stored for its URI (and for `Location` / `Content-Location` on the same
 //!   host).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body::{Body, Frame, SizeHint};
-use http_cache_semantics::CachePolicy;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tracing::debug;
 
-use super::body::{BoxError, ResponseBody};
+use super::body::ResponseBody;
 use super::error::{self, ProxyError};
 use super::forward::{self, Forwarding, Trace};
 use crate::admin::metrics::Metrics;
-use crate::cache::fill::{Fill, Reservation};
+use crate::cache::fill::Fill;
 use crate::cache::policy;
 use crate::cache::range;
-use crate::cache::status::{CacheStatus, Fwd, CACHE_STATUS};
+use crate::cache::status::{CacheStatus, Fwd, Outcome, CACHE_STATUS};
+use crate::cache::tee::{Pending, Tee};
 use crate::cache::{self, Cache, Flight, Join, Key, Lookup, Stored};
 
 /// The cache as a route uses it, with the counters of `fulcrum_cache_requests_total`.
@@ -72,34 +68,14 @@ impl Counters {
 }
 
 /// How the cache answered: the `cache` field of the access line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Hit,
-    Miss,
-    Stale,
-    Revalidated,
-    Bypass,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Stale => "stale",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Bypass => "bypass",
-        }
-    }
-
-    fn count(self, c: &Counters) {
-        match self {
-            Outcome::Hit => c.hit.inc(),
-            Outcome::Miss => c.miss.inc(),
-            Outcome::Stale => c.stale.inc(),
-            Outcome::Revalidated => c.revalidated.inc(),
-            Outcome::Bypass => c.bypass.inc(),
-        }
+/// Counts `outcome` in `fulcrum_cache_requests_total`.
+fn count(outcome: Outcome, c: &Counters) {
+    match outcome {
+        Outcome::Hit => c.hit.inc(),
+        Outcome::Miss => c.miss.inc(),
+        Outcome::Stale => c.stale.inc(),
+        Outcome::Revalidated => c.revalidated.inc(),
+        Outcome::Bypass => c.bypass.inc(),
     }
 }
 
@@ -130,7 +106,7 @@ pub async fn serve(
         } else {
             Outcome::Bypass
         };
-        counted.count(&route.counters);
+        count(counted, &route.counters);
         *outcome = Some(counted);
     }
     result
@@ -441,7 +417,7 @@ fn finish(
     outcome: &mut Option<Outcome>,
 ) -> Response<ResponseBody> {
     r.headers_mut().insert(CACHE_STATUS, status.to_header());
-    result.count(&route.counters);
+    count(result, &route.counters);
     *outcome = Some(result);
     r
 }
@@ -623,7 +599,7 @@ impl Fetch {
             status: parts.status,
             headers: parts.headers.clone(),
             policy,
-            _flight: None,
+            flight: None,
         };
         // A declared length within the budget: filled at the origin's pace by a task of
         // its own, read by this client and by those that collapsed onto it.
@@ -641,7 +617,7 @@ impl Fetch {
                 if let Some(flight) = &self.flight {
                     flight.publish(fill.clone());
                 }
-                pending._flight = self.flight;
+                pending.flight = self.flight;
                 tokio::spawn(fill_from(fill.clone(), body, pending, self.idle));
                 let r = Response::from_parts(parts, ResponseBody::Fill(fill.reader()));
                 return finish(route, r, status, Outcome::Miss, outcome);
@@ -659,14 +635,7 @@ impl Fetch {
         // chunk by chunk.
         let reservation = cache.budget.reserve(0);
         status.stored = true;
-        let tee = Tee {
-            inner: body,
-            chunks: Vec::new(),
-            size: 0,
-            max,
-            pending: Some(pending),
-            reservation,
-        };
+        let tee = Tee::new(body, max, pending, reservation);
         let r = Response::from_parts(parts, ResponseBody::Tee(Box::new(tee)));
         finish(route, r, status, Outcome::Miss, outcome)
     }
@@ -790,125 +759,4 @@ fn refresh_in_background(
             debug!(error = %e, "background revalidation failed");
         }
     });
-}
-
-/// What is needed to store a response once its body has arrived whole.
-struct Pending {
-    cache: Arc<Cache>,
-    key: Key,
-    uri: Uri,
-    request: HeaderMap,
-    status: StatusCode,
-    headers: HeaderMap,
-    policy: CachePolicy,
-    /// Requests waiting on this one look again when it is dropped.
-    _flight: Option<Flight>,
-}
-
-impl Pending {
-    fn store(self, body: Bytes) {
-        let stored = Stored::new(
-            self.policy,
-            self.uri,
-            &self.request,
-            self.status,
-            self.headers,
-            body,
-            SystemTime::now(),
-        );
-        self.cache.insert(self.key, stored);
-    }
-}
-
-/// A response body of unknown length on its way to the client, copied (by reference)
-/// for the store. Stored only once it ended intact within the size limit and the
-/// budget of bytes being stored; past either, it goes on streaming, unbuffered.
-pub struct Tee {
-    inner: ResponseBody,
-    chunks: Vec<Bytes>,
-    size: u64,
-    max: u64,
-    pending: Option<Pending>,
-    /// What the copy holds of `cache.max_inflight`.
-    reservation: Option<Reservation>,
-}
-
-impl Tee {
-    fn abandon(&mut self) {
-        self.pending = None;
-        self.chunks = Vec::new();
-        self.reservation = None;
-    }
-
-    fn complete(&mut self) {
-        let Some(p) = self.pending.take() else { return };
-        self.reservation = None;
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.pop().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.size as usize);
-                for c in self.chunks.drain(..) {
-                    all.extend_from_slice(&c);
-                }
-                all.freeze()
-            }
-        };
-        p.store(body);
-    }
-}
-
-impl Drop for Tee {
-    fn drop(&mut self) {
-        if self.pending.is_some() && self.inner.is_end_stream() {
-            self.complete();
-        }
-    }
-}
-
-impl Body for Tee {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
-        match &res {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), true) = (frame.data_ref(), this.pending.is_some()) {
-                    this.size += data.len() as u64;
-                    let held = this
-                        .reservation
-                        .as_mut()
-                        .is_some_and(|r| r.grow(data.len() as u64));
-                    if this.size > this.max || !held {
-                        // Too large to store, or too much being stored at once: stream
-                        // the rest, keep nothing.
-                        this.abandon();
-                    } else {
-                        this.chunks.push(data.clone());
-                    }
-                }
-                // The server stops polling once the body says it is over.
-                if this.inner.is_end_stream() {
-                    this.complete();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.abandon(),
-            Poll::Ready(None) => this.complete(),
-            Poll::Pending => {}
-        }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -677,7 +677,7 @@ async fn respond(
     trace: &mut forward::Trace,
     upstream: &mut Option<Arc<Upstream>>,
     metrics: &mut Option<Arc<RequestMetrics>>,
-    cache: &mut Option<cached::Outcome>,
+    cache: &mut Option<crate::cache::status::Outcome>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if !ctx.admitted {
         return Err(ProxyError::Denied);
