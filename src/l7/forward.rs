@@ -84,6 +84,45 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes what the client sent under the names fulcrum sets itself (`Host`,
+/// `X-Forwarded-*`, `X-Request-Id`, `Content-Length`): one pass over the names, and a
+/// removal only for those present. Returns `X-Forwarded-For` with the client (`ip`)
+/// appended, and whether the client said `Content-Length: 0`.
+fn take_own_fields(headers: &mut HeaderMap, ip: &HeaderValue) -> (HeaderValue, bool) {
+    let (mut xff, mut length, mut others) = (false, false, false);
+    for name in headers.keys() {
+        if *name == X_FORWARDED_FOR {
+            xff = true;
+        } else if *name == header::CONTENT_LENGTH {
+            length = true;
+        } else if *name == header::HOST
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST
+            || *name == X_REQUEST_ID
+        {
+            others = true;
+        }
+    }
+    let value = if xff {
+        let v = forwarded_for(headers, ip);
+        headers.remove(&X_FORWARDED_FOR);
+        v
+    } else {
+        ip.clone()
+    };
+    let said_empty = length
+        && headers
+            .remove(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+    if others {
+        headers.remove(header::HOST);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(&X_REQUEST_ID);
+    }
+    (value, said_empty)
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -217,34 +256,19 @@ pub async fn forward(
         None
     };
     strip_hop_by_hop(&mut headers);
-    let xff = forwarded_for(&headers, &ctx.peer_ip);
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(settings.scheme),
-    );
-    match f.host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST.clone(), h.header().clone());
-            headers.insert(header::HOST, h.header().clone());
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    // Framing is hyper's to decide from the body: never trust the client's here. An
-    // empty body of a method that usually has one still says so, or some backends
-    // answer 411.
-    let said_empty = headers
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() == b"0");
-    headers.remove(header::CONTENT_LENGTH);
-    if !has_body
-        && (said_empty || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH))
-    {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    }
+    let (forwarded_for, said_empty) = take_own_fields(&mut headers, &ctx.peer_ip);
+    // Framing is decided from the body when the head is written: never the client's
+    // here. An empty body of a method that usually has one still says so, or some
+    // backends answer 411.
+    let added = h1::Added {
+        host: f.host.map(|h| h.header().clone()),
+        forwarded_for: Some(forwarded_for),
+        forwarded_proto: Some(HeaderValue::from_static(settings.scheme)),
+        forwarded_host: f.host.map(|h| h.header().clone()),
+        request_id: Some(request_id.clone()),
+        empty_length: !has_body
+            && (said_empty || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)),
+    };
     // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
     if parts.version == Version::HTTP_2 && headers.get_all(header::COOKIE).iter().count() > 1 {
         let joined: Vec<&str> = headers
@@ -272,6 +296,7 @@ pub async fn forward(
         method: parts.method,
         uri,
         headers,
+        added,
     };
 
     let mut body = Some(match body {

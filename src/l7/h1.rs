@@ -150,7 +150,23 @@ impl Failed {
 pub struct Head {
     pub method: Method,
     pub uri: Uri,
+    /// The client's fields, less hop-by-hop ones and those in `added`.
     pub headers: HeaderMap,
+    pub added: Added,
+}
+
+/// The fields fulcrum sets itself, written with the head rather than inserted into the
+/// map (each insertion would hash and probe it again).
+#[derive(Default)]
+pub struct Added {
+    /// Written first.
+    pub host: Option<HeaderValue>,
+    pub forwarded_for: Option<HeaderValue>,
+    pub forwarded_proto: Option<HeaderValue>,
+    pub forwarded_host: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+    /// `Content-Length: 0` for a request without a body.
+    pub empty_length: bool,
 }
 
 /// How a response body is delimited (RFC 9112 6.3).
@@ -317,14 +333,35 @@ fn encode_head(out: &mut Vec<u8>, head: &Head, body: &RequestBody) -> bool {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+    let field = |out: &mut Vec<u8>, name: &[u8], value: &HeaderValue| {
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    let added = &head.added;
+    if let Some(v) = &added.host {
+        field(out, b"host", v);
+    }
+    for (name, value) in &head.headers {
+        field(out, name.as_str().as_bytes(), value);
+    }
+    for (name, value) in [
+        (&b"x-forwarded-for"[..], &added.forwarded_for),
+        (b"x-forwarded-proto", &added.forwarded_proto),
+        (b"x-forwarded-host", &added.forwarded_host),
+        (b"x-request-id", &added.request_id),
+    ] {
+        if let Some(v) = value {
+            field(out, name, v);
+        }
     }
     let mut chunked = false;
-    if !body.is_end_stream() {
+    if body.is_end_stream() {
+        if added.empty_length {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+    } else {
         match body.size_hint().exact() {
             Some(n) => {
                 out.extend_from_slice(b"content-length: ");
@@ -1064,10 +1101,31 @@ mod tests {
             method: Method::GET,
             uri: Uri::from_static("/a?b=1"),
             headers,
+            added: Added::default(),
         };
         let mut out = Vec::new();
         assert!(!encode_head(&mut out, &head, &RequestBody::empty()));
         assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\n\r\n");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let head = Head {
+            method: Method::POST,
+            uri: Uri::from_static("/"),
+            headers,
+            added: Added {
+                host: Some(HeaderValue::from_static("h")),
+                forwarded_for: Some(HeaderValue::from_static("192.0.2.1")),
+                request_id: Some(HeaderValue::from_static("id")),
+                empty_length: true,
+                ..Added::default()
+            },
+        };
+        out.clear();
+        encode_head(&mut out, &head, &RequestBody::empty());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST / HTTP/1.1\r\nhost: h\r\nx-a: 1\r\nx-forwarded-for: 192.0.2.1\r\nx-request-id: id\r\ncontent-length: 0\r\n\r\n"
+        );
         assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
         assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), b"18446744073709551615");
     }
