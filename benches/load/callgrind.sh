@@ -10,6 +10,7 @@
 #   MODE=h2c bash benches/load/callgrind.sh            # h2c, 8 connections x 8 streams
 #   PROXIES=fulcrum REQUESTS=5000 bash benches/load/callgrind.sh
 #   KEEP=1 bash benches/load/callgrind.sh              # keep the callgrind.out files
+#   FULCRUM=/tmp/old/fulcrum PROXIES=fulcrum bash benches/load/callgrind.sh
 #
 # The client is h2load (`--h1` for HTTP/1.1) with an exact request count; the backend
 # is one nginx process answering a short body. Both run outside valgrind. With KEEP=1
@@ -32,8 +33,11 @@ need h2load nghttp2-client
 need haproxy haproxy
 need nginx nginx-light
 
-cargo build --release --quiet
-FULCRUM=$PWD/target/release/fulcrum
+# FULCRUM=/path/to/binary measures that build instead (to compare two versions).
+if [ -z "${FULCRUM:-}" ]; then
+  cargo build --release --quiet
+  FULCRUM=$PWD/target/release/fulcrum
+fi
 
 start_workdir callgrind
 [ -n "${KEEP:-}" ] && trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; echo "profiles kept in $WORK" >&2' EXIT
