@@ -21,7 +21,8 @@ use tracing::debug;
 
 use super::body::ResponseBody;
 use super::error::{self, ProxyError};
-use super::forward::{self, Forwarding, Trace};
+use super::exchange::Exchange;
+use super::forward::{self, Forwarding};
 use crate::admin::metrics::Metrics;
 use crate::cache::fill::Fill;
 use crate::cache::policy;
@@ -84,22 +85,21 @@ async fn send_as(
     f: &Forwarding<'_>,
     status: CacheStatus,
     req: Request<Option<Incoming>>,
-    trace: &mut Trace,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    trace.cache_status = Some(status.to_header());
-    forward::forward(req, f, trace).await
+    exchange.cache_status = Some(status.to_header());
+    forward::forward(req, f, exchange).await
 }
 
 pub async fn serve(
     req: Request<Incoming>,
     route: &CacheRoute,
     f: Forwarding<'_>,
-    trace: &mut Trace,
-    outcome: &mut Option<Outcome>,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let answered_here = req.method() == Method::GET || req.method() == Method::HEAD;
-    let result = answer(req, route, f, trace, outcome).await;
-    if result.is_err() && outcome.is_none() {
+    let result = answer(req, route, f, exchange).await;
+    if result.is_err() && exchange.cache.is_none() {
         // The origin failed and nothing stored could answer: still counted.
         let counted = if answered_here {
             Outcome::Miss
@@ -107,7 +107,7 @@ pub async fn serve(
             Outcome::Bypass
         };
         count(counted, &route.counters);
-        *outcome = Some(counted);
+        exchange.cache = Some(counted);
     }
     result
 }
@@ -116,8 +116,7 @@ async fn answer(
     mut req: Request<Incoming>,
     route: &CacheRoute,
     f: Forwarding<'_>,
-    trace: &mut Trace,
-    outcome: &mut Option<Outcome>,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // HTTP/2 and absolute-form requests carry the host in the URI: the request's one
     // host as Host for all, so that their stored requests compare alike.
@@ -127,7 +126,7 @@ async fn answer(
     let https = f.settings.scheme == "https";
     let method = req.method().clone();
     let (Some(host), true) = (f.host, method == Method::GET || method == Method::HEAD) else {
-        return bypass(req, route, &f, https, trace, outcome).await;
+        return bypass(req, route, &f, https, exchange).await;
     };
     let key = route.key(https, host.authority(), req.uri());
     let now = SystemTime::now();
@@ -144,7 +143,7 @@ async fn answer(
                 now,
                 status,
                 Outcome::Hit,
-                outcome,
+                &mut exchange.cache,
             ));
         }
         Lookup::Stale(stored, revalidation) => (Some((stored, revalidation)), Fwd::Stale),
@@ -159,7 +158,7 @@ async fn answer(
             r,
             CacheStatus::forward(Fwd::Miss),
             Outcome::Miss,
-            outcome,
+            &mut exchange.cache,
         ));
     }
     if method == Method::HEAD {
@@ -168,7 +167,7 @@ async fn answer(
             &f,
             CacheStatus::forward(fwd),
             Request::from_parts(parts, Some(body)),
-            trace,
+            exchange,
         )
         .await?;
         return Ok(finish(
@@ -176,7 +175,7 @@ async fn answer(
             resp,
             CacheStatus::forward(fwd),
             Outcome::Miss,
-            outcome,
+            &mut exchange.cache,
         ));
     }
     if let Some((stored, mut revalidation)) = stale {
@@ -198,7 +197,7 @@ async fn answer(
                 now,
                 status,
                 Outcome::Stale,
-                outcome,
+                &mut exchange.cache,
             ));
         }
         let fetch = Fetch {
@@ -211,7 +210,7 @@ async fn answer(
             flight: None,
             idle: f.timeout,
         };
-        return fetch.run(route, &f, Some(body), trace, outcome).await;
+        return fetch.run(route, &f, Some(body), exchange).await;
     }
     let flight = match route.cache.join(&key) {
         Join::Lead(flight) => Some(flight),
@@ -219,7 +218,7 @@ async fn answer(
             // Released as soon as the leader's response head is in.
             if let Some(fill) = cache::wait(rx, f.timeout).await {
                 if streams_from(&parts, &fill) {
-                    return Ok(from_fill(route, fill, outcome));
+                    return Ok(from_fill(route, fill, &mut exchange.cache));
                 }
                 // A conditional or range request is answered from the stored copy,
                 // once the fill (at the origin's pace) has made it.
@@ -236,7 +235,7 @@ async fn answer(
                     now,
                     status,
                     Outcome::Hit,
-                    outcome,
+                    &mut exchange.cache,
                 ));
             }
             None
@@ -251,7 +250,7 @@ async fn answer(
         flight,
         idle: f.timeout,
     };
-    fetch.run(route, &f, Some(body), trace, outcome).await
+    fetch.run(route, &f, Some(body), exchange).await
 }
 
 /// Methods the cache does not answer: forwarded untouched. A non-error answer to an
@@ -261,8 +260,7 @@ async fn bypass(
     route: &CacheRoute,
     f: &Forwarding<'_>,
     https: bool,
-    trace: &mut Trace,
-    outcome: &mut Option<Outcome>,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let safe = matches!(
         *req.method(),
@@ -272,7 +270,13 @@ async fn bypass(
         (false, Some(h)) => Some((h.authority(), req.uri().clone())),
         _ => None,
     };
-    let resp = send_as(f, CacheStatus::forward(Fwd::Method), req.map(Some), trace).await?;
+    let resp = send_as(
+        f,
+        CacheStatus::forward(Fwd::Method),
+        req.map(Some),
+        exchange,
+    )
+    .await?;
     if let Some((host, uri)) = target {
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
@@ -292,7 +296,7 @@ async fn bypass(
         resp,
         CacheStatus::forward(Fwd::Method),
         Outcome::Bypass,
-        outcome,
+        &mut exchange.cache,
     ))
 }
 
@@ -442,14 +446,13 @@ impl Fetch {
         route: &CacheRoute,
         f: &Forwarding<'_>,
         body: Option<Incoming>,
-        trace: &mut Trace,
-        outcome: &mut Option<Outcome>,
+        exchange: &mut Exchange,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let sent = send_as(
             f,
             CacheStatus::forward(self.fwd),
             Request::from_parts(copy_head(&self.upstream), body),
-            trace,
+            exchange,
         )
         .await;
         let now = SystemTime::now();
@@ -478,7 +481,7 @@ impl Fetch {
                     now,
                     status,
                     Outcome::Stale,
-                    outcome,
+                    &mut exchange.cache,
                 ));
             }
         }
@@ -499,14 +502,14 @@ impl Fetch {
                     f,
                     CacheStatus::forward(self.fwd),
                     Request::from_parts(copy_head(&self.client), None),
-                    trace,
+                    exchange,
                 )
                 .await?;
                 let refetch = Fetch {
                     stored: None,
                     ..self
                 };
-                return Ok(refetch.answer(route, again, SystemTime::now(), outcome));
+                return Ok(refetch.answer(route, again, SystemTime::now(), &mut exchange.cache));
             }
             Ok(r) => r,
             // RFC 9111 4.2.4 / 5.2.2.2: a stored response that must be revalidated and
@@ -520,12 +523,12 @@ impl Fetch {
                     r,
                     CacheStatus::forward(self.fwd),
                     Outcome::Miss,
-                    outcome,
+                    &mut exchange.cache,
                 ));
             }
             Err(e) => return Err(e),
         };
-        Ok(self.answer(route, resp, now, outcome))
+        Ok(self.answer(route, resp, now, &mut exchange.cache))
     }
 
     /// What the client gets for the origin's answer, and what is stored of it.
@@ -725,13 +728,13 @@ fn refresh_in_background(
             host: host.as_ref(),
             upgrades: &[],
         };
-        let mut trace = Trace::default();
+        let mut exchange = Exchange::default();
         let mut outcome = None;
         let result = async {
             let resp = forward::forward(
                 Request::from_parts(copy_head(&fetch.upstream), None),
                 &f,
-                &mut trace,
+                &mut exchange,
             )
             .await?;
             let r = fetch.answer(&route, resp, SystemTime::now(), &mut outcome);

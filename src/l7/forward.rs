@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use super::body::{ResponseBody, UpstreamBody};
 use super::error::ProxyError;
+use super::exchange::Exchange;
 use super::h1::{self, Head};
 use super::host::RequestHost;
 use super::request_body::{BodyStats, RequestBody};
@@ -23,7 +24,7 @@ use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::balance::hash_bytes;
 use crate::config::HashKey;
-use crate::upstream::{hash_ip, Backend, NoLease, Outcome, PickContext};
+use crate::upstream::{hash_ip, NoLease, Outcome, PickContext};
 
 /// Most tries one request makes, whatever `retries` says.
 const MAX_ATTEMPTS: usize = 16;
@@ -59,28 +60,37 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over the names costs less than six removals.
-    if !headers.keys().any(|k| hop_by_hop().contains(&k)) {
-        return;
-    }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        for t in v.to_str().unwrap_or("").split(',') {
-            let t = t.trim();
-            let common = ["close", "keep-alive", "upgrade", "te", ""];
-            if common.iter().any(|c| t.eq_ignore_ascii_case(c)) {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
-                named.push(name);
-            }
+    // One pass over the names, then a removal only for those present: most messages
+    // have none, or only `Connection`.
+    let hop = hop_by_hop();
+    let mut present = [false; 6];
+    for k in headers.keys() {
+        if let Some(i) = hop.iter().position(|h| *h == k) {
+            present[i] = true;
         }
     }
-    for name in named {
-        headers.remove(name);
+    if present[0] {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            for t in v.to_str().unwrap_or("").split(',') {
+                let t = t.trim();
+                let common = ["close", "keep-alive", "upgrade", "te", ""];
+                if common.iter().any(|c| t.eq_ignore_ascii_case(c)) {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for h in hop_by_hop() {
-        headers.remove(h);
+    for (h, there) in hop.into_iter().zip(present) {
+        if there {
+            headers.remove(h);
+        }
     }
 }
 
@@ -154,18 +164,6 @@ fn forwarded_for(headers: &HeaderMap, ip: &HeaderValue) -> HeaderValue {
     HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// What the forwarding of one request reports back besides its response.
-#[derive(Default)]
-pub struct Trace {
-    pub backend: Option<Arc<Backend>>,
-    pub body: Option<Arc<BodyStats>>,
-    /// `Cache-Status` for an error response, on cached routes.
-    pub cache_status: Option<HeaderValue>,
-    /// The sticky cookie that names the backend picked: added to the client's
-    /// response only, never to what the cache stores.
-    pub set_cookie: Option<HeaderValue>,
-}
-
 /// Everything one request needs to be forwarded, besides the request itself.
 #[derive(Clone)]
 pub struct Forwarding<'a> {
@@ -212,7 +210,7 @@ pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
 pub async fn forward(
     mut req: Request<Option<Incoming>>,
     f: &Forwarding<'_>,
-    trace: &mut Trace,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Forwarding {
         target,
@@ -302,7 +300,7 @@ pub async fn forward(
     let mut body = Some(match body {
         Some(body) => {
             let stats = Arc::new(BodyStats::default());
-            trace.body = Some(stats.clone());
+            exchange.body = Some(stats.clone());
             RequestBody::stream(body, limit, stats, body_deadline)
         }
         None => RequestBody::empty(),
@@ -368,7 +366,7 @@ pub async fn forward(
                 }
             },
         };
-        trace.backend = Some(lease.shared_backend());
+        exchange.backend = Some(lease.shared_backend());
         // A request without a body can be sent again; one with a body goes once.
         let request_body = if retriable_after_send {
             RequestBody::empty()
@@ -382,7 +380,7 @@ pub async fn forward(
         // The route's timeout is for the backend's answer: it starts once the request
         // body (if any) has been read whole, not while a client is still uploading;
         // the upload itself has `body_timeout` from the request's start.
-        let body_stats = trace.body.clone();
+        let body_stats = exchange.body.clone();
         let deadline = async {
             if let Some(stats) = &body_stats {
                 tokio::select! {
@@ -455,7 +453,7 @@ pub async fn forward(
         lease.record_latency(sent_at.elapsed());
         if let Some((cookie, requested)) = sticky {
             if requested != Some(i) {
-                trace.set_cookie = cookie.set_cookie(i, settings.scheme == "https").cloned();
+                exchange.set_cookie = cookie.set_cookie(i, settings.scheme == "https").cloned();
             }
         }
         let h1::Response {

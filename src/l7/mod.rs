@@ -9,6 +9,7 @@ mod access;
 pub mod body;
 pub mod cached;
 mod error;
+mod exchange;
 mod forward;
 mod h1;
 pub mod host;
@@ -44,6 +45,7 @@ use crate::side::{self, First};
 use crate::upstream::Upstream;
 use body::{ClientBody, ResponseBody};
 pub use error::{ProxyError, OVERLOADED};
+use exchange::Exchange;
 use host::RequestHost;
 pub use pool::{BackendPool, Pools};
 use route::{Action, RouteTable, Target};
@@ -601,10 +603,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         backend: None,
         cache: None,
     };
-    let mut trace = forward::Trace::default();
-    let mut upstream = None;
-    let mut metrics = None;
-    let mut cache = None;
+    let mut exchange = Exchange::default();
     let result = match host {
         Ok(host) => {
             respond(
@@ -613,16 +612,13 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
                 &settings,
                 &request_id,
                 host.as_ref(),
-                &mut trace,
-                &mut upstream,
-                &mut metrics,
-                &mut cache,
+                &mut exchange,
             )
             .await
         }
         Err(why) => Err(ProxyError::BadRequest(why)),
     };
-    let cache_status = trace.cache_status.take();
+    let cache_status = exchange.cache_status.take();
     let mut response = result.unwrap_or_else(|e| {
         let status = e.status();
         if status.is_server_error() {
@@ -649,15 +645,15 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         }
         r
     });
-    if let Some(cookie) = trace.set_cookie.take() {
+    if let Some(cookie) = exchange.set_cookie.take() {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     record.status = response.status().as_u16();
-    record.body = trace.body;
-    record.upstream = upstream;
-    record.backend = trace.backend;
-    record.cache = cache;
-    if let Some(m) = metrics {
+    record.body = exchange.body;
+    record.upstream = exchange.upstream;
+    record.backend = exchange.backend;
+    record.cache = exchange.cache;
+    if let Some(m) = exchange.metrics {
         record.metrics = m;
     }
     response.map(|inner| ClientBody {
@@ -667,17 +663,13 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn respond(
     mut req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
     s: &Arc<Settings>,
     request_id: &HeaderValue,
     host: Option<&RequestHost>,
-    trace: &mut forward::Trace,
-    upstream: &mut Option<Arc<Upstream>>,
-    metrics: &mut Option<Arc<RequestMetrics>>,
-    cache: &mut Option<crate::cache::status::Outcome>,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if !ctx.admitted {
         return Err(ProxyError::Denied);
@@ -711,7 +703,7 @@ async fn respond(
         let uri = with_path(req.uri(), &p).ok_or(ProxyError::BadRequest("path not usable"))?;
         *req.uri_mut() = uri;
     }
-    *metrics = Some(action.metrics.clone());
+    exchange.metrics = Some(action.metrics.clone());
     match &action.target {
         // The static and cached paths' large futures are boxed: the proxied request's
         // future, moved whole into hyper, does not grow by them.
@@ -725,7 +717,7 @@ async fn respond(
         ))
         .await),
         Target::Upstream(t) => {
-            *upstream = Some(t.upstream.clone());
+            exchange.upstream = Some(t.upstream.clone());
             let f = forward::Forwarding {
                 target: t,
                 timeout: action.timeout,
@@ -738,9 +730,9 @@ async fn respond(
             match &action.cache {
                 // An upgrade is a tunnel, not a response to store: it goes past the cache.
                 Some(route) if !forward::wants_upgrade(&req, &action.upgrades) => {
-                    Box::pin(cached::serve(req, route, f, trace, cache)).await
+                    Box::pin(cached::serve(req, route, f, exchange)).await
                 }
-                _ => forward::forward(req.map(Some), &f, trace).await,
+                _ => forward::forward(req.map(Some), &f, exchange).await,
             }
         }
     }

@@ -1,0 +1,32 @@
+//! One request on its way through the engine.
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::request_body::BodyStats;
+use crate::admin::metrics::RequestMetrics;
+use crate::cache::status::Outcome;
+use crate::upstream::{Backend, Upstream};
+
+/// What a request learns as it travels: the route's counters, the upstream and the
+/// backend it went to, its body's counts, what the cache did. Created once when the
+/// request arrives, passed down by reference, and turned into the request's access
+/// record when its response begins.
+#[derive(Default)]
+pub struct Exchange {
+    /// The route's request counters (`None`: no route took the request).
+    pub metrics: Option<Arc<RequestMetrics>>,
+    pub upstream: Option<Arc<Upstream>>,
+    /// The backend of the last attempt.
+    pub backend: Option<Arc<Backend>>,
+    /// The request body's counts, when it has one.
+    pub body: Option<Arc<BodyStats>>,
+    /// How the response cache answered, on cached routes.
+    pub cache: Option<Outcome>,
+    /// `Cache-Status` for an error response, on cached routes.
+    pub cache_status: Option<HeaderValue>,
+    /// The sticky cookie that names the backend picked: added to the client's
+    /// response only, never to what the cache stores.
+    pub set_cookie: Option<HeaderValue>,
+}
