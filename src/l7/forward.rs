@@ -24,7 +24,7 @@ use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::balance::hash_bytes;
 use crate::config::HashKey;
-use crate::upstream::{hash_ip, NoLease, Outcome, PickContext};
+use crate::upstream::{hash_ip, Lease, NoLease, Outcome, PickContext};
 
 /// Most tries one request makes, whatever `retries` says.
 const MAX_ATTEMPTS: usize = 16;
@@ -204,6 +204,106 @@ pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
         })
 }
 
+/// The header rules: the request head as it goes to the backend. Hop-by-hop fields
+/// and those fulcrum sets itself are dropped from the client's; `Host`,
+/// `X-Forwarded-*` and `X-Request-Id` are set; HTTP/2 cookies are joined; an allowed
+/// upgrade keeps its `Connection` and `Upgrade`.
+fn upstream_head(
+    parts: http::request::Parts,
+    has_body: bool,
+    upgrade: bool,
+    f: &Forwarding<'_>,
+) -> Head {
+    let mut headers = parts.headers;
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut headers);
+    let (forwarded_for, said_empty) = take_own_fields(&mut headers, &f.ctx.peer_ip);
+    // Framing is decided from the body when the head is written: never the client's
+    // here. An empty body of a method that usually has one still says so, or some
+    // backends answer 411.
+    let added = h1::Added {
+        host: f.host.map(|h| h.header().clone()),
+        forwarded_for: Some(forwarded_for),
+        forwarded_proto: Some(HeaderValue::from_static(f.settings.scheme)),
+        forwarded_host: f.host.map(|h| h.header().clone()),
+        request_id: Some(f.request_id.clone()),
+        empty_length: !has_body
+            && (said_empty || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)),
+    };
+    // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+    if parts.version == Version::HTTP_2 && headers.get_all(header::COOKIE).iter().count() > 1 {
+        let joined: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if let Ok(v) = HeaderValue::try_from(joined.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+    if let Some(v) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, v);
+    }
+    let uri = match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.scheme().is_some() || parts.uri.authority().is_some() => {
+            Uri::from(pq.clone())
+        }
+        Some(_) => parts.uri,
+        None => Uri::from_static("/"),
+    };
+    Head {
+        method: parts.method,
+        uri,
+        headers,
+        added,
+    }
+}
+
+/// The upgrade stage: once the backend said 101, bytes pass both ways (the backend's
+/// first bytes after its head first) until either side closes, `idle` passes without
+/// traffic, or shutdown's drain time is over. The tunnel holds the lease and the
+/// client connection's places under the limits.
+fn tunnel(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    backend: h1::Stream,
+    early: bytes::Bytes,
+    lease: Lease,
+    ctx: &Arc<ConnCtx>,
+    idle: Duration,
+) {
+    let cut = ctx.cut.clone();
+    let backend_addr = lease.backend().addr;
+    let permits = ctx.permits.clone();
+    ctx.tracker.spawn(async move {
+        // The tunnel still counts against the connection limits.
+        let _held = (lease, permits);
+        let client = match client_upgrade.await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(backend.addr = %backend_addr, client = ?e, "upgrade failed");
+                return;
+            }
+        };
+        let activity = Arc::new(Activity::new());
+        let mut c = Watched::new(TokioIo::new(client), activity.clone());
+        let mut b = Watched::new(backend, activity.clone());
+        // What the backend sent right after its 101 goes first.
+        if !early.is_empty() && c.write_all(&early).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+            _ = activity.idle_for(idle) => {}
+            _ = cut.cancelled() => {}
+        }
+    });
+}
+
 /// Sends the request to a backend of `target`, with the retries of section 3 of the
 /// interface. `None` as the body is a request fulcrum makes itself (a background
 /// revalidation): no body, no client connection behind it.
@@ -247,55 +347,8 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let body = body.filter(|b| !hyper::body::Body::is_end_stream(b));
     let has_body = body.is_some();
-    let mut headers = parts.headers;
-    let upgrade_value = if upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    strip_hop_by_hop(&mut headers);
-    let (forwarded_for, said_empty) = take_own_fields(&mut headers, &ctx.peer_ip);
-    // Framing is decided from the body when the head is written: never the client's
-    // here. An empty body of a method that usually has one still says so, or some
-    // backends answer 411.
-    let added = h1::Added {
-        host: f.host.map(|h| h.header().clone()),
-        forwarded_for: Some(forwarded_for),
-        forwarded_proto: Some(HeaderValue::from_static(settings.scheme)),
-        forwarded_host: f.host.map(|h| h.header().clone()),
-        request_id: Some(request_id.clone()),
-        empty_length: !has_body
-            && (said_empty || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)),
-    };
-    // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
-    if parts.version == Version::HTTP_2 && headers.get_all(header::COOKIE).iter().count() > 1 {
-        let joined: Vec<&str> = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if let Ok(v) = HeaderValue::try_from(joined.join("; ")) {
-            headers.insert(header::COOKIE, v);
-        }
-    }
-    if let Some(v) = upgrade_value {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, v);
-    }
-    let uri = match parts.uri.path_and_query() {
-        Some(pq) if parts.uri.scheme().is_some() || parts.uri.authority().is_some() => {
-            Uri::from(pq.clone())
-        }
-        Some(_) => parts.uri,
-        None => Uri::from_static("/"),
-    };
     let retriable_after_send = is_idempotent(&parts.method) && !has_body;
-    let head = Head {
-        method: parts.method,
-        uri,
-        headers,
-        added,
-    };
+    let head = upstream_head(parts, has_body, upgrade, f);
 
     let mut body = Some(match body {
         Some(body) => {
@@ -472,33 +525,14 @@ pub async fn forward(
             let Some((backend, early)) = inner.upgraded() else {
                 return Err(ProxyError::Backend("upgrade without a connection".into()));
             };
-            let idle = settings.idle_timeout;
-            let cut = ctx.cut.clone();
-            let backend_addr = lease.backend().addr;
-            let permits = ctx.permits.clone();
-            ctx.tracker.spawn(async move {
-                // The tunnel still counts against the connection limits.
-                let _held = (lease, permits);
-                let client = match client_upgrade.await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        debug!(backend.addr = %backend_addr, client = ?e, "upgrade failed");
-                        return;
-                    }
-                };
-                let activity = Arc::new(Activity::new());
-                let mut c = Watched::new(TokioIo::new(client), activity.clone());
-                let mut b = Watched::new(backend, activity.clone());
-                // What the backend sent right after its 101 goes first.
-                if !early.is_empty() && c.write_all(&early).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
-                    _ = activity.idle_for(idle) => {}
-                    _ = cut.cancelled() => {}
-                }
-            });
+            tunnel(
+                client_upgrade,
+                backend,
+                early,
+                lease,
+                ctx,
+                settings.idle_timeout,
+            );
             let mut r = Response::new(ResponseBody::empty());
             *r.status_mut() = status;
             *r.version_mut() = version;
