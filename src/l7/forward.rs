@@ -140,10 +140,36 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// A client's address as `X-Forwarded-For` carries it.
+/// A client's address as `X-Forwarded-For` carries it (IPv4-mapped IPv6 as IPv4).
+/// Formatted once per connection; IPv4 without the formatting machinery.
 pub fn ip_value(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::try_from(peer.ip().to_canonical().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    match peer.ip().to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    out[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            HeaderValue::from_bytes(&out[..len])
+        }
+        v6 => HeaderValue::try_from(v6.to_string()),
+    }
+    .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The client's address (`ip`, from [`ip_value`]) appended to any `X-Forwarded-For`
@@ -613,6 +639,18 @@ mod tests {
         );
         let mapped: SocketAddr = "[::ffff:192.0.2.9]:1".parse().unwrap();
         assert_eq!(ip_value(mapped), "192.0.2.9");
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "255.255.255.255",
+            "1.20.100.9",
+        ] {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 1);
+            assert_eq!(ip_value(peer), ip);
+        }
+        let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        assert_eq!(ip_value(v6), "2001:db8::1");
     }
 
     #[test]
