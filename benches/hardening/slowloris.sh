@@ -32,49 +32,14 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 start_workdir slowloris
 
 # The backend: nginx on CPU 1; / is a short body, /big a 1 MiB file.
-mkdir -p "$WORK/www"
-head -c 1048576 /dev/urandom > "$WORK/www/big"
-nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000;
-    location / { return 200 'hello from the backend\n'; }
-    location /big { root $WORK/www; } }"
-taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
+backend_nginx "$BACKEND_PORT" 1
 
-cat > "$WORK/fulcrum.toml" <<CONF
-[global]
-workers = 1
-access_log = false
-[[listener]]
-name = "bench"
-bind = "127.0.0.1:${PORT[fulcrum]}"
-protocol = "http"
-upstream = "backend"
-header_timeout = "10s"
-body_timeout = "60s"
-[upstream.backend]
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-CONF
+fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT" 'header_timeout = "10s"
+body_timeout = "60s"'
 RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
 PIDS+=($!); PID_fulcrum=$!
 
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 2s
-  timeout http-request 10s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend bench
-  bind 127.0.0.1:${PORT[haproxy]}
-  default_backend backend
-backend backend
-  server b1 127.0.0.1:$BACKEND_PORT
-CONF
+haproxy_cfg "$WORK/haproxy.cfg" 8000 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]}" "  timeout http-request 10s"
 taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
 PIDS+=($!); PID_haproxy=$!
 

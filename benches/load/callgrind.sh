@@ -42,41 +42,11 @@ fi
 start_workdir callgrind
 [ -n "${KEEP:-}" ] && trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; echo "profiles kept in $WORK" >&2' EXIT
 
-nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000; location / { return 200 'hello from the backend\n'; } }"
-nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
+backend_nginx "$BACKEND_PORT"
 
-cat > "$WORK/fulcrum.toml" <<CONF
-[global]
-workers = 1
-access_log = false
-[[listener]]
-name = "bench"
-bind = "127.0.0.1:${PORT[fulcrum]}"
-protocol = "http"
-upstream = "backend"
-[upstream.backend]
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-CONF
-
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend bench
-  bind 127.0.0.1:${PORT[haproxy]} proto h2
-  bind 127.0.0.1:$((PORT[haproxy] + 10))
-  default_backend backend
-backend backend
-  server b1 127.0.0.1:$BACKEND_PORT
-CONF
+fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT"
+haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]} proto h2
+  bind 127.0.0.1:$((PORT[haproxy] + 10))"
 
 nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
   server { listen 127.0.0.1:${PORT[nginx]}; listen 127.0.0.1:$((PORT[nginx] + 10)) http2;

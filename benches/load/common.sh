@@ -44,3 +44,65 @@ wait_http() {
 
 # $1 / $2 with two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# The backend every comparison shares: one nginx process answering a short body on /
+# and a 1 MiB file on /big, listening on 127.0.0.1:$1, pinned to CPU $2 when given,
+# taking $3 connections when given (4,096 otherwise). Needs WORK and PIDS.
+backend_nginx() { # $1 port, $2 cpu (optional), $3 connections (optional)
+  mkdir -p "$WORK/www"
+  head -c 1048576 /dev/urandom > "$WORK/www/big"
+  nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$1; keepalive_requests 1000000;
+    location / { return 200 'hello from the backend\n'; }
+    location /big { root $WORK/www; } }"
+  if [ -n "${3:-}" ]; then
+    sed -i "s/worker_connections 4096;/worker_connections $3;/; 1i worker_rlimit_nofile $3;" "$WORK/backend/nginx.conf"
+  fi
+  if [ -n "${2:-}" ]; then
+    taskset -c "$2" nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+  else
+    nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+  fi
+  PIDS+=($!)
+}
+
+# A one-worker fulcrum configuration: listener "bench" on 127.0.0.1:$2 in front of the
+# backend on port $3; $4: more listener keys, $5: more [global] keys.
+fulcrum_toml() { # $1 file, $2 port, $3 backend port, $4 listener keys, $5 global keys
+  cat > "$1" <<CONF
+[global]
+workers = 1
+access_log = false
+${5:-}
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:$2"
+protocol = "http"
+upstream = "backend"
+${4:-}
+[upstream.backend]
+backends = [{ address = "127.0.0.1:$3" }]
+CONF
+}
+
+# A one-thread HAProxy configuration in front of the backend on port $3, with the
+# frontend's bind lines $4 and extra defaults lines $5 (later lines win).
+haproxy_cfg() { # $1 file, $2 maxconn, $3 backend port, $4 bind lines, $5 defaults lines
+  cat > "$1" <<CONF
+global
+  nbthread 1
+  maxconn $2
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+${5:-}
+  option http-keep-alive
+  http-reuse always
+frontend bench
+$4
+  default_backend backend
+backend backend
+  server b1 127.0.0.1:$3
+CONF
+}

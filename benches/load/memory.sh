@@ -30,50 +30,19 @@ LIMIT=$((COUNT + 500))
 
 start_workdir memory
 
-nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000; location / { return 200 'hello from the backend\n'; } }"
 # Every proxy may open one backend connection per client at first.
-sed -i "s/worker_connections 4096;/worker_connections $((LIMIT * 2));/; 1i worker_rlimit_nofile $((LIMIT * 2));" "$WORK/backend/nginx.conf"
-nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
+backend_nginx "$BACKEND_PORT" "" $((LIMIT * 2))
 
-cat > "$WORK/fulcrum.toml" <<CONF
-[global]
-workers = 1
-access_log = false
-max_connections = $LIMIT
-[[listener]]
-name = "bench"
-bind = "127.0.0.1:${PORT[fulcrum]}"
-protocol = "http"
-upstream = "backend"
-idle_timeout = "300s"
-header_timeout = "300s"
-[upstream.backend]
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-CONF
+fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT" 'idle_timeout = "300s"
+header_timeout = "300s"' "max_connections = $LIMIT"
 RUST_LOG=warn "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
 PIDS+=($!); PID_fulcrum=$!
 
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn $LIMIT
-defaults
-  mode http
-  maxconn $LIMIT
-  timeout connect 2s
+haproxy_cfg "$WORK/haproxy.cfg" "$LIMIT" "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]}" "  maxconn $LIMIT
   timeout client 300s
   timeout server 300s
   timeout http-keep-alive 300s
-  timeout http-request 300s
-  option http-keep-alive
-  http-reuse always
-frontend bench
-  bind 127.0.0.1:${PORT[haproxy]}
-  default_backend backend
-backend backend
-  server b1 127.0.0.1:$BACKEND_PORT
-CONF
+  timeout http-request 300s"
 haproxy -db -f "$WORK/haproxy.cfg" &
 PIDS+=($!); PID_haproxy=$!
 

@@ -50,25 +50,12 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$WORK/site.key" -out "$WORK/site.pem" 2>/dev/null
 cat "$WORK/site.pem" "$WORK/site.key" > "$WORK/site.combined.pem"
 
-# The backend: nginx, one process, on CPU 1; / is a short body, /big a 1 MiB file.
-mkdir -p "$WORK/www"
-head -c 1048576 /dev/urandom > "$WORK/www/big"
-nginx_conf "$WORK/backend" "server { listen 127.0.0.1:$BACKEND_PORT; keepalive_requests 1000000;
-    location / { return 200 'hello from the backend\n'; }
-    location /big { root $WORK/www; } }"
-taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
+# The backend: nginx, one process, on CPU 1.
+backend_nginx "$BACKEND_PORT" 1
 
 # fulcrum
-cat > "$WORK/fulcrum.toml" <<CONF
-[global]
-workers = 1
-access_log = false
-[[listener]]
-name = "bench"
-bind = "127.0.0.1:${PORT[fulcrum]}"
-protocol = "http"
-upstream = "backend"
+fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT"
+cat >> "$WORK/fulcrum.toml" <<CONF
 [[listener]]
 name = "bench-tls"
 bind = "127.0.0.1:${TLS_PORT[fulcrum]}"
@@ -77,32 +64,14 @@ upstream = "backend"
 [listener.tls]
 certificates = [{ cert = "site.pem", key = "site.key" }]
 alpn = ["http/1.1"]
-[upstream.backend]
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
 CONF
 RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
 PIDS+=($!); PID_fulcrum=$!
 
 # HAProxy
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend bench
-  bind 127.0.0.1:${PORT[haproxy]}
+haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]}
   bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $WORK/site.combined.pem alpn http/1.1
-  bind 127.0.0.1:${H2C_PORT[haproxy]} proto h2
-  default_backend backend
-backend backend
-  server b1 127.0.0.1:$BACKEND_PORT
-CONF
+  bind 127.0.0.1:${H2C_PORT[haproxy]} proto h2"
 taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
 PIDS+=($!); PID_haproxy=$!
 
