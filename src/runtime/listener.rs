@@ -110,9 +110,12 @@ pub(crate) async fn accept_loop(
                     // A plain HTTP connection that has sent nothing holds only this small
                     // future: the engine's state is built once its first bytes arrive.
                     if let Engine::Http(settings) = &entry.engine {
-                        let first = tokio::time::timeout(settings.header_timeout, stream.readable());
+                        // `peek`, not `readable`: readiness can be reported before a
+                        // byte is there, and the engine's state would be built early.
+                        let mut byte = [0u8; 1];
+                        let first = tokio::time::timeout(settings.header_timeout, stream.peek(&mut byte));
                         let arrived = tokio::select! {
-                            r = first => matches!(r, Ok(Ok(()))),
+                            r = first => matches!(r, Ok(Ok(_))),
                             _ = shared_task.stop_accepting.cancelled() => false,
                         };
                         if !arrived {
