@@ -19,7 +19,7 @@ use super::exchange::Exchange;
 use super::h1::{self, Head};
 use super::host::RequestHost;
 use super::request_body::{BodyStats, RequestBody};
-use super::sticky::cookie;
+use super::sticky::{cookie, StickyCookie};
 use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::balance::hash_bytes;
@@ -338,26 +338,21 @@ pub async fn forward(
     f: &Forwarding<'_>,
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let Forwarding {
-        target,
-        timeout,
-        ctx,
-        settings,
-        request_id,
-        ..
-    } = f.clone();
     let upgrade = wants_upgrade(&req, f.upgrades);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let up = &target.upstream;
-    let hash = up
-        .hashes()
-        .then(|| request_hash(&up.hash_key, &req, ctx.peer));
-    let sticky = target
-        .sticky
-        .as_ref()
-        .map(|s| (s, s.requested(req.headers())));
+    let up = &f.target.upstream;
+    let choice = Choice {
+        hash: up
+            .hashes()
+            .then(|| request_hash(&up.hash_key, &req, f.ctx.peer)),
+        sticky: f
+            .target
+            .sticky
+            .as_ref()
+            .map(|s| (s, s.requested(req.headers()))),
+    };
 
-    let limit = settings.max_body_size;
+    let limit = f.settings.max_body_size;
     if limit > 0 {
         let declared = req
             .headers()
@@ -369,38 +364,101 @@ pub async fn forward(
         }
     }
 
-    let body_deadline = tokio::time::Instant::now() + settings.body_timeout;
+    let body_deadline = tokio::time::Instant::now() + f.settings.body_timeout;
     let (parts, body) = req.into_parts();
     let body = body.filter(|b| !hyper::body::Body::is_end_stream(b));
     let has_body = body.is_some();
-    let retriable_after_send = is_idempotent(&parts.method) && !has_body;
+    let retriable = is_idempotent(&parts.method) && !has_body;
     let head = upstream_head(parts, has_body, upgrade, f);
-
-    let mut body = Some(match body {
+    let body = match body {
         Some(body) => {
             let stats = Arc::new(BodyStats::default());
             exchange.body = Some(stats.clone());
             RequestBody::stream(body, limit, stats, body_deadline)
         }
         None => RequestBody::empty(),
-    });
+    };
+    let sending = Sending {
+        head: &head,
+        retriable,
+        body_deadline,
+    };
+    let answered = attempts(&sending, body, &choice, f, exchange).await?;
+    relay(answered, client_upgrade, &choice, f, exchange)
+}
 
-    let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
-    let mut tried: Vec<usize> = Vec::new();
-    let mut failures = 0;
-    let mut last_error = ProxyError::NoBackend;
-    while failures < attempts {
-        let sticky_lease = match sticky {
-            Some((_, Some(i))) if !tried.contains(&i) => up.pick_backend(i),
+/// How each attempt picks its backend.
+struct Choice<'a> {
+    /// The request's hash, for the strategies that hash.
+    hash: Option<u64>,
+    /// The sticky cookie of the upstream, and the backend the request names in it.
+    sticky: Option<(&'a StickyCookie, Option<usize>)>,
+}
+
+/// The request as every attempt sends it.
+struct Sending<'a> {
+    head: &'a Head,
+    /// Idempotent and bodyless: may be sent again after it was written.
+    retriable: bool,
+    /// When the request body must have arrived whole.
+    body_deadline: tokio::time::Instant,
+}
+
+/// The backend's answer, with the lease and the index of the backend that gave it.
+struct Answered {
+    resp: h1::Response,
+    lease: Lease,
+    index: usize,
+}
+
+/// What the attempts so far have left: the backends tried and the last error.
+struct Tries {
+    allowed: usize,
+    tried: Vec<usize>,
+    failures: usize,
+    last_error: ProxyError,
+}
+
+impl Tries {
+    /// Counts a failure of backend `i` against its health and the request's tries.
+    fn failed(&mut self, lease: &mut Lease, i: usize, error: ProxyError) {
+        lease.set_outcome(Outcome::Failure);
+        self.tried.push(i);
+        self.failures += 1;
+        self.last_error = error;
+    }
+}
+
+/// The attempts stage (section 3 of the interface): pick a backend, take a pooled
+/// connection or open one, send, wait for the response head; on a failure that
+/// allows it, again with another backend, at most `retries + 1` times.
+async fn attempts(
+    sending: &Sending<'_>,
+    body: RequestBody,
+    choice: &Choice<'_>,
+    f: &Forwarding<'_>,
+    exchange: &mut Exchange,
+) -> Result<Answered, ProxyError> {
+    let up = &f.target.upstream;
+    let mut body = Some(body);
+    let mut tries = Tries {
+        allowed: (up.retries as usize + 1).min(MAX_ATTEMPTS),
+        tried: Vec::new(),
+        failures: 0,
+        last_error: ProxyError::NoBackend,
+    };
+    while tries.failures < tries.allowed {
+        let sticky_lease = match choice.sticky {
+            Some((_, Some(i))) if !tries.tried.contains(&i) => up.pick_backend(i),
             _ => None,
         };
         let picked = match sticky_lease {
             Some(lease) => Ok(lease),
             None => {
                 up.acquire(&PickContext {
-                    client: Some(ctx.peer),
-                    exclude: &tried,
-                    hash,
+                    client: Some(f.ctx.peer),
+                    exclude: &tries.tried,
+                    hash: choice.hash,
                 })
                 .await
             }
@@ -408,19 +466,16 @@ pub async fn forward(
         let mut lease = match picked {
             Ok(lease) => lease,
             Err(NoLease::NoBackend) => break,
-            Err(why) => {
-                last_error = ProxyError::Queue(why);
-                break;
-            }
+            Err(why) => return Err(ProxyError::Queue(why)),
         };
         let i = lease.index();
-        let pool = &target.pools[i];
+        let pool = &f.target.pools[i];
         let (conn, fresh) = match pool.checkout() {
             Some(c) => (c, false),
             None => match pool
                 .connect(
                     up.connect_timeout,
-                    target
+                    f.target
                         .tls
                         .as_ref()
                         .map(|t| (t, lease.backend().address.as_str())),
@@ -430,24 +485,21 @@ pub async fn forward(
                 Ok(c) => (c, true),
                 Err(e) => {
                     warn!(
-                        request_id = %request_id.to_str().unwrap_or("-"),
+                        request_id = %f.request_id.to_str().unwrap_or("-"),
                         upstream = %up.name,
                         backend = %lease.backend().name,
                         backend.addr = %lease.backend().addr,
                         error = %e,
                         "connect to backend failed"
                     );
-                    lease.set_outcome(Outcome::Failure);
-                    tried.push(i);
-                    failures += 1;
-                    last_error = ProxyError::Connect(e);
+                    tries.failed(&mut lease, i, ProxyError::Connect(e));
                     continue;
                 }
             },
         };
         exchange.backend = Some(lease.shared_backend());
         // A request without a body can be sent again; one with a body goes once.
-        let request_body = if retriable_after_send {
+        let request_body = if sending.retriable {
             RequestBody::empty()
         } else {
             match body.take() {
@@ -456,64 +508,50 @@ pub async fn forward(
             }
         };
         let sent_at = tokio::time::Instant::now();
-        // The route's timeout is for the backend's answer: it starts once the request
-        // body (if any) has been read whole, not while a client is still uploading;
-        // the upload itself has `body_timeout` from the request's start.
-        let body_stats = exchange.body.clone();
-        let deadline = async {
-            if let Some(stats) = &body_stats {
-                tokio::select! {
-                    _ = stats.wait_finished() => {}
-                    _ = tokio::time::sleep_until(body_deadline) => return Late::Body,
-                }
-            }
-            let _waiting = ctx.waiting_on_backend();
-            tokio::time::sleep(timeout).await;
-            Late::Backend
-        };
         let sent = tokio::select! {
-            r = conn.exchange(&head, request_body) => Ok(r),
-            late = deadline => Err(late),
+            r = conn.exchange(sending.head, request_body) => Ok(r),
+            late = deadline(exchange.body.clone(), sending.body_deadline, f) => Err(late),
         };
-        let resp = match sent {
+        let e = match sent {
             // The client's upload is late: the backend request is dropped with it.
             Err(Late::Body) => return Err(ProxyError::BodyTimeout),
             Err(Late::Backend) => {
                 lease.set_outcome(Outcome::Failure);
-                return Err(ProxyError::Timeout(timeout));
+                return Err(ProxyError::Timeout(f.timeout));
             }
-            Ok(Ok(resp)) => resp,
-            Ok(Err(h1::Failed::Unsent(unsent, e))) => {
+            Ok(Ok(resp)) => {
+                lease.set_outcome(Outcome::Success);
+                lease.record_latency(sent_at.elapsed());
+                return Ok(Answered {
+                    resp,
+                    lease,
+                    index: i,
+                });
+            }
+            Ok(Err(e)) => e,
+        };
+        match e {
+            h1::Failed::Unsent(unsent, e) => {
                 // Never written: a pooled connection the backend had closed. Try
                 // again; only a fresh connection failing counts against the backend.
-                if !retriable_after_send {
+                if !sending.retriable {
                     body = Some(unsent);
                 }
                 if fresh {
-                    lease.set_outcome(Outcome::Failure);
-                    tried.push(i);
-                    failures += 1;
-                    last_error = ProxyError::Backend(e.to_string());
+                    tries.failed(&mut lease, i, ProxyError::Backend(e.to_string()));
                 }
-                continue;
             }
-            Ok(Err(e)) if e.too_large() => return Err(ProxyError::BodyTooLarge),
-            Ok(Err(e)) if e.too_late() => return Err(ProxyError::BodyTimeout),
-            Ok(Err(h1::Failed::RequestBody(e))) => {
-                return Err(ProxyError::ClientBody(e.to_string()))
-            }
-            Ok(Err(e)) => {
+            e if e.too_large() => return Err(ProxyError::BodyTooLarge),
+            e if e.too_late() => return Err(ProxyError::BodyTimeout),
+            h1::Failed::RequestBody(e) => return Err(ProxyError::ClientBody(e.to_string())),
+            e => {
                 warn!(
-                    request_id = %request_id.to_str().unwrap_or("-"),
+                    request_id = %f.request_id.to_str().unwrap_or("-"),
                     upstream = %up.name,
                     backend = %lease.backend().name,
                     error = %e,
                     "request to backend failed"
                 );
-                lease.set_outcome(Outcome::Failure);
-                tried.push(i);
-                failures += 1;
-                last_error = ProxyError::Backend(e.to_string());
                 // Sent again only when not a byte of a response arrived.
                 let nothing_arrived = matches!(
                     e,
@@ -522,62 +560,91 @@ pub async fn forward(
                         ..
                     }
                 );
-                if retriable_after_send && nothing_arrived {
-                    continue;
+                tries.failed(&mut lease, i, ProxyError::Backend(e.to_string()));
+                if !(sending.retriable && nothing_arrived) {
+                    break;
                 }
-                return Err(last_error);
-            }
-        };
-        lease.set_outcome(Outcome::Success);
-        lease.record_latency(sent_at.elapsed());
-        if let Some((cookie, requested)) = sticky {
-            if requested != Some(i) {
-                exchange.set_cookie = cookie.set_cookie(i, settings.scheme == "https").cloned();
             }
         }
-        let h1::Response {
-            status,
-            version,
-            mut headers,
-            body: inner,
-        } = resp;
-
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                return Err(ProxyError::Backend(
-                    "101 to a request that asked for no upgrade".into(),
-                ));
-            };
-            let Some((backend, early)) = inner.upgraded() else {
-                return Err(ProxyError::Backend("upgrade without a connection".into()));
-            };
-            tunnel(
-                client_upgrade,
-                backend,
-                early,
-                lease,
-                ctx,
-                settings.idle_timeout,
-            );
-            let mut r = Response::new(ResponseBody::empty());
-            *r.status_mut() = status;
-            *r.version_mut() = version;
-            *r.headers_mut() = headers;
-            return Ok(r);
-        }
-
-        strip_hop_by_hop(&mut headers);
-        let mut r = Response::new(ResponseBody::Upstream(UpstreamBody {
-            inner,
-            pool: pool.clone(),
-            lease: Some(lease),
-        }));
-        *r.status_mut() = status;
-        *r.version_mut() = version;
-        *r.headers_mut() = headers;
-        return Ok(r);
     }
-    Err(last_error)
+    Err(tries.last_error)
+}
+
+/// The route's timeout is for the backend's answer: it starts once the request body
+/// (if any) has been read whole, not while a client is still uploading; the upload
+/// itself has `body_timeout` from the request's start.
+async fn deadline(
+    body: Option<Arc<BodyStats>>,
+    body_deadline: tokio::time::Instant,
+    f: &Forwarding<'_>,
+) -> Late {
+    if let Some(stats) = &body {
+        tokio::select! {
+            _ = stats.wait_finished() => {}
+            _ = tokio::time::sleep_until(body_deadline) => return Late::Body,
+        }
+    }
+    let _waiting = f.ctx.waiting_on_backend();
+    tokio::time::sleep(f.timeout).await;
+    Late::Backend
+}
+
+/// The response stage: a 101 becomes the upgrade tunnel; any other answer goes to
+/// the client without its hop-by-hop fields, its body streamed from the connection,
+/// which returns to the pool when the body ends. The sticky cookie is set when the
+/// request named another backend or none.
+fn relay(
+    answered: Answered,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    choice: &Choice<'_>,
+    f: &Forwarding<'_>,
+    exchange: &mut Exchange,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Answered { resp, lease, index } = answered;
+    if let Some((cookie, requested)) = choice.sticky {
+        if requested != Some(index) {
+            exchange.set_cookie = cookie
+                .set_cookie(index, f.settings.scheme == "https")
+                .cloned();
+        }
+    }
+    let h1::Response {
+        status,
+        version,
+        mut headers,
+        body: inner,
+    } = resp;
+    let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::Backend(
+                "101 to a request that asked for no upgrade".into(),
+            ));
+        };
+        let Some((backend, early)) = inner.upgraded() else {
+            return Err(ProxyError::Backend("upgrade without a connection".into()));
+        };
+        tunnel(
+            client_upgrade,
+            backend,
+            early,
+            lease,
+            f.ctx,
+            f.settings.idle_timeout,
+        );
+        ResponseBody::empty()
+    } else {
+        strip_hop_by_hop(&mut headers);
+        ResponseBody::Upstream(UpstreamBody {
+            inner,
+            pool: f.target.pools[index].clone(),
+            lease: Some(lease),
+        })
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.version_mut() = version;
+    *r.headers_mut() = headers;
+    Ok(r)
 }
 
 /// Which wait ran out first.
