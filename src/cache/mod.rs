@@ -1,6 +1,8 @@
 //! The shared response cache (RFC 9111) of routes with `cache = true`.
 //!
 //! - [`policy`]: what may be stored and for how long (pure functions over headers);
+//! - [`decide`]: what a request, an origin failure, a 304 or a response leads to
+//!   (pure functions over the stored entry, the request's headers and the time);
 //! - the store: responses by key (scheme, host, path and query), each key holding its
 //!   variants (`Vary`), bounded by bytes with the least recently used key going first;
 //! - collapsing: concurrent misses for one key make one upstream request; the others
@@ -10,6 +12,7 @@
 //!
 //! The HTTP engine drives it; nothing here touches a socket.
 
+pub mod decide;
 pub mod fill;
 pub mod policy;
 pub mod range;

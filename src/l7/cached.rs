@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tracing::debug;
@@ -24,6 +24,7 @@ use super::error::{self, ProxyError};
 use super::exchange::Exchange;
 use super::forward::{self, Forwarding};
 use crate::admin::metrics::Metrics;
+use crate::cache::decide::{self, OnFailure, OnNotModified, OnRequest, Storing};
 use crate::cache::fill::Fill;
 use crate::cache::policy;
 use crate::cache::range;
@@ -131,10 +132,9 @@ async fn answer(
     let key = route.key(https, host.authority(), req.uri());
     let now = SystemTime::now();
     let (parts, body) = req.into_parts();
-    let only_if_cached = policy::only_if_cached(&parts.headers);
-    // A fresh response is the answer; otherwise a stale one to revalidate, or nothing.
-    let (stale, fwd) = match route.cache.lookup(&key, &parts, now) {
-        Lookup::Fresh(stored) => {
+    let found = route.cache.lookup(&key, &parts, now);
+    let fwd = match decide::on_request(found, &method, &parts.headers, now) {
+        OnRequest::Hit(stored) => {
             let status = CacheStatus::hit(ttl_secs(&stored, now));
             return Ok(served(
                 route,
@@ -146,47 +146,22 @@ async fn answer(
                 &mut exchange.cache,
             ));
         }
-        Lookup::Stale(stored, revalidation) => (Some((stored, revalidation)), Fwd::Stale),
-        Lookup::Miss { vary: true } => (None, Fwd::VaryMiss),
-        Lookup::Miss { vary: false } => (None, Fwd::Miss),
-    };
-    if only_if_cached {
-        // RFC 9111 5.2.1.7: nothing usable stored.
-        let r = error::plain(StatusCode::GATEWAY_TIMEOUT).map(|b| ResponseBody::Full(Some(b)));
-        return Ok(finish(
-            route,
-            r,
-            CacheStatus::forward(Fwd::Miss),
-            Outcome::Miss,
-            &mut exchange.cache,
-        ));
-    }
-    if method == Method::HEAD {
-        // Forwarded as it is: a HEAD response has no body to store.
-        let resp = send_as(
-            &f,
-            CacheStatus::forward(fwd),
-            Request::from_parts(parts, Some(body)),
-            exchange,
-        )
-        .await?;
-        return Ok(finish(
-            route,
-            resp,
-            CacheStatus::forward(fwd),
-            Outcome::Miss,
-            &mut exchange.cache,
-        ));
-    }
-    if let Some((stored, mut revalidation)) = stale {
-        revalidation.version = parts.version;
-        let stale = stored.policy.is_stale(now);
-        let stale_for = stored.stale_for(now);
-        if stale
-            && stored
-                .stale
-                .serve_while_revalidating(stale_for, &parts.headers)
-        {
+        OnRequest::GatewayTimeout => {
+            let r = error::plain(StatusCode::GATEWAY_TIMEOUT).map(|b| ResponseBody::Full(Some(b)));
+            return Ok(finish(
+                route,
+                r,
+                CacheStatus::forward(Fwd::Miss),
+                Outcome::Miss,
+                &mut exchange.cache,
+            ));
+        }
+        OnRequest::ServeStale {
+            stored,
+            mut revalidation,
+            stale_for,
+        } => {
+            revalidation.version = parts.version;
             refresh_in_background(route, &f, &key, &parts, *revalidation, stored.clone());
             let mut status = CacheStatus::hit(-(stale_for.as_secs() as i64));
             status.detail = Some("stale-while-revalidate");
@@ -200,24 +175,48 @@ async fn answer(
                 &mut exchange.cache,
             ));
         }
-        let fetch = Fetch {
-            key,
-            client: parts,
-            upstream: *revalidation,
-            stored: Some(stored),
-            // Still fresh: the client's own directives sent it upstream.
-            fwd: if stale { Fwd::Stale } else { Fwd::Request },
-            flight: None,
-            idle: f.timeout,
-        };
-        return fetch.run(route, &f, Some(body), exchange).await;
-    }
+        OnRequest::Revalidate {
+            stored,
+            mut revalidation,
+            fwd,
+        } => {
+            revalidation.version = parts.version;
+            let fetch = Fetch {
+                key,
+                client: parts,
+                upstream: *revalidation,
+                stored: Some(stored),
+                fwd,
+                flight: None,
+                idle: f.timeout,
+            };
+            return fetch.run(route, &f, Some(body), exchange).await;
+        }
+        OnRequest::Forward { fwd, store: false } => {
+            // Forwarded as it is: a HEAD response has no body to store.
+            let resp = send_as(
+                &f,
+                CacheStatus::forward(fwd),
+                Request::from_parts(parts, Some(body)),
+                exchange,
+            )
+            .await?;
+            return Ok(finish(
+                route,
+                resp,
+                CacheStatus::forward(fwd),
+                Outcome::Miss,
+                &mut exchange.cache,
+            ));
+        }
+        OnRequest::Forward { fwd, store: true } => fwd,
+    };
     let flight = match route.cache.join(&key) {
         Join::Lead(flight) => Some(flight),
         Join::Wait(rx) => {
             // Released as soon as the leader's response head is in.
             if let Some(fill) = cache::wait(rx, f.timeout).await {
-                if streams_from(&parts, &fill) {
+                if decide::streams_from(&parts, &fill) {
                     return Ok(from_fill(route, fill, &mut exchange.cache));
                 }
                 // A conditional or range request is answered from the stored copy,
@@ -310,15 +309,6 @@ fn same_origin(reference: &str, host: &str) -> Option<Uri> {
         }
         _ => None,
     }
-}
-
-/// Whether a request that collapsed onto a fill can be given it as it streams: a
-/// plain GET of the same variant (conditionals and ranges wait for the stored copy).
-fn streams_from(client: &Parts, fill: &Fill) -> bool {
-    client.method == Method::GET
-        && !conditional(&client.headers)
-        && !client.headers.contains_key(header::RANGE)
-        && fill.same_variant(&client.headers)
 }
 
 /// The response being stored, as it streams, to a request that collapsed onto it.
@@ -456,78 +446,67 @@ impl Fetch {
         )
         .await;
         let now = SystemTime::now();
-        // stale-if-error: a failed origin (no answer, or a 5xx) and a stored response
-        // that allows it.
-        let failed_with = match &sent {
-            Err(e) => Some(e.status().as_u16()),
-            Ok(r) if is_origin_error(r.status()) => Some(r.status().as_u16()),
+        let failed = match &sent {
+            Err(e) => Some((e.status().as_u16(), false)),
+            Ok(r) if decide::is_origin_error(r.status()) => Some((r.status().as_u16(), true)),
             Ok(_) => None,
         };
-        if let (Some(code), Some(stored)) = (failed_with, &self.stored) {
-            let stale_for = stored.stale_for(now);
-            if stored.stale.serve_on_error(stale_for, &self.client.headers) {
-                debug!(
-                    code,
-                    "origin failed: serving the stored response (stale-if-error)"
-                );
-                let mut status = CacheStatus::forward(self.fwd);
-                status.fwd_status = Some(code);
-                status.ttl = Some(-(stale_for.as_secs() as i64));
-                status.detail = Some("stale-if-error");
-                return Ok(served(
-                    route,
-                    &self.client,
-                    stored,
-                    now,
-                    status,
-                    Outcome::Stale,
-                    &mut exchange.cache,
-                ));
+        if let (Some((code, answered)), Some(stored)) = (failed, &self.stored) {
+            match decide::on_failure(stored, answered, &self.client.headers, now) {
+                OnFailure::ServeStale(stale_for) => {
+                    debug!(
+                        code,
+                        "origin failed: serving the stored response (stale-if-error)"
+                    );
+                    let mut status = CacheStatus::forward(self.fwd);
+                    status.fwd_status = Some(code);
+                    status.ttl = Some(-(stale_for.as_secs() as i64));
+                    status.detail = Some("stale-if-error");
+                    return Ok(served(
+                        route,
+                        &self.client,
+                        stored,
+                        now,
+                        status,
+                        Outcome::Stale,
+                        &mut exchange.cache,
+                    ));
+                }
+                OnFailure::GatewayTimeout => {
+                    debug!(code, "revalidation failed");
+                    let r = error::plain(StatusCode::GATEWAY_TIMEOUT)
+                        .map(|b| ResponseBody::Full(Some(b)));
+                    return Ok(finish(
+                        route,
+                        r,
+                        CacheStatus::forward(self.fwd),
+                        Outcome::Miss,
+                        &mut exchange.cache,
+                    ));
+                }
+                OnFailure::Relay => {}
             }
         }
-        let resp = match sent {
-            Ok(r)
-                if r.status() == StatusCode::NOT_MODIFIED
-                    && !conditional(&self.client.headers)
-                    && self
-                        .stored
-                        .as_ref()
-                        .is_some_and(|s| !policy::freshens(&s.headers, r.headers())) =>
-            {
-                // A 304 for some other response than the one stored, to a client that
-                // asked for no 304: ask again without validators (RFC 9111 4.3.3).
-                drop(r);
-                route.cache.invalidate(&self.key);
-                let again = send_as(
-                    f,
-                    CacheStatus::forward(self.fwd),
-                    Request::from_parts(copy_head(&self.client), None),
-                    exchange,
-                )
-                .await?;
-                let refetch = Fetch {
-                    stored: None,
-                    ..self
-                };
-                return Ok(refetch.answer(route, again, SystemTime::now(), &mut exchange.cache));
-            }
-            Ok(r) => r,
-            // RFC 9111 4.2.4 / 5.2.2.2: a stored response that must be revalidated and
-            // cannot be: 504.
-            Err(e) if self.stored.as_ref().is_some_and(|s| s.stale.never) => {
-                debug!(error = %e, "revalidation failed");
-                let r =
-                    error::plain(StatusCode::GATEWAY_TIMEOUT).map(|b| ResponseBody::Full(Some(b)));
-                return Ok(finish(
-                    route,
-                    r,
-                    CacheStatus::forward(self.fwd),
-                    Outcome::Miss,
-                    &mut exchange.cache,
-                ));
-            }
-            Err(e) => return Err(e),
-        };
+        let resp = sent?;
+        if resp.status() == StatusCode::NOT_MODIFIED
+            && decide::on_not_modified(self.stored.as_deref(), &self.client.headers, resp.headers())
+                == OnNotModified::Refetch
+        {
+            drop(resp);
+            route.cache.invalidate(&self.key);
+            let again = send_as(
+                f,
+                CacheStatus::forward(self.fwd),
+                Request::from_parts(copy_head(&self.client), None),
+                exchange,
+            )
+            .await?;
+            let refetch = Fetch {
+                stored: None,
+                ..self
+            };
+            return Ok(refetch.answer(route, again, SystemTime::now(), &mut exchange.cache));
+        }
         Ok(self.answer(route, resp, now, &mut exchange.cache))
     }
 
@@ -542,7 +521,9 @@ impl Fetch {
         let mut status = CacheStatus::forward(self.fwd);
         if resp.status() == StatusCode::NOT_MODIFIED {
             if let Some(stored) = &self.stored {
-                if policy::freshens(&stored.headers, resp.headers()) {
+                if decide::on_not_modified(Some(stored), &self.client.headers, resp.headers())
+                    == OnNotModified::Freshen
+                {
                     let fresh =
                         Arc::new(stored.freshened(resp.headers(), &self.client.headers, now));
                     route.cache.insert_arc(self.key.clone(), fresh.clone());
@@ -571,19 +552,19 @@ impl Fetch {
             &parts.headers,
             now,
         );
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let max = route.cache.settings.max_object_size;
-        let refused = policy::refuse(parts.status, &parts.headers, &policy, now)
-            .or_else(|| declared.is_some_and(|n| n > max).then_some("too large"));
-        if let Some(why) = refused {
-            debug!(reason = why, "response not stored");
-            if self.stored.is_some() && why != "too large" {
-                // What was stored is no longer what the origin says.
-                route.cache.invalidate(&self.key);
+        let cache = &route.cache;
+        let storing = decide::on_response(
+            parts.status,
+            &parts.headers,
+            &policy,
+            cache.settings.max_object_size,
+            self.stored.is_some(),
+            now,
+        );
+        if let Storing::Refused { reason, invalidate } = storing {
+            debug!(reason, "response not stored");
+            if invalidate {
+                cache.invalidate(&self.key);
             }
             return finish(
                 route,
@@ -593,7 +574,6 @@ impl Fetch {
                 outcome,
             );
         }
-        let cache = &route.cache;
         let mut pending = Pending {
             cache: cache.clone(),
             key: self.key,
@@ -604,42 +584,40 @@ impl Fetch {
             policy,
             flight: None,
         };
+        let Storing::Known(len) = storing else {
+            // No declared length: copied as it streams to this client, within the
+            // budget chunk by chunk. The others waiting on this key do not wait for
+            // this client's pace: they go their own way.
+            drop(self.flight);
+            let reservation = cache.budget.reserve(0);
+            status.stored = true;
+            let tee = Tee::new(body, cache.settings.max_object_size, pending, reservation);
+            let r = Response::from_parts(parts, ResponseBody::Tee(Box::new(tee)));
+            return finish(route, r, status, Outcome::Miss, outcome);
+        };
         // A declared length within the budget: filled at the origin's pace by a task of
         // its own, read by this client and by those that collapsed onto it.
-        if let Some(len) = declared {
-            if let Some(reservation) = cache.budget.reserve(len) {
-                status.stored = true;
-                let fill = Fill::new(
-                    parts.status,
-                    parts.headers.clone(),
-                    pending.policy.clone(),
-                    &pending.request,
-                    len,
-                    reservation,
-                );
-                if let Some(flight) = &self.flight {
-                    flight.publish(fill.clone());
-                }
-                pending.flight = self.flight;
-                tokio::spawn(fill_from(fill.clone(), body, pending, self.idle));
-                let r = Response::from_parts(parts, ResponseBody::Fill(fill.reader()));
-                return finish(route, r, status, Outcome::Miss, outcome);
-            }
-        }
-        // The others waiting on this key do not wait for this client's pace: they go
-        // their own way.
-        drop(self.flight);
-        if declared.is_some() {
+        let Some(reservation) = cache.budget.reserve(len) else {
+            drop(self.flight);
             debug!(reason = "max_inflight", "response not stored");
             let r = Response::from_parts(parts, body);
             return finish(route, r, status, Outcome::Miss, outcome);
-        }
-        // No declared length: copied as it streams to this client, within the budget
-        // chunk by chunk.
-        let reservation = cache.budget.reserve(0);
+        };
         status.stored = true;
-        let tee = Tee::new(body, max, pending, reservation);
-        let r = Response::from_parts(parts, ResponseBody::Tee(Box::new(tee)));
+        let fill = Fill::new(
+            parts.status,
+            parts.headers.clone(),
+            pending.policy.clone(),
+            &pending.request,
+            len,
+            reservation,
+        );
+        if let Some(flight) = &self.flight {
+            flight.publish(fill.clone());
+        }
+        pending.flight = self.flight;
+        tokio::spawn(fill_from(fill.clone(), body, pending, self.idle));
+        let r = Response::from_parts(parts, ResponseBody::Fill(fill.reader()));
         finish(route, r, status, Outcome::Miss, outcome)
     }
 }
@@ -676,16 +654,6 @@ async fn fill_from(fill: Arc<Fill>, mut body: ResponseBody, pending: Pending, id
         None => debug!("response shorter than its Content-Length: not stored"),
     }
     fill.finish(complete);
-}
-
-/// Whether the client's request is conditional: then a 304 is an answer it can use.
-fn conditional(h: &HeaderMap) -> bool {
-    h.contains_key(header::IF_NONE_MATCH) || h.contains_key(header::IF_MODIFIED_SINCE)
-}
-
-/// 500, 502, 503 and 504: the origin failing, as `stale-if-error` means it.
-fn is_origin_error(s: StatusCode) -> bool {
-    matches!(s.as_u16(), 500 | 502 | 503 | 504)
 }
 
 /// `stale-while-revalidate`: the stale response went to the client; this refreshes
