@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# HTTP and HTTPS load comparison: fulcrum, HAProxy and nginx, each with one worker, in
-# front of the same fast local backend (nginx answering a short body or a 1 MiB file),
-# measured with wrk (h2load for h2c). HTTPS uses one ECDSA P-256 certificate for all
-# three; with `Connection: close` every request is a new TLS connection, so req/s there
-# is handshakes per second.
+# HTTP, HTTPS and TCP load comparison: fulcrum, HAProxy and nginx, each with one
+# worker, in front of the same fast local backend (nginx answering a short body or a
+# 1 MiB file), measured with wrk (h2load for h2c). HTTPS uses one ECDSA P-256
+# certificate for all three; with `Connection: close` every request is a new TLS
+# connection, so req/s there is handshakes per second. The TCP modes go through each
+# proxy's layer-4 listener (nginx's stream module): new connections per second to the
+# same backend, and iperf3 bulk throughput against an iperf3 server, also measured
+# without a proxy.
 #
 #   bash benches/load/run.sh            # every mode, 10 s per run
 #   DURATION=30s bash benches/load/run.sh
@@ -23,6 +26,10 @@ declare -A PORT=([fulcrum]=18081 [haproxy]=18082 [nginx]=18083)
 declare -A TLS_PORT=([fulcrum]=18091 [haproxy]=18092 [nginx]=18093)
 # h2c with prior knowledge: fulcrum takes it on its one port; HAProxy and nginx on their own.
 declare -A H2C_PORT=([fulcrum]=18081 [haproxy]=18084 [nginx]=18085)
+# Layer 4: to the HTTP backend (connection rate), and to iperf3 (bulk).
+declare -A TCP_PORT=([fulcrum]=18101 [haproxy]=18102 [nginx]=18103)
+declare -A BULK_PORT=([fulcrum]=18111 [haproxy]=18112 [nginx]=18113)
+IPERF_PORT=18120
 
 . benches/load/common.sh
 need wrk wrk
@@ -31,6 +38,8 @@ need nginx nginx-light
 need taskset util-linux
 need openssl openssl
 need h2load nghttp2-client
+need iperf3 iperf3
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { apt-get update -qq && apt-get install -y -qq libnginx-mod-stream >/dev/null; }
 
 cargo build --release --quiet
 FULCRUM=$PWD/target/release/fulcrum
@@ -50,8 +59,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$WORK/site.key" -out "$WORK/site.pem" 2>/dev/null
 cat "$WORK/site.pem" "$WORK/site.key" > "$WORK/site.combined.pem"
 
-# The backend: nginx, one process, on CPU 1.
+# The backends: nginx, one process, and an iperf3 server, both on CPU 1.
 backend_nginx "$BACKEND_PORT" 1
+taskset -c 1 iperf3 -s -p "$IPERF_PORT" >/dev/null &
+PIDS+=($!)
 
 # fulcrum
 fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT"
@@ -64,6 +75,21 @@ upstream = "backend"
 [listener.tls]
 certificates = [{ cert = "site.pem", key = "site.key" }]
 alpn = ["http/1.1"]
+
+[[listener]]
+name = "bench-tcp"
+bind = "127.0.0.1:${TCP_PORT[fulcrum]}"
+protocol = "tcp"
+upstream = "backend"
+
+[[listener]]
+name = "bench-bulk"
+bind = "127.0.0.1:${BULK_PORT[fulcrum]}"
+protocol = "tcp"
+upstream = "iperf"
+
+[upstream.iperf]
+backends = [{ address = "127.0.0.1:$IPERF_PORT" }]
 CONF
 RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
 PIDS+=($!); PID_fulcrum=$!
@@ -72,6 +98,16 @@ PIDS+=($!); PID_fulcrum=$!
 haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]}
   bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $WORK/site.combined.pem alpn http/1.1
   bind 127.0.0.1:${H2C_PORT[haproxy]} proto h2"
+cat >> "$WORK/haproxy.cfg" <<CONF
+listen tcp
+  mode tcp
+  bind 127.0.0.1:${TCP_PORT[haproxy]}
+  server b1 127.0.0.1:$BACKEND_PORT
+listen bulk
+  mode tcp
+  bind 127.0.0.1:${BULK_PORT[haproxy]}
+  server i1 127.0.0.1:$IPERF_PORT
+CONF
 taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
 PIDS+=($!); PID_haproxy=$!
 
@@ -82,15 +118,18 @@ nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; kee
     ssl_certificate $WORK/site.pem; ssl_certificate_key $WORK/site.key;
     keepalive_requests 1000000;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+sed -i '1i load_module /usr/lib/nginx/modules/ngx_stream_module.so;' "$WORK/proxy/nginx.conf"
+cat >> "$WORK/proxy/nginx.conf" <<CONF
+stream {
+  server { listen 127.0.0.1:${TCP_PORT[nginx]}; proxy_pass 127.0.0.1:$BACKEND_PORT; }
+  server { listen 127.0.0.1:${BULK_PORT[nginx]}; proxy_pass 127.0.0.1:$IPERF_PORT; }
+}
+CONF
 taskset -c 0 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" &
 PIDS+=($!); PID_nginx=$!
 
-for url in "http://127.0.0.1:$BACKEND_PORT/" "${PORT[@]/#/http://127.0.0.1:}" "${TLS_PORT[@]/#/https://127.0.0.1:}"; do
-  for _ in $(seq 100); do
-    curl -kfs -o /dev/null "$url" && break
-    sleep 0.05
-  done
-done
+wait_http "http://127.0.0.1:$BACKEND_PORT/" "${PORT[@]/#/http://127.0.0.1:}" \
+  "${TLS_PORT[@]/#/https://127.0.0.1:}" "${TCP_PORT[@]/#/http://127.0.0.1:}"
 
 for proxy in fulcrum haproxy nginx; do
   pid_var="PID_$proxy"
@@ -101,17 +140,30 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 
 declare -A RPS P99 CPU EFF
+# iperf3 for DURATION to port $1: Gbit/s received.
+iperf() {
+  taskset -c 1 iperf3 -c 127.0.0.1 -p "$1" -t "${DURATION%s}" -J |
+    python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'
+}
+
 # Modes: keepalive, close (a new connection per request), h2c (8 connections x 8
 # streams, h2load), tls-keepalive, tls-close (a full TLS 1.3 handshake per request),
-# big (1 MiB responses: req/cpu-s is MiB per CPU-second).
+# big (1 MiB responses: req/cpu-s is MiB per CPU-second), tcp-close (a new connection
+# per request through the layer-4 listener), tcp-bulk (iperf3, one stream: the req/s
+# column is Gbit/s, req/cpu-s is Gbit per CPU-second).
 run() { # $1 proxy, $2 mode
   local pid_var="PID_$1" extra=() url="http://127.0.0.1:${PORT[$1]}/" conns=$CONNECTIONS
   case "$2" in *close) extra=(-H "Connection: close") ;; esac
   case "$2" in tls-*) url="https://127.0.0.1:${TLS_PORT[$1]}/" ;; esac
+  case "$2" in tcp-*) url="http://127.0.0.1:${TCP_PORT[$1]}/" ;; esac
   case "$2" in big) url="http://127.0.0.1:${PORT[$1]}/big"; conns=8 ;; esac
-  local before after out errors key="$1/$2"
+  local before after out errors="" key="$1/$2"
   before=$(cpu_ticks "${!pid_var}")
-  if [ "$2" = h2c ]; then
+  if [ "$2" = tcp-bulk ]; then
+    RPS[$key]=$(iperf "${BULK_PORT[$1]}")
+    after=$(cpu_ticks "${!pid_var}")
+    P99[$key]=-
+  elif [ "$2" = h2c ]; then
     out=$(taskset -c 1 h2load -c 8 -m 8 -D "${DURATION%s}" "http://127.0.0.1:${H2C_PORT[$1]}/")
     after=$(cpu_ticks "${!pid_var}")
     RPS[$key]=$(awk '/^finished in/ {print $4}' <<<"$out")
@@ -130,12 +182,16 @@ run() { # $1 proxy, $2 mode
   return 0
 }
 
-MODES=${MODES:-keepalive close h2c tls-keepalive tls-close big}
+MODES=${MODES:-keepalive close h2c tls-keepalive tls-close big tcp-close tcp-bulk}
 for mode in $MODES; do
   for proxy in fulcrum haproxy nginx; do
     echo "running $proxy ($mode) for $DURATION ..." >&2
     run "$proxy" "$mode"
   done
+  if [ "$mode" = tcp-bulk ]; then
+    echo "running iperf3 without a proxy for $DURATION ..." >&2
+    DIRECT=$(iperf "$IPERF_PORT")
+  fi
 done
 
 printf '\n%-8s %-13s %12s %10s %9s %16s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s"
@@ -150,3 +206,6 @@ for mode in $MODES; do
   echo "$mode: fulcrum/haproxy req/cpu-s $(ratio "${EFF[fulcrum/$mode]}" "${EFF[haproxy/$mode]}"), req/s $(ratio "${RPS[fulcrum/$mode]}" "${RPS[haproxy/$mode]}");" \
        "fulcrum/nginx req/cpu-s $(ratio "${EFF[fulcrum/$mode]}" "${EFF[nginx/$mode]}"), req/s $(ratio "${RPS[fulcrum/$mode]}" "${RPS[nginx/$mode]}")"
 done
+if [ -n "${DIRECT:-}" ]; then
+  echo "tcp-bulk without a proxy: $DIRECT Gbit/s; fulcrum/direct $(ratio "${RPS[fulcrum/tcp-bulk]}" "$DIRECT"), haproxy/direct $(ratio "${RPS[haproxy/tcp-bulk]}" "$DIRECT"), nginx/direct $(ratio "${RPS[nginx/tcp-bulk]}" "$DIRECT")"
+fi
