@@ -41,7 +41,8 @@ impl Activity {
         self.moved.load(Ordering::Relaxed)
     }
 
-    fn moved_bytes(&self, n: usize) {
+    /// Notes `n` bytes moved, now.
+    pub fn moved_bytes(&self, n: usize) {
         self.moved.fetch_add(n as u64, Ordering::Relaxed);
         self.touch();
     }

@@ -61,7 +61,7 @@ cat "$WORK/site.pem" "$WORK/site.key" > "$WORK/site.combined.pem"
 
 # The backends: nginx, one process, and an iperf3 server, both on CPU 1.
 backend_nginx "$BACKEND_PORT" 1
-taskset -c 1 iperf3 -s -p "$IPERF_PORT" >/dev/null &
+taskset -c 1 iperf3 -s -p "$IPERF_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
 
 # fulcrum
@@ -177,7 +177,9 @@ run() { # $1 proxy, $2 mode
     errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
   fi
   CPU[$key]=$(awk -v t="$((after - before))" -v hz="$TICKS" 'BEGIN {printf "%.2f", t / hz}')
-  EFF[$key]=$(awk -v r="${RPS[$key]}" -v c="${CPU[$key]}" -v d="${DURATION%s}" 'BEGIN { if (c > 0) printf "%.0f", r * d / c; else print "n/a" }')
+  local digits=0
+  [ "$2" = tcp-bulk ] && digits=2
+  EFF[$key]=$(awk -v r="${RPS[$key]}" -v c="${CPU[$key]}" -v d="${DURATION%s}" -v p="$digits" 'BEGIN { if (c > 0) printf "%.*f", p, r * d / c; else print "n/a" }')
   [ -n "$errors" ] && echo "  $key: $errors" >&2
   return 0
 }

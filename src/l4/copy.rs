@@ -1,14 +1,18 @@
 //! Copying both ways between client and backend, with byte counts, half-close passed
-//! on (tokio's bidirectional copy shuts down the write side when the other side's
-//! read ends), an idle timeout over both directions, and a cut for shutdown.
+//! on (the write side is shut down when the other side's read ends), an idle timeout
+//! over both directions, and a cut for shutdown. Plaintext on both sides is spliced
+//! (`splice`); anything else goes through user-space buffers.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::splice;
 use crate::activity::{Activity, Watched};
 
 /// Per-direction buffer: big enough for bulk transfers, small enough that many idle
@@ -72,6 +76,47 @@ where
         Copied {
             from_client: c.bytes_read(),
             to_client: b.bytes_read(),
+        },
+        end,
+    )
+}
+
+/// Both ways between two plaintext sockets, spliced: the bytes stay in the kernel.
+pub async fn spliced(
+    client: TcpStream,
+    backend: TcpStream,
+    idle_timeout: Duration,
+    cut: &CancellationToken,
+) -> (Copied, End) {
+    let activity = Activity::new();
+    let (from_client, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
+    let counted = |total: &AtomicU64, n: usize| {
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        activity.moved_bytes(n);
+    };
+    let up = |n| counted(&from_client, n);
+    let down = |n| counted(&to_client, n);
+    let wrote = || activity.touch();
+    let end = {
+        let copy = async {
+            tokio::try_join!(
+                splice::one_way(&client, &backend, &up, &wrote),
+                splice::one_way(&backend, &client, &down, &wrote),
+            )
+        };
+        tokio::select! {
+            r = copy => match r {
+                Ok(_) => End::Closed,
+                Err(e) => End::Error(e),
+            },
+            _ = activity.idle_for(idle_timeout) => End::IdleTimeout,
+            _ = cut.cancelled() => End::Cut,
+        }
+    };
+    (
+        Copied {
+            from_client: from_client.load(Ordering::Relaxed),
+            to_client: to_client.load(Ordering::Relaxed),
         },
         end,
     )

@@ -6,6 +6,7 @@
 //! accept loop; this module sees one admitted connection at a time.
 
 mod copy;
+mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,17 +36,36 @@ pub struct Settings {
     pub tls: Option<crate::tls::BackendTls>,
 }
 
+/// A client connection as the TCP engine gets it: a plain socket is spliced to its
+/// backend, anything else (TLS) is copied through user space.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket itself, when nothing stands between it and the bytes.
+    fn into_plain(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized;
+}
+
+impl ClientStream for TcpStream {
+    fn into_plain(self) -> Result<TcpStream, Self> {
+        Ok(self)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_plain(self) -> Result<TcpStream, Self> {
+        Err(self)
+    }
+}
+
 /// Proxies one client connection to a backend of `s.upstream`. Returns when both
 /// directions are finished, or the connection was idle for too long, or `cut` fires.
-pub async fn proxy<S>(
+pub async fn proxy<S: ClientStream>(
     client: S,
     peer: SocketAddr,
     client_cert: Option<Arc<str>>,
     s: Arc<Settings>,
     cut: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let started = Instant::now();
     let Some((backend_stream, lease)) = connect(&s, peer).await else {
         warn!(
@@ -66,7 +86,10 @@ pub async fn proxy<S>(
         return;
     };
     let (copied, end) = match &s.tls {
-        None => copy::both_ways(client, backend_stream, s.idle_timeout, &cut).await,
+        None => match client.into_plain() {
+            Ok(client) => copy::spliced(client, backend_stream, s.idle_timeout, &cut).await,
+            Err(client) => copy::both_ways(client, backend_stream, s.idle_timeout, &cut).await,
+        },
         Some(tls) => {
             let connected = tokio::time::timeout(
                 s.upstream.connect_timeout,

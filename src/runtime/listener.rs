@@ -163,7 +163,7 @@ pub(crate) async fn accept_loop(
 /// Hands an admitted connection (after TLS, if any) to its engine.
 async fn serve<S>(stream: S, conn: Conn, entry: &ListenerEntry, key: &BindKey, shared: &Arc<Shared>)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: l4::ClientStream,
 {
     let Conn {
         peer,

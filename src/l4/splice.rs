@@ -1,0 +1,268 @@
+//! Zero-copy relay for plaintext TCP: bytes move socket → pipe → socket with
+//! splice(2) and never enter user space. A pipe is taken from a per-thread pool for
+//! each chunk and given back once drained, so an idle connection holds none and a busy
+//! one holds at most one per direction. When no pipe can be had (descriptor limits) or
+//! the kernel refuses to splice, the chunk goes through a small user-space buffer.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Most bytes moved per chunk: a pipe's default capacity (16 pages).
+const CHUNK: usize = 64 * 1024;
+/// Pipes kept per thread between chunks.
+const POOL_MAX: usize = 64;
+/// The user-space buffer of the fallback.
+const FALLBACK_BUF: usize = 16 * 1024;
+
+/// Both ends of a pipe, non-blocking.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds: [libc::c_int; 2] = [-1; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: both descriptors are open and owned by nothing else.
+        Ok(unsafe {
+            Pipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_pipe() -> io::Result<Pipe> {
+    match POOL.with(|p| p.borrow_mut().pop()) {
+        Some(p) => Ok(p),
+        None => Pipe::new(),
+    }
+}
+
+/// Only an empty pipe goes back.
+fn give_back(pipe: Pipe) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(pipe);
+        }
+    });
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: two open descriptors; sockets and pipes take no offsets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The kernel cannot splice these descriptors: copy instead.
+fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS))
+}
+
+/// Moves bytes from `src` to `dst` until `src` ends, then shuts down the writing
+/// side of `dst` (the half-close passed on). `read(n)` is told of every chunk read,
+/// `wrote()` of every write. Returns the bytes moved.
+pub async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    read: &(dyn Fn(usize) + Sync),
+    wrote: &(dyn Fn() + Sync),
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut copying = false;
+    loop {
+        let pipe = if copying { None } else { take_pipe().ok() };
+        let n = match pipe {
+            Some(pipe) => match fill(src, &pipe).await {
+                Ok(0) => {
+                    give_back(pipe);
+                    0
+                }
+                Ok(n) => {
+                    read(n);
+                    drain(&pipe, dst, n, wrote).await?;
+                    give_back(pipe);
+                    n
+                }
+                Err(e) if unsupported(&e) => {
+                    give_back(pipe);
+                    copying = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+            None => copy_chunk(src, dst, read, wrote).await?,
+        };
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    match socket2::SockRef::from(dst).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(total),
+    }
+}
+
+/// Reads what `src` has into the (empty) pipe: 0 at the end of `src`.
+async fn fill(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+    let to = pipe.write.as_raw_fd();
+    loop {
+        src.readable().await?;
+        // The pipe is empty: a WouldBlock can only be the socket's.
+        match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), to, CHUNK)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Writes the `n` bytes in the pipe to `dst`.
+async fn drain(
+    pipe: &Pipe,
+    dst: &TcpStream,
+    mut n: usize,
+    wrote: &(dyn Fn() + Sync),
+) -> io::Result<()> {
+    let from = pipe.read.as_raw_fd();
+    while n > 0 {
+        dst.writable().await?;
+        // The pipe holds `n` bytes: a WouldBlock can only be the socket's.
+        match dst.try_io(Interest::WRITABLE, || splice(from, dst.as_raw_fd(), n)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => {
+                n -= m;
+                wrote();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One chunk through user space: 0 at the end of `src`.
+async fn copy_chunk(
+    src: &TcpStream,
+    dst: &TcpStream,
+    read: &(dyn Fn(usize) + Sync),
+    wrote: &(dyn Fn() + Sync),
+) -> io::Result<usize> {
+    let mut buf = vec![0u8; FALLBACK_BUF];
+    let n = loop {
+        src.readable().await?;
+        match src.try_read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => break r?,
+        }
+    };
+    if n > 0 {
+        read(n);
+    }
+    let mut sent = 0;
+    while sent < n {
+        dst.writable().await?;
+        match dst.try_write(&buf[sent..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => {
+                sent += m;
+                wrote();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of sockets on 127.0.0.1.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn bytes_arrive_in_order_and_the_end_is_passed_on() {
+        // writer -> (a_in | a_out) -> reader, relayed by one_way.
+        let (mut writer, a_in) = pair().await;
+        let (a_out, mut reader) = pair().await;
+        let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let expected = data.clone();
+        let send = tokio::spawn(async move {
+            writer.write_all(&data).await.unwrap();
+            writer.shutdown().await.unwrap();
+            writer
+        });
+        let counted = std::sync::atomic::AtomicU64::new(0);
+        let count = |n: usize| {
+            counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        };
+        let relay = one_way(&a_in, &a_out, &count, &|| {});
+        let mut got = Vec::new();
+        let (moved, read) = tokio::join!(relay, reader.read_to_end(&mut got));
+        assert_eq!(moved.unwrap(), expected.len() as u64);
+        assert_eq!(read.unwrap(), expected.len());
+        assert!(got == expected, "the bytes differ");
+        assert_eq!(counted.into_inner(), expected.len() as u64);
+        send.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pipes_go_back_to_the_pool_empty() {
+        let (mut writer, a_in) = pair().await;
+        let (a_out, mut reader) = pair().await;
+        writer.write_all(b"hello").await.unwrap();
+        writer.shutdown().await.unwrap();
+        one_way(&a_in, &a_out, &|_| {}, &|| {}).await.unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        let pipe = POOL
+            .with(|p| p.borrow_mut().pop())
+            .expect("a pipe in the pool");
+        // Empty: a read finds nothing.
+        let mut byte = [0u8; 1];
+        // SAFETY: an open descriptor and a one-byte buffer.
+        let n = unsafe { libc::read(pipe.read.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, -1);
+        assert_eq!(io::Error::last_os_error().kind(), io::ErrorKind::WouldBlock);
+    }
+}
