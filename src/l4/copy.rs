@@ -48,6 +48,23 @@ impl End {
     }
 }
 
+/// Runs `copy` until it ends, nothing moves for `idle_timeout`, or `cut` fires.
+async fn until_done<T>(
+    copy: impl std::future::Future<Output = io::Result<T>>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    cut: &CancellationToken,
+) -> End {
+    tokio::select! {
+        r = copy => match r {
+            Ok(_) => End::Closed,
+            Err(e) => End::Error(e),
+        },
+        _ = activity.idle_for(idle_timeout) => End::IdleTimeout,
+        _ = cut.cancelled() => End::Cut,
+    }
+}
+
 pub async fn both_ways<C, B>(
     client: C,
     backend: B,
@@ -61,17 +78,8 @@ where
     let activity = Arc::new(Activity::new());
     let mut c = Watched::new(client, activity.clone());
     let mut b = Watched::new(backend, activity.clone());
-    let end = {
-        let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUF_SIZE, BUF_SIZE);
-        tokio::select! {
-            r = copy => match r {
-                Ok(_) => End::Closed,
-                Err(e) => End::Error(e),
-            },
-            _ = activity.idle_for(idle_timeout) => End::IdleTimeout,
-            _ = cut.cancelled() => End::Cut,
-        }
-    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUF_SIZE, BUF_SIZE);
+    let end = until_done(copy, &activity, idle_timeout, cut).await;
     (
         Copied {
             from_client: c.bytes_read(),
@@ -97,22 +105,13 @@ pub async fn spliced(
     let up = |n| counted(&from_client, n);
     let down = |n| counted(&to_client, n);
     let wrote = || activity.touch();
-    let end = {
-        let copy = async {
-            tokio::try_join!(
-                splice::one_way(&client, &backend, &up, &wrote),
-                splice::one_way(&backend, &client, &down, &wrote),
-            )
-        };
-        tokio::select! {
-            r = copy => match r {
-                Ok(_) => End::Closed,
-                Err(e) => End::Error(e),
-            },
-            _ = activity.idle_for(idle_timeout) => End::IdleTimeout,
-            _ = cut.cancelled() => End::Cut,
-        }
+    let copy = async {
+        tokio::try_join!(
+            splice::one_way(&client, &backend, &up, &wrote),
+            splice::one_way(&backend, &client, &down, &wrote),
+        )
     };
+    let end = until_done(copy, &activity, idle_timeout, cut).await;
     (
         Copied {
             from_client: from_client.load(Ordering::Relaxed),
