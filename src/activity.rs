@@ -1,5 +1,7 @@
-//! The time of the last byte through a connection, for idle timeouts, and the bytes
-//! read from each side. Shared by both engines: a stream wrapper notes every read.
+//! Whether a connection moves bytes, for idle timeouts, and the bytes read from each
+//! side. Shared by both engines: a stream wrapper notes every read and write with one
+//! atomic add, and reads no clock; the idle check looks at the counts a few times per
+//! timeout instead.
 
 use std::io;
 use std::pin::Pin;
@@ -11,29 +13,22 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
-/// When a connection last moved a byte (read on any of its streams).
-#[derive(Debug)]
+/// How many times per idle timeout [`Activity::idle_for`] looks at the counts: a
+/// connection is closed at most a quarter of its timeout late, never early.
+const CHECKS_PER_TIMEOUT: u32 = 4;
+
+/// The bytes a connection moved, and its other signs of life.
+#[derive(Debug, Default)]
 pub struct Activity {
-    base: Instant,
-    /// Milliseconds after `base`.
-    last_ms: AtomicU64,
     /// Bytes read and written, all streams together.
     moved: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Signs of life that move no byte (see [`Activity::touch`]).
+    touches: AtomicU64,
 }
 
 impl Activity {
     pub fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            moved: AtomicU64::new(0),
-        }
+        Self::default()
     }
 
     /// Bytes read and written so far.
@@ -41,26 +36,39 @@ impl Activity {
         self.moved.load(Ordering::Relaxed)
     }
 
-    /// Notes `n` bytes moved, now.
+    /// Notes `n` bytes moved.
     pub fn moved_bytes(&self, n: usize) {
         self.moved.fetch_add(n as u64, Ordering::Relaxed);
-        self.touch();
     }
 
+    /// Notes activity that moved no byte the counts see.
     pub fn touch(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.touches.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Completes once nothing has moved for `idle`.
+    fn stirred(&self) -> (u64, u64) {
+        (self.moved(), self.touches.load(Ordering::Relaxed))
+    }
+
+    /// Completes once nothing has moved for `idle`, counted from the call or from the
+    /// last activity after it. Activity is noticed on checks `idle / 4` apart, so it
+    /// completes between `idle` and `1.25 x idle` after the last byte.
     pub async fn idle_for(&self, idle: Duration) {
+        let step = (idle / CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
+        let mut seen = self.stirred();
+        let mut quiet_since = Instant::now();
         loop {
-            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
+            let deadline = quiet_since + idle;
+            let now = Instant::now();
+            if now >= deadline {
                 return;
             }
-            sleep_until(deadline).await;
+            sleep_until(deadline.min(now + step)).await;
+            let stirred = self.stirred();
+            if stirred != seen {
+                seen = stirred;
+                quiet_since = Instant::now();
+            }
         }
     }
 }
@@ -153,12 +161,33 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn idle_for_waits_from_the_last_touch() {
+    async fn a_quiet_connection_is_idle_after_exactly_the_timeout() {
         let a = Activity::new();
-        tokio::time::advance(Duration::from_millis(700)).await;
-        a.touch();
+        a.moved_bytes(10);
         let start = Instant::now();
         a.idle_for(Duration::from_secs(1)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_pushes_the_end_back_by_at_most_a_quarter_late() {
+        let a = Arc::new(Activity::new());
+        let start = Instant::now();
+        let stir = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                a.moved_bytes(1);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                a.touch();
+            })
+        };
+        a.idle_for(Duration::from_secs(1)).await;
+        let waited = start.elapsed();
+        // The last sign of life at 900 ms: never idle before 1,900 ms, noticed at the
+        // latest a quarter of the timeout after it.
+        assert!(waited >= Duration::from_millis(1900), "{waited:?}");
+        assert!(waited <= Duration::from_millis(2150), "{waited:?}");
+        stir.await.unwrap();
     }
 }

@@ -50,7 +50,7 @@ impl Drop for UpstreamBody {
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
-    Static(hyper_staticfile::Body),
+    Static(Box<hyper_staticfile::Body>),
     /// On its way to the client and into the cache.
     Tee(Box<crate::cache::tee::Tee<ResponseBody>>),
     /// Read from a response being stored (as it fills, at the origin's pace).

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use super::body::{ResponseBody, UpstreamBody};
 use super::error::ProxyError;
 use super::exchange::Exchange;
-use super::h1::{self, Head};
+use super::h1::{self, Head, KEEP_ALIVE, PROXY_CONNECTION};
 use super::host::RequestHost;
 use super::request_body::{BodyStats, RequestBody};
 use super::sticky::{cookie, StickyCookie};
@@ -33,8 +33,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded.
 fn hop_by_hop() -> [&'static HeaderName; 6] {
@@ -99,18 +97,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// removal only for those present. Returns `X-Forwarded-For` with the client (`ip`)
 /// appended, and whether the client said `Content-Length: 0`.
 fn take_own_fields(headers: &mut HeaderMap, ip: &HeaderValue) -> (HeaderValue, bool) {
-    let (mut xff, mut length, mut others) = (false, false, false);
+    static OWN: [&HeaderName; 4] = [
+        &header::HOST,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REQUEST_ID,
+    ];
+    let (mut xff, mut length) = (false, false);
+    let mut own = [false; 4];
     for name in headers.keys() {
         if *name == X_FORWARDED_FOR {
             xff = true;
         } else if *name == header::CONTENT_LENGTH {
             length = true;
-        } else if *name == header::HOST
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
-            || *name == X_REQUEST_ID
-        {
-            others = true;
+        } else if let Some(i) = OWN.iter().position(|o| *o == name) {
+            own[i] = true;
         }
     }
     let value = if xff {
@@ -124,11 +125,10 @@ fn take_own_fields(headers: &mut HeaderMap, ip: &HeaderValue) -> (HeaderValue, b
         && headers
             .remove(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() == b"0");
-    if others {
-        headers.remove(header::HOST);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(&X_REQUEST_ID);
+    for (name, there) in OWN.into_iter().zip(own) {
+        if there {
+            headers.remove(name);
+        }
     }
     (value, said_empty)
 }
@@ -590,7 +590,8 @@ async fn deadline(
 }
 
 /// The response stage: a 101 becomes the upgrade tunnel; any other answer goes to
-/// the client without its hop-by-hop fields, its body streamed from the connection,
+/// the client (without its hop-by-hop fields, left out by the parser), its body
+/// streamed from the connection,
 /// which returns to the pool when the body ends. The sticky cookie is set when the
 /// request named another backend or none.
 fn relay(
@@ -611,7 +612,7 @@ fn relay(
     let h1::Response {
         status,
         version,
-        mut headers,
+        headers,
         body: inner,
     } = resp;
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -633,7 +634,7 @@ fn relay(
         );
         ResponseBody::empty()
     } else {
-        strip_hop_by_hop(&mut headers);
+        // The hop-by-hop fields never made it into `headers` (see h1's parser).
         ResponseBody::Upstream(UpstreamBody {
             inner,
             pool: f.target.pools[index].clone(),

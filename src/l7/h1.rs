@@ -302,7 +302,7 @@ impl Conn {
                 conn: Some(self),
                 framing,
                 reusable: reusable && write_failed.is_none(),
-                writer: writing.then_some(writer),
+                writer: writing.then(|| Box::new(writer)),
             },
         })
     }
@@ -532,15 +532,24 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'s
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
+        // Hop-by-hop fields never enter the map (a 101 keeps them all: its client
+        // needs `Connection` and `Upgrade`); what they say is kept apart.
+        let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+        let mut hop = Hop::default();
         for span in &spans[..count] {
             // SAFETY: the loop above wrote the first `count` spans.
             let [ns, ne, vs, ve] = unsafe { span.assume_init() }.map(usize::from);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad field name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| "bad field value")?;
-            headers.append(name, value);
+            if upgrade || !hop.take(&name, &value) {
+                headers.append(name, value);
+            }
         }
-        let (framing, reusable) = framing(status, version, method, &mut headers)?;
+        for name in &hop.named {
+            headers.remove(name);
+        }
+        let (framing, reusable) = framing(status, version, method, &mut headers, &hop)?;
         return Ok(Some(Parsed {
             status,
             version,
@@ -548,6 +557,56 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'s
             framing,
             reusable,
         }));
+    }
+}
+
+/// What a response's hop-by-hop fields say: kept out of its header map, which goes
+/// on to the client.
+#[derive(Default)]
+struct Hop {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// The other fields `Connection` names: hop-by-hop too, removed from the map.
+    named: Vec<HeaderName>,
+    /// The last `Transfer-Encoding` field.
+    transfer_encoding: Option<HeaderValue>,
+}
+
+pub(super) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(super) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+impl Hop {
+    /// Takes the field if it is hop-by-hop (RFC 9110 7.6.1): true when it must not
+    /// be forwarded.
+    fn take(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
+        if *name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = trim(token);
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty()
+                    && !token.eq_ignore_ascii_case(b"upgrade")
+                    && !token.eq_ignore_ascii_case(b"te")
+                {
+                    if let Ok(n) = HeaderName::from_bytes(token) {
+                        self.named.push(n);
+                    }
+                }
+            }
+            true
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = Some(value.clone());
+            true
+        } else {
+            *name == header::TE
+                || *name == header::UPGRADE
+                || *name == KEEP_ALIVE
+                || *name == PROXY_CONNECTION
+        }
     }
 }
 
@@ -559,8 +618,9 @@ fn framing(
     version: Version,
     method: &Method,
     headers: &mut HeaderMap,
+    hop: &Hop,
 ) -> Result<(Framing, bool), &'static str> {
-    let mut reusable = keeps_alive(version, headers);
+    let mut reusable = !hop.close && (version != Version::HTTP_10 || hop.keep_alive);
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((Framing::Done, false));
     }
@@ -570,16 +630,13 @@ fn framing(
     {
         return Ok((Framing::Done, reusable));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            headers.remove(header::CONTENT_LENGTH);
+    if let Some(te) = &hop.transfer_encoding {
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
             reusable = false;
         }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
+        let last = te
+            .to_str()
+            .ok()
             .and_then(|v| v.rsplit(',').next())
             .map(str::trim);
         return Ok(match last {
@@ -604,22 +661,6 @@ fn framing(
         Some(n) => (Framing::Length(n), reusable),
         None => (Framing::Close, false),
     })
-}
-
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = version == Version::HTTP_10;
-    for v in headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|&b| b == b',') {
-            let token = trim(token);
-            if token.eq_ignore_ascii_case(b"close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case(b"keep-alive") {
-                close = false;
-            }
-        }
-    }
-    !close
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -680,7 +721,7 @@ pub struct ResponseBody {
     framing: Framing,
     reusable: bool,
     /// The rest of the request, when the backend answered before it had it all.
-    writer: Option<Writer>,
+    writer: Option<Box<Writer>>,
 }
 
 impl ResponseBody {
@@ -939,6 +980,43 @@ mod tests {
         let (f, _) =
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n").unwrap();
         assert_eq!(f, Framing::Chunked(Chunk::Size));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_out_of_the_forwarded_head() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+                   Keep-Alive: timeout=5\r\nProxy-Connection: close\r\nTE: trailers\r\n\
+                   Upgrade: h2c\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n";
+        let p = parse(raw, Method::GET).unwrap().unwrap();
+        let names: Vec<&str> = p.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(p.framing, Framing::Chunked(Chunk::Size));
+        assert!(p.reusable);
+        // What Connection says still decides reuse.
+        let p = parse(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!p.reusable && p.headers.get(header::CONNECTION).is_none());
+        let p = parse(
+            "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(p.reusable);
+    }
+
+    #[test]
+    fn a_101_keeps_connection_and_upgrade_for_its_client() {
+        let raw =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let p = parse(raw, Method::GET).unwrap().unwrap();
+        assert_eq!(p.headers[header::UPGRADE], "websocket");
+        assert_eq!(p.headers[header::CONNECTION], "Upgrade");
+        assert!(!p.reusable);
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub async fn serve(
         .request_parts(method, uri, builder_headers)
         .build(result)
     {
-        Ok(r) => r.map(ResponseBody::Static),
+        Ok(r) => r.map(|b| ResponseBody::Static(Box::new(b))),
         Err(e) => {
             debug!(error = %e, "static response could not be built");
             return error(StatusCode::INTERNAL_SERVER_ERROR);
