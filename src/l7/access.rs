@@ -13,12 +13,21 @@ use super::request_body::BodyStats;
 use crate::admin::metrics::RequestMetrics;
 use crate::upstream::{Backend, Upstream};
 
+/// What every request counts when its response is over.
 pub struct Record {
-    /// Write the access line (`global.access_log`); the metrics are counted either way.
-    pub log: bool,
+    pub metrics: Arc<RequestMetrics>,
+    pub status: u16,
+    pub bytes_out: u64,
+    pub started: Instant,
+    /// What only the access line needs: none when `global.access_log` is off, so
+    /// that a request then copies nothing for it.
+    pub line: Option<Box<Line>>,
+}
+
+/// The fields of an access line beyond the counts.
+pub struct Line {
     /// Quote values a client controls that could pass for more fields (text logs).
     pub quote: bool,
-    pub metrics: Arc<RequestMetrics>,
     pub client: SocketAddr,
     /// The subject of the client's verified certificate (mTLS).
     pub client_cert: Option<Arc<str>>,
@@ -26,11 +35,8 @@ pub struct Record {
     pub method: Method,
     pub host: Option<HeaderValue>,
     pub uri: Uri,
-    pub status: u16,
     pub request_id: HeaderValue,
     pub body: Option<Arc<BodyStats>>,
-    pub bytes_out: u64,
-    pub started: Instant,
     pub upstream: Option<Arc<Upstream>>,
     pub backend: Option<Arc<Backend>>,
     /// How the response cache answered, on cached routes.
@@ -40,29 +46,28 @@ pub struct Record {
 impl Drop for Record {
     fn drop(&mut self) {
         self.metrics.count(self.status);
-        self.metrics
-            .duration
-            .observe(self.started.elapsed().as_secs_f64());
-        if !self.log {
+        let elapsed = self.started.elapsed();
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        let Some(l) = &self.line else {
             return;
-        }
-        let q = |v| Logged(v, self.quote);
+        };
+        let q = |v| Logged(v, l.quote);
         info!(
             target: "fulcrum::access",
-            client = %self.client,
-            listener = %self.listener,
-            method = %q(self.method.as_str()),
-            host = %q(self.host.as_ref().and_then(|h| h.to_str().ok()).or(self.uri.host()).unwrap_or("-")),
-            path = %q(self.uri.path_and_query().map_or("/", |p| p.as_str())),
+            client = %l.client,
+            listener = %l.listener,
+            method = %q(l.method.as_str()),
+            host = %q(l.host.as_ref().and_then(|h| h.to_str().ok()).or(l.uri.host()).unwrap_or("-")),
+            path = %q(l.uri.path_and_query().map_or("/", |p| p.as_str())),
             status = self.status,
-            bytes_in = self.body.as_ref().map_or(0, |b| b.bytes.load(Ordering::Relaxed)),
+            bytes_in = l.body.as_ref().map_or(0, |b| b.bytes.load(Ordering::Relaxed)),
             bytes_out = self.bytes_out,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
-            backend = %self.backend.as_ref().map_or("-", |b| b.name.as_str()),
-            cache = self.cache.map(|c| tracing::field::display(c.as_str())),
-            request_id = %q(self.request_id.to_str().unwrap_or("-")),
-            client_cert = self.client_cert.as_deref().map(|c| tracing::field::display(q(c))),
+            duration_ms = elapsed.as_millis() as u64,
+            upstream = %l.upstream.as_ref().map_or("-", |u| u.name.as_str()),
+            backend = %l.backend.as_ref().map_or("-", |b| b.name.as_str()),
+            cache = l.cache.map(|c| tracing::field::display(c.as_str())),
+            request_id = %q(l.request_id.to_str().unwrap_or("-")),
+            client_cert = l.client_cert.as_deref().map(|c| tracing::field::display(q(c))),
         );
     }
 }

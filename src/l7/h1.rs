@@ -233,7 +233,15 @@ impl Conn {
             wrote_any: false,
             flushed: false,
         };
-        writer.pieces.push_back(Bytes::copy_from_slice(&self.head));
+        // Most heads go out whole in one write, straight from the connection's own
+        // buffer; only what does not is queued.
+        let sent = write_now(&mut self.io, &self.head);
+        writer.wrote_any = sent > 0;
+        if sent < self.head.len() {
+            writer
+                .pieces
+                .push_back(Bytes::copy_from_slice(&self.head[sent..]));
+        }
         let mut writing = true;
         let mut answered = false;
         // A backend may answer and close before it read the whole request: its
@@ -305,6 +313,16 @@ impl Conn {
                 writer: writing.then(|| Box::new(writer)),
             },
         })
+    }
+}
+
+/// Writes what the socket takes of `data` now, without waiting: the bytes written (0
+/// also when it would wait or failed; the writer then finds out again).
+fn write_now(io: &mut Stream, data: &[u8]) -> usize {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(io).poll_write(&mut cx, data) {
+        Poll::Ready(Ok(n)) => n,
+        _ => 0,
     }
 }
 
@@ -709,6 +727,22 @@ fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     Ok(n)
 }
 
+/// Pieces up to this size are copied out of the read buffer rather than split off:
+/// the buffer then stays unshared and is reused for the next read, where a split
+/// would leave it shared and make the next read allocate a new one.
+const COPY_MAX: usize = 4 * 1024;
+
+/// The first `n` bytes of `buf`, taken off it.
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n <= COPY_MAX {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        piece
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
@@ -761,14 +795,15 @@ fn decode(
                 if buf.is_empty() {
                     return None;
                 }
-                return Some(Ok(Some(Frame::data(buf.split().freeze()))));
+                let n = buf.len();
+                return Some(Ok(Some(Frame::data(take(buf, n)))));
             }
             Framing::Length(rest) => {
                 if buf.is_empty() {
                     return None;
                 }
                 let n = (rest as usize).min(buf.len());
-                let data = buf.split_to(n).freeze();
+                let data = take(buf, n);
                 let left = rest - n as u64;
                 *framing = if left == 0 {
                     Framing::Done
@@ -797,7 +832,7 @@ fn decode(
                     return None;
                 }
                 let n = (rest as usize).min(buf.len());
-                let data = buf.split_to(n).freeze();
+                let data = take(buf, n);
                 let left = rest - n as u64;
                 *framing = Framing::Chunked(if left == 0 {
                     Chunk::DataEnd

@@ -581,27 +581,31 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         .unwrap_or_else(new_request_id);
     // The one host of the request, for routing, forwarding, the cache key and the log.
     let host = host::request_host(req.uri(), req.headers(), req.version(), s.scheme == "https");
+    let line = s.access_log.then(|| {
+        Box::new(access::Line {
+            quote: s.quote_log_values,
+            client: ctx.peer,
+            client_cert: ctx.client_cert.clone(),
+            listener: s.listener.clone(),
+            method: req.method().clone(),
+            host: match &host {
+                Ok(h) => h.as_ref().map(|h| h.header().clone()),
+                Err(_) => req.headers().get(header::HOST).cloned(),
+            },
+            uri: req.uri().clone(),
+            request_id: request_id.clone(),
+            body: None,
+            upstream: None,
+            backend: None,
+            cache: None,
+        })
+    });
     let mut record = access::Record {
-        log: s.access_log,
-        quote: s.quote_log_values,
         metrics: s.unrouted.clone(),
-        client: ctx.peer,
-        client_cert: ctx.client_cert.clone(),
-        listener: s.listener.clone(),
-        method: req.method().clone(),
-        host: match &host {
-            Ok(h) => h.as_ref().map(|h| h.header().clone()),
-            Err(_) => req.headers().get(header::HOST).cloned(),
-        },
-        uri: req.uri().clone(),
         status: 0,
-        request_id: request_id.clone(),
-        body: None,
         bytes_out: 0,
         started: Instant::now(),
-        upstream: None,
-        backend: None,
-        cache: None,
+        line,
     };
     let mut exchange = Exchange::default();
     let result = match host {
@@ -649,10 +653,12 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     record.status = response.status().as_u16();
-    record.body = exchange.body;
-    record.upstream = exchange.upstream;
-    record.backend = exchange.backend;
-    record.cache = exchange.cache;
+    if let Some(line) = record.line.as_mut() {
+        line.body = exchange.body;
+        line.upstream = exchange.upstream;
+        line.backend = exchange.backend;
+        line.cache = exchange.cache;
+    }
     if let Some(m) = exchange.metrics {
         record.metrics = m;
     }

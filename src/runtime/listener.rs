@@ -75,6 +75,7 @@ pub(crate) async fn accept_loop(
             }
         };
         let snapshot = shared.current.load_full();
+        let generation = snapshot.generation;
         let Some(entry) = snapshot.listener(&key) else {
             continue;
         };
@@ -123,7 +124,7 @@ pub(crate) async fn accept_loop(
                             return;
                         }
                     }
-                    let conn = Conn { peer, client_cert: None, admitted, held };
+                    let conn = Conn { generation, peer, client_cert: None, admitted, held };
                     return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
                 };
                 // Boxed: a TLS session's state is large, and plain connections should
@@ -135,7 +136,7 @@ pub(crate) async fn accept_loop(
                             let subject = crate::tls::client_subject(s.get_ref().1);
                             serve(
                                 s,
-                                Conn { peer, client_cert: subject, admitted, held },
+                                Conn { generation, peer, client_cert: subject, admitted, held },
                                 &entry,
                                 &key,
                                 &shared_task,
@@ -166,6 +167,7 @@ where
     S: l4::ClientStream,
 {
     let Conn {
+        generation,
         peer,
         client_cert,
         admitted,
@@ -190,12 +192,19 @@ where
             let current: l7::CurrentSettings = {
                 let shared = shared.clone();
                 let key = key.clone();
-                Arc::new(
-                    move || match shared.current.load().listener(&key).map(|e| &e.engine) {
+                let accepted_with = settings.clone();
+                Arc::new(move || {
+                    let snapshot = shared.current.load();
+                    // Until a reload, the settings the connection was accepted with:
+                    // no lookup per request.
+                    if snapshot.generation == generation {
+                        return Some(accepted_with.clone());
+                    }
+                    match snapshot.listener(&key).map(|e| &e.engine) {
                         Some(Engine::Http(s)) => Some(s.clone()),
                         _ => None,
-                    },
-                )
+                    }
+                })
             };
             l7::serve_connection(
                 accepted,
@@ -214,6 +223,8 @@ type Places = (Place, Place);
 
 /// An accepted connection's facts, for its engine.
 struct Conn {
+    /// The generation whose listener entry serves it.
+    generation: u64,
     peer: std::net::SocketAddr,
     /// The subject of the verified client certificate (mTLS).
     client_cert: Option<Arc<str>>,
