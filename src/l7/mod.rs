@@ -124,6 +124,9 @@ pub struct Settings {
     pub scheme: &'static str,
     /// Request counters for requests no route took (403, 404, 400, redirects).
     unrouted: Arc<RequestMetrics>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// For connections whose protocol is not known before their bytes are read.
     server: auto::Builder<TokioExecutor>,
 }
 
@@ -202,34 +205,47 @@ impl Settings {
                 },
             )
         });
-        let mut server = auto::Builder::new(TokioExecutor::new());
         let header_buf = l.max_header_size.max(MIN_HEADER_BUFFER);
-        server
-            .http1()
-            .timer(TokioTimer::new())
-            // hyper's timer also runs while a keep-alive connection waits for its next
-            // request: never shorter than idle_timeout, or idle connections would close
-            // early. The first head is held to header_timeout by serve_connection.
-            .header_read_timeout(l.header_timeout.max(l.idle_timeout))
-            .max_buf_size(header_buf as usize)
-            .keep_alive(true);
+        // The same limits whichever way the protocol is known: by the client's first
+        // bytes or ALPN (the direct builders), or by hyper's detection (the other).
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        macro_rules! http1_limits {
+            ($b:expr) => {
+                $b.timer(TokioTimer::new())
+                    // hyper's timer also runs while a keep-alive connection waits for its
+                    // next request: never shorter than idle_timeout, or idle connections
+                    // would close early. The first head is held to header_timeout by
+                    // serve_connection.
+                    .header_read_timeout(l.header_timeout.max(l.idle_timeout))
+                    .max_buf_size(header_buf as usize)
+                    .keep_alive(true)
+            };
+        }
         // Every HTTP/2 limit is set here rather than left to the library's defaults, so
         // that an update of the library cannot loosen one.
-        server
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32)
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
-            .max_send_buf_size(H2_MAX_SEND_BUFFER)
-            .max_frame_size(H2_MAX_FRAME_SIZE)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .adaptive_window(false)
-            // No pings from fulcrum; a client's pings do not keep a connection open
-            // either (see `idle`).
-            .keep_alive_interval(None);
+        macro_rules! http2_limits {
+            ($b:expr) => {
+                $b.timer(TokioTimer::new())
+                    .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32)
+                    .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+                    .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+                    .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+                    .max_send_buf_size(H2_MAX_SEND_BUFFER)
+                    .max_frame_size(H2_MAX_FRAME_SIZE)
+                    .initial_stream_window_size(H2_STREAM_WINDOW)
+                    .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                    .adaptive_window(false)
+                    // No pings from fulcrum; a client's pings do not keep a connection
+                    // open either (see `idle`).
+                    .keep_alive_interval(None)
+            };
+        }
+        http1_limits!(http1);
+        http1_limits!(server.http1());
+        http2_limits!(http2);
+        http2_limits!(server.http2());
         Settings {
             unrouted: metrics.requests(&l.name, "-"),
             listener: Arc::from(l.name.as_str()),
@@ -248,6 +264,8 @@ impl Settings {
             quote_log_values: global.log_format == config::LogFormat::Text,
             header_timeout: l.header_timeout,
             scheme: if l.tls.is_some() { "https" } else { "http" },
+            http1,
+            http2,
             server,
         }
     }
@@ -366,9 +384,45 @@ impl Drop for OpenRequest {
     }
 }
 
+/// The HTTP version of a connection, known before the HTTP engine reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    /// Not known yet: hyper reads the first bytes and decides.
+    Detect,
+}
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Protocol {
+    /// From the first bytes a client sent (at least one, at most the preface's 24).
+    pub fn from_first_bytes(bytes: &[u8]) -> Protocol {
+        if !H2_PREFACE.starts_with(bytes) {
+            Protocol::Http1
+        } else if bytes.len() == H2_PREFACE.len() {
+            Protocol::Http2
+        } else {
+            Protocol::Detect
+        }
+    }
+
+    /// From the protocol TLS negotiated (ALPN), if it did.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Detect,
+        }
+    }
+}
+
 /// What the runtime hands over with an accepted connection (after TLS, if any).
 pub struct Accepted<S> {
     pub stream: S,
+    /// What the client speaks, when its first bytes or ALPN told.
+    pub protocol: Protocol,
     pub peer: SocketAddr,
     /// The subject of the verified client certificate (mTLS).
     pub client_cert: Option<Arc<str>>,
@@ -400,6 +454,7 @@ pub async fn serve_connection<S>(
 {
     let Accepted {
         stream,
+        protocol,
         peer,
         client_cert,
         admitted,
@@ -431,7 +486,101 @@ pub async fn serve_connection<S>(
         let ctx = service_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
     });
-    let conn = settings.server.serve_connection_with_upgrades(io, service);
+    let watched = Watchers {
+        ctx: &ctx,
+        activity: &activity,
+        drain: &drain,
+        cut: &cut,
+    };
+    // Driven by hyper's own connection type when the protocol is known, so that no
+    // detection layer sits between the socket and the parser.
+    match protocol {
+        Protocol::Http1 => {
+            let conn = settings.http1.serve_connection(io, service).with_upgrades();
+            drive(conn, watched).await;
+        }
+        Protocol::Http2 => {
+            let conn = settings.http2.serve_connection(io, service);
+            drive(conn, watched).await;
+        }
+        Protocol::Detect => {
+            let conn = settings.server.serve_connection_with_upgrades(io, service);
+            drive(conn, watched).await;
+        }
+    }
+}
+
+/// What a connection is watched with besides itself.
+#[derive(Clone, Copy)]
+struct Watchers<'a> {
+    ctx: &'a Arc<ConnCtx>,
+    activity: &'a Arc<Activity>,
+    drain: &'a CancellationToken,
+    cut: &'a CancellationToken,
+}
+
+/// A hyper connection that can be asked to finish its requests in flight and close.
+trait Connection: std::future::Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display;
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Connection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    Self: std::future::Future<Output = hyper::Result<()>>,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static + hyper::body::Body,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    type Error = hyper::Error;
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Connection for hyper::server::conn::http2::Connection<I, S, E>
+where
+    Self: std::future::Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: 'static + hyper::body::Body,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    type Error = hyper::Error;
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Connection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: 'static + hyper::body::Body,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection until it ends, closing it on idleness, drain or a request's
+/// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.
+async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
+    let Watchers {
+        ctx,
+        activity,
+        drain,
+        cut,
+    } = w;
+    let settings = &ctx.settings;
+    let peer = ctx.peer;
     tokio::pin!(conn);
     let first_head = tokio::time::sleep(settings.header_timeout);
     tokio::pin!(first_head);
@@ -445,8 +594,8 @@ pub async fn serve_connection<S>(
                 _ = &mut first_head, if !head_checked => Watch::HeadTimeout,
                 _ = drain.cancelled(), if !closing => Watch::Close,
                 _ = ctx.close.cancelled(), if !closing => Watch::Close,
-                _ = idle(&activity, &ctx, settings.idle_timeout) => Watch::Idle,
-                _ = too_slow(&activity, &ctx, settings.min_rate), if settings.min_rate > 0 => Watch::TooSlow,
+                _ = idle(activity, ctx, settings.idle_timeout) => Watch::Idle,
+                _ = too_slow(activity, ctx, settings.min_rate), if settings.min_rate > 0 => Watch::TooSlow,
                 _ = cut.cancelled() => Watch::Cut,
             }
         };
@@ -465,7 +614,7 @@ pub async fn serve_connection<S>(
                 }
             }
             First::Side(Watch::Close) => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().shut_down();
                 closing = true;
             }
             First::Side(Watch::Idle) => {
@@ -473,7 +622,7 @@ pub async fn serve_connection<S>(
                     debug!(client.addr = %peer, "still idle after closing: dropped");
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().shut_down();
                 closing = true;
             }
             First::Side(Watch::TooSlow) => {
@@ -769,5 +918,26 @@ mod tests {
             .iter()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_first_bytes_or_alpn_tell_the_protocol() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert_eq!(Protocol::from_first_bytes(preface), Protocol::Http2);
+        // Part of the preface so far: hyper reads on and decides.
+        assert_eq!(Protocol::from_first_bytes(&preface[..3]), Protocol::Detect);
+        assert_eq!(
+            Protocol::from_first_bytes(b"GET / HTTP/1.1\r\n"),
+            Protocol::Http1
+        );
+        assert_eq!(Protocol::from_first_bytes(b"P"), Protocol::Detect);
+        assert_eq!(Protocol::from_first_bytes(b"POST /"), Protocol::Http1);
+        assert_eq!(
+            Protocol::from_first_bytes(b"PRI * HTTP/1.1"),
+            Protocol::Http1
+        );
+        assert_eq!(Protocol::from_alpn(Some(b"h2")), Protocol::Http2);
+        assert_eq!(Protocol::from_alpn(Some(b"http/1.1")), Protocol::Http1);
+        assert_eq!(Protocol::from_alpn(None), Protocol::Detect);
     }
 }

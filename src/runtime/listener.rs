@@ -110,21 +110,27 @@ pub(crate) async fn accept_loop(
                 let Some(tls) = &entry.tls else {
                     // A plain HTTP connection that has sent nothing holds only this small
                     // future: the engine's state is built once its first bytes arrive.
+                    let mut protocol = l7::Protocol::Detect;
                     if let Engine::Http(settings) = &entry.engine {
                         // `peek`, not `readable`: readiness can be reported before a
                         // byte is there, and the engine's state would be built early.
-                        let mut byte = [0u8; 1];
-                        let first = tokio::time::timeout(settings.header_timeout, stream.peek(&mut byte));
+                        // The first bytes also tell HTTP/1 from HTTP/2's preface.
+                        let mut first_bytes = [0u8; 24];
+                        let first = tokio::time::timeout(settings.header_timeout, stream.peek(&mut first_bytes));
                         let arrived = tokio::select! {
-                            r = first => matches!(r, Ok(Ok(_))),
-                            _ = shared_task.stop_accepting.cancelled() => false,
+                            r = first => match r {
+                                Ok(Ok(n)) if n > 0 => Some(n),
+                                _ => None,
+                            },
+                            _ = shared_task.stop_accepting.cancelled() => None,
                         };
-                        if !arrived {
+                        let Some(n) = arrived else {
                             debug!(listener = %entry.name, client.addr = %peer, "nothing within header_timeout: closed");
                             return;
-                        }
+                        };
+                        protocol = l7::Protocol::from_first_bytes(&first_bytes[..n]);
                     }
-                    let conn = Conn { generation, peer, client_cert: None, admitted, held };
+                    let conn = Conn { generation, protocol, peer, client_cert: None, admitted, held };
                     return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
                 };
                 // Boxed: a TLS session's state is large, and plain connections should
@@ -134,9 +140,10 @@ pub(crate) async fn accept_loop(
                         Ok(Ok(s)) => {
                             tls.ok.inc();
                             let subject = crate::tls::client_subject(s.get_ref().1);
+                            let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());
                             serve(
                                 s,
-                                Conn { generation, peer, client_cert: subject, admitted, held },
+                                Conn { generation, protocol, peer, client_cert: subject, admitted, held },
                                 &entry,
                                 &key,
                                 &shared_task,
@@ -168,6 +175,7 @@ where
 {
     let Conn {
         generation,
+        protocol,
         peer,
         client_cert,
         admitted,
@@ -183,6 +191,7 @@ where
         Engine::Http(settings) => {
             let accepted = l7::Accepted {
                 stream,
+                protocol,
                 peer,
                 client_cert,
                 admitted,
@@ -225,6 +234,8 @@ type Places = (Place, Place);
 struct Conn {
     /// The generation whose listener entry serves it.
     generation: u64,
+    /// For the HTTP engine: what the client speaks, if known.
+    protocol: l7::Protocol,
     peer: std::net::SocketAddr,
     /// The subject of the verified client certificate (mTLS).
     client_cert: Option<Arc<str>>,
