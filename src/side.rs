@@ -5,13 +5,14 @@
 //! [`first`] polls the side future only when one of its own wakers fired, and the main
 //! future on every wake-up.
 
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
+use pin_project_lite::pin_project;
 
 /// Which future completed first.
 pub enum First<A, B> {
@@ -36,27 +37,51 @@ impl Wake for Flag {
     }
 }
 
+pin_project! {
+    /// See [`first`]. A plain struct rather than an `async fn`: the two futures are
+    /// stored once, where an `async fn` would keep room for its arguments beside them.
+    pub struct FirstOf<A, B> {
+        #[pin]
+        main: A,
+        #[pin]
+        side: B,
+        // Made at the first poll.
+        flag: Option<(Arc<Flag>, Waker)>,
+    }
+}
+
 /// Runs `main` and `side` until either completes. `side` is polled once at the start
 /// and then only after one of its wakers fired.
-pub async fn first<A: Future, B: Future>(main: A, side: B) -> First<A::Output, B::Output> {
-    let flag = Arc::new(Flag {
-        woken: AtomicBool::new(true),
-        task: AtomicWaker::new(),
-    });
-    let side_waker = Waker::from(flag.clone());
-    let mut main = pin!(main);
-    let mut side = pin!(side);
-    poll_fn(|cx| {
+pub fn first<A: Future, B: Future>(main: A, side: B) -> FirstOf<A, B> {
+    FirstOf {
+        main,
+        side,
+        flag: None,
+    }
+}
+
+impl<A: Future, B: Future> Future for FirstOf<A, B> {
+    type Output = First<A::Output, B::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let (flag, side_waker) = this.flag.get_or_insert_with(|| {
+            let flag = Arc::new(Flag {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            });
+            let waker = Waker::from(flag.clone());
+            (flag, waker)
+        });
         flag.task.register(cx.waker());
         if flag.woken.swap(false, Ordering::AcqRel) {
-            let mut side_cx = Context::from_waker(&side_waker);
-            if let Poll::Ready(v) = side.as_mut().poll(&mut side_cx) {
+            let mut side_cx = Context::from_waker(side_waker);
+            if let Poll::Ready(v) = this.side.poll(&mut side_cx) {
                 return Poll::Ready(First::Side(v));
             }
         }
-        main.as_mut().poll(cx).map(First::Main)
-    })
-    .await
+        this.main.poll(cx).map(First::Main)
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ need nginx nginx-light
 need python3 python3
 
 cargo build --release --quiet
-FULCRUM=$PWD/target/release/fulcrum
+FULCRUM=${FULCRUM:-$PWD/target/release/fulcrum}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LIMIT=$((COUNT + 500))
 

@@ -472,15 +472,18 @@ async fn attempts(
         let pool = &f.target.pools[i];
         let (conn, fresh) = match pool.checkout() {
             Some(c) => (c, false),
-            None => match pool
-                .connect(
+            // Boxed: opening a connection (with its TLS handshake) is the rare case,
+            // and its state would otherwise sit in every request's future.
+            None => match Box::pin(
+                pool.connect(
                     up.connect_timeout,
                     f.target
                         .tls
                         .as_ref()
                         .map(|t| (t, lease.backend().address.as_str())),
-                )
-                .await
+                ),
+            )
+            .await
             {
                 Ok(c) => (c, true),
                 Err(e) => {

@@ -493,7 +493,9 @@ pub async fn serve_connection<S>(
         cut: &cut,
     };
     // Driven by hyper's own connection type when the protocol is known, so that no
-    // detection layer sits between the socket and the parser.
+    // detection layer sits between the socket and the parser. HTTP/2 and detection
+    // are boxed: their state is larger than HTTP/1's, and every HTTP/1 connection
+    // would otherwise carry room for it.
     match protocol {
         Protocol::Http1 => {
             let conn = settings.http1.serve_connection(io, service).with_upgrades();
@@ -501,11 +503,11 @@ pub async fn serve_connection<S>(
         }
         Protocol::Http2 => {
             let conn = settings.http2.serve_connection(io, service);
-            drive(conn, watched).await;
+            Box::pin(drive(conn, watched)).await;
         }
         Protocol::Detect => {
             let conn = settings.server.serve_connection_with_upgrades(io, service);
-            drive(conn, watched).await;
+            Box::pin(drive(conn, watched)).await;
         }
     }
 }
