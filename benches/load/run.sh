@@ -11,6 +11,7 @@
 #   bash benches/load/run.sh            # every mode, 10 s per run
 #   DURATION=30s bash benches/load/run.sh
 #   MODES="keepalive h2c" bash benches/load/run.sh
+#   REPEATS=3 bash benches/load/run.sh   # three interleaved runs, medians
 #
 # The proxy under test is pinned to CPU 0; wrk and the backend share CPU 1. On a
 # 2-core machine the load generator can be the limit, so besides req/s the table gives
@@ -185,16 +186,31 @@ run() { # $1 proxy, $2 mode
 }
 
 MODES=${MODES:-keepalive close h2c tls-keepalive tls-close big tcp-close tcp-bulk}
-for mode in $MODES; do
-  for proxy in fulcrum haproxy nginx; do
-    echo "running $proxy ($mode) for $DURATION ..." >&2
-    run "$proxy" "$mode"
+# Every (mode, proxy) run REPEATS times, interleaved; the table shows the run with the
+# median requests per CPU-second.
+REPEATS=${REPEATS:-1}
+declare -A ALL
+DIRECTS=""
+for r in $(seq "$REPEATS"); do
+  for mode in $MODES; do
+    for proxy in fulcrum haproxy nginx; do
+      echo "running $proxy ($mode) for $DURATION, $r of $REPEATS ..." >&2
+      run "$proxy" "$mode"
+      k="$proxy/$mode"
+      ALL[$k]+="${EFF[$k]} ${RPS[$k]} ${P99[$k]} ${CPU[$k]};"
+    done
+    if [ "$mode" = tcp-bulk ]; then
+      echo "running iperf3 without a proxy for $DURATION ..." >&2
+      DIRECTS+="$(iperf "$IPERF_PORT") "
+    fi
   done
-  if [ "$mode" = tcp-bulk ]; then
-    echo "running iperf3 without a proxy for $DURATION ..." >&2
-    DIRECT=$(iperf "$IPERF_PORT")
-  fi
 done
+# The median of whitespace- or ;-separated rows, by their first field.
+median() { tr ';' '\n' | sed '/^ *$/d' | sort -g -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+for k in "${!ALL[@]}"; do
+  read -r "EFF[$k]" "RPS[$k]" "P99[$k]" "CPU[$k]" <<<"$(median <<<"${ALL[$k]}")"
+done
+[ -n "$DIRECTS" ] && DIRECT=$(tr ' ' '\n' <<<"$DIRECTS" | median)
 
 printf '\n%-8s %-13s %12s %10s %9s %16s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s"
 for mode in $MODES; do
