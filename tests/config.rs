@@ -256,7 +256,11 @@ fn each_invalid_file_gets_its_message() {
         ),
         (
             "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\ninterval = \"200ms\"\ndead_after = \"150ms\"\nsecret_file = \"k\"\n",
-            "fulcrum.toml:6:14: `failover.dead_after` must be longer than `failover.interval` (200ms), got 150ms",
+            "fulcrum.toml:6:14: `failover.dead_after` must be at least twice `failover.interval` (200ms), got 150ms",
+        ),
+        (
+            "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\ninterval = \"200ms\"\ndead_after = \"399ms\"\nsecret_file = \"k\"\n",
+            "fulcrum.toml:6:14: `failover.dead_after` must be at least twice `failover.interval` (200ms), got 399ms",
         ),
         (
             "[failover]\nnode = \"lb1\"\nbind = \"127.0.0.1:8411\"\npeers = [\"127.0.0.1:8412\"]\ninterval = \"1ms\"\nsecret_file = \"k\"\n",
@@ -414,7 +418,8 @@ fn a_failover_section_gets_its_defaults_and_reads_its_key() {
     let f = parsed.unwrap().failover.unwrap();
     assert_eq!(f.priority, 100);
     assert_eq!(f.interval, std::time::Duration::from_millis(200));
-    assert_eq!(f.dead_after, std::time::Duration::from_millis(700));
+    // 3 x 200 + (256 - 100) / 256 x 200 - 200 / 10 = 701.875 ms.
+    assert_eq!(f.dead_after, std::time::Duration::from_millis(701));
     assert!(f.preempt);
     assert_eq!(f.secret, b"s3cret-s3cret-s3cret-s3cret-s3cret");
     assert_eq!(f.vips[0].address.to_string(), "10.99.0.100/24");

@@ -34,7 +34,8 @@ pub struct Failover {
     pub bind: SocketAddr,
     pub peers: Vec<SocketAddr>,
     pub interval: Duration,
-    /// Silence from the active peer after which this node takes over; `> interval`.
+    /// Silence from the active peer after which this node takes over; at least
+    /// twice `interval`.
     pub dead_after: Duration,
     pub preempt: bool,
     /// The shared HMAC key: the key file's bytes, surrounding whitespace removed.
@@ -72,9 +73,16 @@ pub struct Vip {
     pub interface: String,
 }
 
-/// The default `dead_after`: three heartbeats missed, and 100 ms of slack.
-pub fn default_dead_after(interval: Duration) -> Duration {
-    interval * 3 + Duration::from_millis(100)
+/// The default `dead_after`, from the interval and this node's priority: what
+/// keepalived's backup waits at the same advertisement interval and priority (three
+/// intervals and a skew of `(256 - priority) / 256` of one, so that the best backup
+/// takes over first and two backups never race), less the machine's check granularity
+/// (`interval / 10`), so that a takeover never comes later than keepalived's. Whole
+/// milliseconds, rounded down.
+pub fn default_dead_after(interval: Duration, priority: u8) -> Duration {
+    let skew = interval * (256 - u32::from(priority)) / 256;
+    let wait = interval * 3 + skew - interval / 10;
+    Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Validator<'_> {
@@ -147,15 +155,16 @@ impl Validator<'_> {
         let dead_after = self.duration(
             &f.dead_after,
             "failover.dead_after",
-            default_dead_after(interval),
+            default_dead_after(interval, priority),
         );
-        if dead_after <= interval {
+        // One late heartbeat must never be taken for a dead peer.
+        if dead_after < interval * 2 {
             let span = f.dead_after.as_ref().map(|v| v.span());
             self.err(
                 span,
                 "failover.dead_after",
                 format!(
-                    "must be longer than `failover.interval` ({}), got {}",
+                    "must be at least twice `failover.interval` ({}), got {}",
                     humantime::format_duration(interval),
                     humantime::format_duration(dead_after)
                 ),
@@ -291,5 +300,36 @@ impl Validator<'_> {
             address: address?,
             interface: interface.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_default_wait_is_keepalived_s_less_the_check_granularity() {
+        // keepalived: 3 x 100 + (256 - 100) / 256 x 100 = 360.9 ms; less 10 ms.
+        assert_eq!(default_dead_after(ms(100), 100), ms(350));
+        assert_eq!(default_dead_after(ms(200), 100), ms(701));
+        assert_eq!(default_dead_after(ms(50), 100), ms(175));
+        assert_eq!(default_dead_after(ms(20), 100), ms(70));
+        // A higher priority waits less: the best backup takes over first.
+        assert!(default_dead_after(ms(100), 200) < default_dead_after(ms(100), 100));
+        assert_eq!(default_dead_after(ms(100), 254), ms(290));
+        assert_eq!(default_dead_after(ms(100), 1), ms(389));
+        // Never under twice the interval, which `check` refuses.
+        for p in 1..=254 {
+            for i in [10, 20, 100, 1000] {
+                assert!(
+                    default_dead_after(ms(i), p) >= ms(i) * 2,
+                    "{i} ms, priority {p}"
+                );
+            }
+        }
     }
 }
