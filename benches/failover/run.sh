@@ -19,7 +19,7 @@
 #              reported: failed requests after it came up, and the time from then to
 #              the end of the first success after the last failure (0 if none failed).
 # Each case runs with fulcrum's own failover at interval 200ms and 100ms (default
-# dead_after: 3 x interval + 100ms; and 100ms with keepalived's window), and, when keepalived is installed or installable,
+# dead_after: keepalived's backup window less interval / 10; and 100ms with keepalived's window), and, when keepalived is installed or installable,
 # with keepalived (VRRPv3 unicast, advert_int 1 and 0.1) moving the VIP in front of
 # the same fulcrum proxy.
 set -euo pipefail
@@ -135,7 +135,8 @@ start_fulcrum() {
   [ "$interval" = "$3" ] || dead_after="dead_after = \"${3#*/}\""
   if [ "$n" = lb1 ]; then me=10.98.0.1; peer=10.98.0.2; else me=10.98.0.2; peer=10.98.0.1; fi
   mkdir -p "$WORK/$n"
-  echo "benchmark pair key" > "$WORK/$n/failover.key"
+  echo "benchmark pair key, at least 32 bytes long" > "$WORK/$n/failover.key"
+  chmod 600 "$WORK/$n/failover.key"
   proxy_config "$n" "[failover]
 node = \"$n\"
 priority = $prio
