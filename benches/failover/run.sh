@@ -2,6 +2,7 @@
 # Failover takeover time and failed requests, in network namespaces (needs root).
 #
 #   bash benches/failover/run.sh            # RUNS=5 runs of each case
+#   RUNS=10 CASES="kill (fulcrum|keepalived) (50ms|0.05)" bash benches/failover/run.sh
 #
 # Topology: two balancers (lb1 10.99.0.11, lb2 10.99.0.12) on a bridge with a backend
 # (10.99.0.20, fulcrum serving a static file) and a client (10.99.0.30); heartbeats
@@ -273,6 +274,8 @@ EOF
 # run_case NAME KIND(fulcrum|keepalived) PARAM MODE(kill|partition)
 run_case() {
   local name=$1 kind=$2 param=$3 mode=$4 run
+  # CASES: an extended regular expression the case names must match to run.
+  if [ -n "${CASES:-}" ] && ! grep -Eq -- "$CASES" <<<"$name"; then return 0; fi
   for run in $(seq 1 "$RUNS"); do
     for n in lb1 lb2; do ip -n "$(ns $n)" addr del "$VIP/24" dev eth0 2>/dev/null || true; done
     rm -f "$WORK"/lb?/vrrp.pid
@@ -329,6 +332,7 @@ for name, rs in by.items():
     means[name] = (st.mean(t), st.mean(f))
     print(f"{name:40} {len(rs):>4} {st.mean(t):>9.3f}s {min(t):>6.3f}s {max(t):>6.3f}s {st.mean(f):>12.1f} {max(f):>5}")
 pairs = [("kill fulcrum 100ms", "kill keepalived 0.1"),
+         ("kill fulcrum 50ms", "kill keepalived 0.05"),
          ("kill fulcrum 100ms dead_after 360ms", "kill keepalived 0.1"),
          ("kill fulcrum 200ms", "kill keepalived 1"),
          ("partition fulcrum 100ms", "partition keepalived 0.1")]
@@ -348,11 +352,15 @@ run_case "kill fulcrum 100ms" fulcrum 100ms kill
 # keepalived's backup at priority 100 declares the master down after
 # 3 x advert_int + (256 - 100) / 256 x advert_int = 361 ms: the same window.
 run_case "kill fulcrum 100ms dead_after 360ms" fulcrum 100ms/360ms kill
+run_case "kill fulcrum 50ms" fulcrum 50ms kill
+run_case "kill fulcrum 20ms" fulcrum 20ms kill
 run_case "partition fulcrum 200ms" fulcrum 200ms partition
 run_case "partition fulcrum 100ms" fulcrum 100ms partition
 if command -v keepalived >/dev/null 2>&1; then
   run_case "kill keepalived 1" keepalived 1 kill
   run_case "kill keepalived 0.1" keepalived 0.1 kill
+  # VRRPv3 counts in centiseconds: 0.05 is the shortest that keeps 3 adverts apart.
+  run_case "kill keepalived 0.05" keepalived 0.05 kill
   run_case "partition keepalived 0.1" keepalived 0.1 partition
 else
   echo "keepalived not available: no comparison" >&2
