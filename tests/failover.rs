@@ -8,6 +8,7 @@
 //!        │ hb 10.98.0.1 ├── br0 (bridge) ┤
 //!        │ hb 10.98.0.2 │                └── client (10.99.0.30)
 //!   lb2 (10.99.0.12) ──┘        VIP 10.99.0.100/24
+//!                               VIP6 fd99::100/64 (every node fd99::N/64 too)
 //! ```
 //!
 //! Needs root (namespaces, veth, bridge): otherwise the test says it is skipped.
@@ -28,6 +29,7 @@ use fulcrum::failover::wire::{self, Heartbeat, State};
 /// Bound for every wait: far above what any step takes.
 const PATIENCE: Duration = Duration::from_secs(20);
 const VIP: &str = "10.99.0.100";
+const VIP6: &str = "fd99::100";
 
 /// Runs `ip` with `args`; the error names the command and says what `ip` said.
 fn try_ip(args: &[&str]) -> Result<(), String> {
@@ -104,11 +106,11 @@ impl Lab {
         }
         try_ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         try_ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for (n, addr) in [
-            ("lb1", "10.99.0.11/24"),
-            ("lb2", "10.99.0.12/24"),
-            ("be", "10.99.0.20/24"),
-            ("cl", "10.99.0.30/24"),
+        for (n, addr, addr6) in [
+            ("lb1", "10.99.0.11/24", "fd99::11/64"),
+            ("lb2", "10.99.0.12/24", "fd99::12/64"),
+            ("be", "10.99.0.20/24", "fd99::20/64"),
+            ("cl", "10.99.0.30/24", "fd99::30/64"),
         ] {
             let ns = lab.ns(n);
             let port = format!("v{n}");
@@ -119,6 +121,9 @@ impl Lab {
             try_ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
             try_ip(&["-n", &br, "link", "set", &port, "up"])?;
             try_ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"])?;
+            try_ip(&[
+                "-n", &ns, "-6", "addr", "add", addr6, "dev", "eth0", "nodad",
+            ])?;
             try_ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
         // The heartbeat link: a veth pair straight between the balancers.
@@ -389,7 +394,7 @@ bind = "127.0.0.1:9090"
 
 [[listener]]
 name = "vip"
-bind = "{VIP}:8080"
+bind = ["{VIP}:8080", "[{VIP6}]:8080"]
 protocol = "http"
 upstream = "app"
 
@@ -404,9 +409,49 @@ bind = "{hb}:8411"
 peers = ["{peer}:8411"]
 interval = "100ms"
 secret_file = "failover.key"
-vips = [{{ address = "{VIP}/24", interface = "eth0" }}]
+vips = [
+  {{ address = "{VIP}/24", interface = "eth0" }},
+  {{ address = "{VIP6}/64", interface = "eth0" }},
+]
 "#
     )
+}
+
+/// What `ip` prints for `args`, run in namespace `n`.
+fn ip_out(lab: &Lab, n: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["-n", &lab.ns(n)])
+        .args(args)
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The hardware address of `eth0` in namespace `n`.
+fn mac(lab: &Lab, n: &str) -> String {
+    let out = ip_out(lab, n, &["link", "show", "eth0"]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("eth0 has a hardware address")
+        .to_string()
+}
+
+/// The hardware address the client's neighbour cache holds for the IPv6 VIP.
+fn client_neighbour6(lab: &Lab) -> Option<String> {
+    let out = ip_out(lab, "cl", &["-6", "neigh", "show", VIP6, "dev", "eth0"]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_string)
+}
+
+/// One GET through the IPv6 VIP from the client's namespace.
+fn served6(lab: &Lab) -> bool {
+    in_ns(&lab.ns("cl"), || {
+        get(format!("[{VIP6}]:8080").parse().unwrap(), "/")
+    })
+    .is_some_and(|(s, b)| s == 200 && b.contains("served through the VIP"))
 }
 
 fn metric(lab: &Lab, n: &str, series: &str) -> Option<f64> {
@@ -438,11 +483,32 @@ fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
     assert!(status["failover"]["peer_last_seen_ms"].is_u64(), "{status}");
     assert_eq!(metric(&lab, "lb1", "fulcrum_failover_active"), Some(1.0));
     assert_eq!(metric(&lab, "lb2", "fulcrum_failover_active"), Some(0.0));
+    // The IPv6 VIP serves at once (no duplicate address detection to wait for), and
+    // the client's neighbour cache points at lb1.
+    wait_for("the IPv6 VIP to serve through lb1", &lab, || served6(&lab));
+    let (mac1, mac2) = (mac(&lab, "lb1"), mac(&lab, "lb2"));
+    assert_eq!(client_neighbour6(&lab).as_deref(), Some(mac1.as_str()));
 
-    // The active dies without a word: the passive takes over.
+    // The active dies without a word: the passive takes over. Its unsolicited
+    // neighbour advertisement moves the client's entry (which would otherwise stay on
+    // lb1's address for half a minute or more) without any traffic from the client.
     lab.kill("lb1");
     wait_for("lb2 to take over", &lab, || state(&lab, "lb2") == "active");
+    wait_for(
+        "the client's IPv6 neighbour entry to name lb2",
+        &lab,
+        || client_neighbour6(&lab).as_deref() == Some(mac2.as_str()),
+    );
     clients.wait_served("the VIP to serve through lb2", &lab);
+    assert!(served6(&lab), "the IPv6 VIP serves through lb2");
+    assert_eq!(
+        metric(
+            &lab,
+            "lb2",
+            "fulcrum_failover_announce_failures_total{family=\"ipv6\"}"
+        ),
+        Some(0.0)
+    );
     assert_eq!(
         metric(
             &lab,
@@ -499,25 +565,46 @@ fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
     });
     clients.wait_served("the VIP to serve after the partition", &lab);
 
-    // A reload that changes [failover] is applied to the rest, and says that failover
-    // keeps its start settings; nothing changes in the pair.
-    lab.reload("lb2", &lb_config("lb2", 250, "10.98.0.2", "10.98.0.1"));
-    wait_for("lb2 to log the failover change at reload", &lab, || {
+    // A reload that changes what cannot change under a running pair (the node's name)
+    // is refused whole, naming the key; nothing changes in the pair.
+    lab.reload(
+        "lb2",
+        &lb_config("lb2", 250, "10.98.0.2", "10.98.0.1")
+            .replace("node = \"lb2\"", "node = \"lb9\""),
+    );
+    wait_for("lb2 to refuse the reload", &lab, || {
         lab.log("lb2")
-            .contains("keeps the settings it started with")
+            .contains("failover.node cannot change at reload")
     });
+    assert_eq!(
+        metric(
+            &lab,
+            "lb2",
+            "fulcrum_config_reloads_total{result=\"failure\"}"
+        ),
+        Some(1.0)
+    );
     assert_eq!(state(&lab, "lb2"), "passive");
     assert_eq!(state(&lab, "lb1"), "active");
 
+    // A reload that raises the passive's priority above the active's is applied: with
+    // preempt, it takes the role.
+    lab.reload("lb2", &lb_config("lb2", 250, "10.98.0.2", "10.98.0.1"));
+    wait_for("lb2 to take the role with its new priority", &lab, || {
+        state(&lab, "lb2") == "active" && state(&lab, "lb1") == "passive"
+    });
+    assert!(lab.log("lb2").contains("settings changed at reload"));
+    clients.wait_served("the VIP to serve through lb2 after the reload", &lab);
+
     // A graceful stop of the active resigns: the passive takes over, and the stopped
     // node exits 0.
-    let exit = lab.terminate("lb1");
-    assert!(exit.is_some_and(|s| s.success()), "lb1 exit: {exit:?}");
-    assert!(lab.log("lb1").contains("resigning"), "{}", lab.log("lb1"));
-    wait_for("lb2 to take over after the resign", &lab, || {
-        state(&lab, "lb2") == "active"
+    let exit = lab.terminate("lb2");
+    assert!(exit.is_some_and(|s| s.success()), "lb2 exit: {exit:?}");
+    assert!(lab.log("lb2").contains("resigning"), "{}", lab.log("lb2"));
+    wait_for("lb1 to take over after the resign", &lab, || {
+        state(&lab, "lb1") == "active"
     });
-    clients.wait_served("the VIP to serve through lb2 after the resign", &lab);
+    clients.wait_served("the VIP to serve through lb1 after the resign", &lab);
     drop(clients);
 }
 
@@ -544,4 +631,23 @@ fn a_vip_that_cannot_be_added_is_a_fault_never_active() {
         Some(0.0)
     );
     assert!(lab.log("lb1").contains("nosuch0"), "{}", lab.log("lb1"));
+
+    // The interface appears: a retry (after a back-off) adds the addresses, and the
+    // node leaves fault for good.
+    let lb1 = lab.ns("lb1");
+    ip(&[
+        "-n", &lb1, "link", "add", "nosuch0", "type", "veth", "peer", "name", "nosuch1",
+    ]);
+    ip(&["-n", &lb1, "link", "set", "nosuch1", "up"]);
+    ip(&["-n", &lb1, "link", "set", "nosuch0", "up"]);
+    wait_for("lb1 to leave fault and take the addresses", &lab, || {
+        state(&lab, "lb1") == "active"
+    });
+    let held = ip_out(&lab, "lb1", &["addr", "show", "nosuch0"]);
+    assert!(held.contains(VIP) && held.contains(VIP6), "{held}");
+    assert!(
+        lab.log("lb1").contains("leaving fault"),
+        "{}",
+        lab.log("lb1")
+    );
 }

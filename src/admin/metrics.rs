@@ -25,6 +25,9 @@ pub const CONFIG_GENERATION: &str = "fulcrum_config_generation";
 pub const FAILOVER_ACTIVE: &str = "fulcrum_failover_active";
 pub const FAILOVER_TRANSITIONS_TOTAL: &str = "fulcrum_failover_transitions_total";
 pub const FAILOVER_HEARTBEATS_REJECTED_TOTAL: &str = "fulcrum_failover_heartbeats_rejected_total";
+pub const FAILOVER_HEARTBEATS_LATE_TOTAL: &str = "fulcrum_failover_heartbeats_late_total";
+pub const FAILOVER_TIMER_LATE_TOTAL: &str = "fulcrum_failover_timer_late_total";
+pub const FAILOVER_ANNOUNCE_FAILURES_TOTAL: &str = "fulcrum_failover_announce_failures_total";
 
 /// Every metric fulcrum exports, registered in its own registry.
 pub struct Metrics {
@@ -57,6 +60,12 @@ pub struct Metrics {
     pub failover_transitions_total: IntCounterVec,
     /// Heartbeats dropped, by reason (see `failover::wire::Reject`).
     pub failover_heartbeats_rejected_total: IntCounterVec,
+    /// Peer heartbeats that came more than 1.5 intervals after the previous one.
+    pub failover_heartbeats_late_total: IntCounter,
+    /// This node's heartbeats sent more than half an interval after their time.
+    pub failover_timer_late_total: IntCounter,
+    /// Gratuitous ARPs and neighbour advertisements that could not be sent.
+    pub failover_announce_failures_total: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -67,6 +76,12 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let m = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(m.clone())).expect("unique metric");
     m
 }
@@ -177,6 +192,22 @@ impl Metrics {
                 "Heartbeats dropped, by reason",
                 &["reason"],
             ),
+            failover_heartbeats_late_total: counter(
+                &r,
+                FAILOVER_HEARTBEATS_LATE_TOTAL,
+                "Peer heartbeats that came more than 1.5 intervals after the previous one",
+            ),
+            failover_timer_late_total: counter(
+                &r,
+                FAILOVER_TIMER_LATE_TOTAL,
+                "Heartbeats sent more than half an interval after their time",
+            ),
+            failover_announce_failures_total: counter_vec(
+                &r,
+                FAILOVER_ANNOUNCE_FAILURES_TOTAL,
+                "Gratuitous ARPs (ipv4) and neighbour advertisements (ipv6) not sent",
+                &["family"],
+            ),
             registry: r,
         }
         .seed()
@@ -193,6 +224,10 @@ impl Metrics {
         }
         for to in ["active", "passive"] {
             self.failover_transitions_total.with_label_values(&[to]);
+        }
+        for family in ["ipv4", "ipv6"] {
+            self.failover_announce_failures_total
+                .with_label_values(&[family]);
         }
         self
     }

@@ -1,37 +1,46 @@
-//! The failover driver: one task that owns the heartbeat socket and the [`Machine`],
-//! and two helpers it never waits on.
+//! The failover driver: one thread of its own that owns the heartbeat socket and the
+//! [`Machine`], and two helpers it never waits on.
 //!
-//! - The heartbeat task sends this node's heartbeat to every peer each `interval`,
-//!   authenticates what arrives (rejections counted by reason), ticks the machine ten
-//!   times per interval, and turns the machine's actions into commands.
+//! - The heartbeat task sends this node's heartbeat to every peer each `interval`, on a
+//!   timer that keeps its schedule (a tick that comes late is counted, and the next
+//!   one is not moved), authenticates what arrives (rejections counted by reason, a
+//!   peer's heartbeat that comes more than 1.5 intervals after its previous one
+//!   counted as late), ticks the machine ten times per interval, and turns the
+//!   machine's actions into commands. It runs on a thread and runtime of its own, so
+//!   that no amount of proxied traffic delays a heartbeat or a takeover.
 //! - The address task runs those commands in order: add the virtual addresses over
-//!   netlink and announce them with gratuitous ARP (three times, 150 ms apart, on a
-//!   timer of their own), remove them, announce again. An address that cannot be added
-//!   comes back to the heartbeat task as [`Event::VipFailed`]: the node goes to fault
-//!   and never claims to be active.
+//!   netlink and announce them (gratuitous ARP, unsolicited neighbour advertisement;
+//!   the first at once, then twice more, 150 ms apart, on a timer of their own; a send
+//!   that fails is counted and tried again), remove them, announce again. An address
+//!   that cannot be added comes back to the heartbeat task as [`Event::VipFailed`]:
+//!   the node goes to fault, never claims to be active, and tries again after a
+//!   back-off (1 s, doubling up to 30 s).
 //! - The hook task runs `on_active` and `on_passive` one at a time, each killed after
-//!   [`HOOK_TIMEOUT`].
+//!   [`HOOK_TIMEOUT`]: after the addresses are added and announced, never before.
 //!
-//! A graceful stop sends a few resign heartbeats first, then removes the addresses.
-//! The role is published on a `watch` channel for `/status`; the metrics are plain
-//! prometheus handles given by the runtime.
+//! Settings a reload may change (priority, preempt, interval, dead_after, peers, the
+//! hooks) arrive on a `watch` channel and apply at once. A graceful stop sends a few
+//! resign heartbeats first, then removes the addresses. The role is published on a
+//! `watch` channel for `/status`; the metrics are plain prometheus handles given by
+//! the runtime.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{IntCounterVec, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::arp;
 use super::machine::{Action, Event, Machine, Role};
+use super::neighbour;
 use super::netlink::{Link, Netlink};
 use super::wire::{self, Heartbeat, Receiver, Reject, State};
 use crate::config::{Failover, Vip};
@@ -41,9 +50,11 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resign heartbeats sent on a graceful stop: one lost datagram does not delay the
 /// peer's takeover to `dead_after`.
 const RESIGN_COPIES: u32 = 3;
-/// Gratuitous ARPs per takeover or announce, and the time between them.
-const ARP_COUNT: u32 = 3;
-const ARP_GAP: Duration = Duration::from_millis(150);
+/// Announcements per address per takeover, the time between them, and the rounds
+/// after which sends that keep failing are given up.
+const ANNOUNCE_COUNT: u32 = 3;
+const ANNOUNCE_GAP: Duration = Duration::from_millis(150);
+const ANNOUNCE_ROUNDS: u32 = ANNOUNCE_COUNT + 5;
 /// How long a graceful stop waits for the addresses to be removed and a last hook.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one warning per this period about rejected heartbeats or failed sends.
@@ -53,6 +64,9 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 /// Commands waiting for the address and hook tasks; transitions are rare.
 const QUEUE: usize = 64;
+/// The back-off of a node in fault before it tries the addresses again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The metrics the driver keeps, handed in by the runtime.
 #[derive(Clone)]
@@ -63,6 +77,12 @@ pub struct Metrics {
     pub transitions: IntCounterVec,
     /// `fulcrum_failover_heartbeats_rejected_total{reason}`
     pub rejected: IntCounterVec,
+    /// `fulcrum_failover_heartbeats_late_total`
+    pub heartbeats_late: IntCounter,
+    /// `fulcrum_failover_timer_late_total`
+    pub timer_late: IntCounter,
+    /// `fulcrum_failover_announce_failures_total{family}`
+    pub announce_failures: IntCounterVec,
 }
 
 /// What `/status` shows.
@@ -101,85 +121,168 @@ pub fn bind(config: &Failover) -> io::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
+/// What the rest of the process sees of a running driver: its role, and the way to
+/// hand it new settings.
+#[derive(Clone)]
+pub struct Control {
+    status: watch::Receiver<Status>,
+    settings: Arc<watch::Sender<Arc<Failover>>>,
+}
+
+impl Control {
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// The settings the driver runs with now.
+    pub fn settings(&self) -> Arc<Failover> {
+        self.settings.borrow().clone()
+    }
+
+    /// New settings from a reload; [`reloadable`] must have accepted them.
+    pub fn update(&self, config: Failover) {
+        self.settings.send_replace(Arc::new(config));
+    }
+}
+
+/// Whether a reload may go from `old` to `new`: the node's name, its heartbeat
+/// address, the key and the addresses it holds cannot change under a running pair
+/// (the peer would see a stranger, or both would hold the addresses); the error names
+/// the first key that did.
+pub fn reloadable(old: &Failover, new: &Failover) -> Result<(), String> {
+    let fixed = if old.node != new.node {
+        "failover.node"
+    } else if old.bind != new.bind {
+        "failover.bind"
+    } else if old.secret != new.secret {
+        "failover.secret_file (the key)"
+    } else if old.vips != new.vips {
+        "failover.vips"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{fixed} cannot change at reload: restart to change it"
+    ))
+}
+
 /// A running driver.
 pub struct Running {
-    status: watch::Receiver<Status>,
+    control: Control,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    done: oneshot::Receiver<()>,
 }
 
 impl Running {
     pub fn status(&self) -> watch::Receiver<Status> {
-        self.status.clone()
+        self.control.status()
+    }
+
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The graceful stop: resign if active, remove the addresses, then return.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = self.done.await;
     }
 }
 
-/// Starts the driver on a socket from [`bind`]. Must run inside a tokio runtime.
+/// Starts the driver on a socket from [`bind`], on a thread of its own.
 pub fn start(
     config: Failover,
     socket: std::net::UdpSocket,
     metrics: Metrics,
 ) -> io::Result<Running> {
-    let socket = UdpSocket::from_std(socket)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let socket = {
+        let _in = runtime.enter();
+        UdpSocket::from_std(socket)?
+    };
     let config = Arc::new(config);
     let (status_tx, status) = watch::channel(Status {
         node: config.node.clone(),
         role: Role::Passive,
         last_heard: None,
     });
+    let (settings_tx, settings) = watch::channel(config.clone());
     metrics.active.set(0);
-    let (hooks_tx, hooks_rx) = mpsc::channel(QUEUE);
-    let hooks = tokio::spawn(run_hooks(config.clone(), hooks_rx));
-    let (commands_tx, commands_rx) = mpsc::channel(QUEUE);
-    let (events_tx, events_rx) = mpsc::channel(QUEUE);
-    let addresses = tokio::spawn(run_addresses(
-        config.vips.clone(),
-        commands_rx,
-        events_tx,
-        hooks_tx,
-    ));
-    // Addresses left by an earlier run that ended without a stop (a crash, kill -9):
-    // a node starts passive, so they go, without the hook.
-    let _ = commands_tx.try_send(Command::Release { hook: false });
     let stop = CancellationToken::new();
-    let now = Instant::now();
-    let driver = Driver {
-        machine: Machine::new(
-            &config.node,
-            config.priority,
-            config.preempt,
-            millis(config.dead_after),
-            0,
-        ),
-        receiver: Receiver::new(&config.node),
-        sequence: unix_micros(),
-        sent_at_ms: 0,
-        held: false,
-        resigned: false,
-        started: now,
-        socket,
-        status: status_tx,
-        commands: commands_tx,
-        metrics,
-        warned: None,
-        suppressed: 0,
-        announced: None,
-        config,
-    };
-    let task = tokio::spawn(driver.run(stop.clone(), events_rx, addresses, hooks));
-    Ok(Running { status, stop, task })
+    let (done_tx, done) = oneshot::channel();
+    let stopping = stop.clone();
+    std::thread::Builder::new()
+        .name("fulcrum-failover".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let (hooks_tx, hooks_rx) = mpsc::channel(QUEUE);
+                let hooks = tokio::spawn(run_hooks(settings.clone(), hooks_rx));
+                let (commands_tx, commands_rx) = mpsc::channel(QUEUE);
+                let (events_tx, events_rx) = mpsc::channel(QUEUE);
+                let addresses = tokio::spawn(run_addresses(
+                    config.vips.clone(),
+                    commands_rx,
+                    events_tx,
+                    hooks_tx,
+                    metrics.announce_failures.clone(),
+                ));
+                // Addresses left by an earlier run that ended without a stop (a crash,
+                // kill -9): a node starts passive, so they go, without the hook.
+                let _ = commands_tx.try_send(Command::Release { hook: false });
+                let driver = Driver {
+                    machine: Machine::new(
+                        &config.node,
+                        config.priority,
+                        config.preempt,
+                        millis(config.dead_after),
+                        0,
+                    ),
+                    receiver: Receiver::new(&config.node),
+                    sequence: unix_micros(),
+                    sent_at_ms: 0,
+                    held: false,
+                    resigned: false,
+                    started: Instant::now(),
+                    socket,
+                    status: status_tx,
+                    settings,
+                    commands: commands_tx,
+                    metrics,
+                    warned: None,
+                    suppressed: 0,
+                    announced: None,
+                    heard: HashMap::new(),
+                    retry_at: None,
+                    backoff: RETRY_FIRST,
+                    config,
+                };
+                driver.run(stopping, events_rx, addresses, hooks).await;
+            });
+            let _ = done_tx.send(());
+        })?;
+    Ok(Running {
+        control: Control {
+            status,
+            settings: Arc::new(settings_tx),
+        },
+        stop,
+        done,
+    })
 }
 
 /// How often the machine looks at the time: a tenth of `interval` (at least 5 ms), so
 /// that a takeover comes at most that late after `dead_after`.
 fn check_every(interval: Duration) -> Duration {
     (interval / 10).max(Duration::from_millis(5))
+}
+
+/// A timer on a fixed schedule: a tick that comes late does not move the next ones.
+fn timer(period: Duration) -> Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    t
 }
 
 fn millis(d: Duration) -> u64 {
@@ -221,6 +324,7 @@ enum Report {
 
 struct Driver {
     config: Arc<Failover>,
+    settings: watch::Receiver<Arc<Failover>>,
     machine: Machine,
     receiver: Receiver,
     sequence: u64,
@@ -241,6 +345,12 @@ struct Driver {
     suppressed: u64,
     /// When the addresses were last announced again.
     announced: Option<Instant>,
+    /// When each peer's last valid heartbeat arrived: a longer gap than 1.5 intervals
+    /// is a late heartbeat.
+    heard: HashMap<String, Instant>,
+    /// In fault: when to try again, and the wait after the next fault.
+    retry_at: Option<Instant>,
+    backoff: Duration,
 }
 
 impl Driver {
@@ -264,26 +374,26 @@ impl Driver {
             dead_after = ?self.config.dead_after,
             "failover: starting passive"
         );
-        let mut send = tokio::time::interval(self.config.interval);
-        send.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut check = tokio::time::interval(check_every(self.config.interval));
-        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut send = timer(self.config.interval);
+        let mut check = timer(check_every(self.config.interval));
+        let mut settings_open = true;
         let mut buf = [0u8; 512];
         loop {
+            let retry_at = self.retry_at;
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = send.tick() => self.send(self.advertised()),
-                _ = check.tick() => {
-                    let now = self.now();
-                    let actions = self.machine.step(now, Event::Tick);
-                    self.act(actions);
+                due = send.tick() => {
+                    self.on_time(due);
+                    self.send(self.advertised());
                 }
+                _ = check.tick() => self.step(Event::Tick),
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => self.received(&buf[..n], from),
                     Err(e) => self.warn(format_args!("heartbeat receive failed: {e}")),
                 },
                 Some(report) = reports.recv() => match report {
                     Report::Acquired => {
+                        self.backoff = RETRY_FIRST;
                         if self.machine.role() == Role::Active && !self.held {
                             self.held = true;
                             info!(node = %self.config.node, "failover: active, the addresses are held");
@@ -293,17 +403,27 @@ impl Driver {
                             self.send(State::Active);
                         }
                     }
-                    Report::VipFailed => {
-                        let now = self.now();
-                        let actions = self.machine.step(now, Event::VipFailed);
-                        self.act(actions);
-                    }
+                    Report::VipFailed => self.step(Event::VipFailed),
                 },
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    self.retry_at = None;
+                    self.step(Event::Retry);
+                }
+                changed = self.settings.changed(), if settings_open => {
+                    if changed.is_err() {
+                        settings_open = false;
+                        continue;
+                    }
+                    let new = self.settings.borrow_and_update().clone();
+                    if new.interval != self.config.interval {
+                        send = timer(new.interval);
+                        check = timer(check_every(new.interval));
+                    }
+                    self.reconfigure(new);
+                }
             }
         }
-        let now = self.now();
-        let actions = self.machine.step(now, Event::Shutdown);
-        self.act(actions);
+        self.step(Event::Shutdown);
         // Closing the queue ends the address task once it has done what is queued; it
         // then closes the hook queue the same way.
         drop(self.commands);
@@ -316,6 +436,41 @@ impl Driver {
             warn!("failover: stop did not finish removing addresses or running a hook in time");
         }
         info!("failover: stopped");
+    }
+
+    fn step(&mut self, event: Event<'_>) {
+        let now = self.now();
+        let actions = self.machine.step(now, event);
+        self.act(actions);
+    }
+
+    /// The heartbeat timer fired for `due`: a tick later than half an interval is a
+    /// missed deadline (the thread did not get the CPU in time), counted.
+    fn on_time(&mut self, due: Instant) {
+        let late = Instant::now().saturating_duration_since(due);
+        if late > self.config.interval / 2 {
+            self.metrics.timer_late.inc();
+            self.warn(format_args!(
+                "heartbeat sent {late:?} after its time: this machine is overloaded"
+            ));
+        }
+    }
+
+    fn reconfigure(&mut self, new: Arc<Failover>) {
+        info!(
+            priority = new.priority,
+            preempt = new.preempt,
+            interval = ?new.interval,
+            dead_after = ?new.dead_after,
+            peers = ?new.peers,
+            "failover: settings changed at reload"
+        );
+        self.machine
+            .reconfigure(new.priority, new.preempt, millis(new.dead_after));
+        self.config = new;
+        self.step(Event::Tick);
+        // The peers learn a new priority now, not an interval later.
+        self.send(self.advertised());
     }
 
     fn received(&mut self, data: &[u8], from: SocketAddr) {
@@ -332,18 +487,14 @@ impl Driver {
         };
         match accepted {
             Ok(hb) => {
-                self.status
-                    .send_modify(|s| s.last_heard = Some(Instant::now()));
-                let now = self.now();
-                let actions = self.machine.step(
-                    now,
-                    Event::Heartbeat {
-                        from: &hb.node,
-                        priority: hb.priority,
-                        state: hb.state,
-                    },
-                );
-                self.act(actions);
+                let arrived = Instant::now();
+                self.status.send_modify(|s| s.last_heard = Some(arrived));
+                self.on_arrival(&hb.node, arrived);
+                self.step(Event::Heartbeat {
+                    from: &hb.node,
+                    priority: hb.priority,
+                    state: hb.state,
+                });
             }
             Err(reject) => {
                 self.metrics
@@ -356,6 +507,26 @@ impl Driver {
                     "heartbeat from {from} rejected ({})",
                     reject.reason()
                 ));
+            }
+        }
+    }
+
+    /// Counts a heartbeat that came more than 1.5 intervals after the previous one of
+    /// the same peer (but within `dead_after`: after that the peer was gone, and this
+    /// is its return).
+    fn on_arrival(&mut self, node: &str, arrived: Instant) {
+        let previous = match self.heard.get_mut(node) {
+            Some(at) => Some(std::mem::replace(at, arrived)),
+            None => {
+                self.heard.insert(node.to_string(), arrived);
+                None
+            }
+        };
+        if let Some(previous) = previous {
+            let gap = arrived.saturating_duration_since(previous);
+            if gap > self.config.interval * 3 / 2 && gap <= self.config.dead_after {
+                self.metrics.heartbeats_late.inc();
+                debug!(peer = node, gap = ?gap, "failover: late heartbeat");
             }
         }
     }
@@ -400,9 +571,9 @@ impl Driver {
             sent_at_ms: self.sent_at_ms,
         };
         let data = wire::encode(&hb, &self.config.secret);
-        let peers = self.config.peers.clone();
-        for peer in peers {
-            if let Err(e) = self.socket.try_send_to(&data, peer) {
+        let config = self.config.clone();
+        for peer in &config.peers {
+            if let Err(e) = self.socket.try_send_to(&data, *peer) {
                 self.warn(format_args!("heartbeat to {peer} not sent: {e}"));
             }
         }
@@ -460,12 +631,20 @@ impl Driver {
                 Action::EnterFault => {
                     error!(
                         node = %self.config.node,
-                        "failover: fault, the addresses cannot be held; this node stays out of the pair until restarted"
+                        retry_in = ?self.backoff,
+                        "failover: fault, the addresses cannot be held; this node claims nothing until a retry succeeds"
                     );
                     self.held = false;
                     self.transition(Role::Fault);
                     self.command(Command::Release { hook: false });
                     self.send(State::Fault);
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(RETRY_MAX);
+                }
+                Action::LeaveFault => {
+                    info!(node = %self.config.node, "failover: leaving fault, passive again");
+                    self.transition(Role::Passive);
+                    self.send(State::Passive);
                 }
             }
         }
@@ -478,10 +657,11 @@ async fn run_addresses(
     mut commands: mpsc::Receiver<Command>,
     reports: mpsc::Sender<Report>,
     hooks: mpsc::Sender<Hook>,
+    failures: IntCounterVec,
 ) {
     let mut netlink: Option<Netlink> = None;
-    // The gratuitous ARP series under way: a node that gives the addresses away stops
-    // announcing them, so that its last ARP never follows the new holder's.
+    // The announcements under way: a node that gives the addresses away stops
+    // announcing them, so that its last one never follows the new holder's.
     let mut series = CancellationToken::new();
     // Whether the addresses are held: only then are they announced again.
     let mut held = false;
@@ -504,7 +684,7 @@ async fn run_addresses(
             Command::Acquire => match acquire(netlink.as_ref(), &vips).await {
                 Ok(links) => {
                     held = true;
-                    announce(&vips, &links, series.clone());
+                    announce(&vips, &links, series.clone(), &failures);
                     let _ = reports.try_send(Report::Acquired);
                     let _ = hooks.try_send(Hook::Active);
                 }
@@ -529,7 +709,7 @@ async fn run_addresses(
                     for vip in &vips {
                         links.push(n.link(&vip.interface).await.ok());
                     }
-                    announce(&vips, &links, series.clone());
+                    announce(&vips, &links, series.clone(), &failures);
                 }
             }
         }
@@ -574,40 +754,76 @@ async fn release(netlink: Option<&Netlink>, vips: &[Vip]) {
     }
 }
 
-/// Gratuitous ARP for every IPv4 address, [`ARP_COUNT`] times on a timer of its own.
-/// Stops early when `stop` fires.
-fn announce(vips: &[Vip], links: &[Option<Link>], stop: CancellationToken) {
-    let targets: Vec<(u32, [u8; 6], std::net::Ipv4Addr)> = vips
+/// One address to announce, and how many of its announcements went out.
+struct Target {
+    index: u32,
+    mac: [u8; 6],
+    ip: IpAddr,
+    sent: u32,
+}
+
+/// Announces every address [`ANNOUNCE_COUNT`] times: the first round now, before
+/// this returns (so before the hooks), the rest on a timer of its own. A send that
+/// fails is logged and counted and tried again at the next round, for at most
+/// [`ANNOUNCE_ROUNDS`] rounds. Stops early when `stop` fires.
+fn announce(
+    vips: &[Vip],
+    links: &[Option<Link>],
+    stop: CancellationToken,
+    failures: &IntCounterVec,
+) {
+    let mut targets: Vec<Target> = vips
         .iter()
         .zip(links)
         .filter_map(|(vip, link)| {
             let link = link.as_ref()?;
             let mac: [u8; 6] = link.mac.as_slice().try_into().ok()?;
-            match vip.address.addr() {
-                IpAddr::V4(ip) => Some((link.index, mac, ip)),
-                IpAddr::V6(_) => None,
-            }
+            Some(Target {
+                index: link.index,
+                mac,
+                ip: vip.address.addr(),
+                sent: 0,
+            })
         })
         .collect();
     if targets.is_empty() {
         return;
     }
+    announce_round(&mut targets, failures);
+    let failures = failures.clone();
     tokio::spawn(async move {
-        for round in 0..ARP_COUNT {
-            if round > 0 {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(ARP_GAP) => {}
-                }
+        for _ in 1..ANNOUNCE_ROUNDS {
+            targets.retain(|t| t.sent < ANNOUNCE_COUNT);
+            if targets.is_empty() {
+                debug!(count = ANNOUNCE_COUNT, "failover: addresses announced");
+                return;
             }
-            for (index, mac, ip) in &targets {
-                if let Err(e) = arp::send(*index, *mac, *ip) {
-                    warn!(address = %ip, error = %e, "failover: gratuitous ARP not sent");
-                }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(ANNOUNCE_GAP) => {}
+            }
+            announce_round(&mut targets, &failures);
+        }
+        for t in targets.iter().filter(|t| t.sent < ANNOUNCE_COUNT) {
+            error!(address = %t.ip, sent = t.sent, "failover: announcements given up");
+        }
+    });
+}
+
+fn announce_round(targets: &mut [Target], failures: &IntCounterVec) {
+    for t in targets.iter_mut().filter(|t| t.sent < ANNOUNCE_COUNT) {
+        match neighbour::send(t.index, t.mac, t.ip) {
+            Ok(()) => t.sent += 1,
+            Err(e) => {
+                let (family, what) = match t.ip {
+                    IpAddr::V4(_) => ("ipv4", "gratuitous ARP"),
+                    IpAddr::V6(_) => ("ipv6", "neighbour advertisement"),
+                };
+                failures.with_label_values(&[family]).inc();
+                warn!(address = %t.ip, error = %e, "failover: {what} not sent");
             }
         }
-        debug!(count = ARP_COUNT, "failover: gratuitous ARP sent");
-    });
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -617,12 +833,19 @@ enum Hook {
 }
 
 /// Runs hooks one at a time, in order, each bounded by [`HOOK_TIMEOUT`].
-async fn run_hooks(config: Arc<Failover>, hooks: mpsc::Receiver<Hook>) {
-    run_hooks_within(config, hooks, HOOK_TIMEOUT).await
+async fn run_hooks(settings: watch::Receiver<Arc<Failover>>, hooks: mpsc::Receiver<Hook>) {
+    run_hooks_within(settings, hooks, HOOK_TIMEOUT).await
 }
 
-async fn run_hooks_within(config: Arc<Failover>, mut hooks: mpsc::Receiver<Hook>, limit: Duration) {
+/// Runs each hook as the settings name it when its turn comes (a reload may have
+/// changed them).
+async fn run_hooks_within(
+    settings: watch::Receiver<Arc<Failover>>,
+    mut hooks: mpsc::Receiver<Hook>,
+    limit: Duration,
+) {
     while let Some(hook) = hooks.recv().await {
+        let config = settings.borrow().clone();
         let (path, state): (&Option<PathBuf>, &str) = match hook {
             Hook::Active => (&config.on_active, "active"),
             Hook::Passive => (&config.on_passive, "passive"),
@@ -675,6 +898,10 @@ mod tests {
             active: IntGauge::new("a", "a").unwrap(),
             transitions: IntCounterVec::new(prometheus::Opts::new("t", "t"), &["to"]).unwrap(),
             rejected: IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap(),
+            heartbeats_late: IntCounter::new("l", "l").unwrap(),
+            timer_late: IntCounter::new("tl", "tl").unwrap(),
+            announce_failures: IntCounterVec::new(prometheus::Opts::new("af", "af"), &["family"])
+                .unwrap(),
         }
     }
 
@@ -762,6 +989,72 @@ mod tests {
         ran.expect("both on_active hooks ran");
     }
 
+    #[test]
+    fn a_reload_may_change_rank_and_timing_but_not_identity_key_or_addresses() {
+        let dir = std::env::temp_dir();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let old = node("a", 100, a, b, &dir);
+        let mut new = old.clone();
+        new.priority = 200;
+        new.preempt = false;
+        new.interval = Duration::from_millis(20);
+        new.dead_after = Duration::from_millis(70);
+        new.peers = vec![a];
+        new.on_passive = Some(dir.join("other"));
+        assert_eq!(reloadable(&old, &new), Ok(()));
+        let refused = |change: fn(&mut Failover), key: &str| {
+            let mut new = old.clone();
+            change(&mut new);
+            let e = reloadable(&old, &new).unwrap_err();
+            assert!(e.starts_with(key), "{e}");
+        };
+        refused(|f| f.node = "b".into(), "failover.node ");
+        refused(
+            |f| f.bind = "127.0.0.1:3".parse().unwrap(),
+            "failover.bind ",
+        );
+        refused(|f| f.secret = b"other".to_vec(), "failover.secret_file ");
+        refused(
+            |f| {
+                f.vips.push(Vip {
+                    address: "10.0.0.1/24".parse().unwrap(),
+                    interface: "eth0".into(),
+                })
+            },
+            "failover.vips ",
+        );
+    }
+
+    #[tokio::test]
+    async fn a_higher_priority_given_at_reload_takes_the_role() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-reprio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a_addr, b_addr) = (a_sock.local_addr().unwrap(), b_sock.local_addr().unwrap());
+        a_sock.set_nonblocking(true).unwrap();
+        b_sock.set_nonblocking(true).unwrap();
+        let mut a_config = node("a", 200, a_addr, b_addr, &dir);
+        a_config.on_active = None;
+        let mut b_config = node("b", 100, b_addr, a_addr, &dir);
+        b_config.on_active = None;
+        let a = start(a_config, a_sock, metrics()).unwrap();
+        let b = start(b_config.clone(), b_sock, metrics()).unwrap();
+        wait_role(&a.status(), Role::Active).await;
+        wait_role(&b.status(), Role::Passive).await;
+        b_config.priority = 250;
+        b.control().update(b_config);
+        wait_role(&b.status(), Role::Active).await;
+        wait_role(&a.status(), Role::Passive).await;
+        assert_eq!(b.control().settings().priority, 250);
+        a.stop().await;
+        b.stop().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hook_that_overruns_is_killed_with_what_it_started() {
         let dir = std::env::temp_dir().join(format!("fulcrum-hook-{}", std::process::id()));
@@ -779,7 +1072,7 @@ sleep 300
         .unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let config = Arc::new(node("h", 100, peer, peer, &dir));
+        let (_settings, config) = watch::channel(Arc::new(node("h", 100, peer, peer, &dir)));
         let (tx, rx) = mpsc::channel(1);
         // A short limit: the hook hangs for 300 s.
         let task = tokio::spawn(run_hooks_within(config, rx, Duration::from_secs(1)));

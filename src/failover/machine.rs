@@ -8,6 +8,10 @@
 //! never fail back). An active node steps down when an
 //! active peer outranks it. A peer is live while its heartbeats keep arriving within
 //! `dead_after`; a resign heartbeat ends it at once.
+//!
+//! A node in fault (its addresses could not be added) keeps listening but claims
+//! nothing; [`Event::Retry`], on the driver's back-off timer, makes it passive again,
+//! and it takes over from there as any passive node would, trying the addresses anew.
 
 use std::collections::HashMap;
 
@@ -45,6 +49,8 @@ pub enum Event<'a> {
     Shutdown,
     /// Adding an address failed.
     VipFailed,
+    /// Time to try again after a fault.
+    Retry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +66,9 @@ pub enum Action {
     SendResign,
     /// Remove what addresses were added, and report the fault.
     EnterFault,
+    /// Out of fault, passive again (and perhaps about to take over: a
+    /// [`Action::BecomeActive`] may follow in the same step).
+    LeaveFault,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +106,14 @@ impl Machine {
         self.role
     }
 
+    /// New settings from a reload; the peers heard so far stay. What they change is
+    /// decided at the next step.
+    pub fn reconfigure(&mut self, priority: u8, preempt: bool, dead_after_ms: u64) {
+        self.priority = priority;
+        self.preempt = preempt;
+        self.dead_after_ms = dead_after_ms;
+    }
+
     /// Milliseconds since the most recent heartbeat of any peer.
     pub fn peer_last_seen_ms(&self, now_ms: u64) -> Option<u64> {
         self.peers
@@ -128,7 +145,7 @@ impl Machine {
                 priority,
                 state,
             } => {
-                if self.role == Role::Fault || from == self.name {
+                if from == self.name {
                     return out;
                 }
                 let was_alive = self.peers.get(from).is_some_and(|p| self.alive(p, now_ms));
@@ -143,6 +160,10 @@ impl Machine {
                             last_seen_ms: now_ms,
                         },
                     );
+                }
+                if self.role == Role::Fault {
+                    // Listening, so that a retry knows who is there; claiming nothing.
+                    return out;
                 }
                 if self.role == Role::Active && state == State::Active {
                     if self.outranks(priority, from) {
@@ -173,6 +194,13 @@ impl Machine {
                 if self.role == Role::Active {
                     self.role = Role::Fault;
                     out.push(Action::EnterFault);
+                }
+            }
+            Event::Retry => {
+                if self.role == Role::Fault {
+                    self.role = Role::Passive;
+                    out.push(Action::LeaveFault);
+                    self.evaluate(now_ms, &mut out);
                 }
             }
         }
@@ -325,6 +353,47 @@ mod tests {
         assert_eq!(f.step(DEAD + 10, Event::VipFailed), [Action::EnterFault]);
         assert!(f.step(5000, Event::Tick).is_empty());
         assert_eq!(f.role().state(), State::Fault);
+    }
+
+    #[test]
+    fn a_retry_leaves_fault_and_takes_over_only_when_no_one_holds_the_role() {
+        let mut alone = Machine::new("lb1", 150, true, DEAD, 0);
+        alone.step(DEAD, Event::Tick);
+        alone.step(DEAD + 10, Event::VipFailed);
+        assert_eq!(
+            alone.step(900, Event::Retry),
+            [Action::LeaveFault, Action::BecomeActive]
+        );
+        assert_eq!(alone.role(), Role::Active);
+
+        // A peer took over during the fault: the retry leaves fault and stays passive,
+        // even with the higher priority (it was heard while in fault).
+        let mut m = Machine::new("lb1", 150, true, DEAD, 0);
+        m.step(DEAD, Event::Tick);
+        m.step(DEAD + 10, Event::VipFailed);
+        assert!(m.step(1500, hb("lb2", 100, State::Active)).is_empty());
+        let mut polite = m.clone();
+        polite.reconfigure(150, false, DEAD);
+        assert_eq!(polite.step(1600, Event::Retry), [Action::LeaveFault]);
+        assert_eq!(polite.role(), Role::Passive);
+        // With preempt it takes the role back, as any returning node would.
+        assert_eq!(
+            m.step(1600, Event::Retry),
+            [Action::LeaveFault, Action::BecomeActive]
+        );
+        // A retry of a node not in fault changes nothing.
+        assert!(m.step(1700, Event::Retry).is_empty());
+    }
+
+    #[test]
+    fn a_new_priority_from_a_reload_preempts_at_the_next_heartbeat() {
+        let mut m = Machine::new("lb2", 100, true, DEAD, 0);
+        assert!(m.step(100, hb("lb1", 150, State::Active)).is_empty());
+        m.reconfigure(250, true, DEAD);
+        assert_eq!(
+            m.step(200, hb("lb1", 150, State::Active)),
+            [Action::BecomeActive]
+        );
     }
 
     proptest! {

@@ -5,16 +5,17 @@
 //!   sequence numbers, unknown source), each rejection with a reason for the metrics;
 //! - [`machine`]: the pure state machine, `step(event) -> actions`, with no sockets
 //!   and no clock of its own;
-//! - [`driver`]: the task that runs it: UDP heartbeats, timers, the actions (addresses
-//!   over netlink in [`netlink`], gratuitous ARP in [`arp`], hooks killed with their
-//!   process group by [`group`] when they overrun), the graceful resign, and the role
-//!   published for `/status` and the metrics.
+//! - [`driver`]: the thread that runs it: UDP heartbeats, timers, the actions
+//!   (addresses over netlink in [`netlink`], gratuitous ARP and unsolicited neighbour
+//!   advertisements in [`neighbour`], hooks killed with their process group by
+//!   [`group`] when they overrun), the graceful resign, settings changed at reload,
+//!   and the role published for `/status` and the metrics.
 
-pub mod arp;
 pub mod driver;
 pub mod group;
 pub mod machine;
+pub mod neighbour;
 pub mod netlink;
 pub mod wire;
 
-pub use driver::{Metrics, Running, Status};
+pub use driver::{Control, Metrics, Running, Status};

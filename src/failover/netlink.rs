@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{AddressMessageBuilder, Handle};
 
@@ -96,12 +97,21 @@ impl Netlink {
         })
     }
 
-    /// Adds `vip` to its interface; an address already there is success.
+    /// Adds `vip` to its interface; an address already there is success. An IPv6
+    /// address skips duplicate address detection (as keepalived's do): it moves
+    /// between the nodes of a pair, and must serve at once, not a second later.
     pub async fn add(&self, vip: &Vip, link: &Link) -> io::Result<()> {
-        let request =
+        let mut request =
             self.handle
                 .address()
                 .add(link.index, vip.address.addr(), vip.address.prefix_len());
+        if vip.address.addr().is_ipv6() {
+            let message = request.message_mut();
+            message.header.flags |= AddressHeaderFlags::Nodad;
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         match tokio::time::timeout(REQUEST_TIMEOUT, request.execute()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if errno(&e) == libc::EEXIST => Ok(()),

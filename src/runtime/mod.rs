@@ -103,7 +103,7 @@ pub(crate) struct Shared {
     admin_stop: Mutex<Option<CancellationToken>>,
     started: Instant,
     /// The failover driver's published role, once it runs.
-    failover: std::sync::OnceLock<tokio::sync::watch::Receiver<failover::Status>>,
+    failover: std::sync::OnceLock<failover::Control>,
 }
 
 impl Shared {
@@ -378,10 +378,13 @@ fn start_failover(
         active: shared.metrics.failover_active.clone(),
         transitions: shared.metrics.failover_transitions_total.clone(),
         rejected: shared.metrics.failover_heartbeats_rejected_total.clone(),
+        heartbeats_late: shared.metrics.failover_heartbeats_late_total.clone(),
+        timer_late: shared.metrics.failover_timer_late_total.clone(),
+        announce_failures: shared.metrics.failover_announce_failures_total.clone(),
     };
     match failover::driver::start(config, socket, metrics) {
         Ok(running) => {
-            let _ = shared.failover.set(running.status());
+            let _ = shared.failover.set(running.control());
             Some(running)
         }
         Err(e) => {

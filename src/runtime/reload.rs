@@ -3,7 +3,10 @@
 //! store. In-flight work finishes on the generation it started with; sockets whose
 //! address stays are kept; backends that stay keep their live state and pools. A bad
 //! file, a certificate that does not load or a port that cannot be bound changes
-//! nothing. `[failover]` is read at start only: a reload that changes it is logged.
+//! nothing. `[failover]` settings that can change under a running pair (priority,
+//! preempt, interval, dead_after, peers, hooks) are handed to the failover driver; a
+//! reload that changes one that cannot (node, bind, key, addresses), or adds or
+//! removes the section, is refused whole, naming the key.
 //! Also: watching the file, and the `/status` document.
 
 use std::collections::{BTreeSet, HashSet};
@@ -60,6 +63,10 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
             return Err(e.to_string());
         }
     };
+    if let Err(e) = failover_change(&old.config, &config) {
+        error!("reload refused, the configuration in use stays: {e}");
+        return Err(e);
+    }
     // Bind what is new before anything changes: a port in use refuses the whole reload.
     let running: HashSet<BindKey> = shared
         .loops
@@ -99,10 +106,9 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     shared.current.store(Arc::new(next));
     shared.metrics.config_generation.set(generation as i64);
     if old.config.failover != config.failover {
-        warn!(
-            generation,
-            "[failover] changed: failover keeps the settings it started with until the next restart"
-        );
+        if let (Some(control), Some(f)) = (shared.failover.get(), &config.failover) {
+            control.update(f.clone());
+        }
     }
 
     let wanted: HashSet<BindKey> = config
@@ -145,6 +151,18 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     }
     info!(generation, changes = %summary(&old.config, &config), "configuration reloaded");
     Ok(generation)
+}
+
+/// Whether the `[failover]` section may go from `old` to `new` at reload.
+fn failover_change(old: &Config, new: &Config) -> Result<(), String> {
+    match (&old.failover, &new.failover) {
+        (None, None) => Ok(()),
+        (Some(a), Some(b)) => crate::failover::driver::reloadable(a, b),
+        (None, Some(_)) => Err("[failover] cannot be added at reload: restart to add it".into()),
+        (Some(_), None) => {
+            Err("[failover] cannot be removed at reload: restart to remove it".into())
+        }
+    }
 }
 
 /// One line: what a reload changed.
@@ -313,8 +331,9 @@ pub(crate) fn refresh_backend_metrics(shared: &Shared) {
 /// The `failover` object of `/status`.
 fn failover_status(shared: &Shared) -> serde_json::Value {
     match shared.failover.get() {
-        Some(rx) => {
-            let s = rx.borrow();
+        Some(control) => {
+            let status = control.status();
+            let s = status.borrow();
             json!({
                 "enabled": true,
                 "node": s.node,
