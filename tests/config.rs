@@ -200,6 +200,11 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:6:16: `listener[0].body_timeout` only applies to http listeners",
         ),
         (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\nabort_on_close = true\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+            "fulcrum.toml:6:18: `listener[0].abort_on_close` only applies to http listeners",
+        ),
+        (
             "[upstream.app]\nqueue_timeout = \"30d\"\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
             "fulcrum.toml:2:17: `upstream.app.queue_timeout` must be at most 7 days",
         ),

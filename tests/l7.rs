@@ -465,9 +465,13 @@ async fn a_backend_slower_than_the_route_timeout_gives_504() {
 }
 
 #[tokio::test]
-async fn a_client_that_goes_away_cancels_the_upstream_request() {
+async fn with_abort_on_close_a_client_that_goes_away_cancels_the_upstream_request() {
     let b = HttpBackend::start("b").await;
-    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    let f = Fulcrum::start(&web(
+        "upstream = \"app\"\nabort_on_close = true",
+        &upstream("app", &[&b]),
+    ))
+    .await;
     let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
     s.write_all(b"GET /slow/20000 HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -489,6 +493,75 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(cancelled, "the backend's request was not cancelled");
+    f.stop().await;
+}
+
+/// Reads until the peer closes; `None` if it stays open longer than the patience.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(common::PATIENCE, s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    // A bodiless request, then the write side shut (as `printf ... | nc -N` does); the
+    // backend takes its time, so the close arrives while the request is in flight.
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"GET /slow/300 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let resp = read_to_close(&mut s).await.expect("answered, then closed");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.abandoned.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // A request with a whole body, then the shut: the body arrives, the echo comes back.
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let resp = read_to_close(&mut s).await.expect("answered, then closed");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("hello"), "{resp}");
+    // Two pipelined requests, then the shut: both are answered, in order.
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let resp = read_to_close(&mut s).await.expect("answered, then closed");
+    assert_eq!(resp.matches("HTTP/1.1 200").count(), 2, "{resp}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_inside_its_body_is_an_aborted_upload() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&web("upstream = \"app\"", &upstream("app", &[&b]))).await;
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let resp = read_to_close(&mut s)
+        .await
+        .expect("the connection is closed");
+    assert!(
+        !resp.contains(" 200 "),
+        "no success for a cut upload: {resp}"
+    );
+    // The backend never got the whole body: the upload was cut there too.
+    assert!(
+        b.requests().iter().all(|r| r.body_len < 100),
+        "{:?}",
+        b.requests()
+    );
     f.stop().await;
 }
 

@@ -3,6 +3,7 @@
 #
 #   bash benches/failover/run.sh            # RUNS=5 runs of each case
 #   RUNS=10 CASES="kill (fulcrum|keepalived) (50ms|0.05)" bash benches/failover/run.sh
+#   SOAK=600 bash benches/failover/run.sh   # only the soak, for 600 s
 #
 # Topology: two balancers (lb1 10.99.0.11, lb2 10.99.0.12) on a bridge with a backend
 # (10.99.0.20, fulcrum serving a static file) and a client (10.99.0.30); heartbeats
@@ -23,6 +24,11 @@
 # dead_after: keepalived's backup window less interval / 10; and 100ms with keepalived's window), and, when keepalived is installed or installable,
 # with keepalived (VRRPv3 unicast, advert_int 1 and 0.1) moving the VIP in front of
 # the same fulcrum proxy.
+#
+# SOAK=SECONDS runs the soak instead: the pair at 20 ms heartbeats for that long,
+# with every core busy (a busy loop per core, and wrk through the VIP when it is
+# installed); it reports the takeovers that should not have happened (any role change)
+# and the late heartbeat counters of both nodes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -118,6 +124,8 @@ proxy_config() {
 watch_config = false
 access_log = false
 shutdown_timeout = "1s"
+[admin]
+bind = "127.0.0.1:9090"
 [[listener]]
 name = "vip"
 bind = "$VIP:8080"
@@ -343,9 +351,50 @@ for a, b in pairs:
 EOF
 }
 
+# metrics NODE: the failover series of NODE's /metrics.
+metrics() {
+  ip netns exec "$(ns "$1")" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9090
+printf "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" >&3
+cat <&3' | grep '^fulcrum_failover' || true
+}
+
+soak() {
+  local secs=$1 burners=() i load=
+  start_fulcrum lb1 150 20ms
+  start_fulcrum lb2 100 20ms
+  wait_until 20 vip_on lb1 || { echo "soak: lb1 never took the VIP" >&2; exit 1; }
+  sleep 2
+  for i in $(seq "$(nproc)"); do
+    bash -c 'while :; do :; done' &
+    burners+=($!)
+  done
+  if command -v wrk >/dev/null 2>&1; then
+    ip netns exec "$(ns cl)" wrk -t1 -c16 -d"${secs}s" "http://$VIP:8080/" > "$WORK/wrk.log" 2>&1 &
+    load=$!
+  fi
+  echo "soak: ${secs}s at 20 ms heartbeats, ${#burners[@]} busy loops${load:+ and wrk through the VIP}"
+  sleep "$secs"
+  kill "${burners[@]}" 2>/dev/null || true
+  [ -z "$load" ] || wait "$load" || true
+  [ -z "$load" ] || grep -E "Requests/sec|requests in" "$WORK/wrk.log" || true
+  for n in lb1 lb2; do
+    echo "--- $n"
+    metrics "$n" | grep -E 'transitions_total|late_total|failover_active'
+  done
+  local changes
+  changes=$(grep -c "taking the addresses\|becoming passive" "$WORK/lb1/log" "$WORK/lb2/log" || true)
+  echo "role changes after the start (lb1 log, lb2 log; 1 and 0 means none):"
+  echo "$changes"
+}
+
 topology
 start_backend
 wait_until 20 ip netns exec "$(ns be)" bash -c "exec 3<>/dev/tcp/10.99.0.20/8080" || { echo "backend did not start" >&2; exit 1; }
+
+if [ -n "${SOAK:-}" ]; then
+  soak "$SOAK"
+  exit 0
+fi
 
 run_case "kill fulcrum 200ms" fulcrum 200ms kill
 run_case "kill fulcrum 100ms" fulcrum 100ms kill

@@ -162,6 +162,9 @@ pub struct Listener {
     pub min_rate: u64,
     /// http: repeated slashes in a path are merged before routes match it.
     pub merge_slashes: bool,
+    /// http/1.1: a client's end of stream (FIN) while its request is in flight cancels
+    /// the request; otherwise it is a half-close and the response still goes out.
+    pub abort_on_close: bool,
     /// http: `%2F`, `%5C` and `\` in a path are let through (otherwise 400).
     pub allow_encoded_slashes: bool,
     /// http: the backend gets the normalised path rather than the one received.
@@ -963,8 +966,12 @@ impl Validator<'_> {
         let deny = self.cidrs(&l.deny, &key("deny"));
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 10] = [
+            let http_only: [(&str, Option<Range<usize>>); 11] = [
                 ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
+                (
+                    "abort_on_close",
+                    l.abort_on_close.as_ref().map(Spanned::span),
+                ),
                 ("merge_slashes", l.merge_slashes.as_ref().map(Spanned::span)),
                 (
                     "allow_encoded_slashes",
@@ -1027,6 +1034,7 @@ impl Validator<'_> {
             body_timeout,
             min_rate,
             merge_slashes: l.merge_slashes.as_ref().is_none_or(|v| *v.get_ref()),
+            abort_on_close: l.abort_on_close.as_ref().is_some_and(|v| *v.get_ref()),
             allow_encoded_slashes: l
                 .allow_encoded_slashes
                 .as_ref()

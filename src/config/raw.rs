@@ -71,6 +71,7 @@ pub struct RawListener {
     pub body_timeout: Option<Spanned<String>>,
     pub min_rate: Option<Spanned<RawSize>>,
     pub merge_slashes: Option<Spanned<bool>>,
+    pub abort_on_close: Option<Spanned<bool>>,
     pub allow_encoded_slashes: Option<Spanned<bool>>,
     pub forward_normalized_path: Option<Spanned<bool>>,
     pub allow: Option<Vec<Spanned<String>>>,

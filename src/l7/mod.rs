@@ -221,6 +221,12 @@ impl Settings {
                     .header_read_timeout(l.header_timeout.max(l.idle_timeout))
                     .max_buf_size(header_buf as usize)
                     .keep_alive(true)
+                    // A client that shuts down its sending side after a whole request
+                    // still gets its response (`printf ... | nc -N`, scripts, health
+                    // checkers); one that does so in the middle of a body is an
+                    // aborted upload. With abort_on_close, an end of stream while a
+                    // request is in flight cancels it instead.
+                    .half_close(!l.abort_on_close)
             };
         }
         // Every HTTP/2 limit is set here rather than left to the library's defaults, so
