@@ -63,6 +63,9 @@ fn check(path: PathBuf) -> ExitCode {
     match Config::load(&path) {
         Ok(config) => {
             print!("{}", config.summary());
+            for warning in warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             println!("ok");
             ExitCode::SUCCESS
         }
@@ -71,6 +74,28 @@ fn check(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What is valid but will not work on this machine as it is.
+fn warnings(config: &Config) -> Vec<String> {
+    let needs_roots: Vec<&str> = config
+        .upstreams
+        .iter()
+        .filter(|u| u.tls.as_ref().is_some_and(|t| t.ca.is_none()))
+        .map(|u| u.name.as_str())
+        .collect();
+    if needs_roots.is_empty() || fulcrum::tls::system_roots_found() {
+        return Vec::new();
+    }
+    needs_roots
+        .iter()
+        .map(|name| {
+            format!(
+                "`upstream.{name}.tls` has no `ca`, and no system root certificates were found \
+                 (install ca-certificates, or set SSL_CERT_FILE or `tls.ca`): `fulcrum run` will refuse it"
+            )
+        })
+        .collect()
 }
 
 fn init_logging(format: LogFormat) {

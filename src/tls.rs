@@ -103,6 +103,12 @@ impl std::fmt::Debug for BackendTls {
     }
 }
 
+/// Whether the system's root certificates (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) hold
+/// at least one certificate: what an upstream `tls` without `ca` verifies against.
+pub fn system_roots_found() -> bool {
+    !rustls_native_certs::load_native_certs().certs.is_empty()
+}
+
 impl BackendTls {
     /// `alpn`: what to offer the backend (`http/1.1` for the HTTP engine).
     pub fn new(t: &crate::config::UpstreamTls, alpn: &[&[u8]]) -> Result<BackendTls, String> {

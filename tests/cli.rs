@@ -89,6 +89,51 @@ fn check_rejects_an_invalid_file_with_its_position_and_exit_1() {
 }
 
 #[test]
+fn check_warns_when_an_upstream_needs_system_roots_and_there_are_none() {
+    let t = TempConfig::new(
+        "check-roots",
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         [upstream.app]\ntls = { sni = \"app.internal\" }\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+    );
+    let empty = t.dir.join("no-roots.pem");
+    std::fs::write(&empty, "").unwrap();
+    let (code, out, err) = output(
+        bin()
+            .arg("check")
+            .arg("-c")
+            .arg(&t.path)
+            .env("SSL_CERT_FILE", &empty)
+            .env("SSL_CERT_DIR", &t.dir),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().last(), Some("ok"));
+    assert!(
+        err.contains(
+            "warning: `upstream.app.tls` has no `ca`, and no system root certificates were found"
+        ),
+        "{err}"
+    );
+    // With roots (the test's own CA file as the system's), no warning.
+    let ca = t.dir.join("roots.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ca.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let (code, _, err) = output(
+        bin()
+            .arg("check")
+            .arg("-c")
+            .arg(&t.path)
+            .env("SSL_CERT_FILE", &ca)
+            .env("SSL_CERT_DIR", &t.dir),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
 fn the_config_path_comes_from_the_environment_when_not_given() {
     let (code, out, _) = output(
         bin()

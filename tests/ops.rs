@@ -586,3 +586,111 @@ async fn the_admin_api_refuses_cross_site_requests_and_bodies_that_are_not_json(
     assert_eq!(status, 200);
     r.stop().await;
 }
+
+/// A port nothing listens on now (bound once, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moving_a_listener_between_loopback_and_any_address_refuses_no_connection() {
+    let one = HttpBackend::start("one").await;
+    let dir = Dir::new("reuseport");
+    let port = free_port();
+    let at = |host: &str| web_config(&one, "").replace("127.0.0.1:0", &format!("{host}:{port}"));
+    dir.write(&at("127.0.0.1"));
+    let r = start(&dir).await;
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (done, failures, served) = (done.clone(), failures.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            for _ in 0..5000 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                // A new connection each time: a refused or reset one is a failure.
+                let resp = raw_exchange(
+                    target,
+                    b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+                if resp.starts_with("HTTP/1.1 200") {
+                    served.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let host = if i % 2 == 0 { "0.0.0.0" } else { "127.0.0.1" };
+        dir.write(&at(host));
+        r.handle.reload().await.expect("reload");
+        assert_eq!(
+            r.handle.local_addrs("web"),
+            [format!("{host}:{port}")
+                .parse::<std::net::SocketAddr>()
+                .unwrap()]
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    done.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "connections failed during the moves"
+    );
+    assert!(served.load(Ordering::SeqCst) > 10);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_moves_the_admin_api_and_answers_the_request_that_moved_it() {
+    let one = HttpBackend::start("one").await;
+    let dir = Dir::new("admin-move");
+    let (first, second) = (free_port(), free_port());
+    let with_admin = |port: u16| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:{port}\"\n{}",
+            web_config(&one, "")
+        )
+    };
+    dir.write(&with_admin(first));
+    let r = start(&dir).await;
+    let a: std::net::SocketAddr = format!("127.0.0.1:{first}").parse().unwrap();
+    let b: std::net::SocketAddr = format!("127.0.0.1:{second}").parse().unwrap();
+    assert_eq!(r.admin, Some(a));
+    dir.write(&with_admin(second));
+    let (status, body) = admin(a, "POST", "/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(admin(b, "GET", "/healthz", None).await.0, 200);
+    let mut closed = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(a).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the old admin address still accepts");
+    // A reload whose admin address cannot be bound is refused whole.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    dir.write(&with_admin(port));
+    let err = r.handle.reload().await.unwrap_err();
+    assert!(err.contains("admin: cannot bind"), "{err}");
+    assert_eq!(admin(b, "GET", "/healthz", None).await.0, 200);
+    r.stop().await;
+}

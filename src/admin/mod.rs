@@ -30,6 +30,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// Time allowed to read a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request under way may take to finish once the API stops.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -286,13 +288,24 @@ pub async fn serve(listener: TcpListener, control: Arc<dyn Control>, stop: Cance
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(client.addr = %peer, error = %e, "admin connection ended with an error");
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.cancelled() => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                // Stopped (a reload moved the API, or shutdown): the request under way
+                // (a POST /reload that moved it, say) still gets its answer.
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(STOP_GRACE, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(()),
                     }
                 }
-                _ = stop.cancelled() => {}
+            };
+            if let Err(e) = ended {
+                debug!(client.addr = %peer, error = %e, "admin connection ended with an error");
             }
         });
     }

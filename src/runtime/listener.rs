@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -32,6 +32,9 @@ const BACKLOG: i32 = 1024;
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // A reload that turns `127.0.0.1:p` into `0.0.0.0:p` (or back) binds the new socket
+    // while the old one still listens.
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
         socket.set_freebind_v6(true)?;
@@ -56,13 +59,17 @@ impl Drop for Open {
 pub(crate) async fn accept_loop(
     socket: TcpListener,
     key: BindKey,
+    name: String,
     stop: CancellationToken,
     shared: Arc<Shared>,
 ) {
     let configured = socket.local_addr().ok();
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => {
+                drain_backlog(&socket, &key, &name, &shared);
+                break;
+            }
             r = socket.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -74,98 +81,131 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let snapshot = shared.current.load_full();
-        let generation = snapshot.generation;
-        let Some(entry) = snapshot.listener(&key) else {
-            continue;
-        };
-        let name = &entry.name;
-        entry.metrics.accepted.inc();
-        let global_max = snapshot.config.global.max_connections;
-        let Some(permits) = admit(&shared.global_open, global_max, &entry.open, entry.limit) else {
-            debug!(listener = %name, client.addr = %peer, "over max_connections: closed");
-            if let (Engine::Http(_), None) = (&entry.engine, &entry.tls) {
-                // One try, never a wait: the answer fits any socket buffer.
-                let _ = stream.try_write(l7::OVERLOADED);
-            }
-            continue;
-        };
-        entry.metrics.open.inc();
-        let open = Open(entry.metrics.open.clone());
-        let admitted = entry.access.admits(peer.ip());
-        if !admitted {
-            if let Engine::Tcp(_) = entry.engine {
-                debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
-                continue;
-            }
-        }
-        let _ = stream.set_nodelay(true);
-        let entry = entry.clone();
-        let shared_task = shared.clone();
-        let key = key.clone();
-        let cut = shared.cut.clone();
-        shared.tracker.spawn(async move {
-            let work = async move {
-                let held = (permits, open);
-                let Some(tls) = &entry.tls else {
-                    // A plain HTTP connection that has sent nothing holds only this small
-                    // future: the engine's state is built once its first bytes arrive.
-                    let mut protocol = l7::Protocol::Detect;
-                    if let Engine::Http(settings) = &entry.engine {
-                        // `peek`, not `readable`: readiness can be reported before a
-                        // byte is there, and the engine's state would be built early.
-                        // The first bytes also tell HTTP/1 from HTTP/2's preface.
-                        let mut first_bytes = [0u8; 24];
-                        let first = tokio::time::timeout(settings.header_timeout, stream.peek(&mut first_bytes));
-                        let arrived = tokio::select! {
-                            r = first => match r {
-                                Ok(Ok(n)) if n > 0 => Some(n),
-                                _ => None,
-                            },
-                            _ = shared_task.stop_accepting.cancelled() => None,
-                        };
-                        let Some(n) = arrived else {
-                            debug!(listener = %entry.name, client.addr = %peer, "nothing within header_timeout: closed");
-                            return;
-                        };
-                        protocol = l7::Protocol::from_first_bytes(&first_bytes[..n]);
-                    }
-                    let conn = Conn { generation, protocol, peer, client_cert: None, admitted, held };
-                    return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
-                };
-                // Boxed: a TLS session's state is large, and plain connections should
-                // not carry room for it.
-                Box::pin(async {
-                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            tls.ok.inc();
-                            let subject = crate::tls::client_subject(s.get_ref().1);
-                            let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());
-                            serve(
-                                s,
-                                Conn { generation, protocol, peer, client_cert: subject, admitted, held },
-                                &entry,
-                                &key,
-                                &shared_task,
-                            ).await;
-                        }
-                        Ok(Err(e)) => {
-                            tls.failed.inc();
-                            debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tls.failed.inc();
-                            debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
-                        }
-                    }
-                })
-                .await;
-            };
-            // Whatever the connection waits on (a handshake, a connect), the end of the
-            // drain time ends it.
-            crate::side::first(work, cut.cancelled()).await;
-        });
+        admit_one(stream, peer, &key, &name, &shared);
     }
+}
+
+/// A listener that stops (removed at reload) first takes the connections the kernel
+/// already completed for it: closing it with them queued would reset them. (A reload
+/// that moves `127.0.0.1:p` to `0.0.0.0:p` binds the new socket first, with
+/// `SO_REUSEPORT`; new connections go to it once this one is closed.)
+fn drain_backlog(socket: &TcpListener, key: &BindKey, name: &str, shared: &Arc<Shared>) {
+    let raw = socket2::SockRef::from(socket);
+    let mut taken = 0usize;
+    while let Ok((s, peer)) = raw.accept() {
+        let stream = s
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(std::net::TcpStream::from(s)));
+        let (Ok(stream), Some(peer)) = (stream, peer.as_socket()) else {
+            continue;
+        };
+        admit_one(stream, peer, key, name, shared);
+        taken += 1;
+    }
+    if taken > 0 {
+        debug!(taken, "listener stopped: queued connections taken first");
+    }
+}
+
+/// Admission (limits, access rules) and the connection's own task.
+fn admit_one(
+    stream: TcpStream,
+    peer: SocketAddr,
+    key: &BindKey,
+    listener: &str,
+    shared: &Arc<Shared>,
+) {
+    let snapshot = shared.current.load_full();
+    let generation = snapshot.generation;
+    let Some(entry) = snapshot.listener_or_moved(key, listener) else {
+        return;
+    };
+    let name = &entry.name;
+    entry.metrics.accepted.inc();
+    let global_max = snapshot.config.global.max_connections;
+    let Some(permits) = admit(&shared.global_open, global_max, &entry.open, entry.limit) else {
+        debug!(listener = %name, client.addr = %peer, "over max_connections: closed");
+        if let (Engine::Http(_), None) = (&entry.engine, &entry.tls) {
+            // One try, never a wait: the answer fits any socket buffer.
+            let _ = stream.try_write(l7::OVERLOADED);
+        }
+        return;
+    };
+    entry.metrics.open.inc();
+    let open = Open(entry.metrics.open.clone());
+    let admitted = entry.access.admits(peer.ip());
+    if !admitted {
+        if let Engine::Tcp(_) = entry.engine {
+            debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
+            return;
+        }
+    }
+    let _ = stream.set_nodelay(true);
+    let entry = entry.clone();
+    let shared_task = shared.clone();
+    let key = key.clone();
+    let cut = shared.cut.clone();
+    shared.tracker.spawn(async move {
+        let work = async move {
+            let held = (permits, open);
+            let Some(tls) = &entry.tls else {
+                // A plain HTTP connection that has sent nothing holds only this small
+                // future: the engine's state is built once its first bytes arrive.
+                let mut protocol = l7::Protocol::Detect;
+                if let Engine::Http(settings) = &entry.engine {
+                    // `peek`, not `readable`: readiness can be reported before a
+                    // byte is there, and the engine's state would be built early.
+                    // The first bytes also tell HTTP/1 from HTTP/2's preface.
+                    let mut first_bytes = [0u8; 24];
+                    let first = tokio::time::timeout(settings.header_timeout, stream.peek(&mut first_bytes));
+                    let arrived = tokio::select! {
+                        r = first => match r {
+                            Ok(Ok(n)) if n > 0 => Some(n),
+                            _ => None,
+                        },
+                        _ = shared_task.stop_accepting.cancelled() => None,
+                    };
+                    let Some(n) = arrived else {
+                        debug!(listener = %entry.name, client.addr = %peer, "nothing within header_timeout: closed");
+                        return;
+                    };
+                    protocol = l7::Protocol::from_first_bytes(&first_bytes[..n]);
+                }
+                let conn = Conn { generation, protocol, peer, client_cert: None, admitted, held };
+                return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
+            };
+            // Boxed: a TLS session's state is large, and plain connections should
+            // not carry room for it.
+            Box::pin(async {
+                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        tls.ok.inc();
+                        let subject = crate::tls::client_subject(s.get_ref().1);
+                        let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());
+                        serve(
+                            s,
+                            Conn { generation, protocol, peer, client_cert: subject, admitted, held },
+                            &entry,
+                            &key,
+                            &shared_task,
+                        ).await;
+                    }
+                    Ok(Err(e)) => {
+                        tls.failed.inc();
+                        debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        tls.failed.inc();
+                        debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
+                    }
+                }
+            })
+            .await;
+        };
+        // Whatever the connection waits on (a handshake, a connect), the end of the
+        // drain time ends it.
+        crate::side::first(work, cut.cancelled()).await;
+    });
 }
 
 /// Hands an admitted connection (after TLS, if any) to its engine.
@@ -201,6 +241,7 @@ where
             let current: l7::CurrentSettings = {
                 let shared = shared.clone();
                 let key = key.clone();
+                let name = entry.name.clone();
                 let accepted_with = settings.clone();
                 Arc::new(move || {
                     let snapshot = shared.current.load();
@@ -209,7 +250,7 @@ where
                     if snapshot.generation == generation {
                         return Some(accepted_with.clone());
                     }
-                    match snapshot.listener(&key).map(|e| &e.engine) {
+                    match snapshot.listener_or_moved(&key, &name).map(|e| &e.engine) {
                         Some(Engine::Http(s)) => Some(s.clone()),
                         _ => None,
                     }

@@ -164,12 +164,23 @@ impl Shared {
         loops.insert(key, entry);
     }
 
+    /// Stops the admin API; whether it was running.
+    fn stop_admin(&self) -> bool {
+        let running = self
+            .admin_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        running.map(|stop| stop.cancel()).is_some()
+    }
+
     fn spawn_loop(self: &Arc<Self>, key: &BindKey, entry: &mut RunningLoop) {
         if let Some(socket) = entry.pending.take() {
             info!(listener = %entry.listener, addr = %entry.local, "listening");
             entry.task = Some(tokio::spawn(listener::accept_loop(
                 socket,
                 key.clone(),
+                entry.listener.clone(),
                 entry.stop.clone(),
                 self.clone(),
             )));
@@ -304,13 +315,7 @@ impl Server {
         };
         let background = CancellationToken::new();
         if let Some(socket) = self.admin {
-            if let Ok(addr) = socket.local_addr() {
-                info!(addr = %addr, "admin API listening");
-            }
-            let control: Arc<dyn admin::Control> = Arc::new(handle.clone());
-            let stop = background.child_token();
-            *shared.admin_stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop.clone());
-            tokio::spawn(admin::serve(socket, control, stop));
+            handle.serve_admin(socket);
         }
         if config.global.watch_config {
             reload::watch(handle.clone(), &config.file, background.clone());
@@ -358,6 +363,7 @@ impl Server {
             }
         };
         background.cancel();
+        shared.stop_admin();
         if cut > 0 {
             warn!(cut, "shutdown timeout reached: connections cut");
         } else {
@@ -417,6 +423,28 @@ impl Handle {
             BindKey::Addr(_) => (usize::MAX, *local),
         });
         found.into_iter().map(|(_, a)| a).collect()
+    }
+}
+
+impl Handle {
+    /// Serves the admin API on `socket`, in place of the one serving now (if any: it
+    /// stops accepting, and its open requests finish).
+    pub(crate) fn serve_admin(&self, socket: TcpListener) {
+        if let Ok(addr) = socket.local_addr() {
+            info!(addr = %addr, "admin API listening");
+        }
+        let control: Arc<dyn admin::Control> = Arc::new(self.clone());
+        let stop = CancellationToken::new();
+        let before = self
+            .shared
+            .admin_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(stop.clone());
+        if let Some(before) = before {
+            before.cancel();
+        }
+        tokio::spawn(admin::serve(socket, control, stop));
     }
 }
 

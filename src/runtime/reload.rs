@@ -93,6 +93,17 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     }
     let admin_changed =
         old.config.admin.as_ref().map(|a| a.bind) != config.admin.as_ref().map(|a| a.bind);
+    let new_admin = match (&config.admin, admin_changed) {
+        (Some(a), true) => match listener::bind(a.bind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let msg = format!("admin: cannot bind {}: {e}", a.bind);
+                error!("reload refused, the configuration in use stays: {msg}");
+                return Err(msg);
+            }
+        },
+        _ => None,
+    };
 
     let generation = old.generation + 1;
     let config = Arc::new(config);
@@ -137,17 +148,14 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     shared.pools.retain(&config);
     shared.health.sync(&config, &shared.registry);
     if config.admin.is_none() {
-        if let Some(stop) = shared
-            .admin_stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            stop.cancel();
+        if shared.stop_admin() {
             info!("[admin] removed: the admin API is closed");
         }
-    } else if admin_changed {
-        warn!("[admin] bind changed or added: the admin API keeps its address (or stays off) until a restart");
+    } else if let Some(socket) = new_admin {
+        Handle {
+            shared: shared.clone(),
+        }
+        .serve_admin(socket);
     }
     info!(generation, changes = %summary(&old.config, &config), "configuration reloaded");
     Ok(generation)

@@ -167,8 +167,17 @@ impl Snapshot {
         })
     }
 
-    pub(crate) fn listener(&self, key: &BindKey) -> Option<&Arc<ListenerEntry>> {
-        self.listeners.get(key)
+    /// The listener at `key`, or, when a reload moved listener `name` to another
+    /// address, that listener: connections the old socket accepted before it closed
+    /// are served by the listener they were meant for.
+    pub(crate) fn listener_or_moved(
+        &self,
+        key: &BindKey,
+        name: &str,
+    ) -> Option<&Arc<ListenerEntry>> {
+        self.listeners
+            .get(key)
+            .or_else(|| self.listeners.values().find(|e| e.name == name))
     }
 
     /// A generation that serves nothing: the placeholder before the first.
