@@ -296,6 +296,182 @@ async fn vary_keeps_one_response_per_variant() {
 }
 
 #[tokio::test]
+async fn a_head_response_freshens_the_stale_get_it_describes_or_drops_it() {
+    // Stale at once (max-age=0) but revalidatable; a HEAD gets a fresh lifetime and a
+    // new field for the same content (/same), or another validator (/changed).
+    let origin = Origin::start(|seen, _| {
+        if seen.method == Method::HEAD {
+            let etag = if seen.uri == "/changed" {
+                "\"v2\""
+            } else {
+                "\"v1\""
+            };
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("etag", etag),
+                    ("x-gen", "2"),
+                ],
+                "content",
+            )
+        } else {
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=0"),
+                    ("etag", "\"v1\""),
+                    ("x-gen", "1"),
+                ],
+                "content",
+            )
+        }
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    for path in ["/same", "/changed"] {
+        let first = get(addr, path).await;
+        assert!(
+            first.cache_status().contains("stored"),
+            "{}",
+            first.cache_status()
+        );
+        let head = request(addr, Method::HEAD, path, &[]).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(origin.last().method, Method::HEAD, "the HEAD went through");
+        assert_eq!(head.headers["x-gen"], "2");
+    }
+    let before = origin.count();
+    // The same content: the stored GET took the HEAD's fields and lifetime.
+    let same = get(addr, "/same").await;
+    assert!(
+        same.cache_status().contains("hit"),
+        "{}",
+        same.cache_status()
+    );
+    assert_eq!(same.headers["x-gen"], "2");
+    assert_eq!(same.body, "content");
+    assert_eq!(origin.count(), before);
+    // Another validator: the stored GET is gone, the next GET goes to the origin.
+    let changed = get(addr, "/changed").await;
+    assert!(
+        !changed.cache_status().contains("hit"),
+        "{}",
+        changed.cache_status()
+    );
+    assert_eq!(origin.count(), before + 1);
+    assert_eq!(origin.last().method, Method::GET);
+}
+
+#[tokio::test]
+async fn must_understand_stores_a_known_status_despite_no_store_and_never_an_unknown_one() {
+    let origin = Origin::start(|seen, _| {
+        let status = if seen.uri == "/unknown" { 599 } else { 200 };
+        reply(
+            status,
+            &[("cache-control", "max-age=3600, no-store, must-understand")],
+            "x",
+        )
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    get(addr, "/known").await;
+    let again = get(addr, "/known").await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    get(addr, "/unknown").await;
+    let again = get(addr, "/unknown").await;
+    assert_eq!(again.status, 599);
+    assert!(
+        !again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn selecting_fields_match_once_normalised() {
+    let origin = Origin::start(|seen, _| {
+        let names: Vec<String> = seen
+            .headers
+            .get_all("accept-language")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "Accept-Language, Foo"),
+            ],
+            names.join("|"),
+        )
+    })
+    .await;
+    let (_f, addr) = start(&origin, "").await;
+    let first = request(
+        addr,
+        Method::GET,
+        "/n",
+        &[("accept-language", "en, de"), ("foo", "1,2")],
+    )
+    .await;
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    // Another order, case and spacing of the same languages; the unknown field split
+    // over two lines and spaced: the same variant.
+    for (lang, foo) in [
+        ("de, en", "1,2"),
+        ("eN, De", " 1, 2 "),
+        (" en ,   de", "1, 2"),
+    ] {
+        let mut b = Request::builder().uri(format!("http://{addr}/n"));
+        b = b.header("accept-language", lang);
+        for part in foo.split(',') {
+            b = b.header("foo", part);
+        }
+        let (_, headers, body) = send(&client(), b.body(empty()).unwrap()).await;
+        let status = headers.get("cache-status").unwrap().to_str().unwrap();
+        assert!(status.contains("hit"), "{lang:?} {foo:?}: {status}");
+        assert_eq!(body, "en, de");
+    }
+    // A different preference is a different variant; so is another order of an
+    // unknown field's values.
+    let other = request(
+        addr,
+        Method::GET,
+        "/n",
+        &[("accept-language", "en;q=0.5, de"), ("foo", "1,2")],
+    )
+    .await;
+    assert!(
+        other.cache_status().contains("vary-miss"),
+        "{}",
+        other.cache_status()
+    );
+    let other = request(
+        addr,
+        Method::GET,
+        "/n",
+        &[("accept-language", "en, de"), ("foo", "2,1")],
+    )
+    .await;
+    assert!(
+        other.cache_status().contains("vary-miss"),
+        "{}",
+        other.cache_status()
+    );
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
 async fn stale_responses_are_revalidated_and_a_304_refreshes_them() {
     // max-age=0: stale at once, revalidated with its ETag every time.
     let origin = Origin::start(|seen, _| {

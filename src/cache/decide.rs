@@ -35,9 +35,14 @@ pub enum OnRequest {
     },
     /// `only-if-cached` and nothing usable stored: 504 (RFC 9111 5.2.1.7).
     GatewayTimeout,
-    /// Sent to the origin: a HEAD as it is (a HEAD response has nothing to store), a
-    /// GET as a miss that stores what comes back.
-    Forward { fwd: Fwd, store: bool },
+    /// Sent to the origin: a HEAD as it is (a HEAD response has nothing to store, but
+    /// may update `head_of`, the stale GET response it could have been answered with:
+    /// see [`on_head_response`]), a GET as a miss that stores what comes back.
+    Forward {
+        fwd: Fwd,
+        store: bool,
+        head_of: Option<Arc<Stored>>,
+    },
 }
 
 /// The decision for a GET or HEAD request.
@@ -57,10 +62,18 @@ pub fn on_request(
         return OnRequest::GatewayTimeout;
     }
     if method == Method::HEAD {
-        return OnRequest::Forward { fwd, store: false };
+        return OnRequest::Forward {
+            fwd,
+            store: false,
+            head_of: stale.map(|(stored, _)| stored),
+        };
     }
     let Some((stored, revalidation)) = stale else {
-        return OnRequest::Forward { fwd, store: true };
+        return OnRequest::Forward {
+            fwd,
+            store: true,
+            head_of: None,
+        };
     };
     // Still fresh: the client's own directives sent it to the origin.
     if !stored.policy.is_stale(now) {
@@ -83,6 +96,39 @@ pub fn on_request(
             revalidation,
             fwd: Fwd::Stale,
         }
+    }
+}
+
+/// What a response to a HEAD does to the stored GET response the HEAD could have been
+/// answered with (RFC 9111 4.3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnHead {
+    /// It describes the same content: its fields update the stored ones, as a 304's
+    /// would (and so its freshness).
+    Freshen,
+    /// It describes other content (another status, validator or length): the stored
+    /// response is not to be used without the origin.
+    Invalidate,
+    /// Not a 200: nothing follows from it.
+    Nothing,
+}
+
+pub fn on_head_response(stored: &Stored, status: StatusCode, response: &HeaderMap) -> OnHead {
+    if status != StatusCode::OK {
+        return OnHead::Nothing;
+    }
+    let same = |name: header::HeaderName| {
+        response
+            .get(&name)
+            .is_none_or(|v| stored.headers.get(&name) == Some(v))
+    };
+    let same_length = response.get(header::CONTENT_LENGTH).is_none_or(|v| {
+        v.to_str().ok().and_then(|n| n.trim().parse::<u64>().ok()) == Some(stored.body.len() as u64)
+    });
+    if stored.status == status && same(header::ETAG) && same(header::LAST_MODIFIED) && same_length {
+        OnHead::Freshen
+    } else {
+        OnHead::Invalidate
     }
 }
 
@@ -287,14 +333,16 @@ mod tests {
             decide(&[], Method::GET, &[], 0),
             OnRequest::Forward {
                 fwd: Fwd::Miss,
-                store: true
+                store: true,
+                head_of: None,
             }
         ));
         assert!(matches!(
             decide(&[], Method::HEAD, &[], 0),
             OnRequest::Forward {
                 fwd: Fwd::Miss,
-                store: false
+                store: false,
+                head_of: None,
             }
         ));
     }
@@ -323,9 +371,48 @@ mod tests {
             on_request(cache.lookup(&key, &fr, t0), &Method::GET, &fr.headers, t0),
             OnRequest::Forward {
                 fwd: Fwd::VaryMiss,
-                store: true
+                store: true,
+                ..
             }
         ));
+    }
+
+    #[test]
+    fn a_head_goes_through_past_a_stale_get_and_its_200_freshens_or_drops_it() {
+        match decide(&FRESH_60, Method::HEAD, &[], 120) {
+            OnRequest::Forward {
+                fwd: Fwd::Stale,
+                store: false,
+                head_of: Some(_),
+            } => {}
+            _ => panic!("a HEAD past a stale GET goes through, carrying it"),
+        }
+        let stored = stored_at(&FRESH_60, SystemTime::now());
+        let head = |list: &[(&str, &str)]| headers(list);
+        let same = head(&[("etag", "\"v1\""), ("content-length", "4"), ("x", "new")]);
+        assert_eq!(
+            on_head_response(&stored, StatusCode::OK, &same),
+            OnHead::Freshen
+        );
+        assert_eq!(
+            on_head_response(&stored, StatusCode::OK, &head(&[("x", "only")])),
+            OnHead::Freshen,
+            "no validator or length received: nothing contradicts the stored response"
+        );
+        for other in [
+            head(&[("etag", "\"v2\"")]),
+            head(&[("content-length", "5")]),
+            head(&[("last-modified", "Tue, 01 Dec 2026 00:00:00 GMT")]),
+        ] {
+            assert_eq!(
+                on_head_response(&stored, StatusCode::OK, &other),
+                OnHead::Invalidate
+            );
+        }
+        assert_eq!(
+            on_head_response(&stored, StatusCode::NOT_FOUND, &same),
+            OnHead::Nothing
+        );
     }
 
     #[test]
@@ -381,17 +468,6 @@ mod tests {
         assert!(matches!(
             decide(&swr, Method::GET, &[("cache-control", "max-age=0")], 80),
             OnRequest::Revalidate { .. }
-        ));
-    }
-
-    #[test]
-    fn a_stale_head_is_forwarded_as_it_is() {
-        assert!(matches!(
-            decide(&FRESH_60, Method::HEAD, &[], 120),
-            OnRequest::Forward {
-                fwd: Fwd::Stale,
-                store: false
-            }
         ));
     }
 

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_cache_semantics::CachePolicy;
 use tokio::sync::watch;
@@ -100,7 +100,7 @@ pub struct Fill {
     /// The `Content-Length` declared.
     pub len: u64,
     /// The leader's values of the fields `Vary` names: who else may read it.
-    secondary: Vec<(HeaderName, Vec<HeaderValue>)>,
+    secondary: super::policy::SecondaryKey,
     state: Mutex<State>,
     done: watch::Sender<Option<bool>>,
     _reservation: Reservation,
@@ -116,7 +116,7 @@ impl Fill {
         reservation: Reservation,
     ) -> Arc<Fill> {
         Arc::new(Fill {
-            secondary: super::policy::secondary_key(&headers, request),
+            secondary: super::policy::SecondaryKey::of(&headers, request),
             status,
             headers,
             policy,
@@ -133,9 +133,7 @@ impl Fill {
 
     /// Whether a request with these fields may be given this response (its `Vary`).
     pub fn same_variant(&self, request: &HeaderMap) -> bool {
-        self.secondary
-            .iter()
-            .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
+        self.secondary.matches(request)
     }
 
     /// Appends what arrived; `false` when it runs past the declared length (the

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_cache_semantics::{BeforeRequest, CachePolicy};
 use moka::policy::EvictionPolicy;
 use tokio::sync::watch;
@@ -79,7 +79,7 @@ pub struct Stored {
     pub stale: StaleRules,
     pub body: Bytes,
     /// The request's values of the fields `Vary` names.
-    secondary: Vec<(HeaderName, Vec<HeaderValue>)>,
+    secondary: policy::SecondaryKey,
     weight: u64,
     lifetime: Duration,
     /// When it stops being fresh.
@@ -105,7 +105,7 @@ impl Stored {
             .sum();
         Stored {
             stale: StaleRules::of_response(&response),
-            secondary: policy::secondary_key(&response, request),
+            secondary: policy::SecondaryKey::of(&response, request),
             weight: body.len() as u64 + header_bytes as u64 + ENTRY_OVERHEAD,
             lifetime: lifetime(&policy, now),
             fresh_until: fresh_until(&policy, now),
@@ -160,9 +160,7 @@ impl Stored {
 
     /// Whether the request's values of the fields `Vary` names are the stored ones.
     fn same_variant(&self, request: &HeaderMap) -> bool {
-        self.secondary
-            .iter()
-            .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
+        self.secondary.matches(request)
     }
 
     /// How long past its freshness lifetime it is (zero while fresh).
@@ -284,15 +282,18 @@ impl Cache {
         let plain = !req.headers.contains_key(header::CACHE_CONTROL)
             && !req.headers.contains_key(header::PRAGMA);
         let view = policy::request_view(&req.headers);
-        let preq = PolicyRequest {
-            method: &Method::GET,
-            uri: &req.uri,
-            headers: &view,
-        };
         for stored in variants.iter() {
             if plain && now < stored.fresh_until && stored.same_variant(&req.headers) {
                 return Lookup::Fresh(stored.clone());
             }
+            // The policy compares the fields `Vary` names as they were stored:
+            // normalised (see `policy::vary_value`).
+            let view = policy::vary_view(&view, &stored.headers);
+            let preq = PolicyRequest {
+                method: &Method::GET,
+                uri: &req.uri,
+                headers: &view,
+            };
             match stored.policy.before_request(&preq, now) {
                 BeforeRequest::Fresh(_) => return Lookup::Fresh(stored.clone()),
                 BeforeRequest::Stale {
@@ -425,7 +426,7 @@ mod tests {
         let mut h = HeaderMap::new();
         for (n, v) in response {
             h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
         }

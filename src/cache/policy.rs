@@ -42,7 +42,8 @@ pub fn new_policy(
     now: std::time::SystemTime,
 ) -> CachePolicy {
     let request = request_view(request);
-    let response = response_view(response);
+    let request = vary_view(&request, response);
+    let response = must_understand_view(status, response_view(response));
     let explicit = response.contains_key(header::EXPIRES)
         || directives(&response).any(|(n, _)| n == "max-age" || n == "s-maxage");
     let status = if !UNDERSTOOD.contains(&status.as_u16())
@@ -68,6 +69,39 @@ pub fn new_policy(
         now,
         options(),
     )
+}
+
+/// RFC 9111 5.2.2.3: with `must-understand`, a response is stored only when its status
+/// is one whose caching rules this cache implements (the [`UNDERSTOOD`] ones), and then
+/// its `no-store` (which the directive comes with, for caches that do not know it) is
+/// ignored. Any other status is not stored, whatever else the response says.
+fn must_understand_view(
+    status: StatusCode,
+    response: std::borrow::Cow<'_, HeaderMap>,
+) -> std::borrow::Cow<'_, HeaderMap> {
+    if !directives(&response).any(|(n, _)| n == "must-understand") {
+        return response;
+    }
+    let understood = UNDERSTOOD.contains(&status.as_u16());
+    let kept: Vec<String> = response
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(split_list)
+        .map(str::trim)
+        .filter(|d| {
+            let name = d.split('=').next().unwrap_or("").trim();
+            !name.eq_ignore_ascii_case("no-store")
+        })
+        .map(str::to_string)
+        .chain((!understood).then(|| "no-store".to_string()))
+        .collect();
+    let mut out = response.into_owned();
+    out.remove(header::CACHE_CONTROL);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        out.insert(header::CACHE_CONTROL, v);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Directive names are case-insensitive (RFC 9111 5.2); the policy crate compares
@@ -431,21 +465,119 @@ pub fn vary_names(response: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .filter(|n| !n.is_empty())
 }
 
-/// The request's values of the fields `Vary` names: the secondary key (RFC 9111 4.1).
-pub fn secondary_key(
-    response: &HeaderMap,
-    request: &HeaderMap,
-) -> Vec<(HeaderName, Vec<HeaderValue>)> {
-    let mut key: Vec<(HeaderName, Vec<HeaderValue>)> = vary_names(response)
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .map(|n| {
-            let values = request.get_all(&n).iter().cloned().collect();
-            (n, values)
+/// The request's values of the fields `Vary` names: the secondary key (RFC 9111 4.1),
+/// each as received and normalised (see [`vary_value`]). Two keys are the same when
+/// their normalised values are.
+#[derive(Debug, Clone)]
+pub struct SecondaryKey(Vec<(HeaderName, Vec<HeaderValue>, Option<HeaderValue>)>);
+
+impl SecondaryKey {
+    pub fn of(response: &HeaderMap, request: &HeaderMap) -> SecondaryKey {
+        let mut names: Vec<HeaderName> = vary_names(response)
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        SecondaryKey(
+            names
+                .into_iter()
+                .map(|n| {
+                    let raw = request.get_all(&n).iter().cloned().collect();
+                    let normal = vary_value(request, &n);
+                    (n, raw, normal)
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether a request with these fields selects the same variant: the same values
+    /// as received (no work), or the same once normalised.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.0.iter().all(|(name, raw, normal)| {
+            request.get_all(name).iter().eq(raw.iter()) || vary_value(request, name) == *normal
         })
-        .collect();
-    key.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    key.dedup_by(|a, b| a.0 == b.0);
-    key
+    }
+}
+
+impl PartialEq for SecondaryKey {
+    fn eq(&self, other: &SecondaryKey) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(a, b)| a.0 == b.0 && a.2 == b.2)
+    }
+}
+
+/// Fields whose list elements are case-insensitive tokens whose order says nothing
+/// beyond their q-values (RFC 9110 12.5.3, 12.5.4; and `Accept-Charset`).
+const CASELESS_UNORDERED: [&str; 3] = ["accept-encoding", "accept-language", "accept-charset"];
+
+/// What a request's field is compared by when `Vary` names it (RFC 9111 4.1): its
+/// lines combined into one list, each element without the whitespace around it; for
+/// `Accept-Encoding`, `Accept-Language` and `Accept-Charset`, also in lower case,
+/// without whitespace inside (`de; q=0.5` is `de;q=0.5`), and in sorted order. `None`
+/// when the request has no such field (which only matches another without it).
+pub fn vary_value(request: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut lines = request.get_all(name).iter().peekable();
+    lines.peek()?;
+    let caseless = CASELESS_UNORDERED.contains(&name.as_str());
+    let mut elements: Vec<Vec<u8>> = Vec::new();
+    for line in lines {
+        match line.to_str() {
+            Ok(text) => elements.extend(split_list(text).map(|e| {
+                let e = e.trim();
+                if caseless {
+                    e.bytes()
+                        .filter(|b| !b.is_ascii_whitespace())
+                        .map(|b| b.to_ascii_lowercase())
+                        .collect()
+                } else {
+                    e.as_bytes().to_vec()
+                }
+            })),
+            // Opaque bytes: compared as they are.
+            Err(_) => elements.push(line.as_bytes().to_vec()),
+        }
+    }
+    if caseless {
+        elements.sort();
+    }
+    HeaderValue::from_bytes(&elements.join(&b","[..])).ok()
+}
+
+/// The request as the policy compares it with a stored one: each field the response's
+/// `Vary` names replaced by its [`vary_value`].
+pub fn vary_view<'a>(
+    request: &'a HeaderMap,
+    response: &HeaderMap,
+) -> std::borrow::Cow<'a, HeaderMap> {
+    let mut out: Option<HeaderMap> = None;
+    for name in vary_names(response) {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        let normal = vary_value(request, &name);
+        let mut current = request.get_all(&name).iter();
+        let same = match (&normal, current.next()) {
+            (None, None) => true,
+            (Some(n), Some(first)) => n == first && current.next().is_none(),
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        let out = out.get_or_insert_with(|| request.clone());
+        out.remove(&name);
+        if let Some(v) = normal {
+            out.insert(name, v);
+        }
+    }
+    match out {
+        Some(o) => std::borrow::Cow::Owned(o),
+        None => std::borrow::Cow::Borrowed(request),
+    }
 }
 
 /// Fields a 304 never replaces: they describe the stored body, or the connection.
@@ -1060,11 +1192,92 @@ mod tests {
             ("vary", "accept-encoding"),
         ]);
         let req = headers(&[("accept-encoding", "gzip"), ("x", "y")]);
-        let key = secondary_key(&res, &req);
-        assert_eq!(key.len(), 2);
-        assert_eq!(key[0].0, "accept-encoding");
-        assert_eq!(key[0].1, vec![HeaderValue::from_static("gzip")]);
-        assert_eq!(key[1].0, "accept-language");
-        assert!(key[1].1.is_empty());
+        let key = SecondaryKey::of(&res, &req);
+        assert_eq!(key.0.len(), 2);
+        assert_eq!(key.0[0].0, "accept-encoding");
+        assert_eq!(key.0[0].1, vec![HeaderValue::from_static("gzip")]);
+        assert_eq!(key.0[1].0, "accept-language");
+        assert!(key.0[1].1.is_empty());
+        assert!(key.matches(&req));
+        assert!(!key.matches(&headers(&[("accept-encoding", "br")])));
+        assert!(
+            !key.matches(&headers(&[
+                ("accept-encoding", "gzip"),
+                ("accept-language", "")
+            ])),
+            "an empty field is not an absent one"
+        );
+    }
+
+    #[test]
+    fn must_understand_stores_known_statuses_despite_no_store_and_nothing_else() {
+        let now = SystemTime::now();
+        let req = HeaderMap::new();
+        let cc = [("cache-control", "max-age=3600, no-store, must-understand")];
+        assert!(policy(&req, 200, &headers(&cc), now).is_storable());
+        assert!(policy(&req, 404, &headers(&cc), now).is_storable());
+        assert!(!policy(&req, 599, &headers(&cc), now).is_storable());
+        // Without no-store, an unknown status is still not stored under the directive,
+        // though explicit freshness alone would store it.
+        let mu = [("cache-control", "max-age=3600, must-understand")];
+        assert!(!policy(&req, 599, &headers(&mu), now).is_storable());
+        assert!(policy(
+            &req,
+            599,
+            &headers(&[("cache-control", "max-age=3600")]),
+            now
+        )
+        .is_storable());
+        // Without must-understand, no-store is obeyed.
+        let plain = [("cache-control", "max-age=3600, no-store")];
+        assert!(!policy(&req, 200, &headers(&plain), now).is_storable());
+    }
+
+    #[test]
+    fn selecting_fields_are_compared_normalised() {
+        let value = |pairs: &[(&str, &str)], name: &str| {
+            vary_value(
+                &headers(pairs),
+                &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            )
+        };
+        // Lines combined, whitespace around elements dropped, for any field.
+        assert_eq!(
+            value(&[("foo", "1"), ("foo", "2")], "foo"),
+            value(&[("foo", "1, 2")], "foo")
+        );
+        assert_eq!(
+            value(&[("foo", " 1, 2 ")], "foo"),
+            value(&[("foo", "1,2")], "foo")
+        );
+        assert_ne!(
+            value(&[("foo", "2, 1")], "foo"),
+            value(&[("foo", "1, 2")], "foo"),
+            "order counts"
+        );
+        assert_ne!(
+            value(&[("foo", "A")], "foo"),
+            value(&[("foo", "a")], "foo"),
+            "case counts"
+        );
+        // The Accept-* lists of tokens: case, order and inner whitespace do not.
+        let lang = |v: &str| value(&[("accept-language", v)], "accept-language");
+        assert_eq!(lang("en, de"), lang("de, en"));
+        assert_eq!(lang("en, de"), lang("eN, De"));
+        assert_eq!(lang("en, de"), lang(" en ,   de"));
+        assert_eq!(lang("de; q=0.5, en"), lang("en,de;q=0.5"));
+        assert_ne!(lang("de;q=0.5, en"), lang("de, en;q=0.5"));
+        assert_eq!(value(&[], "accept-language"), None);
+        // What the policy sees: the normalised value in place of the received one.
+        let res = headers(&[("vary", "Accept-Encoding")]);
+        let req = headers(&[("accept-encoding", "GZIP, br"), ("x", "1")]);
+        let view = vary_view(&req, &res);
+        assert_eq!(view.get("accept-encoding").unwrap(), "br,gzip");
+        assert_eq!(view.get("x").unwrap(), "1");
+        let plain = headers(&[("accept-encoding", "br,gzip")]);
+        assert!(matches!(
+            vary_view(&plain, &res),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -5,7 +5,9 @@
 //!   validators (a 304 refreshes it), or served while it is refreshed in the background
 //!   (`stale-while-revalidate`), or served when the origin fails (`stale-if-error`);
 //!   concurrent misses for one key make one upstream request.
-//! - HEAD: answered from a fresh stored GET, otherwise forwarded as it is.
+//! - HEAD: answered from a fresh stored GET, otherwise forwarded as it is; its 200
+//!   updates a stale stored GET that describes the same content (RFC 9111 4.3.5), or
+//!   drops one that does not.
 //! - Other methods are forwarded untouched; a non-error answer to an unsafe one drops
 //!   what is stored for its URI (and for `Location` / `Content-Location` on the same
 //!   host).
@@ -24,7 +26,7 @@ use super::error::{self, ProxyError};
 use super::exchange::Exchange;
 use super::forward::{self, Forwarding};
 use crate::admin::metrics::Metrics;
-use crate::cache::decide::{self, OnFailure, OnNotModified, OnRequest, Storing};
+use crate::cache::decide::{self, OnFailure, OnHead, OnNotModified, OnRequest, Storing};
 use crate::cache::fill::Fill;
 use crate::cache::policy;
 use crate::cache::range;
@@ -192,8 +194,14 @@ async fn answer(
             };
             return fetch.run(route, &f, Some(body), exchange).await;
         }
-        OnRequest::Forward { fwd, store: false } => {
-            // Forwarded as it is: a HEAD response has no body to store.
+        OnRequest::Forward {
+            fwd,
+            store: false,
+            head_of,
+        } => {
+            // Forwarded as it is: a HEAD response has no body to store, but it may
+            // update the stored GET response it could have been answered with.
+            let request_headers = head_of.as_ref().map(|_| parts.headers.clone());
             let resp = send_as(
                 &f,
                 CacheStatus::forward(fwd),
@@ -201,6 +209,17 @@ async fn answer(
                 exchange,
             )
             .await?;
+            if let (Some(stored), Some(request)) = (head_of, request_headers) {
+                match decide::on_head_response(&stored, resp.status(), resp.headers()) {
+                    OnHead::Freshen => {
+                        let now = SystemTime::now();
+                        let fresh = stored.freshened(resp.headers(), &request, now);
+                        route.cache.insert(key, fresh);
+                    }
+                    OnHead::Invalidate => route.cache.invalidate(&key),
+                    OnHead::Nothing => {}
+                }
+            }
             return Ok(finish(
                 route,
                 resp,
@@ -209,7 +228,9 @@ async fn answer(
                 &mut exchange.cache,
             ));
         }
-        OnRequest::Forward { fwd, store: true } => fwd,
+        OnRequest::Forward {
+            fwd, store: true, ..
+        } => fwd,
     };
     let flight = match route.cache.join(&key) {
         Join::Lead(flight) => Some(flight),
