@@ -45,6 +45,8 @@ type Script = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
 struct Origin {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Responses whose delay ran out (those not cut short with their connection).
+    answered: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -55,16 +57,23 @@ impl Origin {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let script: Arc<Script> = Arc::new(script);
         let count = Arc::new(AtomicUsize::new(0));
-        let s = seen.clone();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (s, a) = (seen.clone(), answered.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, script, count) = (s.clone(), script.clone(), count.clone());
+                let (seen, script, count, answered) =
+                    (s.clone(), script.clone(), count.clone(), a.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (seen, script, count) = (seen.clone(), script.clone(), count.clone());
+                        let (seen, script, count, answered) = (
+                            seen.clone(),
+                            script.clone(),
+                            count.clone(),
+                            answered.clone(),
+                        );
                         async move {
                             let (parts, b) = req.into_parts();
                             let body_len = b.collect().await.map_or(0, |c| c.to_bytes().len());
@@ -81,6 +90,7 @@ impl Origin {
                             if !r.delay.is_zero() {
                                 tokio::time::sleep(r.delay).await;
                             }
+                            answered.fetch_add(1, Ordering::SeqCst);
                             let mut resp = Response::new(Full::new(r.body));
                             *resp.status_mut() = StatusCode::from_u16(r.status).unwrap();
                             for (n, v) in r.headers {
@@ -95,7 +105,12 @@ impl Origin {
                 });
             }
         });
-        Origin { addr, seen, task }
+        Origin {
+            addr,
+            seen,
+            answered,
+            task,
+        }
     }
 
     fn count(&self) -> usize {
@@ -627,6 +642,43 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_behind() {
     }
     assert!(body.starts_with(b"v"), "{body:?}");
     assert_ne!(body, "v0");
+}
+
+#[tokio::test]
+async fn a_shutdown_waits_for_a_background_revalidation() {
+    let origin = Origin::start(|_, n| {
+        let mut r = reply(
+            200,
+            &[
+                ("cache-control", "max-age=0, stale-while-revalidate=60"),
+                ("etag", "\"v1\""),
+            ],
+            "x",
+        );
+        if n == 1 {
+            r.delay = Duration::from_millis(300);
+        }
+        r
+    })
+    .await;
+    let (f, addr) = start(&origin, "").await;
+    get(addr, "/r").await;
+    let stale = get(addr, "/r").await;
+    assert!(
+        stale.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+    // The refresh is on its way (or about to be); stop now: the stop returns only once
+    // the origin has answered it.
+    let report = f.stop().await;
+    assert_eq!(report.cut, 0);
+    assert_eq!(origin.count(), 2, "the refresh reached the origin");
+    assert_eq!(
+        origin.answered.load(Ordering::SeqCst),
+        2,
+        "the stop waited for the refresh"
+    );
 }
 
 #[tokio::test]

@@ -707,7 +707,10 @@ fn refresh_in_background(
         flight: Some(flight),
         idle: f.timeout,
     };
-    tokio::spawn(async move {
+    // Tracked with the connections: a shutdown waits for it (up to its drain time, at
+    // whose end it is cut) rather than dropping a refresh half-stored.
+    let (tracker, cut) = (ctx.tracker.clone(), ctx.cut.clone());
+    tracker.spawn(async move {
         let f = Forwarding {
             target: &target,
             timeout,
@@ -745,10 +748,13 @@ fn refresh_in_background(
                 // Not stored: nothing to read.
                 _ => Ok(()),
             }
-        }
-        .await;
-        if let Err(e) = result {
-            debug!(error = %e, "background revalidation failed");
+        };
+        match crate::side::first(result, cut.cancelled()).await {
+            crate::side::First::Main(Err(e)) => {
+                debug!(error = %e, "background revalidation failed")
+            }
+            crate::side::First::Main(Ok(())) => {}
+            crate::side::First::Side(()) => debug!("background revalidation cut at shutdown"),
         }
     });
 }
