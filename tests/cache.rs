@@ -408,6 +408,106 @@ async fn must_understand_stores_a_known_status_despite_no_store_and_never_an_unk
     assert_eq!(origin.count(), 3);
 }
 
+/// "0123456789", whole or the single range asked for, fresh for a minute, with a
+/// strong `ETag`.
+fn ten_bytes(seen: &Seen) -> Reply {
+    const WHOLE: &str = "0123456789";
+    let cc = ("cache-control", "max-age=60");
+    let etag = ("etag", "\"ten\"");
+    let Some(range) = seen.headers.get("range").and_then(|v| v.to_str().ok()) else {
+        return reply(200, &[cc, etag], WHOLE);
+    };
+    let spec = range.strip_prefix("bytes=").unwrap();
+    let (a, b) = spec.split_once('-').unwrap();
+    let (first, last): (usize, usize) = match (a, b) {
+        ("", n) => (10 - n.parse::<usize>().unwrap(), 9),
+        (a, "") => (a.parse().unwrap(), 9),
+        (a, b) => (a.parse().unwrap(), b.parse::<usize>().unwrap().min(9)),
+    };
+    let content_range = format!("bytes {first}-{last}/10");
+    reply(
+        206,
+        &[cc, etag, ("content-range", &content_range)],
+        &WHOLE[first..=last],
+    )
+}
+
+#[tokio::test]
+async fn parts_are_stored_reused_and_combined_into_the_whole() {
+    let origin = Origin::start(|seen, _| ten_bytes(seen)).await;
+    let (_f, addr) = start(&origin, "").await;
+    let range = |r: &'static str| [("range", r)];
+    // The last five bytes: stored as a part.
+    let tail = request(addr, Method::GET, "/ten", &range("bytes=-5")).await;
+    assert_eq!((tail.status.as_u16(), &tail.body[..]), (206, &b"56789"[..]));
+    assert!(
+        tail.cache_status().contains("stored"),
+        "{}",
+        tail.cache_status()
+    );
+    // Ranges within it: answered from the part.
+    for (asked, body, content_range) in [
+        ("bytes=-5", "56789", "bytes 5-9/10"),
+        ("bytes=6-8", "678", "bytes 6-8/10"),
+        ("bytes=7-", "789", "bytes 7-9/10"),
+        ("bytes=-1", "9", "bytes 9-9/10"),
+    ] {
+        let got = request(addr, Method::GET, "/ten", &range(asked)).await;
+        assert!(
+            got.cache_status().contains("hit"),
+            "{asked}: {}",
+            got.cache_status()
+        );
+        assert_eq!(got.status, 206, "{asked}");
+        assert_eq!(got.body, body, "{asked}");
+        assert_eq!(got.headers["content-range"], content_range, "{asked}");
+    }
+    assert_eq!(origin.count(), 1);
+    // The whole, or a range outside the part: the part cannot answer.
+    let head = request(addr, Method::GET, "/ten", &range("bytes=0-4")).await;
+    assert_eq!((head.status.as_u16(), &head.body[..]), (206, &b"01234"[..]));
+    assert!(
+        !head.cache_status().contains("hit"),
+        "{}",
+        head.cache_status()
+    );
+    assert_eq!(origin.count(), 2);
+    // The two parts of the same whole (same strong ETag) made it: a complete 200.
+    let whole = get(addr, "/ten").await;
+    assert!(
+        whole.cache_status().contains("hit"),
+        "{}",
+        whole.cache_status()
+    );
+    assert_eq!(
+        (whole.status.as_u16(), &whole.body[..]),
+        (200, &b"0123456789"[..])
+    );
+    assert!(whole.headers.get("content-range").is_none());
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn a_part_never_answers_what_lies_outside_it() {
+    let origin = Origin::start(|seen, _| ten_bytes(seen)).await;
+    let (_f, addr) = start(&origin, "").await;
+    request(addr, Method::GET, "/p", &[("range", "bytes=2-3")]).await;
+    let whole = get(addr, "/p").await;
+    assert_eq!(
+        (whole.status.as_u16(), &whole.body[..]),
+        (200, &b"0123456789"[..])
+    );
+    assert!(
+        !whole.cache_status().contains("hit"),
+        "{}",
+        whole.cache_status()
+    );
+    // The complete response replaced the part, and answers every range now.
+    let r = request(addr, Method::GET, "/p", &[("range", "bytes=0-0")]).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.body, "0");
+}
+
 #[tokio::test]
 async fn selecting_fields_match_once_normalised() {
     let origin = Origin::start(|seen, _| {

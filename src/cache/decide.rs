@@ -248,6 +248,7 @@ pub fn on_response(
 /// plain GET of the same variant (conditionals and ranges wait for the stored copy).
 pub fn streams_from(client: &Parts, fill: &Fill) -> bool {
     client.method == Method::GET
+        && fill.status != StatusCode::PARTIAL_CONTENT
         && !conditional(&client.headers)
         && !client.headers.contains_key(header::RANGE)
         && fill.same_variant(&client.headers)

@@ -69,6 +69,15 @@ impl Key {
     }
 }
 
+/// Where the body of a stored partial response (a 206) lies in its whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Its first byte's offset in the whole.
+    pub first: u64,
+    /// The whole's length.
+    pub total: u64,
+}
+
 /// One stored response.
 #[derive(Debug)]
 pub struct Stored {
@@ -86,6 +95,8 @@ pub struct Stored {
     fresh_until: SystemTime,
     /// The request's path and query.
     uri: Uri,
+    /// A partial response (206): which part of the whole `body` is. `None`: complete.
+    pub part: Option<Part>,
 }
 
 impl Stored {
@@ -103,7 +114,12 @@ impl Stored {
             .chain(request.iter())
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
+        let part = (status == StatusCode::PARTIAL_CONTENT)
+            .then(|| range::content_range(&response))
+            .flatten()
+            .map(|(first, _, total)| Part { first, total });
         Stored {
+            part,
             stale: StaleRules::of_response(&response),
             secondary: policy::SecondaryKey::of(&response, request),
             weight: body.len() as u64 + header_bytes as u64 + ENTRY_OVERHEAD,
@@ -128,6 +144,7 @@ impl Stored {
         let headers = policy::merge_304(&self.headers, not_modified);
         let policy = policy::new_policy(&self.uri, request, self.status, &headers, now);
         Stored {
+            part: self.part,
             stale: StaleRules::of_response(&headers),
             secondary: self.secondary.clone(),
             weight: self.weight,
@@ -161,6 +178,92 @@ impl Stored {
     /// Whether the request's values of the fields `Vary` names are the stored ones.
     fn same_variant(&self, request: &HeaderMap) -> bool {
         self.secondary.matches(request)
+    }
+
+    /// The length of the whole (of which a partial response holds a part).
+    pub fn total_len(&self) -> u64 {
+        self.part.map_or(self.body.len() as u64, |p| p.total)
+    }
+
+    /// Whether it can answer the request: a complete response any; a partial one only
+    /// a single range that lies within its part.
+    pub fn answers(&self, request: &HeaderMap) -> bool {
+        let Some(part) = self.part else { return true };
+        let last = part.first + self.body.len() as u64;
+        match range::select(request, &self.headers, part.total) {
+            range::Selected::Part(from, to) => from >= part.first && to < last,
+            _ => false,
+        }
+    }
+
+    /// A partial response's part is what its `Content-Range` says it is.
+    fn consistent(&self) -> bool {
+        match (self.part, range::content_range(&self.headers)) {
+            (None, _) => true,
+            (Some(_), Some((first, last, _))) => last - first + 1 == self.body.len() as u64,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// `self`, a part that arrived now, combined with `older`, a part stored before,
+    /// when they are parts of the same whole (the same strong `ETag`, the same length)
+    /// that overlap or touch (RFC 9111 3.4): the newer fields (but `Content-Range`),
+    /// the bytes of both. A combination that covers the whole is a complete 200.
+    fn combined_with(&self, older: &Stored) -> Option<Stored> {
+        let (new, old) = (self.part?, older.part?);
+        let strong = |s: &Stored| {
+            s.headers
+                .get(header::ETAG)
+                .filter(|e| !e.as_bytes().starts_with(b"W/"))
+                .cloned()
+        };
+        if new.total != old.total || strong(self).is_none() || strong(self) != strong(older) {
+            return None;
+        }
+        let (new_end, old_end) = (
+            new.first + self.body.len() as u64,
+            old.first + older.body.len() as u64,
+        );
+        if new.first > old_end || old.first > new_end {
+            return None;
+        }
+        let first = new.first.min(old.first);
+        let end = new_end.max(old_end);
+        let mut body = vec![0u8; usize::try_from(end - first).ok()?];
+        let at = |offset: u64| usize::try_from(offset - first).unwrap_or(0);
+        body[at(old.first)..at(old_end)].copy_from_slice(&older.body);
+        body[at(new.first)..at(new_end)].copy_from_slice(&self.body);
+        let mut headers = self.headers.clone();
+        let complete = first == 0 && end == new.total;
+        let (status, part) = if complete {
+            headers.remove(header::CONTENT_RANGE);
+            (StatusCode::OK, None)
+        } else {
+            let range = format!("bytes {first}-{}/{}", end - 1, new.total);
+            headers.insert(header::CONTENT_RANGE, HeaderValue::try_from(range).ok()?);
+            (
+                StatusCode::PARTIAL_CONTENT,
+                Some(Part {
+                    first,
+                    total: new.total,
+                }),
+            )
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - first));
+        let grown = (end - first).saturating_sub(self.body.len() as u64);
+        Some(Stored {
+            part,
+            status,
+            headers,
+            body: Bytes::from(body),
+            weight: self.weight + grown,
+            policy: self.policy.clone(),
+            stale: self.stale,
+            secondary: self.secondary.clone(),
+            lifetime: self.lifetime,
+            fresh_until: self.fresh_until,
+            uri: self.uri.clone(),
+        })
     }
 
     /// How long past its freshness lifetime it is (zero while fresh).
@@ -282,7 +385,13 @@ impl Cache {
         let plain = !req.headers.contains_key(header::CACHE_CONTROL)
             && !req.headers.contains_key(header::PRAGMA);
         let view = policy::request_view(&req.headers);
+        // A part that cannot answer this request is as good as nothing stored.
+        let mut only_parts = true;
         for stored in variants.iter() {
+            if !stored.answers(&req.headers) {
+                continue;
+            }
+            only_parts = false;
             if plain && now < stored.fresh_until && stored.same_variant(&req.headers) {
                 return Lookup::Fresh(stored.clone());
             }
@@ -303,7 +412,7 @@ impl Cache {
                 BeforeRequest::Stale { matches: false, .. } => {}
             }
         }
-        Lookup::Miss { vary: true }
+        Lookup::Miss { vary: !only_parts }
     }
 
     /// Stores a complete response, replacing the variant with the same secondary key.
@@ -312,6 +421,13 @@ impl Cache {
     }
 
     pub fn insert_arc(&self, key: Key, stored: Arc<Stored>) {
+        let stored = match stored.part {
+            Some(_) => match self.with_stored_part(&key, stored) {
+                Some(s) => s,
+                None => return,
+            },
+            None => stored,
+        };
         // Larger than the whole cache (a huge head): it would only evict everything.
         if stored.weight > self.settings.max_size {
             return;
@@ -329,6 +445,31 @@ impl Cache {
         self.store.insert(key, Arc::new(list));
         // Evict now rather than on some later call: the bound holds at every insert.
         self.store.run_pending_tasks();
+    }
+
+    /// What storing a part (a 206) amounts to, given what the key holds for its
+    /// variant: the part combined with a stored part of the same whole; nothing when a
+    /// complete response of the same whole is stored (it answers every range already)
+    /// or the part's body is not what its `Content-Range` says; otherwise the part,
+    /// which replaces what was stored.
+    fn with_stored_part(&self, key: &Key, part: Arc<Stored>) -> Option<Arc<Stored>> {
+        if !part.consistent() {
+            return None;
+        }
+        let Some(variants) = self.store.get(key) else {
+            return Some(part);
+        };
+        let Some(old) = variants.iter().find(|o| o.secondary == part.secondary) else {
+            return Some(part);
+        };
+        if old.part.is_none() {
+            let same = |name: header::HeaderName| {
+                old.headers.get(&name).is_some()
+                    && old.headers.get(&name) == part.headers.get(&name)
+            };
+            return (!same(header::ETAG)).then_some(part);
+        }
+        Some(part.combined_with(old).map_or(part, Arc::new))
     }
 
     /// Drops every response stored for the key (RFC 9111 4.4).
@@ -440,6 +581,103 @@ mod tests {
             Bytes::from_static(body),
             now,
         )
+    }
+
+    /// A 206 for `first..=last` of a 10-byte whole whose ETag is `etag`.
+    fn part(first: u64, last: u64, etag: &str, body: &'static [u8]) -> Stored {
+        let now = SystemTime::now();
+        let req = request("/p", &[]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        h.insert(header::ETAG, HeaderValue::from_str(etag).unwrap());
+        let range = format!("bytes {first}-{last}/10");
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&range).unwrap(),
+        );
+        let status = StatusCode::PARTIAL_CONTENT;
+        let policy = policy::new_policy(&req.uri, &req.headers, status, &h, now);
+        let body = Bytes::from_static(body);
+        Stored::new(policy, req.uri.clone(), &req.headers, status, h, body, now)
+    }
+
+    #[test]
+    fn parts_of_one_whole_combine_and_others_replace() {
+        let cache = Cache::new(settings(1 << 20));
+        let now = SystemTime::now();
+        let k = key("/p");
+        let ranged = |r: &str| request("/p", &[("range", r)]);
+        cache.insert(k.clone(), part(2, 4, "\"a\"", b"234"));
+        assert!(matches!(
+            cache.lookup(&k, &ranged("bytes=3-4"), now),
+            Lookup::Fresh(_)
+        ));
+        assert!(matches!(
+            cache.lookup(&k, &ranged("bytes=1-4"), now),
+            Lookup::Miss { vary: false }
+        ));
+        assert!(matches!(
+            cache.lookup(&k, &request("/p", &[]), now),
+            Lookup::Miss { .. }
+        ));
+        // Touching, same strong ETag: one part 2-7.
+        cache.insert(k.clone(), part(5, 7, "\"a\"", b"567"));
+        let Lookup::Fresh(s) = cache.lookup(&k, &ranged("bytes=2-7"), now) else {
+            panic!("the combined part answers 2-7");
+        };
+        assert_eq!(&s.body[..], b"234567");
+        assert_eq!(
+            s.part,
+            Some(Part {
+                first: 2,
+                total: 10
+            })
+        );
+        assert_eq!(s.headers[header::CONTENT_RANGE], "bytes 2-7/10");
+        // Apart from it (a gap at 8): not combined, it replaces.
+        cache.insert(k.clone(), part(9, 9, "\"a\"", b"9"));
+        assert!(matches!(
+            cache.lookup(&k, &ranged("bytes=2-3"), now),
+            Lookup::Miss { .. }
+        ));
+        // Another ETag: another whole, never mixed.
+        cache.insert(k.clone(), part(0, 8, "\"b\"", b"012345678"));
+        let Lookup::Fresh(s) = cache.lookup(&k, &ranged("bytes=0-1"), now) else {
+            panic!("the newer part answers");
+        };
+        assert_eq!(s.headers[header::ETAG], "\"b\"");
+        // The rest of "b": complete, a 200 that answers everything.
+        cache.insert(k.clone(), part(9, 9, "\"b\"", b"9"));
+        let Lookup::Fresh(s) = cache.lookup(&k, &request("/p", &[]), now) else {
+            panic!("complete");
+        };
+        assert_eq!(
+            (s.status, &s.body[..], s.part),
+            (StatusCode::OK, &b"0123456789"[..], None)
+        );
+        assert!(s.headers.get(header::CONTENT_RANGE).is_none());
+        // A part of the same whole adds nothing to the complete response; a body that
+        // is not the length its Content-Range says is never stored.
+        cache.insert(k.clone(), part(0, 1, "\"b\"", b"01"));
+        assert!(matches!(
+            cache.lookup(&k, &request("/p", &[]), now),
+            Lookup::Fresh(_)
+        ));
+        cache.insert(key("/q"), part(0, 4, "\"c\"", b"01"));
+        assert!(matches!(
+            cache.lookup(&key("/q"), &ranged("bytes=0-1"), now),
+            Lookup::Miss { .. }
+        ));
+        // Weak ETags never combine.
+        cache.insert(key("/w"), part(0, 4, "W/\"d\"", b"01234"));
+        cache.insert(key("/w"), part(5, 9, "W/\"d\"", b"56789"));
+        assert!(matches!(
+            cache.lookup(&key("/w"), &request("/w", &[]), now),
+            Lookup::Miss { .. }
+        ));
     }
 
     fn key(path: &str) -> Key {

@@ -46,11 +46,15 @@ pub fn new_policy(
     let response = must_understand_view(status, response_view(response));
     let explicit = response.contains_key(header::EXPIRES)
         || directives(&response).any(|(n, _)| n == "max-age" || n == "s-maxage");
-    let status = if !UNDERSTOOD.contains(&status.as_u16())
-        && explicit
-        && status.as_u16() >= 200
-        && status != StatusCode::PARTIAL_CONTENT
-        && status != StatusCode::NOT_MODIFIED
+    // One part of a known whole (RFC 9111 3.3, 3.4): stored as its whole would be.
+    let one_part =
+        status == StatusCode::PARTIAL_CONTENT && super::range::content_range(&response).is_some();
+    let status = if one_part
+        || !UNDERSTOOD.contains(&status.as_u16())
+            && explicit
+            && status.as_u16() >= 200
+            && status != StatusCode::PARTIAL_CONTENT
+            && status != StatusCode::NOT_MODIFIED
     {
         StatusCode::OK
     } else {
@@ -424,7 +428,8 @@ pub fn refuse(
     policy: &CachePolicy,
     now: std::time::SystemTime,
 ) -> Option<&'static str> {
-    if status == StatusCode::PARTIAL_CONTENT {
+    if status == StatusCode::PARTIAL_CONTENT && super::range::content_range(response).is_none() {
+        // Several parts, or an unknown complete length: nothing to combine it with.
         return Some("partial");
     }
     if !policy.is_storable() {
@@ -1017,8 +1022,18 @@ mod tests {
                     ("cache-control", "max-age=60".into()),
                     ("content-range", "bytes 0-1/2".into()),
                 ],
+                true,
+                60,
+            ),
+            (
+                vec![],
+                206,
+                vec![
+                    ("cache-control", "max-age=60".into()),
+                    ("content-range", "bytes 0-1/*".into()),
+                ],
                 false,
-                0,
+                60,
             ),
             (vec![], 500, vec![], false, 0),
             // Conflicting duplicate directives: the first counts, and the response is

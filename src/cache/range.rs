@@ -1,4 +1,5 @@
-//! A single byte range (RFC 9110 14.2) answered from a stored complete response.
+//! A single byte range (RFC 9110 14.2) answered from a stored response, complete or
+//! partial, and the `Content-Range` of a partial one (RFC 9110 14.4).
 
 use http::{header, HeaderMap};
 
@@ -60,6 +61,27 @@ pub fn select(request: &HeaderMap, response: &HeaderMap, len: u64) -> Selected {
     }
 }
 
+/// The part a 206 carries: first and last byte (inclusive) and the complete length,
+/// from a `Content-Range` of the form `bytes FIRST-LAST/LENGTH`. `None` for anything
+/// else (an unknown length `*`, several parts, another unit, an impossible range).
+pub fn content_range(response: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let mut values = response.get_all(header::CONTENT_RANGE).iter();
+    let v = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (first, last, total) = (num(first)?, num(last)?, num(total)?);
+    (first <= last && last < total).then_some((first, last, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +111,23 @@ mod tests {
         assert_eq!(select(&req("bytes=0-1,3-4"), &none, 10), Selected::Whole);
         assert_eq!(select(&req("items=0-1"), &none, 10), Selected::Whole);
         assert_eq!(select(&req("bytes=x-1"), &none, 10), Selected::Whole);
+    }
+
+    #[test]
+    fn content_ranges_of_one_known_part() {
+        let cr = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(v).unwrap());
+            content_range(&h)
+        };
+        assert_eq!(cr("bytes 4-9/10"), Some((4, 9, 10)));
+        assert_eq!(cr("bytes 0-0/1"), Some((0, 0, 1)));
+        assert_eq!(cr("bytes 4-9/*"), None);
+        assert_eq!(cr("bytes */10"), None);
+        assert_eq!(cr("bytes 5-4/10"), None);
+        assert_eq!(cr("bytes 4-10/10"), None);
+        assert_eq!(cr("items 4-9/10"), None);
+        assert_eq!(content_range(&HeaderMap::new()), None);
     }
 
     #[test]

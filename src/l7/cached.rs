@@ -388,29 +388,32 @@ fn served(
     let mut r = Response::from_parts(head, body);
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+    // A stored part answers only the ranges within it (the lookup saw to that).
+    let partial = stored.part.is_some();
+    let total = stored.total_len();
+    let offset = stored.part.map_or(0, |p| p.first);
     if r.status() == StatusCode::OK && policy::not_modified(&client.headers, r.headers()) {
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         *r.body_mut() = ResponseBody::empty();
         r.headers_mut().remove(header::CONTENT_LENGTH);
-    } else if r.status() == StatusCode::OK {
-        match range::select(&client.headers, r.headers(), stored.body.len() as u64) {
+    } else if r.status() == StatusCode::OK || partial {
+        match range::select(&client.headers, r.headers(), total) {
             range::Selected::Whole => {}
             range::Selected::Part(from, to) => {
                 *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-                let total = stored.body.len();
                 let h = r.headers_mut();
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(to - from + 1));
                 if let Ok(v) = HeaderValue::try_from(format!("bytes {from}-{to}/{total}")) {
                     h.insert(header::CONTENT_RANGE, v);
                 }
                 if client.method != Method::HEAD {
-                    let part = stored.body.slice(from as usize..=to as usize);
+                    let (from, to) = ((from - offset) as usize, (to - offset) as usize);
+                    let part = stored.body.slice(from..=to);
                     *r.body_mut() = ResponseBody::Full(Some(part));
                 }
             }
             range::Selected::Unsatisfiable => {
                 *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                let total = stored.body.len();
                 let h = r.headers_mut();
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
                 if let Ok(v) = HeaderValue::try_from(format!("bytes */{total}")) {
