@@ -415,3 +415,99 @@ async fn a_client_cannot_add_fields_to_a_text_access_line() {
     assert!(fields.contains("status=200"), "{line}");
     assert!(!fields.contains("forged"), "{line}");
 }
+
+/// A port free for both UDP and TCP on 127.0.0.1 (bound once, then released).
+fn free_heartbeat_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A failover node on loopback with no addresses to move, in `dir`.
+fn failover_node(
+    dir: &Path,
+    node: &str,
+    priority: u8,
+    port: u16,
+    peer: u16,
+    extra: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = dir.join("failover.key");
+    std::fs::write(&key, "a shared key of at least thirty-two bytes\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let path = dir.join(format!("{node}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[global]\nlog_format = \"json\"\nshutdown_timeout = \"1s\"\nwatch_config = false\n\
+             [[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:9\", name = \"a\" }}]\n\
+             [failover]\nnode = \"{node}\"\npriority = {priority}\nbind = \"127.0.0.1:{port}\"\n\
+             peers = [\"127.0.0.1:{peer}\"]\ninterval = \"1s\"\nsecret_file = \"failover.key\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const FAILOVER_LOG: (&str, &str) = ("RUST_LOG", "info,fulcrum::failover=debug");
+const ACTIVE: &str = "failover: active, the addresses are held";
+
+/// Starts lb1 (priority 150) and lb2 (priority 100, with `lb2_extra`), waits until lb1
+/// is active and lb2 watches it, then kills lb1 with SIGKILL: no resign is sent.
+fn kill_the_active(name: &str, lb2_extra: &str) -> (TempConfig, Process) {
+    let t = TempConfig::new(name, "");
+    let (p1, p2) = (free_heartbeat_port(), free_heartbeat_port());
+    let lb2 = Process::start_with(
+        &failover_node(&t.dir, "lb2", 100, p2, p1, lb2_extra),
+        &[FAILOVER_LOG],
+    );
+    let mut lb1 = Process::start_with(
+        &failover_node(&t.dir, "lb1", 150, p1, p2, "dead_after = \"3s\"\n"),
+        &[FAILOVER_LOG],
+    );
+    lb1.wait_for(ACTIVE);
+    let (connected, heard) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
+    lb2.wait_for_line("lb2 watching lb1 and hearing it active", |l| {
+        connected.set(connected.get() || l.contains("failover: exit watch: connected"));
+        heard.set(
+            heard.get()
+                || (l.contains("failover: peer state") && l.contains(r#""state":"active""#)),
+        );
+        connected.get() && heard.get()
+    });
+    lb1.child.kill().unwrap();
+    lb1.child.wait().unwrap();
+    (t, lb2)
+}
+
+#[test]
+fn a_killed_active_is_taken_over_at_once_when_its_port_refuses() {
+    // lb2 would wait a minute of silence; the exit watch sees lb1's process end.
+    let (_t, lb2) = kill_the_active("exit-watch", "dead_after = \"60s\"\n");
+    let exited = lb2.wait_for(
+        "failover: peer exited without resigning (its heartbeat port refuses connections): gone at once",
+    );
+    assert_eq!(exited["node"], "lb1");
+    lb2.wait_for(ACTIVE);
+}
+
+#[test]
+fn with_detect_exit_off_a_killed_active_is_taken_over_after_dead_after() {
+    let (_t, lb2) = kill_the_active(
+        "exit-watch-off",
+        "dead_after = \"5s\"\ndetect_exit = false\n",
+    );
+    let seen = std::cell::Cell::new(false);
+    lb2.wait_for_line("the exit, seen and not acted on", |l| {
+        assert!(!l.contains("gone at once"), "{l}");
+        seen.set(seen.get() || l.contains("detect_exit off"));
+        l.contains(ACTIVE)
+    });
+    assert!(seen.get(), "the exit watch saw lb1 end");
+}

@@ -517,6 +517,11 @@ fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
         ),
         Some(1.0)
     );
+    // lb1's process ended without a resign: the exit watch saw it.
+    assert_eq!(
+        metric(&lab, "lb2", "fulcrum_failover_peer_exits_total"),
+        Some(1.0)
+    );
 
     // It comes back with a higher priority and preempt: it takes the role back.
     lab.start("lb1", &lb_config("lb1", 200, "10.98.0.1", "10.98.0.2"));

@@ -28,6 +28,7 @@ pub const FAILOVER_HEARTBEATS_REJECTED_TOTAL: &str = "fulcrum_failover_heartbeat
 pub const FAILOVER_HEARTBEATS_LATE_TOTAL: &str = "fulcrum_failover_heartbeats_late_total";
 pub const FAILOVER_TIMER_LATE_TOTAL: &str = "fulcrum_failover_timer_late_total";
 pub const FAILOVER_ANNOUNCE_FAILURES_TOTAL: &str = "fulcrum_failover_announce_failures_total";
+pub const FAILOVER_PEER_EXITS_TOTAL: &str = "fulcrum_failover_peer_exits_total";
 
 /// Every metric fulcrum exports, registered in its own registry.
 pub struct Metrics {
@@ -66,6 +67,8 @@ pub struct Metrics {
     pub failover_timer_late_total: IntCounter,
     /// Gratuitous ARPs and neighbour advertisements that could not be sent.
     pub failover_announce_failures_total: IntCounterVec,
+    /// Peers whose process ended without resigning, noticed by the exit watch.
+    pub failover_peer_exits_total: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -207,6 +210,11 @@ impl Metrics {
                 FAILOVER_ANNOUNCE_FAILURES_TOTAL,
                 "Gratuitous ARPs (ipv4) and neighbour advertisements (ipv6) not sent",
                 &["family"],
+            ),
+            failover_peer_exits_total: counter(
+                &r,
+                FAILOVER_PEER_EXITS_TOTAL,
+                "Peers taken as gone because their process ended without resigning",
             ),
             registry: r,
         }

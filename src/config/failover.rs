@@ -38,6 +38,9 @@ pub struct Failover {
     /// twice `interval`.
     pub dead_after: Duration,
     pub preempt: bool,
+    /// A peer whose process ends without resigning (its heartbeat port, over TCP,
+    /// closes and then refuses connections) is gone at once, not after `dead_after`.
+    pub detect_exit: bool,
     /// The shared HMAC key: the key file's bytes, surrounding whitespace removed.
     pub secret: Vec<u8>,
     pub vips: Vec<Vip>,
@@ -57,6 +60,7 @@ impl std::fmt::Debug for Failover {
             .field("interval", &self.interval)
             .field("dead_after", &self.dead_after)
             .field("preempt", &self.preempt)
+            .field("detect_exit", &self.detect_exit)
             .field("secret", &"<redacted>")
             .field("vips", &self.vips)
             .field("on_active", &self.on_active)
@@ -207,6 +211,7 @@ impl Validator<'_> {
             interval,
             dead_after,
             preempt: f.preempt.unwrap_or(true),
+            detect_exit: f.detect_exit.unwrap_or(true),
             secret,
             vips,
             on_active,

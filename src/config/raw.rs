@@ -184,6 +184,7 @@ pub struct RawFailover {
     pub interval: Option<Spanned<String>>,
     pub dead_after: Option<Spanned<String>>,
     pub preempt: Option<bool>,
+    pub detect_exit: Option<bool>,
     pub secret_file: Spanned<String>,
     #[serde(default)]
     pub vips: Vec<Spanned<RawVip>>,

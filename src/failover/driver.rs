@@ -32,13 +32,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::exit;
 use super::machine::{Action, Event, Machine, Role};
 use super::neighbour;
 use super::netlink::{Link, Netlink};
@@ -83,6 +84,8 @@ pub struct Metrics {
     pub timer_late: IntCounter,
     /// `fulcrum_failover_announce_failures_total{family}`
     pub announce_failures: IntCounterVec,
+    /// `fulcrum_failover_peer_exits_total`
+    pub peer_exits: IntCounter,
 }
 
 /// What `/status` shows.
@@ -113,12 +116,27 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// Binds the heartbeat socket: done with the listeners, so that a port in use stops
+/// The sockets of a driver: heartbeats over UDP, and the exit watch's listener over
+/// TCP on the same address and port.
+pub struct Bound {
+    pub heartbeat: std::net::UdpSocket,
+    pub exits: std::net::TcpListener,
+}
+
+/// Binds the heartbeat sockets: done with the listeners, so that a port in use stops
 /// the start the same way.
-pub fn bind(config: &Failover) -> io::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(config.bind)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
+pub fn bind(config: &Failover) -> io::Result<Bound> {
+    bind_at(config.bind)
+}
+
+/// Binds both sockets at `addr`; with port 0 the TCP one takes the port the UDP one
+/// was given.
+pub fn bind_at(addr: SocketAddr) -> io::Result<Bound> {
+    let heartbeat = std::net::UdpSocket::bind(addr)?;
+    heartbeat.set_nonblocking(true)?;
+    let exits = std::net::TcpListener::bind(heartbeat.local_addr()?)?;
+    exits.set_nonblocking(true)?;
+    Ok(Bound { heartbeat, exits })
 }
 
 /// What the rest of the process sees of a running driver: its role, and the way to
@@ -190,17 +208,16 @@ impl Running {
 }
 
 /// Starts the driver on a socket from [`bind`], on a thread of its own.
-pub fn start(
-    config: Failover,
-    socket: std::net::UdpSocket,
-    metrics: Metrics,
-) -> io::Result<Running> {
+pub fn start(config: Failover, bound: Bound, metrics: Metrics) -> io::Result<Running> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let socket = {
+    let (socket, exits_listener) = {
         let _in = runtime.enter();
-        UdpSocket::from_std(socket)?
+        (
+            UdpSocket::from_std(bound.heartbeat)?,
+            TcpListener::from_std(bound.exits)?,
+        )
     };
     let config = Arc::new(config);
     let (status_tx, status) = watch::channel(Status {
@@ -221,6 +238,8 @@ pub fn start(
                 let hooks = tokio::spawn(run_hooks(settings.clone(), hooks_rx));
                 let (commands_tx, commands_rx) = mpsc::channel(QUEUE);
                 let (events_tx, events_rx) = mpsc::channel(QUEUE);
+                let listening = tokio::spawn(exit::listen(exits_listener, settings.clone()));
+                let (exits_tx, exits_rx) = mpsc::channel(QUEUE);
                 let addresses = tokio::spawn(run_addresses(
                     config.vips.clone(),
                     commands_rx,
@@ -231,7 +250,7 @@ pub fn start(
                 // Addresses left by an earlier run that ended without a stop (a crash,
                 // kill -9): a node starts passive, so they go, without the hook.
                 let _ = commands_tx.try_send(Command::Release { hook: false });
-                let driver = Driver {
+                let mut driver = Driver {
                     machine: Machine::new(
                         &config.node,
                         config.priority,
@@ -256,9 +275,17 @@ pub fn start(
                     heard: HashMap::new(),
                     retry_at: None,
                     backoff: RETRY_FIRST,
+                    names: HashMap::new(),
+                    states: HashMap::new(),
+                    watchers: HashMap::new(),
+                    exits: exits_tx,
                     config,
                 };
-                driver.run(stopping, events_rx, addresses, hooks).await;
+                driver.watch_peers();
+                driver
+                    .run(stopping, events_rx, exits_rx, addresses, hooks)
+                    .await;
+                listening.abort();
             });
             let _ = done_tx.send(());
         })?;
@@ -351,6 +378,14 @@ struct Driver {
     /// In fault: when to try again, and the wait after the next fault.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Which node each peer address's heartbeats name: the exit watch reports
+    /// addresses, the machine knows names.
+    names: HashMap<IpAddr, String>,
+    /// What each peer's heartbeats said last: a change is logged.
+    states: HashMap<String, State>,
+    /// The exit watch of each peer, and where they report.
+    watchers: HashMap<SocketAddr, (JoinHandle<()>, Arc<Notify>)>,
+    exits: mpsc::Sender<SocketAddr>,
 }
 
 impl Driver {
@@ -363,6 +398,7 @@ impl Driver {
         mut self,
         stop: CancellationToken,
         mut reports: mpsc::Receiver<Report>,
+        mut exits: mpsc::Receiver<SocketAddr>,
         addresses: JoinHandle<()>,
         hooks: JoinHandle<()>,
     ) {
@@ -387,6 +423,7 @@ impl Driver {
                     self.send(self.advertised());
                 }
                 _ = check.tick() => self.step(Event::Tick),
+                Some(peer) = exits.recv() => self.exited(peer),
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => self.received(&buf[..n], from),
                     Err(e) => self.warn(format_args!("heartbeat receive failed: {e}")),
@@ -424,6 +461,9 @@ impl Driver {
             }
         }
         self.step(Event::Shutdown);
+        for (_, (w, _)) in self.watchers.drain() {
+            w.abort();
+        }
         // Closing the queue ends the address task once it has done what is queued; it
         // then closes the hook queue the same way.
         drop(self.commands);
@@ -468,6 +508,7 @@ impl Driver {
         self.machine
             .reconfigure(new.priority, new.preempt, millis(new.dead_after));
         self.config = new;
+        self.watch_peers();
         self.step(Event::Tick);
         // The peers learn a new priority now, not an interval later.
         self.send(self.advertised());
@@ -490,6 +531,19 @@ impl Driver {
                 let arrived = Instant::now();
                 self.status.send_modify(|s| s.last_heard = Some(arrived));
                 self.on_arrival(&hb.node, arrived);
+                // A watch not connected yet tries at once: the peer is up.
+                for (addr, (_, nudge)) in &self.watchers {
+                    if addr.ip().to_canonical() == source {
+                        nudge.notify_one();
+                    }
+                }
+                if self.names.get(&source).is_none_or(|n| *n != hb.node) {
+                    self.names.insert(source, hb.node.clone());
+                }
+                if self.states.get(&hb.node) != Some(&hb.state) {
+                    info!(peer = %from, node = %hb.node, state = hb.state.name(), "failover: peer state");
+                    self.states.insert(hb.node.clone(), hb.state);
+                }
                 self.step(Event::Heartbeat {
                     from: &hb.node,
                     priority: hb.priority,
@@ -509,6 +563,49 @@ impl Driver {
                 ));
             }
         }
+    }
+
+    /// Starts an exit watch for each peer that has none, and ends those of addresses
+    /// no longer listed.
+    fn watch_peers(&mut self) {
+        let peers = self.config.peers.clone();
+        self.watchers.retain(|addr, (w, _)| {
+            let keep = peers.contains(addr);
+            if !keep {
+                w.abort();
+            }
+            keep
+        });
+        for peer in peers {
+            self.watchers.entry(peer).or_insert_with(|| {
+                let nudge = Arc::new(Notify::new());
+                let task = tokio::spawn(exit::watch(
+                    self.config.bind.ip(),
+                    peer,
+                    self.exits.clone(),
+                    nudge.clone(),
+                ));
+                (task, nudge)
+            });
+        }
+    }
+
+    /// The exit watch saw `peer`'s process end without a resign: the node that
+    /// address's heartbeats named is gone, at once (unless `detect_exit` is off).
+    fn exited(&mut self, peer: SocketAddr) {
+        if !self.config.detect_exit {
+            debug!(peer = %peer, "failover: peer exited (detect_exit off: waiting for dead_after)");
+            return;
+        }
+        let Some(node) = self.names.get(&peer.ip().to_canonical()).cloned() else {
+            debug!(peer = %peer, "failover: an unheard peer exited");
+            return;
+        };
+        self.metrics.peer_exits.inc();
+        info!(peer = %peer, node = %node, "failover: peer exited without resigning (its heartbeat port refuses connections): gone at once");
+        self.heard.remove(&node);
+        self.states.remove(&node);
+        self.step(Event::Exited { from: &node });
     }
 
     /// Counts a heartbeat that came more than 1.5 intervals after the previous one of
@@ -902,6 +999,7 @@ mod tests {
             timer_late: IntCounter::new("tl", "tl").unwrap(),
             announce_failures: IntCounterVec::new(prometheus::Opts::new("af", "af"), &["family"])
                 .unwrap(),
+            peer_exits: IntCounter::new("pe", "pe").unwrap(),
         }
     }
 
@@ -920,6 +1018,7 @@ mod tests {
             interval: Duration::from_millis(50),
             dead_after: Duration::from_millis(300),
             preempt: true,
+            detect_exit: true,
             secret: b"key".to_vec(),
             vips: Vec::new(),
             on_active: Some(dir.join("hook")),
@@ -946,11 +1045,12 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let a_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (a_addr, b_addr) = (a_sock.local_addr().unwrap(), b_sock.local_addr().unwrap());
-        a_sock.set_nonblocking(true).unwrap();
-        b_sock.set_nonblocking(true).unwrap();
+        let a_sock = bind_at("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b_sock = bind_at("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (a_addr, b_addr) = (
+            a_sock.heartbeat.local_addr().unwrap(),
+            b_sock.heartbeat.local_addr().unwrap(),
+        );
         let a_metrics = metrics();
         let a = start(
             node("a", 200, a_addr, b_addr, &dir),
@@ -1032,11 +1132,12 @@ mod tests {
     async fn a_higher_priority_given_at_reload_takes_the_role() {
         let dir = std::env::temp_dir().join(format!("fulcrum-reprio-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let a_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (a_addr, b_addr) = (a_sock.local_addr().unwrap(), b_sock.local_addr().unwrap());
-        a_sock.set_nonblocking(true).unwrap();
-        b_sock.set_nonblocking(true).unwrap();
+        let a_sock = bind_at("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b_sock = bind_at("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (a_addr, b_addr) = (
+            a_sock.heartbeat.local_addr().unwrap(),
+            b_sock.heartbeat.local_addr().unwrap(),
+        );
         let mut a_config = node("a", 200, a_addr, b_addr, &dir);
         a_config.on_active = None;
         let mut b_config = node("b", 100, b_addr, a_addr, &dir);

@@ -3,7 +3,8 @@
 //!
 //! Rank: a higher priority wins; equal priorities are broken by the greater node name.
 //! A passive node becomes active when no live peer is active and no live peer outranks
-//! it (after one `dead_after` from start, so that it hears its peers first), or, with
+//! it (after one `dead_after` from start, so that it hears its peers first, unless it
+//! has heard an active one already), or, with
 //! `preempt`, when its priority is higher than the active peer's (equal priorities
 //! never fail back). An active node steps down when an
 //! active peer outranks it. A peer is live while its heartbeats keep arriving within
@@ -51,6 +52,9 @@ pub enum Event<'a> {
     VipFailed,
     /// Time to try again after a fault.
     Retry,
+    /// The peer's process ended without resigning (see `exit`): it is gone at once,
+    /// as if it had resigned.
+    Exited { from: &'a str },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,9 @@ pub struct Machine {
     preempt: bool,
     dead_after_ms: u64,
     started_ms: u64,
+    /// An active peer was heard: the node knows who is there without waiting out
+    /// its first `dead_after`.
+    heard_active: bool,
     role: Role,
     peers: HashMap<String, Peer>,
 }
@@ -97,6 +104,7 @@ impl Machine {
             preempt,
             dead_after_ms,
             started_ms: now_ms,
+            heard_active: false,
             role: Role::Passive,
             peers: HashMap::new(),
         }
@@ -149,6 +157,7 @@ impl Machine {
                     return out;
                 }
                 let was_alive = self.peers.get(from).is_some_and(|p| self.alive(p, now_ms));
+                self.heard_active |= state == State::Active;
                 if state == State::Resign {
                     self.peers.remove(from);
                 } else {
@@ -196,6 +205,11 @@ impl Machine {
                     out.push(Action::EnterFault);
                 }
             }
+            Event::Exited { from } => {
+                if self.peers.remove(from).is_some() {
+                    self.evaluate(now_ms, &mut out);
+                }
+            }
             Event::Retry => {
                 if self.role == Role::Fault {
                     self.role = Role::Passive;
@@ -231,7 +245,8 @@ impl Machine {
         let take_over = if any_active {
             self.preempt && outranks_every_active
         } else {
-            let settled = now_ms.saturating_sub(self.started_ms) >= self.dead_after_ms;
+            let settled =
+                self.heard_active || now_ms.saturating_sub(self.started_ms) >= self.dead_after_ms;
             settled && !better_passive
         };
         if take_over {
@@ -279,6 +294,34 @@ mod tests {
             m.step(950, hb("lb1", 150, State::Resign)),
             [Action::BecomeActive]
         );
+    }
+
+    #[test]
+    fn an_exited_active_peer_is_taken_over_at_once_and_a_passive_one_changes_nothing() {
+        let mut m = Machine::new("lb2", 100, true, DEAD, 0);
+        m.step(900, hb("lb1", 150, State::Active));
+        m.step(900, hb("lb3", 50, State::Passive));
+        assert!(m.step(950, Event::Exited { from: "lb3" }).is_empty());
+        assert!(m.step(960, Event::Exited { from: "nobody" }).is_empty());
+        assert_eq!(
+            m.step(1000, Event::Exited { from: "lb1" }),
+            [Action::BecomeActive]
+        );
+        // Just started, it heard the active peer, which then exited: it need not wait
+        // out its first dead_after to know who is there.
+        let mut young = Machine::new("lb2", 100, true, DEAD, 0);
+        young.step(10, hb("lb1", 150, State::Active));
+        assert_eq!(
+            young.step(20, Event::Exited { from: "lb1" }),
+            [Action::BecomeActive]
+        );
+        // A node in fault claims nothing, whoever exits.
+        let mut f = Machine::new("lb2", 100, true, DEAD, 0);
+        f.step(DEAD, Event::Tick);
+        f.step(DEAD, Event::VipFailed);
+        f.step(900, hb("lb1", 150, State::Active));
+        assert!(f.step(950, Event::Exited { from: "lb1" }).is_empty());
+        assert_eq!(f.role(), Role::Fault);
     }
 
     #[test]

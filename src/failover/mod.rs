@@ -9,9 +9,13 @@
 //!   (addresses over netlink in [`netlink`], gratuitous ARP and unsolicited neighbour
 //!   advertisements in [`neighbour`], hooks killed with their process group by
 //!   [`group`] when they overrun), the graceful resign, settings changed at reload,
-//!   and the role published for `/status` and the metrics.
+//!   and the role published for `/status` and the metrics;
+//! - [`exit`]: the exit watch, a TCP connection to each peer's heartbeat port whose
+//!   close, followed by a refused reconnection, means the peer's process ended without
+//!   resigning.
 
 pub mod driver;
+pub mod exit;
 pub mod group;
 pub mod machine;
 pub mod neighbour;

@@ -33,6 +33,16 @@ pub enum State {
 }
 
 impl State {
+    /// As logs say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Passive => "passive",
+            State::Active => "active",
+            State::Resign => "resign",
+            State::Fault => "fault",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             State::Passive => 0,

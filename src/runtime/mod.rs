@@ -202,7 +202,7 @@ pub struct Server {
     shared: Arc<Shared>,
     admin: Option<TcpListener>,
     /// The heartbeat socket, bound with the listeners; the driver starts in `run`.
-    failover: Option<std::net::UdpSocket>,
+    failover: Option<failover::driver::Bound>,
 }
 
 /// How a shutdown went.
@@ -378,7 +378,7 @@ impl Server {
 fn start_failover(
     shared: &Shared,
     config: crate::config::Failover,
-    socket: std::net::UdpSocket,
+    sockets: failover::driver::Bound,
 ) -> Option<failover::Running> {
     let metrics = failover::Metrics {
         active: shared.metrics.failover_active.clone(),
@@ -387,8 +387,9 @@ fn start_failover(
         heartbeats_late: shared.metrics.failover_heartbeats_late_total.clone(),
         timer_late: shared.metrics.failover_timer_late_total.clone(),
         announce_failures: shared.metrics.failover_announce_failures_total.clone(),
+        peer_exits: shared.metrics.failover_peer_exits_total.clone(),
     };
-    match failover::driver::start(config, socket, metrics) {
+    match failover::driver::start(config, sockets, metrics) {
         Ok(running) => {
             let _ = shared.failover.set(running.control());
             Some(running)
