@@ -508,3 +508,201 @@ fn the_failover_pair_examples_are_valid_with_a_key() {
     assert_eq!(a.vips, b.vips);
     assert!(a.priority > b.priority);
 }
+
+#[test]
+fn rewrites_and_redirects_are_checked_with_their_key() {
+    let route = |keys: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[listener.route]]\n{keys}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n"
+        )
+    };
+    let table: &[(&str, &str)] = &[
+        (
+            "upstream = \"app\"\nrewrite = { regex = \"^/old/(.*\", to = \"/new/$1\" }",
+            "fulcrum.toml:6:21: `listener[0].route[0].rewrite.regex` does not compile:",
+        ),
+        (
+            "upstream = \"app\"\nrewrite = { to = \"/\" }",
+            "`listener[0].route[0].rewrite` needs one of `prefix` or `regex` (and `to`)",
+        ),
+        (
+            "upstream = \"app\"\nrewrite = { prefix = \"/a/\", regex = \"a\", to = \"/\" }",
+            "`listener[0].route[0].rewrite` needs one of `prefix` or `regex` (and `to`)",
+        ),
+        (
+            "upstream = \"app\"\nrewrite = { prefix = \"api/\", to = \"/\" }",
+            "`listener[0].route[0].rewrite.prefix` must be a path starting with '/', got \"api/\"",
+        ),
+        (
+            "upstream = \"app\"\nrewrite = { prefix = \"/api/\", to = \"x?y\" }",
+            "`listener[0].route[0].rewrite.to` must be a path starting with '/' (no query), got \"x?y\"",
+        ),
+        (
+            "upstream = \"app\"\nrewrite = { prefix = \"/api/\", to = \"/\", extra = 1 }",
+            "unknown field `extra`, expected one of `prefix`, `regex`, `to`",
+        ),
+        (
+            "static = \".\"\nrewrite = { prefix = \"/api/\", to = \"/\" }",
+            "`listener[0].route[0].rewrite` applies to routes with an `upstream`",
+        ),
+        (
+            "redirect = { to = \"https://example.com{pathh}\" }",
+            "fulcrum.toml:5:19: `listener[0].route[0].redirect.to` names `{pathh}`, which is not one of {path}, {query}, {uri}, {host}",
+        ),
+        (
+            "redirect = { to = \"https://example.com{path\" }",
+            "`listener[0].route[0].redirect.to` has a `{` without its `}`",
+        ),
+        (
+            "redirect = { to = \"\" }",
+            "`listener[0].route[0].redirect.to` must not be empty",
+        ),
+        (
+            "redirect = { to = \"https://x{path}\", status = 300 }",
+            "`listener[0].route[0].redirect.status` must be one of 301, 302, 303, 307, 308, got 300",
+        ),
+        (
+            "upstream = \"app\"\nredirect = { to = \"https://x{path}\" }",
+            "`listener[0].route[0]` has more than one of `upstream`, `static` and `redirect`",
+        ),
+        (
+            "redirect = { to = \"https://x{path}\" }\ncache = true",
+            "`listener[0].route[0].cache` does not apply to a route with `redirect`",
+        ),
+        (
+            "path_prefix = \"/x/\"",
+            "`listener[0].route[0]` needs `upstream`, `static` or `redirect`",
+        ),
+    ];
+    for (keys, expected) in table {
+        let got = errors(&route(keys));
+        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
+    }
+}
+
+#[test]
+fn keys_of_capabilities_not_built_are_refused_by_name() {
+    let http = |listener: &str, route: &str, upstream: &str, rest: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n{listener}\n[[listener.route]]\nupstream = \"app\"\n{route}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n{upstream}\n{rest}"
+        )
+    };
+    let cases = [
+        (
+            http("", "", "", "[rate_limit.per_ip]\nrate = \"100/s\"\n"),
+            "`rate_limit`",
+        ),
+        (
+            http("", "", "", "[redis]\nurl = \"redis://127.0.0.1\"\n"),
+            "`redis`",
+        ),
+        (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
+        (http("", "", "", "[tracing]\nsample = 0.5\n"), "`tracing`"),
+        (
+            http("", "", "", "[compression]\nmin_size = \"1KiB\"\n"),
+            "`compression`",
+        ),
+        (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
+        (http("", "", "", "[bgp]\nlocal_as = 65000\n"), "`bgp`"),
+        (
+            http("proxy_protocol = true", "", "", ""),
+            "`listener[0].proxy_protocol`",
+        ),
+        (
+            http("trusted_proxies = [\"10.0.0.0/8\"]", "", "", ""),
+            "`listener[0].trusted_proxies`",
+        ),
+        (
+            http("rate_limit = \"per_ip\"", "", "", ""),
+            "`listener[0].rate_limit`",
+        ),
+        (
+            http("error_pages = { \"503\" = \"e.html\" }", "", "", ""),
+            "`listener[0].error_pages`",
+        ),
+        (
+            http("request_headers = { set = {} }", "", "", ""),
+            "`listener[0].request_headers`",
+        ),
+        (
+            http("response_headers = { remove = [\"server\"] }", "", "", ""),
+            "`listener[0].response_headers`",
+        ),
+        (
+            http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
+            "`listener[0].tls.acme`",
+        ),
+        (
+            http("", "sni = \"*.example.com\"", "", ""),
+            "`listener[0].route[0].sni`",
+        ),
+        (
+            http("", "rate_limit = \"per_ip\"", "", ""),
+            "`listener[0].route[0].rate_limit`",
+        ),
+        (
+            http("", "compress = true", "", ""),
+            "`listener[0].route[0].compress`",
+        ),
+        (
+            http("", "request_headers = { set = { \"x\" = \"1\" } }", "", ""),
+            "`listener[0].route[0].request_headers`",
+        ),
+        (
+            http("", "response_headers = { remove = [\"x\"] }", "", ""),
+            "`listener[0].route[0].response_headers`",
+        ),
+        (
+            http("", "", "protocol = \"h2c\"", ""),
+            "`upstream.app.protocol`",
+        ),
+        (
+            http("", "", "h2_keepalive = \"30s\"", ""),
+            "`upstream.app.h2_keepalive`",
+        ),
+        (
+            http("", "", "proxy_protocol = \"v2\"", ""),
+            "`upstream.app.proxy_protocol`",
+        ),
+        (
+            http("", "", "srv = \"_grpc._tcp.api\"", ""),
+            "`upstream.app.srv`",
+        ),
+        (
+            http("", "", "health = { check = \"grpc\" }", ""),
+            "`upstream.app.health.check` \"grpc\"",
+        ),
+        (
+            http("", "", "health = { grpc_service = \"\" }", ""),
+            "`upstream.app.health.grpc_service`",
+        ),
+    ];
+    for (file, key) in cases {
+        let got = errors(&file);
+        assert!(
+            got.contains(&format!("{key} not supported yet")),
+            "expected {key} not supported yet in:\n{got}"
+        );
+    }
+    // A backend's `resolve` (the upstream is written out: backends are a list).
+    let got = errors(
+        "[upstream.app]\nbackends = [{ address = \"app.internal:8080\", resolve = \"30s\" }]\n",
+    );
+    assert!(
+        got.contains("`upstream.app.backends[0].resolve` not supported yet"),
+        "{got}"
+    );
+    // HTTP/3 needs TLS: its key is refused by name too.
+    let got = errors(&http(
+        "[listener.tls]\ncertificates = []\nhttp3 = true",
+        "",
+        "",
+        "",
+    ));
+    assert!(
+        got.contains("`listener[0].tls.http3` not supported yet"),
+        "{got}"
+    );
+}

@@ -17,6 +17,10 @@
 #              takeover = from the kill to the end of the first successful request
 #              after the first failed one; failed = requests started after the kill
 #              that failed.
+#   down:      both of the active node's links leave their bridges at once, at a
+#              random point of the period, as a power loss or a dead switch port
+#              looks from the network: nothing is closed, only silence tells;
+#              measured as kill.
 #   partition: heartbeats are dropped both ways (both nodes become active), then pass;
 #              reported: failed requests after it came up, and the time from then to
 #              the end of the first success after the last failure (0 if none failed).
@@ -265,9 +269,11 @@ after = [r for r in rows if r[0] >= t0]
 failed = sum(1 for r in after if r[2] == 0)
 if mode == "kill":
     # The first success after the first failure: a request the old node answered
-    # just before it stopped is not a takeover.
-    first_fail = next((i for i, r in enumerate(after) if r[2] == 0), None)
-    first = None if first_fail is None else next((r for r in after[first_fail:] if r[2] == 1), None)
+    # just before it stopped is not a takeover. With no failure at all (a takeover
+    # between two requests), the first success started after the crash: the old node
+    # could not answer it.
+    first_fail = next((i for i, r in enumerate(after) if r[2] == 0), 0)
+    first = next((r for r in after[first_fail:] if r[2] == 1), None)
     took = (first[1] - t0) / 1e9 if first else float("nan")
 else:
     last_fail = max((i for i, r in enumerate(after) if r[2] == 0), default=None)
@@ -288,6 +294,7 @@ run_case() {
     for n in lb1 lb2; do ip -n "$(ns $n)" addr del "$VIP/24" dev eth0 2>/dev/null || true; done
     rm -f "$WORK"/lb?/vrrp.pid
     ip -n "$(ns br)" link set hlb1 master br1
+    ip -n "$(ns br)" link set vlb1 master br0
     "start_$kind" lb1 150 "$param"
     "start_$kind" lb2 100 "$param"
     if ! wait_until 20 vip_on lb1; then echo "$name run $run: lb1 never took the VIP" >&2; stop_pids; continue; fi
@@ -307,6 +314,13 @@ run_case() {
       t0=$(date +%s%N)
       wait_until 20 vip_on lb2 || echo "$name run $run: lb2 never took the VIP" >&2
       sleep 1.5
+    elif [ "$mode" = down ]; then
+      sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", r / 32768 }')"
+      ip -n "$(ns br)" link set hlb1 nomaster
+      ip -n "$(ns br)" link set vlb1 nomaster
+      t0=$(date +%s%N)
+      wait_until 20 vip_on lb2 || echo "$name run $run: lb2 never took the VIP" >&2
+      sleep 1.5
     else
       # lb1's heartbeat port leaves the bridge: nothing passes, every interface of
       # the balancers stays up, so neither sees a link fault.
@@ -318,7 +332,7 @@ run_case() {
       sleep 3
     fi
     touch "$stopf"; wait "$client" || true
-    read -r took failed < <(python3 "$ANALYZE" "$out" "$t0" "$mode")
+    read -r took failed < <(python3 "$ANALYZE" "$out" "$t0" "${mode/down/kill}")
     echo "$name run $run: ${took}s, $failed failed"
     echo "$name|$took|$failed" >> "$WORK/results"
     stop_pids
@@ -343,6 +357,8 @@ pairs = [("kill fulcrum 100ms", "kill keepalived 0.1"),
          ("kill fulcrum 50ms", "kill keepalived 0.05"),
          ("kill fulcrum 100ms dead_after 360ms", "kill keepalived 0.1"),
          ("kill fulcrum 200ms", "kill keepalived 1"),
+         ("down fulcrum 100ms", "down keepalived 0.1"),
+         ("down fulcrum 50ms", "down keepalived 0.05"),
          ("partition fulcrum 100ms", "partition keepalived 0.1")]
 for a, b in pairs:
     if a in means and b in means:
@@ -403,6 +419,9 @@ run_case "kill fulcrum 100ms" fulcrum 100ms kill
 run_case "kill fulcrum 100ms dead_after 360ms" fulcrum 100ms/360ms kill
 run_case "kill fulcrum 50ms" fulcrum 50ms kill
 run_case "kill fulcrum 20ms" fulcrum 20ms kill
+run_case "down fulcrum 100ms" fulcrum 100ms down
+run_case "down fulcrum 50ms" fulcrum 50ms down
+run_case "down fulcrum 20ms" fulcrum 20ms down
 run_case "partition fulcrum 200ms" fulcrum 200ms partition
 run_case "partition fulcrum 100ms" fulcrum 100ms partition
 if command -v keepalived >/dev/null 2>&1; then
@@ -410,6 +429,8 @@ if command -v keepalived >/dev/null 2>&1; then
   run_case "kill keepalived 0.1" keepalived 0.1 kill
   # VRRPv3 counts in centiseconds: 0.05 is the shortest that keeps 3 adverts apart.
   run_case "kill keepalived 0.05" keepalived 0.05 kill
+  run_case "down keepalived 0.1" keepalived 0.1 down
+  run_case "down keepalived 0.05" keepalived 0.05 down
   run_case "partition keepalived 0.1" keepalived 0.1 partition
 else
   echo "keepalived not available: no comparison" >&2

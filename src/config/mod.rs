@@ -5,7 +5,9 @@
 mod error;
 mod failover;
 mod raw;
+mod shaping;
 mod units;
+mod unsupported;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -22,6 +24,9 @@ pub use failover::{
 };
 pub use ipnet::IpNet;
 use raw::*;
+pub use shaping::{
+    compile as compile_rewrite_regex, template as redirect_template, Part, Redirect, Rewrite,
+};
 use toml::Spanned;
 pub use units::{parse_duration, parse_size};
 
@@ -229,6 +234,8 @@ pub struct Route {
     pub upgrades: Vec<String>,
     /// Static routes: serve path segments that start with a dot.
     pub static_hidden: bool,
+    /// Upstream routes: the path sent to the upstream.
+    pub rewrite: Option<Rewrite>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +266,8 @@ pub enum RouteTarget {
     Upstream(String),
     /// A directory, already resolved against the config file's directory.
     Static(PathBuf),
+    /// Answered by fulcrum itself.
+    Redirect(Redirect),
 }
 
 /// A listener's `allow` and `deny` networks.
@@ -620,6 +629,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
+        self.unsupported_sections(&raw);
         let global = self.global(raw.global.as_ref());
         let admin = raw.admin.as_ref().map(|a| self.admin(a.get_ref()));
         let cache_section = raw.cache.as_ref().map(|c| self.cache(c.get_ref()));
@@ -848,6 +858,7 @@ impl Validator<'_> {
         upstreams: &std::collections::BTreeMap<String, Spanned<RawUpstream>>,
     ) -> Option<Listener> {
         let l = sl.get_ref();
+        self.unsupported_listener(&format!("listener[{i}]"), l);
         let key = |k: &str| format!("listener[{i}].{k}");
         let name = l.name.get_ref().clone();
         if !units::is_valid_name(&name) {
@@ -1060,15 +1071,20 @@ impl Validator<'_> {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let k = |f: &str| format!("{key}.{f}");
         let dir = self.file.parent().unwrap_or(Path::new("")).to_path_buf();
-        if t.certificates.get_ref().is_empty() {
+        self.unsupported_listener_tls(key, t);
+        let listed = t
+            .certificates
+            .as_ref()
+            .map_or(&[][..], |c| c.get_ref().as_slice());
+        if listed.is_empty() && t.acme.is_none() {
             self.err(
-                Some(t.certificates.span()),
+                t.certificates.as_ref().map(|c| c.span()),
                 k("certificates"),
                 "must list at least one { cert, key }",
             );
         }
         let mut certificates = Vec::new();
-        for (i, c) in t.certificates.get_ref().iter().enumerate() {
+        for (i, c) in listed.iter().enumerate() {
             let ck = |f: &str| format!("{key}.certificates[{i}].{f}");
             let cert_path = dir.join(&c.get_ref().cert);
             let key_path = dir.join(&c.get_ref().key);
@@ -1197,6 +1213,7 @@ impl Validator<'_> {
         upstreams: &std::collections::BTreeMap<String, Spanned<RawUpstream>>,
     ) -> Option<Route> {
         let r = sr.get_ref();
+        self.unsupported_route(key, r);
         let k = |f: &str| format!("{key}.{f}");
         let host = r.host.as_ref().and_then(|h| {
             let text = h.get_ref().trim().to_ascii_lowercase();
@@ -1267,6 +1284,61 @@ impl Validator<'_> {
         }
         let timeout = self.duration(&r.timeout, &k("timeout"), DEFAULT_ROUTE_TIMEOUT);
         let cache = r.cache.as_ref().is_some_and(|c| *c.get_ref());
+        let served = [
+            r.upstream.as_ref().map(|s| s.span()),
+            r.static_dir.as_ref().map(|s| s.span()),
+            r.redirect.as_ref().map(|s| s.span()),
+        ];
+        if served.iter().flatten().count() > 1 {
+            self.err(
+                served.iter().flatten().nth(1).cloned(),
+                key.to_string(),
+                "has more than one of `upstream`, `static` and `redirect`; a route does one of them",
+            );
+            return None;
+        }
+        if let Some(redirect) = &r.redirect {
+            let redirect = self.redirect(&k("redirect"), redirect)?;
+            for (set, name) in [
+                (r.rewrite.as_ref().map(|v| v.span()), "rewrite"),
+                (r.cache.as_ref().map(|v| v.span()), "cache"),
+                (r.timeout.as_ref().map(|v| v.span()), "timeout"),
+                (r.upgrades.as_ref().map(|v| v.span()), "upgrades"),
+                (r.static_hidden.as_ref().map(|v| v.span()), "static_hidden"),
+            ] {
+                if let Some(span) = set {
+                    self.err(
+                        Some(span),
+                        k(name),
+                        "does not apply to a route with `redirect`: fulcrum answers it itself",
+                    );
+                }
+            }
+            return Some(Route {
+                host,
+                path_prefix,
+                methods,
+                headers,
+                target: RouteTarget::Redirect(redirect),
+                timeout: DEFAULT_ROUTE_TIMEOUT,
+                cache: false,
+                upgrades: Vec::new(),
+                static_hidden: false,
+                rewrite: None,
+            });
+        }
+        let rewrite = match &r.rewrite {
+            Some(rw) if r.upstream.is_none() => {
+                self.err(
+                    Some(rw.span()),
+                    k("rewrite"),
+                    "applies to routes with an `upstream`",
+                );
+                None
+            }
+            Some(rw) => self.rewrite(&k("rewrite"), rw),
+            None => None,
+        };
         let target = match (&r.upstream, &r.static_dir) {
             (Some(u), None) => {
                 if !upstreams.contains_key(u.get_ref()) {
@@ -1305,7 +1377,7 @@ impl Validator<'_> {
                 self.err(
                     Some(sr.span()),
                     key.to_string(),
-                    "needs `upstream` or `static`",
+                    "needs `upstream`, `static` or `redirect`",
                 );
                 return None;
             }
@@ -1342,7 +1414,7 @@ impl Validator<'_> {
             }
         }
         let static_hidden = r.static_hidden.as_ref().is_some_and(|h| *h.get_ref());
-        if let (Some(h), RouteTarget::Upstream(_)) = (&r.static_hidden, &target) {
+        if let (Some(h), false) = (&r.static_hidden, matches!(target, RouteTarget::Static(_))) {
             self.err(
                 Some(h.span()),
                 k("static_hidden"),
@@ -1368,6 +1440,7 @@ impl Validator<'_> {
             cache,
             upgrades,
             static_hidden,
+            rewrite,
         })
     }
 
@@ -1384,6 +1457,7 @@ impl Validator<'_> {
 
     fn upstream(&mut self, name: &str, su: &Spanned<RawUpstream>) -> Option<Upstream> {
         let u = su.get_ref();
+        self.unsupported_upstream(&format!("upstream.{name}"), u);
         let key = |k: &str| format!("upstream.{name}.{k}");
         if name.is_empty() || name.contains(['/', ' ', '"']) {
             self.err(
@@ -1532,6 +1606,7 @@ impl Validator<'_> {
         let mut seen_addrs: HashSet<String> = HashSet::new();
         for (j, sb) in u.backends.get_ref().iter().enumerate() {
             let b = sb.get_ref();
+            self.unsupported_backend(&format!("upstream.{name}.backends[{j}]"), b);
             let bkey = |k: &str| format!("upstream.{name}.backends[{j}].{k}");
             let address = b.address.get_ref().trim().to_string();
             let resolved = match resolve(&address) {
@@ -1666,6 +1741,10 @@ impl Validator<'_> {
         let check = match h.check.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
             None | Some(("tcp", _)) => CheckKind::Tcp,
             Some(("http", _)) => CheckKind::Http,
+            Some(("grpc", span)) => {
+                self.err(Some(span), key("check"), "\"grpc\" not supported yet");
+                CheckKind::Tcp
+            }
             Some((other, span)) => {
                 self.err(
                     Some(span),

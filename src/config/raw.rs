@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::unsupported::Later;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -20,6 +22,13 @@ pub struct RawConfig {
     pub upstream: BTreeMap<String, Spanned<RawUpstream>>,
     pub cache: Option<Spanned<RawCache>>,
     pub failover: Option<Spanned<RawFailover>>,
+    pub rate_limit: Later,
+    pub redis: Later,
+    pub resolver: Later,
+    pub tracing: Later,
+    pub compression: Later,
+    pub acme: Later,
+    pub bgp: Later,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,15 +88,24 @@ pub struct RawListener {
     pub redirect_https: Option<Spanned<bool>>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub route: Option<Vec<Spanned<RawRoute>>>,
+    pub proxy_protocol: Later,
+    pub trusted_proxies: Later,
+    pub rate_limit: Later,
+    pub error_pages: Later,
+    pub request_headers: Later,
+    pub response_headers: Later,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
-    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    /// Required unless `acme` is given (refused as not supported yet).
+    pub certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
     pub min_version: Option<Spanned<String>>,
     pub alpn: Option<Spanned<Vec<String>>>,
     pub client_ca: Option<Spanned<String>>,
+    pub acme: Later,
+    pub http3: Later,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +129,28 @@ pub struct RawRoute {
     pub timeout: Option<Spanned<String>>,
     pub upgrades: Option<Spanned<Vec<Spanned<String>>>>,
     pub static_hidden: Option<Spanned<bool>>,
+    pub rewrite: Option<Spanned<RawRewrite>>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+    pub sni: Later,
+    pub rate_limit: Later,
+    pub compress: Later,
+    pub request_headers: Later,
+    pub response_headers: Later,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub prefix: Option<Spanned<String>>,
+    pub regex: Option<Spanned<String>>,
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub to: Spanned<String>,
+    pub status: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +166,10 @@ pub struct RawUpstream {
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub sticky: Option<Spanned<RawSticky>>,
     pub health: Option<Spanned<RawHealth>>,
+    pub protocol: Later,
+    pub h2_keepalive: Later,
+    pub proxy_protocol: Later,
+    pub srv: Later,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +178,7 @@ pub struct RawBackend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<i64>>,
     pub name: Option<Spanned<String>>,
+    pub resolve: Later,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +209,7 @@ pub struct RawHealth {
     pub fall: Option<Spanned<i64>>,
     pub passive_failures: Option<Spanned<i64>>,
     pub eject_for: Option<Spanned<String>>,
+    pub grpc_service: Later,
 }
 
 #[derive(Debug, Deserialize)]

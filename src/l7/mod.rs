@@ -17,6 +17,7 @@ pub mod path;
 pub mod pool;
 pub mod request_body;
 pub mod route;
+mod shaping;
 mod static_files;
 mod sticky;
 
@@ -151,6 +152,11 @@ impl Settings {
                 RouteTarget::Static(dir) => {
                     (Target::Static(Arc::new(StaticDir::new(dir.clone()))), "-")
                 }
+                RouteTarget::Redirect(r) => (Target::Redirect(Arc::new(r.clone())), "-"),
+            };
+            let rewrite = match &r.rewrite {
+                Some(rw) => Some(shaping::PathRewrite::compile(rw)?),
+                None => None,
             };
             Some(Action {
                 target,
@@ -167,6 +173,7 @@ impl Settings {
                 },
                 upgrades: r.upgrades.clone(),
                 static_hidden: r.static_hidden,
+                rewrite,
             })
         };
         let routes = l
@@ -202,6 +209,7 @@ impl Settings {
                     cache: false,
                     upgrades: config::DEFAULT_UPGRADES.map(String::from).to_vec(),
                     static_hidden: false,
+                    rewrite: None,
                 },
             )
         });
@@ -862,7 +870,20 @@ async fn respond(
             req.headers(),
         )
         .ok_or(ProxyError::NoRoute)?;
-    if let (Cow::Owned(p), true) = (normal, s.forward_normalized_path) {
+    // A rewrite starts from the normal form, whatever the listener forwards.
+    let rewritten = action
+        .rewrite
+        .as_ref()
+        .and_then(|rw| match rw.apply(&normal) {
+            Cow::Owned(p) => Some(p),
+            Cow::Borrowed(_) => None,
+        });
+    let forwarded = match (rewritten, normal) {
+        (Some(p), _) => Some(p),
+        (None, Cow::Owned(p)) if s.forward_normalized_path => Some(p),
+        _ => None,
+    };
+    if let Some(p) = forwarded {
         let uri = with_path(req.uri(), &p).ok_or(ProxyError::BadRequest("path not usable"))?;
         *req.uri_mut() = uri;
     }
@@ -879,6 +900,8 @@ async fn respond(
             action.static_hidden,
         ))
         .await),
+        Target::Redirect(r) => shaping::redirect(r, req.uri(), host.map(RequestHost::name))
+            .ok_or(ProxyError::BadRequest("redirect target not usable")),
         Target::Upstream(t) => {
             exchange.upstream = Some(t.upstream.clone());
             let f = forward::Forwarding {

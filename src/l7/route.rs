@@ -16,6 +16,8 @@ use super::{StaticDir, UpstreamTarget};
 pub enum Target {
     Upstream(Arc<UpstreamTarget>),
     Static(Arc<StaticDir>),
+    /// Answered by fulcrum itself.
+    Redirect(Arc<crate::config::Redirect>),
 }
 
 /// What a route decides for a request.
@@ -34,6 +36,8 @@ pub struct Action {
     pub upgrades: Vec<String>,
     /// Static routes: serve path segments that start with a dot.
     pub static_hidden: bool,
+    /// Upstream routes: the path sent to the upstream.
+    pub rewrite: Option<super::shaping::PathRewrite>,
 }
 
 #[derive(Debug)]
@@ -139,6 +143,7 @@ mod tests {
                 cache: None,
                 upgrades: Vec::new(),
                 static_hidden: false,
+                rewrite: None,
             },
         }
     }

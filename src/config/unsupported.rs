@@ -1,0 +1,100 @@
+//! Keys of capabilities fulcrum does not have yet. The parser accepts them, so that
+//! `fulcrum check` can name each one and refuse it with "not supported yet" rather
+//! than call it unknown; none is ever silently ignored.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::raw::{RawBackend, RawConfig, RawListener, RawListenerTls, RawRoute, RawUpstream};
+use super::Validator;
+
+/// A key's value, whatever its type: only its presence and position matter.
+pub type Later = Option<Spanned<toml::Value>>;
+
+fn at(v: &Later) -> Option<Range<usize>> {
+    v.as_ref().map(|s| s.span())
+}
+
+impl Validator<'_> {
+    fn refuse(&mut self, prefix: &str, keys: &[(&str, Option<Range<usize>>)]) {
+        for (name, span) in keys {
+            if let Some(span) = span {
+                let key = if prefix.is_empty() {
+                    (*name).to_string()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                self.err(Some(span.clone()), key, "not supported yet");
+            }
+        }
+    }
+
+    pub(super) fn unsupported_sections(&mut self, c: &RawConfig) {
+        self.refuse(
+            "",
+            &[
+                ("rate_limit", at(&c.rate_limit)),
+                ("redis", at(&c.redis)),
+                ("resolver", at(&c.resolver)),
+                ("tracing", at(&c.tracing)),
+                ("compression", at(&c.compression)),
+                ("acme", at(&c.acme)),
+                ("bgp", at(&c.bgp)),
+            ],
+        );
+    }
+
+    pub(super) fn unsupported_listener(&mut self, key: &str, l: &RawListener) {
+        self.refuse(
+            key,
+            &[
+                ("proxy_protocol", at(&l.proxy_protocol)),
+                ("trusted_proxies", at(&l.trusted_proxies)),
+                ("rate_limit", at(&l.rate_limit)),
+                ("error_pages", at(&l.error_pages)),
+                ("request_headers", at(&l.request_headers)),
+                ("response_headers", at(&l.response_headers)),
+            ],
+        );
+    }
+
+    pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {
+        self.refuse(key, &[("acme", at(&t.acme)), ("http3", at(&t.http3))]);
+    }
+
+    pub(super) fn unsupported_route(&mut self, key: &str, r: &RawRoute) {
+        self.refuse(
+            key,
+            &[
+                ("sni", at(&r.sni)),
+                ("rate_limit", at(&r.rate_limit)),
+                ("compress", at(&r.compress)),
+                ("request_headers", at(&r.request_headers)),
+                ("response_headers", at(&r.response_headers)),
+            ],
+        );
+    }
+
+    pub(super) fn unsupported_upstream(&mut self, key: &str, u: &RawUpstream) {
+        self.refuse(
+            key,
+            &[
+                ("protocol", at(&u.protocol)),
+                ("h2_keepalive", at(&u.h2_keepalive)),
+                ("proxy_protocol", at(&u.proxy_protocol)),
+                ("srv", at(&u.srv)),
+            ],
+        );
+        if let Some(h) = &u.health {
+            self.refuse(
+                &format!("{key}.health"),
+                &[("grpc_service", at(&h.get_ref().grpc_service))],
+            );
+        }
+    }
+
+    pub(super) fn unsupported_backend(&mut self, key: &str, b: &RawBackend) {
+        self.refuse(key, &[("resolve", at(&b.resolve))]);
+    }
+}
