@@ -337,6 +337,7 @@ async fn a_head_response_freshens_the_stale_get_it_describes_or_drops_it() {
                     ("cache-control", "max-age=0"),
                     ("etag", "\"v1\""),
                     ("x-gen", "1"),
+                    ("x-only-get", "1"),
                 ],
                 "content",
             )
@@ -355,6 +356,11 @@ async fn a_head_response_freshens_the_stale_get_it_describes_or_drops_it() {
         assert_eq!(head.status, 200);
         assert_eq!(origin.last().method, Method::HEAD, "the HEAD went through");
         assert_eq!(head.headers["x-gen"], "2");
+        // The same content: the client gets the freshened stored head, with the
+        // fields the HEAD response did not repeat; another: the HEAD response as is.
+        let kept = head.headers.get("x-only-get").is_some();
+        assert_eq!(kept, path == "/same", "{path}: {:?}", head.headers);
+        assert_eq!(head.headers["content-length"], "7", "{path}");
     }
     let before = origin.count();
     // The same content: the stored GET took the HEAD's fields and lifetime.

@@ -201,7 +201,13 @@ async fn answer(
         } => {
             // Forwarded as it is: a HEAD response has no body to store, but it may
             // update the stored GET response it could have been answered with.
-            let request_headers = head_of.as_ref().map(|_| parts.headers.clone());
+            let client = head_of.as_ref().map(|_| {
+                let (mut head, ()) = Request::new(()).into_parts();
+                head.method = parts.method.clone();
+                head.uri = parts.uri.clone();
+                head.headers = parts.headers.clone();
+                head
+            });
             let resp = send_as(
                 &f,
                 CacheStatus::forward(fwd),
@@ -209,12 +215,28 @@ async fn answer(
                 exchange,
             )
             .await?;
-            if let (Some(stored), Some(request)) = (head_of, request_headers) {
+            if let (Some(stored), Some(client)) = (head_of, client) {
                 match decide::on_head_response(&stored, resp.status(), resp.headers()) {
                     OnHead::Freshen => {
+                        // The client gets the freshened stored head: the fields the
+                        // HEAD response updated, and those it did not repeat.
                         let now = SystemTime::now();
-                        let fresh = stored.freshened(resp.headers(), &request, now);
-                        route.cache.insert(key, fresh);
+                        let fresh =
+                            Arc::new(stored.freshened(resp.headers(), &client.headers, now));
+                        route.cache.insert_arc(key, fresh.clone());
+                        let mut status = CacheStatus::forward(fwd);
+                        status.fwd_status = Some(resp.status().as_u16());
+                        status.stored = true;
+                        status.ttl = Some(ttl_secs(&fresh, now));
+                        return Ok(served(
+                            route,
+                            &client,
+                            &fresh,
+                            now,
+                            status,
+                            Outcome::Revalidated,
+                            &mut exchange.cache,
+                        ));
                     }
                     OnHead::Invalidate => route.cache.invalidate(&key),
                     OnHead::Nothing => {}
