@@ -623,14 +623,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             "`listener[0].error_pages`",
         ),
         (
-            http("request_headers = { set = {} }", "", "", ""),
-            "`listener[0].request_headers`",
-        ),
-        (
-            http("response_headers = { remove = [\"server\"] }", "", "", ""),
-            "`listener[0].response_headers`",
-        ),
-        (
             http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
             "`listener[0].tls.acme`",
         ),
@@ -645,14 +637,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         (
             http("", "compress = true", "", ""),
             "`listener[0].route[0].compress`",
-        ),
-        (
-            http("", "request_headers = { set = { \"x\" = \"1\" } }", "", ""),
-            "`listener[0].route[0].request_headers`",
-        ),
-        (
-            http("", "response_headers = { remove = [\"x\"] }", "", ""),
-            "`listener[0].route[0].response_headers`",
         ),
         (
             http("", "", "protocol = \"h2c\"", ""),
@@ -705,4 +689,67 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         got.contains("`listener[0].tls.http3` not supported yet"),
         "{got}"
     );
+}
+
+#[test]
+fn header_rules_are_checked_with_their_key() {
+    let http = |listener: &str, route: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n{listener}\n[[listener.route]]\n{route}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n"
+        )
+    };
+    let cases = [
+        (
+            http("", "upstream = \"app\"\nresponse_headers = { set = { \"content-length\" = \"5\" } }"),
+            "`listener[0].route[0].response_headers.set.content-length` content-length frames the message or belongs to its hop: no rule may change it",
+        ),
+        (
+            http("request_headers = { remove = [\"transfer-encoding\"] }", "upstream = \"app\""),
+            "`listener[0].request_headers.remove[0]` transfer-encoding frames the message",
+        ),
+        (
+            http("", "upstream = \"app\"\nrequest_headers = { set = { \"x-a\" = \"{path}\" } }"),
+            "`listener[0].route[0].request_headers.set.x-a` names `{path}`, which is not one of {client_ip}, {request_id}, {host}, {scheme}",
+        ),
+        (
+            http("", "upstream = \"app\"\nrequest_headers = { remove = [\"host\"] }"),
+            "`listener[0].route[0].request_headers.remove[0]` host can only be set, on the request side",
+        ),
+        (
+            http("", "upstream = \"app\"\nresponse_headers = { set = { \"host\" = \"x\" } }"),
+            "`listener[0].route[0].response_headers.set.host` host can only be set, on the request side",
+        ),
+        (
+            http("", "upstream = \"app\"\nresponse_headers = { add = { \"bad name\" = \"x\" } }"),
+            "`listener[0].route[0].response_headers.add.bad name` \"bad name\" is not a valid header name",
+        ),
+        (
+            http("", "upstream = \"app\"\nresponse_headers = { set = { \"x-a\" = \"a\\nb\" } }"),
+            "`listener[0].route[0].response_headers.set.x-a` is not a valid header value",
+        ),
+        (
+            http("", "upstream = \"app\"\nresponse_headers = { replace = {} }"),
+            "unknown field `replace`, expected one of `set`, `add`, `remove`",
+        ),
+        (
+            http("", "redirect = { to = \"/x\" }\nrequest_headers = { set = { \"x-a\" = \"1\" } }"),
+            "`listener[0].route[0].request_headers` does not apply to a route with `redirect`",
+        ),
+        (
+            http("", "static = \".\"\nrequest_headers = { set = { \"x-a\" = \"1\" } }"),
+            "`listener[0].route[0].request_headers` applies to routes with an `upstream`",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+             response_headers = { remove = [\"server\"] }\n\
+             [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n"
+                .to_string(),
+            "`listener[0].response_headers` only applies to http listeners",
+        ),
+    ];
+    for (file, expected) in cases {
+        let got = errors(&file);
+        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
+    }
 }

@@ -90,3 +90,76 @@ async fn redirects_answer_with_their_status_and_a_filled_in_location() {
     assert_eq!(status, 200);
     f.stop().await;
 }
+
+#[tokio::test]
+async fn request_header_rules_of_the_listener_then_the_route_reach_the_backend() {
+    let app = HttpBackend::start("app").await;
+    let f = Fulcrum::start(&config(
+        "request_headers = { set = { \"x-env\" = \"prod\", \"x-client\" = \"{client_ip} via {scheme}\" }, remove = [\"x-debug\"] }\n\
+         [[listener.route]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n\
+         request_headers = { set = { \"host\" = \"internal.example\", \"x-env\" = \"api\" }, add = { \"x-trace\" = \"{request_id}@{host}\" }, remove = [\"x-request-id\"] }\n\
+         [[listener.route]]\nupstream = \"app\"\n",
+        &app,
+    ))
+    .await;
+    let addr = f.addr("web");
+    let send_with = |path: &'static str| {
+        Request::get(format!("http://{addr}{path}"))
+            .header("host", "shop.example:8080")
+            .header("x-debug", "1")
+            .header("x-env", "from-client")
+            .header("x-request-id", "req-7")
+            .body(empty())
+            .unwrap()
+    };
+    let (status, _, _) = send(&client(), send_with("/plain")).await;
+    assert_eq!(status, 200);
+    let seen = app.last();
+    assert_eq!(seen.headers["x-env"], "prod", "the listener's set replaces");
+    assert_eq!(seen.headers["x-client"], "127.0.0.1 via http");
+    assert!(seen.headers.get("x-debug").is_none());
+    assert_eq!(seen.headers["host"], "shop.example:8080");
+    assert_eq!(seen.headers["x-request-id"], "req-7");
+
+    let (status, _, _) = send(&client(), send_with("/api/x")).await;
+    assert_eq!(status, 200);
+    let seen = app.last();
+    assert_eq!(seen.headers["x-env"], "api", "the route's rules come after");
+    assert_eq!(seen.headers["x-client"], "127.0.0.1 via http");
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+    assert_eq!(seen.headers["host"], "internal.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example:8080");
+    assert!(seen.headers.get("x-request-id").is_none(), "removed");
+    assert_eq!(seen.headers["x-trace"], "req-7@shop.example");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn response_header_rules_apply_to_every_response_of_the_listener() {
+    let app = HttpBackend::start("app").await;
+    let f = Fulcrum::start(&config(
+        "response_headers = { set = { \"strict-transport-security\" = \"max-age=63072000\" }, remove = [\"x-backend\"] }\n\
+         [[listener.route]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n\
+         response_headers = { add = { \"x-route\" = \"api\" }, set = { \"strict-transport-security\" = \"max-age=1\" } }\n\
+         [[listener.route]]\npath_prefix = \"/moved\"\nredirect = { to = \"/new\" }\n\
+         response_headers = { set = { \"x-moved\" = \"yes\" } }\n",
+        &app,
+    ))
+    .await;
+    let addr = f.addr("web");
+    let (status, headers, _) = get(addr, "/api/x").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("x-backend").is_none(), "{headers:?}");
+    assert_eq!(headers["x-route"], "api");
+    assert_eq!(headers["strict-transport-security"], "max-age=1");
+    // fulcrum's own answers: no route (404) and a redirect.
+    let (status, headers, _) = get(addr, "/nothing-here").await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["strict-transport-security"], "max-age=63072000");
+    assert!(headers.get("x-route").is_none());
+    let (status, headers, _) = get(addr, "/moved").await;
+    assert_eq!(status, 302);
+    assert_eq!(headers["x-moved"], "yes");
+    assert_eq!(headers["strict-transport-security"], "max-age=63072000");
+    f.stop().await;
+}

@@ -4,6 +4,7 @@
 
 mod error;
 mod failover;
+mod headers;
 mod raw;
 mod shaping;
 mod units;
@@ -22,6 +23,7 @@ pub use failover::{
     default_dead_after, Failover, Vip, DEFAULT_FAILOVER_INTERVAL, DEFAULT_FAILOVER_PRIORITY,
     MAX_NODE_NAME, MIN_FAILOVER_INTERVAL,
 };
+pub use headers::{value_template as header_value_template, HeaderRules, Piece};
 pub use ipnet::IpNet;
 use raw::*;
 pub use shaping::{
@@ -177,6 +179,10 @@ pub struct Listener {
     pub access: AccessRules,
     /// http: answer every request with a 308 to the same host and path over https.
     pub redirect_https: bool,
+    /// http: rules for every request and response of this listener; a route's own
+    /// apply after them.
+    pub request_headers: Option<HeaderRules>,
+    pub response_headers: Option<HeaderRules>,
     /// http: tried in order, the first match wins.
     pub routes: Vec<Route>,
     /// `[listener.tls]`: TLS termination.
@@ -236,6 +242,9 @@ pub struct Route {
     pub static_hidden: bool,
     /// Upstream routes: the path sent to the upstream.
     pub rewrite: Option<Rewrite>,
+    /// Applied after the listener's.
+    pub request_headers: Option<HeaderRules>,
+    pub response_headers: Option<HeaderRules>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -977,7 +986,7 @@ impl Validator<'_> {
         let deny = self.cidrs(&l.deny, &key("deny"));
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 11] = [
+            let http_only: [(&str, Option<Range<usize>>); 13] = [
                 ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
                 (
                     "abort_on_close",
@@ -1007,6 +1016,14 @@ impl Validator<'_> {
                     l.redirect_https.as_ref().map(Spanned::span),
                 ),
                 (
+                    "request_headers",
+                    l.request_headers.as_ref().map(Spanned::span),
+                ),
+                (
+                    "response_headers",
+                    l.response_headers.as_ref().map(Spanned::span),
+                ),
+                (
                     "route",
                     l.route.as_ref().and_then(|r| r.first()).map(Spanned::span),
                 ),
@@ -1021,6 +1038,18 @@ impl Validator<'_> {
             .tls
             .as_ref()
             .map(|t| self.listener_tls(&key("tls"), t.get_ref(), protocol));
+        let (request_headers, response_headers) = if protocol == Protocol::Http {
+            (
+                l.request_headers
+                    .as_ref()
+                    .map(|r| self.header_rules(&key("request_headers"), r, true)),
+                l.response_headers
+                    .as_ref()
+                    .map(|r| self.header_rules(&key("response_headers"), r, false)),
+            )
+        } else {
+            (None, None)
+        };
         let routes = if protocol == Protocol::Http {
             l.route
                 .iter()
@@ -1056,6 +1085,8 @@ impl Validator<'_> {
                 .is_none_or(|v| *v.get_ref()),
             access: AccessRules { allow, deny },
             redirect_https: l.redirect_https.as_ref().is_some_and(|r| *r.get_ref()),
+            request_headers,
+            response_headers,
             routes,
             tls: tls.flatten(),
         })
@@ -1314,11 +1345,24 @@ impl Validator<'_> {
                     );
                 }
             }
+            let response_headers = r
+                .response_headers
+                .as_ref()
+                .map(|h| self.header_rules(&k("response_headers"), h, false));
+            if let Some(h) = &r.request_headers {
+                self.err(
+                    Some(h.span()),
+                    k("request_headers"),
+                    "does not apply to a route with `redirect`: no request is sent",
+                );
+            }
             return Some(Route {
                 host,
                 path_prefix,
                 methods,
                 headers,
+                request_headers: None,
+                response_headers,
                 target: RouteTarget::Redirect(redirect),
                 timeout: DEFAULT_ROUTE_TIMEOUT,
                 cache: false,
@@ -1421,6 +1465,13 @@ impl Validator<'_> {
                 "applies to routes with `static`",
             );
         }
+        if let (Some(h), RouteTarget::Static(_)) = (&r.request_headers, &target) {
+            self.err(
+                Some(h.span()),
+                k("request_headers"),
+                "applies to routes with an `upstream`: a static route sends no request",
+            );
+        }
         if cache && matches!(target, RouteTarget::Static(_)) {
             if let Some(c) = &r.cache {
                 self.err(
@@ -1441,6 +1492,14 @@ impl Validator<'_> {
             upgrades,
             static_hidden,
             rewrite,
+            request_headers: r
+                .request_headers
+                .as_ref()
+                .map(|h| self.header_rules(&k("request_headers"), h, true)),
+            response_headers: r
+                .response_headers
+                .as_ref()
+                .map(|h| self.header_rules(&k("response_headers"), h, false)),
         })
     }
 

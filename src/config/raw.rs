@@ -92,8 +92,16 @@ pub struct RawListener {
     pub trusted_proxies: Later,
     pub rate_limit: Later,
     pub error_pages: Later,
-    pub request_headers: Later,
-    pub response_headers: Later,
+    pub request_headers: Option<Spanned<RawHeaderRules>>,
+    pub response_headers: Option<Spanned<RawHeaderRules>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRules {
+    pub set: Option<Spanned<BTreeMap<String, String>>>,
+    pub add: Option<Spanned<BTreeMap<String, String>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,8 +142,8 @@ pub struct RawRoute {
     pub sni: Later,
     pub rate_limit: Later,
     pub compress: Later,
-    pub request_headers: Later,
-    pub response_headers: Later,
+    pub request_headers: Option<Spanned<RawHeaderRules>>,
+    pub response_headers: Option<Spanned<RawHeaderRules>>,
 }
 
 #[derive(Debug, Deserialize)]

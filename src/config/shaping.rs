@@ -48,9 +48,14 @@ pub struct Redirect {
     pub status: u16,
 }
 
-/// Splits a template into text and `{name}` parts; the error names what is wrong.
-pub fn template(text: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
+/// Splits `text` into literal runs (made by `literal`) and `{name}` pieces, each
+/// name looked up in `names`; the error says what is wrong.
+pub(super) fn split_template<T: Clone>(
+    text: &str,
+    names: &[(&str, T)],
+    literal: impl Fn(String) -> T,
+) -> Result<Vec<T>, String> {
+    let mut pieces = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find(['{', '}']) {
         if rest.as_bytes()[open] == b'}' {
@@ -60,24 +65,39 @@ pub fn template(text: &str) -> Result<Vec<Part>, String> {
             return Err("has a `{` without its `}`".into());
         };
         if open > 0 {
-            parts.push(Part::Text(rest[..open].to_string()));
+            pieces.push(literal(rest[..open].to_string()));
         }
         let name = &rest[open + 1..open + len];
-        parts.push(match name {
-            "path" => Part::Path,
-            "query" => Part::Query,
-            "uri" => Part::Uri,
-            "host" => Part::Host,
-            other => return Err(format!(
-                "names `{{{other}}}`, which is not one of {{path}}, {{query}}, {{uri}}, {{host}}"
-            )),
-        });
+        match names.iter().find(|(n, _)| *n == name) {
+            Some((_, piece)) => pieces.push(piece.clone()),
+            None => {
+                let known: Vec<String> = names.iter().map(|(n, _)| format!("{{{n}}}")).collect();
+                return Err(format!(
+                    "names `{{{name}}}`, which is not one of {}",
+                    known.join(", ")
+                ));
+            }
+        }
         rest = &rest[open + len + 1..];
     }
     if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_string()));
+        pieces.push(literal(rest.to_string()));
     }
-    Ok(parts)
+    Ok(pieces)
+}
+
+/// Splits a redirect target into text and `{name}` parts.
+pub fn template(text: &str) -> Result<Vec<Part>, String> {
+    split_template(
+        text,
+        &[
+            ("path", Part::Path),
+            ("query", Part::Query),
+            ("uri", Part::Uri),
+            ("host", Part::Host),
+        ],
+        Part::Text,
+    )
 }
 
 /// Characters a path may hold as written in the configuration (RFC 3986 `pchar`,

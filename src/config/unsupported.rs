@@ -53,8 +53,6 @@ impl Validator<'_> {
                 ("trusted_proxies", at(&l.trusted_proxies)),
                 ("rate_limit", at(&l.rate_limit)),
                 ("error_pages", at(&l.error_pages)),
-                ("request_headers", at(&l.request_headers)),
-                ("response_headers", at(&l.response_headers)),
             ],
         );
     }
@@ -70,8 +68,6 @@ impl Validator<'_> {
                 ("sni", at(&r.sni)),
                 ("rate_limit", at(&r.rate_limit)),
                 ("compress", at(&r.compress)),
-                ("request_headers", at(&r.request_headers)),
-                ("response_headers", at(&r.response_headers)),
             ],
         );
     }

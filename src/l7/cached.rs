@@ -723,6 +723,7 @@ fn refresh_in_background(
     let settings = f.settings.clone();
     let request_id = f.request_id.clone();
     let host = f.host.cloned();
+    let request_headers = f.request_headers.cloned();
     let fetch = Fetch {
         key: key.clone(),
         client: copy_head(client),
@@ -744,6 +745,7 @@ fn refresh_in_background(
             request_id: &request_id,
             host: host.as_ref(),
             upgrades: &[],
+            request_headers: request_headers.as_ref(),
         };
         let mut exchange = Exchange::default();
         let mut outcome = None;

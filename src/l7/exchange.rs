@@ -29,4 +29,6 @@ pub struct Exchange {
     /// The sticky cookie that names the backend picked: added to the client's
     /// response only, never to what the cache stores.
     pub set_cookie: Option<HeaderValue>,
+    /// The matched route's response header rules.
+    pub response_headers: Option<Arc<super::headers::Rules>>,
 }

@@ -203,6 +203,8 @@ pub struct Forwarding<'a> {
     pub host: Option<&'a RequestHost>,
     /// The `Upgrade` protocols the route passes through (lower case).
     pub upgrades: &'a [String],
+    /// The route's request header rules (the listener's are in `settings`).
+    pub request_headers: Option<&'a Arc<super::headers::Rules>>,
 }
 
 /// Whether the request asks for an upgrade the route allows: HTTP/1.1, `Connection:
@@ -251,7 +253,7 @@ fn upstream_head(
     // Framing is decided from the body when the head is written: never the client's
     // here. An empty body of a method that usually has one still says so, or some
     // backends answer 411.
-    let added = h1::Added {
+    let mut added = h1::Added {
         host: f.host.map(|h| h.header().clone()),
         forwarded_for: Some(forwarded_for),
         forwarded_proto: Some(HeaderValue::from_static(f.settings.scheme)),
@@ -269,6 +271,18 @@ fn upstream_head(
             .collect();
         if let Ok(v) = HeaderValue::try_from(joined.join("; ")) {
             headers.insert(header::COOKIE, v);
+        }
+    }
+    let rules = [f.settings.request_headers.as_ref(), f.request_headers];
+    if rules.iter().any(Option::is_some) {
+        let vars = super::headers::Vars {
+            client_ip: &f.ctx.peer_ip,
+            request_id: f.request_id,
+            host: f.host.map(RequestHost::name),
+            scheme: f.settings.scheme,
+        };
+        for r in rules.into_iter().flatten() {
+            r.apply_request(&mut headers, &mut added, &vars);
         }
     }
     if let Some(v) = upgrade_value {

@@ -12,6 +12,7 @@ mod error;
 mod exchange;
 mod forward;
 mod h1;
+mod headers;
 pub mod host;
 pub mod path;
 pub mod pool;
@@ -123,6 +124,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// The listener's header rules (a route's apply after them).
+    pub request_headers: Option<Arc<headers::Rules>>,
+    pub response_headers: Option<Arc<headers::Rules>>,
     /// Request counters for requests no route took (403, 404, 400, redirects).
     unrouted: Arc<RequestMetrics>,
     http1: hyper::server::conn::http1::Builder,
@@ -174,6 +178,8 @@ impl Settings {
                 upgrades: r.upgrades.clone(),
                 static_hidden: r.static_hidden,
                 rewrite,
+                request_headers: headers::shared(&r.request_headers),
+                response_headers: headers::shared(&r.response_headers),
             })
         };
         let routes = l
@@ -210,6 +216,8 @@ impl Settings {
                     upgrades: config::DEFAULT_UPGRADES.map(String::from).to_vec(),
                     static_hidden: false,
                     rewrite: None,
+                    request_headers: None,
+                    response_headers: None,
                 },
             )
         });
@@ -278,6 +286,8 @@ impl Settings {
             quote_log_values: global.log_format == config::LogFormat::Text,
             header_timeout: l.header_timeout,
             scheme: if l.tls.is_some() { "https" } else { "http" },
+            request_headers: headers::shared(&l.request_headers),
+            response_headers: headers::shared(&l.response_headers),
             http1,
             http2,
             server,
@@ -773,18 +783,8 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         line,
     };
     let mut exchange = Exchange::default();
-    let result = match host {
-        Ok(host) => {
-            respond(
-                req,
-                ctx,
-                &settings,
-                &request_id,
-                host.as_ref(),
-                &mut exchange,
-            )
-            .await
-        }
+    let result = match &host {
+        Ok(h) => respond(req, ctx, &settings, &request_id, h.as_ref(), &mut exchange).await,
         Err(why) => Err(ProxyError::BadRequest(why)),
     };
     let cache_status = exchange.cache_status.take();
@@ -816,6 +816,26 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     });
     if let Some(cookie) = exchange.set_cookie.take() {
         response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    // The listener's response rules, then the route's: on every response of the
+    // listener, fulcrum's own answers included, after the cache (what it stores is
+    // the origin's response).
+    let route_rules = exchange.response_headers.take();
+    let rules = [s.response_headers.as_ref(), route_rules.as_ref()];
+    if rules.iter().any(Option::is_some) {
+        let vars = headers::Vars {
+            client_ip: &ctx.peer_ip,
+            request_id: &request_id,
+            host: host
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map(RequestHost::name),
+            scheme: s.scheme,
+        };
+        for r in rules.into_iter().flatten() {
+            r.apply(response.headers_mut(), &vars);
+        }
     }
     record.status = response.status().as_u16();
     if let Some(line) = record.line.as_mut() {
@@ -888,6 +908,7 @@ async fn respond(
         *req.uri_mut() = uri;
     }
     exchange.metrics = Some(action.metrics.clone());
+    exchange.response_headers = action.response_headers.clone();
     match &action.target {
         // The static and cached paths' large futures are boxed: the proxied request's
         // future, moved whole into hyper, does not grow by them.
@@ -912,6 +933,7 @@ async fn respond(
                 request_id,
                 host,
                 upgrades: &action.upgrades,
+                request_headers: action.request_headers.as_ref(),
             };
             match &action.cache {
                 // An upgrade is a tunnel, not a response to store: it goes past the cache.

@@ -38,6 +38,9 @@ pub struct Action {
     pub static_hidden: bool,
     /// Upstream routes: the path sent to the upstream.
     pub rewrite: Option<super::shaping::PathRewrite>,
+    /// The route's header rules, applied after the listener's.
+    pub request_headers: Option<Arc<super::headers::Rules>>,
+    pub response_headers: Option<Arc<super::headers::Rules>>,
 }
 
 #[derive(Debug)]
@@ -144,6 +147,8 @@ mod tests {
                 upgrades: Vec::new(),
                 static_hidden: false,
                 rewrite: None,
+                request_headers: None,
+                response_headers: None,
             },
         }
     }
