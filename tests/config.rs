@@ -619,10 +619,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             "`listener[0].rate_limit`",
         ),
         (
-            http("error_pages = { \"503\" = \"e.html\" }", "", "", ""),
-            "`listener[0].error_pages`",
-        ),
-        (
             http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
             "`listener[0].tls.acme`",
         ),
@@ -752,4 +748,62 @@ fn header_rules_are_checked_with_their_key() {
         let got = errors(&file);
         assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
     }
+}
+
+#[test]
+fn error_pages_are_checked_at_load() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-error-pages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ok.html"), "x").unwrap();
+    std::fs::write(dir.join("page.png"), "x").unwrap();
+    std::fs::write(dir.join("huge.html"), vec![b'x'; 1024 * 1024 + 1]).unwrap();
+    let file = dir.join("fulcrum.toml");
+    let with = |pages: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\"\nerror_pages = {{ {pages} }}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n"
+        )
+    };
+    let c = Config::parse(&with("\"503\" = \"ok.html\""), &file).unwrap();
+    assert_eq!(c.listeners[0].error_pages[0].status, 503);
+    assert_eq!(
+        c.listeners[0].error_pages[0].content_type,
+        "text/html; charset=utf-8"
+    );
+    let cases = [
+        (
+            "\"200\" = \"ok.html\"",
+            "`listener[0].error_pages.200` must be an error status, 400 to 599",
+        ),
+        (
+            "\"5xx\" = \"ok.html\"",
+            "`listener[0].error_pages.5xx` must be an error status",
+        ),
+        (
+            "\"503\" = \"missing.html\"",
+            "`listener[0].error_pages.503`",
+        ),
+        (
+            "\"503\" = \"page.png\"",
+            "must end in .html, .htm, .json, .txt or .xml",
+        ),
+        ("\"503\" = \"huge.html\"", "is larger than 1 MiB"),
+    ];
+    for (pages, expected) in cases {
+        let got = match Config::parse(&with(pages), &file) {
+            Ok(_) => panic!("accepted {pages}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
+    }
+    let got = errors(
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+         error_pages = { \"503\" = \"ok.html\" }\n\
+         [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n",
+    );
+    assert!(
+        got.contains("`listener[0].error_pages` only applies to http listeners"),
+        "{got}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -694,3 +694,74 @@ async fn a_reload_moves_the_admin_api_and_answers_the_request_that_moved_it() {
     assert_eq!(admin(b, "GET", "/healthz", None).await.0, 200);
     r.stop().await;
 }
+
+#[tokio::test]
+async fn error_pages_replace_fulcrums_own_errors_and_are_read_again_at_reload() {
+    let app = HttpBackend::start("app").await;
+    let dir = Dir::new("error-pages");
+    std::fs::create_dir_all(dir.0.join("errors")).unwrap();
+    std::fs::write(dir.0.join("errors/404.html"), "<h1>not here</h1>\n").unwrap();
+    std::fs::write(
+        dir.0.join("errors/502.json"),
+        "{\"error\":\"bad gateway\"}\n",
+    )
+    .unwrap();
+    let down = common::refusing_addr().await;
+    let config = |pages: &str| {
+        format!(
+            "[global]\nwatch_config = false\nshutdown_timeout = \"5s\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+             error_pages = {{ {pages} }}\n\
+             [[listener.route]]\npath_prefix = \"/down/\"\nupstream = \"down\"\n\
+             [[listener.route]]\npath_prefix = \"/app/\"\nupstream = \"app\"\n\
+             rewrite = {{ prefix = \"/app/\", to = \"/\" }}\n\
+             [upstream.app]\nbackends = [{{ address = \"{}\" }}]\n\
+             [upstream.down]\nretries = 0\nbackends = [{{ address = \"{down}\" }}]\n",
+            app.addr
+        )
+    };
+    dir.write(&config(
+        "\"404\" = \"errors/404.html\", \"502\" = \"errors/502.json\"",
+    ));
+    let r = start(&dir).await;
+
+    // No route: fulcrum's 404, with the page and its type.
+    let (status, headers, body) = get(r.web, "/nowhere").await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(body, "<h1>not here</h1>\n");
+    // The backend cannot be reached: fulcrum's 502.
+    let (status, headers, body) = get(r.web, "/down/x").await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body, "{\"error\":\"bad gateway\"}\n");
+    // A backend's own 404 goes through untouched.
+    let (status, _, body) = get(r.web, "/app/status/404").await;
+    assert_eq!(status, 404);
+    assert_ne!(body, "<h1>not here</h1>\n");
+    // A gRPC client keeps fulcrum's plain error.
+    let req = Request::post(format!("http://{}/nowhere", r.web))
+        .header("content-type", "application/grpc")
+        .body(empty())
+        .unwrap();
+    let (status, headers, body) = send(&client(), req).await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(body, "404 Not Found\n");
+
+    // The file changes and the configuration reloads: the new page is served.
+    std::fs::write(dir.0.join("errors/404.html"), "<h1>moved on</h1>\n").unwrap();
+    r.handle.reload().await.unwrap();
+    let (_, _, body) = get(r.web, "/nowhere").await;
+    assert_eq!(body, "<h1>moved on</h1>\n");
+    // A page that cannot be read refuses the reload whole; the old page serves on.
+    dir.write(&config("\"404\" = \"errors/missing.html\""));
+    let err = r.handle.reload().await.unwrap_err();
+    assert!(
+        err.contains("`listener[0].error_pages.404`") && err.contains("cannot be read"),
+        "{err}"
+    );
+    let (_, _, body) = get(r.web, "/nowhere").await;
+    assert_eq!(body, "<h1>moved on</h1>\n");
+    r.stop().await;
+}

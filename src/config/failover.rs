@@ -90,7 +90,7 @@ pub fn default_dead_after(interval: Duration, priority: u8) -> Duration {
 }
 
 impl Validator<'_> {
-    fn dir(&self) -> PathBuf {
+    pub(super) fn dir(&self) -> PathBuf {
         self.file.parent().unwrap_or(Path::new("")).to_path_buf()
     }
 

@@ -3,6 +3,7 @@
 //! the file, the line and column, and the key path.
 
 mod error;
+mod error_pages;
 mod failover;
 mod headers;
 mod raw;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use error_pages::ErrorPage;
 pub use failover::{
     default_dead_after, Failover, Vip, DEFAULT_FAILOVER_INTERVAL, DEFAULT_FAILOVER_PRIORITY,
     MAX_NODE_NAME, MIN_FAILOVER_INTERVAL,
@@ -183,6 +185,8 @@ pub struct Listener {
     /// apply after them.
     pub request_headers: Option<HeaderRules>,
     pub response_headers: Option<HeaderRules>,
+    /// http: pages served in place of fulcrum's own error bodies, by status.
+    pub error_pages: Vec<ErrorPage>,
     /// http: tried in order, the first match wins.
     pub routes: Vec<Route>,
     /// `[listener.tls]`: TLS termination.
@@ -986,7 +990,7 @@ impl Validator<'_> {
         let deny = self.cidrs(&l.deny, &key("deny"));
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 13] = [
+            let http_only: [(&str, Option<Range<usize>>); 14] = [
                 ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
                 (
                     "abort_on_close",
@@ -1019,6 +1023,7 @@ impl Validator<'_> {
                     "request_headers",
                     l.request_headers.as_ref().map(Spanned::span),
                 ),
+                ("error_pages", l.error_pages.as_ref().map(Spanned::span)),
                 (
                     "response_headers",
                     l.response_headers.as_ref().map(Spanned::span),
@@ -1049,6 +1054,10 @@ impl Validator<'_> {
             )
         } else {
             (None, None)
+        };
+        let error_pages = match (&l.error_pages, protocol) {
+            (Some(p), Protocol::Http) => self.error_pages(&key("error_pages"), p),
+            _ => Vec::new(),
         };
         let routes = if protocol == Protocol::Http {
             l.route
@@ -1087,6 +1096,7 @@ impl Validator<'_> {
             redirect_https: l.redirect_https.as_ref().is_some_and(|r| *r.get_ref()),
             request_headers,
             response_headers,
+            error_pages,
             routes,
             tls: tls.flatten(),
         })

@@ -91,7 +91,7 @@ pub struct RawListener {
     pub proxy_protocol: Later,
     pub trusted_proxies: Later,
     pub rate_limit: Later,
-    pub error_pages: Later,
+    pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,
     pub response_headers: Option<Spanned<RawHeaderRules>>,
 }

@@ -52,7 +52,6 @@ impl Validator<'_> {
                 ("proxy_protocol", at(&l.proxy_protocol)),
                 ("trusted_proxies", at(&l.trusted_proxies)),
                 ("rate_limit", at(&l.rate_limit)),
-                ("error_pages", at(&l.error_pages)),
             ],
         );
     }

@@ -124,6 +124,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// Bodies served in place of fulcrum's own for these statuses (few: a list).
+    pub error_pages: Vec<(StatusCode, HeaderValue, bytes::Bytes)>,
     /// The listener's header rules (a route's apply after them).
     pub request_headers: Option<Arc<headers::Rules>>,
     pub response_headers: Option<Arc<headers::Rules>>,
@@ -286,6 +288,17 @@ impl Settings {
             quote_log_values: global.log_format == config::LogFormat::Text,
             header_timeout: l.header_timeout,
             scheme: if l.tls.is_some() { "https" } else { "http" },
+            error_pages: l
+                .error_pages
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        StatusCode::from_u16(p.status).ok()?,
+                        HeaderValue::from_static(p.content_type),
+                        p.body.clone(),
+                    ))
+                })
+                .collect(),
             request_headers: headers::shared(&l.request_headers),
             response_headers: headers::shared(&l.response_headers),
             http1,
@@ -783,6 +796,12 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         line,
     };
     let mut exchange = Exchange::default();
+    // A gRPC client gets fulcrum's plain errors, never an error page.
+    let grpc = !s.error_pages.is_empty()
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let result = match &host {
         Ok(h) => respond(req, ctx, &settings, &request_id, h.as_ref(), &mut exchange).await,
         Err(why) => Err(ProxyError::BadRequest(why)),
@@ -796,6 +815,16 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             debug!(request_id = %request_id.to_str().unwrap_or("-"), listener = %s.listener, status = status.as_u16(), error = %e, "request refused");
         }
         let mut r = error::plain(status).map(|b| ResponseBody::Full(Some(b)));
+        if let Some((_, content_type, page)) = s
+            .error_pages
+            .iter()
+            .find(|(code, _, _)| *code == status)
+            .filter(|_| !grpc)
+        {
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type.clone());
+            *r.body_mut() = ResponseBody::Full(Some(page.clone()));
+        }
         if e.source() == error::Source::Client
             && matches!(
                 status,
