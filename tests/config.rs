@@ -600,10 +600,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         ),
         (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
         (http("", "", "", "[tracing]\nsample = 0.5\n"), "`tracing`"),
-        (
-            http("", "", "", "[compression]\nmin_size = \"1KiB\"\n"),
-            "`compression`",
-        ),
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
         (http("", "", "", "[bgp]\nlocal_as = 65000\n"), "`bgp`"),
         (
@@ -629,10 +625,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         (
             http("", "rate_limit = \"per_ip\"", "", ""),
             "`listener[0].route[0].rate_limit`",
-        ),
-        (
-            http("", "compress = true", "", ""),
-            "`listener[0].route[0].compress`",
         ),
         (
             http("", "", "protocol = \"h2c\"", ""),
@@ -806,4 +798,76 @@ fn error_pages_are_checked_at_load() {
         "{got}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_compression_section_is_checked() {
+    let with = |section: &str, route: &str| {
+        format!(
+            "{section}\n[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[listener.route]]\n{route}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n"
+        )
+    };
+    let c = Config::parse(
+        &with(
+            "[compression]\nalgorithms = [\"gzip\", \"br\"]\nmin_size = \"2KiB\"\ntypes = [\"text/*\", \"Application/JSON\"]\nlevel = { gzip = 9 }",
+            "upstream = \"app\"\ncompress = true",
+        ),
+        Path::new("fulcrum.toml"),
+    )
+    .unwrap();
+    assert!(c.listeners[0].routes[0].compress);
+    assert_eq!(
+        c.compression.algorithms,
+        [
+            (fulcrum::config::Algorithm::Gzip, 9),
+            (fulcrum::config::Algorithm::Brotli, 4)
+        ]
+    );
+    assert_eq!(c.compression.min_size, 2048);
+    assert_eq!(c.compression.types, ["text/*", "application/json"]);
+    let cases = [
+        (
+            "[compression]\nalgorithms = [\"deflate\"]",
+            "`compression.algorithms[0]` must be \"zstd\", \"br\" or \"gzip\", got \"deflate\"",
+        ),
+        (
+            "[compression]\nalgorithms = [\"br\", \"br\"]",
+            "`compression.algorithms[1]` is listed twice",
+        ),
+        (
+            "[compression]\nalgorithms = []",
+            "`compression.algorithms` must list at least one algorithm",
+        ),
+        (
+            "[compression]\nlevel = { gzip = 10 }",
+            "`compression.level.gzip` must be between 1 and 9, got 10",
+        ),
+        (
+            "[compression]\nlevel = { zstd = 0 }",
+            "`compression.level.zstd` must be between 1 and 19, got 0",
+        ),
+        (
+            "[compression]\nlevel = { lz4 = 1 }",
+            "`compression.level.lz4` names no algorithm",
+        ),
+        (
+            "[compression]\ntypes = [\"json\"]",
+            "`compression.types[0]` must be a media type",
+        ),
+        (
+            "[compression]\nmin_size = \"lots\"",
+            "`compression.min_size`",
+        ),
+        ("[compression]\nquality = 1", "unknown field `quality`"),
+    ];
+    for (section, expected) in cases {
+        let got = errors(&with(section, "upstream = \"app\""));
+        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
+    }
+    let got = errors(&with("", "redirect = { to = \"/x\" }\ncompress = true"));
+    assert!(
+        got.contains("`listener[0].route[0].compress` does not apply to a route with `redirect`"),
+        "{got}"
+    );
 }

@@ -2,6 +2,7 @@
 //! an immutable, validated [`Config`]. Every problem found is reported at once, each with
 //! the file, the line and column, and the key path.
 
+mod compression;
 mod error;
 mod error_pages;
 mod failover;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use compression::{Algorithm, Compression};
 pub use error::{ConfigError, ConfigErrors};
 pub use error_pages::ErrorPage;
 pub use failover::{
@@ -80,6 +82,8 @@ pub struct Config {
     /// `[cache]`, or its defaults when only routes ask for the cache; `None` when no
     /// route caches.
     pub cache: Option<CacheSettings>,
+    /// How routes with `compress = true` compress (the defaults without the section).
+    pub compression: Compression,
     /// `[failover]`: the active-passive pair.
     pub failover: Option<Failover>,
 }
@@ -249,6 +253,8 @@ pub struct Route {
     /// Applied after the listener's.
     pub request_headers: Option<HeaderRules>,
     pub response_headers: Option<HeaderRules>,
+    /// Responses compressed as `[compression]` says.
+    pub compress: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,6 +483,7 @@ impl Config {
             upstreams: Vec::new(),
             admin: None,
             cache: None,
+            compression: Compression::default(),
             failover: None,
         }
     }
@@ -646,6 +653,11 @@ impl Validator<'_> {
         let global = self.global(raw.global.as_ref());
         let admin = raw.admin.as_ref().map(|a| self.admin(a.get_ref()));
         let cache_section = raw.cache.as_ref().map(|c| self.cache(c.get_ref()));
+        let compression = raw
+            .compression
+            .as_ref()
+            .map(|c| self.compression(c.get_ref()))
+            .unwrap_or_default();
         let failover = raw.failover.as_ref().map(|f| self.failover(f.get_ref()));
         let upstreams: Vec<Upstream> = raw
             .upstream
@@ -700,6 +712,7 @@ impl Validator<'_> {
             upstreams,
             admin,
             cache,
+            compression,
             failover,
         }
     }
@@ -1366,7 +1379,15 @@ impl Validator<'_> {
                     "does not apply to a route with `redirect`: no request is sent",
                 );
             }
+            if let Some(c) = &r.compress {
+                self.err(
+                    Some(c.span()),
+                    k("compress"),
+                    "does not apply to a route with `redirect`: fulcrum answers it itself",
+                );
+            }
             return Some(Route {
+                compress: false,
                 host,
                 path_prefix,
                 methods,
@@ -1510,6 +1531,7 @@ impl Validator<'_> {
                 .response_headers
                 .as_ref()
                 .map(|h| self.header_rules(&k("response_headers"), h, false)),
+            compress: r.compress.as_ref().is_some_and(|c| *c.get_ref()),
         })
     }
 

@@ -26,7 +26,7 @@ pub struct RawConfig {
     pub redis: Later,
     pub resolver: Later,
     pub tracing: Later,
-    pub compression: Later,
+    pub compression: Option<Spanned<RawCompression>>,
     pub acme: Later,
     pub bgp: Later,
 }
@@ -98,6 +98,15 @@ pub struct RawListener {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_size: Option<Spanned<RawSize>>,
+    pub types: Option<Spanned<Vec<Spanned<String>>>>,
+    pub level: Option<Spanned<BTreeMap<String, i64>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawHeaderRules {
     pub set: Option<Spanned<BTreeMap<String, String>>>,
     pub add: Option<Spanned<BTreeMap<String, String>>>,
@@ -141,7 +150,7 @@ pub struct RawRoute {
     pub redirect: Option<Spanned<RawRedirect>>,
     pub sni: Later,
     pub rate_limit: Later,
-    pub compress: Later,
+    pub compress: Option<Spanned<bool>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,
     pub response_headers: Option<Spanned<RawHeaderRules>>,
 }

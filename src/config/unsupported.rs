@@ -38,7 +38,6 @@ impl Validator<'_> {
                 ("redis", at(&c.redis)),
                 ("resolver", at(&c.resolver)),
                 ("tracing", at(&c.tracing)),
-                ("compression", at(&c.compression)),
                 ("acme", at(&c.acme)),
                 ("bgp", at(&c.bgp)),
             ],
@@ -63,11 +62,7 @@ impl Validator<'_> {
     pub(super) fn unsupported_route(&mut self, key: &str, r: &RawRoute) {
         self.refuse(
             key,
-            &[
-                ("sni", at(&r.sni)),
-                ("rate_limit", at(&r.rate_limit)),
-                ("compress", at(&r.compress)),
-            ],
+            &[("sni", at(&r.sni)), ("rate_limit", at(&r.rate_limit))],
         );
     }
 

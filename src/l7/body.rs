@@ -55,6 +55,8 @@ pub enum ResponseBody {
     Tee(Box<crate::cache::tee::Tee<ResponseBody>>),
     /// Read from a response being stored (as it fills, at the origin's pace).
     Fill(crate::cache::fill::FillReader),
+    /// Compressed on its way to the client.
+    Compressed(Box<super::compress::Compressed>),
 }
 
 impl ResponseBody {
@@ -92,6 +94,7 @@ impl Body for ResponseBody {
                 .map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
             ResponseBody::Tee(t) => Pin::new(t.as_mut()).poll_frame(cx),
             ResponseBody::Fill(f) => Pin::new(f).poll_frame(cx),
+            ResponseBody::Compressed(c) => Pin::new(c.as_mut()).poll_frame(cx),
         }
     }
 
@@ -102,6 +105,7 @@ impl Body for ResponseBody {
             ResponseBody::Static(s) => s.is_end_stream(),
             ResponseBody::Tee(t) => t.is_end_stream(),
             ResponseBody::Fill(f) => f.is_end_stream(),
+            ResponseBody::Compressed(c) => c.is_end_stream(),
         }
     }
 
@@ -112,6 +116,7 @@ impl Body for ResponseBody {
             ResponseBody::Static(s) => s.size_hint(),
             ResponseBody::Tee(t) => t.size_hint(),
             ResponseBody::Fill(f) => f.size_hint(),
+            ResponseBody::Compressed(_) => SizeHint::default(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Exchange {
     /// The sticky cookie that names the backend picked: added to the client's
     /// response only, never to what the cache stores.
     pub set_cookie: Option<HeaderValue>,
+    /// The matched route compresses responses.
+    pub compress: bool,
     /// The matched route's response header rules.
     pub response_headers: Option<Arc<super::headers::Rules>>,
 }

@@ -8,6 +8,7 @@
 mod access;
 pub mod body;
 pub mod cached;
+mod compress;
 mod error;
 mod exchange;
 mod forward;
@@ -124,6 +125,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// How to compress, when a route of the listener does.
+    pub compression: Option<Arc<config::Compression>>,
     /// Bodies served in place of fulcrum's own for these statuses (few: a list).
     pub error_pages: Vec<(StatusCode, HeaderValue, bytes::Bytes)>,
     /// The listener's header rules (a route's apply after them).
@@ -145,6 +148,7 @@ impl Settings {
         global: &config::Global,
         metrics: &Metrics,
         cache: Option<&Arc<crate::cache::Cache>>,
+        compression: &config::Compression,
     ) -> Settings {
         let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
         let action = |index: usize, r: &config::Route| -> Option<Action> {
@@ -180,6 +184,7 @@ impl Settings {
                 upgrades: r.upgrades.clone(),
                 static_hidden: r.static_hidden,
                 rewrite,
+                compress: r.compress,
                 request_headers: headers::shared(&r.request_headers),
                 response_headers: headers::shared(&r.response_headers),
             })
@@ -220,6 +225,7 @@ impl Settings {
                     rewrite: None,
                     request_headers: None,
                     response_headers: None,
+                    compress: false,
                 },
             )
         });
@@ -288,6 +294,11 @@ impl Settings {
             quote_log_values: global.log_format == config::LogFormat::Text,
             header_timeout: l.header_timeout,
             scheme: if l.tls.is_some() { "https" } else { "http" },
+            compression: l
+                .routes
+                .iter()
+                .any(|r| r.compress)
+                .then(|| Arc::new(compression.clone())),
             error_pages: l
                 .error_pages
                 .iter()
@@ -796,6 +807,11 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         line,
     };
     let mut exchange = Exchange::default();
+    // What decides compression, kept only where a route compresses.
+    let asked = s
+        .compression
+        .as_ref()
+        .map(|_| compress::Asked::of(req.method(), req.headers()));
     // A gRPC client gets fulcrum's plain errors, never an error page.
     let grpc = !s.error_pages.is_empty()
         && req
@@ -845,6 +861,9 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     });
     if let Some(cookie) = exchange.set_cookie.take() {
         response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    if let (true, Some(asked), Some(settings)) = (exchange.compress, &asked, &s.compression) {
+        compress::maybe(asked, settings, &mut response);
     }
     // The listener's response rules, then the route's: on every response of the
     // listener, fulcrum's own answers included, after the cache (what it stores is
@@ -938,6 +957,7 @@ async fn respond(
     }
     exchange.metrics = Some(action.metrics.clone());
     exchange.response_headers = action.response_headers.clone();
+    exchange.compress = action.compress;
     match &action.target {
         // The static and cached paths' large futures are boxed: the proxied request's
         // future, moved whole into hyper, does not grow by them.

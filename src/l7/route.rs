@@ -38,6 +38,8 @@ pub struct Action {
     pub static_hidden: bool,
     /// Upstream routes: the path sent to the upstream.
     pub rewrite: Option<super::shaping::PathRewrite>,
+    /// Responses compressed for clients that accept it.
+    pub compress: bool,
     /// The route's header rules, applied after the listener's.
     pub request_headers: Option<Arc<super::headers::Rules>>,
     pub response_headers: Option<Arc<super::headers::Rules>>,
@@ -147,6 +149,7 @@ mod tests {
                 upgrades: Vec::new(),
                 static_hidden: false,
                 rewrite: None,
+                compress: false,
                 request_headers: None,
                 response_headers: None,
             },

@@ -126,6 +126,7 @@ impl Snapshot {
                     &config.global,
                     parts.metrics,
                     cache.as_ref(),
+                    &config.compression,
                 ))),
                 (Protocol::Tcp, None) => continue,
             };
