@@ -26,6 +26,10 @@ fn table() -> RouteTable {
         cache: None,
         upgrades: vec!["websocket".into()],
         static_hidden: false,
+        rewrite: None,
+        compress: false,
+        request_headers: None,
+        response_headers: None,
     };
     let route = |host: Option<HostPattern>, prefix: Option<&str>, methods: &[Method], headers: &[(&str, &str)]| Route {
         host,
