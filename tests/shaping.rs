@@ -407,6 +407,14 @@ async fn responses_are_compressed_with_the_negotiated_algorithm_and_decode_to_th
             "/no-transform/102400",
             &[("accept-encoding", "gzip")],
         ),
+        (
+            "GET",
+            "/json/102400",
+            &[
+                ("accept-encoding", "gzip"),
+                ("cache-control", "no-transform"),
+            ],
+        ),
         ("GET", "/plain/json/102400", &[("accept-encoding", "gzip")]),
     ];
     for (method, path, headers) in identity {

@@ -24,6 +24,8 @@ pub struct Asked {
     pub accept: Option<HeaderValue>,
     pub head: bool,
     pub range: bool,
+    /// The request said `Cache-Control: no-transform`.
+    pub no_transform: bool,
 }
 
 impl Asked {
@@ -32,8 +34,19 @@ impl Asked {
             accept: headers.get(header::ACCEPT_ENCODING).cloned(),
             head: method == Method::HEAD,
             range: headers.contains_key(header::RANGE),
+            no_transform: no_transform(headers),
         }
     }
+}
+
+/// `Cache-Control: no-transform` among the fields.
+fn no_transform(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
 }
 
 /// The quality value of an element's parameters: `None` when it is malformed.
@@ -127,13 +140,14 @@ fn compressible_type(content_type: Option<&HeaderValue>, types: &[String]) -> bo
 }
 
 /// Compresses `response` for the client when everything allows it: the client
-/// accepts an algorithm, it is not a `HEAD` or a range request, the status has a
+/// accepts an algorithm, it is not a `HEAD`, a range request or a request that says
+/// `no-transform`, the status has a
 /// body worth it (not 1xx, 204, 206 or 304), the response is not encoded already,
 /// does not say `no-transform`, has a type of `types` and is not known to be under
 /// `min_size`. Sets `Content-Encoding` and `Vary`, drops `Content-Length` and
 /// `Accept-Ranges`, and makes a strong `ETag` weak.
 pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<ResponseBody>) {
-    if asked.head || asked.range {
+    if asked.head || asked.range || asked.no_transform {
         return;
     }
     let status = response.status();
@@ -152,13 +166,9 @@ pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<Resp
     {
         return;
     }
-    let no_transform = headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"));
-    if no_transform || !compressible_type(headers.get(header::CONTENT_TYPE), &settings.types) {
+    if no_transform(headers)
+        || !compressible_type(headers.get(header::CONTENT_TYPE), &settings.types)
+    {
         return;
     }
     let declared = headers
