@@ -51,7 +51,9 @@ impl PathRewrite {
         // expanded to nothing: a path always starts with one slash.
         match out {
             Cow::Owned(p) if !p.starts_with('/') => Cow::Owned(format!("/{p}")),
-            Cow::Owned(p) if p.starts_with("//") => Cow::Owned(p[1..].to_string()),
+            Cow::Owned(p) if p.starts_with("//") => {
+                Cow::Owned(format!("/{}", p.trim_start_matches('/')))
+            }
             other => other,
         }
     }
@@ -75,6 +77,13 @@ fn location(to: &[Part], uri: &Uri, host: Option<&str>) -> String {
             }
             Part::Host => out.push_str(host.unwrap_or("")),
         }
+    }
+    // A target that starts with the request's path (`to = "{uri}"`) must stay on this
+    // site: `//evil.example/x` (with `merge_slashes = false`) would be read as another
+    // host. Leading slashes and backslashes become one slash.
+    if out.starts_with("//") || out.starts_with("/\\") {
+        let rest = out.trim_start_matches(['/', '\\']);
+        out = format!("/{rest}");
     }
     out
 }
@@ -139,6 +148,15 @@ mod tests {
         });
         assert_eq!(r.apply("/abc/x"), "/abc", "a path starts with a slash");
         assert_eq!(r.apply("//x"), "/", "an empty group is still a path");
+        let r = rw(Rewrite::Regex {
+            regex: "^/r(.*)$".into(),
+            to: "/$1".into(),
+        });
+        assert_eq!(
+            r.apply("/r//evil"),
+            "/evil",
+            "one leading slash, never more"
+        );
     }
 
     #[test]
@@ -151,5 +169,9 @@ mod tests {
         );
         let bare: Uri = "/a".parse().unwrap();
         assert_eq!(location(&to, &bare, Some("h")), "https://h/a||/a");
+        // A path never makes the target another host.
+        let own = crate::config::redirect_template("{uri}").unwrap();
+        let sneaky: Uri = "//evil.example/x?y=1".parse().unwrap();
+        assert_eq!(location(&own, &sneaky, None), "/evil.example/x?y=1");
     }
 }
