@@ -378,14 +378,20 @@ struct Driver {
     /// In fault: when to try again, and the wait after the next fault.
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// Which node each peer address's heartbeats name: the exit watch reports
-    /// addresses, the machine knows names.
-    names: HashMap<IpAddr, String>,
+    /// Which node each peer socket address's heartbeats name: the exit watch reports
+    /// the configured addresses, the machine knows names. Keyed by address and port,
+    /// so that two nodes on one host are told apart.
+    names: HashMap<SocketAddr, String>,
     /// What each peer's heartbeats said last: a change is logged.
     states: HashMap<String, State>,
     /// The exit watch of each peer, and where they report.
     watchers: HashMap<SocketAddr, (JoinHandle<()>, Arc<Notify>)>,
     exits: mpsc::Sender<SocketAddr>,
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4, as configured peers are.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 impl Driver {
@@ -537,8 +543,9 @@ impl Driver {
                         nudge.notify_one();
                     }
                 }
-                if self.names.get(&source).is_none_or(|n| *n != hb.node) {
-                    self.names.insert(source, hb.node.clone());
+                let key = canonical(from);
+                if self.names.get(&key).is_none_or(|n| *n != hb.node) {
+                    self.names.insert(key, hb.node.clone());
                 }
                 if self.states.get(&hb.node) != Some(&hb.state) {
                     info!(peer = %from, node = %hb.node, state = hb.state.name(), "failover: peer state");
@@ -597,10 +604,14 @@ impl Driver {
             debug!(peer = %peer, "failover: peer exited (detect_exit off: waiting for dead_after)");
             return;
         }
-        let Some(node) = self.names.get(&peer.ip().to_canonical()).cloned() else {
+        let Some(node) = self.names.get(&canonical(peer)).cloned() else {
             debug!(peer = %peer, "failover: an unheard peer exited");
             return;
         };
+        if !self.machine.knows(&node) {
+            debug!(peer = %peer, node = %node, "failover: peer exited, already gone");
+            return;
+        }
         self.metrics.peer_exits.inc();
         info!(peer = %peer, node = %node, "failover: peer exited without resigning (its heartbeat port refuses connections): gone at once");
         self.heard.remove(&node);

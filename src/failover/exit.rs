@@ -14,14 +14,17 @@
 //!   silence decides, after `dead_after`, as before. TCP keepalive ends such a
 //!   connection after about half a minute, so that the peer's return is watched anew.
 //! - The listening side accepts connections only from the configured peers' addresses,
-//!   one per address (a newer one replaces the older), and never reads more than it
-//!   discards.
+//!   as many per address as peers listed there (a newer one replaces the oldest), and
+//!   never reads more than it discards.
+//! - A connection the other side closes at once, again and again (a listener that
+//!   holds too few for this address), is opened again at most once a
+//!   [`RECONNECT_EVERY`], never in a tight loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncReadExt;
@@ -64,18 +67,21 @@ async fn hold(mut stream: TcpStream) {
     }
 }
 
-fn is_peer(settings: &watch::Receiver<Arc<Failover>>, ip: IpAddr) -> bool {
+/// How many peers are listed at `ip`: so many connections from it are held.
+fn peers_at(settings: &watch::Receiver<Arc<Failover>>, ip: IpAddr) -> usize {
     let ip = ip.to_canonical();
     settings
         .borrow()
         .peers
         .iter()
-        .any(|p| p.ip().to_canonical() == ip)
+        .filter(|p| p.ip().to_canonical() == ip)
+        .count()
 }
 
-/// The listening side: holds one connection per peer address until it ends.
+/// The listening side: holds, per peer address, as many connections as peers are
+/// listed there, until they end.
 pub async fn listen(listener: TcpListener, settings: watch::Receiver<Arc<Failover>>) {
-    let mut held: HashMap<IpAddr, JoinHandle<()>> = HashMap::new();
+    let mut held: HashMap<IpAddr, VecDeque<JoinHandle<()>>> = HashMap::new();
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -87,14 +93,22 @@ pub async fn listen(listener: TcpListener, settings: watch::Receiver<Arc<Failove
             }
         };
         let ip = from.ip().to_canonical();
-        if !is_peer(&settings, ip) {
+        let allowed = peers_at(&settings, ip);
+        if allowed == 0 {
             debug!(from = %from, "failover: exit watch: connection from a stranger closed");
             continue;
         }
         keepalive(&stream);
-        held.retain(|_, task| !task.is_finished());
-        if let Some(older) = held.insert(ip, tokio::spawn(hold(stream))) {
-            older.abort();
+        held.retain(|_, tasks| {
+            tasks.retain(|t| !t.is_finished());
+            !tasks.is_empty()
+        });
+        let tasks = held.entry(ip).or_default();
+        tasks.push_back(tokio::spawn(hold(stream)));
+        while tasks.len() > allowed {
+            if let Some(oldest) = tasks.pop_front() {
+                oldest.abort();
+            }
         }
     }
 }
@@ -132,7 +146,7 @@ pub async fn watch(
     exits: mpsc::Sender<SocketAddr>,
     nudge: Arc<Notify>,
 ) {
-    let mut stream = None;
+    let mut stream: Option<TcpStream> = None;
     loop {
         let held = match stream.take() {
             Some(s) => s,
@@ -149,10 +163,20 @@ pub async fn watch(
             },
         };
         keepalive(&held);
+        let since = Instant::now();
         hold(held).await;
+        let brief = since.elapsed() < RECONNECT_EVERY;
         // Ended: is anything still listening there?
         match connect(local, peer).await {
-            Ok(s) => stream = Some(s),
+            Ok(s) => {
+                if brief {
+                    // Closed at once by the other side: do not open and lose
+                    // connections in a loop. An exit meanwhile is still seen: this
+                    // connection ends, and the next one is refused.
+                    tokio::time::sleep(RECONNECT_EVERY).await;
+                }
+                stream = Some(s);
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 if exits.send(peer).await.is_err() {
                     return;
@@ -173,29 +197,42 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_secs(10);
 
-    #[tokio::test]
-    async fn a_closed_connection_is_an_exit_only_when_the_port_then_refuses() {
+    /// A peer's listener and a watch on it.
+    async fn watched() -> (
+        TcpListener,
+        SocketAddr,
+        mpsc::Receiver<SocketAddr>,
+        JoinHandle<()>,
+    ) {
         let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = peer.local_addr().unwrap();
-        let (tx, mut exits) = mpsc::channel(4);
+        let (tx, exits) = mpsc::channel(4);
         let watcher = tokio::spawn(watch(
             "127.0.0.1".parse().unwrap(),
             addr,
             tx,
             Arc::new(Notify::new()),
         ));
+        (peer, addr, exits, watcher)
+    }
+
+    async fn accepted(peer: &TcpListener) -> TcpStream {
+        let (s, _) = tokio::time::timeout(PATIENCE, peer.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_an_exit_only_when_the_port_then_refuses() {
+        let (peer, addr, mut exits, watcher) = watched().await;
 
         // The peer closes the connection but still listens: the watcher connects
         // again, and reports nothing.
-        let (first, _) = tokio::time::timeout(PATIENCE, peer.accept())
-            .await
-            .unwrap()
-            .unwrap();
+        let first = accepted(&peer).await;
         drop(first);
-        let (second, _) = tokio::time::timeout(PATIENCE, peer.accept())
-            .await
-            .unwrap()
-            .unwrap();
+        let second = accepted(&peer).await;
         assert!(exits.try_recv().is_err(), "a reset is not an exit");
 
         // The peer's process ends: connection closed, port refusing.
@@ -207,14 +244,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_listener_holds_peers_only_and_one_connection_each() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = Failover {
+    async fn a_connection_closed_at_once_is_not_reopened_in_a_loop() {
+        let (peer, _, mut exits, watcher) = watched().await;
+        // Accept and close at once, four times: the watcher pauses between them
+        // (the sleep guarantees a lower bound, which is all this asserts).
+        let mut times = Vec::new();
+        for _ in 0..4 {
+            let s = accepted(&peer).await;
+            times.push(Instant::now());
+            drop(s);
+        }
+        assert!(
+            times[3] - times[1] >= RECONNECT_EVERY,
+            "reconnects after brief connections are paced"
+        );
+        assert!(exits.try_recv().is_err(), "a listening peer did not exit");
+        watcher.abort();
+    }
+
+    fn settings(bind: SocketAddr, peers: &[&str]) -> Failover {
+        Failover {
             node: "a".into(),
             priority: 100,
-            bind: addr,
-            peers: vec!["127.0.0.2:8411".parse().unwrap()],
+            bind,
+            peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
             interval: Duration::from_millis(100),
             dead_after: Duration::from_millis(350),
             preempt: true,
@@ -223,7 +276,42 @@ mod tests {
             vips: Vec::new(),
             on_active: None,
             on_passive: None,
-        };
+        }
+    }
+
+    async fn closed(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn two_peers_on_one_address_are_both_held() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = settings(addr, &["127.0.0.2:8411", "127.0.0.2:8412"]);
+        let (settings_tx, settings) = watch::channel(Arc::new(config));
+        let task = tokio::spawn(listen(listener, settings));
+        let mut first = connect("127.0.0.2".parse().unwrap(), addr).await.unwrap();
+        let mut second = connect("127.0.0.2".parse().unwrap(), addr).await.unwrap();
+        let mut third = connect("127.0.0.2".parse().unwrap(), addr).await.unwrap();
+        assert!(
+            closed(&mut first, PATIENCE).await,
+            "the oldest of three is closed"
+        );
+        assert!(!closed(&mut second, Duration::from_millis(200)).await);
+        assert!(!closed(&mut third, Duration::from_millis(200)).await);
+        task.abort();
+        drop(settings_tx);
+    }
+
+    #[tokio::test]
+    async fn the_listener_holds_peers_only_and_one_connection_each() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = settings(addr, &["127.0.0.2:8411"]);
         let (settings_tx, settings) = watch::channel(Arc::new(config));
         let task = tokio::spawn(listen(listener, settings));
 

@@ -130,6 +130,11 @@ impl Machine {
             .min()
     }
 
+    /// Whether `name` is among the peers heard and not yet gone.
+    pub fn knows(&self, name: &str) -> bool {
+        self.peers.contains_key(name)
+    }
+
     fn outranks(&self, priority: u8, name: &str) -> bool {
         (self.priority, self.name.as_str()) > (priority, name)
     }
