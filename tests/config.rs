@@ -705,6 +705,10 @@ fn header_rules_are_checked_with_their_key() {
             "`listener[0].route[0].request_headers.remove[0]` host can only be set, on the request side",
         ),
         (
+            http("", "upstream = \"app\"\nrequest_headers = { add = { \"X-Forwarded-For\" = \"{client_ip}\" } }"),
+            "`listener[0].route[0].request_headers.add.x-forwarded-for` fulcrum writes x-forwarded-for itself: use `set` to change it",
+        ),
+        (
             http("", "upstream = \"app\"\nresponse_headers = { set = { \"host\" = \"x\" } }"),
             "`listener[0].route[0].response_headers.set.host` host can only be set, on the request side",
         ),

@@ -20,6 +20,16 @@ const FRAMING: [&str; 8] = [
     "upgrade",
 ];
 
+/// Fields fulcrum writes on every request to a backend: a request rule may set or
+/// remove them, not add a second one.
+const OWN: [&str; 5] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
 /// A piece of a header value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
@@ -142,6 +152,15 @@ impl Validator<'_> {
         let raw = r.get_ref();
         let set = self.rule_values(&format!("{key}.set"), &raw.set, request);
         let add = self.rule_values(&format!("{key}.add"), &raw.add, request);
+        if request {
+            for (name, _) in add.iter().filter(|(n, _)| OWN.contains(&n.as_str())) {
+                self.err(
+                    Some(r.span()),
+                    format!("{key}.add.{name}"),
+                    format!("fulcrum writes {name} itself: use `set` to change it"),
+                );
+            }
+        }
         let mut remove = Vec::new();
         for (i, name) in raw.remove.iter().flatten().enumerate() {
             let k = format!("{key}.remove[{i}]");

@@ -32,8 +32,10 @@ impl Value {
         }
     }
 
-    /// `None` when the filled-in value is not a valid header value (it is then not
-    /// set: no rule can make a malformed head).
+    /// `None` when the filled-in value is not a valid header value, or a piece the
+    /// client chose (`{request_id}`, `{host}`) holds a character outside letters,
+    /// digits and `-._:+/@[]` (it is then not set: no rule can make a malformed
+    /// head, and a client cannot add a `,`, `;` or `=` to a structured value).
     fn render(&self, vars: &Vars<'_>) -> Option<HeaderValue> {
         let pieces = match self {
             Value::Fixed(v) => return Some(v.clone()),
@@ -44,13 +46,20 @@ impl Value {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::ClientIp => out.push_str(vars.client_ip.to_str().unwrap_or("")),
-                Piece::RequestId => out.push_str(vars.request_id.to_str().unwrap_or("")),
-                Piece::Host => out.push_str(vars.host.unwrap_or("")),
+                Piece::RequestId => out.push_str(plain(vars.request_id.to_str().ok()?)?),
+                Piece::Host => out.push_str(plain(vars.host.unwrap_or(""))?),
                 Piece::Scheme => out.push_str(vars.scheme),
             }
         }
         HeaderValue::try_from(out).ok()
     }
+}
+
+/// `s` if it holds only characters that separate nothing in a structured field.
+fn plain(s: &str) -> Option<&str> {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:+/@[]".contains(&b))
+        .then_some(s)
 }
 
 /// One set of rules, ready to apply.
@@ -191,6 +200,35 @@ mod tests {
         assert_eq!(h["x-who"], "10.0.0.1 abc");
         let via: Vec<_> = h.get_all("via").iter().collect();
         assert_eq!(via, ["1.1 cdn", "fulcrum https://example.com"]);
+    }
+
+    #[test]
+    fn a_client_chosen_piece_with_separators_is_not_filled_in() {
+        let r = rules(
+            &[("forwarded", "for={client_ip};id={request_id}")],
+            &[],
+            &[],
+        );
+        let ip = HeaderValue::from_static("10.0.0.1");
+        let mut h = HeaderMap::new();
+        let good = HeaderValue::from_static("9f2c-41:ab/c+d@e");
+        r.apply(&mut h, &vars(&ip, &good));
+        assert_eq!(h["forwarded"], "for=10.0.0.1;id=9f2c-41:ab/c+d@e");
+        for bad in ["a;by=evil", "a,for=1.2.3.4", "a=b", "a b", "\"x\""] {
+            let bad = HeaderValue::from_str(bad).unwrap();
+            r.apply(&mut h, &vars(&ip, &bad));
+            assert!(h.get("forwarded").is_none(), "{bad:?} is not filled in");
+        }
+        let host = rules(&[("x-site", "{host}")], &[], &[]);
+        let mut h = HeaderMap::new();
+        let v = Vars {
+            host: Some("a.example;x=1"),
+            ..vars(&ip, &good)
+        };
+        host.apply(&mut h, &v);
+        assert!(h.get("x-site").is_none());
+        host.apply(&mut h, &vars(&ip, &good));
+        assert_eq!(h["x-site"], "example.com");
     }
 
     #[test]
