@@ -37,13 +37,14 @@ impl PathRewrite {
     pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
         let out = match self {
             PathRewrite::Prefix { prefix, to } => match path.strip_prefix(prefix.as_str()) {
-                Some(rest) => {
+                // Whole segments only: `/app` takes `/app` and `/app/x`, not `/apple`.
+                Some(rest) if rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/') => {
                     let mut p = String::with_capacity(to.len() + rest.len());
                     p.push_str(to);
                     p.push_str(rest);
                     Cow::Owned(p)
                 }
-                None => Cow::Borrowed(path),
+                _ => Cow::Borrowed(path),
             },
             PathRewrite::Regex { regex, to } => regex.replace(path, to.as_str()),
         };
@@ -122,6 +123,8 @@ mod tests {
             to: "/".into(),
         });
         assert_eq!(r.apply("/app/x"), "/x", "one slash, never two");
+        assert_eq!(r.apply("/app"), "/");
+        assert_eq!(r.apply("/apple"), "/apple", "whole segments only");
         let r = rw(Rewrite::Prefix {
             prefix: "/old/".into(),
             to: "/new/".into(),
