@@ -198,6 +198,7 @@ mod origin {
 
     /// - `/json/N`: N bytes of JSON, with a strong ETag;
     /// - `/cached/N`: the same, storable for an hour;
+    /// - `/not-modified/N`: a 304 with a strong ETag;
     /// - `/png/N`, `/encoded/N`, `/no-transform/N`: what is never compressed;
     /// - `/big/N`: N bytes streamed in 64 KiB chunks, no length;
     /// - `/trickle`: an event, then another once `go` is notified.
@@ -238,6 +239,13 @@ mod origin {
                 let mut r = full("application/json", text(n));
                 r.headers_mut()
                     .insert("cache-control", "max-age=3600".parse().unwrap());
+                r
+            }
+            "not-modified" => {
+                let mut r = full("application/json", Vec::new());
+                *r.status_mut() = hyper::StatusCode::NOT_MODIFIED;
+                r.headers_mut().remove("content-type");
+                r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
                 r
             }
             "png" => full("image/png", text(n)),
@@ -387,14 +395,30 @@ async fn responses_are_compressed_with_the_negotiated_algorithm_and_decode_to_th
         );
         assert_eq!(decode(expected, &body), original, "{accept}");
     }
-    // Sent as they are: no acceptable algorithm, garbage, HEAD, a range, a small body,
+    // A HEAD gets its GET's header fields; a 304 its 200's Vary and weak ETag.
+    let (_, got, body) = fetch(addr, "HEAD", "/json/102400", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(got["content-encoding"], "gzip", "{got:?}");
+    assert!(got.get("content-length").is_none());
+    assert_eq!(got["vary"], "Accept-Encoding");
+    assert_eq!(got["etag"], "W/\"v1\"");
+    assert!(body.is_empty());
+    let (status, got, _) = fetch(
+        addr,
+        "GET",
+        "/not-modified/1",
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status, 304);
+    assert_eq!(got["vary"], "Accept-Encoding");
+    assert_eq!(got["etag"], "W/\"v1\"");
+    // Sent as they are: no acceptable algorithm, garbage, a range, a small body,
     // a type not listed, an encoded body, no-transform, a route without compress.
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
     let identity: &[Case] = &[
         ("GET", "/json/102400", &[("accept-encoding", "identity")]),
         ("GET", "/json/102400", &[("accept-encoding", "gzip;q=7")]),
         ("GET", "/json/102400", &[]),
-        ("HEAD", "/json/102400", &[("accept-encoding", "gzip")]),
         (
             "GET",
             "/json/102400",

@@ -140,22 +140,33 @@ fn compressible_type(content_type: Option<&HeaderValue>, types: &[String]) -> bo
 }
 
 /// Compresses `response` for the client when everything allows it: the client
-/// accepts an algorithm, it is not a `HEAD`, a range request or a request that says
-/// `no-transform`, the status has a
-/// body worth it (not 1xx, 204, 206 or 304), the response is not encoded already,
-/// does not say `no-transform`, has a type of `types` and is not known to be under
-/// `min_size`. Sets `Content-Encoding` and `Vary`, drops `Content-Length` and
-/// `Accept-Ranges`, and makes a strong `ETag` weak.
+/// accepts an algorithm, it is not a range request or a request that says
+/// `no-transform`, the status has a body worth it (not 1xx, 204, 206 or 304), the
+/// response is not encoded already, does not say `no-transform`, has a type of
+/// `types` and is not known to be under `min_size`. Sets `Content-Encoding` and
+/// `Vary`, drops `Content-Length` and `Accept-Ranges`, and makes a strong `ETag` weak.
+/// A `HEAD` gets the header fields its `GET` would (no body to encode); a 304 gets the
+/// `Vary` and the weak `ETag` its 200 would (RFC 9110, 15.4.5).
 pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<ResponseBody>) {
-    if asked.head || asked.range || asked.no_transform {
+    if asked.range || asked.no_transform {
         return;
     }
     let status = response.status();
+    if status == StatusCode::NOT_MODIFIED {
+        if compressible_type(
+            response.headers().get(header::CONTENT_TYPE),
+            &settings.types,
+        ) || !response.headers().contains_key(header::CONTENT_TYPE)
+        {
+            vary(response.headers_mut());
+            if negotiate(asked.accept.as_ref(), &settings.algorithms).is_some() {
+                weaken(response.headers_mut());
+            }
+        }
+        return;
+    }
     if status.is_informational()
-        || matches!(
-            status,
-            StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
-        )
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT)
     {
         return;
     }
@@ -175,31 +186,27 @@ pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<Resp
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .or_else(|| response.body().size_hint().exact());
+        .or_else(|| {
+            // A HEAD's empty body says nothing of its GET's size.
+            (!asked.head)
+                .then(|| response.body().size_hint().exact())
+                .flatten()
+        });
     if declared.is_some_and(|n| n < settings.min_size.max(1)) {
         return;
     }
     // Vary first: the answer depends on Accept-Encoding even when it is identity.
-    let vary_lists = |h: &HeaderMap| {
-        h.get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| {
-                let t = t.trim();
-                t == "*" || t.eq_ignore_ascii_case("accept-encoding")
-            })
-    };
-    if !vary_lists(response.headers()) {
-        response
-            .headers_mut()
-            .append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
+    vary(response.headers_mut());
     let Some((algorithm, level)) = negotiate(asked.accept.as_ref(), &settings.algorithms) else {
         return;
     };
-    let Ok(encoder) = Encoder::new(algorithm, level) else {
-        return;
+    let encoder = if asked.head {
+        None
+    } else {
+        match Encoder::new(algorithm, level) {
+            Ok(e) => Some(e),
+            Err(_) => return,
+        }
     };
     let h = response.headers_mut();
     h.insert(
@@ -208,15 +215,8 @@ pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<Resp
     );
     h.remove(header::CONTENT_LENGTH);
     h.remove(header::ACCEPT_RANGES);
-    if let Some(etag) = h.get(header::ETAG) {
-        if !etag.as_bytes().starts_with(b"W/") {
-            let mut weak = b"W/".to_vec();
-            weak.extend_from_slice(etag.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&weak) {
-                h.insert(header::ETAG, v);
-            }
-        }
-    }
+    weaken(h);
+    let Some(encoder) = encoder else { return };
     let body = std::mem::replace(response.body_mut(), ResponseBody::empty());
     *response.body_mut() = ResponseBody::Compressed(Box::new(Compressed {
         inner: body,
@@ -226,6 +226,35 @@ pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<Resp
     }));
 }
 
+/// Adds `Vary: Accept-Encoding` unless `Vary` lists it (or `*`) already.
+fn vary(h: &mut HeaderMap) {
+    let listed = h
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.eq_ignore_ascii_case("accept-encoding")
+        });
+    if !listed {
+        h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// A strong `ETag` made weak: the encoded bytes are not the origin's.
+fn weaken(h: &mut HeaderMap) {
+    if let Some(etag) = h.get(header::ETAG) {
+        if !etag.as_bytes().starts_with(b"W/") {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(etag.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&weak) {
+                h.insert(header::ETAG, v);
+            }
+        }
+    }
+}
+
 /// A streaming encoder writing into a buffer that is taken after each write.
 enum Encoder {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
@@ -233,9 +262,12 @@ enum Encoder {
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
 }
 
-/// brotli's internal buffer and window (22: 4 MiB, its default).
+/// brotli's internal buffer, and the window of brotli and zstd: 2^19 = 512 KiB (as
+/// nginx's brotli module), not their 4 MiB and 2 MiB defaults, so that a few thousand
+/// responses compressed at once hold hundreds of megabytes, not gigabytes. Responses
+/// smaller than the window lose nothing by it.
 const BROTLI_BUFFER: usize = 4096;
-const BROTLI_WINDOW: u32 = 22;
+const WINDOW_LOG: u32 = 19;
 
 impl Encoder {
     fn new(algorithm: Algorithm, level: u32) -> std::io::Result<Encoder> {
@@ -248,10 +280,12 @@ impl Encoder {
                 Vec::new(),
                 BROTLI_BUFFER,
                 level,
-                BROTLI_WINDOW,
+                WINDOW_LOG,
             ))),
             Algorithm::Zstd => {
-                Encoder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), level as i32)?)
+                let mut e = zstd::stream::write::Encoder::new(Vec::new(), level as i32)?;
+                e.window_log(WINDOW_LOG)?;
+                Encoder::Zstd(e)
             }
         })
     }
