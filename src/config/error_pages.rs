@@ -64,14 +64,20 @@ impl Validator<'_> {
                 );
                 continue;
             };
-            let body = match std::fs::metadata(&path) {
-                Ok(m) if m.len() > MAX_ERROR_PAGE => {
-                    self.err(span, k, format!("{} is larger than 1 MiB", path.display()));
-                    continue;
-                }
-                Ok(_) => std::fs::read(&path),
-                Err(e) => Err(e),
-            };
+            // One open, at most 1 MiB and a byte read: a file that grows (or a FIFO)
+            // between a size check and the read cannot make the load unbounded.
+            let body = std::fs::File::open(&path).and_then(|f| {
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(f, MAX_ERROR_PAGE + 1),
+                    &mut body,
+                )?;
+                Ok(body)
+            });
+            if body.as_ref().is_ok_and(|b| b.len() as u64 > MAX_ERROR_PAGE) {
+                self.err(span, k, format!("{} is larger than 1 MiB", path.display()));
+                continue;
+            }
             match body {
                 Ok(body) => out.push(ErrorPage {
                     status: code,
