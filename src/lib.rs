@@ -7,6 +7,8 @@
 //! - [`l7`]: the HTTP engine; [`cache`]: its shared response cache.
 //! - [`failover`]: the active-passive pair: heartbeats, the state machine, the driver
 //!   that moves the virtual addresses.
+//! - [`limits`]: rate limits and per-client connection counts; [`proxy_protocol`]:
+//!   the PROXY protocol header.
 //! - [`runtime`]: one generation of configuration, listeners, shutdown.
 
 pub mod activity;
@@ -18,6 +20,8 @@ pub mod failover;
 pub mod health;
 pub mod l4;
 pub mod l7;
+pub mod limits;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod side;
 pub mod tls;

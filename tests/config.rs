@@ -591,28 +591,34 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
     };
     let cases = [
         (
-            http("", "", "", "[rate_limit.per_ip]\nrate = \"100/s\"\n"),
-            "`rate_limit`",
-        ),
-        (
             http("", "", "", "[redis]\nurl = \"redis://127.0.0.1\"\n"),
             "`redis`",
+        ),
+        (
+            http(
+                "",
+                "",
+                "",
+                "[rate_limit.r]\nrate = \"1/s\"\nstore = \"redis\"\n",
+            ),
+            "`rate_limit.r.store` \"redis\" is",
+        ),
+        (
+            http(
+                "",
+                "",
+                "",
+                "[rate_limit.r]\nrate = \"1/s\"\non_store_error = \"allow\"\n",
+            ),
+            "`rate_limit.r.on_store_error`",
         ),
         (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
         (http("", "", "", "[tracing]\nsample = 0.5\n"), "`tracing`"),
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
         (http("", "", "", "[bgp]\nlocal_as = 65000\n"), "`bgp`"),
         (
-            http("proxy_protocol = true", "", "", ""),
-            "`listener[0].proxy_protocol`",
-        ),
-        (
             http("trusted_proxies = [\"10.0.0.0/8\"]", "", "", ""),
             "`listener[0].trusted_proxies`",
-        ),
-        (
-            http("rate_limit = \"per_ip\"", "", "", ""),
-            "`listener[0].rate_limit`",
         ),
         (
             http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
@@ -621,10 +627,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         (
             http("", "sni = \"*.example.com\"", "", ""),
             "`listener[0].route[0].sni`",
-        ),
-        (
-            http("", "rate_limit = \"per_ip\"", "", ""),
-            "`listener[0].route[0].rate_limit`",
         ),
         (
             http("", "", "protocol = \"h2c\"", ""),
@@ -677,6 +679,75 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         got.contains("`listener[0].tls.http3` not supported yet"),
         "{got}"
     );
+}
+
+#[test]
+fn rate_limits_and_client_limits_are_checked_with_their_key() {
+    let file = |listener: &str, tcp: &str, rules: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\"\n{listener}\n\
+             [[listener]]\nname = \"t\"\nbind = \"127.0.0.1:3\"\nprotocol = \"tcp\"\nupstream = \"app\"\n{tcp}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n{rules}"
+        )
+    };
+    let good = file(
+        "rate_limit = \"ip\"\nproxy_protocol = true\nmax_connections_per_client = 10\n\
+         [[listener.route]]\nupstream = \"app\"\nrate_limit = \"key\"",
+        "rate_limit = \"ip\"\nproxy_protocol = true\nheader_timeout = \"2s\"",
+        "[rate_limit.ip]\nrate = \"6000/m\"\n[rate_limit.key]\nkey = \"header:x-api-key\"\nrate = \"10/s\"\nburst = 50\nheaders = true\nmax_keys = 1000\n",
+    );
+    let config = Config::parse(&good, Path::new("fulcrum.toml")).unwrap();
+    let ip = &config.rate_limits[0];
+    assert_eq!(
+        (ip.name.as_str(), ip.count, ip.burst),
+        ("ip", 6000, 100),
+        "burst: one second's worth"
+    );
+    assert_eq!(config.rate_limits[1].burst, 50);
+    assert_eq!(config.listeners[0].max_connections_per_client, Some(10));
+    assert!(config.listeners[1].proxy_protocol);
+    let cases = [
+        (
+            file("rate_limit = \"nope\"", "", ""),
+            "`listener[0].rate_limit` names rate_limit \"nope\", which is not defined",
+        ),
+        (
+            file("", "rate_limit = \"k\"", "[rate_limit.k]\nkey = \"cookie:sid\"\nrate = \"1/s\"\n"),
+            "`listener[1].rate_limit` rate_limit \"k\" keys by a header or cookie, which a tcp listener does not have",
+        ),
+        (
+            file("", "", "[rate_limit.k]\nrate = \"10/d\"\n"),
+            "`rate_limit.k.rate` the period must be s, m or h",
+        ),
+        (
+            file("", "", "[rate_limit.k]\nrate = \"0/s\"\n"),
+            "`rate_limit.k.rate` needs a count between 1 and 1000000000",
+        ),
+        (
+            file("", "", "[rate_limit.k]\nkey = \"ip\"\nrate = \"1/s\"\n"),
+            "`rate_limit.k.key` must be \"client_ip\", \"header:NAME\", \"cookie:NAME\" or \"route\"",
+        ),
+        (
+            file("", "", "[rate_limit.k]\nrate = \"1/s\"\nburst = 0\n"),
+            "`rate_limit.k.burst` must be between 1 and",
+        ),
+        (
+            file("", "", "[rate_limit.k]\nrate = \"1/s\"\nmax_keys = 0\n"),
+            "`rate_limit.k.max_keys` must be between 1 and",
+        ),
+        (
+            file("max_connections_per_client = 0", "", ""),
+            "`listener[0].max_connections_per_client` must be between 1 and",
+        ),
+        (
+            file("", "header_timeout = \"2s\"", ""),
+            "`listener[1].header_timeout` only applies to http listeners",
+        ),
+    ];
+    for (src, want) in cases {
+        let got = errors(&src);
+        assert!(got.contains(want), "expected {want} in:\n{got}");
+    }
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn table() -> RouteTable {
         compress: false,
         request_headers: None,
         response_headers: None,
+        rate_limit: None,
     };
     let route = |host: Option<HostPattern>, prefix: Option<&str>, methods: &[Method], headers: &[(&str, &str)]| Route {
         host,

@@ -29,6 +29,9 @@ pub const FAILOVER_HEARTBEATS_LATE_TOTAL: &str = "fulcrum_failover_heartbeats_la
 pub const FAILOVER_TIMER_LATE_TOTAL: &str = "fulcrum_failover_timer_late_total";
 pub const FAILOVER_ANNOUNCE_FAILURES_TOTAL: &str = "fulcrum_failover_announce_failures_total";
 pub const FAILOVER_PEER_EXITS_TOTAL: &str = "fulcrum_failover_peer_exits_total";
+pub const RATE_LIMITED_TOTAL: &str = "fulcrum_rate_limited_total";
+pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "fulcrum_proxy_protocol_errors_total";
+pub const CLIENT_LIMITED_TOTAL: &str = "fulcrum_client_connections_limited_total";
 
 /// Every metric fulcrum exports, registered in its own registry.
 pub struct Metrics {
@@ -49,6 +52,12 @@ pub struct Metrics {
     pub backend_requests_total: IntCounterVec,
     /// TLS handshakes per TLS listener and result.
     pub tls_handshakes_total: IntCounterVec,
+    /// Requests (tcp: connections) refused by a rate limit, per listener and rule.
+    pub rate_limited_total: IntCounterVec,
+    /// Connections closed for a missing or malformed PROXY header, per listener.
+    pub proxy_protocol_errors_total: IntCounterVec,
+    /// Connections refused by `max_connections_per_client`, per listener.
+    pub client_limited_total: IntCounterVec,
     /// Requests of cached routes by how the cache answered.
     pub cache_requests_total: IntCounterVec,
     pub cache_size_bytes: IntGauge,
@@ -163,6 +172,24 @@ impl Metrics {
                 TLS_HANDSHAKES_TOTAL,
                 "TLS handshakes by result",
                 &["listener", "result"],
+            ),
+            rate_limited_total: counter_vec(
+                &r,
+                RATE_LIMITED_TOTAL,
+                "Requests (tcp: connections) refused by a rate limit",
+                &["listener", "rule"],
+            ),
+            proxy_protocol_errors_total: counter_vec(
+                &r,
+                PROXY_PROTOCOL_ERRORS_TOTAL,
+                "Connections closed for a missing or malformed PROXY protocol header",
+                &["listener"],
+            ),
+            client_limited_total: counter_vec(
+                &r,
+                CLIENT_LIMITED_TOTAL,
+                "Connections refused by max_connections_per_client",
+                &["listener"],
             ),
             cache_requests_total: counter_vec(
                 &r,

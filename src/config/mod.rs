@@ -7,6 +7,7 @@ mod error;
 mod error_pages;
 mod failover;
 mod headers;
+mod rate_limit;
 mod raw;
 mod shaping;
 mod units;
@@ -29,6 +30,7 @@ pub use failover::{
 };
 pub use headers::{value_template as header_value_template, HeaderRules, Piece};
 pub use ipnet::IpNet;
+pub use rate_limit::{parse_rate, LimitKey, RateLimit};
 use raw::*;
 pub use shaping::{
     compile as compile_rewrite_regex, template as redirect_template, Part, Redirect, Rewrite,
@@ -86,6 +88,8 @@ pub struct Config {
     pub compression: Compression,
     /// `[failover]`: the active-passive pair.
     pub failover: Option<Failover>,
+    /// `[rate_limit.*]`, by name.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// `[cache]`: the shared response cache.
@@ -195,6 +199,13 @@ pub struct Listener {
     pub routes: Vec<Route>,
     /// `[listener.tls]`: TLS termination.
     pub tls: Option<ListenerTls>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) whose source
+    /// address is the client's.
+    pub proxy_protocol: bool,
+    /// The `[rate_limit.*]` rule every request (tcp: every connection) goes through.
+    pub rate_limit: Option<String>,
+    /// Connections one client address may hold.
+    pub max_connections_per_client: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +266,9 @@ pub struct Route {
     pub response_headers: Option<HeaderRules>,
     /// Responses compressed as `[compression]` says.
     pub compress: bool,
+    /// The `[rate_limit.*]` rule the route's requests go through, after the
+    /// listener's.
+    pub rate_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -458,6 +472,7 @@ impl Config {
             file,
             src,
             errors: Vec::new(),
+            rules: Vec::new(),
         };
         let config = v.config(raw);
         if v.errors.is_empty() {
@@ -484,6 +499,7 @@ impl Config {
             admin: None,
             cache: None,
             compression: Compression::default(),
+            rate_limits: Vec::new(),
             failover: None,
         }
     }
@@ -588,6 +604,8 @@ struct Validator<'a> {
     file: &'a Path,
     src: &'a str,
     errors: Vec<ConfigError>,
+    /// `[rate_limit.*]`, read before the listeners that name them.
+    rules: Vec<RateLimit>,
 }
 
 impl Validator<'_> {
@@ -659,6 +677,7 @@ impl Validator<'_> {
             .map(|c| self.compression(c.get_ref()))
             .unwrap_or_default();
         let failover = raw.failover.as_ref().map(|f| self.failover(f.get_ref()));
+        self.rules = self.rate_limits(&raw.rate_limit);
         let upstreams: Vec<Upstream> = raw
             .upstream
             .iter()
@@ -714,6 +733,7 @@ impl Validator<'_> {
             cache,
             compression,
             failover,
+            rate_limits: std::mem::take(&mut self.rules),
         }
     }
 
@@ -1001,6 +1021,17 @@ impl Validator<'_> {
         }
         let allow = self.cidrs(&l.allow, &key("allow"));
         let deny = self.cidrs(&l.deny, &key("deny"));
+        let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+        let rate_limit = self.rate_limit_ref(&key("rate_limit"), &l.rate_limit, protocol);
+        let max_connections_per_client = l.max_connections_per_client.as_ref().map(|_| {
+            self.int(
+                &l.max_connections_per_client,
+                &key("max_connections_per_client"),
+                1,
+                i64::from(u32::MAX),
+                1,
+            ) as u32
+        });
 
         if protocol == Protocol::Tcp {
             let http_only: [(&str, Option<Range<usize>>); 14] = [
@@ -1021,7 +1052,11 @@ impl Validator<'_> {
                 ("min_rate", l.min_rate.as_ref().map(Spanned::span)),
                 (
                     "header_timeout",
-                    l.header_timeout.as_ref().map(Spanned::span),
+                    // A tcp listener's PROXY header must arrive within it.
+                    l.header_timeout
+                        .as_ref()
+                        .filter(|_| !proxy_protocol)
+                        .map(Spanned::span),
                 ),
                 (
                     "max_header_size",
@@ -1112,6 +1147,9 @@ impl Validator<'_> {
             error_pages,
             routes,
             tls: tls.flatten(),
+            proxy_protocol,
+            rate_limit,
+            max_connections_per_client,
         })
     }
 
@@ -1387,6 +1425,7 @@ impl Validator<'_> {
                 );
             }
             return Some(Route {
+                rate_limit: self.rate_limit_ref(&k("rate_limit"), &r.rate_limit, Protocol::Http),
                 compress: false,
                 host,
                 path_prefix,
@@ -1532,6 +1571,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|h| self.header_rules(&k("response_headers"), h, false)),
             compress: r.compress.as_ref().is_some_and(|c| *c.get_ref()),
+            rate_limit: self.rate_limit_ref(&k("rate_limit"), &r.rate_limit, Protocol::Http),
         })
     }
 

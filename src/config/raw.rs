@@ -22,7 +22,7 @@ pub struct RawConfig {
     pub upstream: BTreeMap<String, Spanned<RawUpstream>>,
     pub cache: Option<Spanned<RawCache>>,
     pub failover: Option<Spanned<RawFailover>>,
-    pub rate_limit: Later,
+    pub rate_limit: Option<Spanned<BTreeMap<String, Spanned<RawRateLimit>>>>,
     pub redis: Later,
     pub resolver: Later,
     pub tracing: Later,
@@ -88,12 +88,25 @@ pub struct RawListener {
     pub redirect_https: Option<Spanned<bool>>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub route: Option<Vec<Spanned<RawRoute>>>,
-    pub proxy_protocol: Later,
+    pub proxy_protocol: Option<Spanned<bool>>,
     pub trusted_proxies: Later,
-    pub rate_limit: Later,
+    pub rate_limit: Option<Spanned<String>>,
+    pub max_connections_per_client: Option<Spanned<i64>>,
     pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,
     pub response_headers: Option<Spanned<RawHeaderRules>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub key: Option<Spanned<String>>,
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
+    pub store: Option<Spanned<String>>,
+    pub on_store_error: Option<Spanned<String>>,
+    pub headers: Option<Spanned<bool>>,
+    pub max_keys: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,7 +162,7 @@ pub struct RawRoute {
     pub rewrite: Option<Spanned<RawRewrite>>,
     pub redirect: Option<Spanned<RawRedirect>>,
     pub sni: Later,
-    pub rate_limit: Later,
+    pub rate_limit: Option<Spanned<String>>,
     pub compress: Option<Spanned<bool>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,
     pub response_headers: Option<Spanned<RawHeaderRules>>,

@@ -34,7 +34,6 @@ impl Validator<'_> {
         self.refuse(
             "",
             &[
-                ("rate_limit", at(&c.rate_limit)),
                 ("redis", at(&c.redis)),
                 ("resolver", at(&c.resolver)),
                 ("tracing", at(&c.tracing)),
@@ -45,14 +44,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_listener(&mut self, key: &str, l: &RawListener) {
-        self.refuse(
-            key,
-            &[
-                ("proxy_protocol", at(&l.proxy_protocol)),
-                ("trusted_proxies", at(&l.trusted_proxies)),
-                ("rate_limit", at(&l.rate_limit)),
-            ],
-        );
+        self.refuse(key, &[("trusted_proxies", at(&l.trusted_proxies))]);
     }
 
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {
@@ -60,10 +52,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_route(&mut self, key: &str, r: &RawRoute) {
-        self.refuse(
-            key,
-            &[("sni", at(&r.sni)), ("rate_limit", at(&r.rate_limit))],
-        );
+        self.refuse(key, &[("sni", at(&r.sni))]);
     }
 
     pub(super) fn unsupported_upstream(&mut self, key: &str, u: &RawUpstream) {

@@ -37,6 +37,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("the request failed while its body was read: {0}")]
     ClientBody(String),
+    #[error("over the rate limit")]
+    RateLimited,
 }
 
 impl ProxyError {
@@ -50,6 +52,7 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Backend(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -59,7 +62,8 @@ impl ProxyError {
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
-            | ProxyError::ClientBody(_) => Source::Client,
+            | ProxyError::ClientBody(_)
+            | ProxyError::RateLimited => Source::Client,
             ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Queue(_) => Source::Fulcrum,
             ProxyError::Connect(_) | ProxyError::Backend(_) | ProxyError::Timeout(_) => {
                 Source::Backend

@@ -33,4 +33,7 @@ pub struct Exchange {
     pub compress: bool,
     /// The matched route's response header rules.
     pub response_headers: Option<Arc<super::headers::Rules>>,
+    /// A rate limit's refusal, or the tightest of the passes whose rule shows its
+    /// headers on allowed responses.
+    pub rate_limit: Option<crate::limits::Verdict>,
 }

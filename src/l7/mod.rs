@@ -132,6 +132,8 @@ pub struct Settings {
     /// The listener's header rules (a route's apply after them).
     pub request_headers: Option<Arc<headers::Rules>>,
     pub response_headers: Option<Arc<headers::Rules>>,
+    /// The listener's rate limit, applied to every request before routing.
+    pub rate_limit: Option<crate::limits::Applied>,
     /// Request counters for requests no route took (403, 404, 400, redirects).
     unrouted: Arc<RequestMetrics>,
     http1: hyper::server::conn::http1::Builder,
@@ -149,6 +151,7 @@ impl Settings {
         metrics: &Metrics,
         cache: Option<&Arc<crate::cache::Cache>>,
         compression: &config::Compression,
+        rate_limit: &dyn Fn(&Option<String>) -> Option<crate::limits::Applied>,
     ) -> Settings {
         let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
         let action = |index: usize, r: &config::Route| -> Option<Action> {
@@ -187,6 +190,7 @@ impl Settings {
                 compress: r.compress,
                 request_headers: headers::shared(&r.request_headers),
                 response_headers: headers::shared(&r.response_headers),
+                rate_limit: rate_limit(&r.rate_limit),
             })
         };
         let routes = l
@@ -226,6 +230,7 @@ impl Settings {
                     request_headers: None,
                     response_headers: None,
                     compress: false,
+                    rate_limit: None,
                 },
             )
         });
@@ -312,6 +317,7 @@ impl Settings {
                 .collect(),
             request_headers: headers::shared(&l.request_headers),
             response_headers: headers::shared(&l.response_headers),
+            rate_limit: rate_limit(&l.rate_limit),
             http1,
             http2,
             server,
@@ -862,6 +868,9 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     if let Some(cookie) = exchange.set_cookie.take() {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
+    if let Some(verdict) = exchange.rate_limit.take() {
+        verdict.write(response.headers_mut());
+    }
     if let (true, Some(asked), Some(settings)) = (exchange.compress, &asked, &s.compression) {
         compress::maybe(asked, settings, &mut response);
     }
@@ -913,6 +922,9 @@ async fn respond(
     if !ctx.admitted {
         return Err(ProxyError::Denied);
     }
+    if let Some(rule) = &s.rate_limit {
+        limit(rule, &req, ctx, exchange)?;
+    }
     if s.redirect_https {
         let Some(host) = host else {
             return Err(ProxyError::BadRequest("no host to redirect to"));
@@ -938,6 +950,9 @@ async fn respond(
             req.headers(),
         )
         .ok_or(ProxyError::NoRoute)?;
+    if let Some(rule) = &action.rate_limit {
+        limit(rule, &req, ctx, exchange)?;
+    }
     // A rewrite starts from the normal form, whatever the listener forwards.
     let rewritten = action
         .rewrite
@@ -993,6 +1008,66 @@ async fn respond(
             }
         }
     }
+}
+
+/// Takes the request through a rate limit: `Err` when refused (the verdict, kept in
+/// `exchange`, writes `Retry-After` and the `RateLimit` fields on the 429).
+fn limit(
+    rule: &crate::limits::Applied,
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    exchange: &mut Exchange,
+) -> Result<(), ProxyError> {
+    use crate::config::LimitKey;
+    let ip;
+    let key: &[u8] = match &rule.limiter.rule.key {
+        LimitKey::ClientIp => {
+            ip = client_octets(ctx.peer.ip());
+            &ip.0[..ip.1]
+        }
+        LimitKey::Header(name) => req.headers().get(name).map_or(&[], |v| v.as_bytes()),
+        LimitKey::Cookie(name) => cookie(req.headers(), name).unwrap_or(&[]),
+        LimitKey::Route => &[],
+    };
+    let verdict = rule.verdict(key);
+    if !verdict.allowed() {
+        exchange.rate_limit = Some(verdict);
+        return Err(ProxyError::RateLimited);
+    }
+    if rule.limiter.rule.headers
+        && exchange
+            .rate_limit
+            .as_ref()
+            .is_none_or(|kept| verdict.remaining() < kept.remaining())
+    {
+        exchange.rate_limit = Some(verdict);
+    }
+    Ok(())
+}
+
+/// An address as a rate-limit key: its octets (IPv4-mapped IPv6 as IPv4).
+pub fn client_octets(ip: std::net::IpAddr) -> ([u8; 16], usize) {
+    let mut out = [0u8; 16];
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, 4)
+        }
+        std::net::IpAddr::V6(v6) => (v6.octets(), 16),
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` fields.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (n, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+            (n == name.as_bytes()).then_some(&v[1..])
+        })
 }
 
 /// `uri` with its path replaced (the query kept).

@@ -43,6 +43,8 @@ pub struct Action {
     /// The route's header rules, applied after the listener's.
     pub request_headers: Option<Arc<super::headers::Rules>>,
     pub response_headers: Option<Arc<super::headers::Rules>>,
+    /// The route's rate limit, applied after the listener's.
+    pub rate_limit: Option<crate::limits::Applied>,
 }
 
 #[derive(Debug)]
@@ -152,6 +154,7 @@ mod tests {
                 compress: false,
                 request_headers: None,
                 response_headers: None,
+                rate_limit: None,
             },
         }
     }

@@ -18,7 +18,8 @@ use tracing::{debug, warn};
 
 use super::snapshot::{Engine, ListenerEntry};
 use super::{BindKey, Shared};
-use crate::{l4, l7};
+use crate::limits::ClientPlace;
+use crate::{l4, l7, proxy_protocol};
 
 const BACKLOG: i32 = 1024;
 
@@ -133,13 +134,6 @@ fn admit_one(
     };
     entry.metrics.open.inc();
     let open = Open(entry.metrics.open.clone());
-    let admitted = entry.access.admits(peer.ip());
-    if !admitted {
-        if let Engine::Tcp(_) = entry.engine {
-            debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
-            return;
-        }
-    }
     let _ = stream.set_nodelay(true);
     let entry = entry.clone();
     let shared_task = shared.clone();
@@ -147,7 +141,11 @@ fn admit_one(
     let cut = shared.cut.clone();
     shared.tracker.spawn(async move {
         let work = async move {
-            let held = (permits, open);
+            let mut stream = stream;
+            let Some((peer, admitted, client)) = client(&mut stream, peer, &entry).await else {
+                return;
+            };
+            let held = (permits, open, client);
             let Some(tls) = &entry.tls else {
                 // A plain HTTP connection that has sent nothing holds only this small
                 // future: the engine's state is built once its first bytes arrive.
@@ -206,6 +204,66 @@ fn admit_one(
         // drain time ends it.
         crate::side::first(work, cut.cancelled()).await;
     });
+}
+
+/// Who the client is, and whether it may stay: the PROXY header (when the listener
+/// expects one) gives its address; then the per-client connection limit, the access
+/// rules and, on a tcp listener, the rate limit. `None`: the connection is closed
+/// (an http client over its per-client limit gets a 503 first, when it is plain).
+async fn client(
+    stream: &mut TcpStream,
+    mut peer: SocketAddr,
+    entry: &ListenerEntry,
+) -> Option<(SocketAddr, bool, Option<ClientPlace>)> {
+    let name = &entry.name;
+    if entry.proxy_protocol {
+        match tokio::time::timeout(entry.header_timeout, proxy_protocol::read(stream)).await {
+            Ok(Ok(header)) => {
+                if let Some(source) = header.source {
+                    peer = source;
+                }
+            }
+            Ok(Err(e)) => {
+                entry.proxy_errors.inc();
+                debug!(listener = %name, client.addr = %peer, error = %e, "PROXY header refused: closed");
+                return None;
+            }
+            Err(_) => {
+                entry.proxy_errors.inc();
+                debug!(listener = %name, client.addr = %peer, "no PROXY header within header_timeout: closed");
+                return None;
+            }
+        }
+    }
+    let place = match &entry.per_client {
+        Some((max, counts)) => match counts.take(peer.ip(), *max) {
+            Some(place) => Some(place),
+            None => {
+                entry.client_limited.inc();
+                debug!(listener = %name, client.addr = %peer, "over max_connections_per_client: closed");
+                if let (Engine::Http(_), None) = (&entry.engine, &entry.tls) {
+                    let _ = stream.try_write(l7::OVERLOADED);
+                }
+                return None;
+            }
+        },
+        None => None,
+    };
+    let admitted = entry.access.admits(peer.ip());
+    if let Engine::Tcp(_) = entry.engine {
+        if !admitted {
+            debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
+            return None;
+        }
+        if let Some(rule) = &entry.rate_limit {
+            let (octets, len) = l7::client_octets(peer.ip());
+            if !rule.verdict(&octets[..len]).allowed() {
+                debug!(listener = %name, client.addr = %peer, rule = %rule.limiter.rule.name, "over the rate limit: closed");
+                return None;
+            }
+        }
+    }
+    Some((peer, admitted, place))
 }
 
 /// Hands an admitted connection (after TLS, if any) to its engine.
@@ -270,6 +328,7 @@ where
 }
 
 type Places = (Place, Place);
+type Held = (Places, Open, Option<ClientPlace>);
 
 /// An accepted connection's facts, for its engine.
 struct Conn {
@@ -281,7 +340,7 @@ struct Conn {
     /// The subject of the verified client certificate (mTLS).
     client_cert: Option<Arc<str>>,
     admitted: bool,
-    held: (Places, Open),
+    held: Held,
 }
 
 /// A place counted under a limit, given back when dropped.

@@ -28,6 +28,7 @@ use crate::config::{Config, Listener};
 use crate::failover;
 use crate::health;
 use crate::l7::Pools;
+use crate::limits;
 use crate::upstream::Registry;
 use snapshot::Parts;
 pub use snapshot::Snapshot;
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     /// Connections open per listener name, across generations (limits come from the
     /// current generation; the counts from here).
     open_by_listener: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Connections per client address, per listener name, across generations.
+    clients_by_listener: Mutex<HashMap<String, Arc<limits::PerClient>>>,
     loops: Mutex<HashMap<BindKey, RunningLoop>>,
     /// Every connection task, so that shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -123,8 +126,27 @@ impl Shared {
             .collect()
     }
 
+    /// The per-client connection counts of `config`'s listeners that limit them.
+    fn clients_for(&self, config: &Config) -> HashMap<String, Arc<limits::PerClient>> {
+        let mut all = self
+            .clients_by_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        config
+            .listeners
+            .iter()
+            .filter(|l| l.max_connections_per_client.is_some())
+            .map(|l| {
+                let c = all.entry(l.name.clone()).or_default().clone();
+                (l.name.clone(), c)
+            })
+            .collect()
+    }
+
     fn build(&self, config: Arc<Config>, generation: u64) -> Result<Snapshot, String> {
         let counters = self.counters_for(&config);
+        let clients = self.clients_for(&config);
+        let current = self.current.load();
         Snapshot::build(
             config,
             generation,
@@ -133,7 +155,9 @@ impl Shared {
                 pools: &self.pools,
                 metrics: &self.metrics,
                 counters: &counters,
-                cache: self.current.load().cache.as_ref(),
+                clients: &clients,
+                cache: current.cache.as_ref(),
+                limiters: &current.limiters,
             },
         )
     }
@@ -231,6 +255,7 @@ impl Server {
             metrics,
             global_open: Arc::new(AtomicUsize::new(0)),
             open_by_listener: Mutex::new(HashMap::new()),
+            clients_by_listener: Mutex::new(HashMap::new()),
             loops: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),

@@ -11,6 +11,7 @@ use crate::cache::Cache;
 use crate::config::{AccessRules, Config, Protocol};
 use crate::l4;
 use crate::l7;
+use crate::limits::{Applied, Limiter, PerClient};
 use crate::upstream::{Registry, Upstream};
 
 use super::{bind_keys, BindKey};
@@ -23,6 +24,9 @@ pub struct Snapshot {
     pub cache: Option<Arc<Cache>>,
     /// By bind: what an accept loop on that socket serves.
     listeners: HashMap<BindKey, Arc<ListenerEntry>>,
+    /// The `[rate_limit.*]` rules with their state, kept across generations while a
+    /// rule stays the same.
+    pub limiters: HashMap<String, Arc<Limiter>>,
 }
 
 pub(crate) struct ListenerEntry {
@@ -36,6 +40,16 @@ pub(crate) struct ListenerEntry {
     pub metrics: ListenerMetrics,
     /// TLS termination, with the time a client has to finish its handshake.
     pub tls: Option<Tls>,
+    /// Every connection starts with a PROXY header, read within `header_timeout`.
+    pub proxy_protocol: bool,
+    pub header_timeout: std::time::Duration,
+    pub proxy_errors: prometheus::IntCounter,
+    /// `max_connections_per_client`, with the counts (which outlive generations).
+    pub per_client: Option<(u32, Arc<PerClient>)>,
+    pub client_limited: prometheus::IntCounter,
+    /// tcp: the rate limit every new connection goes through (http listeners apply
+    /// theirs per request, in the engine).
+    pub rate_limit: Option<Applied>,
 }
 
 pub(crate) struct Tls {
@@ -56,6 +70,10 @@ pub(crate) struct Parts<'a> {
     pub pools: &'a l7::Pools,
     pub metrics: &'a Metrics,
     pub counters: &'a HashMap<String, Arc<AtomicUsize>>,
+    /// Per-client connection counts of the listeners that limit them.
+    pub clients: &'a HashMap<String, Arc<PerClient>>,
+    /// The rate-limit rules of the generation serving now.
+    pub limiters: &'a HashMap<String, Arc<Limiter>>,
     /// The cache of the generation serving now.
     pub cache: Option<&'a Arc<Cache>>,
 }
@@ -102,8 +120,20 @@ impl Snapshot {
         } else {
             HashMap::new()
         };
+        let limiters = crate::limits::build(&config.rate_limits, parts.limiters);
         let mut listeners = HashMap::new();
         for l in &config.listeners {
+            let applied = |name: &Option<String>| {
+                name.as_ref()
+                    .and_then(|n| limiters.get(n))
+                    .map(|limiter| Applied {
+                        limiter: limiter.clone(),
+                        refused: parts
+                            .metrics
+                            .rate_limited_total
+                            .with_label_values(&[&l.name, &limiter.rule.name]),
+                    })
+            };
             // Validation guarantees a tcp listener names an existing upstream.
             let upstream = l.upstream.as_ref().and_then(|u| upstreams.get(u));
             let engine = match (l.protocol, upstream) {
@@ -127,6 +157,7 @@ impl Snapshot {
                     parts.metrics,
                     cache.as_ref(),
                     &config.compression,
+                    &|name| applied(name),
                 ))),
                 (Protocol::Tcp, None) => continue,
             };
@@ -154,6 +185,23 @@ impl Snapshot {
                 limit: l.max_connections,
                 open: parts.counters.get(&l.name).cloned().unwrap_or_default(),
                 metrics: parts.metrics.listener(&l.name),
+                proxy_protocol: l.proxy_protocol,
+                header_timeout: l.header_timeout,
+                proxy_errors: parts
+                    .metrics
+                    .proxy_protocol_errors_total
+                    .with_label_values(&[&l.name]),
+                per_client: l
+                    .max_connections_per_client
+                    .map(|max| (max, parts.clients.get(&l.name).cloned().unwrap_or_default())),
+                client_limited: parts
+                    .metrics
+                    .client_limited_total
+                    .with_label_values(&[&l.name]),
+                rate_limit: match l.protocol {
+                    Protocol::Tcp => applied(&l.rate_limit),
+                    Protocol::Http => None,
+                },
             });
             for (key, _) in bind_keys(l) {
                 listeners.insert(key, entry.clone());
@@ -165,6 +213,7 @@ impl Snapshot {
             upstreams,
             cache,
             listeners,
+            limiters,
         })
     }
 
@@ -189,6 +238,7 @@ impl Snapshot {
             upstreams: HashMap::new(),
             cache: None,
             listeners: HashMap::new(),
+            limiters: HashMap::new(),
         }
     }
 }
