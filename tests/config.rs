@@ -617,10 +617,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
         (http("", "", "", "[bgp]\nlocal_as = 65000\n"), "`bgp`"),
         (
-            http("trusted_proxies = [\"10.0.0.0/8\"]", "", "", ""),
-            "`listener[0].trusted_proxies`",
-        ),
-        (
             http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
             "`listener[0].tls.acme`",
         ),
@@ -742,6 +738,14 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "header_timeout = \"2s\"", ""),
             "`listener[1].header_timeout` only applies to http listeners",
+        ),
+        (
+            file("", "trusted_proxies = [\"10.0.0.0/8\"]", ""),
+            "`listener[1].trusted_proxies` only applies to http listeners",
+        ),
+        (
+            file("trusted_proxies = [\"10.0.0.0/33\"]", "", ""),
+            "`listener[0].trusted_proxies[0]`",
         ),
     ];
     for (src, want) in cases {

@@ -338,3 +338,55 @@ async fn a_tcp_listener_takes_the_proxy_header_off_and_forwards_the_rest() {
     assert_eq!(c.greeting().await, None);
     f.stop().await;
 }
+
+#[tokio::test]
+async fn trusted_proxies_name_the_client_and_others_are_never_believed() {
+    let app = HttpBackend::start("app").await;
+    let listener = |trusted: &str| {
+        format!(
+            "trusted_proxies = [\"{trusted}\"]\ndeny = [\"203.0.113.0/24\"]\nrate_limit = \"one\"\n\
+             request_headers = {{ set = {{ \"x-client\" = \"{{client_ip}}\" }} }}"
+        )
+    };
+    let rules = "[rate_limit.one]\nrate = \"1/h\"";
+    // Loopback, where the test client connects from, is trusted.
+    let f = Fulcrum::start(&web(&listener("127.0.0.0/8"), "", rules, &app)).await;
+    let addr = f.addr("web");
+    let (status, _) = get_headers(
+        addr,
+        "/",
+        &[("x-forwarded-for", "6.6.6.6, 198.51.100.9, 127.0.0.5")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = app.last();
+    assert_eq!(
+        seen.headers["x-client"], "198.51.100.9",
+        "the rightmost untrusted entry"
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "6.6.6.6, 198.51.100.9, 127.0.0.5, 127.0.0.1",
+        "the chain is passed on, with the peer appended"
+    );
+    // The rate limit keys by that client: 198.51.100.9 has had its one request, another
+    // client has not.
+    let (status, _) = get_headers(addr, "/", &[("x-forwarded-for", "198.51.100.9")]).await;
+    assert_eq!(status, 429);
+    let (status, _) = get_headers(addr, "/", &[("forwarded", "for=\"[2001:db8::3]:80\"")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.last().headers["x-client"], "2001:db8::3");
+    // The access rules see it.
+    let (status, _) = get_headers(addr, "/", &[("x-forwarded-for", "203.0.113.50")]).await;
+    assert_eq!(status, 403);
+    f.stop().await;
+
+    // Loopback is not trusted: the same fields are spoofs, and change nothing.
+    let f = Fulcrum::start(&web(&listener("10.0.0.0/8"), "", rules, &app)).await;
+    let addr = f.addr("web");
+    let (status, _) = get_headers(addr, "/", &[("x-forwarded-for", "203.0.113.50")]).await;
+    assert_eq!(status, 200, "a spoofed address is not denied");
+    assert_eq!(app.last().headers["x-client"], "127.0.0.1");
+    let (status, _) = get_headers(addr, "/", &[("x-forwarded-for", "198.51.100.1")]).await;
+    assert_eq!(status, 429, "nor does it get a bucket of its own");
+    f.stop().await;
+}

@@ -204,6 +204,8 @@ pub struct Listener {
     pub proxy_protocol: bool,
     /// The `[rate_limit.*]` rule every request (tcp: every connection) goes through.
     pub rate_limit: Option<String>,
+    /// http: peers whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub trusted_proxies: Vec<IpNet>,
     /// Connections one client address may hold.
     pub max_connections_per_client: Option<u32>,
 }
@@ -904,7 +906,6 @@ impl Validator<'_> {
         upstreams: &std::collections::BTreeMap<String, Spanned<RawUpstream>>,
     ) -> Option<Listener> {
         let l = sl.get_ref();
-        self.unsupported_listener(&format!("listener[{i}]"), l);
         let key = |k: &str| format!("listener[{i}].{k}");
         let name = l.name.get_ref().clone();
         if !units::is_valid_name(&name) {
@@ -1022,6 +1023,7 @@ impl Validator<'_> {
         let allow = self.cidrs(&l.allow, &key("allow"));
         let deny = self.cidrs(&l.deny, &key("deny"));
         let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+        let trusted_proxies = self.cidrs(&l.trusted_proxies, &key("trusted_proxies"));
         let rate_limit = self.rate_limit_ref(&key("rate_limit"), &l.rate_limit, protocol);
         let max_connections_per_client = l.max_connections_per_client.as_ref().map(|_| {
             self.int(
@@ -1034,7 +1036,7 @@ impl Validator<'_> {
         });
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 14] = [
+            let http_only: [(&str, Option<Range<usize>>); 15] = [
                 ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
                 (
                     "abort_on_close",
@@ -1072,6 +1074,13 @@ impl Validator<'_> {
                     l.request_headers.as_ref().map(Spanned::span),
                 ),
                 ("error_pages", l.error_pages.as_ref().map(Spanned::span)),
+                (
+                    "trusted_proxies",
+                    l.trusted_proxies
+                        .as_ref()
+                        .and_then(|t| t.first())
+                        .map(Spanned::span),
+                ),
                 (
                     "response_headers",
                     l.response_headers.as_ref().map(Spanned::span),
@@ -1150,6 +1159,7 @@ impl Validator<'_> {
             proxy_protocol,
             rate_limit,
             max_connections_per_client,
+            trusted_proxies,
         })
     }
 

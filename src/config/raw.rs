@@ -89,7 +89,7 @@ pub struct RawListener {
     pub tls: Option<Spanned<RawListenerTls>>,
     pub route: Option<Vec<Spanned<RawRoute>>>,
     pub proxy_protocol: Option<Spanned<bool>>,
-    pub trusted_proxies: Later,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub rate_limit: Option<Spanned<String>>,
     pub max_connections_per_client: Option<Spanned<i64>>,
     pub error_pages: Option<Spanned<BTreeMap<String, String>>>,

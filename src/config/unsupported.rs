@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{RawBackend, RawConfig, RawListener, RawListenerTls, RawRoute, RawUpstream};
+use super::raw::{RawBackend, RawConfig, RawListenerTls, RawRoute, RawUpstream};
 use super::Validator;
 
 /// A key's value, whatever its type: only its presence and position matter.
@@ -41,10 +41,6 @@ impl Validator<'_> {
                 ("bgp", at(&c.bgp)),
             ],
         );
-    }
-
-    pub(super) fn unsupported_listener(&mut self, key: &str, l: &RawListener) {
-        self.refuse(key, &[("trusted_proxies", at(&l.trusted_proxies))]);
     }
 
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {

@@ -723,6 +723,7 @@ fn refresh_in_background(
     let settings = f.settings.clone();
     let request_id = f.request_id.clone();
     let host = f.host.cloned();
+    let who = f.client.clone();
     let request_headers = f.request_headers.cloned();
     let fetch = Fetch {
         key: key.clone(),
@@ -738,6 +739,7 @@ fn refresh_in_background(
     let (tracker, cut) = (ctx.tracker.clone(), ctx.cut.clone());
     tracker.spawn(async move {
         let f = Forwarding {
+            client: who,
             target: &target,
             timeout,
             ctx: &ctx,

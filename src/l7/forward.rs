@@ -193,6 +193,8 @@ fn forwarded_for(headers: &HeaderMap, ip: &HeaderValue) -> HeaderValue {
 /// Everything one request needs to be forwarded, besides the request itself.
 #[derive(Clone)]
 pub struct Forwarding<'a> {
+    /// Who the request is from (after the PROXY header and trusted proxies).
+    pub client: super::client::Client,
     pub target: &'a Arc<UpstreamTarget>,
     /// Time allowed for the backend's response headers.
     pub timeout: Duration,
@@ -276,7 +278,7 @@ fn upstream_head(
     let rules = [f.settings.request_headers.as_ref(), f.request_headers];
     if rules.iter().any(Option::is_some) {
         let vars = super::headers::Vars {
-            client_ip: &f.ctx.peer_ip,
+            client_ip: &f.client.ip,
             request_id: f.request_id,
             host: f.host.map(RequestHost::name),
             scheme: f.settings.scheme,
@@ -358,7 +360,7 @@ pub async fn forward(
     let choice = Choice {
         hash: up
             .hashes()
-            .then(|| request_hash(&up.hash_key, &req, f.ctx.peer)),
+            .then(|| request_hash(&up.hash_key, &req, f.client.addr)),
         sticky: f
             .target
             .sticky
@@ -470,7 +472,7 @@ async fn attempts(
             Some(lease) => Ok(lease),
             None => {
                 up.acquire(&PickContext {
-                    client: Some(f.ctx.peer),
+                    client: Some(f.client.addr),
                     exclude: &tries.tried,
                     hash: choice.hash,
                 })

@@ -8,6 +8,7 @@
 mod access;
 pub mod body;
 pub mod cached;
+mod client;
 mod compress;
 mod error;
 mod exchange;
@@ -134,6 +135,11 @@ pub struct Settings {
     pub response_headers: Option<Arc<headers::Rules>>,
     /// The listener's rate limit, applied to every request before routing.
     pub rate_limit: Option<crate::limits::Applied>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub trusted_proxies: Vec<config::IpNet>,
+    /// The listener's access rules, applied per request to the client trusted
+    /// proxies name (the connection's peer was checked at accept).
+    pub access: config::AccessRules,
     /// Request counters for requests no route took (403, 404, 400, redirects).
     unrouted: Arc<RequestMetrics>,
     http1: hyper::server::conn::http1::Builder,
@@ -318,6 +324,8 @@ impl Settings {
             request_headers: headers::shared(&l.request_headers),
             response_headers: headers::shared(&l.response_headers),
             rate_limit: rate_limit(&l.rate_limit),
+            trusted_proxies: l.trusted_proxies.clone(),
+            access: l.access.clone(),
             http1,
             http2,
             server,
@@ -786,10 +794,11 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         .unwrap_or_else(new_request_id);
     // The one host of the request, for routing, forwarding, the cache key and the log.
     let host = host::request_host(req.uri(), req.headers(), req.version(), s.scheme == "https");
+    let client = client::Client::of(ctx.peer, &ctx.peer_ip, req.headers(), &s.trusted_proxies);
     let line = s.access_log.then(|| {
         Box::new(access::Line {
             quote: s.quote_log_values,
-            client: ctx.peer,
+            client: client.addr,
             client_cert: ctx.client_cert.clone(),
             listener: s.listener.clone(),
             method: req.method().clone(),
@@ -825,7 +834,18 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let result = match &host {
-        Ok(h) => respond(req, ctx, &settings, &request_id, h.as_ref(), &mut exchange).await,
+        Ok(h) => {
+            respond(
+                req,
+                ctx,
+                &client,
+                &settings,
+                &request_id,
+                h.as_ref(),
+                &mut exchange,
+            )
+            .await
+        }
         Err(why) => Err(ProxyError::BadRequest(why)),
     };
     let cache_status = exchange.cache_status.take();
@@ -881,7 +901,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     let rules = [s.response_headers.as_ref(), route_rules.as_ref()];
     if rules.iter().any(Option::is_some) {
         let vars = headers::Vars {
-            client_ip: &ctx.peer_ip,
+            client_ip: &client.ip,
             request_id: &request_id,
             host: host
                 .as_ref()
@@ -914,6 +934,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
 async fn respond(
     mut req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
+    client: &client::Client,
     s: &Arc<Settings>,
     request_id: &HeaderValue,
     host: Option<&RequestHost>,
@@ -922,8 +943,12 @@ async fn respond(
     if !ctx.admitted {
         return Err(ProxyError::Denied);
     }
+    // Behind trusted proxies, the access rules see the client they name too.
+    if !s.trusted_proxies.is_empty() && !s.access.admits(client.addr.ip()) {
+        return Err(ProxyError::Denied);
+    }
     if let Some(rule) = &s.rate_limit {
-        limit(rule, &req, ctx, exchange)?;
+        limit(rule, &req, client, exchange)?;
     }
     if s.redirect_https {
         let Some(host) = host else {
@@ -951,7 +976,7 @@ async fn respond(
         )
         .ok_or(ProxyError::NoRoute)?;
     if let Some(rule) = &action.rate_limit {
-        limit(rule, &req, ctx, exchange)?;
+        limit(rule, &req, client, exchange)?;
     }
     // A rewrite starts from the normal form, whatever the listener forwards.
     let rewritten = action
@@ -990,6 +1015,7 @@ async fn respond(
         Target::Upstream(t) => {
             exchange.upstream = Some(t.upstream.clone());
             let f = forward::Forwarding {
+                client: client.clone(),
                 target: t,
                 timeout: action.timeout,
                 ctx,
@@ -1015,14 +1041,14 @@ async fn respond(
 fn limit(
     rule: &crate::limits::Applied,
     req: &Request<Incoming>,
-    ctx: &ConnCtx,
+    client: &client::Client,
     exchange: &mut Exchange,
 ) -> Result<(), ProxyError> {
     use crate::config::LimitKey;
     let ip;
     let key: &[u8] = match &rule.limiter.rule.key {
         LimitKey::ClientIp => {
-            ip = client_octets(ctx.peer.ip());
+            ip = client_octets(client.addr.ip());
             &ip.0[..ip.1]
         }
         LimitKey::Header(name) => req.headers().get(name).map_or(&[], |v| v.as_bytes()),
