@@ -256,6 +256,56 @@ pub async fn read(stream: &mut TcpStream) -> Result<Header, Error> {
     }
 }
 
+/// Writes a header for a connection from `source` to `destination`, in version 2's
+/// binary form when `v2`, else version 1's text. `None`: a connection fulcrum makes
+/// for itself (a health check): v2 `LOCAL`, v1 `UNKNOWN`. A pair of mixed families is
+/// written as IPv6, the IPv4 side mapped.
+pub fn write(v2: bool, addresses: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    let six = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped(), a.port()),
+        IpAddr::V6(v6) => (v6, a.port()),
+    };
+    let pair = addresses.map(
+        |(s, d)| match (s.ip().to_canonical(), d.ip().to_canonical()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (IpAddr::V4(a), s.port(), IpAddr::V4(b), d.port()),
+            _ => {
+                let ((a, ap), (b, bp)) = (six(s), six(d));
+                (IpAddr::V6(a), ap, IpAddr::V6(b), bp)
+            }
+        },
+    );
+    if !v2 {
+        return match pair {
+            None => b"PROXY UNKNOWN\r\n".to_vec(),
+            Some((a, ap, b, bp)) => {
+                let family = if a.is_ipv4() { "TCP4" } else { "TCP6" };
+                format!("PROXY {family} {a} {b} {ap} {bp}\r\n").into_bytes()
+            }
+        };
+    }
+    let mut out = V2_SIGNATURE.to_vec();
+    match pair {
+        None => out.extend_from_slice(&[0x20, 0x00, 0, 0]),
+        Some((a, ap, b, bp)) => {
+            let (family, body): (u8, Vec<u8>) = match (a, b) {
+                (IpAddr::V4(a), IpAddr::V4(b)) => (0x11, [a.octets(), b.octets()].concat()),
+                (IpAddr::V6(a), IpAddr::V6(b)) => (0x21, [a.octets(), b.octets()].concat()),
+                // Both sides are of one family by now.
+                _ => (0x00, Vec::new()),
+            };
+            let len = body.len() + if body.is_empty() { 0 } else { 4 };
+            out.extend_from_slice(&[0x21, family]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.extend_from_slice(&body);
+            if !body.is_empty() {
+                out.extend_from_slice(&ap.to_be_bytes());
+                out.extend_from_slice(&bp.to_be_bytes());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +372,43 @@ mod tests {
         let mut v3 = v2(1, 0x11, &body);
         v3[12] = 0x31;
         assert!(parse(&v3).is_err());
+    }
+
+    #[test]
+    fn written_headers_read_back() {
+        let pairs: [(&str, &str); 3] = [
+            ("192.0.2.1:5000", "198.51.100.2:443"),
+            ("[2001:db8::1]:5000", "[2001:db8::2]:443"),
+            ("192.0.2.1:5000", "[2001:db8::2]:443"),
+        ];
+        for (src, dst) in pairs {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            for v2 in [false, true] {
+                let h = write(v2, Some((src, dst)));
+                let (header, len) = parse(&h).unwrap().unwrap();
+                assert_eq!(len, h.len());
+                let got = header.source.unwrap();
+                assert_eq!(
+                    got.ip().to_canonical(),
+                    src.ip().to_canonical(),
+                    "{v2} {src}"
+                );
+                assert_eq!(got.port(), src.port());
+                assert_eq!(header.destination.unwrap().port(), dst.port());
+            }
+        }
+        assert_eq!(write(false, None), b"PROXY UNKNOWN\r\n");
+        let local = write(true, None);
+        assert_eq!(
+            parse(&local).unwrap().unwrap(),
+            (
+                Header {
+                    source: None,
+                    destination: None
+                },
+                16
+            )
+        );
     }
 
     #[test]

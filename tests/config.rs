@@ -633,10 +633,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             "`upstream.app.h2_keepalive`",
         ),
         (
-            http("", "", "proxy_protocol = \"v2\"", ""),
-            "`upstream.app.proxy_protocol`",
-        ),
-        (
             http("", "", "srv = \"_grpc._tcp.api\"", ""),
             "`upstream.app.srv`",
         ),
@@ -738,6 +734,10 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "header_timeout = \"2s\"", ""),
             "`listener[1].header_timeout` only applies to http listeners",
+        ),
+        (
+            file("", "", "").replace("[upstream.app]", "[upstream.app]\nproxy_protocol = \"v3\""),
+            "`upstream.app.proxy_protocol` must be \"v1\" or \"v2\", got \"v3\"",
         ),
         (
             file("", "trusted_proxies = [\"10.0.0.0/8\"]", ""),

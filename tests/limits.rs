@@ -278,7 +278,7 @@ async fn the_proxy_header_gives_the_client_address_everywhere() {
     // The rate limit keys by that address too: 192.0.2.7 has had its one request.
     let again = raw_exchange(
         addr,
-        b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 80\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n",
+        b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 80\r\nGET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
     )
     .await;
     assert!(again.starts_with("HTTP/1.1 429"), "{again}");
@@ -388,5 +388,162 @@ async fn trusted_proxies_name_the_client_and_others_are_never_believed() {
     assert_eq!(app.last().headers["x-client"], "127.0.0.1");
     let (status, _) = get_headers(addr, "/", &[("x-forwarded-for", "198.51.100.1")]).await;
     assert_eq!(status, 429, "nor does it get a bucket of its own");
+    f.stop().await;
+}
+
+/// A backend that wants a PROXY header first: it answers each HTTP request with the
+/// source address its connection's header named (`local` for LOCAL / UNKNOWN), and
+/// counts connections and LOCAL headers.
+struct ProxiedBackend {
+    addr: SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    locals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProxiedBackend {
+    async fn start(http: bool) -> ProxiedBackend {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let locals = Arc::new(AtomicUsize::new(0));
+        let (c, l) = (connections.clone(), locals.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (c, l) = (c.clone(), l.clone());
+                tokio::spawn(async move {
+                    let Ok(header) = fulcrum::proxy_protocol::read(&mut s).await else {
+                        return;
+                    };
+                    let who = match header.source {
+                        Some(a) => a.to_string(),
+                        None => {
+                            l.fetch_add(1, Ordering::SeqCst);
+                            "local".to_string()
+                        }
+                    };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if !http {
+                        let _ = s.write_all(format!("{who}\n").as_bytes()).await;
+                        return;
+                    }
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let who = who.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(who)),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        ProxiedBackend {
+            addr,
+            connections,
+            locals,
+            task,
+        }
+    }
+}
+
+impl Drop for ProxiedBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `count` keep-alive requests on one connection; the bodies.
+async fn requests_on_one_connection(addr: SocketAddr, count: usize) -> (SocketAddr, Vec<String>) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let me = s.local_addr().unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut bodies = Vec::new();
+    for _ in 0..count {
+        let req = Request::get("/").header("host", "a").body(empty()).unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        bodies.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    (me, bodies)
+}
+
+#[tokio::test]
+async fn http_backend_connections_carry_their_clients_proxy_header_and_no_other() {
+    use std::sync::atomic::Ordering;
+    for version in ["v1", "v2"] {
+        let backend = ProxiedBackend::start(true).await;
+        let f = Fulcrum::start(&format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+             [upstream.app]\nproxy_protocol = \"{version}\"\n\
+             health = {{ check = \"http\", interval = \"50ms\" }}\n\
+             backends = [{{ address = \"{}\", name = \"app\" }}]\n",
+            backend.addr
+        ))
+        .await;
+        let addr = f.addr("web");
+        let (a, a_seen) = requests_on_one_connection(addr, 3).await;
+        let (b, b_seen) = requests_on_one_connection(addr, 3).await;
+        assert_ne!(a, b);
+        assert!(
+            a_seen.iter().all(|s| *s == a.to_string()),
+            "{version}: {a} got {a_seen:?}"
+        );
+        assert!(
+            b_seen.iter().all(|s| *s == b.to_string()),
+            "{version}: {b} got {b_seen:?}"
+        );
+        // Health checks say LOCAL / UNKNOWN, and pass.
+        for _ in 0..200 {
+            if backend.locals.load(Ordering::SeqCst) > 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(
+            backend.locals.load(Ordering::SeqCst) > 4,
+            "{version}: health checks sent a header"
+        );
+        assert!(
+            f.backend("app", "app").state.is_healthy(),
+            "{version}: and passed (more checks than `fall` ran)"
+        );
+        // Each client connection had its own backend connection, reused.
+        let by_clients =
+            backend.connections.load(Ordering::SeqCst) - backend.locals.load(Ordering::SeqCst);
+        assert_eq!(by_clients, 2, "{version}");
+        f.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_tcp_listener_sends_the_clients_address_to_its_backend() {
+    let backend = ProxiedBackend::start(false).await;
+    let f = Fulcrum::start(&format!(
+        "[[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+         proxy_protocol = true\n\
+         [upstream.app]\nproxy_protocol = \"v2\"\nbackends = [{{ address = \"{}\", name = \"app\" }}]\n",
+        backend.addr
+    ))
+    .await;
+    // The address fulcrum received in its own PROXY header is the one passed on.
+    let mut c = Client::connect(f.addr("front")).await;
+    c.writer
+        .write_all(b"PROXY TCP6 2001:db8::9 2001:db8::1 4242 443\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.greeting().await.as_deref(), Some("[2001:db8::9]:4242"));
+    drop(c);
     f.stop().await;
 }

@@ -413,6 +413,8 @@ pub struct Upstream {
     pub max_connections_per_backend: u32,
     /// How long a request waits for a backend under its cap before a 503.
     pub queue_timeout: Duration,
+    /// A PROXY header on every new backend connection: `Some(true)` v2, `Some(false)` v1.
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `upstream.NAME.tls`: TLS to the backends, verified.
@@ -1800,6 +1802,21 @@ impl Validator<'_> {
                 });
             }
         }
+        let proxy_protocol = u
+            .proxy_protocol
+            .as_ref()
+            .and_then(|p| match p.get_ref().as_str() {
+                "v1" => Some(false),
+                "v2" => Some(true),
+                other => {
+                    self.err(
+                        Some(p.span()),
+                        key("proxy_protocol"),
+                        format!("must be \"v1\" or \"v2\", got {other:?}"),
+                    );
+                    None
+                }
+            });
         let max_connections_per_backend = self.int(
             &u.max_connections_per_backend,
             &key("max_connections_per_backend"),
@@ -1824,6 +1841,7 @@ impl Validator<'_> {
             sticky,
             health,
             tls,
+            proxy_protocol,
         })
     }
 

@@ -198,7 +198,7 @@ pub struct RawUpstream {
     pub health: Option<Spanned<RawHealth>>,
     pub protocol: Later,
     pub h2_keepalive: Later,
-    pub proxy_protocol: Later,
+    pub proxy_protocol: Option<Spanned<String>>,
     pub srv: Later,
 }
 

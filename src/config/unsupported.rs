@@ -57,7 +57,6 @@ impl Validator<'_> {
             &[
                 ("protocol", at(&u.protocol)),
                 ("h2_keepalive", at(&u.h2_keepalive)),
-                ("proxy_protocol", at(&u.proxy_protocol)),
                 ("srv", at(&u.srv)),
             ],
         );

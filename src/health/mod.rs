@@ -33,6 +33,9 @@ struct Spec {
     health: Health,
     /// The upstream's TLS to its backends: http checks use it too.
     tls: Option<UpstreamTls>,
+    /// The upstream sends PROXY headers (`Some(true)`: v2): http checks start with a
+    /// `LOCAL` (v1: `UNKNOWN`) one, as a backend that expects them needs.
+    proxy_protocol: Option<bool>,
 }
 
 struct Running {
@@ -67,6 +70,7 @@ impl Supervisor {
                         name: b.name.clone(),
                         health: health.clone(),
                         tls: u.tls.clone(),
+                        proxy_protocol: u.proxy_protocol,
                     },
                 );
             }
@@ -171,11 +175,16 @@ async fn check_loop(
 }
 
 async fn probe(spec: &Spec, tls: Option<&BackendTls>) -> Result<(), String> {
-    let stream = TcpStream::connect(spec.addr)
+    let mut stream = TcpStream::connect(spec.addr)
         .await
         .map_err(|e| e.to_string())?;
     if spec.health.check == CheckKind::Tcp {
         return Ok(());
+    }
+    if let Some(v2) = spec.proxy_protocol {
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &crate::proxy_protocol::write(v2, None))
+            .await
+            .map_err(|e| format!("PROXY header: {e}"))?;
     }
     match tls {
         None => http_probe(spec, stream).await,

@@ -34,6 +34,8 @@ pub struct Settings {
     pub access_log: bool,
     /// TLS to the backends.
     pub tls: Option<crate::tls::BackendTls>,
+    /// A PROXY header on each backend connection: `Some(true)` v2, `Some(false)` v1.
+    pub proxy_protocol: Option<bool>,
 }
 
 /// A client connection as the TCP engine gets it: a plain socket is spliced to its
@@ -61,13 +63,13 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 /// directions are finished, or the connection was idle for too long, or `cut` fires.
 pub async fn proxy<S: ClientStream>(
     client: S,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     client_cert: Option<Arc<str>>,
     s: Arc<Settings>,
     cut: CancellationToken,
 ) {
     let started = Instant::now();
-    let Some((backend_stream, lease)) = connect(&s, peer).await else {
+    let Some((backend_stream, lease)) = connect(&s, peer, local).await else {
         warn!(
             client.addr = %peer,
             listener = %s.listener,
@@ -136,7 +138,10 @@ pub async fn proxy<S: ClientStream>(
 
 /// Picks and connects, moving on to another backend after a failed connect, up to
 /// the upstream's `retries`.
-async fn connect(s: &Settings, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
+async fn connect(s: &Settings, peer: SocketAddr, local: SocketAddr) -> Option<(TcpStream, Lease)> {
+    let header = s
+        .proxy_protocol
+        .map(|v2| crate::proxy_protocol::write(v2, Some((peer, local))));
     let up = &s.upstream;
     let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
     let mut tried: Vec<usize> = Vec::new();
@@ -152,7 +157,14 @@ async fn connect(s: &Settings, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
             .ok()?;
         let addr = lease.backend().addr;
         let started = Instant::now();
-        let err = match timeout(up.connect_timeout, TcpStream::connect(addr)).await {
+        let opened = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            if let Some(h) = &header {
+                tokio::io::AsyncWriteExt::write_all(&mut stream, h).await?;
+            }
+            Ok::<_, std::io::Error>(stream)
+        };
+        let err = match timeout(up.connect_timeout, opened).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 lease.record_latency(started.elapsed());

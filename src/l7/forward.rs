@@ -485,7 +485,14 @@ async fn attempts(
             Err(why) => return Err(ProxyError::Queue(why)),
         };
         let i = lease.index();
-        let pool = &f.target.pools[i];
+        let private;
+        let pool = match f.target.proxy_protocol {
+            None => &f.target.pools[i],
+            Some(v2) => {
+                private = f.ctx.private_pool(&f.target.pools[i], v2);
+                &private
+            }
+        };
         let (conn, fresh) = match pool.checkout() {
             Some(c) => (c, false),
             // Boxed: opening a connection (with its TLS handshake) is the rare case,
@@ -656,7 +663,10 @@ fn relay(
         // The hop-by-hop fields never made it into `headers` (see h1's parser).
         ResponseBody::Upstream(UpstreamBody {
             inner,
-            pool: f.target.pools[index].clone(),
+            pool: match f.target.proxy_protocol {
+                None => f.target.pools[index].clone(),
+                Some(v2) => f.ctx.private_pool(&f.target.pools[index], v2),
+            },
             lease: Some(lease),
         })
     };

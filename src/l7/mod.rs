@@ -80,6 +80,9 @@ pub struct UpstreamTarget {
     pub sticky: Option<sticky::StickyCookie>,
     /// TLS to the backends.
     pub tls: Option<crate::tls::BackendTls>,
+    /// A PROXY header on each backend connection (`Some(true)`: v2); connections then
+    /// belong to one client connection.
+    pub proxy_protocol: Option<bool>,
 }
 
 impl UpstreamTarget {
@@ -88,6 +91,7 @@ impl UpstreamTarget {
         sticky: Option<&config::Sticky>,
         tls: Option<crate::tls::BackendTls>,
         pools: &Pools,
+        proxy_protocol: Option<bool>,
     ) -> Self {
         let tls_id = tls.as_ref().map_or(0, crate::tls::BackendTls::fingerprint);
         let list = upstream
@@ -101,6 +105,7 @@ impl UpstreamTarget {
             pools: list,
             sticky,
             tls,
+            proxy_protocol,
         }
     }
 }
@@ -373,6 +378,11 @@ pub struct ConnCtx {
     pub cut: CancellationToken,
     /// Where upgraded connections are spawned, so shutdown waits for them too.
     pub tracker: TaskTracker,
+    /// The address the client connected to (its PROXY header's destination, if any).
+    pub local: SocketAddr,
+    /// Backend connections that carry this client's PROXY header, by the shared pool
+    /// of their backend: used for this connection's requests only.
+    private: std::sync::Mutex<Vec<(usize, Arc<BackendPool>)>>,
 }
 
 /// Counts a request as waiting on its backend while held.
@@ -414,7 +424,23 @@ impl ConnCtx {
             permits: Arc::new(()),
             cut: self.cut.clone(),
             tracker: self.tracker.clone(),
+            local: self.local,
+            private: Default::default(),
         })
+    }
+
+    /// The pool of `shared`'s backend that this client connection's requests use
+    /// when the upstream sends PROXY headers (`v2`: version 2, else 1).
+    pub fn private_pool(&self, shared: &Arc<BackendPool>, v2: bool) -> Arc<BackendPool> {
+        let id = Arc::as_ptr(shared) as usize;
+        let mut pools = self.private.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, p)) = pools.iter().find(|(k, _)| *k == id) {
+            return p.clone();
+        }
+        let header = crate::proxy_protocol::write(v2, Some((self.peer, self.local)));
+        let pool = Arc::new(BackendPool::private(shared, header));
+        pools.push((id, pool.clone()));
+        pool
     }
 
     fn touch(&self) {
@@ -486,6 +512,8 @@ pub struct Accepted<S> {
     /// What the client speaks, when its first bytes or ALPN told.
     pub protocol: Protocol,
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     /// The subject of the verified client certificate (mTLS).
     pub client_cert: Option<Arc<str>>,
     /// False when the access rules deny the client.
@@ -518,6 +546,7 @@ pub async fn serve_connection<S>(
         stream,
         protocol,
         peer,
+        local,
         client_cert,
         admitted,
         permits,
@@ -542,6 +571,8 @@ pub async fn serve_connection<S>(
         permits,
         cut: cut.clone(),
         tracker,
+        local,
+        private: Default::default(),
     });
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| {

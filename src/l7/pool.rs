@@ -31,7 +31,14 @@ pub struct BackendPool {
     tls_id: u64,
     /// Idle connections and when they became idle, oldest first.
     idle: ArrayQueue<(Instant, Conn)>,
+    /// The PROXY header each new connection starts with: set only on a pool private
+    /// to one client connection, so that a connection that named one client is never
+    /// used for another.
+    header: Option<Vec<u8>>,
 }
+
+/// Idle connections a client connection's private pool keeps per backend.
+const MAX_IDLE_PRIVATE: usize = 4;
 
 impl std::fmt::Debug for BackendPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,6 +55,18 @@ impl BackendPool {
             addr,
             tls_id,
             idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
+            header: None,
+        }
+    }
+
+    /// A pool of `shared`'s backend for one client connection, whose new connections
+    /// start with `header`.
+    pub fn private(shared: &BackendPool, header: Vec<u8>) -> Self {
+        BackendPool {
+            addr: shared.addr,
+            tls_id: shared.tls_id,
+            idle: ArrayQueue::new(MAX_IDLE_PRIVATE),
+            header: Some(header),
         }
     }
 
@@ -79,10 +98,15 @@ impl BackendPool {
     }
 
     async fn open(&self, tls: Option<(&BackendTls, &str)>) -> Result<Conn, String> {
-        let stream = TcpStream::connect(self.addr)
+        let mut stream = TcpStream::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
+        if let Some(h) = &self.header {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, h)
+                .await
+                .map_err(|e| format!("PROXY header: {e}"))?;
+        }
         let stream = match tls {
             None => Stream::Plain(stream),
             Some((tls, address)) => Stream::Tls(Box::new(

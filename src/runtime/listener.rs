@@ -142,7 +142,7 @@ fn admit_one(
     shared.tracker.spawn(async move {
         let work = async move {
             let mut stream = stream;
-            let Some((peer, admitted, client)) = client(&mut stream, peer, &entry).await else {
+            let Some((peer, local, admitted, client)) = client(&mut stream, peer, &entry).await else {
                 return;
             };
             let held = (permits, open, client);
@@ -169,7 +169,7 @@ fn admit_one(
                     };
                     protocol = l7::Protocol::from_first_bytes(&first_bytes[..n]);
                 }
-                let conn = Conn { generation, protocol, peer, client_cert: None, admitted, held };
+                let conn = Conn { generation, protocol, peer, local, client_cert: None, admitted, held };
                 return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
             };
             // Boxed: a TLS session's state is large, and plain connections should
@@ -182,7 +182,7 @@ fn admit_one(
                         let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());
                         serve(
                             s,
-                            Conn { generation, protocol, peer, client_cert: subject, admitted, held },
+                            Conn { generation, protocol, peer, local, client_cert: subject, admitted, held },
                             &entry,
                             &key,
                             &shared_task,
@@ -214,13 +214,16 @@ async fn client(
     stream: &mut TcpStream,
     mut peer: SocketAddr,
     entry: &ListenerEntry,
-) -> Option<(SocketAddr, bool, Option<ClientPlace>)> {
+) -> Option<(SocketAddr, SocketAddr, bool, Option<ClientPlace>)> {
     let name = &entry.name;
+    // The address the client connected to, for PROXY headers fulcrum sends on.
+    let mut local = stream.local_addr().ok()?;
     if entry.proxy_protocol {
         match tokio::time::timeout(entry.header_timeout, proxy_protocol::read(stream)).await {
             Ok(Ok(header)) => {
-                if let Some(source) = header.source {
+                if let (Some(source), Some(destination)) = (header.source, header.destination) {
                     peer = source;
+                    local = destination;
                 }
             }
             Ok(Err(e)) => {
@@ -263,7 +266,7 @@ async fn client(
             }
         }
     }
-    Some((peer, admitted, place))
+    Some((peer, local, admitted, place))
 }
 
 /// Hands an admitted connection (after TLS, if any) to its engine.
@@ -275,6 +278,7 @@ where
         generation,
         protocol,
         peer,
+        local,
         client_cert,
         admitted,
         held,
@@ -284,13 +288,21 @@ where
         Engine::Tcp(settings) => {
             let _held = held;
             // Boxed: the TCP engine's future is larger than the HTTP engine's.
-            Box::pin(l4::proxy(stream, peer, client_cert, settings.clone(), cut)).await;
+            Box::pin(l4::proxy(
+                stream,
+                (peer, local),
+                client_cert,
+                settings.clone(),
+                cut,
+            ))
+            .await;
         }
         Engine::Http(settings) => {
             let accepted = l7::Accepted {
                 stream,
                 protocol,
                 peer,
+                local,
                 client_cert,
                 admitted,
                 permits: Arc::new(held),
@@ -337,6 +349,8 @@ struct Conn {
     /// For the HTTP engine: what the client speaks, if known.
     protocol: l7::Protocol,
     peer: std::net::SocketAddr,
+    /// The address the client connected to (as its PROXY header says, if any).
+    local: std::net::SocketAddr,
     /// The subject of the verified client certificate (mTLS).
     client_cert: Option<Arc<str>>,
     admitted: bool,

@@ -112,8 +112,13 @@ impl Snapshot {
                     ),
                     None => None,
                 };
-                let target =
-                    l7::UpstreamTarget::new(u.clone(), c.sticky.as_ref(), tls, parts.pools);
+                let target = l7::UpstreamTarget::new(
+                    u.clone(),
+                    c.sticky.as_ref(),
+                    tls,
+                    parts.pools,
+                    c.proxy_protocol,
+                );
                 targets.insert(c.name.clone(), Arc::new(target));
             }
             targets
@@ -142,6 +147,7 @@ impl Snapshot {
                     upstream: up.clone(),
                     idle_timeout: l.idle_timeout,
                     access_log: config.global.access_log,
+                    proxy_protocol: config.upstream(&up.name).and_then(|c| c.proxy_protocol),
                     tls: match config.upstream(&up.name).and_then(|c| c.tls.as_ref()) {
                         Some(t) => Some(
                             crate::tls::BackendTls::new(t, &[])
