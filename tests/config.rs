@@ -621,10 +621,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             "`listener[0].tls.acme`",
         ),
         (
-            http("", "sni = \"*.example.com\"", "", ""),
-            "`listener[0].route[0].sni`",
-        ),
-        (
             http("", "", "protocol = \"h2c\"", ""),
             "`upstream.app.protocol`",
         ),
@@ -746,6 +742,61 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("trusted_proxies = [\"10.0.0.0/33\"]", "", ""),
             "`listener[0].trusted_proxies[0]`",
+        ),
+    ];
+    for (src, want) in cases {
+        let got = errors(&src);
+        assert!(got.contains(want), "expected {want} in:\n{got}");
+    }
+}
+
+#[test]
+fn sni_routes_are_checked_with_their_key() {
+    let tcp = |listener: &str, route: &str| {
+        format!(
+            "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\n{listener}\n\
+             [[listener.route]]\n{route}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n\
+             [upstream.secure]\ntls = {{}}\nbackends = [{{ address = \"127.0.0.1:3\" }}]\n"
+        )
+    };
+    let good = tcp("", "sni = \"*.Example.com\"\nupstream = \"app\"");
+    let config = Config::parse(&good, Path::new("fulcrum.toml")).unwrap();
+    assert_eq!(config.listeners[0].sni_routes.len(), 1);
+    assert_eq!(config.listeners[0].upstream, None);
+    let cases = [
+        (
+            tcp("", "upstream = \"app\""),
+            "`listener[0].route[0].sni` is required on a tcp listener's route",
+        ),
+        (
+            tcp("", "sni = \"a.example\""),
+            "`listener[0].route[0].upstream` is required on a tcp listener's route",
+        ),
+        (
+            tcp("", "sni = \"a.example:443\"\nupstream = \"app\""),
+            "`listener[0].route[0].sni` must be a server name",
+        ),
+        (
+            tcp("", "sni = \"a.example\"\nupstream = \"app\"\npath_prefix = \"/\""),
+            "`listener[0].route[0].path_prefix` only `sni`, `upstream` and `rate_limit` apply to a tcp listener's route",
+        ),
+        (
+            tcp("", "sni = \"a.example\"\nupstream = \"secure\""),
+            "`listener[0].route[0].upstream` upstream \"secure\" has `tls` or `sticky`",
+        ),
+        (
+            tcp("[listener.tls]\ncertificates = []", "sni = \"a.example\"\nupstream = \"app\""),
+            "`listener[0].route[0]` routing by SNI needs a tcp listener without `tls`",
+        ),
+        (
+            tcp("", "sni = \"a.example\"\nupstream = \"app\"")
+                .replace("protocol = \"tcp\"\n", ""),
+            "`listener[0].route[0].sni` applies to the routes of tcp listeners",
+        ),
+        (
+            "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\n".to_string(),
+            "`listener[0].upstream` is required on a tcp listener without routes",
         ),
     ];
     for (src, want) in cases {

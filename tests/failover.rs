@@ -408,6 +408,9 @@ priority = {priority}
 bind = "{hb}:8411"
 peers = ["{peer}:8411"]
 interval = "100ms"
+# Long enough that the exit watch, not silence, sees a killed peer even on a loaded
+# machine (the test counts the exit).
+dead_after = "1s"
 secret_file = "failover.key"
 vips = [
   {{ address = "{VIP}/24", interface = "eth0" }},

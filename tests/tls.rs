@@ -459,3 +459,83 @@ async fn a_reload_swaps_the_certificate_without_dropping_an_open_connection() {
     tx.send(()).unwrap();
     run.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tcp_listener_routes_tls_by_sni_without_terminating_it() {
+    let pki = Pki::new("sni-passthrough");
+    let a_leaf = pki.leaf("a", &["a.example"]);
+    let b_leaf = pki.leaf("b", &["x.b.example", "y.b.example"]);
+    let (a, a_task) = tls_backend(&pki, "a").await;
+    let (b, b_task) = tls_backend(&pki, "b").await;
+    let f = Fulcrum::start_at(
+        &format!(
+            "[[listener]]\nname = \"sni\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nheader_timeout = \"1s\"\n\
+             [[listener.route]]\nsni = \"a.example\"\nupstream = \"a\"\n\
+             [[listener.route]]\nsni = \"*.b.example\"\nupstream = \"b\"\n\
+             [upstream.a]\nbackends = [{{ address = \"{a}\" }}]\n\
+             [upstream.b]\nbackends = [{{ address = \"{b}\" }}]\n"
+        ),
+        &pki.file(),
+    )
+    .await;
+    let addr = f.addr("sni");
+    let client = pki.client(&[], false, None);
+    // The client verifies each backend's own certificate, end to end.
+    for (name, leaf) in [
+        ("a.example", &a_leaf),
+        ("x.b.example", &b_leaf),
+        ("Y.B.Example", &b_leaf),
+    ] {
+        let mut s = connect(&client, addr, name).await.expect(name);
+        assert_eq!(&peer_leaf(&s), leaf, "{name}");
+        let answer = http1(&mut s, "/").await;
+        assert!(answer.contains("tls-backend"), "{name}: {answer}");
+    }
+    // No route for the name, no listener upstream: closed.
+    assert!(connect(&client, addr, "c.example").await.is_err());
+    // Not TLS, or nothing within header_timeout: closed.
+    for raw in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"\x16\x03\x01"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    f.stop().await;
+    a_task.abort();
+    b_task.abort();
+}
+
+#[tokio::test]
+async fn a_server_name_no_route_takes_goes_to_the_listeners_upstream() {
+    let pki = Pki::new("sni-default");
+    let a_leaf = pki.leaf("a", &["a.example", "other.example"]);
+    let b_leaf = pki.leaf("b", &["b.example"]);
+    let (a, a_task) = tls_backend(&pki, "a").await;
+    let (b, b_task) = tls_backend(&pki, "b").await;
+    let f = Fulcrum::start_at(
+        &format!(
+            "[[listener]]\nname = \"sni\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"a\"\n\
+             [[listener.route]]\nsni = \"b.example\"\nupstream = \"b\"\n\
+             [upstream.a]\nbackends = [{{ address = \"{a}\" }}]\n\
+             [upstream.b]\nbackends = [{{ address = \"{b}\" }}]\n"
+        ),
+        &pki.file(),
+    )
+    .await;
+    let client = pki.client(&[], false, None);
+    let s = connect(&client, f.addr("sni"), "other.example")
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&s), a_leaf);
+    drop(s);
+    let s = connect(&client, f.addr("sni"), "b.example").await.unwrap();
+    assert_eq!(peer_leaf(&s), b_leaf);
+    drop(s);
+    f.stop().await;
+    a_task.abort();
+    b_task.abort();
+}

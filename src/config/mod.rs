@@ -10,6 +10,7 @@ mod headers;
 mod rate_limit;
 mod raw;
 mod shaping;
+mod sni;
 mod units;
 mod unsupported;
 
@@ -35,6 +36,7 @@ use raw::*;
 pub use shaping::{
     compile as compile_rewrite_regex, template as redirect_template, Part, Redirect, Rewrite,
 };
+pub use sni::SniRoute;
 use toml::Spanned;
 pub use units::{parse_duration, parse_size};
 
@@ -206,6 +208,8 @@ pub struct Listener {
     pub rate_limit: Option<String>,
     /// http: peers whose `X-Forwarded-For` / `Forwarded` name the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// tcp: routes by the ClientHello's server name, tried in order.
+    pub sni_routes: Vec<SniRoute>,
     /// Connections one client address may hold.
     pub max_connections_per_client: Option<u32>,
 }
@@ -976,11 +980,12 @@ impl Validator<'_> {
                 }
                 Some(_) => {}
             },
-            None if protocol == Protocol::Tcp => self.err(
-                Some(sl.span()),
-                key("upstream"),
-                "is required on a tcp listener",
-            ),
+            None if protocol == Protocol::Tcp && l.route.as_ref().is_none_or(Vec::is_empty) => self
+                .err(
+                    Some(sl.span()),
+                    key("upstream"),
+                    "is required on a tcp listener without routes",
+                ),
             None => {}
         }
 
@@ -1038,7 +1043,7 @@ impl Validator<'_> {
         });
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 15] = [
+            let http_only: [(&str, Option<Range<usize>>); 14] = [
                 ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
                 (
                     "abort_on_close",
@@ -1059,7 +1064,7 @@ impl Validator<'_> {
                     // A tcp listener's PROXY header must arrive within it.
                     l.header_timeout
                         .as_ref()
-                        .filter(|_| !proxy_protocol)
+                        .filter(|_| !proxy_protocol && l.route.is_none())
                         .map(Spanned::span),
                 ),
                 (
@@ -1087,10 +1092,6 @@ impl Validator<'_> {
                     "response_headers",
                     l.response_headers.as_ref().map(Spanned::span),
                 ),
-                (
-                    "route",
-                    l.route.as_ref().and_then(|r| r.first()).map(Spanned::span),
-                ),
             ];
             for (k, span) in http_only {
                 if let Some(span) = span {
@@ -1116,6 +1117,15 @@ impl Validator<'_> {
         };
         let error_pages = match (&l.error_pages, protocol) {
             (Some(p), Protocol::Http) => self.error_pages(&key("error_pages"), p),
+            _ => Vec::new(),
+        };
+        let sni_routes = match (&l.route, protocol) {
+            (Some(routes), Protocol::Tcp) => self.sni_routes(
+                &format!("listener[{i}]"),
+                routes,
+                upstreams,
+                l.tls.is_some(),
+            ),
             _ => Vec::new(),
         };
         let routes = if protocol == Protocol::Http {
@@ -1162,6 +1172,7 @@ impl Validator<'_> {
             rate_limit,
             max_connections_per_client,
             trusted_proxies,
+            sni_routes,
         })
     }
 
@@ -1317,19 +1328,16 @@ impl Validator<'_> {
         upstreams: &std::collections::BTreeMap<String, Spanned<RawUpstream>>,
     ) -> Option<Route> {
         let r = sr.get_ref();
-        self.unsupported_route(key, r);
         let k = |f: &str| format!("{key}.{f}");
+        if let Some(sni) = &r.sni {
+            self.err(
+                Some(sni.span()),
+                k("sni"),
+                "applies to the routes of tcp listeners (without `tls`): http routes match `host`",
+            );
+        }
         let host = r.host.as_ref().and_then(|h| {
-            let text = h.get_ref().trim().to_ascii_lowercase();
-            let (pattern, name) = match text.strip_prefix("*.") {
-                Some(rest) => (HostPattern::Suffix(format!(".{rest}")), rest.to_string()),
-                None => (HostPattern::Exact(text.clone()), text.clone()),
-            };
-            let valid = !name.is_empty()
-                && name
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-            if valid {
+            if let Some(pattern) = sni::host_pattern(h.get_ref()) {
                 Some(pattern)
             } else {
                 self.err(

@@ -161,7 +161,7 @@ pub struct RawRoute {
     pub static_hidden: Option<Spanned<bool>>,
     pub rewrite: Option<Spanned<RawRewrite>>,
     pub redirect: Option<Spanned<RawRedirect>>,
-    pub sni: Later,
+    pub sni: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<String>>,
     pub compress: Option<Spanned<bool>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,

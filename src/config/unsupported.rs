@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{RawBackend, RawConfig, RawListenerTls, RawRoute, RawUpstream};
+use super::raw::{RawBackend, RawConfig, RawListenerTls, RawUpstream};
 use super::Validator;
 
 /// A key's value, whatever its type: only its presence and position matter.
@@ -45,10 +45,6 @@ impl Validator<'_> {
 
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {
         self.refuse(key, &[("acme", at(&t.acme)), ("http3", at(&t.http3))]);
-    }
-
-    pub(super) fn unsupported_route(&mut self, key: &str, r: &RawRoute) {
-        self.refuse(key, &[("sni", at(&r.sni))]);
     }
 
     pub(super) fn unsupported_upstream(&mut self, key: &str, u: &RawUpstream) {

@@ -6,6 +6,7 @@
 //! accept loop; this module sees one admitted connection at a time.
 
 mod copy;
+pub mod sni;
 mod splice;
 
 use std::net::SocketAddr;
@@ -38,6 +39,39 @@ pub struct Settings {
     pub proxy_protocol: Option<bool>,
 }
 
+/// A tcp listener: its own upstream, and its routes by the ClientHello's server name.
+pub struct Listener {
+    /// For connections no route takes (and every connection without routes).
+    pub default: Option<Arc<Settings>>,
+    pub sni: Vec<SniRoute>,
+}
+
+pub struct SniRoute {
+    pub pattern: crate::config::HostPattern,
+    pub settings: Arc<Settings>,
+    pub rate_limit: Option<crate::limits::Applied>,
+}
+
+impl Listener {
+    /// The route for `name` (the first that matches), else the listener's own.
+    pub fn route(
+        &self,
+        name: Option<&str>,
+    ) -> Option<(&Arc<Settings>, Option<&crate::limits::Applied>)> {
+        name.and_then(|n| self.sni.iter().find(|r| r.pattern.matches(n)))
+            .map(|r| (&r.settings, r.rate_limit.as_ref()))
+            .or_else(|| self.default.as_ref().map(|d| (d, None)))
+    }
+}
+
+/// What came before the proxying: bytes already read from the client (a ClientHello
+/// read for its server name), sent on first, and that name.
+#[derive(Default)]
+pub struct Opening {
+    pub first: Vec<u8>,
+    pub sni: Option<String>,
+}
+
 /// A client connection as the TCP engine gets it: a plain socket is spliced to its
 /// backend, anything else (TLS) is copied through user space.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -66,10 +100,12 @@ pub async fn proxy<S: ClientStream>(
     (peer, local): (SocketAddr, SocketAddr),
     client_cert: Option<Arc<str>>,
     s: Arc<Settings>,
+    opening: Opening,
     cut: CancellationToken,
 ) {
     let started = Instant::now();
-    let Some((backend_stream, lease)) = connect(&s, peer, local).await else {
+    let sni = opening.sni.as_deref();
+    let Some((backend_stream, lease)) = connect(&s, peer, local, &opening.first).await else {
         warn!(
             client.addr = %peer,
             listener = %s.listener,
@@ -79,7 +115,7 @@ pub async fn proxy<S: ClientStream>(
         access_line(
             &s,
             peer,
-            client_cert.as_deref(),
+            (client_cert.as_deref(), sni),
             None,
             &Copied::default(),
             started,
@@ -111,7 +147,7 @@ pub async fn proxy<S: ClientStream>(
                     access_line(
                         &s,
                         peer,
-                        client_cert.as_deref(),
+                        (client_cert.as_deref(), sni),
                         Some(&lease),
                         &Copied::default(),
                         started,
@@ -125,10 +161,12 @@ pub async fn proxy<S: ClientStream>(
     if let End::Error(e) = &end {
         debug!(client.addr = %peer, backend.addr = %lease.backend().addr, error = %e, "connection ended with an error");
     }
+    let mut copied = copied;
+    copied.from_client += opening.first.len() as u64;
     access_line(
         &s,
         peer,
-        client_cert.as_deref(),
+        (client_cert.as_deref(), sni),
         Some(&lease),
         &copied,
         started,
@@ -138,7 +176,12 @@ pub async fn proxy<S: ClientStream>(
 
 /// Picks and connects, moving on to another backend after a failed connect, up to
 /// the upstream's `retries`.
-async fn connect(s: &Settings, peer: SocketAddr, local: SocketAddr) -> Option<(TcpStream, Lease)> {
+async fn connect(
+    s: &Settings,
+    peer: SocketAddr,
+    local: SocketAddr,
+    first: &[u8],
+) -> Option<(TcpStream, Lease)> {
     let header = s
         .proxy_protocol
         .map(|v2| crate::proxy_protocol::write(v2, Some((peer, local))));
@@ -161,6 +204,9 @@ async fn connect(s: &Settings, peer: SocketAddr, local: SocketAddr) -> Option<(T
             let mut stream = TcpStream::connect(addr).await?;
             if let Some(h) = &header {
                 tokio::io::AsyncWriteExt::write_all(&mut stream, h).await?;
+            }
+            if !first.is_empty() {
+                tokio::io::AsyncWriteExt::write_all(&mut stream, first).await?;
             }
             Ok::<_, std::io::Error>(stream)
         };
@@ -192,7 +238,7 @@ async fn connect(s: &Settings, peer: SocketAddr, local: SocketAddr) -> Option<(T
 fn access_line(
     s: &Settings,
     peer: SocketAddr,
-    client_cert: Option<&str>,
+    (client_cert, sni): (Option<&str>, Option<&str>),
     lease: Option<&Lease>,
     copied: &Copied,
     started: Instant,
@@ -212,5 +258,6 @@ fn access_line(
         duration_ms = started.elapsed().as_millis() as u64,
         end = %end.as_str(),
         client_cert = client_cert,
+        sni = sni,
     );
 }

@@ -258,15 +258,22 @@ async fn client(
             debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
             return None;
         }
-        if let Some(rule) = &entry.rate_limit {
-            let (octets, len) = l7::client_octets(peer.ip());
-            if !rule.verdict(&octets[..len]).allowed() {
-                debug!(listener = %name, client.addr = %peer, rule = %rule.limiter.rule.name, "over the rate limit: closed");
-                return None;
-            }
+        if over_limit(entry.rate_limit.as_ref(), peer, name) {
+            return None;
         }
     }
     Some((peer, local, admitted, place))
+}
+
+/// Whether a new tcp connection from `peer` is over `rule` (counted, and logged).
+fn over_limit(rule: Option<&crate::limits::Applied>, peer: SocketAddr, listener: &str) -> bool {
+    let Some(rule) = rule else { return false };
+    let (octets, len) = l7::client_octets(peer.ip());
+    if rule.verdict(&octets[..len]).allowed() {
+        return false;
+    }
+    debug!(listener = %listener, client.addr = %peer, rule = %rule.limiter.rule.name, "over the rate limit: closed");
+    true
 }
 
 /// Hands an admitted connection (after TLS, if any) to its engine.
@@ -285,14 +292,53 @@ where
     } = conn;
     let cut = shared.cut.clone();
     match &entry.engine {
-        Engine::Tcp(settings) => {
+        Engine::Tcp(listener) => {
             let _held = held;
-            // Boxed: the TCP engine's future is larger than the HTTP engine's.
+            if listener.sni.is_empty() {
+                let Some(settings) = &listener.default else {
+                    return;
+                };
+                // Boxed: the TCP engine's future is larger than the HTTP engine's.
+                Box::pin(l4::proxy(
+                    stream,
+                    (peer, local),
+                    client_cert,
+                    settings.clone(),
+                    l4::Opening::default(),
+                    cut,
+                ))
+                .await;
+                return;
+            }
+            // Routes by SNI: only on listeners without TLS, whose streams are plain.
+            let Ok(mut tcp) = stream.into_plain() else {
+                return;
+            };
+            let read = tokio::time::timeout(entry.header_timeout, l4::sni::read(&mut tcp));
+            let (first, name) = match read.await {
+                Ok(Ok(hello)) => hello,
+                Ok(Err(e)) => {
+                    debug!(listener = %entry.name, client.addr = %peer, error = %e, "no ClientHello to route by: closed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(listener = %entry.name, client.addr = %peer, "no ClientHello within header_timeout: closed");
+                    return;
+                }
+            };
+            let Some((settings, rule)) = listener.route(name.as_deref()) else {
+                debug!(listener = %entry.name, client.addr = %peer, sni = name.as_deref().unwrap_or("-"), "no route for this server name: closed");
+                return;
+            };
+            if over_limit(rule, peer, &entry.name) {
+                return;
+            }
             Box::pin(l4::proxy(
-                stream,
+                tcp,
                 (peer, local),
                 client_cert,
                 settings.clone(),
+                l4::Opening { first, sni: name },
                 cut,
             ))
             .await;

@@ -60,7 +60,7 @@ pub(crate) struct Tls {
 }
 
 pub(crate) enum Engine {
-    Tcp(Arc<l4::Settings>),
+    Tcp(Arc<l4::Listener>),
     Http(Arc<l7::Settings>),
 }
 
@@ -142,20 +142,42 @@ impl Snapshot {
             // Validation guarantees a tcp listener names an existing upstream.
             let upstream = l.upstream.as_ref().and_then(|u| upstreams.get(u));
             let engine = match (l.protocol, upstream) {
-                (Protocol::Tcp, Some(up)) => Engine::Tcp(Arc::new(l4::Settings {
-                    listener: l.name.clone(),
-                    upstream: up.clone(),
-                    idle_timeout: l.idle_timeout,
-                    access_log: config.global.access_log,
-                    proxy_protocol: config.upstream(&up.name).and_then(|c| c.proxy_protocol),
-                    tls: match config.upstream(&up.name).and_then(|c| c.tls.as_ref()) {
-                        Some(t) => Some(
-                            crate::tls::BackendTls::new(t, &[])
-                                .map_err(|e| format!("upstream {:?}: TLS: {e}", up.name))?,
-                        ),
+                (Protocol::Tcp, _) => {
+                    let tcp = |up: &Arc<Upstream>| -> Result<Arc<l4::Settings>, String> {
+                        let c = config.upstream(&up.name);
+                        Ok(Arc::new(l4::Settings {
+                            listener: l.name.clone(),
+                            upstream: up.clone(),
+                            idle_timeout: l.idle_timeout,
+                            access_log: config.global.access_log,
+                            proxy_protocol: c.and_then(|c| c.proxy_protocol),
+                            tls: match c.and_then(|c| c.tls.as_ref()) {
+                                Some(t) => Some(
+                                    crate::tls::BackendTls::new(t, &[])
+                                        .map_err(|e| format!("upstream {:?}: TLS: {e}", up.name))?,
+                                ),
+                                None => None,
+                            },
+                        }))
+                    };
+                    let mut sni = Vec::new();
+                    for r in &l.sni_routes {
+                        // Validation guarantees the route names an existing upstream.
+                        let Some(up) = upstreams.get(&r.upstream) else {
+                            continue;
+                        };
+                        sni.push(l4::SniRoute {
+                            pattern: r.pattern.clone(),
+                            settings: tcp(up)?,
+                            rate_limit: applied(&r.rate_limit),
+                        });
+                    }
+                    let default = match upstream {
+                        Some(up) => Some(tcp(up)?),
                         None => None,
-                    },
-                })),
+                    };
+                    Engine::Tcp(Arc::new(l4::Listener { default, sni }))
+                }
                 (Protocol::Http, _) => Engine::Http(Arc::new(l7::Settings::build(
                     l,
                     &http_upstreams,
@@ -165,7 +187,6 @@ impl Snapshot {
                     &config.compression,
                     &|name| applied(name),
                 ))),
-                (Protocol::Tcp, None) => continue,
             };
             let tls = match &l.tls {
                 Some(t) => Some(Tls {
