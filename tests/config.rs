@@ -590,28 +590,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         )
     };
     let cases = [
-        (
-            http("", "", "", "[redis]\nurl = \"redis://127.0.0.1\"\n"),
-            "`redis`",
-        ),
-        (
-            http(
-                "",
-                "",
-                "",
-                "[rate_limit.r]\nrate = \"1/s\"\nstore = \"redis\"\n",
-            ),
-            "`rate_limit.r.store` \"redis\" is",
-        ),
-        (
-            http(
-                "",
-                "",
-                "",
-                "[rate_limit.r]\nrate = \"1/s\"\non_store_error = \"allow\"\n",
-            ),
-            "`rate_limit.r.on_store_error`",
-        ),
         (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
         (http("", "", "", "[tracing]\nsample = 0.5\n"), "`tracing`"),
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
@@ -702,6 +680,26 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "rate_limit = \"k\"", "[rate_limit.k]\nkey = \"cookie:sid\"\nrate = \"1/s\"\n"),
             "`listener[1].rate_limit` rate_limit \"k\" keys by a header or cookie, which a tcp listener does not have",
+        ),
+        (
+            file("", "", "[rate_limit.k]\nrate = \"1/s\"\nstore = \"redis\"\n"),
+            "`rate_limit.k.store` \"redis\" needs a [redis] section with its url",
+        ),
+        (
+            file("", "", "[rate_limit.k]\nrate = \"1/s\"\non_store_error = \"maybe\"\n"),
+            "`rate_limit.k.on_store_error` must be \"local\", \"allow\" or \"deny\"",
+        ),
+        (
+            file("", "", "[redis]\nurl = \"http://127.0.0.1:6379\"\n"),
+            "`redis.url` must be like \"redis://127.0.0.1:6379/0\"",
+        ),
+        (
+            file("", "", "[redis]\nurl = \"redis://127.0.0.1\"\npassword_file = \"missing.pass\"\n"),
+            "`redis.password_file`",
+        ),
+        (
+            file("", "", "[redis]\nurl = \"redis://127.0.0.1\"\ntimeout = \"0s\"\n"),
+            "`redis.timeout` must be greater than zero",
         ),
         (
             file("", "", "[rate_limit.k]\nrate = \"10/d\"\n"),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::free_port;
 use common::http::*;
 use fulcrum::config::Config;
 use fulcrum::runtime::{Handle, Server};
@@ -585,15 +586,6 @@ async fn the_admin_api_refuses_cross_site_requests_and_bodies_that_are_not_json(
     let (status, _) = admin(a, "GET", "/healthz", None).await;
     assert_eq!(status, 200);
     r.stop().await;
-}
-
-/// A port nothing listens on now (bound once, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,7 @@ pub const FAILOVER_PEER_EXITS_TOTAL: &str = "fulcrum_failover_peer_exits_total";
 pub const RATE_LIMITED_TOTAL: &str = "fulcrum_rate_limited_total";
 pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "fulcrum_proxy_protocol_errors_total";
 pub const CLIENT_LIMITED_TOTAL: &str = "fulcrum_client_connections_limited_total";
+pub const REDIS_UP: &str = "fulcrum_redis_up";
 
 /// Every metric fulcrum exports, registered in its own registry.
 pub struct Metrics {
@@ -58,6 +59,8 @@ pub struct Metrics {
     pub proxy_protocol_errors_total: IntCounterVec,
     /// Connections refused by `max_connections_per_client`, per listener.
     pub client_limited_total: IntCounterVec,
+    /// 1 while Redis answers rate-limit decisions in time (set while `[redis]` exists).
+    pub redis_up: IntGauge,
     /// Requests of cached routes by how the cache answered.
     pub cache_requests_total: IntCounterVec,
     pub cache_size_bytes: IntGauge,
@@ -190,6 +193,11 @@ impl Metrics {
                 CLIENT_LIMITED_TOTAL,
                 "Connections refused by max_connections_per_client",
                 &["listener"],
+            ),
+            redis_up: gauge(
+                &r,
+                REDIS_UP,
+                "1 while Redis answers rate-limit decisions in time",
             ),
             cache_requests_total: counter_vec(
                 &r,

@@ -9,6 +9,7 @@ mod failover;
 mod headers;
 mod rate_limit;
 mod raw;
+mod redis;
 mod shaping;
 mod sni;
 mod units;
@@ -31,8 +32,9 @@ pub use failover::{
 };
 pub use headers::{value_template as header_value_template, HeaderRules, Piece};
 pub use ipnet::IpNet;
-pub use rate_limit::{parse_rate, LimitKey, RateLimit};
+pub use rate_limit::{parse_rate, LimitKey, OnStoreError, RateLimit};
 use raw::*;
+pub use redis::Redis;
 pub use shaping::{
     compile as compile_rewrite_regex, template as redirect_template, Part, Redirect, Rewrite,
 };
@@ -92,6 +94,8 @@ pub struct Config {
     pub failover: Option<Failover>,
     /// `[rate_limit.*]`, by name.
     pub rate_limits: Vec<RateLimit>,
+    /// `[redis]`: the store of rate limits shared by several instances.
+    pub redis: Option<Redis>,
 }
 
 /// `[cache]`: the shared response cache.
@@ -508,6 +512,7 @@ impl Config {
             cache: None,
             compression: Compression::default(),
             rate_limits: Vec::new(),
+            redis: None,
             failover: None,
         }
     }
@@ -674,6 +679,31 @@ impl Validator<'_> {
         n
     }
 
+    /// A file's contents, whitespace trimmed (a token, a password), relative to the
+    /// config file; an error when it cannot be read or is empty.
+    fn secret_file(&mut self, t: &Spanned<String>, key: &str) -> Option<String> {
+        let path = self
+            .file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(t.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+            Ok(_) => {
+                self.err(Some(t.span()), key, format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                self.err(
+                    Some(t.span()),
+                    key,
+                    format!("{} cannot be read: {e}", path.display()),
+                );
+                None
+            }
+        }
+    }
+
     fn config(&mut self, raw: RawConfig) -> Config {
         self.unsupported_sections(&raw);
         let global = self.global(raw.global.as_ref());
@@ -685,7 +715,8 @@ impl Validator<'_> {
             .map(|c| self.compression(c.get_ref()))
             .unwrap_or_default();
         let failover = raw.failover.as_ref().map(|f| self.failover(f.get_ref()));
-        self.rules = self.rate_limits(&raw.rate_limit);
+        let redis = raw.redis.as_ref().map(|r| self.redis(r.get_ref()));
+        self.rules = self.rate_limits(&raw.rate_limit, redis.is_some());
         let upstreams: Vec<Upstream> = raw
             .upstream
             .iter()
@@ -742,6 +773,7 @@ impl Validator<'_> {
             compression,
             failover,
             rate_limits: std::mem::take(&mut self.rules),
+            redis,
         }
     }
 
@@ -811,32 +843,10 @@ impl Validator<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         };
-        let token = a.token_file.as_ref().and_then(|t| {
-            let path = self
-                .file
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join(t.get_ref());
-            match std::fs::read_to_string(&path) {
-                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
-                Ok(_) => {
-                    self.err(
-                        Some(t.span()),
-                        "admin.token_file",
-                        format!("{} is empty", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    self.err(
-                        Some(t.span()),
-                        "admin.token_file",
-                        format!("{} cannot be read: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        });
+        let token = a
+            .token_file
+            .as_ref()
+            .and_then(|t| self.secret_file(t, "admin.token_file"));
         if token.is_none() && a.token_file.is_none() && !bind.ip().is_loopback() {
             self.err(
                 Some(a.bind.span()),

@@ -32,6 +32,15 @@ impl LimitKey {
     }
 }
 
+/// What a rule with `store = "redis"` decides while Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// The instance's own bucket decides.
+    Local,
+    Allow,
+    Deny,
+}
+
 /// One `[rate_limit.NAME]` rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
@@ -45,6 +54,9 @@ pub struct RateLimit {
     /// `RateLimit` and `RateLimit-Policy` on allowed responses too.
     pub headers: bool,
     pub max_keys: usize,
+    /// `store = "redis"`: the state lives in Redis, shared by every instance.
+    pub shared: bool,
+    pub on_store_error: OnStoreError,
 }
 
 /// `"100/s"`, `"6000/m"`, `"1000/h"`: a count and a period in nanoseconds.
@@ -72,6 +84,7 @@ impl Validator<'_> {
     pub(super) fn rate_limits(
         &mut self,
         raw: &Option<Spanned<BTreeMap<String, Spanned<RawRateLimit>>>>,
+        redis: bool,
     ) -> Vec<RateLimit> {
         let mut out = Vec::new();
         for (name, r) in raw.iter().flat_map(|m| m.get_ref().iter()) {
@@ -136,13 +149,15 @@ impl Validator<'_> {
                 100_000_000,
                 DEFAULT_MAX_KEYS as i64,
             ) as usize;
+            let mut shared = false;
             if let Some(store) = &r.store {
                 match store.get_ref().as_str() {
                     "local" => {}
+                    "redis" if redis => shared = true,
                     "redis" => self.err(
                         Some(store.span()),
                         k("store"),
-                        "\"redis\" is not supported yet",
+                        "\"redis\" needs a [redis] section with its url",
                     ),
                     other => self.err(
                         Some(store.span()),
@@ -151,9 +166,23 @@ impl Validator<'_> {
                     ),
                 }
             }
-            if let Some(e) = &r.on_store_error {
-                self.err(Some(e.span()), k("on_store_error"), "not supported yet");
-            }
+            let on_store_error = match r
+                .on_store_error
+                .as_ref()
+                .map(|e| (e.get_ref().as_str(), e.span()))
+            {
+                None | Some(("local", _)) => OnStoreError::Local,
+                Some(("allow", _)) => OnStoreError::Allow,
+                Some(("deny", _)) => OnStoreError::Deny,
+                Some((other, span)) => {
+                    self.err(
+                        Some(span),
+                        k("on_store_error"),
+                        format!("must be \"local\", \"allow\" or \"deny\", got {other:?}"),
+                    );
+                    OnStoreError::Local
+                }
+            };
             out.push(RateLimit {
                 name: name.clone(),
                 key: limit_key,
@@ -162,6 +191,8 @@ impl Validator<'_> {
                 burst,
                 headers: r.headers.as_ref().is_some_and(|h| *h.get_ref()),
                 max_keys,
+                shared,
+                on_store_error,
             });
         }
         out

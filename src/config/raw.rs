@@ -23,7 +23,7 @@ pub struct RawConfig {
     pub cache: Option<Spanned<RawCache>>,
     pub failover: Option<Spanned<RawFailover>>,
     pub rate_limit: Option<Spanned<BTreeMap<String, Spanned<RawRateLimit>>>>,
-    pub redis: Later,
+    pub redis: Option<Spanned<RawRedis>>,
     pub resolver: Later,
     pub tracing: Later,
     pub compression: Option<Spanned<RawCompression>>,
@@ -95,6 +95,14 @@ pub struct RawListener {
     pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,
     pub response_headers: Option<Spanned<RawHeaderRules>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Spanned<String>,
+    pub password_file: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,7 +34,6 @@ impl Validator<'_> {
         self.refuse(
             "",
             &[
-                ("redis", at(&c.redis)),
                 ("resolver", at(&c.resolver)),
                 ("tracing", at(&c.tracing)),
                 ("acme", at(&c.acme)),

@@ -979,7 +979,7 @@ async fn respond(
         return Err(ProxyError::Denied);
     }
     if let Some(rule) = &s.rate_limit {
-        limit(rule, &req, client, exchange)?;
+        limit(rule, &req, client, exchange).await?;
     }
     if s.redirect_https {
         let Some(host) = host else {
@@ -1007,7 +1007,7 @@ async fn respond(
         )
         .ok_or(ProxyError::NoRoute)?;
     if let Some(rule) = &action.rate_limit {
-        limit(rule, &req, client, exchange)?;
+        limit(rule, &req, client, exchange).await?;
     }
     // A rewrite starts from the normal form, whatever the listener forwards.
     let rewritten = action
@@ -1069,7 +1069,7 @@ async fn respond(
 
 /// Takes the request through a rate limit: `Err` when refused (the verdict, kept in
 /// `exchange`, writes `Retry-After` and the `RateLimit` fields on the 429).
-fn limit(
+async fn limit(
     rule: &crate::limits::Applied,
     req: &Request<Incoming>,
     client: &client::Client,
@@ -1086,7 +1086,7 @@ fn limit(
         LimitKey::Cookie(name) => cookie(req.headers(), name).unwrap_or(&[]),
         LimitKey::Route => &[],
     };
-    let verdict = rule.verdict(key);
+    let verdict = rule.verdict(key).await;
     if !verdict.allowed() {
         exchange.rate_limit = Some(verdict);
         return Err(ProxyError::RateLimited);

@@ -5,6 +5,7 @@
 mod gcra;
 mod keyed;
 mod per_client;
+mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -15,8 +16,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 pub use gcra::{Decision, Gcra};
 pub use keyed::Keyed;
 pub use per_client::{ClientPlace, PerClient};
+pub use redis::RedisStore;
 
-use crate::config::{LimitKey, RateLimit};
+use crate::config::{LimitKey, OnStoreError, RateLimit};
 
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -50,6 +52,8 @@ pub struct Limiter {
     state: State,
     /// `RateLimit-Policy`, built once.
     policy: HeaderValue,
+    /// `store = "redis"`: where the shared state lives.
+    store: Option<std::sync::Arc<RedisStore>>,
 }
 
 /// A decision and what the client is told of it.
@@ -61,6 +65,11 @@ pub struct Verdict {
 
 impl Limiter {
     pub fn new(rule: &RateLimit) -> Limiter {
+        Limiter::with_store(rule, None)
+    }
+
+    /// A rule whose `store = "redis"` state lives in `store`.
+    pub fn with_store(rule: &RateLimit, store: Option<std::sync::Arc<RedisStore>>) -> Limiter {
         let gcra = Gcra::new(rule.count, rule.period_ns, rule.burst);
         let window = seconds(gcra.interval.saturating_mul(gcra.burst)).max(1);
         let policy =
@@ -75,12 +84,42 @@ impl Limiter {
             gcra,
             state,
             policy,
+            store: store.filter(|_| rule.shared),
         }
     }
 
     /// Decides one request (or connection) whose key is `key` (ignored for
-    /// `key = "route"`).
-    pub fn check(&self, key: &[u8]) -> Decision {
+    /// `key = "route"`): in Redis for a shared rule, unless it cannot answer in time,
+    /// and then as `on_store_error` says.
+    pub async fn check(&self, key: &[u8]) -> Decision {
+        if let Some(store) = &self.store {
+            let shared = store
+                .decide(&self.rule.name, key, self.gcra.interval, self.gcra.burst)
+                .await;
+            if let Some(d) = shared {
+                return d;
+            }
+            match self.rule.on_store_error {
+                OnStoreError::Local => {}
+                OnStoreError::Allow => {
+                    return Decision::Allow {
+                        remaining: self.gcra.burst - 1,
+                        reset: self.gcra.interval,
+                    }
+                }
+                OnStoreError::Deny => {
+                    return Decision::Deny {
+                        retry_after: NANOS,
+                        reset: NANOS,
+                    }
+                }
+            }
+        }
+        self.check_local(key)
+    }
+
+    /// The instance's own decision.
+    pub fn check_local(&self, key: &[u8]) -> Decision {
         let now = now();
         match &self.state {
             State::Keyed(map) => map.with(key, |tat| self.gcra.decide(tat, now)),
@@ -107,9 +146,9 @@ impl Limiter {
     }
 
     /// [`Limiter::check`], with what the response headers need.
-    pub fn verdict(&self, key: &[u8]) -> Verdict {
+    pub async fn verdict(&self, key: &[u8]) -> Verdict {
         Verdict {
-            decision: self.check(key),
+            decision: self.check(key).await,
             limiter_policy: self.policy.clone(),
             name: self.rule.name.clone(),
         }
@@ -171,8 +210,8 @@ impl std::fmt::Debug for Applied {
 
 impl Applied {
     /// Decides for `key`, counting a refusal.
-    pub fn verdict(&self, key: &[u8]) -> Verdict {
-        let v = self.limiter.verdict(key);
+    pub async fn verdict(&self, key: &[u8]) -> Verdict {
+        let v = self.limiter.verdict(key).await;
         if !v.allowed() {
             self.refused.inc();
         }
@@ -185,13 +224,20 @@ impl Applied {
 pub fn build(
     rules: &[RateLimit],
     previous: &std::collections::HashMap<String, std::sync::Arc<Limiter>>,
+    store: Option<&std::sync::Arc<RedisStore>>,
 ) -> std::collections::HashMap<String, std::sync::Arc<Limiter>> {
+    // A shared rule keeps its state only with the same connection to Redis.
+    let same_store = |l: &Limiter| match (&l.store, store) {
+        (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+        (None, _) => !l.rule.shared,
+        (Some(_), None) => false,
+    };
     rules
         .iter()
         .map(|r| {
             let l = match previous.get(&r.name) {
-                Some(l) if l.rule == *r => l.clone(),
-                _ => std::sync::Arc::new(Limiter::new(r)),
+                Some(l) if l.rule == *r && same_store(l) => l.clone(),
+                _ => std::sync::Arc::new(Limiter::with_store(r, store.cloned())),
             };
             (r.name.clone(), l)
         })
@@ -211,53 +257,55 @@ mod tests {
             burst,
             headers: true,
             max_keys: 100,
+            shared: false,
+            on_store_error: OnStoreError::Local,
         }
     }
 
-    #[test]
-    fn keys_have_their_own_buckets_and_route_shares_one() {
+    #[tokio::test]
+    async fn keys_have_their_own_buckets_and_route_shares_one() {
         let l = Limiter::new(&rule(LimitKey::ClientIp, 1, 2));
-        assert!(l.verdict(b"a").allowed());
-        assert!(l.verdict(b"a").allowed());
-        assert!(!l.verdict(b"a").allowed());
-        assert!(l.verdict(b"b").allowed());
+        assert!(l.verdict(b"a").await.allowed());
+        assert!(l.verdict(b"a").await.allowed());
+        assert!(!l.verdict(b"a").await.allowed());
+        assert!(l.verdict(b"b").await.allowed());
         let shared = Limiter::new(&rule(LimitKey::Route, 1, 2));
-        assert!(shared.verdict(b"a").allowed());
-        assert!(shared.verdict(b"b").allowed());
-        assert!(!shared.verdict(b"c").allowed());
+        assert!(shared.verdict(b"a").await.allowed());
+        assert!(shared.verdict(b"b").await.allowed());
+        assert!(!shared.verdict(b"c").await.allowed());
     }
 
-    #[test]
-    fn a_refusal_says_when_to_come_back() {
+    #[tokio::test]
+    async fn a_refusal_says_when_to_come_back() {
         let l = Limiter::new(&rule(LimitKey::ClientIp, 10, 1));
         let mut h = HeaderMap::new();
-        l.verdict(b"a").write(&mut h);
+        l.verdict(b"a").await.write(&mut h);
         assert_eq!(h["ratelimit-policy"], "\"per_ip\";q=1;w=1");
         assert_eq!(h["ratelimit"], "\"per_ip\";r=0;t=1");
         assert!(h.get("retry-after").is_none());
-        let v = l.verdict(b"a");
+        let v = l.verdict(b"a").await;
         assert!(!v.allowed());
         let mut h = HeaderMap::new();
         v.write(&mut h);
         assert_eq!(h["retry-after"], "1");
     }
 
-    #[test]
-    fn an_unchanged_rule_keeps_its_state_across_a_rebuild() {
+    #[tokio::test]
+    async fn an_unchanged_rule_keeps_its_state_across_a_rebuild() {
         let r = rule(LimitKey::ClientIp, 1, 1);
-        let first = build(std::slice::from_ref(&r), &Default::default());
+        let first = build(std::slice::from_ref(&r), &Default::default(), None);
         assert!(matches!(
-            first["per_ip"].check(b"a"),
+            first["per_ip"].check(b"a").await,
             Decision::Allow { .. }
         ));
-        let again = build(std::slice::from_ref(&r), &first);
+        let again = build(std::slice::from_ref(&r), &first, None);
         assert!(std::sync::Arc::ptr_eq(&first["per_ip"], &again["per_ip"]));
         assert!(
-            matches!(again["per_ip"].check(b"a"), Decision::Deny { .. }),
+            matches!(again["per_ip"].check(b"a").await, Decision::Deny { .. }),
             "the bucket was kept"
         );
         let changed = RateLimit { burst: 5, ..r };
-        let other = build(std::slice::from_ref(&changed), &again);
+        let other = build(std::slice::from_ref(&changed), &again, None);
         assert!(!std::sync::Arc::ptr_eq(&again["per_ip"], &other["per_ip"]));
     }
 }

@@ -258,7 +258,7 @@ async fn client(
             debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
             return None;
         }
-        if over_limit(entry.rate_limit.as_ref(), peer, name) {
+        if over_limit(entry.rate_limit.as_ref(), peer, name).await {
             return None;
         }
     }
@@ -266,10 +266,14 @@ async fn client(
 }
 
 /// Whether a new tcp connection from `peer` is over `rule` (counted, and logged).
-fn over_limit(rule: Option<&crate::limits::Applied>, peer: SocketAddr, listener: &str) -> bool {
+async fn over_limit(
+    rule: Option<&crate::limits::Applied>,
+    peer: SocketAddr,
+    listener: &str,
+) -> bool {
     let Some(rule) = rule else { return false };
     let (octets, len) = l7::client_octets(peer.ip());
-    if rule.verdict(&octets[..len]).allowed() {
+    if rule.verdict(&octets[..len]).await.allowed() {
         return false;
     }
     debug!(listener = %listener, client.addr = %peer, rule = %rule.limiter.rule.name, "over the rate limit: closed");
@@ -330,7 +334,7 @@ where
                 debug!(listener = %entry.name, client.addr = %peer, sni = name.as_deref().unwrap_or("-"), "no route for this server name: closed");
                 return;
             };
-            if over_limit(rule, peer, &entry.name) {
+            if over_limit(rule, peer, &entry.name).await {
                 return;
             }
             Box::pin(l4::proxy(

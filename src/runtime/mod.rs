@@ -158,6 +158,7 @@ impl Shared {
                 clients: &clients,
                 cache: current.cache.as_ref(),
                 limiters: &current.limiters,
+                redis: current.redis.as_ref(),
             },
         )
     }

@@ -11,7 +11,7 @@ use crate::cache::Cache;
 use crate::config::{AccessRules, Config, Protocol};
 use crate::l4;
 use crate::l7;
-use crate::limits::{Applied, Limiter, PerClient};
+use crate::limits::{Applied, Limiter, PerClient, RedisStore};
 use crate::upstream::{Registry, Upstream};
 
 use super::{bind_keys, BindKey};
@@ -27,6 +27,8 @@ pub struct Snapshot {
     /// The `[rate_limit.*]` rules with their state, kept across generations while a
     /// rule stays the same.
     pub limiters: HashMap<String, Arc<Limiter>>,
+    /// `[redis]`'s connection, kept across generations while its settings stay.
+    pub redis: Option<Arc<RedisStore>>,
 }
 
 pub(crate) struct ListenerEntry {
@@ -74,6 +76,7 @@ pub(crate) struct Parts<'a> {
     pub clients: &'a HashMap<String, Arc<PerClient>>,
     /// The rate-limit rules of the generation serving now.
     pub limiters: &'a HashMap<String, Arc<Limiter>>,
+    pub redis: Option<&'a Arc<RedisStore>>,
     /// The cache of the generation serving now.
     pub cache: Option<&'a Arc<Cache>>,
 }
@@ -125,7 +128,16 @@ impl Snapshot {
         } else {
             HashMap::new()
         };
-        let limiters = crate::limits::build(&config.rate_limits, parts.limiters);
+        // The connection to Redis outlives generations while `[redis]` is unchanged.
+        let redis = match (&config.redis, parts.redis) {
+            (None, _) => None,
+            (Some(r), Some(kept)) if kept.settings == *r => Some(kept.clone()),
+            (Some(r), _) => Some(Arc::new(RedisStore::new(
+                r,
+                parts.metrics.redis_up.clone(),
+            )?)),
+        };
+        let limiters = crate::limits::build(&config.rate_limits, parts.limiters, redis.as_ref());
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let applied = |name: &Option<String>| {
@@ -241,6 +253,7 @@ impl Snapshot {
             cache,
             listeners,
             limiters,
+            redis,
         })
     }
 
@@ -266,6 +279,7 @@ impl Snapshot {
             cache: None,
             listeners: HashMap::new(),
             limiters: HashMap::new(),
+            redis: None,
         }
     }
 }

@@ -81,6 +81,15 @@ pub async fn refusing_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A port nothing listens on now (bound once, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A fulcrum server started from TOML in this process.
 pub struct Fulcrum {
     /// The generation the server started with; its backends' live state is shared.
