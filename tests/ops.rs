@@ -757,3 +757,64 @@ async fn error_pages_replace_fulcrums_own_errors_and_are_read_again_at_reload() 
     assert_eq!(body, "<h1>moved on</h1>\n");
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_rate_limits_and_per_client_counts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = HttpBackend::start("app").await;
+    let dir = Dir::new("limits-reload");
+    let rules = |burst: u32| {
+        web_config(
+            &backend,
+            &format!(
+                "rate_limit = \"one\"\nmax_connections_per_client = 1\n\
+                 [rate_limit.one]\nrate = \"1/h\"\nburst = {burst}"
+            ),
+        )
+    };
+    dir.write(&rules(1));
+    let r = start(&dir).await;
+    // One connection held across the reloads, its one request used.
+    let mut held = tokio::net::TcpStream::connect(r.web).await.unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // The same rule after a reload: its bucket is still empty, and the held
+    // connection still counts against the client.
+    r.handle.reload().await.expect("reload");
+    let answer = raw_exchange(
+        r.web,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "per-client count kept: {answer}"
+    );
+    held.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 429"),
+        "bucket kept: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // A changed rule starts afresh.
+    dir.write(&rules(2));
+    r.handle.reload().await.expect("reload");
+    held.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(held);
+    r.stop().await;
+}
