@@ -33,6 +33,15 @@ pub const RATE_LIMITED_TOTAL: &str = "fulcrum_rate_limited_total";
 pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "fulcrum_proxy_protocol_errors_total";
 pub const CLIENT_LIMITED_TOTAL: &str = "fulcrum_client_connections_limited_total";
 pub const REDIS_UP: &str = "fulcrum_redis_up";
+pub const BACKEND_RESPONSE_SECONDS: &str = "fulcrum_backend_response_seconds";
+pub const BACKEND_CONNECT_SECONDS: &str = "fulcrum_backend_connect_seconds";
+pub const BACKEND_CONNECTIONS_OPENED_TOTAL: &str = "fulcrum_backend_connections_opened_total";
+pub const BACKEND_CONNECTIONS_REUSED_TOTAL: &str = "fulcrum_backend_connections_reused_total";
+
+/// Buckets of the upstream timing histograms, in seconds.
+const BACKEND_BUCKETS: [f64; 14] = [
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Every metric fulcrum exports, registered in its own registry.
 pub struct Metrics {
@@ -61,6 +70,16 @@ pub struct Metrics {
     pub client_limited_total: IntCounterVec,
     /// 1 while Redis answers rate-limit decisions in time (set while `[redis]` exists).
     pub redis_up: IntGauge,
+    /// Time from a request sent to a backend to its response head, per backend.
+    pub backend_response_seconds: HistogramVec,
+    /// Time to open a backend connection (TLS included), per backend.
+    pub backend_connect_seconds: HistogramVec,
+    /// Backend connections opened, and requests sent on a pooled one, per backend.
+    pub backend_connections_opened_total: IntCounterVec,
+    pub backend_connections_reused_total: IntCounterVec,
+    /// Serializes the scrape-time update of the counters read from live state, so
+    /// that concurrent scrapes never add one increment twice.
+    pub scrape: std::sync::Mutex<()>,
     /// Requests of cached routes by how the cache answered.
     pub cache_requests_total: IntCounterVec,
     pub cache_size_bytes: IntGauge,
@@ -97,6 +116,16 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let m = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let m = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BACKEND_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
     r.register(Box::new(m.clone())).expect("unique metric");
     m
 }
@@ -199,6 +228,31 @@ impl Metrics {
                 REDIS_UP,
                 "1 while Redis answers rate-limit decisions in time",
             ),
+            backend_response_seconds: histogram_vec(
+                &r,
+                BACKEND_RESPONSE_SECONDS,
+                "Time from a request sent to a backend to its response head",
+                &["upstream", "backend"],
+            ),
+            backend_connect_seconds: histogram_vec(
+                &r,
+                BACKEND_CONNECT_SECONDS,
+                "Time to open a backend connection, TLS included",
+                &["upstream", "backend"],
+            ),
+            backend_connections_opened_total: counter_vec(
+                &r,
+                BACKEND_CONNECTIONS_OPENED_TOTAL,
+                "Backend connections opened",
+                &["upstream", "backend"],
+            ),
+            backend_connections_reused_total: counter_vec(
+                &r,
+                BACKEND_CONNECTIONS_REUSED_TOTAL,
+                "Requests sent on a pooled backend connection",
+                &["upstream", "backend"],
+            ),
+            scrape: std::sync::Mutex::new(()),
             cache_requests_total: counter_vec(
                 &r,
                 CACHE_REQUESTS_TOTAL,
@@ -301,6 +355,33 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The timing handles of one backend, resolved once per generation.
+#[derive(Clone)]
+pub struct BackendTimings {
+    pub response: Histogram,
+    pub connect: Histogram,
+    pub opened: IntCounter,
+    pub reused: IntCounter,
+}
+
+impl std::fmt::Debug for BackendTimings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendTimings")
+    }
+}
+
+impl Metrics {
+    pub fn backend_timings(&self, upstream: &str, backend: &str) -> BackendTimings {
+        let l = [upstream, backend];
+        BackendTimings {
+            response: self.backend_response_seconds.with_label_values(&l),
+            connect: self.backend_connect_seconds.with_label_values(&l),
+            opened: self.backend_connections_opened_total.with_label_values(&l),
+            reused: self.backend_connections_reused_total.with_label_values(&l),
+        }
     }
 }
 

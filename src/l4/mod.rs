@@ -37,6 +37,8 @@ pub struct Settings {
     pub tls: Option<crate::tls::BackendTls>,
     /// A PROXY header on each backend connection: `Some(true)` v2, `Some(false)` v1.
     pub proxy_protocol: Option<bool>,
+    /// Per backend of `upstream`: connect times and connections opened.
+    pub timings: Vec<crate::admin::metrics::BackendTimings>,
 }
 
 /// A tcp listener: its own upstream, and its routes by the ClientHello's server name.
@@ -213,6 +215,10 @@ async fn connect(
         let err = match timeout(up.connect_timeout, opened).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                if let Some(t) = s.timings.get(lease.index()) {
+                    t.connect.observe(started.elapsed().as_secs_f64());
+                    t.opened.inc();
+                }
                 lease.record_latency(started.elapsed());
                 lease.set_outcome(Outcome::Success);
                 return Some((stream, lease));

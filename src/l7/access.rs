@@ -41,6 +41,10 @@ pub struct Line {
     pub backend: Option<Arc<Backend>>,
     /// How the response cache answered, on cached routes.
     pub cache: Option<crate::cache::status::Outcome>,
+    /// Time to open a backend connection (when one was opened) and to the backend's
+    /// response head, in ms.
+    pub upstream_connect_ms: Option<u64>,
+    pub upstream_header_ms: Option<u64>,
 }
 
 impl Drop for Record {
@@ -66,6 +70,8 @@ impl Drop for Record {
             upstream = %l.upstream.as_ref().map_or("-", |u| u.name.as_str()),
             backend = %l.backend.as_ref().map_or("-", |b| b.name.as_str()),
             cache = l.cache.map(|c| tracing::field::display(c.as_str())),
+            upstream_connect_ms = l.upstream_connect_ms,
+            upstream_header_ms = l.upstream_header_ms,
             request_id = %q(l.request_id.to_str().unwrap_or("-")),
             client_cert = l.client_cert.as_deref().map(|c| tracing::field::display(q(c))),
         );

@@ -36,4 +36,8 @@ pub struct Exchange {
     /// A rate limit's refusal, or the tightest of the passes whose rule shows its
     /// headers on allowed responses.
     pub rate_limit: Option<crate::limits::Verdict>,
+    /// Time to open the backend connection, when one was opened for the request.
+    pub upstream_connect_ms: Option<u64>,
+    /// Time from the request sent to the backend's response head.
+    pub upstream_header_ms: Option<u64>,
 }

@@ -493,8 +493,13 @@ async fn attempts(
                 &private
             }
         };
+        let timings = &f.target.timings[i];
+        let connect_started = tokio::time::Instant::now();
         let (conn, fresh) = match pool.checkout() {
-            Some(c) => (c, false),
+            Some(c) => {
+                timings.reused.inc();
+                (c, false)
+            }
             // Boxed: opening a connection (with its TLS handshake) is the rare case,
             // and its state would otherwise sit in every request's future.
             None => match Box::pin(
@@ -508,7 +513,13 @@ async fn attempts(
             )
             .await
             {
-                Ok(c) => (c, true),
+                Ok(c) => {
+                    let took = connect_started.elapsed();
+                    timings.connect.observe(took.as_secs_f64());
+                    timings.opened.inc();
+                    exchange.upstream_connect_ms = Some(took.as_millis() as u64);
+                    (c, true)
+                }
                 Err(e) => {
                     warn!(
                         request_id = %f.request_id.to_str().unwrap_or("-"),
@@ -547,7 +558,10 @@ async fn attempts(
             }
             Ok(Ok(resp)) => {
                 lease.set_outcome(Outcome::Success);
-                lease.record_latency(sent_at.elapsed());
+                let took = sent_at.elapsed();
+                lease.record_latency(took);
+                timings.response.observe(took.as_secs_f64());
+                exchange.upstream_header_ms = Some(took.as_millis() as u64);
                 return Ok(Answered {
                     resp,
                     lease,

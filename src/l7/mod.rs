@@ -83,6 +83,9 @@ pub struct UpstreamTarget {
     /// A PROXY header on each backend connection (`Some(true)`: v2); connections then
     /// belong to one client connection.
     pub proxy_protocol: Option<bool>,
+    /// Per backend (as `pools`): response and connect times, connections opened and
+    /// reused.
+    pub timings: Vec<crate::admin::metrics::BackendTimings>,
 }
 
 impl UpstreamTarget {
@@ -92,7 +95,13 @@ impl UpstreamTarget {
         tls: Option<crate::tls::BackendTls>,
         pools: &Pools,
         proxy_protocol: Option<bool>,
+        metrics: &Metrics,
     ) -> Self {
+        let timings = upstream
+            .backends()
+            .iter()
+            .map(|b| metrics.backend_timings(&upstream.name, &b.name))
+            .collect();
         let tls_id = tls.as_ref().map_or(0, crate::tls::BackendTls::fingerprint);
         let list = upstream
             .backends()
@@ -106,6 +115,7 @@ impl UpstreamTarget {
             sticky,
             tls,
             proxy_protocol,
+            timings,
         }
     }
 }
@@ -843,6 +853,8 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             upstream: None,
             backend: None,
             cache: None,
+            upstream_connect_ms: None,
+            upstream_header_ms: None,
         })
     });
     let mut record = access::Record {
@@ -951,6 +963,8 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         line.upstream = exchange.upstream;
         line.backend = exchange.backend;
         line.cache = exchange.cache;
+        line.upstream_connect_ms = exchange.upstream_connect_ms;
+        line.upstream_header_ms = exchange.upstream_header_ms;
     }
     if let Some(m) = exchange.metrics {
         record.metrics = m;

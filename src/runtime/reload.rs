@@ -282,6 +282,7 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
 /// longer exported with their last values.
 fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
     let m = &shared.metrics;
+    let _one = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
     for u in &old.upstreams {
         for b in &u.backends {
             let kept = new
@@ -293,6 +294,14 @@ fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
             let labels = [u.name.as_str(), b.name.as_str()];
             let _ = m.backend_healthy.remove_label_values(&labels);
             let _ = m.backend_active.remove_label_values(&labels);
+            let _ = m.backend_response_seconds.remove_label_values(&labels);
+            let _ = m.backend_connect_seconds.remove_label_values(&labels);
+            let _ = m
+                .backend_connections_opened_total
+                .remove_label_values(&labels);
+            let _ = m
+                .backend_connections_reused_total
+                .remove_label_values(&labels);
             for outcome in ["success", "failure"] {
                 let _ = m.backend_requests_total.remove_label_values(&[
                     u.name.as_str(),
@@ -306,8 +315,11 @@ fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
 
 /// Sets the backend metrics from the live state, for a scrape.
 pub(crate) fn refresh_backend_metrics(shared: &Shared) {
-    let snapshot = shared.current.load();
     let m = &shared.metrics;
+    // One scrape at a time here: the counters below catch up with the live counts by
+    // difference, which two scrapes at once would add twice.
+    let _one = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
+    let snapshot = shared.current.load();
     m.cache_size_bytes
         .set(snapshot.cache.as_ref().map_or(0, |c| c.size() as i64));
     for (name, up) in &snapshot.upstreams {

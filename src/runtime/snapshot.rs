@@ -121,6 +121,7 @@ impl Snapshot {
                     tls,
                     parts.pools,
                     c.proxy_protocol,
+                    parts.metrics,
                 );
                 targets.insert(c.name.clone(), Arc::new(target));
             }
@@ -163,6 +164,11 @@ impl Snapshot {
                             idle_timeout: l.idle_timeout,
                             access_log: config.global.access_log,
                             proxy_protocol: c.and_then(|c| c.proxy_protocol),
+                            timings: up
+                                .backends()
+                                .iter()
+                                .map(|b| parts.metrics.backend_timings(&up.name, &b.name))
+                                .collect(),
                             tls: match c.and_then(|c| c.tls.as_ref()) {
                                 Some(t) => Some(
                                     crate::tls::BackendTls::new(t, &[])

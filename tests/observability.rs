@@ -1,0 +1,132 @@
+//! Metrics that can be trusted: exact counters under concurrent scrapes, and the
+//! upstream timings, on real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::*;
+use common::Fulcrum;
+
+fn config(backend: &HttpBackend) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"app\" }}]\n",
+        backend.addr
+    )
+}
+
+async fn metrics(f: &Fulcrum) -> String {
+    let (_, _, body) = get(f.admin.expect("admin"), "/metrics").await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counters_are_exact_however_many_scrapes_run_at_once() {
+    let app = HttpBackend::start("app").await;
+    let f = Fulcrum::start(&config(&app)).await;
+    let addr = f.addr("web");
+    let admin = f.admin.unwrap();
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 4;
+    const EACH: usize = 250;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let series =
+        "fulcrum_backend_requests_total{backend=\"app\",outcome=\"success\",upstream=\"app\"}";
+    let scrapers: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, done) = (stop.clone(), done.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let (_, _, body) = get(admin, "/metrics").await;
+                    let seen = value(&String::from_utf8_lossy(&body), series).unwrap_or(0.0);
+                    // Never more than the responses received, plus those in flight.
+                    let bound = done.load(Ordering::SeqCst) + CLIENTS;
+                    assert!(
+                        seen <= bound as f64,
+                        "a scrape counted {seen}, at most {bound} happened"
+                    );
+                }
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                for _ in 0..EACH {
+                    assert_eq!(get(addr, "/").await.0, 200);
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in scrapers {
+        s.await.unwrap();
+    }
+    let text = metrics(&f).await;
+    let total = (CLIENTS * EACH) as f64;
+    assert_eq!(value(&text, series), Some(total), "{text}");
+    // Every request either opened a backend connection or reused a pooled one.
+    let opened = value(
+        &text,
+        "fulcrum_backend_connections_opened_total{backend=\"app\",upstream=\"app\"}",
+    )
+    .unwrap();
+    let reused = value(
+        &text,
+        "fulcrum_backend_connections_reused_total{backend=\"app\",upstream=\"app\"}",
+    )
+    .unwrap();
+    assert_eq!(opened + reused, total);
+    assert!(
+        reused > opened,
+        "the pool is used: {opened} opened, {reused} reused"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "fulcrum_backend_connect_seconds_count{backend=\"app\",upstream=\"app\"}"
+        ),
+        Some(opened)
+    );
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_backend_fills_the_upper_buckets_of_the_response_histogram() {
+    let app = HttpBackend::start("app").await;
+    let f = Fulcrum::start(&config(&app)).await;
+    let (status, _, _) = get(f.addr("web"), "/slow/300").await;
+    assert_eq!(status, 200);
+    let text = metrics(&f).await;
+    let bucket = |le: &str| {
+        value(
+            &text,
+            &format!("fulcrum_backend_response_seconds_bucket{{backend=\"app\",upstream=\"app\",le=\"{le}\"}}"),
+        )
+    };
+    // The backend waited 300 ms before its head: never in a bucket under that.
+    assert_eq!(bucket("0.25"), Some(0.0), "{text}");
+    assert_eq!(bucket("+Inf"), Some(1.0));
+    let sum = value(
+        &text,
+        "fulcrum_backend_response_seconds_sum{backend=\"app\",upstream=\"app\"}",
+    )
+    .unwrap();
+    assert!(sum >= Duration::from_millis(300).as_secs_f64(), "{sum}");
+    f.stop().await;
+}
