@@ -130,3 +130,73 @@ async fn a_slow_backend_fills_the_upper_buckets_of_the_response_histogram() {
     assert!(sum >= Duration::from_millis(300).as_secs_f64(), "{sum}");
     f.stop().await;
 }
+
+#[tokio::test]
+async fn answers_of_the_http_parser_and_connections_without_a_request_are_counted() {
+    let app = HttpBackend::start("app").await;
+    let f = Fulcrum::start(&config(&app).replace(
+        "upstream = \"app\"\n[upstream",
+        "upstream = \"app\"\nheader_timeout = \"300ms\"\nmax_header_size = \"8KiB\"\n[upstream",
+    ))
+    .await;
+    let addr = f.addr("web");
+    // Malformed: the parser's 400.
+    let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost a\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A head over max_header_size: the parser's 431.
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    let answer = raw_exchange(addr, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // A head that never ends, and a connection that says nothing: closed at
+    // header_timeout. A connection closed at once.
+    let _ = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost: a\r\n").await;
+    let _ = raw_exchange(addr, b"").await;
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let text = {
+        // The last close is seen asynchronously: wait for it (bounded).
+        let mut text = metrics(&f).await;
+        for _ in 0..100 {
+            if value(
+                &text,
+                "fulcrum_http_connections_closed_total{listener=\"web\",reason=\"client_reset\"}",
+            )
+            .is_some()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            text = metrics(&f).await;
+        }
+        text
+    };
+    let counted = |code: &str| {
+        value(
+            &text,
+            &format!(
+                "fulcrum_http_requests_total{{code=\"{code}\",listener=\"web\",upstream=\"-\"}}"
+            ),
+        )
+    };
+    assert_eq!(counted("400"), Some(1.0), "{text}");
+    assert_eq!(counted("431"), Some(1.0), "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "fulcrum_http_connections_closed_total{listener=\"web\",reason=\"header_timeout\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "fulcrum_http_connections_closed_total{listener=\"web\",reason=\"client_reset\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    f.stop().await;
+}

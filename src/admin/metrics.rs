@@ -33,6 +33,7 @@ pub const RATE_LIMITED_TOTAL: &str = "fulcrum_rate_limited_total";
 pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "fulcrum_proxy_protocol_errors_total";
 pub const CLIENT_LIMITED_TOTAL: &str = "fulcrum_client_connections_limited_total";
 pub const REDIS_UP: &str = "fulcrum_redis_up";
+pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_http_connections_closed_total";
 pub const BACKEND_RESPONSE_SECONDS: &str = "fulcrum_backend_response_seconds";
 pub const BACKEND_CONNECT_SECONDS: &str = "fulcrum_backend_connect_seconds";
 pub const BACKEND_CONNECTIONS_OPENED_TOTAL: &str = "fulcrum_backend_connections_opened_total";
@@ -70,6 +71,8 @@ pub struct Metrics {
     pub client_limited_total: IntCounterVec,
     /// 1 while Redis answers rate-limit decisions in time (set while `[redis]` exists).
     pub redis_up: IntGauge,
+    /// HTTP connections that ended before a first request, per listener and reason.
+    pub http_connections_closed_total: IntCounterVec,
     /// Time from a request sent to a backend to its response head, per backend.
     pub backend_response_seconds: HistogramVec,
     /// Time to open a backend connection (TLS included), per backend.
@@ -253,6 +256,12 @@ impl Metrics {
                 &["upstream", "backend"],
             ),
             scrape: std::sync::Mutex::new(()),
+            http_connections_closed_total: counter_vec(
+                &r,
+                HTTP_CONNECTIONS_CLOSED_TOTAL,
+                "HTTP connections that ended before a first request, by reason",
+                &["listener", "reason"],
+            ),
             cache_requests_total: counter_vec(
                 &r,
                 CACHE_REQUESTS_TOTAL,

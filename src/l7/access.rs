@@ -78,6 +78,26 @@ impl Drop for Record {
     }
 }
 
+/// The access line of a response the HTTP library wrote itself, to a request it
+/// could not parse: no method, host or path to show.
+pub fn before_request(listener: &str, client: SocketAddr, status: u16) {
+    info!(
+        target: "fulcrum::access",
+        client = %client,
+        listener = %listener,
+        method = "-",
+        host = "-",
+        path = "-",
+        status,
+        bytes_in = 0u64,
+        bytes_out = 0u64,
+        duration_ms = 0u64,
+        upstream = "-",
+        backend = "-",
+        request_id = "-",
+    );
+}
+
 /// A value in an access line. In text logs, one that holds anything but visible ASCII
 /// other than `"` and `\` is written quoted, its quotes and control characters
 /// escaped: a client cannot make `x-request-id: a status=200` read as two fields.

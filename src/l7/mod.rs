@@ -157,6 +157,9 @@ pub struct Settings {
     pub access: config::AccessRules,
     /// Request counters for requests no route took (403, 404, 400, redirects).
     unrouted: Arc<RequestMetrics>,
+    /// `fulcrum_http_connections_closed_total`, for connections that ended before
+    /// a first request.
+    closed_total: prometheus::IntCounterVec,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// For connections whose protocol is not known before their bytes are read.
@@ -164,6 +167,13 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Counts a connection that ended without a request, by `reason`.
+    pub fn closed(&self, reason: &str) {
+        self.closed_total
+            .with_label_values(&[&self.listener, reason])
+            .inc();
+    }
+
     /// Compiles a listener's routes against the generation's upstreams.
     pub fn build(
         l: &config::Listener,
@@ -304,6 +314,7 @@ impl Settings {
         http2_limits!(server.http2());
         Settings {
             unrouted: metrics.requests(&l.name, "-"),
+            closed_total: metrics.http_connections_closed_total.clone(),
             listener: Arc::from(l.name.as_str()),
             routes: RouteTable { routes, default },
             max_body_size: l.max_body_size,
@@ -626,8 +637,25 @@ struct Watchers<'a> {
 
 /// A hyper connection that can be asked to finish its requests in flight and close.
 trait Connection: std::future::Future<Output = Result<(), Self::Error>> {
-    type Error: std::fmt::Display;
+    type Error: std::fmt::Display + HyperError;
     fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+/// The HTTP library's error inside a connection's error, if that is what it is.
+trait HyperError {
+    fn hyper(&self) -> Option<&hyper::Error>;
+}
+
+impl HyperError for hyper::Error {
+    fn hyper(&self) -> Option<&hyper::Error> {
+        Some(self)
+    }
+}
+
+impl HyperError for Box<dyn std::error::Error + Send + Sync> {
+    fn hyper(&self) -> Option<&hyper::Error> {
+        self.downcast_ref()
+    }
 }
 
 impl<I, S> Connection for hyper::server::conn::http1::UpgradeableConnection<I, S>
@@ -677,6 +705,26 @@ where
 
 /// Runs a connection until it ends, closing it on idleness, drain or a request's
 /// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.
+/// The status the HTTP library answered a request it could not parse with (it writes
+/// that response itself, before any request exists).
+fn parser_answer(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() {
+        return None;
+    }
+    let text = e.to_string();
+    Some(if e.is_parse_too_large() {
+        if text.contains("uri") {
+            414
+        } else {
+            431
+        }
+    } else if text.contains("version") {
+        505
+    } else {
+        400
+    })
+}
+
 async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     let Watchers {
         ctx,
@@ -708,6 +756,20 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             First::Main(r) => {
                 if let Err(e) = r {
                     debug!(client.addr = %peer, error = %e, "http connection ended with an error");
+                    match e.hyper().and_then(parser_answer) {
+                        // The HTTP library answered a request it could not parse:
+                        // logged and counted like every other response.
+                        Some(status) => {
+                            settings.unrouted.count(status);
+                            access::before_request(&settings.listener, peer, status);
+                        }
+                        // A connection that ended before its first request.
+                        None if ctx.first_request.load(Ordering::Relaxed) => {}
+                        None if e.hyper().is_some_and(hyper::Error::is_timeout) => {
+                            settings.closed("header_timeout")
+                        }
+                        None => settings.closed("client_reset"),
+                    }
                 }
                 return;
             }
@@ -715,6 +777,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                 head_checked = true;
                 if !ctx.first_request.load(Ordering::Relaxed) {
                     debug!(client.addr = %peer, "no complete request head within header_timeout: closed");
+                    settings.closed("header_timeout");
                     return;
                 }
             }
@@ -727,11 +790,15 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                     debug!(client.addr = %peer, "still idle after closing: dropped");
                     return;
                 }
+                if !ctx.first_request.load(Ordering::Relaxed) {
+                    settings.closed("idle");
+                }
                 conn.as_mut().shut_down();
                 closing = true;
             }
             First::Side(Watch::TooSlow) => {
                 debug!(client.addr = %peer, min_rate = settings.min_rate, "transfer slower than min_rate: cut");
+                settings.closed("min_rate");
                 return;
             }
             First::Side(Watch::Cut) => return,

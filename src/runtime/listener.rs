@@ -158,14 +158,21 @@ fn admit_one(
                     let first = tokio::time::timeout(settings.header_timeout, stream.peek(&mut first_bytes));
                     let arrived = tokio::select! {
                         r = first => match r {
-                            Ok(Ok(n)) if n > 0 => Some(n),
-                            _ => None,
+                            Ok(Ok(n)) if n > 0 => Ok(n),
+                            Ok(_) => Err(Some("client_reset")),
+                            Err(_) => Err(Some("header_timeout")),
                         },
-                        _ = shared_task.stop_accepting.cancelled() => None,
+                        _ = shared_task.stop_accepting.cancelled() => Err(None),
                     };
-                    let Some(n) = arrived else {
-                        debug!(listener = %entry.name, client.addr = %peer, "nothing within header_timeout: closed");
-                        return;
+                    let n = match arrived {
+                        Ok(n) => n,
+                        Err(reason) => {
+                            debug!(listener = %entry.name, client.addr = %peer, reason = reason.unwrap_or("shutdown"), "no request: closed");
+                            if let Some(reason) = reason {
+                                settings.closed(reason);
+                            }
+                            return;
+                        }
                     };
                     protocol = l7::Protocol::from_first_bytes(&first_bytes[..n]);
                 }
