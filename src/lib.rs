@@ -24,5 +24,6 @@ pub mod limits;
 pub mod proxy_protocol;
 pub mod runtime;
 pub mod side;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -591,7 +591,10 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
     };
     let cases = [
         (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
-        (http("", "", "", "[tracing]\nsample = 0.5\n"), "`tracing`"),
+        (
+            http("", "", "", "[tracing]\notlp = \"http://127.0.0.1:4318\"\n"),
+            "`tracing.otlp`",
+        ),
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
         (http("", "", "", "[bgp]\nlocal_as = 65000\n"), "`bgp`"),
         (
@@ -700,6 +703,10 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "", "[redis]\nurl = \"redis://127.0.0.1\"\ntimeout = \"0s\"\n"),
             "`redis.timeout` must be greater than zero",
+        ),
+        (
+            file("", "", "[tracing]\nsample = 1.5\n"),
+            "`tracing.sample` must be between 0 and 1, got 1.5",
         ),
         (
             file("", "", "[rate_limit.k]\nrate = \"10/d\"\n"),

@@ -200,3 +200,52 @@ async fn answers_of_the_http_parser_and_connections_without_a_request_are_counte
     );
     f.stop().await;
 }
+
+/// A request with `traceparent` and a `tracestate`.
+async fn with_traceparent(addr: std::net::SocketAddr, traceparent: &str) {
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=1")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_traceparent_reaches_the_backend_with_fulcrums_span_as_its_parent() {
+    let app = HttpBackend::start("app").await;
+    let traced = Fulcrum::start(&format!("[tracing]\nsample = 0.0\n{}", config(&app))).await;
+    let plain = Fulcrum::start(&config(&app)).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    with_traceparent(traced.addr("web"), incoming).await;
+    let h = app.last().headers;
+    let sent = h["traceparent"].to_str().unwrap();
+    let fields: Vec<&str> = sent.split('-').collect();
+    assert_eq!(fields[0], "00");
+    assert_eq!(
+        fields[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the same trace"
+    );
+    assert_ne!(
+        fields[2], "00f067aa0ba902b7",
+        "a new parent: fulcrum's span"
+    );
+    assert_eq!(fields[2].len(), 16);
+    assert_eq!(fields[3], "01", "the caller's sampled flag");
+    assert_eq!(h["tracestate"], "vendor=1");
+    // Malformed: a new trace, not sampled at sample = 0, without the old tracestate.
+    with_traceparent(traced.addr("web"), "00-nonsense-01").await;
+    let h = app.last().headers;
+    let sent = h["traceparent"].to_str().unwrap();
+    assert!(
+        sent.starts_with("00-") && sent.ends_with("-00") && sent.len() == 55,
+        "{sent}"
+    );
+    assert!(!sent.contains("4bf92f35"));
+    assert!(h.get("tracestate").is_none());
+    // Without [tracing]: passed on as any other header.
+    with_traceparent(plain.addr("web"), "00-nonsense-01").await;
+    assert_eq!(app.last().headers["traceparent"], "00-nonsense-01");
+    traced.stop().await;
+    plain.stop().await;
+}

@@ -96,7 +96,20 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     /// `[redis]`: the store of rate limits shared by several instances.
     pub redis: Option<Redis>,
+    /// `[tracing]`: trace context for requests; `None`: `traceparent` passes as any
+    /// other header.
+    pub tracing: Option<Tracing>,
 }
+
+/// `[tracing]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracing {
+    /// Probability that a request without a sampled `traceparent` starts a sampled
+    /// trace.
+    pub sample: f64,
+}
+
+pub const DEFAULT_TRACE_SAMPLE: f64 = 0.01;
 
 /// `[cache]`: the shared response cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,6 +526,7 @@ impl Config {
             compression: Compression::default(),
             rate_limits: Vec::new(),
             redis: None,
+            tracing: None,
             failover: None,
         }
     }
@@ -774,6 +788,25 @@ impl Validator<'_> {
             failover,
             rate_limits: std::mem::take(&mut self.rules),
             redis,
+            tracing: raw.tracing.as_ref().map(|t| {
+                let sample = t.get_ref().sample.as_ref();
+                match sample.map(|s| (*s.get_ref(), s.span())) {
+                    None => Tracing {
+                        sample: DEFAULT_TRACE_SAMPLE,
+                    },
+                    Some((p, _)) if (0.0..=1.0).contains(&p) => Tracing { sample: p },
+                    Some((p, span)) => {
+                        self.err(
+                            Some(span),
+                            "tracing.sample",
+                            format!("must be between 0 and 1, got {p}"),
+                        );
+                        Tracing {
+                            sample: DEFAULT_TRACE_SAMPLE,
+                        }
+                    }
+                }
+            }),
         }
     }
 

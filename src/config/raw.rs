@@ -25,7 +25,7 @@ pub struct RawConfig {
     pub rate_limit: Option<Spanned<BTreeMap<String, Spanned<RawRateLimit>>>>,
     pub redis: Option<Spanned<RawRedis>>,
     pub resolver: Later,
-    pub tracing: Later,
+    pub tracing: Option<Spanned<RawTracing>>,
     pub compression: Option<Spanned<RawCompression>>,
     pub acme: Later,
     pub bgp: Later,
@@ -95,6 +95,13 @@ pub struct RawListener {
     pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
     pub request_headers: Option<Spanned<RawHeaderRules>>,
     pub response_headers: Option<Spanned<RawHeaderRules>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub sample: Option<Spanned<f64>>,
+    pub otlp: Later,
 }
 
 #[derive(Debug, Deserialize)]

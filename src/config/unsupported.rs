@@ -31,11 +31,13 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_sections(&mut self, c: &RawConfig) {
+        if let Some(t) = &c.tracing {
+            self.refuse("tracing", &[("otlp", at(&t.get_ref().otlp))]);
+        }
         self.refuse(
             "",
             &[
                 ("resolver", at(&c.resolver)),
-                ("tracing", at(&c.tracing)),
                 ("acme", at(&c.acme)),
                 ("bgp", at(&c.bgp)),
             ],

@@ -45,6 +45,8 @@ pub struct Line {
     /// response head, in ms.
     pub upstream_connect_ms: Option<u64>,
     pub upstream_header_ms: Option<u64>,
+    /// With `[tracing]`: the request's trace.
+    pub trace_id: Option<String>,
 }
 
 impl Drop for Record {
@@ -72,6 +74,7 @@ impl Drop for Record {
             cache = l.cache.map(|c| tracing::field::display(c.as_str())),
             upstream_connect_ms = l.upstream_connect_ms,
             upstream_header_ms = l.upstream_header_ms,
+            trace_id = l.trace_id.as_deref(),
             request_id = %q(l.request_id.to_str().unwrap_or("-")),
             client_cert = l.client_cert.as_deref().map(|c| tracing::field::display(q(c))),
         );

@@ -723,7 +723,7 @@ fn refresh_in_background(
     let settings = f.settings.clone();
     let request_id = f.request_id.clone();
     let host = f.host.cloned();
-    let who = f.client.clone();
+    let (who, trace) = (f.client.clone(), f.trace);
     let request_headers = f.request_headers.cloned();
     let fetch = Fetch {
         key: key.clone(),
@@ -740,6 +740,7 @@ fn refresh_in_background(
     tracker.spawn(async move {
         let f = Forwarding {
             client: who,
+            trace,
             target: &target,
             timeout,
             ctx: &ctx,

@@ -195,6 +195,8 @@ fn forwarded_for(headers: &HeaderMap, ip: &HeaderValue) -> HeaderValue {
 pub struct Forwarding<'a> {
     /// Who the request is from (after the PROXY header and trusted proxies).
     pub client: super::client::Client,
+    /// With `[tracing]`: the request's trace, passed on to the backend.
+    pub trace: Option<crate::telemetry::TraceContext>,
     pub target: &'a Arc<UpstreamTarget>,
     /// Time allowed for the backend's response headers.
     pub timeout: Duration,
@@ -274,6 +276,9 @@ fn upstream_head(
         if let Ok(v) = HeaderValue::try_from(joined.join("; ")) {
             headers.insert(header::COOKIE, v);
         }
+    }
+    if let Some(t) = &f.trace {
+        t.apply(&mut headers);
     }
     let rules = [f.settings.request_headers.as_ref(), f.request_headers];
     if rules.iter().any(Option::is_some) {

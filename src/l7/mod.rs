@@ -152,6 +152,9 @@ pub struct Settings {
     pub rate_limit: Option<crate::limits::Applied>,
     /// Peers whose `X-Forwarded-For` / `Forwarded` name the client.
     pub trusted_proxies: Vec<config::IpNet>,
+    /// `[tracing] sample`: requests take part in traces; `None`: `traceparent` passes
+    /// as any other header.
+    pub trace_sample: Option<f64>,
     /// The listener's access rules, applied per request to the client trusted
     /// proxies name (the connection's peer was checked at accept).
     pub access: config::AccessRules,
@@ -175,15 +178,17 @@ impl Settings {
     }
 
     /// Compiles a listener's routes against the generation's upstreams.
+    /// `config`: the generation's whole configuration (its `[global]`,
+    /// `[compression]` and `[tracing]`).
     pub fn build(
         l: &config::Listener,
+        config: &config::Config,
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
-        global: &config::Global,
         metrics: &Metrics,
         cache: Option<&Arc<crate::cache::Cache>>,
-        compression: &config::Compression,
         rate_limit: &dyn Fn(&Option<String>) -> Option<crate::limits::Applied>,
     ) -> Settings {
+        let (global, compression, tracing) = (&config.global, &config.compression, config.tracing);
         let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
         let action = |index: usize, r: &config::Route| -> Option<Action> {
             let (target, timeout, strip, caching) =
@@ -351,6 +356,7 @@ impl Settings {
             response_headers: headers::shared(&l.response_headers),
             rate_limit: rate_limit(&l.rate_limit),
             trusted_proxies: l.trusted_proxies.clone(),
+            trace_sample: tracing.map(|t| t.sample),
             access: l.access.clone(),
             http1,
             http2,
@@ -903,6 +909,9 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     // The one host of the request, for routing, forwarding, the cache key and the log.
     let host = host::request_host(req.uri(), req.headers(), req.version(), s.scheme == "https");
     let client = client::Client::of(ctx.peer, &ctx.peer_ip, req.headers(), &s.trusted_proxies);
+    let trace = s
+        .trace_sample
+        .map(|p| crate::telemetry::TraceContext::of(req.headers(), p));
     let line = s.access_log.then(|| {
         Box::new(access::Line {
             quote: s.quote_log_values,
@@ -922,6 +931,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             cache: None,
             upstream_connect_ms: None,
             upstream_header_ms: None,
+            trace_id: trace.map(|t| t.trace_id_hex()),
         })
     });
     let mut record = access::Record {
@@ -948,7 +958,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             respond(
                 req,
                 ctx,
-                &client,
+                (&client, trace),
                 &settings,
                 &request_id,
                 h.as_ref(),
@@ -1046,7 +1056,7 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
 async fn respond(
     mut req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
-    client: &client::Client,
+    (client, trace): (&client::Client, Option<crate::telemetry::TraceContext>),
     s: &Arc<Settings>,
     request_id: &HeaderValue,
     host: Option<&RequestHost>,
@@ -1128,6 +1138,7 @@ async fn respond(
             exchange.upstream = Some(t.upstream.clone());
             let f = forward::Forwarding {
                 client: client.clone(),
+                trace,
                 target: t,
                 timeout: action.timeout,
                 ctx,

@@ -198,11 +198,10 @@ impl Snapshot {
                 }
                 (Protocol::Http, _) => Engine::Http(Arc::new(l7::Settings::build(
                     l,
+                    &config,
                     &http_upstreams,
-                    &config.global,
                     parts.metrics,
                     cache.as_ref(),
-                    &config.compression,
                     &|name| applied(name),
                 ))),
             };

@@ -1,0 +1,185 @@
+//! Trace context (W3C Trace Context, `traceparent`): read from a request or started
+//! by head sampling, and passed to the backend with fulcrum's own span as the parent.
+//! Shared by the engines; pure apart from the random ids.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// One request's place in a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The span that sent the request to fulcrum (`None` for a trace fulcrum started).
+    pub parent_id: Option<[u8; 8]>,
+    /// fulcrum's own span, the parent of the backend request.
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+fn hex_to<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
+/// A valid `traceparent`: trace id, parent id and the sampled flag. Version `00`
+/// must have exactly four fields; a later version (not `ff`) may have more, of
+/// which the first four are read.
+pub fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut fields = text.split('-');
+    let version: [u8; 1] = hex_to(fields.next()?)?;
+    let trace: [u8; 16] = hex_to(fields.next()?)?;
+    let parent: [u8; 8] = hex_to(fields.next()?)?;
+    let flags: [u8; 1] = hex_to(fields.next()?)?;
+    match version[0] {
+        0 if fields.next().is_some() => return None,
+        0xff => return None,
+        _ => {}
+    }
+    if trace == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace, parent, flags[0] & 1 == 1))
+}
+
+impl TraceContext {
+    /// The context of a request with `headers`: the caller's trace when its
+    /// `traceparent` is valid (its sampled flag honoured), else a new trace, sampled
+    /// with probability `sample`.
+    pub fn of(headers: &HeaderMap, sample: f64) -> TraceContext {
+        let span_id = nonzero8();
+        match headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
+            Some((trace_id, parent, sampled)) => TraceContext {
+                trace_id,
+                parent_id: Some(parent),
+                span_id,
+                sampled,
+            },
+            None => {
+                let mut trace_id = [0u8; 16];
+                trace_id[..8].copy_from_slice(&nonzero8());
+                trace_id[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+                TraceContext {
+                    trace_id,
+                    parent_id: None,
+                    span_id,
+                    sampled: fastrand::f64() < sample,
+                }
+            }
+        }
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        hex(&self.trace_id, &mut s);
+        s
+    }
+
+    /// The `traceparent` a backend gets: this trace, fulcrum's span as the parent.
+    pub fn header(&self) -> HeaderValue {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        hex(&self.trace_id, &mut s);
+        s.push('-');
+        hex(&self.span_id, &mut s);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Sets the backend request's `traceparent`; `tracestate` goes on only with the
+    /// caller's valid `traceparent` (a new trace has none).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(TRACEPARENT.clone(), self.header());
+        if self.parent_id.is_none() {
+            headers.remove(&TRACESTATE);
+        }
+    }
+}
+
+fn nonzero8() -> [u8; 8] {
+    fastrand::u64(1..).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn valid_traceparents_are_read_and_invalid_ones_refused() {
+        let (trace, parent, sampled) = parse(VALID.as_bytes()).unwrap();
+        assert_eq!(trace[0], 0x4b);
+        assert_eq!(parent, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(sampled);
+        assert!(parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra").is_some());
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "garbage",
+            "",
+        ] {
+            assert!(parse(bad.as_bytes()).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_backend_gets_the_same_trace_with_fulcrums_span_as_parent() {
+        let mut h = HeaderMap::new();
+        h.insert(&TRACEPARENT, HeaderValue::from_static(VALID));
+        h.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let ctx = TraceContext::of(&h, 0.0);
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(ctx.sampled, "the caller's sampled flag is honoured");
+        ctx.apply(&mut h);
+        let sent = h[&TRACEPARENT].to_str().unwrap().to_string();
+        let (trace, parent, sampled) = parse(sent.as_bytes()).unwrap();
+        assert_eq!(trace, ctx.trace_id);
+        assert_eq!(parent, ctx.span_id);
+        assert_ne!(parent, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(sampled);
+        assert_eq!(h[&TRACESTATE], "vendor=1");
+    }
+
+    #[test]
+    fn a_new_trace_is_sampled_as_configured() {
+        let mut h = HeaderMap::new();
+        h.insert(&TRACEPARENT, HeaderValue::from_static("00-broken"));
+        h.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let never = TraceContext::of(&h, 0.0);
+        assert!(!never.sampled && never.parent_id.is_none());
+        assert!(TraceContext::of(&h, 1.0).sampled);
+        never.apply(&mut h);
+        assert!(
+            h.get(&TRACESTATE).is_none(),
+            "a new trace carries no tracestate"
+        );
+        assert!(parse(h[&TRACEPARENT].as_bytes()).is_some());
+    }
+}
