@@ -11,6 +11,7 @@
 #   PROXIES=fulcrum REQUESTS=5000 bash benches/load/callgrind.sh
 #   KEEP=1 bash benches/load/callgrind.sh              # keep the callgrind.out files
 #   FULCRUM=/tmp/old/fulcrum PROXIES=fulcrum bash benches/load/callgrind.sh
+#   FULCRUM_EXTRA=$'[tracing]\nsample = 0.01' PROXIES=fulcrum bash benches/load/callgrind.sh
 #
 # The client is h2load (`--h1` for HTTP/1.1) with an exact request count; the backend
 # is one nginx process answering a short body. Both run outside valgrind. With KEEP=1
@@ -45,6 +46,8 @@ start_workdir callgrind
 backend_nginx "$BACKEND_PORT"
 
 fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT"
+# More top-level sections for fulcrum's file, to count what a feature costs.
+printf '%s\n' "${FULCRUM_EXTRA:-}" >> "$WORK/fulcrum.toml"
 haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]} proto h2
   bind 127.0.0.1:$((PORT[haproxy] + 10))"
 
