@@ -511,3 +511,39 @@ fn with_detect_exit_off_a_killed_active_is_taken_over_after_dead_after() {
     });
     assert!(seen.get(), "the exit watch saw lb1 end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_before_a_request_each_get_one_access_line() {
+    let b = common::http::HttpBackend::start("b").await;
+    let t = TempConfig::new(
+        "before-request",
+        &format!(
+            "[global]\nlog_format = \"json\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             header_timeout = \"300ms\"\nmax_header_size = \"8KiB\"\n\
+             [upstream.app]\nbackends = [{{ address = \"{}\", name = \"b\" }}]\n",
+            b.addr
+        ),
+    );
+    let p = Process::start(&t.path);
+    let addr: SocketAddr = p.wait_for("listening")["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    common::http::unreadable_heads(addr).await;
+    let (status, _, _) = common::http::get(addr, "/after").await;
+    assert_eq!(status, 200);
+    // Every access line up to the last request's, in order: one per answer.
+    let mut statuses = Vec::new();
+    loop {
+        let line = p.wait_for_field("target", "fulcrum::access");
+        statuses.push(line["status"].as_u64().unwrap());
+        if line["path"] == "/after" {
+            break;
+        }
+        assert_eq!(line["upstream"], "-", "{line}");
+        assert_eq!(line["method"], "-", "{line}");
+    }
+    assert_eq!(statuses, [400, 431, 408, 200]);
+}

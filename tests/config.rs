@@ -591,10 +591,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
     };
     let cases = [
         (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
-        (
-            http("", "", "", "[tracing]\notlp = \"http://127.0.0.1:4318\"\n"),
-            "`tracing.otlp`",
-        ),
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
         (http("", "", "", "[bgp]\nlocal_as = 65000\n"), "`bgp`"),
         (
@@ -707,6 +703,14 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "", "[tracing]\nsample = 1.5\n"),
             "`tracing.sample` must be between 0 and 1, got 1.5",
+        ),
+        (
+            file("", "", "[tracing]\notlp = \"127.0.0.1:4318\"\n"),
+            "`tracing.otlp` must start with http:// or https://, like \"http://127.0.0.1:4318\"",
+        ),
+        (
+            file("", "", "[tracing]\notlp = \"http://user:pw@collector:4318\"\n"),
+            "`tracing.otlp` must not hold credentials",
         ),
         (
             file("", "", "[rate_limit.k]\nrate = \"10/d\"\n"),

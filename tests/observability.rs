@@ -140,20 +140,9 @@ async fn answers_of_the_http_parser_and_connections_without_a_request_are_counte
     ))
     .await;
     let addr = f.addr("web");
-    // Malformed: the parser's 400.
-    let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost a\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    // A head over max_header_size: the parser's 431.
-    let big = format!(
-        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
-        "b".repeat(20_000)
-    );
-    let answer = raw_exchange(addr, big.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-    // A head that never ends, and a connection that says nothing: closed at
-    // header_timeout. A connection closed at once.
-    let _ = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost: a\r\n").await;
-    let _ = raw_exchange(addr, b"").await;
+    // 400, 431, a head begun and never finished (408), a connection that says
+    // nothing (closed at header_timeout), and one closed at once.
+    unreadable_heads(addr).await;
     drop(tokio::net::TcpStream::connect(addr).await.unwrap());
     let text = {
         // The last close is seen asynchronously: wait for it (bounded).
@@ -182,12 +171,13 @@ async fn answers_of_the_http_parser_and_connections_without_a_request_are_counte
     };
     assert_eq!(counted("400"), Some(1.0), "{text}");
     assert_eq!(counted("431"), Some(1.0), "{text}");
+    assert_eq!(counted("408"), Some(1.0), "{text}");
     assert_eq!(
         value(
             &text,
             "fulcrum_http_connections_closed_total{listener=\"web\",reason=\"header_timeout\"}"
         ),
-        Some(2.0),
+        Some(1.0),
         "{text}"
     );
     assert_eq!(
@@ -248,4 +238,228 @@ async fn a_traceparent_reaches_the_backend_with_fulcrums_span_as_its_parent() {
     assert_eq!(app.last().headers["traceparent"], "00-nonsense-01");
     traced.stop().await;
     plain.stop().await;
+}
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AttrValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+/// An OTLP/HTTP collector on 127.0.0.1: the spans of every export it receives,
+/// decoded, with the path and content type they came with.
+struct Collector {
+    addr: std::net::SocketAddr,
+    spans: tokio::sync::mpsc::UnboundedReceiver<(String, String, Span)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, spans) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let kind = req.headers()[http::header::CONTENT_TYPE]
+                                .to_str()
+                                .unwrap()
+                                .to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let export =
+                                <ExportTraceServiceRequest as prost::Message>::decode(body)
+                                    .expect("an OTLP export request");
+                            for rs in export.resource_spans {
+                                for ss in rs.scope_spans {
+                                    for s in ss.spans {
+                                        let _ = tx.send((path.clone(), kind.clone(), s));
+                                    }
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Collector { addr, spans, task }
+    }
+
+    /// The next span received (within a generous wait: batches leave every second).
+    async fn next(&mut self) -> Span {
+        let (path, kind, span) = tokio::time::timeout(Duration::from_secs(20), self.spans.recv())
+            .await
+            .expect("a span within 20 s")
+            .expect("the collector runs");
+        assert_eq!(path, "/v1/traces");
+        assert_eq!(kind, "application/x-protobuf");
+        span
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a AttrValue> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn int_attr(span: &Span, key: &str) -> Option<i64> {
+    match attr(span, key)? {
+        AttrValue::IntValue(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    match attr(span, key)? {
+        AttrValue::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector_with_their_parents_and_attempts() {
+    let app = HttpBackend::start("app").await;
+    let dead = common::refusing_addr().await;
+    let mut collector = Collector::start().await;
+    let f = Fulcrum::start(&format!(
+        "[tracing]\nsample = 0.0\notlp = \"http://{}\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         [upstream.app]\nretries = 1\nbackends = [{{ address = \"{dead}\", name = \"dead\" }}, \
+         {{ address = \"{}\", name = \"app\" }}]\n",
+        collector.addr, app.addr
+    ))
+    .await;
+    // Two sampled requests: round robin sends one of them to the dead backend first.
+    let traces = [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ];
+    let mut seen_parents = Vec::new();
+    for t in traces {
+        with_traceparent(f.addr("web"), t).await;
+        let sent = app.last().headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        seen_parents.push(sent.split('-').nth(2).unwrap().to_string());
+    }
+    // An unsampled request: no span.
+    with_traceparent(
+        f.addr("web"),
+        "00-11111111111111111111111111111111-2222222222222222-00",
+    )
+    .await;
+    // Each request's server span and answered attempt (a failed attempt ends, and is
+    // queued, before the answered one).
+    let complete = |spans: &[Span], trace: &str| {
+        let id = trace.split('-').nth(1).unwrap();
+        let ours = || spans.iter().filter(move |s| hex(&s.trace_id) == id);
+        ours().any(|s| s.kind == 2)
+            && ours().any(|s| int_attr(s, "http.response.status_code") == Some(200) && s.kind == 3)
+    };
+    let mut spans = Vec::new();
+    while !traces.iter().all(|t| complete(&spans, t)) {
+        spans.push(collector.next().await);
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|s| str_attr(s, "error.type") == Some("connect")),
+        "one attempt went to the dead backend"
+    );
+    for (t, backend_parent) in traces.iter().zip(&seen_parents) {
+        let fields: Vec<&str> = t.split('-').collect();
+        let ours: Vec<&Span> = spans
+            .iter()
+            .filter(|s| hex(&s.trace_id) == fields[1])
+            .collect();
+        let server: Vec<&&Span> = ours.iter().filter(|s| s.kind == 2).collect();
+        assert_eq!(server.len(), 1, "one server span per request");
+        let server = server[0];
+        assert_eq!(hex(&server.parent_span_id), fields[2], "the caller's span");
+        assert_eq!(int_attr(server, "http.response.status_code"), Some(200));
+        assert_eq!(str_attr(server, "http.request.method"), Some("GET"));
+        assert_eq!(str_attr(server, "fulcrum.upstream"), Some("app"));
+        assert_eq!(str_attr(server, "fulcrum.backend"), Some("app"));
+        assert!(server.end_time_unix_nano >= server.start_time_unix_nano);
+        let clients: Vec<&&Span> = ours.iter().filter(|s| s.kind == 3).collect();
+        assert!(!clients.is_empty());
+        for c in &clients {
+            assert_eq!(c.parent_span_id, server.span_id, "attempts are children");
+        }
+        let answered: Vec<&&&Span> = clients
+            .iter()
+            .filter(|c| int_attr(c, "http.response.status_code") == Some(200))
+            .collect();
+        assert_eq!(answered.len(), 1);
+        assert_eq!(
+            &hex(&answered[0].span_id),
+            backend_parent,
+            "the backend's parent is the attempt's span"
+        );
+        if clients.len() == 2 {
+            let failed = clients.iter().find(|c| c.status.is_some()).unwrap();
+            assert_eq!(str_attr(failed, "error.type"), Some("connect"));
+            assert_eq!(str_attr(failed, "fulcrum.backend"), Some("dead"));
+            assert_eq!(int_attr(answered[0], "http.request.resend_count"), Some(1));
+            assert_eq!(int_attr(server, "fulcrum.retries"), Some(1));
+        }
+    }
+    assert!(spans
+        .iter()
+        .all(|s| hex(&s.trace_id) != "11111111111111111111111111111111"));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_collector_costs_requests_nothing_but_a_counter() {
+    let app = HttpBackend::start("app").await;
+    let dead = common::refusing_addr().await;
+    let f = Fulcrum::start(&format!(
+        "[tracing]\nsample = 1.0\notlp = \"http://{dead}\"\n{}",
+        config(&app)
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(f.addr("web"), "/").await.0, 200);
+    }
+    let series = "fulcrum_tracing_spans_dropped_total{reason=\"export_failed\"}";
+    let mut text = metrics(&f).await;
+    for _ in 0..200 {
+        if value(&text, series).is_some_and(|v| v >= 6.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = metrics(&f).await;
+    }
+    // Each request: fulcrum's span and its attempt's.
+    assert_eq!(value(&text, series), Some(6.0), "{text}");
+    assert_eq!(
+        value(&text, "fulcrum_tracing_spans_exported_total"),
+        Some(0.0)
+    );
+    f.stop().await;
 }

@@ -38,6 +38,8 @@ pub const BACKEND_RESPONSE_SECONDS: &str = "fulcrum_backend_response_seconds";
 pub const BACKEND_CONNECT_SECONDS: &str = "fulcrum_backend_connect_seconds";
 pub const BACKEND_CONNECTIONS_OPENED_TOTAL: &str = "fulcrum_backend_connections_opened_total";
 pub const BACKEND_CONNECTIONS_REUSED_TOTAL: &str = "fulcrum_backend_connections_reused_total";
+pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "fulcrum_tracing_spans_exported_total";
+pub const TRACING_SPANS_DROPPED_TOTAL: &str = "fulcrum_tracing_spans_dropped_total";
 
 /// Buckets of the upstream timing histograms, in seconds.
 const BACKEND_BUCKETS: [f64; 14] = [
@@ -80,6 +82,9 @@ pub struct Metrics {
     /// Backend connections opened, and requests sent on a pooled one, per backend.
     pub backend_connections_opened_total: IntCounterVec,
     pub backend_connections_reused_total: IntCounterVec,
+    /// Spans the OTLP collector took, and those dropped (`queue_full`, `export_failed`).
+    pub tracing_spans_exported_total: IntCounter,
+    pub tracing_spans_dropped_total: IntCounterVec,
     /// Serializes the scrape-time update of the counters read from live state, so
     /// that concurrent scrapes never add one increment twice.
     pub scrape: std::sync::Mutex<()>,
@@ -255,6 +260,17 @@ impl Metrics {
                 "Requests sent on a pooled backend connection",
                 &["upstream", "backend"],
             ),
+            tracing_spans_exported_total: counter(
+                &r,
+                TRACING_SPANS_EXPORTED_TOTAL,
+                "Spans exported to the OTLP collector",
+            ),
+            tracing_spans_dropped_total: counter_vec(
+                &r,
+                TRACING_SPANS_DROPPED_TOTAL,
+                "Spans dropped: the export queue was full, or the collector did not take them",
+                &["reason"],
+            ),
             scrape: std::sync::Mutex::new(()),
             http_connections_closed_total: counter_vec(
                 &r,
@@ -324,6 +340,9 @@ impl Metrics {
     fn seed(self) -> Self {
         for r in ["success", "failure"] {
             self.config_reloads_total.with_label_values(&[r]);
+        }
+        for r in ["queue_full", "export_failed"] {
+            self.tracing_spans_dropped_total.with_label_values(&[r]);
         }
         for r in ["hit", "miss", "stale", "revalidated", "bypass"] {
             self.cache_requests_total.with_label_values(&[r]);

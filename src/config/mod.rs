@@ -12,6 +12,7 @@ mod raw;
 mod redis;
 mod shaping;
 mod sni;
+mod telemetry;
 mod units;
 mod unsupported;
 
@@ -39,6 +40,7 @@ pub use shaping::{
     compile as compile_rewrite_regex, template as redirect_template, Part, Redirect, Rewrite,
 };
 pub use sni::SniRoute;
+pub use telemetry::{Collector, Tracing, DEFAULT_TRACE_SAMPLE};
 use toml::Spanned;
 pub use units::{parse_duration, parse_size};
 
@@ -100,16 +102,6 @@ pub struct Config {
     /// other header.
     pub tracing: Option<Tracing>,
 }
-
-/// `[tracing]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tracing {
-    /// Probability that a request without a sampled `traceparent` starts a sampled
-    /// trace.
-    pub sample: f64,
-}
-
-pub const DEFAULT_TRACE_SAMPLE: f64 = 0.01;
 
 /// `[cache]`: the shared response cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -788,25 +780,7 @@ impl Validator<'_> {
             failover,
             rate_limits: std::mem::take(&mut self.rules),
             redis,
-            tracing: raw.tracing.as_ref().map(|t| {
-                let sample = t.get_ref().sample.as_ref();
-                match sample.map(|s| (*s.get_ref(), s.span())) {
-                    None => Tracing {
-                        sample: DEFAULT_TRACE_SAMPLE,
-                    },
-                    Some((p, _)) if (0.0..=1.0).contains(&p) => Tracing { sample: p },
-                    Some((p, span)) => {
-                        self.err(
-                            Some(span),
-                            "tracing.sample",
-                            format!("must be between 0 and 1, got {p}"),
-                        );
-                        Tracing {
-                            sample: DEFAULT_TRACE_SAMPLE,
-                        }
-                    }
-                }
-            }),
+            tracing: raw.tracing.as_ref().map(|t| self.tracing(t.get_ref())),
         }
     }
 

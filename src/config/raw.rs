@@ -101,7 +101,7 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawTracing {
     pub sample: Option<Spanned<f64>>,
-    pub otlp: Later,
+    pub otlp: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

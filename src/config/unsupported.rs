@@ -31,9 +31,6 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_sections(&mut self, c: &RawConfig) {
-        if let Some(t) = &c.tracing {
-            self.refuse("tracing", &[("otlp", at(&t.get_ref().otlp))]);
-        }
         self.refuse(
             "",
             &[

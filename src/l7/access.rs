@@ -22,6 +22,8 @@ pub struct Record {
     /// What only the access line needs: none when `global.access_log` is off, so
     /// that a request then copies nothing for it.
     pub line: Option<Box<Line>>,
+    /// The request's span, when its trace is sampled and spans are exported.
+    pub span: Option<Box<crate::telemetry::export::Open>>,
 }
 
 /// The fields of an access line beyond the counts.
@@ -54,6 +56,10 @@ impl Drop for Record {
         self.metrics.count(self.status);
         let elapsed = self.started.elapsed();
         self.metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(mut span) = self.span.take() {
+            span.attr("http.response.body.size", self.bytes_out as i64);
+            span.status(self.status, 500);
+        }
         let Some(l) = &self.line else {
             return;
         };

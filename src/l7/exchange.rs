@@ -40,4 +40,8 @@ pub struct Exchange {
     pub upstream_connect_ms: Option<u64>,
     /// Time from the request sent to the backend's response head.
     pub upstream_header_ms: Option<u64>,
+    /// With an exported span: the matched route's path prefix (`http.route`).
+    pub route: Option<String>,
+    /// Attempts made to backends.
+    pub attempts: u8,
 }

@@ -19,11 +19,13 @@ use super::exchange::Exchange;
 use super::h1::{self, Head, KEEP_ALIVE, PROXY_CONNECTION};
 use super::host::RequestHost;
 use super::request_body::{BodyStats, RequestBody};
+use super::spans;
 use super::sticky::{cookie, StickyCookie};
 use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::balance::hash_bytes;
 use crate::config::HashKey;
+use crate::telemetry::TRACEPARENT;
 use crate::upstream::{hash_ip, Lease, NoLease, Outcome, PickContext};
 
 /// Most tries one request makes, whatever `retries` says.
@@ -390,7 +392,7 @@ pub async fn forward(
     let body = body.filter(|b| !hyper::body::Body::is_end_stream(b));
     let has_body = body.is_some();
     let retriable = is_idempotent(&parts.method) && !has_body;
-    let head = upstream_head(parts, has_body, upgrade, f);
+    let mut head = upstream_head(parts, has_body, upgrade, f);
     let body = match body {
         Some(body) => {
             let stats = Arc::new(BodyStats::default());
@@ -399,12 +401,12 @@ pub async fn forward(
         }
         None => RequestBody::empty(),
     };
-    let sending = Sending {
-        head: &head,
+    let mut sending = Sending {
+        head: &mut head,
         retriable,
         body_deadline,
     };
-    let answered = attempts(&sending, body, &choice, f, exchange).await?;
+    let answered = attempts(&mut sending, body, &choice, f, exchange).await?;
     relay(answered, client_upgrade, &choice, f, exchange)
 }
 
@@ -418,7 +420,8 @@ struct Choice<'a> {
 
 /// The request as every attempt sends it.
 struct Sending<'a> {
-    head: &'a Head,
+    /// Its `traceparent` names each attempt's span when spans are exported.
+    head: &'a mut Head,
     /// Idempotent and bodyless: may be sent again after it was written.
     retriable: bool,
     /// When the request body must have arrived whole.
@@ -454,7 +457,7 @@ impl Tries {
 /// connection or open one, send, wait for the response head; on a failure that
 /// allows it, again with another backend, at most `retries + 1` times.
 async fn attempts(
-    sending: &Sending<'_>,
+    sending: &mut Sending<'_>,
     body: RequestBody,
     choice: &Choice<'_>,
     f: &Forwarding<'_>,
@@ -490,6 +493,20 @@ async fn attempts(
             Err(why) => return Err(ProxyError::Queue(why)),
         };
         let i = lease.index();
+        let mut span = spans::attempt(
+            f.settings,
+            f.trace.as_ref(),
+            &sending.head.method,
+            (&up.name, lease.backend()),
+            exchange.attempts,
+        );
+        exchange.attempts = exchange.attempts.saturating_add(1);
+        if let (Some(span), Some(t)) = (&span, &f.trace) {
+            sending
+                .head
+                .headers
+                .insert(TRACEPARENT.clone(), t.header_for(span.id()));
+        }
         let private;
         let pool = match f.target.proxy_protocol {
             None => &f.target.pools[i],
@@ -534,6 +551,9 @@ async fn attempts(
                         error = %e,
                         "connect to backend failed"
                     );
+                    if let Some(span) = span.as_mut() {
+                        span.fail("connect");
+                    }
                     tries.failed(&mut lease, i, ProxyError::Connect(e));
                     continue;
                 }
@@ -551,13 +571,16 @@ async fn attempts(
         };
         let sent_at = tokio::time::Instant::now();
         let sent = tokio::select! {
-            r = conn.exchange(sending.head, request_body) => Ok(r),
+            r = conn.exchange(&*sending.head, request_body) => Ok(r),
             late = deadline(exchange.body.clone(), sending.body_deadline, f) => Err(late),
         };
         let e = match sent {
             // The client's upload is late: the backend request is dropped with it.
             Err(Late::Body) => return Err(ProxyError::BodyTimeout),
             Err(Late::Backend) => {
+                if let Some(span) = span.as_mut() {
+                    span.fail("timeout");
+                }
                 lease.set_outcome(Outcome::Failure);
                 return Err(ProxyError::Timeout(f.timeout));
             }
@@ -567,6 +590,9 @@ async fn attempts(
                 lease.record_latency(took);
                 timings.response.observe(took.as_secs_f64());
                 exchange.upstream_header_ms = Some(took.as_millis() as u64);
+                if let Some(span) = span.as_mut() {
+                    span.status(resp.status.as_u16(), 400);
+                }
                 return Ok(Answered {
                     resp,
                     lease,
@@ -575,6 +601,15 @@ async fn attempts(
             }
             Ok(Err(e)) => e,
         };
+        if let Some(span) = span.as_mut() {
+            span.fail(
+                if e.too_large() || e.too_late() || matches!(e, h1::Failed::RequestBody(_)) {
+                    "request_body"
+                } else {
+                    "backend"
+                },
+            );
+        }
         match e {
             h1::Failed::Unsent(unsent, e) => {
                 // Never written: a pooled connection the backend had closed. Try

@@ -21,6 +21,7 @@ pub mod pool;
 pub mod request_body;
 pub mod route;
 mod shaping;
+mod spans;
 mod static_files;
 mod sticky;
 
@@ -155,6 +156,8 @@ pub struct Settings {
     /// `[tracing] sample`: requests take part in traces; `None`: `traceparent` passes
     /// as any other header.
     pub trace_sample: Option<f64>,
+    /// `[tracing] otlp`: where sampled requests' spans go.
+    pub spans: Option<Arc<crate::telemetry::export::Exporter>>,
     /// The listener's access rules, applied per request to the client trusted
     /// proxies name (the connection's peer was checked at accept).
     pub access: config::AccessRules,
@@ -185,10 +188,14 @@ impl Settings {
         config: &config::Config,
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
         metrics: &Metrics,
-        cache: Option<&Arc<crate::cache::Cache>>,
+        (cache, spans): (
+            Option<&Arc<crate::cache::Cache>>,
+            Option<&Arc<crate::telemetry::export::Exporter>>,
+        ),
         rate_limit: &dyn Fn(&Option<String>) -> Option<crate::limits::Applied>,
     ) -> Settings {
-        let (global, compression, tracing) = (&config.global, &config.compression, config.tracing);
+        let (global, compression, tracing) =
+            (&config.global, &config.compression, config.tracing.as_ref());
         let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
         let action = |index: usize, r: &config::Route| -> Option<Action> {
             let (target, timeout, strip, caching) =
@@ -357,6 +364,7 @@ impl Settings {
             rate_limit: rate_limit(&l.rate_limit),
             trusted_proxies: l.trusted_proxies.clone(),
             trace_sample: tracing.map(|t| t.sample),
+            spans: spans.cloned(),
             access: l.access.clone(),
             http1,
             http2,
@@ -608,6 +616,7 @@ pub async fn serve_connection<S>(
     });
     let watched = Watchers {
         ctx: &ctx,
+        http1: !matches!(protocol, Protocol::Http2),
         activity: &activity,
         drain: &drain,
         cut: &cut,
@@ -636,6 +645,9 @@ pub async fn serve_connection<S>(
 #[derive(Clone, Copy)]
 struct Watchers<'a> {
     ctx: &'a Arc<ConnCtx>,
+    /// The connection may be HTTP/1, whose bytes before a first request are the start
+    /// of a request head (HTTP/2's are its preface and settings).
+    http1: bool,
     activity: &'a Arc<Activity>,
     drain: &'a CancellationToken,
     cut: &'a CancellationToken,
@@ -731,9 +743,23 @@ fn parser_answer(e: &hyper::Error) -> Option<u16> {
     })
 }
 
+/// A connection closed at `header_timeout` before its first request: with part of a
+/// request head received, a 408 logged and counted like every response (as nginx
+/// does, none is written: the connection is closed); with nothing, a connection
+/// closed without a request.
+fn head_timed_out(settings: &Settings, peer: std::net::SocketAddr, begun: bool) {
+    if begun {
+        settings.unrouted.count(408);
+        access::before_request(&settings.listener, peer, 408);
+    } else {
+        settings.closed("header_timeout");
+    }
+}
+
 async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     let Watchers {
         ctx,
+        http1,
         activity,
         drain,
         cut,
@@ -772,7 +798,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                         // A connection that ended before its first request.
                         None if ctx.first_request.load(Ordering::Relaxed) => {}
                         None if e.hyper().is_some_and(hyper::Error::is_timeout) => {
-                            settings.closed("header_timeout")
+                            head_timed_out(settings, peer, http1 && activity.moved() > 0)
                         }
                         None => settings.closed("client_reset"),
                     }
@@ -783,7 +809,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                 head_checked = true;
                 if !ctx.first_request.load(Ordering::Relaxed) {
                     debug!(client.addr = %peer, "no complete request head within header_timeout: closed");
-                    settings.closed("header_timeout");
+                    head_timed_out(settings, peer, http1 && activity.moved() > 0);
                     return;
                 }
             }
@@ -934,12 +960,23 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             trace_id: trace.map(|t| t.trace_id_hex()),
         })
     });
+    let span = spans::server(
+        s,
+        trace,
+        &req,
+        (
+            &client,
+            host.as_ref().ok().and_then(Option::as_ref),
+            &request_id,
+        ),
+    );
     let mut record = access::Record {
         metrics: s.unrouted.clone(),
         status: 0,
         bytes_out: 0,
         started: Instant::now(),
         line,
+        span,
     };
     let mut exchange = Exchange::default();
     // What decides compression, kept only where a route compresses.
@@ -1035,6 +1072,9 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         }
     }
     record.status = response.status().as_u16();
+    if let Some(span) = record.span.as_mut() {
+        spans::learned(span, &exchange);
+    }
     if let Some(line) = record.line.as_mut() {
         line.body = exchange.body;
         line.upstream = exchange.upstream;
@@ -1118,6 +1158,9 @@ async fn respond(
         *req.uri_mut() = uri;
     }
     exchange.metrics = Some(action.metrics.clone());
+    if s.spans.is_some() && trace.is_some_and(|t| t.sampled) {
+        exchange.route = Some(action.strip_prefix.clone().unwrap_or_else(|| "/".into()));
+    }
     exchange.response_headers = action.response_headers.clone();
     exchange.compress = action.compress;
     match &action.target {

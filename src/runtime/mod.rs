@@ -159,6 +159,7 @@ impl Shared {
                 cache: current.cache.as_ref(),
                 limiters: &current.limiters,
                 redis: current.redis.as_ref(),
+                spans: current.spans.as_ref(),
             },
         )
     }

@@ -12,6 +12,7 @@ use crate::config::{AccessRules, Config, Protocol};
 use crate::l4;
 use crate::l7;
 use crate::limits::{Applied, Limiter, PerClient, RedisStore};
+use crate::telemetry::export::{self, Exporter};
 use crate::upstream::{Registry, Upstream};
 
 use super::{bind_keys, BindKey};
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub limiters: HashMap<String, Arc<Limiter>>,
     /// `[redis]`'s connection, kept across generations while its settings stay.
     pub redis: Option<Arc<RedisStore>>,
+    /// `[tracing] otlp`'s exporter, kept across generations while the URL stays.
+    pub spans: Option<Arc<Exporter>>,
 }
 
 pub(crate) struct ListenerEntry {
@@ -77,6 +80,7 @@ pub(crate) struct Parts<'a> {
     /// The rate-limit rules of the generation serving now.
     pub limiters: &'a HashMap<String, Arc<Limiter>>,
     pub redis: Option<&'a Arc<RedisStore>>,
+    pub spans: Option<&'a Arc<Exporter>>,
     /// The cache of the generation serving now.
     pub cache: Option<&'a Arc<Cache>>,
 }
@@ -137,6 +141,23 @@ impl Snapshot {
                 r,
                 parts.metrics.redis_up.clone(),
             )?)),
+        };
+        let spans = match (
+            config.tracing.as_ref().and_then(|t| t.otlp.as_ref()),
+            parts.spans,
+        ) {
+            (None, _) => None,
+            (Some(c), Some(kept)) if kept.collector == *c => Some(kept.clone()),
+            (Some(c), _) => {
+                let m = parts.metrics;
+                let dropped = |r: &str| m.tracing_spans_dropped_total.with_label_values(&[r]);
+                let counters = export::Counters {
+                    exported: m.tracing_spans_exported_total.clone(),
+                    queue_full: dropped("queue_full"),
+                    export_failed: dropped("export_failed"),
+                };
+                Some(Exporter::start(c, counters).map_err(|e| format!("tracing.otlp: {e}"))?)
+            }
         };
         let limiters = crate::limits::build(&config.rate_limits, parts.limiters, redis.as_ref());
         let mut listeners = HashMap::new();
@@ -201,7 +222,7 @@ impl Snapshot {
                     &config,
                     &http_upstreams,
                     parts.metrics,
-                    cache.as_ref(),
+                    (cache.as_ref(), spans.as_ref()),
                     &|name| applied(name),
                 ))),
             };
@@ -259,6 +280,7 @@ impl Snapshot {
             listeners,
             limiters,
             redis,
+            spans,
         })
     }
 
@@ -285,6 +307,7 @@ impl Snapshot {
             listeners: HashMap::new(),
             limiters: HashMap::new(),
             redis: None,
+            spans: None,
         }
     }
 }

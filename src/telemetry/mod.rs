@@ -1,6 +1,9 @@
 //! Trace context (W3C Trace Context, `traceparent`): read from a request or started
 //! by head sampling, and passed to the backend with fulcrum's own span as the parent.
-//! Shared by the engines; pure apart from the random ids.
+//! Shared by the engines; pure apart from the random ids. `export` sends sampled
+//! requests' spans to an OpenTelemetry collector.
+
+pub mod export;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -67,7 +70,7 @@ impl TraceContext {
     /// `traceparent` is valid (its sampled flag honoured), else a new trace, sampled
     /// with probability `sample`.
     pub fn of(headers: &HeaderMap, sample: f64) -> TraceContext {
-        let span_id = nonzero8();
+        let span_id = new_span_id();
         match headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
             Some((trace_id, parent, sampled)) => TraceContext {
                 trace_id,
@@ -77,7 +80,7 @@ impl TraceContext {
             },
             None => {
                 let mut trace_id = [0u8; 16];
-                trace_id[..8].copy_from_slice(&nonzero8());
+                trace_id[..8].copy_from_slice(&new_span_id());
                 trace_id[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
                 TraceContext {
                     trace_id,
@@ -98,11 +101,17 @@ impl TraceContext {
 
     /// The `traceparent` a backend gets: this trace, fulcrum's span as the parent.
     pub fn header(&self) -> HeaderValue {
+        self.header_for(self.span_id)
+    }
+
+    /// The `traceparent` of a request sent from span `parent` of this trace (one
+    /// attempt's span, when spans are exported).
+    pub fn header_for(&self, parent: [u8; 8]) -> HeaderValue {
         let mut s = String::with_capacity(55);
         s.push_str("00-");
         hex(&self.trace_id, &mut s);
         s.push('-');
-        hex(&self.span_id, &mut s);
+        hex(&parent, &mut s);
         s.push_str(if self.sampled { "-01" } else { "-00" });
         HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -117,7 +126,8 @@ impl TraceContext {
     }
 }
 
-fn nonzero8() -> [u8; 8] {
+/// A new span id (never all zero).
+pub fn new_span_id() -> [u8; 8] {
     fastrand::u64(1..).to_be_bytes()
 }
 

@@ -333,6 +333,22 @@ pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
     raw_exchange_within(addr, raw, Duration::from_secs(10)).await
 }
 
+/// To a listener with `max_header_size` of 8 KiB and a short `header_timeout`: a
+/// malformed head (the parser's 400), one too large (431), one begun and never
+/// finished (a 408, logged, no answer), and a connection that says nothing.
+pub async fn unreadable_heads(addr: SocketAddr) {
+    let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost a\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    let answer = raw_exchange(addr, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let _ = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost: a\r\n").await;
+    let _ = raw_exchange(addr, b"").await;
+}
+
 /// Writes `raw` and reads until the peer closes or stays silent for `quiet`.
 pub async fn raw_exchange_within(addr: SocketAddr, raw: &[u8], quiet: Duration) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
