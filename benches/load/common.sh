@@ -106,3 +106,45 @@ backend backend
   server b1 127.0.0.1:$3
 CONF
 }
+
+# fulcrum for case $1 on CPU 0, on port PORT[$1] in front of BACKEND_PORT, its pid in
+# PID[$1]: $2 more listener keys, $3 more top-level sections.
+start_fulcrum() { # $1 case, $2 listener keys, $3 more sections
+  fulcrum_toml "$WORK/$1.toml" "${PORT[$1]}" "$BACKEND_PORT" "$2"
+  printf '%s\n' "$3" >> "$WORK/$1.toml"
+  RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  PIDS+=($!); PID[$1]=$!
+}
+
+# Keep-alive requests per proxy CPU-second. Each case is a proxy running as PID[case]
+# on 127.0.0.1:PORT[case], loaded by wrk on CPU 1 with CONNECTIONS for DURATION.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+wrk_per_cpu() { # $1 case: prints "req/cpu-s req/s cpu-s"
+  local before after out rps cpu
+  before=$(cpu_ticks "${PID[$1]}")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:${PORT[$1]}/")
+  after=$(cpu_ticks "${PID[$1]}")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then grep "Non-2xx\|Socket errors" <<<"$out" >&2; fi
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  cpu=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')
+  awk -v r="$rps" -v c="$cpu" -v d="${DURATION%s}" 'BEGIN { printf "%.0f %s %s\n", (c > 0 ? r * d / c : 0), r, c }'
+}
+# Runs the cases REPEATS times in turn, fills EFF, RPS and CPU (associative arrays the
+# caller declares) with each case's median run, and prints them.
+measure_cases() { # $@ cases
+  local c r all
+  declare -A all
+  for r in $(seq "$REPEATS"); do
+    for c in "$@"; do
+      echo "running $c for $DURATION, $r of $REPEATS ..." >&2
+      all[$c]+="$(wrk_per_cpu "$c");"
+    done
+  done
+  printf '\n%-15s %12s %9s %12s\n' case "req/s" "cpu s" "req/cpu-s"
+  for c in "$@"; do
+    read -r EFF[$c] RPS[$c] CPU[$c] <<<"$(tr ';' '\n' <<<"${all[$c]}" | sed '/^ *$/d' |
+      sort -g -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')"
+    printf '%-15s %12s %9s %12s\n' "$c" "${RPS[$c]}" "${CPU[$c]}" "${EFF[$c]}"
+  done
+  echo
+}

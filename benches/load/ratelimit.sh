@@ -40,12 +40,6 @@ RULE='[rate_limit.never]
 key = "client_ip"
 rate = "1000000000/s"'
 declare -A PID
-start_fulcrum() { # $1 case, $2 listener keys, $3 more sections
-  fulcrum_toml "$WORK/$1.toml" "${PORT[$1]}" "$BACKEND_PORT" "$2"
-  printf '%s\n' "$3" >> "$WORK/$1.toml"
-  RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
-  PIDS+=($!); PID[$1]=$!
-}
 start_fulcrum fulcrum-none "" ""
 start_fulcrum fulcrum-local 'rate_limit = "never"' "$RULE"
 start_fulcrum fulcrum-redis 'rate_limit = "never"' "$RULE
@@ -72,35 +66,8 @@ for c in "${!PORT[@]}"; do
   [ "$code" = 200 ] || { echo "$c answered $code" >&2; exit 1; }
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICKS=$(getconf CLK_TCK)
-run() { # $1 case: prints "req/cpu-s req/s cpu-s"
-  local before after out rps cpu
-  before=$(cpu_ticks "${PID[$1]}")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:${PORT[$1]}/")
-  after=$(cpu_ticks "${PID[$1]}")
-  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then grep "Non-2xx\|Socket errors" <<<"$out" >&2; fi
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  cpu=$(awk -v t="$((after - before))" -v hz="$TICKS" 'BEGIN {printf "%.2f", t / hz}')
-  awk -v r="$rps" -v c="$cpu" -v d="${DURATION%s}" 'BEGIN { printf "%.0f %s %s\n", (c > 0 ? r * d / c : 0), r, c }'
-}
-
-CASES="fulcrum-none fulcrum-local fulcrum-redis haproxy-none haproxy-stick"
-declare -A ALL
-for r in $(seq "$REPEATS"); do
-  for c in $CASES; do
-    echo "running $c for $DURATION, $r of $REPEATS ..." >&2
-    ALL[$c]+="$(run "$c");"
-  done
-done
-median() { tr ';' '\n' | sed '/^ *$/d' | sort -g -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 declare -A EFF RPS CPU
-printf '\n%-15s %12s %9s %12s\n' case "req/s" "cpu s" "req/cpu-s"
-for c in $CASES; do
-  read -r EFF[$c] RPS[$c] CPU[$c] <<<"$(median <<<"${ALL[$c]}")"
-  printf '%-15s %12s %9s %12s\n' "$c" "${RPS[$c]}" "${CPU[$c]}" "${EFF[$c]}"
-done
-echo
+measure_cases fulcrum-none fulcrum-local fulcrum-redis haproxy-none haproxy-stick
 echo "fulcrum local rule / no rule, req/cpu-s: $(ratio "${EFF[fulcrum-local]}" "${EFF[fulcrum-none]}")"
 echo "fulcrum redis rule / no rule, req/cpu-s: $(ratio "${EFF[fulcrum-redis]}" "${EFF[fulcrum-none]}")"
 echo "haproxy stick table / no rule, req/cpu-s: $(ratio "${EFF[haproxy-stick]}" "${EFF[haproxy-none]}")"

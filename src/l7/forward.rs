@@ -25,7 +25,6 @@ use super::{ConnCtx, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::balance::hash_bytes;
 use crate::config::HashKey;
-use crate::telemetry::TRACEPARENT;
 use crate::upstream::{hash_ip, Lease, NoLease, Outcome, PickContext};
 
 /// Most tries one request makes, whatever `retries` says.
@@ -97,15 +96,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes what the client sent under the names fulcrum sets itself (`Host`,
 /// `X-Forwarded-*`, `X-Request-Id`, `Content-Length`): one pass over the names, and a
 /// removal only for those present. Returns `X-Forwarded-For` with the client (`ip`)
-/// appended, and whether the client said `Content-Length: 0`.
-fn take_own_fields(headers: &mut HeaderMap, ip: &HeaderValue) -> (HeaderValue, bool) {
+/// appended, whether the client said `Content-Length: 0`, and whether it sent
+/// `tracestate`.
+fn take_own_fields(headers: &mut HeaderMap, ip: &HeaderValue) -> (HeaderValue, bool, bool) {
     static OWN: [&HeaderName; 4] = [
         &header::HOST,
         &X_FORWARDED_PROTO,
         &X_FORWARDED_HOST,
         &X_REQUEST_ID,
     ];
-    let (mut xff, mut length) = (false, false);
+    let (mut xff, mut length, mut tracestate) = (false, false, false);
     let mut own = [false; 4];
     for name in headers.keys() {
         if *name == X_FORWARDED_FOR {
@@ -114,6 +114,8 @@ fn take_own_fields(headers: &mut HeaderMap, ip: &HeaderValue) -> (HeaderValue, b
             length = true;
         } else if let Some(i) = OWN.iter().position(|o| *o == name) {
             own[i] = true;
+        } else if *name == crate::telemetry::TRACESTATE {
+            tracestate = true;
         }
     }
     let value = if xff {
@@ -132,7 +134,7 @@ fn take_own_fields(headers: &mut HeaderMap, ip: &HeaderValue) -> (HeaderValue, b
             headers.remove(name);
         }
     }
-    (value, said_empty)
+    (value, said_empty, tracestate)
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -255,7 +257,7 @@ fn upstream_head(
         None
     };
     strip_hop_by_hop(&mut headers);
-    let (forwarded_for, said_empty) = take_own_fields(&mut headers, &f.ctx.peer_ip);
+    let (forwarded_for, said_empty, tracestate) = take_own_fields(&mut headers, &f.ctx.peer_ip);
     // Framing is decided from the body when the head is written: never the client's
     // here. An empty body of a method that usually has one still says so, or some
     // backends answer 411.
@@ -265,6 +267,7 @@ fn upstream_head(
         forwarded_proto: Some(HeaderValue::from_static(f.settings.scheme)),
         forwarded_host: f.host.map(|h| h.header().clone()),
         request_id: Some(f.request_id.clone()),
+        traceparent: None,
         empty_length: !has_body
             && (said_empty || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)),
     };
@@ -280,7 +283,8 @@ fn upstream_head(
         }
     }
     if let Some(t) = &f.trace {
-        t.apply(&mut headers);
+        t.strip(&mut headers, tracestate);
+        added.traceparent = Some(t.encoded(t.span_id));
     }
     let rules = [f.settings.request_headers.as_ref(), f.request_headers];
     if rules.iter().any(Option::is_some) {
@@ -502,10 +506,10 @@ async fn attempts(
         );
         exchange.attempts = exchange.attempts.saturating_add(1);
         if let (Some(span), Some(t)) = (&span, &f.trace) {
-            sending
-                .head
-                .headers
-                .insert(TRACEPARENT.clone(), t.header_for(span.id()));
+            // (Unless a header rule removed it.)
+            if sending.head.added.traceparent.is_some() {
+                sending.head.added.traceparent = Some(t.encoded(span.id()));
+            }
         }
         let private;
         let pool = match f.target.proxy_protocol {

@@ -165,6 +165,8 @@ pub struct Added {
     pub forwarded_proto: Option<HeaderValue>,
     pub forwarded_host: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
+    /// With `[tracing]`: the `traceparent` fulcrum passes on, as written.
+    pub traceparent: Option<[u8; 55]>,
     /// `Content-Length: 0` for a request without a body.
     pub empty_length: bool,
 }
@@ -373,6 +375,11 @@ fn encode_head(out: &mut Vec<u8>, head: &Head, body: &RequestBody) -> bool {
         if let Some(v) = value {
             field(out, name, v);
         }
+    }
+    if let Some(v) = &added.traceparent {
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
     }
     let mut chunked = false;
     if body.is_end_stream() {
@@ -1229,6 +1236,7 @@ mod tests {
                 host: Some(HeaderValue::from_static("h")),
                 forwarded_for: Some(HeaderValue::from_static("192.0.2.1")),
                 request_id: Some(HeaderValue::from_static("id")),
+                traceparent: None,
                 empty_length: true,
                 ..Added::default()
             },

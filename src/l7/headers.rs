@@ -85,6 +85,12 @@ fn own_field<'a>(added: &'a mut Added, name: &HeaderName) -> Option<&'a mut Opti
         "x-forwarded-proto" => Some(&mut added.forwarded_proto),
         "x-forwarded-host" => Some(&mut added.forwarded_host),
         "x-request-id" => Some(&mut added.request_id),
+        // A rule on `traceparent` replaces the one fulcrum writes with [tracing],
+        // and acts on the map.
+        "traceparent" => {
+            added.traceparent = None;
+            None
+        }
         _ => None,
     }
 }
@@ -251,6 +257,7 @@ mod tests {
             forwarded_proto: Some(HeaderValue::from_static("http")),
             forwarded_host: None,
             request_id: Some(HeaderValue::from_static("abc")),
+            traceparent: None,
             empty_length: false,
         };
         let mut h = HeaderMap::new();

@@ -23,6 +23,16 @@ fn version(v: Version) -> &'static str {
     }
 }
 
+/// `ip` as text, written into `buf` (no allocation).
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
+    use std::io::Write;
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let left = w.len();
+    let n = buf.len() - left;
+    std::str::from_utf8(&buf[..n]).unwrap_or("-")
+}
+
 /// fulcrum's span for a request, when its trace is sampled and spans are exported.
 pub fn server<B>(
     s: &Settings,
@@ -38,7 +48,7 @@ pub fn server<B>(
     if let Some(h) = host {
         span.attr("server.address", h.name());
     }
-    span.attr("client.address", client.addr.ip().to_string());
+    span.attr("client.address", client.ip.to_str().unwrap_or("-"));
     span.attr("network.protocol.version", version(req.version()));
     span.attr("fulcrum.listener", &*s.listener);
     span.attr("fulcrum.request_id", request_id.to_str().unwrap_or("-"));
@@ -78,7 +88,8 @@ pub fn attempt(
     let (exporter, trace) = (s.spans.as_ref()?, trace.filter(|t| t.sampled)?);
     let mut span = Open::client(exporter, trace, method.as_str().to_owned());
     span.attr("http.request.method", method.as_str());
-    span.attr("server.address", backend.addr.ip().to_string());
+    let mut buf = [0u8; 48];
+    span.attr("server.address", ip_text(backend.addr.ip(), &mut buf));
     span.attr("server.port", i64::from(backend.addr.port()));
     span.attr("fulcrum.upstream", upstream);
     span.attr("fulcrum.backend", backend.name.as_str());

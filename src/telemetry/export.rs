@@ -13,15 +13,11 @@ use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1 as proto;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::TraceContext;
+use super::{otlp, TraceContext};
 use crate::config::Collector;
 
 /// Spans waiting for the exporter, at most.
@@ -36,26 +32,26 @@ pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const ANSWER_LIMIT: usize = 64 * 1024;
 
 /// An attribute's value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(String),
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
     Int(i64),
 }
 
-impl From<&str> for Value {
-    fn from(s: &str) -> Value {
-        Value::Str(s.to_owned())
-    }
-}
-
-impl From<String> for Value {
-    fn from(s: String) -> Value {
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Value<'a> {
         Value::Str(s)
     }
 }
 
-impl From<i64> for Value {
-    fn from(n: i64) -> Value {
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(s: &'a String) -> Value<'a> {
+        Value::Str(s)
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(n: i64) -> Self {
         Value::Int(n)
     }
 }
@@ -80,7 +76,8 @@ pub struct Span {
     pub name: String,
     pub start: SystemTime,
     pub end: SystemTime,
-    pub attributes: Vec<(&'static str, Value)>,
+    /// Written as they are added, in OTLP's encoding: one allocation per span.
+    pub attributes: Vec<u8>,
     pub error: bool,
 }
 
@@ -191,7 +188,7 @@ impl Open {
                 name,
                 start: now,
                 end: now,
-                attributes: Vec::with_capacity(12),
+                attributes: Vec::with_capacity(512),
                 error: false,
             },
             settled: false,
@@ -210,8 +207,11 @@ impl Open {
         self.span.name = name;
     }
 
-    pub fn attr(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.span.attributes.push((key, value.into()));
+    pub fn attr<'a>(&mut self, key: &str, value: impl Into<Value<'a>>) {
+        match value.into() {
+            Value::Str(v) => otlp::str_attr(&mut self.span.attributes, 9, key, v),
+            Value::Int(n) => otlp::int_attr(&mut self.span.attributes, 9, key, n),
+        }
     }
 
     /// The response's status: an error at or above `error_from` (500 for fulcrum's
@@ -371,19 +371,6 @@ async fn post(
     Ok(())
 }
 
-fn text(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        key_strindex: 0,
-        value: Some(AnyValue {
-            value: Some(match value {
-                Value::Str(s) => any_value::Value::StringValue(s),
-                Value::Int(n) => any_value::Value::IntValue(n),
-            }),
-        }),
-    }
-}
-
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -399,60 +386,35 @@ fn flags(s: &Span) -> u32 {
 
 /// One OTLP export request of `spans`, encoded.
 pub fn encode(spans: &[Span]) -> Vec<u8> {
-    use prost::Message;
-    let spans = spans
-        .iter()
-        .map(|s| proto::Span {
-            trace_id: s.trace_id.to_vec(),
-            span_id: s.span_id.to_vec(),
-            parent_span_id: s.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
+    let mut written = Vec::with_capacity(spans.len() * 640);
+    let mut scratch = Vec::with_capacity(1024);
+    for s in spans {
+        let fields = otlp::SpanFields {
+            trace_id: &s.trace_id,
+            span_id: &s.span_id,
+            parent_id: s.parent_id.as_ref(),
             flags: flags(s),
-            name: s.name.clone(),
+            name: &s.name,
             kind: match s.kind {
-                Kind::Server => proto::span::SpanKind::Server as i32,
-                Kind::Client => proto::span::SpanKind::Client as i32,
+                Kind::Server => 2,
+                Kind::Client => 3,
             },
-            start_time_unix_nano: nanos(s.start),
-            end_time_unix_nano: nanos(s.end),
-            attributes: s
-                .attributes
-                .iter()
-                .map(|(k, v)| text(k, v.clone()))
-                .collect(),
-            status: s.error.then(|| proto::Status {
-                code: proto::status::StatusCode::Error as i32,
-                message: String::new(),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![proto::ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![
-                    text("service.name", Value::from("fulcrum")),
-                    text("service.version", Value::from(env!("CARGO_PKG_VERSION"))),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![proto::ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "fulcrum".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
+            start_ns: nanos(s.start),
+            end_ns: nanos(s.end),
+            attributes: &s.attributes,
+            error: s.error,
+        };
+        otlp::span(&mut written, &fields, &mut scratch);
     }
-    .encode_to_vec()
+    otlp::request(&written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use opentelemetry_proto::tonic::trace::v1 as proto;
     use prost::Message;
 
     #[tokio::test]
@@ -473,6 +435,7 @@ mod tests {
             parent_id: None,
             span_id: [2; 8],
             sampled: true,
+            incoming: false,
         };
         for _ in 0..QUEUE + BATCH + 100 {
             drop(Open::server(&exporter, &t, "GET".into()));
@@ -485,13 +448,14 @@ mod tests {
         assert_eq!(counters.exported.get(), 0);
     }
 
-    #[test]
-    fn spans_are_encoded_with_their_links_and_attributes() {
+    #[tokio::test]
+    async fn spans_are_encoded_with_their_links_and_attributes() {
         let t = TraceContext {
             trace_id: [7; 16],
             parent_id: Some([9; 8]),
             span_id: [3; 8],
             sampled: true,
+            incoming: false,
         };
         let span = Span {
             trace_id: t.trace_id,
@@ -502,11 +466,55 @@ mod tests {
             name: "GET".into(),
             start: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             end: SystemTime::UNIX_EPOCH + Duration::from_secs(2),
-            attributes: vec![("http.response.status_code", Value::Int(503))],
+            attributes: Vec::new(),
             error: true,
         };
-        let decoded = ExportTraceServiceRequest::decode(encode(&[span]).as_slice()).unwrap();
-        let s = &decoded.resource_spans[0].scope_spans[0].spans[0];
+        let mut open = Open {
+            exporter: Exporter::start(
+                &Collector::parse("http://127.0.0.1:9").unwrap(),
+                Counters {
+                    exported: IntCounter::new("e", "e").unwrap(),
+                    queue_full: IntCounter::new("q", "q").unwrap(),
+                    export_failed: IntCounter::new("f", "f").unwrap(),
+                },
+            )
+            .unwrap(),
+            span,
+            settled: true,
+        };
+        open.attr("http.response.status_code", 503i64);
+        open.attr("url.path", "/ü/a");
+        open.attr("fulcrum.retries", -1i64);
+        let mut span = open.span.clone();
+        let mut other = span.clone();
+        other.parent_id = None;
+        other.kind = Kind::Client;
+        other.error = false;
+        other.attributes.clear();
+        span.name = "x".repeat(300);
+        let decoded = ExportTraceServiceRequest::decode(encode(&[span, other]).as_slice()).unwrap();
+        let rs = &decoded.resource_spans[0];
+        let resource = &rs.resource.as_ref().unwrap().attributes;
+        assert_eq!(resource[0].key, "service.name");
+        assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "fulcrum");
+        let s = &rs.scope_spans[0].spans[0];
+        assert_eq!(s.name.len(), 300);
+        let value = |i: usize| {
+            s.attributes[i]
+                .value
+                .as_ref()
+                .unwrap()
+                .value
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(value(0), Any::IntValue(503));
+        assert_eq!(s.attributes[1].key, "url.path");
+        assert_eq!(value(1), Any::StringValue("/ü/a".into()));
+        assert_eq!(value(2), Any::IntValue(-1));
+        let c = &rs.scope_spans[0].spans[1];
+        assert!(c.parent_span_id.is_empty() && c.status.is_none() && c.attributes.is_empty());
+        assert_eq!(c.kind, proto::span::SpanKind::Client as i32);
         assert_eq!(s.trace_id, vec![7; 16]);
         assert_eq!(s.parent_span_id, vec![9; 8]);
         assert_eq!(s.kind, proto::span::SpanKind::Server as i32);
@@ -514,5 +522,6 @@ mod tests {
         assert_eq!(s.flags, 0x301);
         assert_eq!(s.status.as_ref().unwrap().code, 2);
         assert_eq!(s.attributes[0].key, "http.response.status_code");
+        assert_eq!(s.span_id, vec![3; 8]);
     }
 }

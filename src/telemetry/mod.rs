@@ -4,6 +4,7 @@
 //! requests' spans to an OpenTelemetry collector.
 
 pub mod export;
+mod otlp;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -19,6 +20,9 @@ pub struct TraceContext {
     /// fulcrum's own span, the parent of the backend request.
     pub span_id: [u8; 8],
     pub sampled: bool,
+    /// The request came with a `traceparent` (valid or not), which the backend's
+    /// replaces.
+    pub incoming: bool,
 }
 
 fn hex_to<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -36,11 +40,22 @@ fn hex_to<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn hex(bytes: &[u8], out: &mut String) {
+/// Every byte's two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// `bytes` as lower-case hex digits into `out` (twice as long).
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        o.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
@@ -71,12 +86,14 @@ impl TraceContext {
     /// with probability `sample`.
     pub fn of(headers: &HeaderMap, sample: f64) -> TraceContext {
         let span_id = new_span_id();
-        match headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
+        let incoming = headers.get(&TRACEPARENT);
+        match incoming.and_then(|v| parse(v.as_bytes())) {
             Some((trace_id, parent, sampled)) => TraceContext {
                 trace_id,
                 parent_id: Some(parent),
                 span_id,
                 sampled,
+                incoming: true,
             },
             None => {
                 let mut trace_id = [0u8; 16];
@@ -87,6 +104,7 @@ impl TraceContext {
                     parent_id: None,
                     span_id,
                     sampled: fastrand::f64() < sample,
+                    incoming: incoming.is_some(),
                 }
             }
         }
@@ -94,9 +112,9 @@ impl TraceContext {
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id_hex(&self) -> String {
-        let mut s = String::with_capacity(32);
+        let mut s = [0u8; 32];
         hex(&self.trace_id, &mut s);
-        s
+        String::from_utf8_lossy(&s).into_owned()
     }
 
     /// The `traceparent` a backend gets: this trace, fulcrum's span as the parent.
@@ -107,20 +125,33 @@ impl TraceContext {
     /// The `traceparent` of a request sent from span `parent` of this trace (one
     /// attempt's span, when spans are exported).
     pub fn header_for(&self, parent: [u8; 8]) -> HeaderValue {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        hex(&self.trace_id, &mut s);
-        s.push('-');
-        hex(&parent, &mut s);
-        s.push_str(if self.sampled { "-01" } else { "-00" });
-        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_bytes(&self.encoded(parent))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// Sets the backend request's `traceparent`; `tracestate` goes on only with the
-    /// caller's valid `traceparent` (a new trace has none).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(TRACEPARENT.clone(), self.header());
-        if self.parent_id.is_none() {
+    /// [`TraceContext::header_for`]'s value as bytes, written into a request head as
+    /// they are (no header value to build).
+    pub fn encoded(&self, parent: [u8; 8]) -> [u8; 55] {
+        let mut s = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex(&self.trace_id, &mut s[3..35]);
+        hex(&parent, &mut s[36..52]);
+        if self.sampled {
+            s[54] = b'1';
+        }
+        s
+    }
+
+    /// Takes the caller's trace fields off a request going to a backend (whose
+    /// `traceparent` fulcrum writes itself, see [`TraceContext::header`]):
+    /// `traceparent`, and `tracestate` unless it goes with the caller's valid
+    /// `traceparent` (a new trace has none).
+    /// `tracestate`: whether the request has one (the caller may know it without a
+    /// lookup).
+    pub fn strip(&self, headers: &mut HeaderMap, tracestate: bool) {
+        if self.incoming {
+            headers.remove(&TRACEPARENT);
+        }
+        if self.parent_id.is_none() && tracestate {
             headers.remove(&TRACESTATE);
         }
     }
@@ -167,8 +198,9 @@ mod tests {
         let ctx = TraceContext::of(&h, 0.0);
         assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(ctx.sampled, "the caller's sampled flag is honoured");
-        ctx.apply(&mut h);
-        let sent = h[&TRACEPARENT].to_str().unwrap().to_string();
+        ctx.strip(&mut h, true);
+        assert!(h.get(&TRACEPARENT).is_none());
+        let sent = ctx.header().to_str().unwrap().to_string();
         let (trace, parent, sampled) = parse(sent.as_bytes()).unwrap();
         assert_eq!(trace, ctx.trace_id);
         assert_eq!(parent, ctx.span_id);
@@ -185,11 +217,13 @@ mod tests {
         let never = TraceContext::of(&h, 0.0);
         assert!(!never.sampled && never.parent_id.is_none());
         assert!(TraceContext::of(&h, 1.0).sampled);
-        never.apply(&mut h);
+        never.strip(&mut h, true);
         assert!(
             h.get(&TRACESTATE).is_none(),
             "a new trace carries no tracestate"
         );
-        assert!(parse(h[&TRACEPARENT].as_bytes()).is_some());
+        assert!(h.get(&TRACEPARENT).is_none());
+        assert!(parse(never.header().as_bytes()).is_some());
+        assert!(never.header().as_bytes().ends_with(b"-00"));
     }
 }
