@@ -598,12 +598,8 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             "`listener[0].tls.acme`",
         ),
         (
-            http("", "", "protocol = \"h2c\"", ""),
-            "`upstream.app.protocol`",
-        ),
-        (
-            http("", "", "h2_keepalive = \"30s\"", ""),
-            "`upstream.app.h2_keepalive`",
+            http("", "", "protocol = \"auto\"", ""),
+            "`upstream.app.protocol` \"auto\"",
         ),
         (
             http("", "", "srv = \"_grpc._tcp.api\"", ""),
@@ -699,6 +695,22 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "", "[redis]\nurl = \"redis://127.0.0.1\"\ntimeout = \"0s\"\n"),
             "`redis.timeout` must be greater than zero",
+        ),
+        (
+            file("", "", "[upstream.h]\nprotocol = \"h3\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+            "`upstream.h.protocol` must be \"http1\", \"h2c\", \"h2\" or \"auto\", got \"h3\"",
+        ),
+        (
+            file("", "", "[upstream.h]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+            "`upstream.h.protocol` \"h2\" needs tls",
+        ),
+        (
+            file("", "", "[upstream.h]\nprotocol = \"h2c\"\nproxy_protocol = \"v2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+            "`upstream.h.proxy_protocol` cannot be combined with an HTTP/2 protocol",
+        ),
+        (
+            file("", "", "[upstream.h]\nprotocol = \"h2c\"\nh2_keepalive = \"0s\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+            "`upstream.h.h2_keepalive` must be greater than zero",
         ),
         (
             file("", "", "[tracing]\nsample = 1.5\n"),

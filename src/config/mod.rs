@@ -256,6 +256,25 @@ impl PartialEq for ListenerTls {
     }
 }
 
+/// `upstream.NAME.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn is_http2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
+}
+
+pub const DEFAULT_H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// One `[[listener.route]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
@@ -428,6 +447,10 @@ pub struct Upstream {
     pub queue_timeout: Duration,
     /// A PROXY header on every new backend connection: `Some(true)` v2, `Some(false)` v1.
     pub proxy_protocol: Option<bool>,
+    /// How the HTTP engine speaks to the backends.
+    pub protocol: UpstreamProtocol,
+    /// PING interval on HTTP/2 connections to the backends.
+    pub h2_keepalive: Duration,
 }
 
 /// `upstream.NAME.tls`: TLS to the backends, verified.
@@ -1842,6 +1865,28 @@ impl Validator<'_> {
                     None
                 }
             });
+        let protocol = self.upstream_protocol(&key("protocol"), u, tls.is_some());
+        if protocol.is_http2() && proxy_protocol.is_some() {
+            if let Some(p) = &u.proxy_protocol {
+                self.err(
+                    Some(p.span()),
+                    key("proxy_protocol"),
+                    "cannot be combined with an HTTP/2 protocol: a PROXY header names one \
+                     client, an HTTP/2 connection carries many",
+                );
+            }
+        }
+        let h2_keepalive =
+            self.duration(&u.h2_keepalive, &key("h2_keepalive"), DEFAULT_H2_KEEPALIVE);
+        if h2_keepalive.is_zero() {
+            if let Some(k) = &u.h2_keepalive {
+                self.err(
+                    Some(k.span()),
+                    key("h2_keepalive"),
+                    "must be greater than zero",
+                );
+            }
+        }
         let max_connections_per_backend = self.int(
             &u.max_connections_per_backend,
             &key("max_connections_per_backend"),
@@ -1867,7 +1912,45 @@ impl Validator<'_> {
             health,
             tls,
             proxy_protocol,
+            protocol,
+            h2_keepalive,
         })
+    }
+
+    fn upstream_protocol(&mut self, key: &str, u: &RawUpstream, tls: bool) -> UpstreamProtocol {
+        let Some(p) = &u.protocol else {
+            return UpstreamProtocol::Http1;
+        };
+        let (value, span) = (p.get_ref().as_str(), Some(p.span()));
+        match value {
+            "http1" => UpstreamProtocol::Http1,
+            "h2c" if tls => {
+                self.err(
+                    span,
+                    key,
+                    "\"h2c\" is HTTP/2 over plain TCP; with tls use \"h2\"",
+                );
+                UpstreamProtocol::Http1
+            }
+            "h2c" => UpstreamProtocol::H2c,
+            "h2" if !tls => {
+                self.err(span, key, "\"h2\" needs tls (use \"h2c\" for plain TCP)");
+                UpstreamProtocol::Http1
+            }
+            "h2" => UpstreamProtocol::H2,
+            "auto" => {
+                self.err(span, key, "\"auto\" not supported yet");
+                UpstreamProtocol::Http1
+            }
+            other => {
+                self.err(
+                    span,
+                    key,
+                    format!("must be \"http1\", \"h2c\", \"h2\" or \"auto\", got {other:?}"),
+                );
+                UpstreamProtocol::Http1
+            }
+        }
     }
 
     /// A PEM file of CA certificates (relative to the config file's directory), each

@@ -211,8 +211,8 @@ pub struct RawUpstream {
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub sticky: Option<Spanned<RawSticky>>,
     pub health: Option<Spanned<RawHealth>>,
-    pub protocol: Later,
-    pub h2_keepalive: Later,
+    pub protocol: Option<Spanned<String>>,
+    pub h2_keepalive: Option<Spanned<String>>,
     pub proxy_protocol: Option<Spanned<String>>,
     pub srv: Later,
 }

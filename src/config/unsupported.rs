@@ -46,14 +46,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_upstream(&mut self, key: &str, u: &RawUpstream) {
-        self.refuse(
-            key,
-            &[
-                ("protocol", at(&u.protocol)),
-                ("h2_keepalive", at(&u.h2_keepalive)),
-                ("srv", at(&u.srv)),
-            ],
-        );
+        self.refuse(key, &[("srv", at(&u.srv))]);
         if let Some(h) = &u.health {
             self.refuse(
                 &format!("{key}.health"),

@@ -132,11 +132,21 @@ pub fn bind(config: &Failover) -> io::Result<Bound> {
 /// Binds both sockets at `addr`; with port 0 the TCP one takes the port the UDP one
 /// was given.
 pub fn bind_at(addr: SocketAddr) -> io::Result<Bound> {
-    let heartbeat = std::net::UdpSocket::bind(addr)?;
-    heartbeat.set_nonblocking(true)?;
-    let exits = std::net::TcpListener::bind(heartbeat.local_addr()?)?;
-    exits.set_nonblocking(true)?;
-    Ok(Bound { heartbeat, exits })
+    // Port 0: the port the UDP socket gets may be taken for TCP (ephemeral ports are
+    // shared by outgoing connections); another is tried.
+    let mut tries = if addr.port() == 0 { 16 } else { 1 };
+    loop {
+        let heartbeat = std::net::UdpSocket::bind(addr)?;
+        heartbeat.set_nonblocking(true)?;
+        match std::net::TcpListener::bind(heartbeat.local_addr()?) {
+            Ok(exits) => {
+                exits.set_nonblocking(true)?;
+                return Ok(Bound { heartbeat, exits });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What the rest of the process sees of a running driver: its role, and the way to

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -36,6 +36,8 @@ struct Spec {
     /// The upstream sends PROXY headers (`Some(true)`: v2): http checks start with a
     /// `LOCAL` (v1: `UNKNOWN`) one, as a backend that expects them needs.
     proxy_protocol: Option<bool>,
+    /// The upstream speaks HTTP/2 (`h2c`, `h2`): http checks do too.
+    http2: bool,
 }
 
 struct Running {
@@ -71,6 +73,7 @@ impl Supervisor {
                         health: health.clone(),
                         tls: u.tls.clone(),
                         proxy_protocol: u.proxy_protocol,
+                        http2: u.protocol.is_http2(),
                     },
                 );
             }
@@ -127,7 +130,7 @@ async fn check_loop(
     stop: CancellationToken,
 ) {
     let tls = match &spec.tls {
-        Some(t) => match BackendTls::new(t, &[b"http/1.1"]) {
+        Some(t) => match BackendTls::new(t, if spec.http2 { &[b"h2"] } else { &[b"http/1.1"] }) {
             Ok(tls) => Some(tls),
             Err(e) => {
                 warn!(upstream = %upstream, backend = %spec.name, error = %e, "health checks cannot set up TLS");
@@ -202,19 +205,35 @@ async fn http_probe<S>(spec: &Spec, stream: S) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(conn);
-    let req = Request::get(spec.health.path.as_str())
-        .header(header::HOST, spec.host.as_str())
-        .header(header::USER_AGENT, "fulcrum-health-check")
-        .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
-    conn.abort();
-    let status = resp?.status().as_u16();
+    let status = if spec.http2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(conn);
+        let scheme = if spec.tls.is_some() { "https" } else { "http" };
+        let req = Request::get(format!("{scheme}://{}{}", spec.host, spec.health.path))
+            .header(header::USER_AGENT, "fulcrum-health-check")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+        conn.abort();
+        resp?.status().as_u16()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(conn);
+        let req = Request::get(spec.health.path.as_str())
+            .header(header::HOST, spec.host.as_str())
+            .header(header::USER_AGENT, "fulcrum-health-check")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+        conn.abort();
+        resp?.status().as_u16()
+    };
     let (lo, hi) = spec.health.expect_status;
     if (lo..=hi).contains(&status) {
         Ok(())

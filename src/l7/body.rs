@@ -47,9 +47,18 @@ impl Drop for UpstreamBody {
     }
 }
 
+/// A backend's HTTP/2 response body (trailers included), with the lease and the
+/// request's place on its connection, both held until it ends.
+pub struct Upstream2Body {
+    pub inner: hyper::body::Incoming,
+    pub in_flight: Option<super::h2::InFlight>,
+    pub lease: Option<Lease>,
+}
+
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    Upstream2(Box<Upstream2Body>),
     Static(Box<hyper_staticfile::Body>),
     /// On its way to the client and into the cache.
     Tee(Box<crate::cache::tee::Tee<ResponseBody>>),
@@ -89,6 +98,21 @@ impl Body for ResponseBody {
                 }
                 other => other,
             },
+            ResponseBody::Upstream2(u) => match Pin::new(&mut u.inner).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    u.in_flight.take();
+                    u.lease.take();
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(lease) = u.lease.as_mut() {
+                        lease.set_outcome(crate::upstream::Outcome::Failure);
+                    }
+                    Poll::Ready(Some(Err(Box::new(e) as BoxError)))
+                }
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Pending => Poll::Pending,
+            },
             ResponseBody::Static(s) => Pin::new(s)
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
@@ -102,6 +126,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Upstream(u) => u.inner.is_end_stream(),
+            ResponseBody::Upstream2(u) => u.inner.is_end_stream(),
             ResponseBody::Static(s) => s.is_end_stream(),
             ResponseBody::Tee(t) => t.is_end_stream(),
             ResponseBody::Fill(f) => f.is_end_stream(),
@@ -113,6 +138,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ResponseBody::Upstream(u) => u.inner.size_hint(),
+            ResponseBody::Upstream2(u) => u.inner.size_hint(),
             ResponseBody::Static(s) => s.size_hint(),
             ResponseBody::Tee(t) => t.size_hint(),
             ResponseBody::Fill(f) => f.size_hint(),

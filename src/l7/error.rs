@@ -72,6 +72,39 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The gRPC status a gRPC client gets for the error (fulcrum answers gRPC
+    /// requests as gRPC: HTTP 200 with `grpc-status`), and its message.
+    pub fn grpc_status(&self) -> (u8, &'static str) {
+        match self {
+            ProxyError::NoBackend | ProxyError::Queue(_) | ProxyError::Connect(_) => {
+                (14, "no backend available")
+            }
+            ProxyError::Backend(_) => (13, "the backend failed"),
+            ProxyError::Timeout(_) | ProxyError::BodyTimeout => (4, "deadline exceeded"),
+            ProxyError::RateLimited => (8, "over the rate limit"),
+            ProxyError::BodyTooLarge => (8, "request too large"),
+            ProxyError::Denied => (7, "denied"),
+            ProxyError::NoRoute => (12, "no route"),
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => (3, "malformed request"),
+        }
+    }
+}
+
+/// A trailers-only gRPC response carrying `error`'s status.
+pub fn grpc(error: &ProxyError) -> Response<Bytes> {
+    let (code, message) = error.grpc_status();
+    let mut r = Response::new(Bytes::new());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert("grpc-message", HeaderValue::from_static(message));
+    r
+}
+
 /// A short plain-text response for `status`: its code and reason, nothing else.
 pub fn plain(status: StatusCode) -> Response<Bytes> {
     let body = Bytes::from(format!(

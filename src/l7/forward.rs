@@ -13,11 +13,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use super::body::{ResponseBody, UpstreamBody};
+use super::body::{ResponseBody, Upstream2Body, UpstreamBody};
 use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::h1::{self, Head, KEEP_ALIVE, PROXY_CONNECTION};
+use super::h2;
 use super::host::RequestHost;
+use super::pool::BackendPool;
 use super::request_body::{BodyStats, RequestBody};
 use super::spans;
 use super::sticky::{cookie, StickyCookie};
@@ -365,7 +367,14 @@ pub async fn forward(
     f: &Forwarding<'_>,
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let upgrade = wants_upgrade(&req, f.upgrades);
+    // HTTP/2 backends: no HTTP/1.1 upgrade; `TE: trailers` passes (RFC 9113 8.2.2).
+    let upgrade = f.target.http2.is_none() && wants_upgrade(&req, f.upgrades);
+    let te_trailers = f.target.http2.is_some()
+        && req.headers().get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let up = &f.target.upstream;
     let choice = Choice {
@@ -409,6 +418,7 @@ pub async fn forward(
         head: &mut head,
         retriable,
         body_deadline,
+        te_trailers,
     };
     let answered = attempts(&mut sending, body, &choice, f, exchange).await?;
     relay(answered, client_upgrade, &choice, f, exchange)
@@ -430,13 +440,21 @@ struct Sending<'a> {
     retriable: bool,
     /// When the request body must have arrived whole.
     body_deadline: tokio::time::Instant,
+    /// HTTP/2 backends: the client said `TE: trailers` (gRPC needs it passed on).
+    te_trailers: bool,
 }
 
 /// The backend's answer, with the lease and the index of the backend that gave it.
 struct Answered {
-    resp: h1::Response,
+    resp: Answer,
     lease: Lease,
     index: usize,
+}
+
+/// A backend's response head, by the protocol it came in.
+enum Answer {
+    H1(h1::Response),
+    H2(h2::Answer),
 }
 
 /// What the attempts so far have left: the backends tried and the last error.
@@ -475,6 +493,7 @@ async fn attempts(
         failures: 0,
         last_error: ProxyError::NoBackend,
     };
+    let mut unsent_h2 = 0;
     while tries.failures < tries.allowed {
         let sticky_lease = match choice.sticky {
             Some((_, Some(i))) if !tries.tried.contains(&i) => up.pick_backend(i),
@@ -521,6 +540,70 @@ async fn attempts(
         };
         let timings = &f.target.timings[i];
         let connect_started = tokio::time::Instant::now();
+        if let Some(keepalive) = f.target.http2 {
+            match attempt_h2(
+                sending,
+                &mut body,
+                (pool, keepalive),
+                (&mut lease, i),
+                f,
+                exchange,
+            )
+            .await
+            {
+                H2Try::Answered(resp) => {
+                    if let Some(span) = span.as_mut() {
+                        span.status(resp.response.status().as_u16(), 400);
+                    }
+                    return Ok(Answered {
+                        resp: Answer::H2(resp),
+                        lease,
+                        index: i,
+                    });
+                }
+                H2Try::Unsent { fresh } => {
+                    // Never sent (a connection closing or refusing new streams): again,
+                    // on another connection; counted against the backend when the
+                    // connection was new, or when it happens twice.
+                    unsent_h2 += 1;
+                    if fresh || unsent_h2 > 1 {
+                        if let Some(span) = span.as_mut() {
+                            span.fail("backend");
+                        }
+                        tries.failed(
+                            &mut lease,
+                            i,
+                            ProxyError::Backend("HTTP/2 stream refused".into()),
+                        );
+                    }
+                    continue;
+                }
+                H2Try::Failed { error, again } => {
+                    if let Some(span) = span.as_mut() {
+                        span.fail(match error {
+                            ProxyError::Connect(_) => "connect",
+                            ProxyError::Timeout(_) => "timeout",
+                            ProxyError::BodyTooLarge | ProxyError::BodyTimeout => "request_body",
+                            _ => "backend",
+                        });
+                    }
+                    match error {
+                        e @ (ProxyError::Connect(_) | ProxyError::Backend(_)) => {
+                            tries.failed(&mut lease, i, e);
+                            if again {
+                                continue;
+                            }
+                            break;
+                        }
+                        ProxyError::Timeout(t) => {
+                            lease.set_outcome(Outcome::Failure);
+                            return Err(ProxyError::Timeout(t));
+                        }
+                        e => return Err(e),
+                    }
+                }
+            }
+        }
         let (conn, fresh) = match pool.checkout() {
             Some(c) => {
                 timings.reused.inc();
@@ -598,7 +681,7 @@ async fn attempts(
                     span.status(resp.status.as_u16(), 400);
                 }
                 return Ok(Answered {
-                    resp,
+                    resp: Answer::H1(resp),
                     lease,
                     index: i,
                 });
@@ -654,6 +737,174 @@ async fn attempts(
     Err(tries.last_error)
 }
 
+/// How one HTTP/2 attempt ended.
+enum H2Try {
+    Answered(h2::Answer),
+    /// The request never left (its body, if any, is back in place).
+    Unsent {
+        fresh: bool,
+    },
+    /// `again`: another backend may be tried (nothing was sent, or nothing of the
+    /// request can have been acted on).
+    Failed {
+        error: ProxyError,
+        again: bool,
+    },
+}
+
+/// One attempt on an HTTP/2 backend: a stream on a shared connection (opened if none
+/// has room), the request sent, its response head awaited.
+async fn attempt_h2(
+    sending: &Sending<'_>,
+    body: &mut Option<RequestBody>,
+    (pool, keepalive): (&BackendPool, Duration),
+    (lease, i): (&mut Lease, usize),
+    f: &Forwarding<'_>,
+    exchange: &mut Exchange,
+) -> H2Try {
+    let up = &f.target.upstream;
+    let timings = &f.target.timings[i];
+    let how = h2::Connect {
+        timeout: up.connect_timeout,
+        tls: f
+            .target
+            .tls
+            .as_ref()
+            .map(|t| (t, lease.backend().address.as_str())),
+        keepalive,
+    };
+    let started = tokio::time::Instant::now();
+    let (mut sender, in_flight, fresh) = match pool.h2.stream(pool, &how).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(
+                request_id = %f.request_id.to_str().unwrap_or("-"),
+                upstream = %up.name,
+                backend = %lease.backend().name,
+                backend.addr = %lease.backend().addr,
+                error = %e,
+                "connect to backend failed"
+            );
+            return H2Try::Failed {
+                error: ProxyError::Connect(e),
+                again: true,
+            };
+        }
+    };
+    if fresh {
+        let took = started.elapsed();
+        timings.connect.observe(took.as_secs_f64());
+        timings.opened.inc();
+        exchange.upstream_connect_ms = Some(took.as_millis() as u64);
+    } else {
+        timings.reused.inc();
+    }
+    exchange.backend = Some(lease.shared_backend());
+    let request_body = if sending.retriable {
+        RequestBody::empty()
+    } else {
+        match body.take() {
+            Some(b) => b,
+            None => {
+                return H2Try::Failed {
+                    error: ProxyError::NoBackend,
+                    again: false,
+                }
+            }
+        }
+    };
+    let scheme = if f.target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let req = match h2::request(
+        sending.head,
+        request_body,
+        scheme,
+        &lease.backend().address,
+        sending.te_trailers,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "request not expressible in HTTP/2");
+            return H2Try::Failed {
+                error: ProxyError::BadRequest("request target not usable"),
+                again: false,
+            };
+        }
+    };
+    let sent_at = tokio::time::Instant::now();
+    let sent = tokio::select! {
+        r = sender.try_send_request(req) => Ok(r),
+        late = deadline(exchange.body.clone(), sending.body_deadline, f) => Err(late),
+    };
+    match sent {
+        Err(Late::Body) => H2Try::Failed {
+            error: ProxyError::BodyTimeout,
+            again: false,
+        },
+        Err(Late::Backend) => H2Try::Failed {
+            error: ProxyError::Timeout(f.timeout),
+            again: false,
+        },
+        Ok(Ok(response)) => {
+            lease.set_outcome(Outcome::Success);
+            let took = sent_at.elapsed();
+            lease.record_latency(took);
+            timings.response.observe(took.as_secs_f64());
+            exchange.upstream_header_ms = Some(took.as_millis() as u64);
+            H2Try::Answered(h2::Answer {
+                response,
+                in_flight,
+            })
+        }
+        Ok(Err(mut e)) => {
+            if let Some(req) = e.take_message() {
+                pool.h2.retire(&in_flight);
+                if !sending.retriable {
+                    *body = Some(req.into_body());
+                }
+                return H2Try::Unsent { fresh };
+            }
+            let e = e.into_error();
+            if let Some(own) = request_body_error(&e) {
+                return H2Try::Failed {
+                    error: own,
+                    again: false,
+                };
+            }
+            warn!(
+                request_id = %f.request_id.to_str().unwrap_or("-"),
+                upstream = %up.name,
+                backend = %lease.backend().name,
+                error = %e,
+                "request to backend failed"
+            );
+            H2Try::Failed {
+                error: ProxyError::Backend(e.to_string()),
+                // A stream the backend refused before acting on it may go elsewhere.
+                again: sending.retriable,
+            }
+        }
+    }
+}
+
+/// fulcrum's own request body errors, found in an HTTP/2 send's error chain.
+fn request_body_error(e: &hyper::Error) -> Option<ProxyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<super::request_body::TooLarge>() {
+            return Some(ProxyError::BodyTooLarge);
+        }
+        if s.is::<super::request_body::TooLate>() {
+            return Some(ProxyError::BodyTimeout);
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// The route's timeout is for the backend's answer: it starts once the request body
 /// (if any) has been read whole, not while a client is still uploading; the upload
 /// itself has `body_timeout` from the request's start.
@@ -693,6 +944,26 @@ fn relay(
                 .cloned();
         }
     }
+    let resp = match resp {
+        Answer::H1(r) => r,
+        Answer::H2(h2::Answer {
+            response,
+            in_flight,
+        }) => {
+            let (mut parts, inner) = response.into_parts();
+            // What the client's protocol writes: its own version, no HTTP/2-only
+            // fields to strip (HTTP/2 has no connection-specific ones).
+            parts.version = Version::HTTP_11;
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::Upstream2(Box::new(Upstream2Body {
+                    inner,
+                    in_flight: Some(in_flight),
+                    lease: Some(lease),
+                })),
+            ));
+        }
+    };
     let h1::Response {
         status,
         version,

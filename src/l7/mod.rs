@@ -14,6 +14,7 @@ mod error;
 mod exchange;
 mod forward;
 mod h1;
+mod h2;
 mod headers;
 pub mod host;
 pub mod path;
@@ -87,6 +88,8 @@ pub struct UpstreamTarget {
     /// Per backend (as `pools`): response and connect times, connections opened and
     /// reused.
     pub timings: Vec<crate::admin::metrics::BackendTimings>,
+    /// `Some(PING interval)`: the backends speak HTTP/2 (`h2c`, or `h2` with `tls`).
+    pub http2: Option<Duration>,
 }
 
 impl UpstreamTarget {
@@ -97,6 +100,7 @@ impl UpstreamTarget {
         pools: &Pools,
         proxy_protocol: Option<bool>,
         metrics: &Metrics,
+        http2: Option<Duration>,
     ) -> Self {
         let timings = upstream
             .backends()
@@ -117,6 +121,7 @@ impl UpstreamTarget {
             tls,
             proxy_protocol,
             timings,
+            http2,
         }
     }
 }
@@ -743,6 +748,32 @@ fn parser_answer(e: &hyper::Error) -> Option<u16> {
     })
 }
 
+/// A gRPC call's `grpc-timeout` (digits, then `H`, `M`, `S`, `m`, `u` or `n`).
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Whether the request is a gRPC call (`content-type: application/grpc[+proto...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// A connection closed at `header_timeout` before its first request: with part of a
 /// request head received, a 408 logged and counted like every response (as nginx
 /// does, none is written: the connection is closed); with nothing, a connection
@@ -984,12 +1015,11 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         .compression
         .as_ref()
         .map(|_| compress::Asked::of(req.method(), req.headers()));
-    // A gRPC client gets fulcrum's plain errors, never an error page.
-    let grpc = !s.error_pages.is_empty()
-        && req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // A gRPC client (HTTP/2 only) gets fulcrum's errors as gRPC statuses, never an
+    // error page.
+    let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
+    // (Over HTTP/1.1 too, a gRPC content type keeps fulcrum's plain errors.)
+    let no_pages = grpc || (!s.error_pages.is_empty() && is_grpc(req.headers()));
     let result = match &host {
         Ok(h) => {
             respond(
@@ -1013,12 +1043,15 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         } else {
             debug!(request_id = %request_id.to_str().unwrap_or("-"), listener = %s.listener, status = status.as_u16(), error = %e, "request refused");
         }
+        if grpc {
+            return error::grpc(&e).map(|b| ResponseBody::Full(Some(b)));
+        }
         let mut r = error::plain(status).map(|b| ResponseBody::Full(Some(b)));
         if let Some((_, content_type, page)) = s
             .error_pages
             .iter()
             .find(|(code, _, _)| *code == status)
-            .filter(|_| !grpc)
+            .filter(|_| !no_pages)
         {
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, content_type.clone());
@@ -1183,7 +1216,12 @@ async fn respond(
                 client: client.clone(),
                 trace,
                 target: t,
-                timeout: action.timeout,
+                timeout: match t.http2 {
+                    // A gRPC call's own deadline, when shorter than the route's.
+                    Some(_) => grpc_timeout(req.headers())
+                        .map_or(action.timeout, |d| d.min(action.timeout)),
+                    None => action.timeout,
+                },
                 ctx,
                 settings: s,
                 request_id,

@@ -35,6 +35,8 @@ pub struct BackendPool {
     /// to one client connection, so that a connection that named one client is never
     /// used for another.
     header: Option<Vec<u8>>,
+    /// The backend's HTTP/2 connections (`protocol = "h2c"` or `"h2"`).
+    pub h2: super::h2::H2Pool,
 }
 
 /// Idle connections a client connection's private pool keeps per backend.
@@ -56,6 +58,7 @@ impl BackendPool {
             tls_id,
             idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
             header: None,
+            h2: Default::default(),
         }
     }
 
@@ -67,6 +70,7 @@ impl BackendPool {
             tls_id: shared.tls_id,
             idle: ArrayQueue::new(MAX_IDLE_PRIVATE),
             header: Some(header),
+            h2: Default::default(),
         }
     }
 
@@ -91,13 +95,22 @@ impl BackendPool {
         timeout: Duration,
         tls: Option<(&BackendTls, &str)>,
     ) -> Result<Conn, String> {
+        self.open_stream(timeout, tls).await.map(Conn::new)
+    }
+
+    /// A new connection's byte stream (TLS included), within `timeout`.
+    pub async fn open_stream(
+        &self,
+        timeout: Duration,
+        tls: Option<(&BackendTls, &str)>,
+    ) -> Result<Stream, String> {
         match tokio::time::timeout(timeout, self.open(tls)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
 
-    async fn open(&self, tls: Option<(&BackendTls, &str)>) -> Result<Conn, String> {
+    async fn open(&self, tls: Option<(&BackendTls, &str)>) -> Result<Stream, String> {
         let mut stream = TcpStream::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -115,7 +128,7 @@ impl BackendPool {
                     .map_err(|e| format!("TLS: {e}"))?,
             )),
         };
-        Ok(Conn::new(stream))
+        Ok(stream)
     }
 
     pub fn idle_len(&self) -> usize {

@@ -113,11 +113,18 @@ impl Body for RequestBody {
                         }
                     }
                 }
+                // A writer that stops at `is_end_stream` (HTTP/2's) never polls for
+                // the end: the body is whole with its last frame.
+                if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                    if let Some(stats) = this.stats.as_ref().filter(|s| !s.is_finished()) {
+                        stats.finish();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
-                if let Some(stats) = &this.stats {
+                if let Some(stats) = this.stats.as_ref().filter(|s| !s.is_finished()) {
                     stats.finish();
                 }
                 Poll::Ready(None)

@@ -114,8 +114,15 @@ impl Snapshot {
                 };
                 let tls = match &c.tls {
                     Some(t) => Some(
-                        crate::tls::BackendTls::new(t, &[b"http/1.1"])
-                            .map_err(|e| format!("upstream {:?}: TLS: {e}", c.name))?,
+                        crate::tls::BackendTls::new(
+                            t,
+                            if c.protocol.is_http2() {
+                                &[b"h2"]
+                            } else {
+                                &[b"http/1.1"]
+                            },
+                        )
+                        .map_err(|e| format!("upstream {:?}: TLS: {e}", c.name))?,
                     ),
                     None => None,
                 };
@@ -126,6 +133,7 @@ impl Snapshot {
                     parts.pools,
                     c.proxy_protocol,
                     parts.metrics,
+                    c.protocol.is_http2().then_some(c.h2_keepalive),
                 );
                 targets.insert(c.name.clone(), Arc::new(target));
             }

@@ -1,0 +1,220 @@
+//! HTTP/2 to a backend (`protocol = "h2c"` or `"h2"`): a few connections shared by
+//! every request, each carrying up to [`MAX_STREAMS`] requests at once; another is
+//! opened only when the open ones are full. A connection that is closed (the backend
+//! sent GOAWAY and its streams ended, PING went unanswered, an error) takes no new
+//! request and leaves the set on the next pick. Kept across generations with the
+//! backend's HTTP/1.1 pool.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Request, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::h1::{Head, Stream};
+use super::pool::BackendPool;
+use super::request_body::RequestBody;
+use crate::tls::BackendTls;
+
+/// Requests in flight on one connection before another is opened (the common
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`; a backend that allows fewer queues the rest on
+/// the connection until its streams end).
+pub const MAX_STREAMS: usize = 100;
+
+/// One connection, and the requests in flight on it.
+struct Conn {
+    sender: SendRequest<RequestBody>,
+    streams: AtomicUsize,
+}
+
+/// A request in flight on a connection: holds its place until dropped (at the end of
+/// the response body).
+pub struct InFlight {
+    conn: Arc<Conn>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.conn.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The backend's HTTP/2 connections.
+#[derive(Default)]
+pub struct H2Pool {
+    conns: ArcSwap<Vec<Arc<Conn>>>,
+    /// One connection opened at a time: a burst of requests waits for it rather than
+    /// opening one each.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for H2Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool")
+            .field("connections", &self.conns.load().len())
+            .finish()
+    }
+}
+
+/// How to open a connection.
+pub struct Connect<'a> {
+    pub timeout: Duration,
+    /// TLS (ALPN `h2`) and the backend's address as written (for the name).
+    pub tls: Option<(&'a BackendTls, &'a str)>,
+    pub keepalive: Duration,
+}
+
+impl H2Pool {
+    /// Open connections, and the requests in flight on them.
+    pub fn counts(&self) -> (usize, usize) {
+        let conns = self.conns.load();
+        let streams = conns
+            .iter()
+            .map(|c| c.streams.load(Ordering::Relaxed))
+            .sum();
+        (conns.len(), streams)
+    }
+
+    fn pick(&self) -> Option<(SendRequest<RequestBody>, InFlight)> {
+        let conns = self.conns.load();
+        for c in conns.iter() {
+            if c.sender.is_closed() {
+                continue;
+            }
+            let mut n = c.streams.load(Ordering::Acquire);
+            while n < MAX_STREAMS {
+                match c
+                    .streams
+                    .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => {
+                        return Some((c.sender.clone(), InFlight { conn: c.clone() }));
+                    }
+                    Err(now) => n = now,
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the connection of `in_flight` out of the set: it refused a new stream.
+    pub fn retire(&self, in_flight: &InFlight) {
+        self.conns.rcu(|list| {
+            list.iter()
+                .filter(|c| !Arc::ptr_eq(c, &in_flight.conn))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    /// A connection with room for one more request, opened when none has (`true`:
+    /// opened for this request).
+    pub async fn stream(
+        &self,
+        pool: &BackendPool,
+        how: &Connect<'_>,
+    ) -> Result<(SendRequest<RequestBody>, InFlight, bool), String> {
+        if let Some((s, f)) = self.pick() {
+            return Ok((s, f, false));
+        }
+        let _one = self.opening.lock().await;
+        if let Some((s, f)) = self.pick() {
+            return Ok((s, f, false));
+        }
+        let stream = pool.open_stream(how.timeout, how.tls).await?;
+        if let Stream::Tls(t) = &stream {
+            if t.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err("the backend did not agree to HTTP/2 (ALPN h2)".into());
+            }
+        }
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(how.keepalive)
+            .keep_alive_timeout(how.keepalive.min(Duration::from_secs(20)))
+            .keep_alive_while_idle(true);
+        let handshake = builder.handshake::<_, RequestBody>(TokioIo::new(stream));
+        let (sender, conn) = tokio::time::timeout(how.timeout, handshake)
+            .await
+            .map_err(|_| format!("no HTTP/2 handshake within {:?}", how.timeout))?
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let conn = Arc::new(Conn {
+            sender: sender.clone(),
+            streams: AtomicUsize::new(1),
+        });
+        self.conns.rcu(|list| {
+            let mut next: Vec<Arc<Conn>> = list
+                .iter()
+                .filter(|c| !c.sender.is_closed())
+                .cloned()
+                .collect();
+            next.push(conn.clone());
+            next
+        });
+        Ok((sender, InFlight { conn }, true))
+    }
+}
+
+/// The connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); the head has lost
+/// them already, save `te`.
+pub fn request(
+    head: &Head,
+    body: RequestBody,
+    scheme: &'static str,
+    backend: &str,
+    te_trailers: bool,
+) -> Result<Request<RequestBody>, String> {
+    let authority = head
+        .added
+        .host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(backend);
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("request target: {e}"))?;
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    let mut headers = head.headers.clone();
+    let added = &head.added;
+    for (name, value) in [
+        ("x-forwarded-for", &added.forwarded_for),
+        ("x-forwarded-proto", &added.forwarded_proto),
+        ("x-forwarded-host", &added.forwarded_host),
+        ("x-request-id", &added.request_id),
+    ] {
+        if let Some(v) = value {
+            headers.insert(header::HeaderName::from_static(name), v.clone());
+        }
+    }
+    if let Some(t) = &added.traceparent {
+        if let Ok(v) = HeaderValue::from_bytes(t) {
+            headers.insert(crate::telemetry::TRACEPARENT.clone(), v);
+        }
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// A backend's HTTP/2 response, its body streamed (trailers included) while the
+/// request holds its place on the connection.
+pub struct Answer {
+    pub response: http::Response<Incoming>,
+    pub in_flight: InFlight,
+}

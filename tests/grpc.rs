@@ -1,0 +1,342 @@
+//! HTTP/2 to the backends (`protocol = "h2c"`) and gRPC through fulcrum, with a real
+//! HTTP/2 backend and client on loopback: streams both ways, trailers, balancing per
+//! call over one client connection, and fulcrum's own failures as gRPC statuses.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::http::{body, empty, h2c_client, send, Body, BoxError};
+use common::Fulcrum;
+use http::{HeaderMap, Request, Response, Version};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// An HTTP/2 (prior knowledge) backend answering every call by echoing the request
+/// body as it arrives, then trailers `grpc-status: 0` and `x-backend`. `/slow` waits
+/// a second before answering; `/health` answers 200.
+struct H2Backend {
+    addr: SocketAddr,
+    /// TCP connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// Each call's HTTP version and headers.
+    seen: Arc<Mutex<Vec<(Version, HeaderMap)>>>,
+    /// `/health` requests that came over HTTP/2.
+    health_checks: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The request body echoed, then the trailers.
+struct Echo {
+    inner: Incoming,
+    trailers: Option<HeaderMap>,
+}
+
+impl http_body::Body for Echo {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            return match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) if f.is_data() => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl H2Backend {
+    async fn start(name: &'static str) -> H2Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let health_checks = Arc::new(AtomicUsize::new(0));
+        let (c, s, h) = (connections.clone(), seen.clone(), health_checks.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (seen, health) = (s.clone(), h.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (seen, health) = (seen.clone(), health.clone());
+                    async move {
+                        if req.uri().path() == "/health" {
+                            if req.version() == Version::HTTP_2 {
+                                health.fetch_add(1, Ordering::SeqCst);
+                            }
+                        } else {
+                            seen.lock()
+                                .unwrap()
+                                .push((req.version(), req.headers().clone()));
+                        }
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        trailers.insert("x-backend", name.parse().unwrap());
+                        let mut r = Response::new(Echo {
+                            inner: req.into_body(),
+                            trailers: Some(trailers),
+                        });
+                        r.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        H2Backend {
+            addr,
+            connections,
+            seen,
+            health_checks,
+            task,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn config(backends: &[&H2Backend], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{{ address = \"{}\", name = \"b{i}\" }}", b.addr))
+        .collect();
+    format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nupstream = \"grpc\"\n\
+         [upstream.grpc]\nprotocol = \"h2c\"\n{extra}\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// A gRPC message: flag, length, payload.
+fn message(payload: &[u8]) -> Bytes {
+    let mut m = vec![0u8];
+    m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    m.extend_from_slice(payload);
+    Bytes::from(m)
+}
+
+fn call(addr: SocketAddr, path: &str, b: Body) -> Request<Body> {
+    Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(b)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_call_streams_both_ways_and_keeps_its_trailers() {
+    let b = H2Backend::start("one").await;
+    let f = Fulcrum::start(&config(&[&b], "")).await;
+    let client = h2c_client();
+    // The client sends a message, reads its echo, sends the next: neither side has
+    // the whole body before the other answers.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let stream = http_body_util::StreamBody::new(tokio_stream(rx));
+    let req = call(f.addr("web"), "/echo.Echo/Chat", stream.boxed());
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let mut body = resp.into_body();
+    for word in ["one", "two", "three"] {
+        tx.send(Ok(Frame::data(message(word.as_bytes()))))
+            .await
+            .unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the echo arrives before the call ends")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), message(word.as_bytes()));
+    }
+    drop(tx);
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        if let Ok(t) = frame.unwrap().into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    let trailers = trailers.expect("trailers relayed");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-backend"], "one");
+    let (version, headers) = b.seen.lock().unwrap()[0].clone();
+    assert_eq!(version, Version::HTTP_2, "HTTP/2 to the backend");
+    assert_eq!(headers["te"], "trailers");
+    assert!(headers.get("connection").is_none());
+    f.stop().await;
+}
+
+/// The receiving half of a channel as a stream of frames.
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_one_client_connection_are_balanced_one_by_one() {
+    let backends = [
+        H2Backend::start("a").await,
+        H2Backend::start("b").await,
+        H2Backend::start("c").await,
+    ];
+    let f = Fulcrum::start(&config(&backends.iter().collect::<Vec<_>>(), "")).await;
+    let client = h2c_client();
+    let addr = f.addr("web");
+    // One request first so that the client's one connection exists, then 30 at once.
+    let (status, _, _) = send(&client, call(addr, "/echo.Echo/Unary", body(message(b"x")))).await;
+    assert_eq!(status, 200);
+    let calls = (0..30).map(|i| {
+        let client = client.clone();
+        async move {
+            let payload = format!("call {i}");
+            let (status, _, got) = send(
+                &client,
+                call(addr, "/echo.Echo/Unary", body(message(payload.as_bytes()))),
+            )
+            .await;
+            assert_eq!(status, 200);
+            assert_eq!(got, message(payload.as_bytes()));
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    let counts: Vec<usize> = backends.iter().map(H2Backend::calls).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 31);
+    for c in &counts {
+        assert!((10..=11).contains(c), "round robin per call: {counts:?}");
+    }
+    for b in &backends {
+        assert_eq!(
+            b.connections.load(Ordering::SeqCst),
+            1,
+            "one shared connection per backend"
+        );
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fulcrums_own_failures_reach_grpc_clients_as_grpc_statuses() {
+    let b = H2Backend::start("slow").await;
+    let dead = common::refusing_addr().await;
+    let f = Fulcrum::start(&format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener.route]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\
+         [[listener.route]]\nupstream = \"grpc\"\n\
+         [upstream.grpc]\nprotocol = \"h2c\"\nbackends = [{{ address = \"{}\" }}]\n\
+         [upstream.dead]\nprotocol = \"h2c\"\nbackends = [{{ address = \"{dead}\" }}]\n",
+        b.addr
+    ))
+    .await;
+    let client = h2c_client();
+    let addr = f.addr("web");
+    // No backend answers: UNAVAILABLE, as HTTP 200 with grpc-status in the head.
+    let (status, headers, _) =
+        send(&client, call(addr, "/dead.Svc/Call", body(message(b"x")))).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(headers["grpc-status"], "14");
+    // The call's own deadline, shorter than the route's: DEADLINE_EXCEEDED.
+    let mut req = call(addr, "/slow", body(message(b"x")));
+    req.headers_mut()
+        .insert("grpc-timeout", "100m".parse().unwrap());
+    let (status, headers, _) = send(&client, req).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["grpc-status"], "4");
+    // A plain HTTP/2 request to the dead upstream still gets a plain 502/503.
+    let req = Request::get(format!("http://{addr}/dead"))
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = send(&client, req).await;
+    assert!(status == 502 || status == 503, "{status}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_reaches_an_h2c_backend_checked_over_http2() {
+    let b = H2Backend::start("one").await;
+    let f = Fulcrum::start(&config(
+        &[&b],
+        "health = { check = \"http\", path = \"/health\", interval = \"100ms\", rise = 1, fall = 1 }",
+    ))
+    .await;
+    // Health checks speak HTTP/2 to it, and pass.
+    for _ in 0..200 {
+        if b.health_checks.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        b.health_checks.load(Ordering::SeqCst) >= 3,
+        "health checks over HTTP/2"
+    );
+    assert!(f.backend("grpc", "b0").state.is_healthy());
+    let client = common::http::client();
+    let req = Request::post(format!("http://{}/upload", f.addr("web")))
+        .header("host", "api.example")
+        .body(body("hello over HTTP/1.1"))
+        .unwrap();
+    let (status, _, got) = send(&client, req).await;
+    assert_eq!(status, 200);
+    assert_eq!(got, "hello over HTTP/1.1");
+    let (version, headers) = b.seen.lock().unwrap()[0].clone();
+    assert_eq!(version, Version::HTTP_2);
+    assert!(headers.get("host").is_none(), "Host travels as :authority");
+    assert_eq!(headers["x-forwarded-host"], "api.example");
+    f.stop().await;
+}
+
+#[test]
+fn grpc_timeouts_are_read_in_every_unit() {
+    use fulcrum::l7::grpc_timeout;
+    let t = |v: &str| {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().unwrap());
+        grpc_timeout(&h)
+    };
+    assert_eq!(t("100m"), Some(Duration::from_millis(100)));
+    assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+    assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+    assert_eq!(t("5u"), Some(Duration::from_micros(5)));
+    for bad in ["", "m", "10", "10x", "123456789S", "-1S"] {
+        assert_eq!(t(bad), None, "{bad}");
+    }
+}
