@@ -245,6 +245,15 @@ impl Process {
         }
     }
 
+    /// The address of the first listener (JSON logs).
+    fn listening_addr(&self) -> SocketAddr {
+        self.wait_for("listening")["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     fn wait_for(&self, message: &str) -> serde_json::Value {
         self.wait_for_field("message", message)
     }
@@ -320,11 +329,7 @@ async fn sigint_cuts_connections_left_at_the_shutdown_timeout_and_exits_0() {
     let a = Backend::start("a").await;
     let t = process_config("sigint", a.addr, "300ms");
     let mut p = Process::start(&t.path);
-    let addr: SocketAddr = p.wait_for("listening")["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = p.listening_addr();
     let mut open = Client::connect(addr).await;
     assert_eq!(open.greeting().await.as_deref(), Some("a"));
     p.signal("INT");
@@ -526,11 +531,7 @@ async fn answers_before_a_request_each_get_one_access_line() {
         ),
     );
     let p = Process::start(&t.path);
-    let addr: SocketAddr = p.wait_for("listening")["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = p.listening_addr();
     common::http::unreadable_heads(addr).await;
     let (status, _, _) = common::http::get(addr, "/after").await;
     assert_eq!(status, 200);
@@ -546,4 +547,41 @@ async fn answers_before_a_request_each_get_one_access_line() {
         assert_eq!(line["method"], "-", "{line}");
     }
     assert_eq!(statuses, [400, 431, 408, 200]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_logged_with_the_upstream_protocol_and_grpc_status() {
+    let b = common::h2::H2Backend::start("g").await;
+    let dead = refusing_addr().await;
+    let t = TempConfig::new(
+        "grpc-log",
+        &format!(
+            "[global]\nlog_format = \"json\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+             [[listener.route]]\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\
+             [[listener.route]]\nupstream = \"grpc\"\n\
+             [upstream.grpc]\nprotocol = \"h2c\"\nbackends = [{{ address = \"{}\" }}]\n\
+             [upstream.dead]\nprotocol = \"h2c\"\nbackends = [{{ address = \"{dead}\" }}]\n",
+            b.addr
+        ),
+    );
+    let p = Process::start(&t.path);
+    let addr = p.listening_addr();
+    let client = common::http::h2c_client();
+    for path in ["/echo.Echo/Unary", "/dead.Svc/Call"] {
+        let req = ::http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(common::http::body(common::h2::message(b"x")))
+            .unwrap();
+        let (status, _, _) = common::http::send(&client, req).await;
+        assert_eq!(status, 200);
+    }
+    let line = p.wait_for_field("target", "fulcrum::access");
+    assert_eq!(line["path"], "/echo.Echo/Unary");
+    assert_eq!(line["upstream_protocol"], "h2");
+    assert_eq!(line["grpc_status"], 0, "{line}");
+    let line = p.wait_for_field("target", "fulcrum::access");
+    assert_eq!(line["upstream"], "dead");
+    assert_eq!(line["grpc_status"], 14, "{line}");
 }

@@ -4,130 +4,17 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::h2::{message, H2Backend};
 use common::http::{body, empty, h2c_client, send, Body, BoxError};
 use common::Fulcrum;
-use http::{HeaderMap, Request, Response, Version};
+use http::{HeaderMap, Request, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-
-/// An HTTP/2 (prior knowledge) backend answering every call by echoing the request
-/// body as it arrives, then trailers `grpc-status: 0` and `x-backend`. `/slow` waits
-/// a second before answering; `/health` answers 200.
-struct H2Backend {
-    addr: SocketAddr,
-    /// TCP connections accepted.
-    connections: Arc<AtomicUsize>,
-    /// Each call's HTTP version and headers.
-    seen: Arc<Mutex<Vec<(Version, HeaderMap)>>>,
-    /// `/health` requests that came over HTTP/2.
-    health_checks: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// The request body echoed, then the trailers.
-struct Echo {
-    inner: Incoming,
-    trailers: Option<HeaderMap>,
-}
-
-impl http_body::Body for Echo {
-    type Data = Bytes;
-    type Error = hyper::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        loop {
-            return match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) if f.is_data() => Poll::Ready(Some(Ok(f))),
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => {
-                    Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-                }
-                Poll::Pending => Poll::Pending,
-            };
-        }
-    }
-}
-
-impl H2Backend {
-    async fn start(name: &'static str) -> H2Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let health_checks = Arc::new(AtomicUsize::new(0));
-        let (c, s, h) = (connections.clone(), seen.clone(), health_checks.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                c.fetch_add(1, Ordering::SeqCst);
-                let (seen, health) = (s.clone(), h.clone());
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (seen, health) = (seen.clone(), health.clone());
-                    async move {
-                        if req.uri().path() == "/health" {
-                            if req.version() == Version::HTTP_2 {
-                                health.fetch_add(1, Ordering::SeqCst);
-                            }
-                        } else {
-                            seen.lock()
-                                .unwrap()
-                                .push((req.version(), req.headers().clone()));
-                        }
-                        if req.uri().path() == "/slow" {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        let mut trailers = HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        trailers.insert("x-backend", name.parse().unwrap());
-                        let mut r = Response::new(Echo {
-                            inner: req.into_body(),
-                            trailers: Some(trailers),
-                        });
-                        r.headers_mut()
-                            .insert("content-type", "application/grpc".parse().unwrap());
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        H2Backend {
-            addr,
-            connections,
-            seen,
-            health_checks,
-            task,
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-}
-
-impl Drop for H2Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn config(backends: &[&H2Backend], extra: &str) -> String {
     let list: Vec<String> = backends
@@ -140,14 +27,6 @@ fn config(backends: &[&H2Backend], extra: &str) -> String {
          [upstream.grpc]\nprotocol = \"h2c\"\n{extra}\nbackends = [{}]\n",
         list.join(", ")
     )
-}
-
-/// A gRPC message: flag, length, payload.
-fn message(payload: &[u8]) -> Bytes {
-    let mut m = vec![0u8];
-    m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    m.extend_from_slice(payload);
-    Bytes::from(m)
 }
 
 fn call(addr: SocketAddr, path: &str, b: Body) -> Request<Body> {
@@ -339,4 +218,47 @@ fn grpc_timeouts_are_read_in_every_unit() {
     for bad in ["", "m", "10", "10x", "123456789S", "-1S"] {
         assert_eq!(t(bad), None, "{bad}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_and_calls_in_flight_are_exported() {
+    let b = H2Backend::start("one").await;
+    let f = Fulcrum::start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n{}",
+        config(&[&b], "")
+    ))
+    .await;
+    let client = h2c_client();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let req = call(
+        f.addr("web"),
+        "/echo.Echo/Chat",
+        http_body_util::StreamBody::new(tokio_stream(rx)).boxed(),
+    );
+    let resp = client.request(req).await.unwrap();
+    let mut body = resp.into_body();
+    tx.send(Ok(Frame::data(message(b"hi")))).await.unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    let scrape = || async {
+        let (_, _, text) = common::http::get(f.admin.unwrap(), "/metrics").await;
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let text = scrape().await;
+    let series = |name: &str| format!("{name}{{backend=\"b0\",upstream=\"grpc\"}}");
+    assert!(
+        text.contains(&format!("{} 1", series("fulcrum_backend_h2_connections"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{} 1", series("fulcrum_backend_h2_streams"))),
+        "{text}"
+    );
+    drop(tx);
+    while body.frame().await.is_some() {}
+    let text = scrape().await;
+    assert!(
+        text.contains(&format!("{} 0", series("fulcrum_backend_h2_streams"))),
+        "{text}"
+    );
+    f.stop().await;
 }

@@ -38,6 +38,8 @@ pub const BACKEND_RESPONSE_SECONDS: &str = "fulcrum_backend_response_seconds";
 pub const BACKEND_CONNECT_SECONDS: &str = "fulcrum_backend_connect_seconds";
 pub const BACKEND_CONNECTIONS_OPENED_TOTAL: &str = "fulcrum_backend_connections_opened_total";
 pub const BACKEND_CONNECTIONS_REUSED_TOTAL: &str = "fulcrum_backend_connections_reused_total";
+pub const BACKEND_H2_CONNECTIONS: &str = "fulcrum_backend_h2_connections";
+pub const BACKEND_H2_STREAMS: &str = "fulcrum_backend_h2_streams";
 pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "fulcrum_tracing_spans_exported_total";
 pub const TRACING_SPANS_DROPPED_TOTAL: &str = "fulcrum_tracing_spans_dropped_total";
 
@@ -82,6 +84,10 @@ pub struct Metrics {
     /// Backend connections opened, and requests sent on a pooled one, per backend.
     pub backend_connections_opened_total: IntCounterVec,
     pub backend_connections_reused_total: IntCounterVec,
+    /// HTTP/2 backends: open connections and requests in flight on them (set at
+    /// scrape time).
+    pub backend_h2_connections: IntGaugeVec,
+    pub backend_h2_streams: IntGaugeVec,
     /// Spans the OTLP collector took, and those dropped (`queue_full`, `export_failed`).
     pub tracing_spans_exported_total: IntCounter,
     pub tracing_spans_dropped_total: IntCounterVec,
@@ -258,6 +264,18 @@ impl Metrics {
                 &r,
                 BACKEND_CONNECTIONS_REUSED_TOTAL,
                 "Requests sent on a pooled backend connection",
+                &["upstream", "backend"],
+            ),
+            backend_h2_connections: gauge_vec(
+                &r,
+                BACKEND_H2_CONNECTIONS,
+                "Open HTTP/2 connections to the backend",
+                &["upstream", "backend"],
+            ),
+            backend_h2_streams: gauge_vec(
+                &r,
+                BACKEND_H2_STREAMS,
+                "Requests in flight on the backend's HTTP/2 connections",
                 &["upstream", "backend"],
             ),
             tracing_spans_exported_total: counter(

@@ -49,6 +49,15 @@ pub struct Line {
     pub upstream_header_ms: Option<u64>,
     /// With `[tracing]`: the request's trace.
     pub trace_id: Option<String>,
+    /// `http1` or `h2`, when a backend was asked.
+    pub upstream_protocol: Option<&'static str>,
+    /// gRPC responses: the `grpc-status` of the head (trailers-only) or the trailers.
+    pub grpc_status: Option<u16>,
+}
+
+/// A `grpc-status` field's value.
+pub fn grpc_status(fields: &http::HeaderMap) -> Option<u16> {
+    fields.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 impl Drop for Record {
@@ -81,6 +90,8 @@ impl Drop for Record {
             upstream_connect_ms = l.upstream_connect_ms,
             upstream_header_ms = l.upstream_header_ms,
             trace_id = l.trace_id.as_deref(),
+            upstream_protocol = l.upstream_protocol,
+            grpc_status = l.grpc_status,
             request_id = %q(l.request_id.to_str().unwrap_or("-")),
             client_cert = l.client_cert.as_deref().map(|c| tracing::field::display(q(c))),
         );

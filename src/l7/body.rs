@@ -169,6 +169,8 @@ impl Body for ClientBody {
         if let (Poll::Ready(Some(Ok(frame))), Some(record)) = (&res, this.record.as_mut()) {
             if let Some(d) = frame.data_ref() {
                 record.bytes_out += d.len() as u64;
+            } else if let (Some(t), Some(line)) = (frame.trailers_ref(), record.line.as_mut()) {
+                line.grpc_status = super::access::grpc_status(t).or(line.grpc_status);
             }
         }
         res

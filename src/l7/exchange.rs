@@ -44,4 +44,6 @@ pub struct Exchange {
     pub route: Option<String>,
     /// Attempts made to backends.
     pub attempts: u8,
+    /// The upstream speaks HTTP/2.
+    pub upstream_h2: bool,
 }

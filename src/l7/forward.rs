@@ -369,6 +369,7 @@ pub async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // HTTP/2 backends: no HTTP/1.1 upgrade; `TE: trailers` passes (RFC 9113 8.2.2).
     let upgrade = f.target.http2.is_none() && wants_upgrade(&req, f.upgrades);
+    exchange.upstream_h2 = f.target.http2.is_some();
     let te_trailers = f.target.http2.is_some()
         && req.headers().get_all(header::TE).iter().any(|v| {
             v.as_bytes()

@@ -72,11 +72,9 @@ impl H2Pool {
     /// Open connections, and the requests in flight on them.
     pub fn counts(&self) -> (usize, usize) {
         let conns = self.conns.load();
-        let streams = conns
-            .iter()
-            .map(|c| c.streams.load(Ordering::Relaxed))
-            .sum();
-        (conns.len(), streams)
+        let open = || conns.iter().filter(|c| !c.sender.is_closed());
+        let streams = open().map(|c| c.streams.load(Ordering::Relaxed)).sum();
+        (open().count(), streams)
     }
 
     fn pick(&self) -> Option<(SendRequest<RequestBody>, InFlight)> {

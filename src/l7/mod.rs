@@ -989,6 +989,8 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
             upstream_connect_ms: None,
             upstream_header_ms: None,
             trace_id: trace.map(|t| t.trace_id_hex()),
+            upstream_protocol: None,
+            grpc_status: None,
         })
     });
     let span = spans::server(
@@ -1115,6 +1117,13 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         line.cache = exchange.cache;
         line.upstream_connect_ms = exchange.upstream_connect_ms;
         line.upstream_header_ms = exchange.upstream_header_ms;
+        if line.backend.is_some() {
+            line.upstream_protocol = Some(if exchange.upstream_h2 { "h2" } else { "http1" });
+        }
+        if grpc {
+            // A trailers-only answer has it in the head; else the trailers will.
+            line.grpc_status = access::grpc_status(response.headers());
+        }
     }
     if let Some(m) = exchange.metrics {
         record.metrics = m;

@@ -168,6 +168,13 @@ impl Pools {
         pool.clone()
     }
 
+    /// The pool of a backend, if it has one.
+    pub fn find(&self, upstream: &str, address: &str) -> Option<Arc<BackendPool>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(upstream.to_string(), address.to_string()))
+            .cloned()
+    }
+
     /// Drops the pools of backends that `config` no longer has.
     pub fn retain(&self, config: &config::Config) {
         let keep = config.backend_identities();

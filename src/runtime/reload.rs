@@ -294,6 +294,8 @@ fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
             let labels = [u.name.as_str(), b.name.as_str()];
             let _ = m.backend_healthy.remove_label_values(&labels);
             let _ = m.backend_active.remove_label_values(&labels);
+            let _ = m.backend_h2_connections.remove_label_values(&labels);
+            let _ = m.backend_h2_streams.remove_label_values(&labels);
             let _ = m.backend_response_seconds.remove_label_values(&labels);
             let _ = m.backend_connect_seconds.remove_label_values(&labels);
             let _ = m
@@ -323,8 +325,24 @@ pub(crate) fn refresh_backend_metrics(shared: &Shared) {
     m.cache_size_bytes
         .set(snapshot.cache.as_ref().map_or(0, |c| c.size() as i64));
     for (name, up) in &snapshot.upstreams {
+        let http2 = snapshot
+            .config
+            .upstream(name)
+            .is_some_and(|u| u.protocol.is_http2());
         for b in up.backends() {
             let labels = [name.as_str(), b.name.as_str()];
+            if http2 {
+                let (conns, streams) = shared
+                    .pools
+                    .find(name, &b.address)
+                    .map_or((0, 0), |p| p.h2.counts());
+                m.backend_h2_connections
+                    .with_label_values(&labels)
+                    .set(conns as i64);
+                m.backend_h2_streams
+                    .with_label_values(&labels)
+                    .set(streams as i64);
+            }
             m.backend_healthy
                 .with_label_values(&labels)
                 .set(i64::from(b.state.is_healthy() && !b.state.is_ejected()));

@@ -1,6 +1,7 @@
 //! Fixtures: real backends and a real fulcrum on loopback port 0.
 #![allow(dead_code)]
 
+pub mod h2;
 pub mod http;
 
 use std::net::SocketAddr;
