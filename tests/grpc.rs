@@ -262,3 +262,51 @@ async fn http2_connections_and_calls_in_flight_are_exported() {
     );
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_goaway_fails_no_call() {
+    let b = H2Backend::start("one").await;
+    let f = Fulcrum::start(&config(&[&b], "retries = 0")).await;
+    let client = h2c_client();
+    let addr = f.addr("web");
+    let one = |i: usize| {
+        let client = client.clone();
+        async move {
+            let payload = format!("call {i}");
+            let (status, headers, got) = send(
+                &client,
+                call(addr, "/echo.Echo/Unary", body(message(payload.as_bytes()))),
+            )
+            .await;
+            assert_eq!(status, 200, "{headers:?}");
+            assert_eq!(got, message(payload.as_bytes()));
+        }
+    };
+    // Calls before, one in flight while the backend says GOAWAY (it finishes), and
+    // calls after (on a new connection), none failing, without retries.
+    for i in 0..5 {
+        one(i).await;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let req = call(
+        addr,
+        "/echo.Echo/Chat",
+        http_body_util::StreamBody::new(tokio_stream(rx)).boxed(),
+    );
+    let resp = client.request(req).await.unwrap();
+    let mut open = resp.into_body();
+    b.goaway.notify_waiters();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    futures_util::future::join_all((5..25).map(one)).await;
+    tx.send(Ok(Frame::data(message(b"late")))).await.unwrap();
+    assert_eq!(
+        open.frame().await.unwrap().unwrap().into_data().unwrap(),
+        message(b"late"),
+        "the stream in flight goes on after GOAWAY"
+    );
+    drop(tx);
+    while open.frame().await.is_some() {}
+    assert_eq!(b.calls(), 26);
+    assert_eq!(b.connections.load(Ordering::SeqCst), 2);
+    f.stop().await;
+}

@@ -26,6 +26,8 @@ pub struct H2Backend {
     pub seen: Arc<Mutex<Vec<(Version, HeaderMap)>>>,
     /// `/health` requests that came over HTTP/2.
     pub health_checks: Arc<AtomicUsize>,
+    /// Sends GOAWAY on every open connection (they finish their streams and close).
+    pub goaway: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,7 +65,13 @@ impl H2Backend {
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health_checks = Arc::new(AtomicUsize::new(0));
-        let (c, s, h) = (connections.clone(), seen.clone(), health_checks.clone());
+        let goaway = Arc::new(tokio::sync::Notify::new());
+        let (c, s, h, g) = (
+            connections.clone(),
+            seen.clone(),
+            health_checks.clone(),
+            goaway.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
@@ -95,10 +103,16 @@ impl H2Backend {
                         Ok::<_, Infallible>(r)
                     }
                 });
+                let goaway = g.clone();
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = goaway.notified() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
                 });
             }
         });
@@ -107,6 +121,7 @@ impl H2Backend {
             connections,
             seen,
             health_checks,
+            goaway,
             task,
         }
     }
