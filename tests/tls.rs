@@ -323,6 +323,15 @@ fn check_refuses_a_key_that_does_not_match_its_certificate() {
 
 /// An HTTPS backend presenting certificate `name` from `pki`; answers "tls-backend".
 async fn tls_backend(pki: &Pki, name: &str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    tls_backend_speaking(pki, name, false).await
+}
+
+/// The same, speaking HTTP/2 only (ALPN `h2`) with `h2`; it answers with the version.
+async fn tls_backend_speaking(
+    pki: &Pki,
+    name: &str,
+    h2: bool,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let chain = CertificateDer::pem_file_iter(pki.dir.join(format!("{name}.pem")))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -336,6 +345,12 @@ async fn tls_backend(pki: &Pki, name: &str) -> (std::net::SocketAddr, tokio::tas
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -346,12 +361,28 @@ async fn tls_backend(pki: &Pki, name: &str) -> (std::net::SocketAddr, tokio::tas
                 let Ok(tls) = acceptor.accept(s).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(body("tls-backend")))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let answer = if req.version() == http::Version::HTTP_2 {
+                            "tls-backend over h2"
+                        } else {
+                            "tls-backend"
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body(answer)))
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(tls);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, svc)
                     .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
             });
         }
     });
@@ -396,6 +427,29 @@ async fn backends_are_reached_over_verified_tls() {
         "{resp}"
     );
     f.stop().await;
+}
+
+#[tokio::test]
+async fn h2_backends_are_reached_over_tls_with_alpn_h2() {
+    let pki = Pki::new("upstream-h2");
+    pki.leaf("backend", &["backend.test"]);
+    let (h2, _t1) = tls_backend_speaking(&pki, "backend", true).await;
+    let (h1, _t2) = tls_backend_speaking(&pki, "backend", false).await;
+    for (addr, expected) in [(h2, 200), (h1, 502)] {
+        let config = format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [upstream.app]\nprotocol = \"h2\"\nretries = 0\nbackends = [{{ address = \"{addr}\" }}]\n\
+             tls = {{ sni = \"backend.test\", ca = \"ca.pem\" }}\n"
+        );
+        let f = Fulcrum::start_at(&config, &pki.file()).await;
+        let (status, _, body) = get(f.addr("web"), "/").await;
+        // A backend that does not agree to h2 in ALPN fails the connect.
+        assert_eq!(status.as_u16(), expected);
+        if expected == 200 {
+            assert_eq!(body, "tls-backend over h2");
+        }
+        f.stop().await;
+    }
 }
 
 #[tokio::test]
