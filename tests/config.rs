@@ -605,14 +605,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             http("", "", "srv = \"_grpc._tcp.api\"", ""),
             "`upstream.app.srv`",
         ),
-        (
-            http("", "", "health = { check = \"grpc\" }", ""),
-            "`upstream.app.health.check` \"grpc\"",
-        ),
-        (
-            http("", "", "health = { grpc_service = \"\" }", ""),
-            "`upstream.app.health.grpc_service`",
-        ),
     ];
     for (file, key) in cases {
         let got = errors(&file);
@@ -711,6 +703,14 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "", "[upstream.h]\nprotocol = \"h2c\"\nh2_keepalive = \"0s\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
             "`upstream.h.h2_keepalive` must be greater than zero",
+        ),
+        (
+            file("", "", "[upstream.h]\nhealth = { check = \"grpc\" }\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+            "`upstream.h.health.check` \"grpc\" needs protocol = \"h2c\" or \"h2\"",
+        ),
+        (
+            file("", "", "[upstream.h]\nhealth = { check = \"http\", grpc_service = \"x\" }\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+            "`upstream.h.health.grpc_service` only applies to check = \"grpc\"",
         ),
         (
             file("", "", "[tracing]\nsample = 1.5\n"),

@@ -310,3 +310,50 @@ async fn a_backends_goaway_fails_no_call() {
     assert_eq!(b.connections.load(Ordering::SeqCst), 2);
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_health_check_takes_a_not_serving_backend_out() {
+    let b = H2Backend::start("one").await;
+    b.grpc_health.store(2, Ordering::SeqCst);
+    let f = Fulcrum::start(&config(
+        &[&b],
+        "health = { check = \"grpc\", grpc_service = \"echo.Echo\", interval = \"50ms\", rise = 1, fall = 1 }",
+    ))
+    .await;
+    let backend = f.backend("grpc", "b0");
+    let wait_for = |healthy: bool| {
+        let backend = backend.clone();
+        async move {
+            for _ in 0..400 {
+                if backend.state.is_healthy() == healthy {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("the backend never became healthy = {healthy}");
+        }
+    };
+    wait_for(false).await;
+    let client = h2c_client();
+    let (status, headers, _) = send(
+        &client,
+        call(f.addr("web"), "/echo.Echo/Unary", body(message(b"x"))),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["grpc-status"], "14", "NOT_SERVING is out");
+    b.grpc_health.store(1, Ordering::SeqCst);
+    wait_for(true).await;
+    let (status, _, got) = send(
+        &client,
+        call(f.addr("web"), "/echo.Echo/Unary", body(message(b"x"))),
+    )
+    .await;
+    assert_eq!((status.as_u16(), got), (200, message(b"x")));
+    let asked = b.grpc_health_asked.lock().unwrap()[0].clone();
+    assert_eq!(
+        &asked[..],
+        &[0, 0, 0, 0, 11, 0x0a, 9, b'e', b'c', b'h', b'o', b'.', b'E', b'c', b'h', b'o']
+    );
+    f.stop().await;
+}

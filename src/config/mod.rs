@@ -408,6 +408,8 @@ pub struct Sticky {
 pub enum CheckKind {
     Tcp,
     Http,
+    /// `grpc.health.v1.Health/Check` over HTTP/2.
+    Grpc,
 }
 
 /// `[upstream.NAME.health]`: active checks, and passive ejection.
@@ -425,6 +427,8 @@ pub struct Health {
     pub passive_failures: u32,
     /// Zero: no passive ejection.
     pub eject_for: Duration,
+    /// `check = "grpc"`: the service asked about (empty: the server as a whole).
+    pub grpc_service: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1866,6 +1870,16 @@ impl Validator<'_> {
                 }
             });
         let protocol = self.upstream_protocol(&key("protocol"), u, tls.is_some());
+        if let (Some(h), Some(raw)) = (&health, &u.health) {
+            if h.check == CheckKind::Grpc && !protocol.is_http2() {
+                let span = raw.get_ref().check.as_ref().map(Spanned::span);
+                self.err(
+                    span,
+                    format!("upstream.{name}.health.check"),
+                    "\"grpc\" needs protocol = \"h2c\" or \"h2\"",
+                );
+            }
+        }
         if protocol.is_http2() && proxy_protocol.is_some() {
             if let Some(p) = &u.proxy_protocol {
                 self.err(
@@ -2008,15 +2022,12 @@ impl Validator<'_> {
         let check = match h.check.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
             None | Some(("tcp", _)) => CheckKind::Tcp,
             Some(("http", _)) => CheckKind::Http,
-            Some(("grpc", span)) => {
-                self.err(Some(span), key("check"), "\"grpc\" not supported yet");
-                CheckKind::Tcp
-            }
+            Some(("grpc", _)) => CheckKind::Grpc,
             Some((other, span)) => {
                 self.err(
                     Some(span),
                     key("check"),
-                    format!("must be \"tcp\" or \"http\", got {other:?}"),
+                    format!("must be \"tcp\", \"http\" or \"grpc\", got {other:?}"),
                 );
                 CheckKind::Tcp
             }
@@ -2059,6 +2070,22 @@ impl Validator<'_> {
                 }
             }
         };
+        let grpc_service = match &h.grpc_service {
+            None => String::new(),
+            Some(g) => {
+                if check != CheckKind::Grpc {
+                    self.err(
+                        Some(g.span()),
+                        key("grpc_service"),
+                        "only applies to check = \"grpc\"",
+                    );
+                }
+                if g.get_ref().len() > 1024 {
+                    self.err(Some(g.span()), key("grpc_service"), "is over 1024 bytes");
+                }
+                g.get_ref().clone()
+            }
+        };
         let interval = self.duration(&h.interval, &key("interval"), DEFAULT_HEALTH_INTERVAL);
         let timeout = self.duration(&h.timeout, &key("timeout"), DEFAULT_HEALTH_TIMEOUT);
         let rise = self.int(&h.rise, &key("rise"), 1, 100, i64::from(DEFAULT_RISE)) as u32;
@@ -2090,6 +2117,7 @@ impl Validator<'_> {
             fall,
             passive_failures,
             eject_for,
+            grpc_service,
         }
     }
 }

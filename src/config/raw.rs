@@ -254,7 +254,7 @@ pub struct RawHealth {
     pub fall: Option<Spanned<i64>>,
     pub passive_failures: Option<Spanned<i64>>,
     pub eject_for: Option<Spanned<String>>,
-    pub grpc_service: Later,
+    pub grpc_service: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,12 +47,6 @@ impl Validator<'_> {
 
     pub(super) fn unsupported_upstream(&mut self, key: &str, u: &RawUpstream) {
         self.refuse(key, &[("srv", at(&u.srv))]);
-        if let Some(h) = &u.health {
-            self.refuse(
-                &format!("{key}.health"),
-                &[("grpc_service", at(&h.get_ref().grpc_service))],
-            );
-        }
     }
 
     pub(super) fn unsupported_backend(&mut self, key: &str, b: &RawBackend) {

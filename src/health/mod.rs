@@ -205,13 +205,11 @@ async fn http_probe<S>(spec: &Spec, stream: S) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    if spec.health.check == CheckKind::Grpc {
+        return grpc_probe(spec, stream).await;
+    }
     let status = if spec.http2 {
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
-        let scheme = if spec.tls.is_some() { "https" } else { "http" };
+        let (mut sender, conn, scheme) = http2(spec, stream).await?;
         let req = Request::get(format!("{scheme}://{}{}", spec.host, spec.health.path))
             .header(header::USER_AGENT, "fulcrum-health-check")
             .body(Empty::<Bytes>::new())
@@ -239,5 +237,153 @@ where
         Ok(())
     } else {
         Err(format!("status {status}, expected {lo}-{hi}"))
+    }
+}
+
+/// An HTTP/2 connection for one check: its sender, its task (to abort after the
+/// check) and the scheme of its requests.
+async fn http2<S, B>(
+    spec: &Spec,
+    stream: S,
+) -> Result<
+    (
+        hyper::client::conn::http2::SendRequest<B>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+        &'static str,
+    ),
+    String,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let scheme = if spec.tls.is_some() { "https" } else { "http" };
+    Ok((sender, tokio::spawn(conn), scheme))
+}
+
+/// `grpc.health.v1.Health/Check` for `health.grpc_service`: passes on `SERVING`.
+async fn grpc_probe<S>(spec: &Spec, stream: S) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::{BodyExt, Full, Limited};
+    let (mut sender, conn, scheme) = http2(spec, stream).await?;
+    let req = Request::post(format!(
+        "{scheme}://{}/grpc.health.v1.Health/Check",
+        spec.host
+    ))
+    .header(header::CONTENT_TYPE, "application/grpc")
+    .header(header::TE, "trailers")
+    .header(header::USER_AGENT, "fulcrum-health-check")
+    .body(Full::new(Bytes::from(grpc_health_request(
+        &spec.health.grpc_service,
+    ))))
+    .map_err(|e| e.to_string())?;
+    let answer = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let whole = Limited::new(body, 64 * 1024)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((parts, whole))
+    }
+    .await;
+    conn.abort();
+    let (parts, whole) = answer?;
+    if parts.status != 200 {
+        return Err(format!("status {}", parts.status.as_u16()));
+    }
+    let grpc_status = whole
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .map(|v| v.as_bytes().to_vec());
+    if grpc_status.as_deref() != Some(b"0") {
+        return Err(format!(
+            "grpc-status {}",
+            String::from_utf8_lossy(grpc_status.as_deref().unwrap_or(b"missing"))
+        ));
+    }
+    match grpc_health_status(&whole.to_bytes()) {
+        Some(1) => Ok(()),
+        Some(2) => Err("NOT_SERVING".into()),
+        Some(3) => Err("SERVICE_UNKNOWN".into()),
+        Some(_) => Err("UNKNOWN".into()),
+        None => Err("not a HealthCheckResponse".into()),
+    }
+}
+
+/// A `HealthCheckRequest { service }` in its gRPC frame.
+fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::with_capacity(service.len() + 4);
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        prost::encoding::encode_varint(service.len() as u64, &mut message);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// The `status` of a `HealthCheckResponse` in its gRPC frame (0, UNKNOWN, when the
+/// field is absent); `None` for anything else.
+fn grpc_health_status(frame: &[u8]) -> Option<u64> {
+    let (head, message) = frame.split_at_checked(5)?;
+    if head[0] != 0
+        || u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize != message.len()
+    {
+        return None;
+    }
+    let mut buf = message;
+    let mut status = 0;
+    while !buf.is_empty() {
+        let key = prost::encoding::decode_varint(&mut buf).ok()?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = prost::encoding::decode_varint(&mut buf).ok()?,
+            (_, 0) => {
+                prost::encoding::decode_varint(&mut buf).ok()?;
+            }
+            (_, 2) => {
+                let n = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
+                buf = buf.get(n..)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn health_requests_and_answers_are_framed_as_grpc_says() {
+        assert_eq!(grpc_health_request(""), [0, 0, 0, 0, 0]);
+        assert_eq!(
+            grpc_health_request("a.B"),
+            [0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']
+        );
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 0]), Some(0));
+        // Unknown fields are skipped; a wrong length or a compressed frame is refused.
+        assert_eq!(
+            grpc_health_status(&[0, 0, 0, 0, 5, 0x12, 1, b'x', 0x08, 1]),
+            Some(1)
+        );
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 3, 0x08, 1]), None);
+        assert_eq!(grpc_health_status(&[1, 0, 0, 0, 2, 0x08, 1]), None);
+        assert_eq!(grpc_health_status(&[0, 0, 0]), None);
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x0d, 1]), None);
     }
 }

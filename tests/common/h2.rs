@@ -26,6 +26,10 @@ pub struct H2Backend {
     pub seen: Arc<Mutex<Vec<(Version, HeaderMap)>>>,
     /// `/health` requests that came over HTTP/2.
     pub health_checks: Arc<AtomicUsize>,
+    /// What `grpc.health.v1.Health/Check` answers (1: SERVING, 2: NOT_SERVING).
+    pub grpc_health: Arc<std::sync::atomic::AtomicU8>,
+    /// The `HealthCheckRequest` messages it got (framed).
+    pub grpc_health_asked: Arc<Mutex<Vec<Bytes>>>,
     /// Sends GOAWAY on every open connection (they finish their streams and close).
     pub goaway: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -66,19 +70,42 @@ impl H2Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health_checks = Arc::new(AtomicUsize::new(0));
         let goaway = Arc::new(tokio::sync::Notify::new());
+        let grpc_health = Arc::new(std::sync::atomic::AtomicU8::new(1));
+        let grpc_health_asked = Arc::new(Mutex::new(Vec::new()));
         let (c, s, h, g) = (
             connections.clone(),
             seen.clone(),
             health_checks.clone(),
             goaway.clone(),
         );
+        let (gh, ga) = (grpc_health.clone(), grpc_health_asked.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
                 let (seen, health) = (s.clone(), h.clone());
+                let (gh, ga) = (gh.clone(), ga.clone());
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (seen, health) = (seen.clone(), health.clone());
+                    let (gh, ga) = (gh.clone(), ga.clone());
                     async move {
+                        if req.uri().path() == "/grpc.health.v1.Health/Check" {
+                            use http_body_util::BodyExt;
+                            let asked = req.into_body().collect().await.unwrap().to_bytes();
+                            ga.lock().unwrap().push(asked);
+                            let status = gh.load(Ordering::SeqCst);
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = vec![
+                                Ok(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            let body =
+                                http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                            let mut r = Response::new(BodyExt::boxed(body));
+                            r.headers_mut()
+                                .insert("content-type", "application/grpc".parse().unwrap());
+                            return Ok::<_, Infallible>(r);
+                        }
                         if req.uri().path() == "/health" {
                             if req.version() == Version::HTTP_2 {
                                 health.fetch_add(1, Ordering::SeqCst);
@@ -94,10 +121,10 @@ impl H2Backend {
                         let mut trailers = HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().unwrap());
                         trailers.insert("x-backend", name.parse().unwrap());
-                        let mut r = Response::new(Echo {
+                        let mut r = Response::new(http_body_util::BodyExt::boxed(Echo {
                             inner: req.into_body(),
                             trailers: Some(trailers),
-                        });
+                        }));
                         r.headers_mut()
                             .insert("content-type", "application/grpc".parse().unwrap());
                         Ok::<_, Infallible>(r)
@@ -122,6 +149,8 @@ impl H2Backend {
             seen,
             health_checks,
             goaway,
+            grpc_health,
+            grpc_health_asked,
             task,
         }
     }
