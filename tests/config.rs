@@ -598,10 +598,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             "`listener[0].tls.acme`",
         ),
         (
-            http("", "", "protocol = \"auto\"", ""),
-            "`upstream.app.protocol` \"auto\"",
-        ),
-        (
             http("", "", "srv = \"_grpc._tcp.api\"", ""),
             "`upstream.app.srv`",
         ),
@@ -691,6 +687,10 @@ fn rate_limits_and_client_limits_are_checked_with_their_key() {
         (
             file("", "", "[upstream.h]\nprotocol = \"h3\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
             "`upstream.h.protocol` must be \"http1\", \"h2c\", \"h2\" or \"auto\", got \"h3\"",
+        ),
+        (
+            file("", "", "[upstream.h]\nprotocol = \"auto\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+            "`upstream.h.protocol` \"auto\" needs tls",
         ),
         (
             file("", "", "[upstream.h]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),

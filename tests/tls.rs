@@ -453,6 +453,40 @@ async fn h2_backends_are_reached_over_tls_with_alpn_h2() {
 }
 
 #[tokio::test]
+async fn auto_speaks_what_each_backend_picks_in_alpn() {
+    let pki = Pki::new("upstream-auto");
+    pki.leaf("backend", &["backend.test"]);
+    let (h2, _t1) = tls_backend_speaking(&pki, "backend", true).await;
+    let (h1, _t2) = tls_backend_speaking(&pki, "backend", false).await;
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [upstream.app]\nprotocol = \"auto\"\nretries = 0\n\
+         backends = [{{ address = \"{h2}\" }}, {{ address = \"{h1}\" }}]\n\
+         tls = {{ sni = \"backend.test\", ca = \"ca.pem\" }}\n"
+    );
+    let f = Fulcrum::start_at(&config, &pki.file()).await;
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let (status, _, body) = get(f.addr("web"), "/").await;
+        assert_eq!(status, 200);
+        answers.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            "tls-backend",
+            "tls-backend",
+            "tls-backend",
+            "tls-backend over h2",
+            "tls-backend over h2",
+            "tls-backend over h2"
+        ]
+    );
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn a_reload_swaps_the_certificate_without_dropping_an_open_connection() {
     let pki = Pki::new("reload");
     let first = pki.leaf("site", &["a.test"]);

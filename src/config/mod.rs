@@ -265,11 +265,23 @@ pub enum UpstreamProtocol {
     H2c,
     /// HTTP/2 over TLS (ALPN `h2`).
     H2,
+    /// TLS offering `h2` and `http/1.1`: what each backend picks.
+    Auto,
 }
 
 impl UpstreamProtocol {
+    /// HTTP/2 is (or may be) spoken to the backends.
     pub fn is_http2(self) -> bool {
         self != UpstreamProtocol::Http1
+    }
+
+    /// The ALPN protocols offered to the backends over TLS.
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            UpstreamProtocol::Http1 => &[b"http/1.1"],
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => &[b"h2"],
+            UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
+        }
     }
 }
 
@@ -1952,10 +1964,11 @@ impl Validator<'_> {
                 UpstreamProtocol::Http1
             }
             "h2" => UpstreamProtocol::H2,
-            "auto" => {
-                self.err(span, key, "\"auto\" not supported yet");
+            "auto" if !tls => {
+                self.err(span, key, "\"auto\" needs tls (ALPN chooses)");
                 UpstreamProtocol::Http1
             }
+            "auto" => UpstreamProtocol::Auto,
             other => {
                 self.err(
                     span,

@@ -36,8 +36,8 @@ struct Spec {
     /// The upstream sends PROXY headers (`Some(true)`: v2): http checks start with a
     /// `LOCAL` (v1: `UNKNOWN`) one, as a backend that expects them needs.
     proxy_protocol: Option<bool>,
-    /// The upstream speaks HTTP/2 (`h2c`, `h2`): http checks do too.
-    http2: bool,
+    /// The upstream's protocol: http checks speak it (with `auto`, what ALPN picks).
+    protocol: crate::config::UpstreamProtocol,
 }
 
 struct Running {
@@ -73,7 +73,7 @@ impl Supervisor {
                         health: health.clone(),
                         tls: u.tls.clone(),
                         proxy_protocol: u.proxy_protocol,
-                        http2: u.protocol.is_http2(),
+                        protocol: u.protocol,
                     },
                 );
             }
@@ -130,7 +130,7 @@ async fn check_loop(
     stop: CancellationToken,
 ) {
     let tls = match &spec.tls {
-        Some(t) => match BackendTls::new(t, if spec.http2 { &[b"h2"] } else { &[b"http/1.1"] }) {
+        Some(t) => match BackendTls::new(t, spec.protocol.alpn()) {
             Ok(tls) => Some(tls),
             Err(e) => {
                 warn!(upstream = %upstream, backend = %spec.name, error = %e, "health checks cannot set up TLS");
@@ -189,26 +189,28 @@ async fn probe(spec: &Spec, tls: Option<&BackendTls>) -> Result<(), String> {
             .await
             .map_err(|e| format!("PROXY header: {e}"))?;
     }
+    let h2 = spec.protocol.is_http2();
     match tls {
-        None => http_probe(spec, stream).await,
+        None => http_probe(spec, stream, h2).await,
         Some(tls) => {
             let stream = tls
                 .connect(stream, &spec.host)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
-            http_probe(spec, stream).await
+            let h2 = h2 && stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            http_probe(spec, stream, h2).await
         }
     }
 }
 
-async fn http_probe<S>(spec: &Spec, stream: S) -> Result<(), String>
+async fn http_probe<S>(spec: &Spec, stream: S, h2: bool) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if spec.health.check == CheckKind::Grpc {
         return grpc_probe(spec, stream).await;
     }
-    let status = if spec.http2 {
+    let status = if h2 {
         let (mut sender, conn, scheme) = http2(spec, stream).await?;
         let req = Request::get(format!("{scheme}://{}{}", spec.host, spec.health.path))
             .header(header::USER_AGENT, "fulcrum-health-check")

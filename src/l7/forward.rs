@@ -23,7 +23,7 @@ use super::pool::BackendPool;
 use super::request_body::{BodyStats, RequestBody};
 use super::spans;
 use super::sticky::{cookie, StickyCookie};
-use super::{ConnCtx, UpstreamTarget};
+use super::{ConnCtx, Upstream2, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::balance::hash_bytes;
 use crate::config::HashKey;
@@ -368,9 +368,9 @@ pub async fn forward(
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // HTTP/2 backends: no HTTP/1.1 upgrade; `TE: trailers` passes (RFC 9113 8.2.2).
-    let upgrade = f.target.http2.is_none() && wants_upgrade(&req, f.upgrades);
-    exchange.upstream_h2 = f.target.http2.is_some();
-    let te_trailers = f.target.http2.is_some()
+    let upgrade =
+        !matches!(f.target.http2, Upstream2::Always(_)) && wants_upgrade(&req, f.upgrades);
+    let te_trailers = f.target.http2.possible()
         && req.headers().get_all(header::TE).iter().any(|v| {
             v.as_bytes()
                 .split(|b| *b == b',')
@@ -541,7 +541,42 @@ async fn attempts(
         };
         let timings = &f.target.timings[i];
         let connect_started = tokio::time::Instant::now();
-        if let Some(keepalive) = f.target.http2 {
+        let http2 = match f.target.http2 {
+            Upstream2::No => None,
+            Upstream2::Always(keepalive) => Some(keepalive),
+            Upstream2::Alpn(keepalive) => {
+                let how = h2::Connect {
+                    timeout: up.connect_timeout,
+                    tls: f
+                        .target
+                        .tls
+                        .as_ref()
+                        .map(|t| (t, lease.backend().address.as_str())),
+                    keepalive,
+                };
+                match pool.alpn_h2(&how).await {
+                    Ok((h2, opened)) => {
+                        if opened {
+                            let took = connect_started.elapsed();
+                            timings.connect.observe(took.as_secs_f64());
+                            timings.opened.inc();
+                            exchange.upstream_connect_ms = Some(took.as_millis() as u64);
+                        }
+                        h2.then_some(keepalive)
+                    }
+                    Err(e) => {
+                        connect_failed(f, &lease, &e);
+                        if let Some(span) = span.as_mut() {
+                            span.fail("connect");
+                        }
+                        tries.failed(&mut lease, i, ProxyError::Connect(e));
+                        continue;
+                    }
+                }
+            }
+        };
+        exchange.upstream_h2 = http2.is_some();
+        if let Some(keepalive) = http2 {
             match attempt_h2(
                 sending,
                 &mut body,
@@ -631,14 +666,7 @@ async fn attempts(
                     (c, true)
                 }
                 Err(e) => {
-                    warn!(
-                        request_id = %f.request_id.to_str().unwrap_or("-"),
-                        upstream = %up.name,
-                        backend = %lease.backend().name,
-                        backend.addr = %lease.backend().addr,
-                        error = %e,
-                        "connect to backend failed"
-                    );
+                    connect_failed(f, &lease, &e);
                     if let Some(span) = span.as_mut() {
                         span.fail("connect");
                     }
@@ -738,6 +766,17 @@ async fn attempts(
     Err(tries.last_error)
 }
 
+fn connect_failed(f: &Forwarding<'_>, lease: &Lease, e: &str) {
+    warn!(
+        request_id = %f.request_id.to_str().unwrap_or("-"),
+        upstream = %f.target.upstream.name,
+        backend = %lease.backend().name,
+        backend.addr = %lease.backend().addr,
+        error = %e,
+        "connect to backend failed"
+    );
+}
+
 /// How one HTTP/2 attempt ended.
 enum H2Try {
     Answered(h2::Answer),
@@ -778,14 +817,7 @@ async fn attempt_h2(
     let (mut sender, in_flight, fresh) = match pool.h2.stream(pool, &how).await {
         Ok(s) => s,
         Err(e) => {
-            warn!(
-                request_id = %f.request_id.to_str().unwrap_or("-"),
-                upstream = %up.name,
-                backend = %lease.backend().name,
-                backend.addr = %lease.backend().addr,
-                error = %e,
-                "connect to backend failed"
-            );
+            connect_failed(f, lease, &e);
             return H2Try::Failed {
                 error: ProxyError::Connect(e),
                 again: true,

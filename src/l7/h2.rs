@@ -129,6 +129,23 @@ impl H2Pool {
                 return Err("the backend did not agree to HTTP/2 (ALPN h2)".into());
             }
         }
+        let conn = self.handshake(stream, how, 1).await?;
+        Ok((conn.sender.clone(), InFlight { conn }, true))
+    }
+
+    /// Takes a connection opened elsewhere (whose ALPN said `h2`) into the set.
+    pub async fn adopt(&self, stream: Stream, how: &Connect<'_>) -> Result<(), String> {
+        self.handshake(stream, how, 0).await.map(drop)
+    }
+
+    /// The HTTP/2 handshake on `stream`; the connection joins the set with `streams`
+    /// requests in flight.
+    async fn handshake(
+        &self,
+        stream: Stream,
+        how: &Connect<'_>,
+        streams: usize,
+    ) -> Result<Arc<Conn>, String> {
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -144,8 +161,8 @@ impl H2Pool {
             let _ = conn.await;
         });
         let conn = Arc::new(Conn {
-            sender: sender.clone(),
-            streams: AtomicUsize::new(1),
+            sender,
+            streams: AtomicUsize::new(streams),
         });
         self.conns.rcu(|list| {
             let mut next: Vec<Arc<Conn>> = list
@@ -156,7 +173,7 @@ impl H2Pool {
             next.push(conn.clone());
             next
         });
-        Ok((sender, InFlight { conn }, true))
+        Ok(conn)
     }
 }
 
@@ -187,6 +204,10 @@ pub fn request(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_2;
     let mut headers = head.headers.clone();
+    // An upgrade asked of an `auto` upstream that turned out to speak HTTP/2 goes
+    // as a plain request.
+    headers.remove(header::CONNECTION);
+    headers.remove(header::UPGRADE);
     let added = &head.added;
     for (name, value) in [
         ("x-forwarded-for", &added.forwarded_for),

@@ -88,8 +88,26 @@ pub struct UpstreamTarget {
     /// Per backend (as `pools`): response and connect times, connections opened and
     /// reused.
     pub timings: Vec<crate::admin::metrics::BackendTimings>,
-    /// `Some(PING interval)`: the backends speak HTTP/2 (`h2c`, or `h2` with `tls`).
-    pub http2: Option<Duration>,
+    /// Whether the backends speak HTTP/2.
+    pub http2: Upstream2,
+}
+
+/// `upstream.NAME.protocol` as the engine uses it, with the HTTP/2 PING interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream2 {
+    /// HTTP/1.1.
+    No,
+    /// `h2c`, or `h2` over TLS.
+    Always(Duration),
+    /// `auto`: what each backend picks in ALPN, remembered until a reconnect.
+    Alpn(Duration),
+}
+
+impl Upstream2 {
+    /// HTTP/2 may be spoken.
+    pub fn possible(self) -> bool {
+        self != Upstream2::No
+    }
 }
 
 impl UpstreamTarget {
@@ -100,7 +118,7 @@ impl UpstreamTarget {
         pools: &Pools,
         proxy_protocol: Option<bool>,
         metrics: &Metrics,
-        http2: Option<Duration>,
+        http2: Upstream2,
     ) -> Self {
         let timings = upstream
             .backends()
@@ -1227,9 +1245,9 @@ async fn respond(
                 target: t,
                 timeout: match t.http2 {
                     // A gRPC call's own deadline, when shorter than the route's.
-                    Some(_) => grpc_timeout(req.headers())
+                    Upstream2::Always(_) | Upstream2::Alpn(_) => grpc_timeout(req.headers())
                         .map_or(action.timeout, |d| d.min(action.timeout)),
-                    None => action.timeout,
+                    Upstream2::No => action.timeout,
                 },
                 ctx,
                 settings: s,

@@ -37,6 +37,9 @@ pub struct BackendPool {
     header: Option<Vec<u8>>,
     /// The backend's HTTP/2 connections (`protocol = "h2c"` or `"h2"`).
     pub h2: super::h2::H2Pool,
+    /// `protocol = "auto"`: what the backend picked in ALPN (0 not known yet, 1
+    /// HTTP/1.1, 2 HTTP/2).
+    alpn: std::sync::atomic::AtomicU8,
 }
 
 /// Idle connections a client connection's private pool keeps per backend.
@@ -59,6 +62,7 @@ impl BackendPool {
             idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
             header: None,
             h2: Default::default(),
+            alpn: Default::default(),
         }
     }
 
@@ -71,6 +75,7 @@ impl BackendPool {
             idle: ArrayQueue::new(MAX_IDLE_PRIVATE),
             header: Some(header),
             h2: Default::default(),
+            alpn: Default::default(),
         }
     }
 
@@ -129,6 +134,27 @@ impl BackendPool {
             )),
         };
         Ok(stream)
+    }
+
+    /// `auto`: whether the backend speaks HTTP/2, learnt from a new connection's ALPN
+    /// when not known, or when the connections it was learnt on are gone (the new
+    /// connection joins the HTTP/1.1 or the HTTP/2 pool). `true` when it was opened.
+    pub async fn alpn_h2(&self, how: &super::h2::Connect<'_>) -> Result<(bool, bool), String> {
+        use std::sync::atomic::Ordering;
+        match self.alpn.load(Ordering::Relaxed) {
+            2 if self.h2.counts().0 > 0 => return Ok((true, false)),
+            1 if !self.idle.is_empty() => return Ok((false, false)),
+            _ => {}
+        }
+        let stream = self.open_stream(how.timeout, how.tls).await?;
+        let h2 = matches!(&stream, Stream::Tls(t) if t.get_ref().1.alpn_protocol() == Some(b"h2"));
+        self.alpn.store(if h2 { 2 } else { 1 }, Ordering::Relaxed);
+        if h2 {
+            self.h2.adopt(stream, how).await?;
+        } else {
+            self.checkin(Conn::new(stream));
+        }
+        Ok((h2, true))
     }
 
     pub fn idle_len(&self) -> usize {

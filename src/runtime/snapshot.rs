@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicUsize;
 
 use crate::admin::metrics::{ListenerMetrics, Metrics};
 use crate::cache::Cache;
-use crate::config::{AccessRules, Config, Protocol};
+use crate::config::{AccessRules, Config, Protocol, UpstreamProtocol};
 use crate::l4;
 use crate::l7;
 use crate::limits::{Applied, Limiter, PerClient, RedisStore};
@@ -114,15 +114,8 @@ impl Snapshot {
                 };
                 let tls = match &c.tls {
                     Some(t) => Some(
-                        crate::tls::BackendTls::new(
-                            t,
-                            if c.protocol.is_http2() {
-                                &[b"h2"]
-                            } else {
-                                &[b"http/1.1"]
-                            },
-                        )
-                        .map_err(|e| format!("upstream {:?}: TLS: {e}", c.name))?,
+                        crate::tls::BackendTls::new(t, c.protocol.alpn())
+                            .map_err(|e| format!("upstream {:?}: TLS: {e}", c.name))?,
                     ),
                     None => None,
                 };
@@ -133,7 +126,13 @@ impl Snapshot {
                     parts.pools,
                     c.proxy_protocol,
                     parts.metrics,
-                    c.protocol.is_http2().then_some(c.h2_keepalive),
+                    match c.protocol {
+                        UpstreamProtocol::Http1 => l7::Upstream2::No,
+                        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                            l7::Upstream2::Always(c.h2_keepalive)
+                        }
+                        UpstreamProtocol::Auto => l7::Upstream2::Alpn(c.h2_keepalive),
+                    },
                 );
                 targets.insert(c.name.clone(), Arc::new(target));
             }
