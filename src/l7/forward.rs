@@ -545,15 +545,7 @@ async fn attempts(
             Upstream2::No => None,
             Upstream2::Always(keepalive) => Some(keepalive),
             Upstream2::Alpn(keepalive) => {
-                let how = h2::Connect {
-                    timeout: up.connect_timeout,
-                    tls: f
-                        .target
-                        .tls
-                        .as_ref()
-                        .map(|t| (t, lease.backend().address.as_str())),
-                    keepalive,
-                };
+                let how = connect_how(f, &lease, keepalive);
                 match pool.alpn_h2(&how).await {
                     Ok((h2, opened)) => {
                         if opened {
@@ -766,6 +758,23 @@ async fn attempts(
     Err(tries.last_error)
 }
 
+/// How a new connection to the lease's backend is opened for HTTP/2 or ALPN.
+fn connect_how<'a>(
+    f: &'a Forwarding<'_>,
+    lease: &'a Lease,
+    keepalive: Duration,
+) -> h2::Connect<'a> {
+    h2::Connect {
+        timeout: f.target.upstream.connect_timeout,
+        tls: f
+            .target
+            .tls
+            .as_ref()
+            .map(|t| (t, lease.backend().address.as_str())),
+        keepalive,
+    }
+}
+
 fn connect_failed(f: &Forwarding<'_>, lease: &Lease, e: &str) {
     warn!(
         request_id = %f.request_id.to_str().unwrap_or("-"),
@@ -804,15 +813,7 @@ async fn attempt_h2(
 ) -> H2Try {
     let up = &f.target.upstream;
     let timings = &f.target.timings[i];
-    let how = h2::Connect {
-        timeout: up.connect_timeout,
-        tls: f
-            .target
-            .tls
-            .as_ref()
-            .map(|t| (t, lease.backend().address.as_str())),
-        keepalive,
-    };
+    let how = connect_how(f, lease, keepalive);
     let started = tokio::time::Instant::now();
     let (mut sender, in_flight, fresh) = match pool.h2.stream(pool, &how).await {
         Ok(s) => s,
