@@ -357,3 +357,75 @@ async fn the_grpc_health_check_takes_a_not_serving_backend_out() {
     );
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_reaches_an_http1_websocket_backend() {
+    let app = common::http::HttpBackend::start("ws").await;
+    let f = Fulcrum::start(&format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener.route]]\npath_prefix = \"/ws\"\nupstream = \"app\"\nupgrades = [\"websocket\"]\n\
+         [[listener.route]]\npath_prefix = \"/plain\"\nupstream = \"app\"\nupgrades = []\n\
+         [[listener.route]]\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\" }}]\n",
+        app.addr
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    // One request first: the server's SETTINGS have arrived by its answer.
+    let get = Request::get(format!("http://{}/", f.addr("web")))
+        .body(())
+        .unwrap();
+    let (first, _) = client.send_request(get, true).unwrap();
+    assert_eq!(first.await.unwrap().status(), 200);
+    let mut client = client.ready().await.unwrap();
+    assert!(
+        client.is_extended_connect_protocol_enabled(),
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL"
+    );
+    let connect = |path: &str| {
+        Request::builder()
+            .method("CONNECT")
+            .uri(format!("http://{}{path}", f.addr("web")))
+            .extension(h2::ext::Protocol::from("websocket"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap()
+    };
+    let (response, mut up) = client.send_request(connect("/ws"), false).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("sec-websocket-accept").is_none());
+    let mut down = response.into_body();
+    up.send_data(Bytes::from_static(b"ping over h2"), false)
+        .unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 12 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), down.data())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let _ = down.flow_control().release_capacity(chunk.len());
+        echoed.extend_from_slice(&chunk);
+    }
+    assert_eq!(echoed, b"ping over h2");
+    // The client ends its side: the tunnel closes.
+    up.send_data(Bytes::new(), true).unwrap();
+    while let Some(Ok(_)) = down.data().await {}
+    let seen = app.last();
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert_eq!(seen.headers["sec-websocket-key"].len(), 24);
+    // A route that does not pass WebSocket refuses it; a backend that answers the
+    // upgrade with a plain 200 gives no tunnel: 502.
+    let (response, _up) = client.send_request(connect("/plain"), false).unwrap();
+    assert_eq!(response.await.unwrap().status(), 400);
+    let (response, _up) = client.send_request(connect("/other"), false).unwrap();
+    assert_eq!(response.await.unwrap().status(), 502);
+    f.stop().await;
+}

@@ -242,6 +242,50 @@ pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
         })
 }
 
+/// Marks a request rewritten from an HTTP/2 extended CONNECT: its 101 is the
+/// client's 200.
+#[derive(Debug, Clone, Copy)]
+pub struct FromExtendedConnect;
+
+/// An HTTP/2 extended CONNECT for `websocket` (RFC 8441) on a route that passes
+/// WebSocket, rewritten as the HTTP/1.1 upgrade a backend expects: `GET` with
+/// `Connection: upgrade`, `Upgrade: websocket` and a new `Sec-WebSocket-Key`. A
+/// plain CONNECT is left as it is; another protocol, or a route that does not pass
+/// WebSocket, is refused.
+pub fn from_extended_connect<B>(
+    req: &mut Request<B>,
+    allowed: &[String],
+) -> Result<(), ProxyError> {
+    let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() else {
+        return Ok(());
+    };
+    if !protocol.as_str().eq_ignore_ascii_case("websocket")
+        || !allowed.iter().any(|a| a.eq_ignore_ascii_case("websocket"))
+    {
+        return Err(ProxyError::BadRequest(
+            "extended CONNECT not passed on this route",
+        ));
+    }
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+    *req.method_mut() = Method::GET;
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::try_from(key) {
+        h.insert(header::SEC_WEBSOCKET_KEY, v);
+    }
+    if !h.contains_key(header::SEC_WEBSOCKET_VERSION) {
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    req.extensions_mut().insert(FromExtendedConnect);
+    Ok(())
+}
+
 /// The header rules: the request head as it goes to the backend. Hop-by-hop fields
 /// and those fulcrum sets itself are dropped from the client's; `Host`,
 /// `X-Forwarded-*` and `X-Request-Id` are set; HTTP/2 cookies are joined; an allowed
@@ -370,6 +414,7 @@ pub async fn forward(
     // HTTP/2 backends: no HTTP/1.1 upgrade; `TE: trailers` passes (RFC 9113 8.2.2).
     let upgrade =
         !matches!(f.target.http2, Upstream2::Always(_)) && wants_upgrade(&req, f.upgrades);
+    let from_connect = req.extensions().get::<FromExtendedConnect>().is_some();
     let te_trailers = f.target.http2.possible()
         && req.headers().get_all(header::TE).iter().any(|v| {
             v.as_bytes()
@@ -422,7 +467,13 @@ pub async fn forward(
         te_trailers,
     };
     let answered = attempts(&mut sending, body, &choice, f, exchange).await?;
-    relay(answered, client_upgrade, &choice, f, exchange)
+    relay(
+        answered,
+        (client_upgrade, from_connect),
+        &choice,
+        f,
+        exchange,
+    )
 }
 
 /// How each attempt picks its backend.
@@ -965,7 +1016,7 @@ async fn deadline(
 /// request named another backend or none.
 fn relay(
     answered: Answered,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    (client_upgrade, from_connect): (Option<hyper::upgrade::OnUpgrade>, bool),
     choice: &Choice<'_>,
     f: &Forwarding<'_>,
     exchange: &mut Exchange,
@@ -979,6 +1030,18 @@ fn relay(
         }
     }
     let resp = match resp {
+        // To an HTTP/2 CONNECT, a 2xx opens a tunnel: a backend that answered the
+        // upgrade with anything but 101 cannot give one.
+        Answer::H1(r)
+            if from_connect
+                && r.status.is_success()
+                && r.status != StatusCode::SWITCHING_PROTOCOLS =>
+        {
+            return Err(ProxyError::Backend(format!(
+                "{} to a WebSocket upgrade",
+                r.status
+            )));
+        }
         Answer::H1(r) => r,
         Answer::H2(h2::Answer {
             response,
@@ -1037,6 +1100,14 @@ fn relay(
     *r.status_mut() = status;
     *r.version_mut() = version;
     *r.headers_mut() = headers;
+    if from_connect && status == StatusCode::SWITCHING_PROTOCOLS {
+        // RFC 8441 5: the tunnel opens with a 200, without the handshake's fields.
+        *r.status_mut() = StatusCode::OK;
+        let h = r.headers_mut();
+        h.remove(header::SEC_WEBSOCKET_ACCEPT);
+        h.remove(header::UPGRADE);
+        h.remove(header::CONNECTION);
+    }
     Ok(r)
 }
 

@@ -341,6 +341,8 @@ impl Settings {
                     // No pings from fulcrum; a client's pings do not keep a connection
                     // open either (see `idle`).
                     .keep_alive_interval(None)
+                    // WebSocket over HTTP/2 (RFC 8441).
+                    .enable_connect_protocol()
             };
         }
         http1_limits!(http1);
@@ -1085,9 +1087,13 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         {
             // What follows a malformed or cut request on this connection cannot be
             // trusted, and a denied client has nothing more to ask: its last response.
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            ctx.close.cancel();
+            // HTTP/2 streams are independent: one bad request does not close the
+            // connection of the others (and HTTP/2 has no `Connection` field).
+            if !ctx.h2.load(Ordering::Relaxed) {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                ctx.close.cancel();
+            }
         }
         if let Some(v) = cache_status {
             r.headers_mut()
@@ -1239,6 +1245,14 @@ async fn respond(
             .ok_or(ProxyError::BadRequest("redirect target not usable")),
         Target::Upstream(t) => {
             exchange.upstream = Some(t.upstream.clone());
+            if req.method() == http::Method::CONNECT && req.version() == http::Version::HTTP_2 {
+                if matches!(t.http2, Upstream2::Always(_)) {
+                    return Err(ProxyError::BadRequest(
+                        "extended CONNECT to an HTTP/2 upstream",
+                    ));
+                }
+                forward::from_extended_connect(&mut req, &action.upgrades)?;
+            }
             let f = forward::Forwarding {
                 client: client.clone(),
                 trace,
