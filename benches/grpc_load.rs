@@ -86,7 +86,9 @@ async fn load(addr: SocketAddr, connections: usize, calls: usize, secs: u64) {
                     let ok = match grpc.ready().await {
                         Ok(()) => grpc
                             .unary(
-                                Request::new(Msg { text: "ping".into() }),
+                                Request::new(Msg {
+                                    text: "ping".into(),
+                                }),
                                 PathAndQuery::from_static("/echo.Echo/Unary"),
                                 ProstCodec::<Msg, Msg>::default(),
                             )
@@ -115,7 +117,10 @@ async fn load(addr: SocketAddr, connections: usize, calls: usize, secs: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,12 +129,9 @@ fn main() {
     let num = |i: usize| -> u64 { args[i].parse().expect("a number") };
     match args.first().map(String::as_str) {
         Some("serve") if args.len() == 2 => runtime.block_on(serve(addr(1))),
-        Some("load") if args.len() == 5 => runtime.block_on(load(
-            addr(1),
-            num(2) as usize,
-            num(3) as usize,
-            num(4),
-        )),
+        Some("load") if args.len() == 5 => {
+            runtime.block_on(load(addr(1), num(2) as usize, num(3) as usize, num(4)))
+        }
         _ => println!("usage: grpc_load serve ADDR | grpc_load load ADDR CONNECTIONS CALLS SECS"),
     }
 }
