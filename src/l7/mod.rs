@@ -656,7 +656,15 @@ pub async fn serve_connection<S>(
             drive(conn, watched).await;
         }
         Protocol::Http2 => {
-            let conn = settings.http2.serve_connection(io, service);
+            // Each HTTP/2 request runs as a task of its own, which its future is moved
+            // into: boxed, only a pointer moves.
+            let boxed_ctx = ctx.clone();
+            let boxed = service_fn(move |req| {
+                let ctx = boxed_ctx.clone();
+                Box::pin(async move { Ok::<_, Infallible>(handle(req, &ctx).await) })
+            });
+            drop(service);
+            let conn = settings.http2.serve_connection(io, boxed);
             Box::pin(drive(conn, watched)).await;
         }
         Protocol::Detect => {
