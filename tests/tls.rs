@@ -459,7 +459,8 @@ async fn auto_speaks_what_each_backend_picks_in_alpn() {
     let (h2, _t1) = tls_backend_speaking(&pki, "backend", true).await;
     let (h1, _t2) = tls_backend_speaking(&pki, "backend", false).await;
     let config = format!(
-        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
          [upstream.app]\nprotocol = \"auto\"\nretries = 0\n\
          backends = [{{ address = \"{h2}\" }}, {{ address = \"{h1}\" }}]\n\
          tls = {{ sni = \"backend.test\", ca = \"ca.pem\" }}\n"
@@ -483,6 +484,18 @@ async fn auto_speaks_what_each_backend_picks_in_alpn() {
             "tls-backend over h2"
         ]
     );
+    // Each request took one connection, opened (to learn ALPN) or reused: never both.
+    let (_, _, text) = get(f.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&text);
+    let total: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("fulcrum_backend_connections_opened_total{")
+                || l.starts_with("fulcrum_backend_connections_reused_total{")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 6.0, "{text}");
     f.stop().await;
 }
 

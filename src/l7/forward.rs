@@ -592,6 +592,9 @@ async fn attempts(
         };
         let timings = &f.target.timings[i];
         let connect_started = tokio::time::Instant::now();
+        // `auto`: a connection opened to learn the backend's protocol serves this
+        // request, counted as opened (not again as reused).
+        let mut learnt = false;
         let http2 = match f.target.http2 {
             Upstream2::No => None,
             Upstream2::Always(keepalive) => Some(keepalive),
@@ -600,10 +603,8 @@ async fn attempts(
                 match pool.alpn_h2(&how).await {
                     Ok((h2, opened)) => {
                         if opened {
-                            let took = connect_started.elapsed();
-                            timings.connect.observe(took.as_secs_f64());
-                            timings.opened.inc();
-                            exchange.upstream_connect_ms = Some(took.as_millis() as u64);
+                            count_opened(timings, connect_started, exchange);
+                            learnt = true;
                         }
                         h2.then_some(keepalive)
                     }
@@ -623,7 +624,7 @@ async fn attempts(
             match attempt_h2(
                 sending,
                 &mut body,
-                (pool, keepalive),
+                (pool, keepalive, learnt),
                 (&mut lease, i),
                 f,
                 exchange,
@@ -685,7 +686,9 @@ async fn attempts(
         }
         let (conn, fresh) = match pool.checkout() {
             Some(c) => {
-                timings.reused.inc();
+                if !learnt {
+                    timings.reused.inc();
+                }
                 (c, false)
             }
             // Boxed: opening a connection (with its TLS handshake) is the rare case,
@@ -702,10 +705,7 @@ async fn attempts(
             .await
             {
                 Ok(c) => {
-                    let took = connect_started.elapsed();
-                    timings.connect.observe(took.as_secs_f64());
-                    timings.opened.inc();
-                    exchange.upstream_connect_ms = Some(took.as_millis() as u64);
+                    count_opened(timings, connect_started, exchange);
                     (c, true)
                 }
                 Err(e) => {
@@ -809,6 +809,18 @@ async fn attempts(
     Err(tries.last_error)
 }
 
+/// Counts a backend connection opened for the request, `started` when opening began.
+fn count_opened(
+    timings: &crate::admin::metrics::BackendTimings,
+    started: tokio::time::Instant,
+    exchange: &mut Exchange,
+) {
+    let took = started.elapsed();
+    timings.connect.observe(took.as_secs_f64());
+    timings.opened.inc();
+    exchange.upstream_connect_ms = Some(took.as_millis() as u64);
+}
+
 /// How a new connection to the lease's backend is opened for HTTP/2 or ALPN.
 fn connect_how<'a>(
     f: &'a Forwarding<'_>,
@@ -857,7 +869,7 @@ enum H2Try {
 async fn attempt_h2(
     sending: &Sending<'_>,
     body: &mut Option<RequestBody>,
-    (pool, keepalive): (&BackendPool, Duration),
+    (pool, keepalive, learnt): (&BackendPool, Duration, bool),
     (lease, i): (&mut Lease, usize),
     f: &Forwarding<'_>,
     exchange: &mut Exchange,
@@ -877,11 +889,8 @@ async fn attempt_h2(
         }
     };
     if fresh {
-        let took = started.elapsed();
-        timings.connect.observe(took.as_secs_f64());
-        timings.opened.inc();
-        exchange.upstream_connect_ms = Some(took.as_millis() as u64);
-    } else {
+        count_opened(timings, started, exchange);
+    } else if !learnt {
         timings.reused.inc();
     }
     exchange.backend = Some(lease.shared_backend());
