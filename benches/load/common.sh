@@ -116,6 +116,16 @@ start_fulcrum() { # $1 case, $2 listener keys, $3 more sections
   PIDS+=($!); PID[$1]=$!
 }
 
+# HTTP/2 on both sides, on CPU 0: fulcrum (case "fulcrum", an h2c upstream) and HAProxy
+# (case "haproxy", `proto h2` on its bind and its server), in front of BACKEND_PORT.
+start_h2_proxies() {
+  start_fulcrum fulcrum "" 'protocol = "h2c"'
+  haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]} proto h2"
+  sed -i "s/^  server b1 .*/& proto h2/" "$WORK/haproxy.cfg"
+  taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
+  PIDS+=($!); PID[haproxy]=$!
+}
+
 # Keep-alive requests per proxy CPU-second. Each case is a proxy running as PID[case]
 # on 127.0.0.1:PORT[case], loaded by wrk on CPU 1 with CONNECTIONS for DURATION.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

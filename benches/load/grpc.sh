@@ -28,11 +28,7 @@ start_workdir grpc
 taskset -c 1 "$LOAD" serve "127.0.0.1:$BACKEND_PORT" &
 PIDS+=($!)
 declare -A PID
-start_fulcrum fulcrum "" 'protocol = "h2c"'
-haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]} proto h2"
-sed -i "s/^  server b1 .*/& proto h2/" "$WORK/haproxy.cfg"
-taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
-PIDS+=($!); PID[haproxy]=$!
+start_h2_proxies
 sleep 1
 for c in direct fulcrum haproxy; do
   out=$(taskset -c 1 "$LOAD" load "127.0.0.1:${PORT[$c]}" 1 1 1)

@@ -32,11 +32,7 @@ taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
 PIDS+=($!)
 
 declare -A PID
-start_fulcrum fulcrum "" 'protocol = "h2c"'
-haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]} proto h2"
-sed -i "s/^  server b1 .*/& proto h2/" "$WORK/haproxy.cfg"
-taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
-PIDS+=($!); PID[haproxy]=$!
+start_h2_proxies
 
 for c in "${!PORT[@]}"; do
   for _ in $(seq 100); do
