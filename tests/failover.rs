@@ -14,275 +14,61 @@
 //! Needs root (namespaces, veth, bridge): otherwise the test says it is skipped.
 //! Every wait is for an event, with a generous bound; nothing is timed.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::netns::{enter, get, in_ns, ip, skipped, Lab, PATIENCE};
 use fulcrum::failover::wire::{self, Heartbeat, State};
 
-/// Bound for every wait: far above what any step takes.
-const PATIENCE: Duration = Duration::from_secs(20);
 const VIP: &str = "10.99.0.100";
 const VIP6: &str = "fd99::100";
+const NODES: [&str; 5] = ["br", "lb1", "lb2", "be", "cl"];
 
-/// Runs `ip` with `args`; the error names the command and says what `ip` said.
-fn try_ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+/// Builds the topology, or says why it cannot (what was made is removed on drop).
+fn lab() -> Result<Lab, String> {
+    let lab = Lab::new("fo", &NODES)?;
+    lab.ip("br", &["link", "add", "br0", "type", "bridge"])?;
+    lab.ip("br", &["link", "set", "br0", "up"])?;
+    for (n, addr, addr6) in [
+        ("lb1", "10.99.0.11/24", "fd99::11/64"),
+        ("lb2", "10.99.0.12/24", "fd99::12/64"),
+        ("be", "10.99.0.20/24", "fd99::20/64"),
+        ("cl", "10.99.0.30/24", "fd99::30/64"),
+    ] {
+        let ns = lab.ns(n);
+        let port = format!("v{n}");
+        lab.ip(
+            "br",
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        lab.ip("br", &["link", "set", &port, "master", "br0"])?;
+        lab.ip("br", &["link", "set", &port, "up"])?;
+        lab.ip(n, &["addr", "add", addr, "dev", "eth0"])?;
+        lab.ip(n, &["-6", "addr", "add", addr6, "dev", "eth0", "nodad"])?;
+        lab.ip(n, &["link", "set", "eth0", "up"])?;
     }
+    // The heartbeat link: a veth pair straight between the balancers.
+    lab.link(
+        ("lb1", "hb0", "10.98.0.1/30"),
+        ("lb2", "hb0", "10.98.0.2/30"),
+    )?;
+    Ok(lab)
 }
 
-/// Runs `ip` with `args`; panics when it fails.
-fn ip(args: &[&str]) {
-    if let Err(e) = try_ip(args) {
-        panic!("{e}");
-    }
-}
-
-/// The namespaces, the links and the processes of one test run, all removed when
-/// dropped, also when the test fails.
-struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Lab {
-    fn ns(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    /// Builds the topology, or says why it cannot (what was made is removed on drop).
-    fn new() -> Result<Lab, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root: network namespaces need CAP_SYS_ADMIN".into());
-        }
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        let prefix = format!(
-            "fo{}x{}",
-            std::process::id(),
-            RUNS.fetch_add(1, Ordering::SeqCst)
-        );
-        let probe = format!("{prefix}probe");
-        let made = Command::new("ip")
-            .args(["netns", "add", &probe])
-            .output()
-            .map_err(|e| format!("no ip command: {e}"))?;
-        if !made.status.success() {
-            return Err(format!(
-                "ip netns add failed: {}",
-                String::from_utf8_lossy(&made.stderr).trim()
-            ));
-        }
-        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-        let dir = std::env::temp_dir().join(format!("fulcrum-failover-{prefix}"));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let lab = Lab {
-            prefix,
-            dir,
-            children: Vec::new(),
-        };
-        let br = lab.ns("br");
-        for n in ["br", "lb1", "lb2", "be", "cl"] {
-            try_ip(&["netns", "add", &lab.ns(n)])?;
-            try_ip(&["-n", &lab.ns(n), "link", "set", "lo", "up"])?;
-        }
-        try_ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        try_ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for (n, addr, addr6) in [
-            ("lb1", "10.99.0.11/24", "fd99::11/64"),
-            ("lb2", "10.99.0.12/24", "fd99::12/64"),
-            ("be", "10.99.0.20/24", "fd99::20/64"),
-            ("cl", "10.99.0.30/24", "fd99::30/64"),
-        ] {
-            let ns = lab.ns(n);
-            let port = format!("v{n}");
-            try_ip(&[
-                "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            try_ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
-            try_ip(&["-n", &br, "link", "set", &port, "up"])?;
-            try_ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"])?;
-            try_ip(&[
-                "-n", &ns, "-6", "addr", "add", addr6, "dev", "eth0", "nodad",
-            ])?;
-            try_ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        }
-        // The heartbeat link: a veth pair straight between the balancers.
-        let (lb1, lb2) = (lab.ns("lb1"), lab.ns("lb2"));
-        try_ip(&[
-            "-n", &lb1, "link", "add", "hb0", "type", "veth", "peer", "name", "hb0", "netns", &lb2,
-        ])?;
-        try_ip(&["-n", &lb1, "addr", "add", "10.98.0.1/30", "dev", "hb0"])?;
-        try_ip(&["-n", &lb2, "addr", "add", "10.98.0.2/30", "dev", "hb0"])?;
-        try_ip(&["-n", &lb1, "link", "set", "hb0", "up"])?;
-        try_ip(&["-n", &lb2, "link", "set", "hb0", "up"])?;
-        Ok(lab)
-    }
-
-    /// Starts `fulcrum run` with `config` in namespace `n`; its log goes to a file.
-    fn start(&mut self, n: &str, config: &str) {
-        let dir = self.dir.join(n);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("failover.key"),
-            "a test pair key of at least 32 bytes\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            dir.join("failover.key"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        std::fs::write(dir.join("index.html"), "served through the VIP\n").unwrap();
-        let path = dir.join("fulcrum.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("log"))
-            .unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns(n),
-                env!("CARGO_BIN_EXE_fulcrum"),
-                "run",
-                "-c",
-            ])
-            .arg(&path)
-            .env("RUST_LOG", "info,fulcrum::failover=debug")
-            .env_remove("FULCRUM_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start fulcrum");
-        self.children.push((n.to_string(), child));
-    }
-
-    /// SIGKILL to the fulcrum of namespace `n` (`ip netns exec` execs it: same PID).
-    fn kill(&mut self, n: &str) {
-        if let Some(i) = self.children.iter().position(|(name, _)| name == n) {
-            let (_, mut child) = self.children.remove(i);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Rewrites the config of namespace `n`'s fulcrum and sends it SIGHUP.
-    fn reload(&self, n: &str, config: &str) {
-        std::fs::write(self.dir.join(n).join("fulcrum.toml"), config).unwrap();
-        let (_, child) = self.children.iter().find(|(name, _)| name == n).unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
-        // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
-        unsafe { libc::kill(pid, libc::SIGHUP) };
-    }
-
-    /// SIGTERM, and waits for the exit.
-    fn terminate(&mut self, n: &str) -> Option<std::process::ExitStatus> {
-        let i = self.children.iter().position(|(name, _)| name == n)?;
-        let (_, mut child) = self.children.remove(i);
-        let pid = i32::try_from(child.id()).ok()?;
-        // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait().ok()
-    }
-
-    fn log(&self, n: &str) -> String {
-        std::fs::read_to_string(self.dir.join(n).join("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let names: Vec<String> = self.children.iter().map(|(n, _)| n.clone()).collect();
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            for n in names
-                .iter()
-                .chain(["lb1".to_string(), "lb2".to_string()].iter())
-            {
-                eprintln!("---- log of {n} ----\n{}", self.log(n));
-            }
-        }
-        for n in ["br", "lb1", "lb2", "be", "cl"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(n)])
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Says, past the test harness's capture of `println!`, why a test did not run.
-fn skipped(why: &str) {
-    let _ = writeln!(std::io::stderr(), "skipped: {why}");
-}
-
-/// Runs `f` on a thread that has entered the network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        enter(&path);
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-fn enter(path: &str) {
-    let file = std::fs::File::open(path).expect("open the namespace");
-    // SAFETY: setns(2) with a valid descriptor; it changes only the calling thread,
-    // which is one this test made for that namespace.
-    let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-/// A plain HTTP/1.1 GET; the status and body, or `None` on any failure.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+/// Starts `fulcrum run` with `config` in namespace `n`, with the pair's key and the
+/// page the backend serves beside it.
+fn start(lab: &mut Lab, n: &str, config: &str) {
+    let key = lab.write(n, "failover.key", "a test pair key of at least 32 bytes\n");
+    std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    lab.write(n, "index.html", "served through the VIP\n");
+    lab.start(n, config, "info,fulcrum::failover=debug");
 }
 
 fn admin(lab: &Lab, n: &str, path: &'static str) -> Option<String> {
@@ -420,19 +206,9 @@ vips = [
     )
 }
 
-/// What `ip` prints for `args`, run in namespace `n`.
-fn ip_out(lab: &Lab, n: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["-n", &lab.ns(n)])
-        .args(args)
-        .output()
-        .expect("ip");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The hardware address of `eth0` in namespace `n`.
 fn mac(lab: &Lab, n: &str) -> String {
-    let out = ip_out(lab, n, &["link", "show", "eth0"]);
+    let out = lab.ip_out(n, &["link", "show", "eth0"]);
     out.split_whitespace()
         .skip_while(|w| *w != "link/ether")
         .nth(1)
@@ -442,7 +218,7 @@ fn mac(lab: &Lab, n: &str) -> String {
 
 /// The hardware address the client's neighbour cache holds for the IPv6 VIP.
 fn client_neighbour6(lab: &Lab) -> Option<String> {
-    let out = ip_out(lab, "cl", &["-6", "neigh", "show", VIP6, "dev", "eth0"]);
+    let out = lab.ip_out("cl", &["-6", "neigh", "show", VIP6, "dev", "eth0"]);
     out.split_whitespace()
         .skip_while(|w| *w != "lladdr")
         .nth(1)
@@ -465,13 +241,21 @@ fn metric(lab: &Lab, n: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
-    let mut lab = match Lab::new() {
+    let mut lab = match lab() {
         Ok(l) => l,
         Err(why) => return skipped(&why),
     };
-    lab.start("be", &backend_config());
-    lab.start("lb1", &lb_config("lb1", 150, "10.98.0.1", "10.98.0.2"));
-    lab.start("lb2", &lb_config("lb2", 100, "10.98.0.2", "10.98.0.1"));
+    start(&mut lab, "be", &backend_config());
+    start(
+        &mut lab,
+        "lb1",
+        &lb_config("lb1", 150, "10.98.0.1", "10.98.0.2"),
+    );
+    start(
+        &mut lab,
+        "lb2",
+        &lb_config("lb2", 100, "10.98.0.2", "10.98.0.1"),
+    );
 
     // One becomes active (the higher priority), the other stays a hot standby.
     wait_for("lb1 active and lb2 passive", &lab, || {
@@ -527,7 +311,11 @@ fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
     );
 
     // It comes back with a higher priority and preempt: it takes the role back.
-    lab.start("lb1", &lb_config("lb1", 200, "10.98.0.1", "10.98.0.2"));
+    start(
+        &mut lab,
+        "lb1",
+        &lb_config("lb1", 200, "10.98.0.1", "10.98.0.2"),
+    );
     wait_for("lb1 to take the role back", &lab, || {
         state(&lab, "lb1") == "active" && state(&lab, "lb2") == "passive"
     });
@@ -618,13 +406,13 @@ fn a_pair_fails_over_takes_back_ignores_forgeries_and_heals_a_partition() {
 
 #[test]
 fn a_vip_that_cannot_be_added_is_a_fault_never_active() {
-    let mut lab = match Lab::new() {
+    let mut lab = match lab() {
         Ok(l) => l,
         Err(why) => return skipped(&why),
     };
     let config = lb_config("lb1", 150, "10.98.0.1", "10.98.0.2")
         .replace("interface = \"eth0\"", "interface = \"nosuch0\"");
-    lab.start("lb1", &config);
+    start(&mut lab, "lb1", &config);
     wait_for("lb1 to report a fault", &lab, || {
         state(&lab, "lb1") == "fault"
     });
@@ -651,7 +439,7 @@ fn a_vip_that_cannot_be_added_is_a_fault_never_active() {
     wait_for("lb1 to leave fault and take the addresses", &lab, || {
         state(&lab, "lb1") == "active"
     });
-    let held = ip_out(&lab, "lb1", &["addr", "show", "nosuch0"]);
+    let held = lab.ip_out("lb1", &["addr", "show", "nosuch0"]);
     assert!(held.contains(VIP) && held.contains(VIP6), "{held}");
     assert!(
         lab.log("lb1").contains("leaving fault"),

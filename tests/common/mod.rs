@@ -3,6 +3,7 @@
 
 pub mod h2;
 pub mod http;
+pub mod netns;
 
 use std::net::SocketAddr;
 use std::path::Path;
