@@ -7,6 +7,8 @@
 //! - [`l7`]: the HTTP engine; [`cache`]: its shared response cache.
 //! - [`failover`]: the active-passive pair: heartbeats, the state machine, the driver
 //!   that moves the virtual addresses.
+//! - [`bgp`]: active-active scale-out: the service addresses announced to routers
+//!   while this instance can serve them.
 //! - [`limits`]: rate limits and per-client connection counts; [`proxy_protocol`]:
 //!   the PROXY protocol header.
 //! - [`runtime`]: one generation of configuration, listeners, shutdown.
@@ -14,6 +16,7 @@
 pub mod activity;
 pub mod admin;
 pub mod balance;
+pub mod bgp;
 pub mod cache;
 pub mod config;
 pub mod failover;

@@ -319,3 +319,70 @@ async fn the_sticky_cookie_attributes_follow_the_config() {
         f.stop().await;
     }
 }
+
+/// Two instances behind ECMP must send the same request to the same backend: the
+/// hash ring and the sticky cookie derive from backend names, not from the order of
+/// the file or from anything local to one process.
+#[tokio::test]
+async fn two_instances_pick_the_same_backend_for_every_key() {
+    let names = ["a", "b", "c", "d"];
+    let mut backends = Vec::new();
+    for n in names {
+        backends.push(HttpBackend::start(n).await);
+    }
+    let config = |order: &[usize]| {
+        let list: Vec<String> = order
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{{ address = \"{}\", name = \"{}\" }}",
+                    backends[i].addr, names[i]
+                )
+            })
+            .collect();
+        let list = list.join(", ");
+        format!(
+            "[[listener]]\nname = \"hash\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"hashed\"\n\
+             [[listener]]\nname = \"sticky\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"sticky\"\n\
+             [upstream.hashed]\nstrategy = \"consistent_hash\"\nhash_key = \"header:x-user\"\nbackends = [{list}]\n\
+             [upstream.sticky]\nbackends = [{list}]\n[upstream.sticky.sticky]\ncookie = \"sid\"\n"
+        )
+    };
+    // The second instance lists the backends in another order.
+    let one = Fulcrum::start(&config(&[0, 1, 2, 3])).await;
+    let two = Fulcrum::start(&config(&[3, 1, 0, 2])).await;
+    let cl = client();
+    let pick = |addr: std::net::SocketAddr, header: &'static str, value: String| {
+        let cl = cl.clone();
+        async move {
+            let req = Request::get(format!("http://{addr}/"))
+                .header(header, value)
+                .body(empty())
+                .unwrap();
+            let (_, h, _) = send(&cl, req).await;
+            h["x-backend"].to_str().unwrap().to_string()
+        }
+    };
+    let mut spread = std::collections::HashMap::new();
+    for key in 0..1000 {
+        let a = pick(one.addr("hash"), "x-user", format!("user-{key}")).await;
+        let b = pick(two.addr("hash"), "x-user", format!("user-{key}")).await;
+        assert_eq!(
+            a, b,
+            "user-{key} hashed to {a} on one instance, {b} on the other"
+        );
+        *spread.entry(a).or_insert(0) += 1;
+    }
+    assert_eq!(spread.len(), 4, "1,000 keys all went to {spread:?}");
+    // A sticky cookie set by one instance is honoured by the other.
+    for _ in 0..20 {
+        let (_, h, _) = get(one.addr("sticky"), "/").await;
+        let first = h["x-backend"].to_str().unwrap().to_string();
+        let cookie = set_cookie(&h).expect("a sticky cookie");
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let other = pick(two.addr("sticky"), "cookie", pair).await;
+        assert_eq!(other, first, "the other instance ignored the cookie");
+    }
+    one.stop().await;
+    two.stop().await;
+}

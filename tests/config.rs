@@ -592,7 +592,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
     let cases = [
         (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
-        (http("", "", "", "[bgp]\nlocal_as = 65000\n"), "`bgp`"),
         (
             http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
             "`listener[0].tls.acme`",
@@ -1021,4 +1020,147 @@ fn the_compression_section_is_checked() {
         got.contains("`listener[0].route[0].compress` does not apply to a route with `redirect`"),
         "{got}"
     );
+}
+
+const BGP: &str = r#"
+[bgp]
+router_id = "192.0.2.11"
+local_as = 65011
+
+  [[bgp.peer]]
+  address = "192.0.2.1"
+  remote_as = 65000
+
+  [[bgp.announce]]
+  prefix = "198.51.100.10/32"
+  upstreams = ["app"]
+"#;
+
+#[test]
+fn a_bgp_section_gets_its_defaults() {
+    let c = Config::parse(&format!("{BASE}{BGP}"), Path::new("fulcrum.toml")).unwrap();
+    let b = c.bgp.unwrap();
+    assert_eq!(b.local_as, 65011);
+    assert_eq!(b.hold_time, std::time::Duration::from_secs(90));
+    assert_eq!(b.withdraw_grace, std::time::Duration::from_secs(3));
+    assert_eq!(b.peers[0].port, 179);
+    assert_eq!(b.announce[0].min_healthy, 1);
+    assert_eq!(b.announce[0].upstreams, ["app"]);
+    // A bare address is its host route; 4-octet AS numbers are fine.
+    let src = format!("{BASE}{BGP}")
+        .replace("\"198.51.100.10/32\"", "\"198.51.100.10\"")
+        .replace("local_as = 65011", "local_as = 4200000001");
+    let b = Config::parse(&src, Path::new("fulcrum.toml"))
+        .unwrap()
+        .bgp
+        .unwrap();
+    assert_eq!(b.announce[0].prefix.to_string(), "198.51.100.10/32");
+    assert_eq!(b.local_as, 4_200_000_001);
+}
+
+#[test]
+fn a_bad_bgp_section_is_refused_by_key() {
+    let with = |from: &str, to: &str| {
+        let src = format!("{BASE}{BGP}");
+        assert!(src.contains(from), "{from}");
+        src.replacen(from, to, 1)
+    };
+    let peer2 =
+        "  [[bgp.peer]]\n  address = \"192.0.2.1\"\n  remote_as = 65001\n\n  [[bgp.announce]]";
+    let cases = [
+        (
+            with("local_as = 65011", "local_as = 0"),
+            "`bgp.local_as` must be an AS number from 1 to 4294967295 other than 23456, got 0",
+        ),
+        (
+            with("remote_as = 65000", "remote_as = 23456"),
+            "`bgp.peer[0].remote_as` must be an AS number",
+        ),
+        (
+            with("198.51.100.10/32", "198.51.100.0/24"),
+            "`bgp.announce[0].prefix` 198.51.100.0/24 is not a host route",
+        ),
+        (
+            with("198.51.100.10/32", "2001:db8::10/128"),
+            "`bgp.announce[0].prefix` no [[bgp.peer]] is an IPv6 session to carry 2001:db8::10/128",
+        ),
+        (
+            with("  [[bgp.announce]]", peer2),
+            "`bgp.peer[1].address` 192.0.2.1 is listed twice",
+        ),
+        (
+            with("router_id = \"192.0.2.11\"", "router_id = \"0.0.0.0\""),
+            "`bgp.router_id` must be a nonzero IPv4 address",
+        ),
+        (
+            with("local_as = 65011", "local_as = 65011\nhold_time = \"2s\""),
+            "`bgp.hold_time` must be 0 or whole seconds from 3s to 65535s",
+        ),
+        (
+            with("upstreams = [\"app\"]", "upstreams = [\"nope\"]"),
+            "`bgp.announce[0].upstreams[0]` no upstream \"nope\"",
+        ),
+        (
+            with("upstreams = [\"app\"]", "upstreams = [\"app\"]\n  min_healthy = 2"),
+            "`bgp.announce[0].upstreams[0]` has 1 backend: min_healthy = 2 can never be met",
+        ),
+        (
+            with("upstreams = [\"app\"]", "upstreams = []"),
+            "`bgp.announce[0].upstreams` must name at least one upstream",
+        ),
+        (
+            with("  address = \"192.0.2.1\"", "  address = \"router\""),
+            "`bgp.peer[0].address` must be the router's IP address",
+        ),
+        (
+            with("  remote_as = 65000", "  remote_as = 65000\n  local_address = \"::1\""),
+            "`bgp.peer[0].local_address` must be an IP address of this host in the family of 192.0.2.1",
+        ),
+        (
+            format!("{BASE}[bgp]\nrouter_id = \"192.0.2.11\"\nlocal_as = 65011\n"),
+            "`bgp.peer` at least one [[bgp.peer]] is required",
+        ),
+    ];
+    for (file, expected) in cases {
+        let got = errors(&file);
+        assert!(got.contains(expected), "expected {expected:?} in:\n{got}");
+    }
+}
+
+#[test]
+fn the_ecmp_examples_are_valid_and_agree() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ecmp");
+    let nodes: Vec<Config> = ["lb1.toml", "lb2.toml"]
+        .iter()
+        .map(|n| Config::load(&dir.join(n)).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let (a, b) = (
+        nodes[0].bgp.as_ref().unwrap(),
+        nodes[1].bgp.as_ref().unwrap(),
+    );
+    assert_eq!(a.announce, b.announce);
+    assert_eq!(a.local_as, b.local_as);
+    assert_ne!(a.router_id, b.router_id);
+    let names = |c: &Config| -> Vec<String> {
+        c.upstreams[0]
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&nodes[0]), names(&nodes[1]));
+    // The router's side parses, where BIRD is installed.
+    if std::path::Path::new("/usr/sbin/bird").exists() {
+        let out = std::process::Command::new("/usr/sbin/bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(dir.join("bird.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

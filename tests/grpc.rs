@@ -250,14 +250,20 @@ async fn http2_connections_and_calls_in_flight_are_exported() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("{} 1", series("fulcrum_backend_h2_streams"))),
+        text.contains(&format!(
+            "{} 1",
+            series("fulcrum_upstream_h2_streams_active")
+        )),
         "{text}"
     );
     drop(tx);
     while body.frame().await.is_some() {}
     let text = scrape().await;
     assert!(
-        text.contains(&format!("{} 0", series("fulcrum_backend_h2_streams"))),
+        text.contains(&format!(
+            "{} 0",
+            series("fulcrum_upstream_h2_streams_active")
+        )),
         "{text}"
     );
     f.stop().await;

@@ -175,7 +175,7 @@ async fn answers_of_the_http_parser_and_connections_without_a_request_are_counte
     assert_eq!(
         value(
             &text,
-            "fulcrum_http_connections_closed_total{listener=\"web\",reason=\"header_timeout\"}"
+            "fulcrum_connections_closed_total{listener=\"web\",reason=\"header_timeout\"}"
         ),
         Some(1.0),
         "{text}"

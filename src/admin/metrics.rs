@@ -34,12 +34,17 @@ pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "fulcrum_proxy_protocol_errors_tot
 pub const CLIENT_LIMITED_TOTAL: &str = "fulcrum_client_connections_limited_total";
 pub const REDIS_UP: &str = "fulcrum_redis_up";
 pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_http_connections_closed_total";
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_connections_closed_total";
+pub const BGP_SESSION_UP: &str = "fulcrum_bgp_session_up";
+pub const BGP_ANNOUNCED: &str = "fulcrum_bgp_announced";
+pub const BGP_UPDATES_SENT_TOTAL: &str = "fulcrum_bgp_updates_sent_total";
+pub const BGP_SESSION_TRANSITIONS_TOTAL: &str = "fulcrum_bgp_session_transitions_total";
 pub const BACKEND_RESPONSE_SECONDS: &str = "fulcrum_backend_response_seconds";
 pub const BACKEND_CONNECT_SECONDS: &str = "fulcrum_backend_connect_seconds";
 pub const BACKEND_CONNECTIONS_OPENED_TOTAL: &str = "fulcrum_backend_connections_opened_total";
 pub const BACKEND_CONNECTIONS_REUSED_TOTAL: &str = "fulcrum_backend_connections_reused_total";
 pub const BACKEND_H2_CONNECTIONS: &str = "fulcrum_backend_h2_connections";
-pub const BACKEND_H2_STREAMS: &str = "fulcrum_backend_h2_streams";
+pub const UPSTREAM_H2_STREAMS_ACTIVE: &str = "fulcrum_upstream_h2_streams_active";
 pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "fulcrum_tracing_spans_exported_total";
 pub const TRACING_SPANS_DROPPED_TOTAL: &str = "fulcrum_tracing_spans_dropped_total";
 
@@ -77,6 +82,11 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     /// HTTP connections that ended before a first request, per listener and reason.
     pub http_connections_closed_total: IntCounterVec,
+    pub connections_closed_total: IntCounterVec,
+    pub bgp_session_up: IntGaugeVec,
+    pub bgp_announced: IntGaugeVec,
+    pub bgp_updates_sent_total: IntCounterVec,
+    pub bgp_session_transitions_total: IntCounterVec,
     /// Time from a request sent to a backend to its response head, per backend.
     pub backend_response_seconds: HistogramVec,
     /// Time to open a backend connection (TLS included), per backend.
@@ -87,7 +97,7 @@ pub struct Metrics {
     /// HTTP/2 backends: open connections and requests in flight on them (set at
     /// scrape time).
     pub backend_h2_connections: IntGaugeVec,
-    pub backend_h2_streams: IntGaugeVec,
+    pub upstream_h2_streams_active: IntGaugeVec,
     /// Spans the OTLP collector took, and those dropped (`queue_full`, `export_failed`).
     pub tracing_spans_exported_total: IntCounter,
     pub tracing_spans_dropped_total: IntCounterVec,
@@ -272,9 +282,9 @@ impl Metrics {
                 "Open HTTP/2 connections to the backend",
                 &["upstream", "backend"],
             ),
-            backend_h2_streams: gauge_vec(
+            upstream_h2_streams_active: gauge_vec(
                 &r,
-                BACKEND_H2_STREAMS,
+                UPSTREAM_H2_STREAMS_ACTIVE,
                 "Requests in flight on the backend's HTTP/2 connections",
                 &["upstream", "backend"],
             ),
@@ -295,6 +305,36 @@ impl Metrics {
                 HTTP_CONNECTIONS_CLOSED_TOTAL,
                 "HTTP connections that ended before a first request, by reason",
                 &["listener", "reason"],
+            ),
+            connections_closed_total: counter_vec(
+                &r,
+                CONNECTIONS_CLOSED_TOTAL,
+                "Connections that ended before a first request, by reason",
+                &["listener", "reason"],
+            ),
+            bgp_session_up: gauge_vec(
+                &r,
+                BGP_SESSION_UP,
+                "1 while the BGP session with the peer is established",
+                &["peer"],
+            ),
+            bgp_announced: gauge_vec(
+                &r,
+                BGP_ANNOUNCED,
+                "1 while at least one established BGP session carries the prefix",
+                &["prefix"],
+            ),
+            bgp_updates_sent_total: counter_vec(
+                &r,
+                BGP_UPDATES_SENT_TOTAL,
+                "BGP UPDATE messages sent, by kind (announce, withdraw)",
+                &["peer", "kind"],
+            ),
+            bgp_session_transitions_total: counter_vec(
+                &r,
+                BGP_SESSION_TRANSITIONS_TOTAL,
+                "BGP sessions established and lost, by peer",
+                &["peer", "to"],
             ),
             cache_requests_total: counter_vec(
                 &r,

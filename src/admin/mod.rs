@@ -48,6 +48,9 @@ pub trait Control: Send + Sync + 'static {
     /// Drops the cached responses of `host` (and under `path_prefix`): how many, or
     /// `None` when no route caches.
     fn purge_cache(&self, host: Option<&str>, path_prefix: Option<&str>) -> Option<usize>;
+    /// `POST /bgp/withdraw` (true) or `/bgp/announce` (false); `Err` when no
+    /// `[bgp]` is configured.
+    fn bgp_maintenance(&self, withdraw: bool) -> Result<(), String>;
     /// The bearer token POST requests need, if one is configured.
     fn token(&self) -> Option<String>;
 }
@@ -226,6 +229,18 @@ async fn route(req: Request<Incoming>, control: &dyn Control) -> Response<Full<B
                 }
                 Err(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
             }
+        }
+        (&Method::POST, ["bgp", action @ ("withdraw" | "announce")]) => {
+            match control.bgp_maintenance(*action == "withdraw") {
+                Ok(()) => json_response(
+                    StatusCode::OK,
+                    json!({ "maintenance": *action == "withdraw" }),
+                ),
+                Err(e) => error(StatusCode::NOT_FOUND, e),
+            }
+        }
+        (_, ["bgp", "withdraw" | "announce"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         (_, ["healthz" | "metrics" | "status" | "reload"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -2,6 +2,7 @@
 //! an immutable, validated [`Config`]. Every problem found is reported at once, each with
 //! the file, the line and column, and the key path.
 
+mod bgp;
 mod compression;
 mod error;
 mod error_pages;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use bgp::{Announce, Bgp, BgpPeer, DEFAULT_BGP_PORT};
 pub use compression::{Algorithm, Compression};
 pub use error::{ConfigError, ConfigErrors};
 pub use error_pages::ErrorPage;
@@ -101,6 +103,8 @@ pub struct Config {
     /// `[tracing]`: trace context for requests; `None`: `traceparent` passes as any
     /// other header.
     pub tracing: Option<Tracing>,
+    /// `[bgp]`: the service addresses announced to the routers.
+    pub bgp: Option<Bgp>,
 }
 
 /// `[cache]`: the shared response cache.
@@ -559,6 +563,7 @@ impl Config {
             redis: None,
             tracing: None,
             failover: None,
+            bgp: None,
         }
     }
 
@@ -645,6 +650,26 @@ impl Config {
                 } else {
                     vips.join(", ")
                 }
+            );
+        }
+        if let Some(b) = &self.bgp {
+            let peers: Vec<String> = b
+                .peers
+                .iter()
+                .map(|p| format!("{} (AS {})", p.name(), p.remote_as))
+                .collect();
+            let announce: Vec<String> = b
+                .announce
+                .iter()
+                .map(|a| format!("{} while {}", a.prefix, a.upstreams.join(" and ")))
+                .collect();
+            let _ = writeln!(
+                out,
+                "bgp AS {} (router id {}): peers {}; announces {}",
+                b.local_as,
+                b.router_id,
+                peers.join(", "),
+                announce.join(", ")
             );
         }
         out
@@ -767,6 +792,7 @@ impl Validator<'_> {
             .iter()
             .filter_map(|(name, u)| self.upstream(name, u))
             .collect();
+        let bgp = raw.bgp.as_ref().map(|b| self.bgp(b.get_ref(), &upstreams));
         let mut listeners = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut binds: HashMap<SocketAddr, String> = HashMap::new();
@@ -820,6 +846,7 @@ impl Validator<'_> {
             rate_limits: std::mem::take(&mut self.rules),
             redis,
             tracing: raw.tracing.as_ref().map(|t| self.tracing(t.get_ref())),
+            bgp,
         }
     }
 

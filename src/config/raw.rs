@@ -28,7 +28,7 @@ pub struct RawConfig {
     pub tracing: Option<Spanned<RawTracing>>,
     pub compression: Option<Spanned<RawCompression>>,
     pub acme: Later,
-    pub bgp: Later,
+    pub bgp: Option<Spanned<RawBgp>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +281,36 @@ pub struct RawFailover {
     pub vips: Vec<Spanned<RawVip>>,
     pub on_active: Option<Spanned<String>>,
     pub on_passive: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgp {
+    pub router_id: Spanned<String>,
+    pub local_as: Spanned<i64>,
+    pub hold_time: Option<Spanned<String>>,
+    pub withdraw_grace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub peer: Vec<Spanned<RawBgpPeer>>,
+    #[serde(default)]
+    pub announce: Vec<Spanned<RawBgpAnnounce>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgpPeer {
+    pub address: Spanned<String>,
+    pub remote_as: Spanned<i64>,
+    pub port: Option<Spanned<i64>>,
+    pub local_address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgpAnnounce {
+    pub prefix: Spanned<String>,
+    pub upstreams: Spanned<Vec<Spanned<String>>>,
+    pub min_healthy: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,14 +31,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_sections(&mut self, c: &RawConfig) {
-        self.refuse(
-            "",
-            &[
-                ("resolver", at(&c.resolver)),
-                ("acme", at(&c.acme)),
-                ("bgp", at(&c.bgp)),
-            ],
-        );
+        self.refuse("", &[("resolver", at(&c.resolver)), ("acme", at(&c.acme))]);
     }
 
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {

@@ -158,6 +158,7 @@ async fn check_loop(
             Ok(()) => {
                 successes += 1;
                 failures = 0;
+                state.set_verified();
                 if !state.is_healthy() && successes >= h.rise && state.set_healthy(true) {
                     info!(upstream = %upstream, backend = %spec.name, backend.addr = %spec.addr, "backend up: health checks pass");
                 }

@@ -186,9 +186,10 @@ pub struct Settings {
     pub access: config::AccessRules,
     /// Request counters for requests no route took (403, 404, 400, redirects).
     unrouted: Arc<RequestMetrics>,
+    /// `fulcrum_connections_closed_total` and its older name
     /// `fulcrum_http_connections_closed_total`, for connections that ended before
     /// a first request.
-    closed_total: prometheus::IntCounterVec,
+    closed_total: [prometheus::IntCounterVec; 2],
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// For connections whose protocol is not known before their bytes are read.
@@ -198,9 +199,9 @@ pub struct Settings {
 impl Settings {
     /// Counts a connection that ended without a request, by `reason`.
     pub fn closed(&self, reason: &str) {
-        self.closed_total
-            .with_label_values(&[&self.listener, reason])
-            .inc();
+        for counter in &self.closed_total {
+            counter.with_label_values(&[&self.listener, reason]).inc();
+        }
     }
 
     /// Compiles a listener's routes against the generation's upstreams.
@@ -351,7 +352,10 @@ impl Settings {
         http2_limits!(server.http2());
         Settings {
             unrouted: metrics.requests(&l.name, "-"),
-            closed_total: metrics.http_connections_closed_total.clone(),
+            closed_total: [
+                metrics.connections_closed_total.clone(),
+                metrics.http_connections_closed_total.clone(),
+            ],
             listener: Arc::from(l.name.as_str()),
             routes: RouteTable { routes, default },
             max_body_size: l.max_body_size,

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::{self, metrics::Metrics};
+use crate::bgp;
 use crate::config::{Config, Listener};
 use crate::failover;
 use crate::health;
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     started: Instant,
     /// The failover driver's published role, once it runs.
     failover: std::sync::OnceLock<failover::Control>,
+    /// The BGP speakers, while `[bgp]` is configured.
+    bgp: Mutex<Option<bgp::Running>>,
 }
 
 impl Shared {
@@ -266,6 +269,7 @@ impl Server {
             admin_stop: Mutex::new(None),
             started: Instant::now(),
             failover: std::sync::OnceLock::new(),
+            bgp: Mutex::new(None),
         });
         let config = Arc::new(config);
         for l in &config.listeners {
@@ -351,10 +355,22 @@ impl Server {
             (Some(socket), Some(f)) => start_failover(&shared, f.clone(), socket),
             _ => None,
         };
+        if let Some(b) = &config.bgp {
+            start_bgp(&shared, b.clone());
+        }
         notify(&[sd_notify::NotifyState::Ready]);
 
         shutdown.await;
         notify(&[sd_notify::NotifyState::Stopping]);
+        // Routers move new flows to the other instances first, while this one still
+        // serves what they send meanwhile.
+        let speakers = shared.bgp();
+        if let Some(b) = &speakers {
+            b.withdraw_all().await;
+            let grace = b.withdraw_grace();
+            info!(grace = ?grace, "bgp: serving through the withdraw grace");
+            tokio::time::sleep(grace).await;
+        }
         // Resign and give the addresses away first: the peer takes over while this
         // node drains what it has.
         if let Some(f) = failover {
@@ -390,6 +406,10 @@ impl Server {
             }
         };
         background.cancel();
+        let speakers = shared.bgp.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(b) = speakers {
+            b.stop().await;
+        }
         shared.stop_admin();
         if cut > 0 {
             warn!(cut, "shutdown timeout reached: connections cut");
@@ -398,6 +418,46 @@ impl Server {
         }
         ShutdownReport { cut }
     }
+}
+
+impl Shared {
+    /// The BGP speakers, when `[bgp]` is configured.
+    fn bgp(&self) -> Option<bgp::Running> {
+        self.bgp.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Starts the BGP speakers: the gate reads backend eligibility from the current
+/// generation (with health checks, only backends a check has passed count) and the
+/// failover role when there is one.
+fn start_bgp(shared: &Arc<Shared>, config: crate::config::Bgp) {
+    let weak = Arc::downgrade(shared);
+    let eligible: bgp::Eligible = Arc::new(move |name: &str| {
+        let shared = weak.upgrade()?;
+        let snapshot = shared.current.load();
+        let up = snapshot.upstreams.get(name)?;
+        // With health checks, a backend counts once a check has passed: a fresh
+        // instance does not draw traffic to backends it has not seen answer.
+        let checked = snapshot
+            .config
+            .upstream(name)
+            .is_some_and(|u| u.health.is_some());
+        let counted = up
+            .backends()
+            .iter()
+            .filter(|b| b.is_eligible() && (!checked || b.state.is_verified()))
+            .count();
+        Some(counted)
+    });
+    let m = &shared.metrics;
+    let metrics = bgp::Metrics {
+        session_up: m.bgp_session_up.clone(),
+        updates_sent: m.bgp_updates_sent_total.clone(),
+        transitions: m.bgp_session_transitions_total.clone(),
+    };
+    let role = shared.failover.get().map(|c| c.status());
+    let running = bgp::start(config, eligible, role, metrics, m.bgp_announced.clone());
+    *shared.bgp.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
 }
 
 /// Starts the failover driver with the shared metrics; a failure to start is logged
@@ -504,6 +564,9 @@ impl admin::Control for Handle {
 
     fn metrics(&self) -> String {
         reload::refresh_backend_metrics(&self.shared);
+        if let Some(b) = self.shared.bgp() {
+            b.publish_metrics();
+        }
         self.shared.metrics.encode()
     }
 
@@ -513,6 +576,15 @@ impl admin::Control for Handle {
         let dropped = cache.purge(host, path_prefix);
         info!(host, path_prefix, dropped, "cache purged");
         Some(dropped)
+    }
+
+    fn bgp_maintenance(&self, withdraw: bool) -> Result<(), String> {
+        let running = self
+            .shared
+            .bgp()
+            .ok_or_else(|| "no [bgp] section is configured".to_string())?;
+        running.set_maintenance(withdraw);
+        Ok(())
     }
 
     fn token(&self) -> Option<String> {

@@ -121,6 +121,25 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
             control.update(f.clone());
         }
     }
+    if old.config.bgp != config.bgp {
+        let running = shared.bgp();
+        match (running, &config.bgp) {
+            (Some(r), Some(b)) => r.update(b.clone()),
+            (None, Some(b)) => {
+                info!("[bgp] added: sessions starting");
+                super::start_bgp(shared, b.clone());
+            }
+            (Some(r), None) => {
+                info!("[bgp] removed: routes withdrawn, sessions closing");
+                shared.bgp.lock().unwrap_or_else(|p| p.into_inner()).take();
+                tokio::spawn(async move {
+                    r.withdraw_all().await;
+                    r.stop().await;
+                });
+            }
+            (None, None) => {}
+        }
+    }
 
     let wanted: HashSet<BindKey> = config
         .listeners
@@ -295,7 +314,7 @@ fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
             let _ = m.backend_healthy.remove_label_values(&labels);
             let _ = m.backend_active.remove_label_values(&labels);
             let _ = m.backend_h2_connections.remove_label_values(&labels);
-            let _ = m.backend_h2_streams.remove_label_values(&labels);
+            let _ = m.upstream_h2_streams_active.remove_label_values(&labels);
             let _ = m.backend_response_seconds.remove_label_values(&labels);
             let _ = m.backend_connect_seconds.remove_label_values(&labels);
             let _ = m
@@ -339,7 +358,7 @@ pub(crate) fn refresh_backend_metrics(shared: &Shared) {
                 m.backend_h2_connections
                     .with_label_values(&labels)
                     .set(conns as i64);
-                m.backend_h2_streams
+                m.upstream_h2_streams_active
                     .with_label_values(&labels)
                     .set(streams as i64);
             }
@@ -428,6 +447,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "generation": snapshot.generation,
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "failover": failover_status(shared),
+        "bgp": shared.bgp().map_or_else(|| json!({ "enabled": false }), |b| b.status()),
         "cache": match &snapshot.cache {
             Some(c) => json!({
                 "enabled": true,

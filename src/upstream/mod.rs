@@ -49,6 +49,14 @@ struct Changes {
     freed: tokio::sync::Notify,
 }
 
+/// Signalled whenever a backend's eligibility changes (health, drain, ejection), for
+/// those that act on it at once (the BGP gate). Ejections that run out on time are
+/// not signalled.
+pub fn eligibility_changes() -> &'static tokio::sync::Notify {
+    static CHANGES: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    CHANGES.get_or_init(tokio::sync::Notify::new)
+}
+
 /// The most requests (or connections) one upstream lets wait for a backend under
 /// `max_connections_per_backend`; past it, they are refused at once.
 pub const MAX_QUEUE: usize = 4096;
@@ -77,6 +85,8 @@ impl Drop for Queued<'_> {
 #[derive(Debug)]
 pub struct BackendState {
     healthy: AtomicBool,
+    /// An active health check has passed at least once.
+    verified: AtomicBool,
     draining: AtomicBool,
     /// `now_ms()` until which passive checks keep the backend out; 0: not ejected.
     ejected_until: AtomicU64,
@@ -94,6 +104,7 @@ impl BackendState {
     fn new(changes: Arc<Changes>) -> Self {
         BackendState {
             healthy: AtomicBool::new(true),
+            verified: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
             active: AtomicUsize::new(0),
@@ -108,6 +119,7 @@ impl BackendState {
 
     fn changed(&self) {
         self.changes.epoch.fetch_add(1, Ordering::AcqRel);
+        eligibility_changes().notify_waiters();
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -121,6 +133,19 @@ impl BackendState {
             self.changed();
         }
         changed
+    }
+
+    /// Whether an active health check has ever passed (a backend starts healthy
+    /// on trust; this says it was seen to be).
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    /// Records a passing health check.
+    pub fn set_verified(&self) {
+        if !self.verified.swap(true, Ordering::AcqRel) {
+            eligibility_changes().notify_waiters();
+        }
     }
 
     pub fn is_draining(&self) -> bool {

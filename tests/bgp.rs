@@ -1,0 +1,530 @@
+//! Active-active over BGP end to end: three real fulcrum processes, each in a network
+//! namespace of its own with a backend beside it, peering with a router namespace
+//! that runs BIRD 2 (and once GoBGP); a client namespace behind the router.
+//!
+//! ```text
+//!   b1 (10.0.1.2) ──┐
+//!   b2 (10.0.2.2) ──┼── r (BIRD, AS 65000, ECMP) ── cl (10.9.0.2)
+//!   b3 (10.0.3.2) ──┘        service address 198.51.100.10 on each b's loopback
+//! ```
+//!
+//! Needs root and BIRD (`bird2`) or GoBGP (`gobgpd`): otherwise the test says it is
+//! skipped. Every wait is for an event, with a generous bound; nothing is timed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::netns::{enter, get, in_ns, request, skipped, Lab, PATIENCE};
+
+const SERVICE: &str = "198.51.100.10";
+const NODES: [&str; 5] = ["r", "cl", "b1", "b2", "b3"];
+const BALANCERS: [usize; 3] = [1, 2, 3];
+
+fn installed(program: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| std::path::Path::new(d).join(program).exists())
+}
+
+/// The router, the client and three balancers, linked and addressed; the service
+/// address on each balancer's loopback.
+fn lab() -> Result<Lab, String> {
+    let lab = Lab::new("bg", &NODES)?;
+    for i in BALANCERS {
+        let b = format!("b{i}");
+        lab.link(
+            ("r", &format!("r{i}"), &format!("10.0.{i}.1/24")),
+            (&b, "eth0", &format!("10.0.{i}.2/24")),
+        )?;
+        lab.ip(&b, &["addr", "add", &format!("{SERVICE}/32"), "dev", "lo"])?;
+        lab.ip(
+            &b,
+            &["route", "add", "default", "via", &format!("10.0.{i}.1")],
+        )?;
+    }
+    lab.link(("r", "rc", "10.9.0.1/24"), ("cl", "eth0", "10.9.0.2/24"))?;
+    lab.ip("cl", &["route", "add", "default", "via", "10.9.0.1"])?;
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        // Spread flows by ports too, so that one client reaches every balancer.
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("r"), "sysctl", "-qw"])
+            .arg(format!("{key}={value}"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "sysctl {key}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(lab)
+}
+
+fn bird_config() -> String {
+    let mut c = String::from(
+        r#"
+log stderr all;
+router id 10.9.0.1;
+protocol device { scan time 1; }
+protocol kernel {
+  ipv4 { export all; import none; };
+  merge paths on;
+}
+template bgp balancer {
+  local as 65000;
+  passive on;
+  hold time 3;
+  ipv4 { import all; export none; };
+}
+"#,
+    );
+    for i in BALANCERS {
+        c.push_str(&format!(
+            "protocol bgp b{i} from balancer {{ neighbor 10.0.{i}.2 as 65011; }}\n"
+        ));
+    }
+    c
+}
+
+fn gobgp_config() -> String {
+    let mut c = String::from(
+        r#"
+[global.config]
+  as = 65000
+  router-id = "10.9.0.1"
+  port = 179
+"#,
+    );
+    for i in BALANCERS {
+        c.push_str(&format!(
+            r#"
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.0.{i}.2"
+    peer-as = 65011
+  [neighbors.timers.config]
+    hold-time = 3
+    keepalive-interval = 1
+  [neighbors.transport.config]
+    passive-mode = true
+"#
+        ));
+    }
+    c
+}
+
+fn backend_config(i: usize) -> String {
+    format!(
+        r#"
+[global]
+watch_config = false
+access_log = false
+
+[[listener]]
+name = "origin"
+bind = "127.0.0.1:8081"
+protocol = "http"
+
+  [[listener.route]]
+  static = "site{i}"
+"#
+    )
+}
+
+fn balancer_config(i: usize) -> String {
+    format!(
+        r#"
+[global]
+watch_config = false
+access_log = false
+shutdown_timeout = "2s"
+
+[admin]
+bind = "127.0.0.1:9090"
+
+[[listener]]
+name = "service"
+bind = "{SERVICE}:8080"
+protocol = "http"
+upstream = "web"
+
+[upstream.web]
+connect_timeout = "1s"
+backends = [{{ address = "127.0.0.1:8081" }}]
+
+  [upstream.web.health]
+  check = "http"
+  path = "/"
+  interval = "200ms"
+  timeout = "500ms"
+  rise = 1
+  fall = 1
+
+[bgp]
+router_id = "10.0.{i}.2"
+local_as = 65011
+hold_time = "3s"
+withdraw_grace = "1s"
+
+  [[bgp.peer]]
+  address = "10.0.{i}.1"
+  remote_as = 65000
+
+  [[bgp.announce]]
+  prefix = "{SERVICE}/32"
+  upstreams = ["web"]
+"#
+    )
+}
+
+fn start_backend(lab: &mut Lab, i: usize) {
+    let x = format!("b{i}");
+    lab.write(
+        &x,
+        &format!("site{i}/index.html"),
+        &format!("served by b{i}\n"),
+    );
+    let path = lab.write(&x, "backend.toml", &backend_config(i));
+    let path = path.to_string_lossy().into_owned();
+    lab.spawn(
+        &x,
+        &format!("be{i}"),
+        env!("CARGO_BIN_EXE_fulcrum"),
+        &["run", "-c", &path],
+        &[("RUST_LOG", "warn")],
+    );
+}
+
+fn start_balancer(lab: &mut Lab, i: usize) {
+    lab.start(&format!("b{i}"), &balancer_config(i), "info");
+}
+
+/// The gateways the router's kernel table holds for the service address.
+fn kernel_paths(lab: &Lab) -> BTreeSet<String> {
+    let out = lab.ip_out("r", &["route", "show", &format!("{SERVICE}/32")]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
+fn via(list: &[usize]) -> BTreeSet<String> {
+    list.iter().map(|i| format!("10.0.{i}.2")).collect()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("waited {PATIENCE:?} for {what}");
+}
+
+fn admin(lab: &Lab, i: usize, method: &'static str, path: &'static str) -> Option<String> {
+    in_ns(&lab.ns(&format!("b{i}")), move || {
+        request("127.0.0.1:9090".parse().unwrap(), method, path)
+    })
+    .filter(|(s, _)| *s == 200)
+    .map(|(_, b)| b)
+}
+
+fn metric(lab: &Lab, i: usize, series: &str) -> Option<f64> {
+    let text = admin(lab, i, "GET", "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn status(lab: &Lab, i: usize) -> serde_json::Value {
+    admin(lab, i, "GET", "/status")
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A client in its namespace asking the service address in a steady loop, one new
+/// connection per request, counting answers, failures and who served.
+struct Clients {
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    served_by: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(ns: &str) -> Clients {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let served_by = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = format!("/var/run/netns/{ns}");
+        let (ok2, failed2, by2, stop2) =
+            (ok.clone(), failed.clone(), served_by.clone(), stop.clone());
+        let task = std::thread::spawn(move || {
+            enter(&path);
+            let addr: SocketAddr = format!("{SERVICE}:8080").parse().unwrap();
+            while !stop2.load(Ordering::SeqCst) {
+                match get(addr, "/") {
+                    Some((200, body)) if body.starts_with("served by ") => {
+                        ok2.fetch_add(1, Ordering::SeqCst);
+                        by2.lock().unwrap().insert(body.trim().to_string());
+                    }
+                    _ => {
+                        failed2.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Clients {
+            ok,
+            failed,
+            served_by,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Waits for `n` more answers than now.
+    fn wait_served(&self, what: &str, n: usize) {
+        let base = self.ok();
+        wait_for(what, || self.ok() >= base + n);
+    }
+
+    /// Forgets who served so far.
+    fn reset_served(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.served_by.lock().unwrap())
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.task.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn served(list: &[usize]) -> BTreeSet<String> {
+    list.iter().map(|i| format!("served by b{i}")).collect()
+}
+
+#[test]
+fn three_balancers_share_the_address_through_bird_ecmp() {
+    if !installed("bird") {
+        return skipped("BIRD is not installed (Debian package bird2)");
+    }
+    let mut lab = match lab() {
+        Ok(l) => l,
+        Err(why) => return skipped(&why),
+    };
+    let conf = lab.write("r", "bird.conf", &bird_config());
+    let conf = conf.to_string_lossy().into_owned();
+    let ctl = lab.dir("r").join("bird.ctl").to_string_lossy().into_owned();
+    lab.spawn("r", "bird", "bird", &["-f", "-c", &conf, "-s", &ctl], &[]);
+    for i in BALANCERS {
+        if i != 3 {
+            start_backend(&mut lab, i);
+        }
+        start_balancer(&mut lab, i);
+    }
+    // b3's backend is not there: its session comes up, but it announces nothing.
+    wait_for("paths via b1 and b2, b3's session up", || {
+        kernel_paths(&lab) == via(&[1, 2])
+            && status(&lab, 3)["bgp"]["peers"][0]["state"] == "established"
+    });
+    assert_eq!(status(&lab, 3)["bgp"]["announce"][0]["announced"], false);
+    assert_eq!(kernel_paths(&lab), via(&[1, 2]));
+    start_backend(&mut lab, 3);
+
+    // Every healthy balancer is a path of one multipath route.
+    wait_for("a path via every balancer", || {
+        kernel_paths(&lab) == via(&[1, 2, 3])
+    });
+    let s = status(&lab, 1);
+    assert_eq!(s["bgp"]["peers"][0]["state"], "established", "{s}");
+    assert_eq!(
+        s["bgp"]["peers"][0]["announced"][0],
+        format!("{SERVICE}/32")
+    );
+    assert_eq!(s["bgp"]["announce"][0]["announced"], true);
+    assert_eq!(
+        metric(&lab, 1, "fulcrum_bgp_session_up{peer=\"10.0.1.1\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &lab,
+            1,
+            &format!("fulcrum_bgp_announced{{prefix=\"{SERVICE}/32\"}}")
+        ),
+        Some(1.0)
+    );
+
+    // Clients behind the router are served by all of them.
+    let clients = Clients::start(&lab.ns("cl"));
+    wait_for("answers from every balancer", || {
+        *clients.served_by.lock().unwrap() == served(&[1, 2, 3])
+    });
+    assert_eq!(clients.failed(), 0);
+
+    // b1's backend goes down: b1 withdraws by an UPDATE, its session stays up.
+    lab.kill("be1");
+    wait_for("b1's path withdrawn", || kernel_paths(&lab) == via(&[2, 3]));
+    let withdraws = "fulcrum_bgp_updates_sent_total{kind=\"withdraw\",peer=\"10.0.1.1\"}";
+    assert_eq!(metric(&lab, 1, withdraws), Some(1.0));
+    assert_eq!(status(&lab, 1)["bgp"]["peers"][0]["state"], "established");
+    assert_eq!(status(&lab, 1)["bgp"]["announce"][0]["announced"], false);
+    let failed = clients.failed();
+    clients.reset_served();
+    clients.wait_served("answers after the withdrawal", 40);
+    assert_eq!(
+        clients.failed(),
+        failed,
+        "requests failed after the withdrawal"
+    );
+    assert!(!clients.reset_served().contains("served by b1"));
+
+    // The backend comes back: so does the path.
+    start_backend(&mut lab, 1);
+    wait_for("b1's path back", || kernel_paths(&lab) == via(&[1, 2, 3]));
+
+    // Maintenance on b2: withdrawn with no failed request, then announced again.
+    let failed = clients.failed();
+    assert!(admin(&lab, 2, "POST", "/bgp/withdraw").is_some());
+    wait_for("b2's path withdrawn", || kernel_paths(&lab) == via(&[1, 3]));
+    clients.wait_served("answers while b2 is out", 40);
+    assert_eq!(
+        clients.failed(),
+        failed,
+        "a request failed during maintenance"
+    );
+    assert_eq!(status(&lab, 2)["bgp"]["maintenance"], true);
+    assert!(admin(&lab, 2, "POST", "/bgp/announce").is_some());
+    wait_for("b2's path back", || kernel_paths(&lab) == via(&[1, 2, 3]));
+
+    // SIGTERM on b3: it withdraws first and serves through its grace; at most the
+    // request in flight on it fails (the client sends one at a time).
+    let failed = clients.failed();
+    lab.signal_term("b3");
+    wait_for("b3's path withdrawn", || kernel_paths(&lab) == via(&[1, 2]));
+    let exit = lab.wait_exit("b3");
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    clients.wait_served("answers after b3 left", 40);
+    assert!(
+        clients.failed() <= failed + 1,
+        "{} requests failed while b3 stopped",
+        clients.failed() - failed
+    );
+    let log = lab.log("b3");
+    assert!(log.contains("bgp: routes withdrawn"), "{log}");
+    assert!(log.contains("withdraw grace"), "{log}");
+
+    // b1 hangs (SIGSTOP: its kernel still holds the connection, nothing more is
+    // sent): the router drops the path when its hold time runs out.
+    lab.signal("b1", libc::SIGSTOP);
+    wait_for("b1's path gone after the hold time", || {
+        kernel_paths(&lab) == via(&[2])
+    });
+    let log = lab.log("r");
+    assert!(log.contains("Hold timer expired"), "{log}");
+    lab.kill("b1");
+    clients.wait_served("answers from b2 alone", 20);
+
+    // kill -9 on b2: its kernel closes the session, the router drops the path at once.
+    lab.kill("b2");
+    wait_for("b2's path gone", || kernel_paths(&lab).is_empty());
+    drop(clients);
+}
+
+/// The text `gobgp` prints for the service route in the router's RIB.
+fn gobgp_rib(lab: &Lab) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("r"),
+            "gobgp",
+            "global",
+            "rib",
+            "-a",
+            "ipv4",
+        ])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The next hops GoBGP holds for the service address.
+fn gobgp_paths(lab: &Lab) -> BTreeSet<String> {
+    gobgp_rib(lab)
+        .lines()
+        .filter(|l| l.contains(&format!("{SERVICE}/32")))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("10.0.") && w.ends_with(".2"))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn gobgp_as_the_router_sees_announcements_and_withdrawals() {
+    if !installed("gobgpd") || !installed("gobgp") {
+        return skipped("GoBGP is not installed (Debian package gobgpd)");
+    }
+    let mut lab = match lab() {
+        Ok(l) => l,
+        Err(why) => return skipped(&why),
+    };
+    let conf = lab.write("r", "gobgpd.toml", &gobgp_config());
+    let conf = conf.to_string_lossy().into_owned();
+    lab.spawn("r", "gobgpd", "gobgpd", &["-f", &conf, "-t", "toml"], &[]);
+    for i in BALANCERS {
+        start_backend(&mut lab, i);
+        start_balancer(&mut lab, i);
+    }
+    wait_for("GoBGP holds a path from every balancer", || {
+        gobgp_paths(&lab) == via(&[1, 2, 3])
+    });
+    assert_eq!(status(&lab, 2)["bgp"]["peers"][0]["state"], "established");
+
+    // Health: b1's backend down withdraws b1's path, up announces it again.
+    lab.kill("be1");
+    wait_for("b1's path withdrawn", || gobgp_paths(&lab) == via(&[2, 3]));
+    assert_eq!(status(&lab, 1)["bgp"]["peers"][0]["state"], "established");
+    start_backend(&mut lab, 1);
+    wait_for("b1's path back", || gobgp_paths(&lab) == via(&[1, 2, 3]));
+
+    // Maintenance, then SIGTERM.
+    assert!(admin(&lab, 2, "POST", "/bgp/withdraw").is_some());
+    wait_for("b2's path withdrawn", || gobgp_paths(&lab) == via(&[1, 3]));
+    assert!(admin(&lab, 2, "POST", "/bgp/announce").is_some());
+    wait_for("b2's path back", || gobgp_paths(&lab) == via(&[1, 2, 3]));
+    lab.signal_term("b3");
+    wait_for("b3's path withdrawn", || gobgp_paths(&lab) == via(&[1, 2]));
+    assert!(lab.wait_exit("b3").is_some_and(|s| s.success()));
+}
