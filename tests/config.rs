@@ -1056,6 +1056,16 @@ fn a_bgp_section_gets_its_defaults() {
         .unwrap();
     assert_eq!(b.announce[0].prefix.to_string(), "198.51.100.10/32");
     assert_eq!(b.local_as, 4_200_000_001);
+    // No keepalives, no grace: both zero.
+    let src = format!("{BASE}{BGP}").replace(
+        "local_as = 65011",
+        "local_as = 65011\nhold_time = \"0s\"\nwithdraw_grace = \"0s\"",
+    );
+    let b = Config::parse(&src, Path::new("fulcrum.toml"))
+        .unwrap()
+        .bgp
+        .unwrap();
+    assert!(b.hold_time.is_zero() && b.withdraw_grace.is_zero());
 }
 
 #[test]

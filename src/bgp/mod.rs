@@ -378,3 +378,104 @@ impl Running {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use prometheus::{IntCounterVec, Opts};
+
+    use super::*;
+    use crate::failover::machine::Role;
+
+    fn config() -> config::Bgp {
+        let announce = |prefix: &str, upstreams: &[&str], min_healthy| config::Announce {
+            prefix: prefix.parse().unwrap(),
+            upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
+            min_healthy,
+        };
+        config::Bgp {
+            router_id: [192, 0, 2, 11].into(),
+            local_as: 65011,
+            hold_time: Duration::from_secs(9),
+            withdraw_grace: Duration::from_secs(3),
+            peers: Vec::new(),
+            announce: vec![
+                announce("198.51.100.10/32", &["web"], 1),
+                announce("198.51.100.11/32", &["web", "api"], 2),
+                announce("2001:db8::10/128", &["gone"], 1),
+            ],
+        }
+    }
+
+    fn inner(
+        healthy: &[(&str, usize)],
+        failover: Option<watch::Receiver<failover::Status>>,
+    ) -> Inner {
+        let counts: HashMap<String, usize> =
+            healthy.iter().map(|(u, n)| (u.to_string(), *n)).collect();
+        let counter = |name: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, name), labels).unwrap()
+        };
+        let gauge =
+            |name: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, name), labels).unwrap();
+        Inner {
+            config: ArcSwap::from_pointee(config()),
+            eligible: Arc::new(move |u: &str| counts.get(u).copied()),
+            failover,
+            maintenance: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            wake: Notify::new(),
+            routes: watch::channel(Arc::new(BTreeSet::new())).0,
+            peers: Mutex::new(Vec::new()),
+            metrics: Metrics {
+                session_up: gauge("up", &["peer"]),
+                updates_sent: counter("sent", &["peer", "kind"]),
+                transitions: counter("transitions", &["peer", "to"]),
+            },
+            announced: gauge("announced", &["prefix"]),
+        }
+    }
+
+    fn names(set: &BTreeSet<IpNet>) -> Vec<String> {
+        set.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn each_prefix_is_announced_while_every_upstream_it_names_has_enough() {
+        let i = inner(&[("web", 2), ("api", 1)], None);
+        // api has 1 of the 2 the second prefix needs; "gone" does not exist.
+        assert_eq!(names(&i.decide()), ["198.51.100.10/32"]);
+        let i = inner(&[("web", 2), ("api", 2)], None);
+        assert_eq!(names(&i.decide()), ["198.51.100.10/32", "198.51.100.11/32"]);
+        let i = inner(&[("web", 0), ("api", 2)], None);
+        assert!(i.decide().is_empty());
+    }
+
+    #[test]
+    fn maintenance_and_shutdown_withdraw_everything() {
+        let i = inner(&[("web", 2), ("api", 2)], None);
+        i.maintenance.store(true, Ordering::Release);
+        assert!(i.decide().is_empty());
+        i.maintenance.store(false, Ordering::Release);
+        assert_eq!(i.decide().len(), 2);
+        i.stopping.store(true, Ordering::Release);
+        assert!(i.decide().is_empty());
+    }
+
+    #[test]
+    fn only_the_active_node_of_a_failover_pair_announces() {
+        let status = |role| failover::Status {
+            node: "lb1".into(),
+            role,
+            last_heard: None,
+        };
+        let (tx, rx) = watch::channel(status(Role::Passive));
+        let i = inner(&[("web", 2), ("api", 2)], Some(rx));
+        assert!(i.decide().is_empty());
+        tx.send_replace(status(Role::Active));
+        assert_eq!(i.decide().len(), 2);
+        tx.send_replace(status(Role::Fault));
+        assert!(i.decide().is_empty());
+    }
+}

@@ -90,7 +90,7 @@ impl Validator<'_> {
             }
         };
         let local_as = self.asn(&b.local_as, "bgp.local_as");
-        let hold_time = self.duration(&b.hold_time, "bgp.hold_time", DEFAULT_HOLD_TIME);
+        let hold_time = self.duration_or_zero(&b.hold_time, "bgp.hold_time", DEFAULT_HOLD_TIME);
         let whole = hold_time.subsec_nanos() == 0;
         let secs = hold_time.as_secs();
         let hold_time = if whole && (secs == 0 || (3..=65535).contains(&secs)) {
@@ -104,7 +104,7 @@ impl Validator<'_> {
             );
             DEFAULT_HOLD_TIME
         };
-        let withdraw_grace = self.duration(
+        let withdraw_grace = self.duration_or_zero(
             &b.withdraw_grace,
             "bgp.withdraw_grace",
             DEFAULT_WITHDRAW_GRACE,

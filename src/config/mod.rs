@@ -697,6 +697,20 @@ impl Validator<'_> {
             .push(ConfigError::new(self.file, self.src, span, key, msg));
     }
 
+    /// A duration where zero means "none" (no wait, no timer).
+    fn duration_or_zero(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        parse_duration(v.get_ref()).unwrap_or_else(|e| {
+            self.err(Some(v.span()), key, e);
+            default
+        })
+    }
+
     fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
@@ -951,17 +965,12 @@ impl Validator<'_> {
             i64::from(u32::MAX),
             DEFAULT_MAX_CONNECTIONS as i64,
         ) as usize;
-        let shutdown_timeout = match &g.shutdown_timeout {
-            // Zero is allowed here: exit without waiting for open connections.
-            Some(v) => match parse_duration(v.get_ref()) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.err(Some(v.span()), "global.shutdown_timeout", e);
-                    DEFAULT_SHUTDOWN_TIMEOUT
-                }
-            },
-            None => DEFAULT_SHUTDOWN_TIMEOUT,
-        };
+        // Zero: exit without waiting for open connections.
+        let shutdown_timeout = self.duration_or_zero(
+            &g.shutdown_timeout,
+            "global.shutdown_timeout",
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        );
         let log_format = match g
             .log_format
             .as_ref()
