@@ -745,3 +745,125 @@ withdraw_grace = "0s"
     assert_eq!(notification(&read_message(&mut s).await), (6, 2));
     stopping.await.unwrap();
 }
+
+/// An admin API request; the status and the body.
+async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(common::http::empty())
+        .unwrap();
+    let (status, _, body) = common::http::send(&common::http::client(), req).await;
+    (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Reads an UPDATE: (withdrawn NLRI, announced NLRI).
+async fn read_update(s: &mut TcpStream) -> (Vec<u8>, Vec<u8>) {
+    let (withdrawn, _, nlri) = update_parts(&read_message(s).await);
+    (withdrawn, nlri)
+}
+
+#[tokio::test]
+async fn maintenance_and_reloads_change_what_the_router_has() {
+    let router = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = router.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("fulcrum-bgp-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fulcrum.toml");
+    let config = |bgp: &str| {
+        format!(
+            r#"
+[global]
+watch_config = false
+
+[admin]
+bind = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+upstream = "app"
+
+[upstream.app]
+backends = [{{ address = "127.0.0.1:9" }}]
+{bgp}"#
+        )
+    };
+    let bgp = |prefix: &str, hold: &str| {
+        format!(
+            r#"
+[bgp]
+router_id = "192.0.2.11"
+local_as = 65011
+hold_time = "{hold}"
+withdraw_grace = "0s"
+
+  [[bgp.peer]]
+  address = "127.0.0.1"
+  port = {port}
+  remote_as = 65000
+
+  [[bgp.announce]]
+  prefix = "{prefix}"
+  upstreams = ["app"]
+"#
+        )
+    };
+    std::fs::write(&file, config(&bgp("198.51.100.10/32", "30s"))).unwrap();
+    let server = fulcrum::runtime::Server::bind(fulcrum::config::Config::load(&file).unwrap())
+        .await
+        .unwrap();
+    let handle = server.handle();
+    let api = server.admin_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let ten = vec![32, 198, 51, 100, 10];
+    let eleven = vec![32, 198, 51, 100, 11];
+
+    let (mut s, _) = accept_open(&router).await;
+    establish(&mut s, 65000).await;
+    assert_eq!(read_update(&mut s).await, (vec![], ten.clone()));
+
+    // Maintenance: withdrawn, then announced again.
+    let (status, body) = admin_call(api, "POST", "/bgp/withdraw").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"maintenance":true}"#));
+    assert_eq!(read_update(&mut s).await, (ten.clone(), vec![]));
+    let (_, body) = admin_call(api, "GET", "/status").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["bgp"]["maintenance"], true);
+    assert_eq!(doc["bgp"]["peers"][0]["state"], "established");
+    assert_eq!(doc["bgp"]["peers"][0]["announced"], serde_json::json!([]));
+    assert_eq!(admin_call(api, "GET", "/bgp/withdraw").await.0, 405);
+    assert_eq!(admin_call(api, "POST", "/bgp/announce").await.0, 200);
+    assert_eq!(read_update(&mut s).await, (vec![], ten.clone()));
+
+    // A reload that moves the announcement keeps the session.
+    std::fs::write(&file, config(&bgp("198.51.100.11/32", "30s"))).unwrap();
+    handle.reload().await.unwrap();
+    assert_eq!(read_update(&mut s).await, (ten.clone(), vec![]));
+    assert_eq!(read_update(&mut s).await, (vec![], eleven.clone()));
+
+    // One that changes the hold time starts a new session: the old one ends with a
+    // Cease.
+    std::fs::write(&file, config(&bgp("198.51.100.11/32", "60s"))).unwrap();
+    handle.reload().await.unwrap();
+    assert_eq!(notification(&read_message(&mut s).await), (6, 2));
+    let (mut s, open) = accept_open(&router).await;
+    assert_eq!(open.hold_time, 60);
+    establish(&mut s, 65000).await;
+    assert_eq!(read_update(&mut s).await, (vec![], eleven.clone()));
+
+    // Removing [bgp]: withdrawn, then a Cease; the endpoints say there is no BGP.
+    std::fs::write(&file, config("")).unwrap();
+    handle.reload().await.unwrap();
+    assert_eq!(read_update(&mut s).await, (eleven, vec![]));
+    assert_eq!(notification(&read_message(&mut s).await), (6, 2));
+    assert_eq!(admin_call(api, "POST", "/bgp/withdraw").await.0, 404);
+
+    let _ = stop.send(());
+    task.await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
