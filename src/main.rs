@@ -148,11 +148,13 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             }
         };
         tokio::spawn(reload_on_sighup(signals.hup, server.handle()));
-        let mut watchdog_usec = 0;
-        if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
-            tokio::spawn(watchdog(std::time::Duration::from_micros(
-                watchdog_usec / 2,
-            )));
+        let period = watchdog_period(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        );
+        if let Some(period) = period {
+            tokio::spawn(watchdog(period / 2));
         }
         let report = server.run(shutdown_signal(signals.term, signals.int)).await;
         tracing::info!(cut = report.cut, "exiting");
@@ -169,6 +171,19 @@ async fn reload_on_sighup(mut hup: Signal, handle: fulcrum::runtime::Handle) {
         tracing::info!("SIGHUP received: reloading");
         let _ = handle.reload().await;
     }
+}
+
+/// systemd's watchdog period, by libsystemd's rule (`sd_watchdog_enabled`): set when
+/// `WATCHDOG_USEC` is a positive number and `WATCHDOG_PID` is either absent or this
+/// process.
+fn watchdog_period(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<std::time::Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    match pid {
+        None => {}
+        Some(p) if p.trim().parse::<u32>().ok() == Some(me) => {}
+        Some(_) => return None,
+    }
+    Some(std::time::Duration::from_micros(usec))
 }
 
 /// Tells systemd every half `WatchdogSec` that the runtime still runs tasks.
@@ -203,5 +218,23 @@ async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watchdog_period;
+    use std::time::Duration;
+
+    #[test]
+    fn the_watchdog_follows_libsystemds_rule() {
+        let period = Some(Duration::from_secs(30));
+        assert_eq!(watchdog_period(Some("30000000"), None, 7), period);
+        assert_eq!(watchdog_period(Some("30000000"), Some("7"), 7), period);
+        assert_eq!(watchdog_period(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_period(Some("30000000"), Some("x"), 7), None);
+        assert_eq!(watchdog_period(Some("0"), None, 7), None);
+        assert_eq!(watchdog_period(Some("soon"), None, 7), None);
+        assert_eq!(watchdog_period(None, Some("7"), 7), None);
     }
 }

@@ -585,3 +585,51 @@ async fn grpc_calls_are_logged_with_the_upstream_protocol_and_grpc_status() {
     assert_eq!(line["upstream"], "dead");
     assert_eq!(line["grpc_status"], 14, "{line}");
 }
+
+/// The major version of the machine's systemd, when it has one.
+fn systemd_version() -> Option<u32> {
+    let out = Command::new("systemctl").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_systemd_units_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no systemd-analyze");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/fulcrum.service"))
+        .unwrap()
+        .replace("/usr/local/bin/fulcrum", env!("CARGO_BIN_EXE_fulcrum"));
+    let dir = std::env::temp_dir().join(format!("fulcrum-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let verify = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        output(Command::new("systemd-analyze").arg("verify").arg(&path))
+    };
+    let (code, out, err) = verify("fulcrum.service", &unit);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    // The drop-in for systemd >= 253, applied to the unit.
+    let drop_in = std::fs::read_to_string(root.join("systemd/notify-reload.conf")).unwrap();
+    assert!(drop_in.contains("Type=notify-reload"));
+    let reloading = unit
+        .replace("Type=notify\n", "Type=notify-reload\n")
+        .lines()
+        .filter(|l| !l.starts_with("ExecReload="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (code, _, err) = verify("fulcrum-reload.service", &reloading);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 0);
+    match systemd_version() {
+        Some(v) if v >= 253 => assert_eq!(err, "", "systemd {v}"),
+        v => eprintln!("skipped: systemd {v:?} predates Type=notify-reload (253): {err}"),
+    }
+}
