@@ -188,3 +188,30 @@ pub fn client_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     Some(Arc::from(cert.subject().to_string()))
 }
+
+/// A served certificate's name (its first DNS subject alternative name, else its
+/// subject's common name, else its subject) and when it expires (seconds since the
+/// Unix epoch), read from its leaf.
+pub fn certificate_expiry(key: &CertifiedKey) -> Option<(String, i64)> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let dns = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+        });
+    let name = dns
+        .or_else(|| {
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok().map(str::to_string))
+        })
+        .unwrap_or_else(|| cert.subject().to_string());
+    Some((name, cert.validity().not_after.timestamp()))
+}

@@ -640,3 +640,29 @@ async fn a_server_name_no_route_takes_goes_to_the_listeners_upstream() {
     a_task.abort();
     b_task.abort();
 }
+
+#[tokio::test]
+async fn every_served_certificate_has_its_expiry_in_the_metrics() {
+    let (pki, _) = standard_pki("expiry");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&https_config(&b, ""), &pki.file()).await;
+    let (_, _, metrics) = get(f.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    for name in ["default.test", "a.test", "*.wild.test"] {
+        let series =
+            format!("fulcrum_tls_certificate_expiry_seconds{{listener=\"web\",name=\"{name}\"}} ");
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in:\n{text}"))
+            .parse()
+            .unwrap();
+        // rcgen's certificates are valid until 4096.
+        assert!(value > now + 1000.0 * 365.0 * 86400.0, "{name}: {value}");
+    }
+    f.stop().await;
+}

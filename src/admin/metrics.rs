@@ -35,6 +35,7 @@ pub const CLIENT_LIMITED_TOTAL: &str = "fulcrum_client_connections_limited_total
 pub const REDIS_UP: &str = "fulcrum_redis_up";
 pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_http_connections_closed_total";
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_connections_closed_total";
+pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "fulcrum_tls_certificate_expiry_seconds";
 pub const BGP_SESSION_UP: &str = "fulcrum_bgp_session_up";
 pub const BGP_ANNOUNCED: &str = "fulcrum_bgp_announced";
 pub const BGP_UPDATES_SENT_TOTAL: &str = "fulcrum_bgp_updates_sent_total";
@@ -83,6 +84,7 @@ pub struct Metrics {
     /// HTTP connections that ended before a first request, per listener and reason.
     pub http_connections_closed_total: IntCounterVec,
     pub connections_closed_total: IntCounterVec,
+    pub tls_certificate_expiry_seconds: IntGaugeVec,
     pub bgp_session_up: IntGaugeVec,
     pub bgp_announced: IntGaugeVec,
     pub bgp_updates_sent_total: IntCounterVec,
@@ -311,6 +313,12 @@ impl Metrics {
                 CONNECTIONS_CLOSED_TOTAL,
                 "Connections that ended before a first request, by reason",
                 &["listener", "reason"],
+            ),
+            tls_certificate_expiry_seconds: gauge_vec(
+                &r,
+                TLS_CERTIFICATE_EXPIRY_SECONDS,
+                "When each served TLS certificate expires, in seconds since the Unix epoch",
+                &["listener", "name"],
             ),
             bgp_session_up: gauge_vec(
                 &r,

@@ -301,6 +301,7 @@ impl Server {
         let snapshot = shared.build(config, 1).map_err(BindError::Tls)?;
         shared.metrics.config_generation.set(1);
         shared.current.store(Arc::new(snapshot));
+        publish_certificates(&shared.metrics, &shared.current.load().config);
         Ok(Server {
             shared,
             admin,
@@ -351,6 +352,7 @@ impl Server {
         if config.global.watch_config {
             reload::watch(handle.clone(), &config.file, background.clone());
         }
+        tokio::spawn(watch_certificates(shared.clone(), background.clone()));
         let failover = match (self.failover, &config.failover) {
             (Some(socket), Some(f)) => start_failover(&shared, f.clone(), socket),
             _ => None,
@@ -458,6 +460,50 @@ fn start_bgp(shared: &Arc<Shared>, config: crate::config::Bgp) {
     let role = shared.failover.get().map(|c| c.status());
     let running = bgp::start(config, eligible, role, metrics, m.bgp_announced.clone());
     *shared.bgp.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+}
+
+/// A certificate that expires within this is warned about.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+/// How often the expiry warnings are looked at again while nothing reloads.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// `fulcrum_tls_certificate_expiry_seconds` for every certificate `config` serves, and
+/// a warning for each that expires within 14 days (or has expired).
+pub(crate) fn publish_certificates(metrics: &Metrics, config: &Config) {
+    let gauge = &metrics.tls_certificate_expiry_seconds;
+    gauge.reset();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for l in &config.listeners {
+        let Some(tls) = &l.tls else { continue };
+        for key in &tls.certificates {
+            let Some((name, not_after)) = crate::tls::certificate_expiry(key) else {
+                continue;
+            };
+            gauge.with_label_values(&[&l.name, &name]).set(not_after);
+            let left = not_after - now;
+            if left < EXPIRY_WARNING.as_secs() as i64 {
+                warn!(
+                    listener = %l.name,
+                    name = %name,
+                    days_left = left / 86_400,
+                    "TLS certificate expires soon: replace it and reload"
+                );
+            }
+        }
+    }
+}
+
+/// Looks at the certificates' expiry again every few hours.
+async fn watch_certificates(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EXPIRY_CHECK) => {}
+        }
+        publish_certificates(&shared.metrics, &shared.current.load().config);
+    }
 }
 
 /// Starts the failover driver with the shared metrics; a failure to start is logged
