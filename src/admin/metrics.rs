@@ -445,6 +445,51 @@ impl Metrics {
     }
 
     /// The Prometheus text format of every metric.
+    /// The metric families named in `families`, as JSON for the dashboard: per family,
+    /// every series' labels and value (counters and gauges), or cumulative bucket
+    /// counts, sum and count (histograms).
+    pub fn json(&self, families: &[&str]) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for family in self.registry.gather() {
+            if !families.contains(&family.name()) {
+                continue;
+            }
+            let kind = family.get_field_type();
+            let series: Vec<serde_json::Value> = family
+                .get_metric()
+                .iter()
+                .map(|m| {
+                    let labels: serde_json::Map<String, serde_json::Value> = m
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name().to_string(), l.value().into()))
+                        .collect();
+                    let mut one = serde_json::json!({ "labels": labels });
+                    match kind {
+                        prometheus::proto::MetricType::HISTOGRAM => {
+                            let h = m.get_histogram();
+                            let buckets: Vec<serde_json::Value> = h
+                                .get_bucket()
+                                .iter()
+                                .map(|b| serde_json::json!([b.upper_bound(), b.cumulative_count()]))
+                                .collect();
+                            one["buckets"] = buckets.into();
+                            one["sum"] = h.get_sample_sum().into();
+                            one["count"] = h.get_sample_count().into();
+                        }
+                        prometheus::proto::MetricType::COUNTER => {
+                            one["value"] = m.get_counter().get_value().into();
+                        }
+                        _ => one["value"] = m.get_gauge().get_value().into(),
+                    }
+                    one
+                })
+                .collect();
+            out.insert(family.name().to_string(), series.into());
+        }
+        out.into()
+    }
+
     pub fn encode(&self) -> String {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -2,6 +2,7 @@
 //! through [`Control`], which the runtime implements, so this module knows nothing of
 //! how the server is put together.
 
+mod dashboard;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -51,6 +52,9 @@ pub trait Control: Send + Sync + 'static {
     /// `POST /bgp/withdraw` (true) or `/bgp/announce` (false); `Err` when no
     /// `[bgp]` is configured.
     fn bgp_maintenance(&self, withdraw: bool) -> Result<(), String>;
+    /// What the dashboard polls: the `/status` document and the metric families it
+    /// computes rates and latencies from.
+    fn dashboard(&self) -> serde_json::Value;
     /// The bearer token POST requests need, if one is configured.
     fn token(&self) -> Option<String>;
 }
@@ -176,6 +180,19 @@ async fn route(req: Request<Incoming>, control: &dyn Control) -> Response<Full<B
             control.metrics(),
         ),
         (&Method::GET, ["status"]) => json_response(StatusCode::OK, control.status()),
+        (&Method::GET, [""]) => dashboard::page(dashboard::INDEX, "text/html; charset=utf-8"),
+        (&Method::GET, ["dashboard", "app.js"]) => {
+            dashboard::page(dashboard::SCRIPT, "text/javascript; charset=utf-8")
+        }
+        (&Method::GET, ["dashboard", "style.css"]) => {
+            dashboard::page(dashboard::STYLE, "text/css; charset=utf-8")
+        }
+        (&Method::GET, ["dashboard", "data"]) => {
+            let mut r = json_response(StatusCode::OK, control.dashboard());
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
         (&Method::POST, ["reload"]) => match control.reload().await {
             Ok(generation) => json_response(StatusCode::OK, json!({ "generation": generation })),
             Err(e) => error(StatusCode::BAD_REQUEST, e),

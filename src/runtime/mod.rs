@@ -624,6 +624,20 @@ impl admin::Control for Handle {
         Some(dropped)
     }
 
+    fn dashboard(&self) -> serde_json::Value {
+        reload::refresh_backend_metrics(&self.shared);
+        let metrics = self.shared.metrics.json(&[
+            crate::admin::metrics::HTTP_REQUESTS_TOTAL,
+            crate::admin::metrics::HTTP_REQUEST_DURATION,
+            crate::admin::metrics::BACKEND_REQUESTS_TOTAL,
+            crate::admin::metrics::CACHE_REQUESTS_TOTAL,
+        ]);
+        serde_json::json!({
+            "status": reload::status(&self.shared),
+            "metrics": metrics,
+        })
+    }
+
     fn bgp_maintenance(&self, withdraw: bool) -> Result<(), String> {
         let running = self
             .shared

@@ -437,6 +437,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
                         "ejected": b.state.is_ejected(),
                         "draining": b.state.is_draining(),
                         "active_connections": b.state.active(),
+                        "ewma_ms": b.state.latency_ns() / 1e6,
                     })
                 })
                 .collect();
