@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_CONFIG: &str = "/etc/fulcrum/fulcrum.toml";
+const DEFAULT_PID_FILE: &str = "/run/fulcrum/fulcrum.pid";
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,20 @@ enum Command {
         /// Defaults to $FULCRUM_CONFIG, then /etc/fulcrum/fulcrum.toml.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Write the process id here once serving (for `fulcrum upgrade`); removed at
+        /// exit.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Upgrade the running fulcrum of PID_FILE to the binary now at its path: SIGUSR2,
+    /// then wait until the new process serves (exit 0) or the upgrade failed (exit 1;
+    /// the old process keeps serving).
+    Upgrade {
+        #[arg(long, default_value = DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+        /// How long to wait for the new process, e.g. "90s".
+        #[arg(long, default_value = "90s")]
+        timeout: humantime::Duration,
     },
     /// Validate everything `run` would load, print a summary, and exit.
     Check {
@@ -47,9 +62,13 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // The path of this binary now, before an upgrade replaces the file: the new
+    // process is started from the same path.
+    let exe = std::env::current_exe().ok();
     match Cli::parse().command {
         Command::Check { config } => check(config_path(config)),
-        Command::Run { config } => match run(config_path(config)) {
+        Command::Upgrade { pid_file, timeout } => upgrade(&pid_file, timeout.into()),
+        Command::Run { config, pid_file } => match run(config_path(config), pid_file, exe) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("fulcrum: {e:#}");
@@ -110,7 +129,61 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+/// The file beside the pid file where a failed upgrade says why.
+fn failure_file(pid_file: &std::path::Path) -> PathBuf {
+    let mut name = pid_file.as_os_str().to_owned();
+    name.push(".upgrade-failed");
+    PathBuf::from(name)
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn upgrade(pid_file: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
+    let Some(old) = read_pid(pid_file) else {
+        eprintln!("fulcrum: no process id in {}", pid_file.display());
+        return ExitCode::FAILURE;
+    };
+    let failed = failure_file(pid_file);
+    let _ = std::fs::remove_file(&failed);
+    // SAFETY: kill(2) with a process id read from fulcrum's own pid file.
+    if unsafe { libc::kill(old, libc::SIGUSR2) } != 0 {
+        eprintln!(
+            "fulcrum: cannot signal process {old}: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Some(new) = read_pid(pid_file).filter(|p| *p != old) {
+            println!("upgraded: process {old} drains, process {new} serves");
+            return ExitCode::SUCCESS;
+        }
+        if let Ok(why) = std::fs::read_to_string(&failed) {
+            eprintln!(
+                "fulcrum: upgrade failed, process {old} keeps serving: {}",
+                why.trim()
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("fulcrum: no new process took over within {timeout:?}: see process {old}'s log");
+    ExitCode::FAILURE
+}
+
+fn run(path: PathBuf, pid_file: Option<PathBuf>, exe: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // Started by an upgrade: take what the old process handed over (before anything
+    // else can inherit the descriptors).
+    let mut incoming = match fulcrum::runtime::upgrade::Incoming::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("fulcrum: upgrade: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
@@ -139,7 +212,7 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
                 return ExitCode::FAILURE;
             }
         };
-        let server = match Server::bind(config).await {
+        let server = match Server::bind_inheriting(config, incoming.as_mut()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");
@@ -148,6 +221,23 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             }
         };
         tokio::spawn(reload_on_sighup(signals.hup, server.handle()));
+        tokio::spawn(upgrade_on_sigusr2(
+            signals.usr2,
+            server.handle(),
+            exe,
+            pid_file.clone(),
+        ));
+        let ready_pid_file = pid_file.clone();
+        let server = server.when_ready(move || {
+            if let Some(incoming) = incoming {
+                incoming.ready();
+            }
+            if let Some(path) = ready_pid_file {
+                if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the pid file");
+                }
+            }
+        });
         let period = watchdog_period(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -157,6 +247,12 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             tokio::spawn(watchdog(period / 2));
         }
         let report = server.run(shutdown_signal(signals.term, signals.int)).await;
+        if let Some(path) = &pid_file {
+            // A new process may have written its own id there.
+            if read_pid(path) == i32::try_from(std::process::id()).ok() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         tracing::info!(cut = report.cut, "exiting");
         ExitCode::SUCCESS
     });
@@ -186,6 +282,39 @@ fn watchdog_period(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<std
     Some(std::time::Duration::from_micros(usec))
 }
 
+/// Upgrades on every SIGUSR2: the binary at this process's path, with its arguments.
+/// A failure is logged (and written beside the pid file for `fulcrum upgrade`); the
+/// process keeps serving.
+async fn upgrade_on_sigusr2(
+    mut usr2: Signal,
+    handle: fulcrum::runtime::Handle,
+    exe: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2 received: upgrading");
+        // A task per signal, so that a signal during an upgrade is seen (and refused).
+        let (handle, exe, args, pid_file) =
+            (handle.clone(), exe.clone(), args.clone(), pid_file.clone());
+        tokio::spawn(async move {
+            let result = match &exe {
+                Some(exe) => handle.upgrade(exe, &args).await,
+                None => Err("the path of this binary is not known".to_string()),
+            };
+            let Err(e) = result else { return };
+            if e.contains("already under way") {
+                tracing::info!("an upgrade is already under way: SIGUSR2 ignored");
+                return;
+            }
+            tracing::warn!(error = %e, "upgrade refused or failed: this process keeps serving");
+            if let Some(pid_file) = pid_file {
+                let _ = std::fs::write(failure_file(&pid_file), format!("{e}\n"));
+            }
+        });
+    }
+}
+
 /// Tells systemd every half `WatchdogSec` that the runtime still runs tasks.
 async fn watchdog(every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
@@ -201,6 +330,7 @@ struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -209,6 +339,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }

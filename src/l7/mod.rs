@@ -436,6 +436,9 @@ pub struct ConnCtx {
     /// Fired when a response must be the connection's last (a malformed request, a
     /// denied client): the connection closes once it is sent.
     close: CancellationToken,
+    /// Shutdown's drain began on an HTTP/1.1 connection: its next response is its last
+    /// and says so (`Connection: close`).
+    draining: AtomicBool,
     /// The connection's places under the connection limits, held by upgraded tunnels too.
     pub permits: Arc<dyn Send + Sync>,
     /// Fires when shutdown's drain time is over.
@@ -485,6 +488,7 @@ impl ConnCtx {
             born: Instant::now(),
             h2: AtomicBool::new(false),
             close: CancellationToken::new(),
+            draining: AtomicBool::new(false),
             permits: Arc::new(()),
             cut: self.cut.clone(),
             tracker: self.tracker.clone(),
@@ -632,6 +636,7 @@ pub async fn serve_connection<S>(
         born: Instant::now(),
         h2: AtomicBool::new(false),
         close: CancellationToken::new(),
+        draining: AtomicBool::new(false),
         permits,
         cut: cut.clone(),
         tracker,
@@ -758,6 +763,10 @@ where
     }
 }
 
+/// How long a draining HTTP/1.1 keep-alive connection stays open for a request
+/// already on its way (answered with `Connection: close`), at most `idle_timeout`.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
 /// Runs a connection until it ends, closing it on idleness, drain or a request's
 /// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.
 /// The status the HTTP library answered a request it could not parse with (it writes
@@ -834,13 +843,18 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     tokio::pin!(first_head);
     let mut head_checked = false;
     let mut closing = false;
+    // Draining an HTTP/1.1 connection: its next response closes it, or it closes once
+    // idle for `linger`.
+    let mut lingering = false;
+    let linger = DRAIN_LINGER.min(settings.idle_timeout);
     loop {
         // What can end or close the connection besides the connection itself: polled
         // only when one of its timers or tokens fires, not on every read and write.
         let watch = async {
             tokio::select! {
                 _ = &mut first_head, if !head_checked => Watch::HeadTimeout,
-                _ = drain.cancelled(), if !closing => Watch::Close,
+                _ = drain.cancelled(), if !closing && !lingering => Watch::Drain,
+                _ = idle(activity, ctx, linger), if lingering && !closing => Watch::Close,
                 _ = ctx.close.cancelled(), if !closing => Watch::Close,
                 _ = idle(activity, ctx, settings.idle_timeout) => Watch::Idle,
                 _ = too_slow(activity, ctx, settings.min_rate), if settings.min_rate > 0 => Watch::TooSlow,
@@ -876,7 +890,11 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                     return;
                 }
             }
-            First::Side(Watch::Close) => {
+            First::Side(Watch::Drain) if http1 && !ctx.h2.load(Ordering::Relaxed) => {
+                ctx.draining.store(true, Ordering::Relaxed);
+                lingering = true;
+            }
+            First::Side(Watch::Close | Watch::Drain) => {
                 conn.as_mut().shut_down();
                 closing = true;
             }
@@ -904,7 +922,9 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
 /// What ends or closes a client connection from outside its requests.
 enum Watch {
     HeadTimeout,
-    /// Shutdown's drain began, or a response had to be the last.
+    /// Shutdown's drain began.
+    Drain,
+    /// A response had to be the last, or a draining connection stayed idle.
     Close,
     Idle,
     TooSlow,
@@ -1141,6 +1161,17 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
         for r in rules.into_iter().flatten() {
             r.apply(response.headers_mut(), &vars);
         }
+    }
+    // Draining: an HTTP/1.1 connection's response is its last, and says so, so that a
+    // keep-alive client sends its next request on a new connection (to whichever
+    // process serves now) instead of racing the close.
+    if ctx.draining.load(Ordering::Relaxed)
+        && !ctx.h2.load(Ordering::Relaxed)
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     record.status = response.status().as_u16();
     if let Some(span) = record.span.as_mut() {

@@ -8,6 +8,7 @@
 mod listener;
 mod reload;
 mod snapshot;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -78,6 +79,9 @@ struct RunningLoop {
     /// `None` between `Server::bind` and `Server::run`: the socket waits in `pending`.
     task: Option<JoinHandle<()>>,
     pending: Option<TcpListener>,
+    /// The socket's descriptor, for an upgrade to hand over (valid while the loop
+    /// runs: the task owns the socket).
+    fd: std::os::fd::RawFd,
 }
 
 /// What every accept loop, connection and control path shares.
@@ -110,6 +114,12 @@ pub(crate) struct Shared {
     failover: std::sync::OnceLock<failover::Control>,
     /// The BGP speakers, while `[bgp]` is configured.
     bgp: Mutex<Option<bgp::Running>>,
+    /// The admin API socket's descriptor, for an upgrade to hand over.
+    admin_fd: Mutex<Option<std::os::fd::RawFd>>,
+    /// An upgrade is under way.
+    upgrading: std::sync::atomic::AtomicBool,
+    /// Fires when a new process took the sockets over: this one drains and exits.
+    handed_over: CancellationToken,
 }
 
 impl Shared {
@@ -179,12 +189,14 @@ impl Shared {
     ) {
         let local = socket.local_addr().unwrap_or(configured);
         let stop = self.stop_accepting.child_token();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
         let mut entry = RunningLoop {
             listener: name,
             local,
             stop,
             task: None,
             pending: Some(socket),
+            fd,
         };
         if start {
             self.spawn_loop(&key, &mut entry);
@@ -232,6 +244,8 @@ pub struct Server {
     admin: Option<TcpListener>,
     /// The heartbeat socket, bound with the listeners; the driver starts in `run`.
     failover: Option<failover::driver::Bound>,
+    /// Called once the server serves (after READY=1).
+    ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// How a shutdown went.
@@ -251,6 +265,16 @@ impl Server {
     /// Builds the first generation from `config` and binds every listener (and the
     /// admin API's).
     pub async fn bind(config: Config) -> Result<Server, BindError> {
+        Self::bind_inheriting(config, None).await
+    }
+
+    /// As [`Server::bind`], taking the sockets an upgrade handed over where they
+    /// match a listener (the others are bound anew), and the old process's view of
+    /// backend health: a backend it knew was down stays down until a check passes.
+    pub async fn bind_inheriting(
+        config: Config,
+        mut inherited: Option<&mut upgrade::Incoming>,
+    ) -> Result<Server, BindError> {
         let metrics = Arc::new(Metrics::new());
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(Snapshot::empty()),
@@ -270,24 +294,33 @@ impl Server {
             started: Instant::now(),
             failover: std::sync::OnceLock::new(),
             bgp: Mutex::new(None),
+            admin_fd: Mutex::new(None),
+            upgrading: std::sync::atomic::AtomicBool::new(false),
+            handed_over: CancellationToken::new(),
         });
         let config = Arc::new(config);
         for l in &config.listeners {
             for (key, addr) in bind_keys(l) {
-                let socket = listener::bind(addr).map_err(|source| BindError::Bind {
-                    listener: l.name.clone(),
-                    addr,
-                    source,
-                })?;
+                let socket = match inherited.as_deref_mut().and_then(|i| i.take(&key)) {
+                    Some(socket) => socket,
+                    None => listener::bind(addr).map_err(|source| BindError::Bind {
+                        listener: l.name.clone(),
+                        addr,
+                        source,
+                    })?,
+                };
                 shared.add_loop(key, l.name.clone(), addr, socket, false);
             }
         }
         let admin = match &config.admin {
-            Some(a) => Some(listener::bind(a.bind).map_err(|source| BindError::Bind {
-                listener: "admin".into(),
-                addr: a.bind,
-                source,
-            })?),
+            Some(a) => match inherited.as_deref_mut().and_then(|i| i.take_admin(a.bind)) {
+                Some(socket) => Some(socket),
+                None => Some(listener::bind(a.bind).map_err(|source| BindError::Bind {
+                    listener: "admin".into(),
+                    addr: a.bind,
+                    source,
+                })?),
+            },
             None => None,
         };
         let failover = match &config.failover {
@@ -300,13 +333,36 @@ impl Server {
         };
         let snapshot = shared.build(config, 1).map_err(BindError::Tls)?;
         shared.metrics.config_generation.set(1);
+        if let Some(i) = inherited.as_deref() {
+            for b in i.backends() {
+                let Some(up) = config_upstream(&snapshot, &b.upstream) else {
+                    continue;
+                };
+                if !up.backends.iter().any(|x| x.address == b.address) {
+                    continue;
+                }
+                let state = shared.registry.state(&b.upstream, &b.address);
+                // Down stays down only where checks can bring it back.
+                if up.health.is_some() && !b.healthy {
+                    state.set_healthy(false);
+                }
+                state.set_draining(b.draining);
+            }
+        }
         shared.current.store(Arc::new(snapshot));
         publish_certificates(&shared.metrics, &shared.current.load().config);
         Ok(Server {
             shared,
             admin,
             failover,
+            ready: None,
         })
+    }
+
+    /// Calls `f` once the server serves: its accept loops run and READY=1 was sent.
+    pub fn when_ready(mut self, f: impl FnOnce() + Send + 'static) -> Server {
+        self.ready = Some(Box::new(f));
+        self
     }
 
     /// The addresses a listener is bound to (useful with port 0).
@@ -361,9 +417,19 @@ impl Server {
             start_bgp(&shared, b.clone());
         }
         notify(&[sd_notify::NotifyState::Ready]);
+        if let Some(ready) = self.ready {
+            ready();
+        }
 
-        shutdown.await;
-        notify(&[sd_notify::NotifyState::Stopping]);
+        let handed_over = tokio::select! {
+            _ = shutdown => false,
+            _ = shared.handed_over.cancelled() => true,
+        };
+        if handed_over {
+            info!("upgrade: the new process serves; this one stops accepting and drains");
+        } else {
+            notify(&[sd_notify::NotifyState::Stopping]);
+        }
         // Routers move new flows to the other instances first, while this one still
         // serves what they send meanwhile.
         let speakers = shared.bgp();
@@ -420,6 +486,10 @@ impl Server {
         }
         ShutdownReport { cut }
     }
+}
+
+fn config_upstream<'a>(snapshot: &'a Snapshot, name: &str) -> Option<&'a crate::config::Upstream> {
+    snapshot.config.upstream(name)
 }
 
 impl Shared {
@@ -561,12 +631,92 @@ impl Handle {
 }
 
 impl Handle {
+    /// Starts `exe args...` as the new process, hands it every listening socket and
+    /// the backends' health, and once it says it serves, tells systemd it is the main
+    /// process and makes this one stop accepting and drain (as on SIGTERM). Refused
+    /// while another upgrade runs, and with `[failover]` or `[bgp]` (their heartbeat
+    /// socket and sessions belong to one process: restart a node of the pair, or an
+    /// instance in maintenance, instead). On failure nothing changes here.
+    pub async fn upgrade(
+        &self,
+        exe: &std::path::Path,
+        args: &[std::ffi::OsString],
+    ) -> Result<u32, String> {
+        use std::sync::atomic::Ordering;
+        let shared = &self.shared;
+        let config = shared.current.load().config.clone();
+        if config.failover.is_some() || config.bgp.is_some() {
+            return Err("not with [failover] or [bgp]: their heartbeats and sessions belong to one process; restart this node instead (the peer or the other instances serve meanwhile)".into());
+        }
+        if shared.upgrading.swap(true, Ordering::AcqRel) {
+            return Err("an upgrade is already under way".into());
+        }
+        if shared.handed_over.is_cancelled() {
+            return Err("this process already handed its sockets over".into());
+        }
+        // No reload may change the sockets while they are handed over.
+        let result = {
+            let _no_reloads = shared.reload_lock.lock().await;
+            let sockets = {
+                let loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
+                loops
+                    .iter()
+                    .map(|(key, l)| {
+                        let configured = match key {
+                            BindKey::Addr(a) => *a,
+                            BindKey::Ephemeral(..) => SocketAddr::new(l.local.ip(), 0),
+                        };
+                        (key.clone(), l.listener.clone(), configured, l.fd)
+                    })
+                    .collect()
+            };
+            let admin = *shared.admin_fd.lock().unwrap_or_else(|p| p.into_inner());
+            let snapshot = shared.current.load();
+            let backends = snapshot
+                .upstreams
+                .iter()
+                .flat_map(|(name, up)| {
+                    up.backends().iter().map(move |b| upgrade::BackendHealth {
+                        upstream: name.clone(),
+                        address: b.address.clone(),
+                        healthy: b.state.is_healthy(),
+                        draining: b.state.is_draining(),
+                    })
+                })
+                .collect();
+            let out = upgrade::Outgoing {
+                sockets,
+                admin,
+                backends,
+            };
+            info!(exe = %exe.display(), "upgrade: starting the new process");
+            upgrade::hand_over(exe, args, out).await
+        };
+        match &result {
+            Ok(pid) => {
+                info!(pid, "upgrade: the new process is ready");
+                notify(&[sd_notify::NotifyState::MainPid(*pid)]);
+                shared.handed_over.cancel();
+            }
+            Err(e) => {
+                warn!(error = %e, "upgrade failed: this process keeps serving");
+                shared.upgrading.store(false, Ordering::Release);
+            }
+        }
+        result
+    }
+
     /// Serves the admin API on `socket`, in place of the one serving now (if any: it
     /// stops accepting, and its open requests finish).
     pub(crate) fn serve_admin(&self, socket: TcpListener) {
         if let Ok(addr) = socket.local_addr() {
             info!(addr = %addr, "admin API listening");
         }
+        *self
+            .shared
+            .admin_fd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::os::fd::AsRawFd::as_raw_fd(&socket));
         let control: Arc<dyn admin::Control> = Arc::new(self.clone());
         let stop = CancellationToken::new();
         let before = self
