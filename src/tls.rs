@@ -7,37 +7,112 @@ use std::sync::Arc;
 
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ListenerTls, TlsVersion};
 
-/// Picks the first certificate valid for the client's SNI name (as webpki checks a
-/// name: exact or wildcard), else the first certificate.
+/// Every signature scheme a server key may sign with, to learn which each key takes.
+const SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+    SignatureScheme::ED25519,
+    SignatureScheme::ED448,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA512,
+];
+
+/// One served certificate and what choosing it takes.
+#[derive(Debug)]
+struct Served {
+    key: Arc<CertifiedKey>,
+    /// The schemes its key signs with.
+    schemes: Vec<SignatureScheme>,
+    /// An RSA key: chosen for a name only when the client takes no other key's scheme.
+    rsa: bool,
+    /// Valid for the default (first) certificate's name: one of the default's
+    /// alternatives, for clients whose name no certificate covers.
+    default: bool,
+}
+
+impl Served {
+    fn valid_for(&self, name: &rustls::pki_types::ServerName<'_>) -> bool {
+        self.key.cert.first().is_some_and(|leaf| {
+            webpki::EndEntityCert::try_from(leaf)
+                .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+        })
+    }
+
+    fn takes(&self, offered: &[SignatureScheme]) -> bool {
+        self.schemes.iter().any(|s| offered.contains(s))
+    }
+}
+
+/// Picks among the certificates valid for the client's SNI name (as webpki checks a
+/// name: exact or wildcard), or, when none is or the client sent no name, among the
+/// first certificate and those valid for its name; within them, an ECDSA (or EdDSA)
+/// certificate the client can verify, else the first one it can, else the first.
 #[derive(Debug)]
 struct BySni {
-    certificates: Vec<Arc<CertifiedKey>>,
+    served: Vec<Served>,
 }
 
 impl BySni {
-    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let by_name = name
-            .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok())
-            .and_then(|sni| {
-                self.certificates.iter().find(|c| {
-                    c.cert.first().is_some_and(|leaf| {
-                        webpki::EndEntityCert::try_from(leaf)
-                            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&sni).is_ok())
-                    })
-                })
-            });
-        by_name.or_else(|| self.certificates.first()).cloned()
+    fn new(certificates: &[Arc<CertifiedKey>]) -> BySni {
+        let default_name = certificates
+            .first()
+            .and_then(|k| certificate_expiry(k))
+            .and_then(|(name, _)| rustls::pki_types::ServerName::try_from(name).ok());
+        let mut served: Vec<Served> = certificates
+            .iter()
+            .map(|key| Served {
+                key: key.clone(),
+                schemes: SCHEMES
+                    .iter()
+                    .copied()
+                    .filter(|s| key.key.choose_scheme(&[*s]).is_some())
+                    .collect(),
+                rsa: key.key.algorithm() == rustls::SignatureAlgorithm::RSA,
+                default: false,
+            })
+            .collect();
+        for (i, s) in served.iter_mut().enumerate() {
+            s.default = i == 0 || default_name.as_ref().is_some_and(|n| s.valid_for(n));
+        }
+        BySni { served }
+    }
+
+    fn pick(&self, name: Option<&str>, offered: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        let sni = name.and_then(|n| rustls::pki_types::ServerName::try_from(n).ok());
+        let for_name: Vec<bool> = self
+            .served
+            .iter()
+            .map(|s| sni.as_ref().is_some_and(|n| s.valid_for(n)))
+            .collect();
+        let named = for_name.iter().any(|m| *m);
+        let group = || {
+            self.served
+                .iter()
+                .zip(&for_name)
+                .filter(move |(s, m)| if named { **m } else { s.default })
+                .map(|(s, _)| s)
+        };
+        group()
+            .find(|s| !s.rsa && s.takes(offered))
+            .or_else(|| group().find(|s| s.takes(offered)))
+            .or_else(|| group().next())
+            .map(|s| s.key.clone())
     }
 }
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+        self.pick(hello.server_name(), hello.signature_schemes())
     }
 }
 
@@ -73,9 +148,7 @@ pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(BySni {
-        certificates: t.certificates.clone(),
-    }));
+    let mut config = builder.with_cert_resolver(Arc::new(BySni::new(&t.certificates)));
     config.alpn_protocols = t.alpn.clone();
     // Resumption: stateless tickets besides rustls' in-memory session cache. One
     // ticketer for the life of the process, so that tickets survive reloads.

@@ -666,3 +666,167 @@ async fn every_served_certificate_has_its_expiry_in_the_metrics() {
     }
     f.stop().await;
 }
+
+/// A client-side verifier that takes any certificate, offers `schemes`, and keeps what
+/// the server sent: its leaf and its stapled OCSP response.
+#[derive(Debug)]
+struct Recorder {
+    schemes: Vec<rustls::SignatureScheme>,
+    seen: std::sync::Mutex<Option<(CertificateDer<'static>, Vec<u8>)>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        ocsp: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some((end_entity.clone().into_owned(), ocsp.to_vec()));
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// Handshakes with `name`, offering `schemes`: the leaf the server chose and the OCSP
+/// response it stapled.
+async fn chosen(
+    addr: std::net::SocketAddr,
+    name: &str,
+    schemes: &[rustls::SignatureScheme],
+) -> (CertificateDer<'static>, Vec<u8>) {
+    let recorder = Arc::new(Recorder {
+        schemes: schemes.to_vec(),
+        seen: std::sync::Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(recorder.clone())
+    .with_no_client_auth();
+    let mut s = connect(&TlsConnector::from(Arc::new(config)), addr, name)
+        .await
+        .expect("handshake");
+    assert!(http1(&mut s, "/").await.starts_with("HTTP/1.1 200"));
+    let seen = recorder.seen.lock().unwrap().take();
+    seen.expect("the server's certificate")
+}
+
+#[tokio::test]
+async fn ecdsa_capable_clients_get_ecdsa_others_rsa_and_ocsp_is_stapled() {
+    use rustls::SignatureScheme as S;
+    let pki = Pki::new("dual");
+    let ec = pki.leaf("ec", &["dual.test"]);
+    // An RSA certificate for the same name (rcgen with ring makes no RSA keys).
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ])
+        .args([
+            "-subj",
+            "/CN=dual.test",
+            "-addext",
+            "subjectAltName=DNS:dual.test",
+        ])
+        .arg("-keyout")
+        .arg(pki.dir.join("rsa.key"))
+        .arg("-out")
+        .arg(pki.dir.join("rsa.pem"))
+        .output();
+    if !made.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: openssl cannot make an RSA certificate: {made:?}");
+        return;
+    }
+    let rsa = CertificateDer::from_pem_file(pki.dir.join("rsa.pem")).unwrap();
+    // A stapled response is served as it is in the file.
+    let ocsp = [0x30, 0x03, 0x0a, 0x01, 0x00];
+    std::fs::write(pki.dir.join("ec.ocsp"), ocsp).unwrap();
+    let b = HttpBackend::start("b").await;
+    // RSA first: the choice is by the client's schemes, not the order.
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [listener.tls]\ncertificates = [\n\
+           {{ cert = \"rsa.pem\", key = \"rsa.key\" }},\n\
+           {{ cert = \"ec.pem\", key = \"ec.key\", ocsp = \"ec.ocsp\" }},\n\
+         ]\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\" }}]\n",
+        b.addr
+    );
+    let f = Fulcrum::start_at(&config, &pki.file()).await;
+    let addr = f.addr("web");
+    let all = [
+        S::ECDSA_NISTP256_SHA256,
+        S::ECDSA_NISTP384_SHA384,
+        S::RSA_PSS_SHA256,
+        S::RSA_PKCS1_SHA256,
+    ];
+    let rsa_only = [S::RSA_PSS_SHA256, S::RSA_PSS_SHA384, S::RSA_PKCS1_SHA256];
+    let (leaf, stapled) = chosen(addr, "dual.test", &all).await;
+    assert_eq!(
+        leaf, ec,
+        "an ECDSA-capable client gets the ECDSA certificate"
+    );
+    assert_eq!(stapled, ocsp, "with its stapled OCSP response");
+    let (leaf, stapled) = chosen(addr, "dual.test", &rsa_only).await;
+    assert_eq!(leaf, rsa, "a client without ECDSA gets the RSA certificate");
+    assert!(stapled.is_empty());
+    // Without SNI (an IP address), the same choice among the default's alternatives.
+    assert_eq!(chosen(addr, "127.0.0.1", &all).await.0, ec);
+    assert_eq!(chosen(addr, "127.0.0.1", &rsa_only).await.0, rsa);
+    f.stop().await;
+}
+
+#[test]
+fn an_ocsp_file_must_be_a_der_response_and_auto_is_not_built() {
+    let pki = Pki::new("ocspcheck");
+    pki.leaf("ec", &["a.test"]);
+    std::fs::write(pki.dir.join("bad.ocsp"), "not DER").unwrap();
+    let file = |ocsp: &str| {
+        format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [listener.tls]\ncertificates = [{{ cert = \"ec.pem\", key = \"ec.key\", ocsp = \"{ocsp}\" }}]\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
+        )
+    };
+    for (ocsp, expected) in [
+        ("bad.ocsp", "is not a DER OCSP response"),
+        ("missing.ocsp", "cannot be read"),
+        ("auto", "\"auto\" not supported yet"),
+    ] {
+        let err = fulcrum::config::Config::parse(&file(ocsp), &pki.file())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("listener[0].tls.certificates[0].ocsp") && err.contains(expected),
+            "{err}"
+        );
+    }
+}

@@ -256,7 +256,7 @@ impl PartialEq for ListenerTls {
                 .certificates
                 .iter()
                 .zip(&o.certificates)
-                .all(|(a, b)| a.cert == b.cert)
+                .all(|(a, b)| a.cert == b.cert && a.ocsp == b.ocsp)
     }
 }
 
@@ -1339,7 +1339,32 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            let certified = rustls::sign::CertifiedKey::new(chain, signing);
+            let mut certified = rustls::sign::CertifiedKey::new(chain, signing);
+            match c.get_ref().ocsp.as_deref() {
+                None => {}
+                Some("auto") => {
+                    self.err(Some(c.span()), ck("ocsp"), "\"auto\" not supported yet");
+                }
+                Some(file) => {
+                    let path = dir.join(file);
+                    match std::fs::read(&path) {
+                        // An OCSPResponse is a DER SEQUENCE.
+                        Ok(der) if der.first() == Some(&0x30) && der.len() > 4 => {
+                            certified.ocsp = Some(der);
+                        }
+                        Ok(_) => self.err(
+                            Some(c.span()),
+                            ck("ocsp"),
+                            format!("{} is not a DER OCSP response", path.display()),
+                        ),
+                        Err(e) => self.err(
+                            Some(c.span()),
+                            ck("ocsp"),
+                            format!("{} cannot be read: {e}", path.display()),
+                        ),
+                    }
+                }
+            }
             if let Err(e) = certified.keys_match() {
                 self.err(
                     Some(c.span()),

@@ -158,6 +158,8 @@ pub struct RawListenerTls {
 pub struct RawCertificate {
     pub cert: String,
     pub key: String,
+    /// A DER OCSP response to staple, or "auto" (refused as not supported yet).
+    pub ocsp: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
