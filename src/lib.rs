@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the TOML file, parsed and validated into an immutable `Config`.
 //! - [`balance`]: the balancing strategies, pure and synchronous.
+//! - [`dns`]: backends from DNS records, looked up again on an interval.
 //! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`.
 //! - [`l4`]: the TCP engine.
 //! - [`l7`]: the HTTP engine; [`cache`]: its shared response cache.
@@ -19,6 +20,7 @@ pub mod balance;
 pub mod bgp;
 pub mod cache;
 pub mod config;
+pub mod dns;
 pub mod failover;
 pub mod health;
 pub mod l4;

@@ -590,7 +590,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         )
     };
     let cases = [
-        (http("", "", "", "[resolver]\nservers = []\n"), "`resolver`"),
         (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
         (
             http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
@@ -608,14 +607,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             "expected {key} not supported yet in:\n{got}"
         );
     }
-    // A backend's `resolve` (the upstream is written out: backends are a list).
-    let got = errors(
-        "[upstream.app]\nbackends = [{ address = \"app.internal:8080\", resolve = \"30s\" }]\n",
-    );
-    assert!(
-        got.contains("`upstream.app.backends[0].resolve` not supported yet"),
-        "{got}"
-    );
     // HTTP/3 needs TLS: its key is refused by name too.
     let got = errors(&http(
         "[listener.tls]\ncertificates = []\nhttp3 = true",

@@ -105,6 +105,8 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     /// `[bgp]`: the service addresses announced to the routers.
     pub bgp: Option<Bgp>,
+    /// `[resolver]`, or its defaults.
+    pub resolver: Resolver,
 }
 
 /// `[cache]`: the shared response cache.
@@ -486,11 +488,31 @@ pub struct UpstreamTls {
 pub struct Backend {
     pub name: String,
     /// The address as written; with the upstream's name, the backend's identity.
+    /// (A backend from a DNS record is `host:port#ip`.)
     pub address: String,
-    /// `address` resolved when the file was loaded.
+    /// The host and port as written, for the `Host` of health checks and TLS's server
+    /// name (`address` but for backends from DNS records).
+    pub host: String,
+    /// `address` resolved when the file was loaded; for a backend with `resolve`, an
+    /// unspecified placeholder until the runtime expands it into its records.
     pub resolved: SocketAddr,
     pub weight: u32,
+    /// Re-resolve the host name this often: one backend per A/AAAA record.
+    pub resolve: Option<Duration>,
 }
+
+/// `[resolver]`: how backends with `resolve` are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// Name servers; empty: the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// The most records one name gives backends; more are dropped with a warning.
+    pub resolve_max: usize,
+}
+
+pub const DEFAULT_RESOLVE_MAX: usize = 256;
+/// The shortest re-resolution interval.
+pub const MIN_RESOLVE: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -564,6 +586,10 @@ impl Config {
             tracing: None,
             failover: None,
             bgp: None,
+            resolver: Resolver {
+                servers: Vec::new(),
+                resolve_max: DEFAULT_RESOLVE_MAX,
+            },
         }
     }
 
@@ -674,6 +700,27 @@ impl Config {
         }
         out
     }
+}
+
+/// The port of `host:port` where host is a DNS name (not an IP address literal).
+fn dns_name(address: &str) -> Result<u16, String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{address:?} has no valid port"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{address:?} is an IP address: with `resolve` it must be a host name"
+        ));
+    }
+    let name_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if host.is_empty() || !host.chars().all(name_chars) {
+        return Err(format!("{address:?} is not a host name and port"));
+    }
+    Ok(port)
 }
 
 /// serde_path_to_error shows the private field that `Spanned` uses; users never wrote it.
@@ -861,7 +908,45 @@ impl Validator<'_> {
             redis,
             tracing: raw.tracing.as_ref().map(|t| self.tracing(t.get_ref())),
             bgp,
+            resolver: self.resolver(raw.resolver.as_ref().map(Spanned::get_ref)),
         }
+    }
+
+    fn resolver(&mut self, r: Option<&RawResolver>) -> Resolver {
+        let mut out = Resolver {
+            servers: Vec::new(),
+            resolve_max: DEFAULT_RESOLVE_MAX,
+        };
+        let Some(r) = r else { return out };
+        for (i, s) in r
+            .servers
+            .iter()
+            .flat_map(|s| s.get_ref().iter())
+            .enumerate()
+        {
+            let text = s.get_ref();
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(a) => out.servers.push(a),
+                None => self.err(
+                    Some(s.span()),
+                    format!("resolver.servers[{i}]"),
+                    format!("is not an address like \"127.0.0.1:53\", got {text:?}"),
+                ),
+            }
+        }
+        out.resolve_max = self.int(
+            &r.resolve_max,
+            "resolver.resolve_max",
+            1,
+            65536,
+            DEFAULT_RESOLVE_MAX as i64,
+        ) as usize;
+        out
     }
 
     fn cache(&mut self, c: &RawCache) -> CacheSettings {
@@ -1874,14 +1959,31 @@ impl Validator<'_> {
         let mut seen_addrs: HashSet<String> = HashSet::new();
         for (j, sb) in u.backends.get_ref().iter().enumerate() {
             let b = sb.get_ref();
-            self.unsupported_backend(&format!("upstream.{name}.backends[{j}]"), b);
             let bkey = |k: &str| format!("upstream.{name}.backends[{j}].{k}");
             let address = b.address.get_ref().trim().to_string();
-            let resolved = match resolve(&address) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    self.err(Some(b.address.span()), bkey("address"), e);
-                    None
+            let every = b.resolve.as_ref().map(|r| {
+                let d = self.duration(&Some(r.clone()), &bkey("resolve"), MIN_RESOLVE);
+                if d < MIN_RESOLVE {
+                    self.err(Some(r.span()), bkey("resolve"), "must be at least 1s");
+                }
+                d.max(MIN_RESOLVE)
+            });
+            let resolved = if every.is_some() {
+                // Looked up by the running server, with `[resolver]`.
+                match dns_name(&address) {
+                    Ok(port) => Some(SocketAddr::from(([0, 0, 0, 0], port))),
+                    Err(e) => {
+                        self.err(Some(b.address.span()), bkey("address"), e);
+                        None
+                    }
+                }
+            } else {
+                match resolve(&address) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        self.err(Some(b.address.span()), bkey("address"), e);
+                        None
+                    }
                 }
             };
             if !seen_addrs.insert(address.clone()) {
@@ -1921,9 +2023,11 @@ impl Validator<'_> {
             if let Some(resolved) = resolved {
                 backends.push(Backend {
                     name: bname,
+                    host: address.clone(),
                     address,
                     resolved,
                     weight,
+                    resolve: every,
                 });
             }
         }

@@ -24,7 +24,7 @@ pub struct RawConfig {
     pub failover: Option<Spanned<RawFailover>>,
     pub rate_limit: Option<Spanned<BTreeMap<String, Spanned<RawRateLimit>>>>,
     pub redis: Option<Spanned<RawRedis>>,
-    pub resolver: Later,
+    pub resolver: Option<Spanned<RawResolver>>,
     pub tracing: Option<Spanned<RawTracing>>,
     pub compression: Option<Spanned<RawCompression>>,
     pub acme: Later,
@@ -225,7 +225,7 @@ pub struct RawBackend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<i64>>,
     pub name: Option<Spanned<String>>,
-    pub resolve: Later,
+    pub resolve: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,6 +283,13 @@ pub struct RawFailover {
     pub vips: Vec<Spanned<RawVip>>,
     pub on_active: Option<Spanned<String>>,
     pub on_passive: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub resolve_max: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{RawBackend, RawConfig, RawListenerTls, RawUpstream};
+use super::raw::{RawConfig, RawListenerTls, RawUpstream};
 use super::Validator;
 
 /// A key's value, whatever its type: only its presence and position matter.
@@ -31,7 +31,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_sections(&mut self, c: &RawConfig) {
-        self.refuse("", &[("resolver", at(&c.resolver)), ("acme", at(&c.acme))]);
+        self.refuse("", &[("acme", at(&c.acme))]);
     }
 
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {
@@ -40,9 +40,5 @@ impl Validator<'_> {
 
     pub(super) fn unsupported_upstream(&mut self, key: &str, u: &RawUpstream) {
         self.refuse(key, &[("srv", at(&u.srv))]);
-    }
-
-    pub(super) fn unsupported_backend(&mut self, key: &str, b: &RawBackend) {
-        self.refuse(key, &[("resolve", at(&b.resolve))]);
     }
 }

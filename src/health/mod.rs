@@ -68,7 +68,7 @@ impl Supervisor {
                     (u.name.clone(), b.address.clone()),
                     Spec {
                         addr: b.resolved,
-                        host: b.address.clone(),
+                        host: b.host.clone(),
                         name: b.name.clone(),
                         health: health.clone(),
                         tls: u.tls.clone(),

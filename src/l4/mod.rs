@@ -133,7 +133,7 @@ pub async fn proxy<S: ClientStream>(
         Some(tls) => {
             let connected = tokio::time::timeout(
                 s.upstream.connect_timeout,
-                tls.connect(backend_stream, &lease.backend().address),
+                tls.connect(backend_stream, &lease.backend().host),
             )
             .await;
             match connected {

@@ -699,7 +699,7 @@ async fn attempts(
                     f.target
                         .tls
                         .as_ref()
-                        .map(|t| (t, lease.backend().address.as_str())),
+                        .map(|t| (t, lease.backend().host.as_str())),
                 ),
             )
             .await
@@ -833,7 +833,7 @@ fn connect_how<'a>(
             .target
             .tls
             .as_ref()
-            .map(|t| (t, lease.backend().address.as_str())),
+            .map(|t| (t, lease.backend().host.as_str())),
         keepalive,
     }
 }
@@ -916,7 +916,7 @@ async fn attempt_h2(
         sending.head,
         request_body,
         scheme,
-        &lease.backend().address,
+        &lease.backend().host,
         sending.te_trailers,
     ) {
         Ok(r) => r,

@@ -120,6 +120,11 @@ pub(crate) struct Shared {
     upgrading: std::sync::atomic::AtomicBool,
     /// Fires when a new process took the sockets over: this one drains and exits.
     handed_over: CancellationToken,
+    /// The configuration as the file says it; generations are built from it expanded
+    /// with the backends' DNS records.
+    file_config: Mutex<Arc<Config>>,
+    /// Backends from DNS.
+    dns: Arc<crate::dns::Dns>,
 }
 
 impl Shared {
@@ -297,6 +302,8 @@ impl Server {
             admin_fd: Mutex::new(None),
             upgrading: std::sync::atomic::AtomicBool::new(false),
             handed_over: CancellationToken::new(),
+            file_config: Mutex::new(Arc::new(Config::empty())),
+            dns: crate::dns::Dns::new(),
         });
         let config = Arc::new(config);
         for l in &config.listeners {
@@ -331,6 +338,11 @@ impl Server {
             })?),
             None => None,
         };
+        if crate::dns::wanted(&config) {
+            shared.dns.lookup_now(&config).await;
+        }
+        *shared.file_config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        let config = effective(&shared, &config);
         let snapshot = shared.build(config, 1).map_err(BindError::Tls)?;
         shared.metrics.config_generation.set(1);
         if let Some(i) = inherited.as_deref() {
@@ -398,6 +410,14 @@ impl Server {
         }
         let config = shared.current.load().config.clone();
         shared.health.sync(&config, &shared.registry);
+        {
+            let file_config = shared
+                .file_config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            shared.dns.sync(&file_config);
+        }
         let handle = Handle {
             shared: shared.clone(),
         };
@@ -409,6 +429,7 @@ impl Server {
             reload::watch(handle.clone(), &config.file, background.clone());
         }
         tokio::spawn(watch_certificates(shared.clone(), background.clone()));
+        tokio::spawn(apply_dns_changes(shared.clone(), background.clone()));
         let failover = match (self.failover, &config.failover) {
             (Some(socket), Some(f)) => start_failover(&shared, f.clone(), socket),
             _ => None,
@@ -458,6 +479,7 @@ impl Server {
             }
         }
         shared.health.stop_all();
+        shared.dns.stop();
         info!(
             open = shared.tracker.len(),
             timeout = ?timeout,
@@ -530,6 +552,50 @@ fn start_bgp(shared: &Arc<Shared>, config: crate::config::Bgp) {
     let role = shared.failover.get().map(|c| c.status());
     let running = bgp::start(config, eligible, role, metrics, m.bgp_announced.clone());
     *shared.bgp.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+}
+
+/// `file` expanded with the backends' DNS records (the same `Arc` when it has none
+/// to look up).
+pub(crate) fn effective(shared: &Shared, file: &Arc<Config>) -> Arc<Config> {
+    if crate::dns::wanted(file) {
+        Arc::new(crate::dns::expand(file, &shared.dns.records()))
+    } else {
+        file.clone()
+    }
+}
+
+/// Builds the generation again, with the same number, whenever DNS records change:
+/// added backends get health checks, removed ones finish what they have in flight.
+async fn apply_dns_changes(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let changed = shared.dns.changed();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed => {}
+        }
+        let _one_at_a_time = shared.reload_lock.lock().await;
+        if shared.stop_accepting.is_cancelled() {
+            return;
+        }
+        let file = shared
+            .file_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let config = effective(&shared, &file);
+        let generation = shared.current.load().generation;
+        match shared.build(config.clone(), generation) {
+            Ok(next) => {
+                shared.current.store(Arc::new(next));
+                shared.registry.retain(&config);
+                shared.pools.retain(&config);
+                shared.health.sync(&config, &shared.registry);
+            }
+            Err(e) => {
+                warn!(error = %e, "backends from DNS changed, but the generation cannot be built")
+            }
+        }
+    }
 }
 
 /// A certificate that expires within this is warned about.

@@ -106,7 +106,18 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     };
 
     let generation = old.generation + 1;
-    let config = Arc::new(config);
+    let file_config = Arc::new(config);
+    // Backends from DNS: names new to this file are looked up before it serves.
+    let known = shared.dns.records();
+    let new_names = crate::dns::wanted(&file_config)
+        && crate::dns::expand(&file_config, &known)
+            .upstreams
+            .iter()
+            .any(|u| u.backends.is_empty());
+    if new_names {
+        shared.dns.lookup_now(&file_config).await;
+    }
+    let config = super::effective(shared, &file_config);
     let next = match shared.build(config.clone(), generation) {
         Ok(n) => n,
         Err(e) => {
@@ -167,6 +178,8 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     shared.registry.retain(&config);
     shared.pools.retain(&config);
     shared.health.sync(&config, &shared.registry);
+    *shared.file_config.lock().unwrap_or_else(|p| p.into_inner()) = file_config.clone();
+    shared.dns.sync(&file_config);
     if config.admin.is_none() {
         if shared.stop_admin() {
             info!("[admin] removed: the admin API is closed");

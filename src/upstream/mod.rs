@@ -299,8 +299,12 @@ impl Registry {
 #[derive(Debug)]
 pub struct Backend {
     pub name: String,
-    /// As written in the file: the backend's identity.
+    /// As written in the file: the backend's identity (`host:port#ip` for one from a
+    /// DNS record).
     pub address: String,
+    /// The host and port as written: TLS's server name, the `Host` of health checks
+    /// and of HTTP/2 requests' authority where the client's is not kept.
+    pub host: String,
     pub addr: SocketAddr,
     pub weight: u32,
     pub state: Arc<BackendState>,
@@ -405,6 +409,7 @@ impl Upstream {
                 Arc::new(Backend {
                     name: b.name.clone(),
                     address: b.address.clone(),
+                    host: b.host.clone(),
                     addr: b.resolved,
                     weight: b.weight,
                     state: registry.state(&cfg.name, &b.address),

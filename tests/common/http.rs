@@ -162,7 +162,12 @@ async fn backend_service(
 
 impl HttpBackend {
     pub async fn start(name: &str) -> HttpBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// As `start`, listening on `addr` (another loopback address, a given port).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> HttpBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -1,6 +1,7 @@
 //! Fixtures: real backends and a real fulcrum on loopback port 0.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod h2;
 pub mod http;
 pub mod netns;
