@@ -25,15 +25,37 @@ use crate::config::{self, Config};
 /// How long one lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// (upstream, backend address as written) to its records, sorted.
-pub type Records = HashMap<(String, String), Vec<IpAddr>>;
+/// One backend a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    /// `host:port` as the records name it: TLS's server name and the health checks'
+    /// `Host`.
+    pub host: String,
+    pub addr: SocketAddr,
+    /// An SRV record's weight.
+    pub weight: Option<u32>,
+}
 
-/// Whether `config` has a backend to look up.
+/// (upstream, backend address as written, or `srv:` and the SRV name) to what its
+/// lookups found, sorted.
+pub type Records = HashMap<(String, String), Vec<Found>>;
+
+/// The key of an upstream's SRV records.
+fn srv_key(name: &str) -> String {
+    format!("srv:{name}")
+}
+
+/// Whether `config` has a name to look up.
 pub fn wanted(config: &Config) -> bool {
     config
         .upstreams
         .iter()
-        .any(|u| u.backends.iter().any(|b| b.resolve.is_some()))
+        .any(|u| u.srv.is_some() || u.backends.iter().any(|b| b.resolve.is_some()))
+}
+
+/// An SRV record's weight as a backend weight: 0 (the least) still takes a share.
+fn srv_weight(w: u16) -> u32 {
+    u32::from(w).clamp(1, config::MAX_WEIGHT as u32)
 }
 
 /// `config` with each backend that has `resolve` replaced by one backend per record
@@ -41,7 +63,7 @@ pub fn wanted(config: &Config) -> bool {
 pub fn expand(config: &Config, records: &Records) -> Config {
     let mut out = config.clone();
     for u in &mut out.upstreams {
-        if !u.backends.iter().any(|b| b.resolve.is_some()) {
+        if u.srv.is_none() && !u.backends.iter().any(|b| b.resolve.is_some()) {
             continue;
         }
         let mut backends = Vec::with_capacity(u.backends.len());
@@ -50,16 +72,33 @@ pub fn expand(config: &Config, records: &Records) -> Config {
                 backends.push(b.clone());
                 continue;
             }
-            let port = b.resolved.port();
             let found = records.get(&(u.name.clone(), b.address.clone()));
-            for ip in found.into_iter().flatten() {
+            for f in found.into_iter().flatten() {
+                let ip = f.addr.ip();
                 backends.push(config::Backend {
                     name: format!("{}#{ip}", b.name),
                     address: format!("{}#{ip}", b.address),
                     host: b.host.clone(),
-                    resolved: SocketAddr::new(*ip, port),
+                    resolved: f.addr,
                     weight: b.weight,
                     resolve: b.resolve,
+                });
+            }
+        }
+        if let Some(name) = &u.srv {
+            let found = records.get(&(u.name.clone(), srv_key(name)));
+            for f in found.into_iter().flatten() {
+                let id = format!("{}#{}", f.host, f.addr.ip());
+                if backends.iter().any(|b| b.address == id) {
+                    continue;
+                }
+                backends.push(config::Backend {
+                    name: id.clone(),
+                    address: id,
+                    host: f.host.clone(),
+                    resolved: f.addr,
+                    weight: f.weight.unwrap_or(1),
+                    resolve: Some(config::SRV_INTERVAL),
                 });
             }
         }
@@ -91,10 +130,11 @@ fn host_of(address: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// One backend to look up.
+/// One name to look up.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Target {
     upstream: String,
+    /// The backend's address as written, or `srv:` and the SRV name.
     address: String,
     every: Duration,
 }
@@ -120,19 +160,26 @@ impl Default for Dns {
 }
 
 fn targets(config: &Config) -> Vec<Target> {
-    config
-        .upstreams
-        .iter()
-        .flat_map(|u| {
-            u.backends.iter().filter_map(|b| {
-                b.resolve.map(|every| Target {
+    let mut out = Vec::new();
+    for u in &config.upstreams {
+        for b in &u.backends {
+            if let Some(every) = b.resolve {
+                out.push(Target {
                     upstream: u.name.clone(),
                     address: b.address.clone(),
                     every,
-                })
-            })
-        })
-        .collect()
+                });
+            }
+        }
+        if let Some(name) = &u.srv {
+            out.push(Target {
+                upstream: u.name.clone(),
+                address: srv_key(name),
+                every: config::SRV_INTERVAL,
+            });
+        }
+    }
+    out
 }
 
 impl Dns {
@@ -154,7 +201,7 @@ impl Dns {
     }
 
     /// Stores `ips` for `target`; whether they changed.
-    fn store(&self, target: &Target, mut ips: Vec<IpAddr>, max: usize) -> bool {
+    fn store(&self, target: &Target, mut ips: Vec<Found>, max: usize) -> bool {
         ips.sort();
         ips.dedup();
         if ips.len() > max {
@@ -175,7 +222,7 @@ impl Dns {
         info!(
             upstream = %target.upstream,
             backend = %target.address,
-            records = ?ips,
+            records = ?ips.iter().map(|f| format!("{}#{}", f.host, f.addr.ip())).collect::<Vec<_>>(),
             "backends from DNS"
         );
         records.insert(key, ips);
@@ -254,12 +301,11 @@ impl Dns {
     }
 }
 
-/// The records of `target` and how long they are valid.
-async fn lookup(
+/// The addresses of `host` and how long they are valid.
+async fn addresses(
     resolver: &TokioResolver,
-    target: &Target,
+    host: &str,
 ) -> Result<(Vec<IpAddr>, Duration), String> {
-    let host = host_of(&target.address);
     let answer = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(host))
         .await
         .map_err(|_| format!("no answer for {host} within {LOOKUP_TIMEOUT:?}"))?
@@ -268,6 +314,59 @@ async fn lookup(
         .valid_until()
         .saturating_duration_since(std::time::Instant::now());
     Ok((answer.iter().collect(), ttl))
+}
+
+/// What `target`'s lookup finds, and how long it is valid.
+async fn lookup(
+    resolver: &TokioResolver,
+    target: &Target,
+) -> Result<(Vec<Found>, Duration), String> {
+    let Some(name) = target.address.strip_prefix("srv:") else {
+        let host = host_of(&target.address);
+        let port = target
+            .address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        let (ips, ttl) = addresses(resolver, host).await?;
+        let found = ips
+            .into_iter()
+            .map(|ip| Found {
+                host: target.address.clone(),
+                addr: SocketAddr::new(ip, port),
+                weight: None,
+            })
+            .collect();
+        return Ok((found, ttl));
+    };
+    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.srv_lookup(name))
+        .await
+        .map_err(|_| format!("no SRV answer for {name} within {LOOKUP_TIMEOUT:?}"))?
+        .map_err(|e| format!("{name}: {e}"))?;
+    let mut ttl = answer
+        .as_lookup()
+        .valid_until()
+        .saturating_duration_since(std::time::Instant::now());
+    // The most preferred records only: the others are for when those are gone.
+    let best = answer.iter().map(|r| r.priority()).min();
+    let mut found = Vec::new();
+    for r in answer.iter().filter(|r| Some(r.priority()) == best) {
+        let target_name = r.target().to_utf8();
+        let target_name = target_name.trim_end_matches('.');
+        if target_name.is_empty() {
+            continue;
+        }
+        let (ips, t) = addresses(resolver, target_name).await?;
+        ttl = ttl.min(t);
+        for ip in ips {
+            found.push(Found {
+                host: format!("{target_name}:{}", r.port()),
+                addr: SocketAddr::new(ip, r.port()),
+                weight: Some(srv_weight(r.weight())),
+            });
+        }
+    }
+    Ok((found, ttl))
 }
 
 /// Looks `target` up every `every` (or when its records expire, if sooner, but not

@@ -595,10 +595,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
             http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
             "`listener[0].tls.acme`",
         ),
-        (
-            http("", "", "srv = \"_grpc._tcp.api\"", ""),
-            "`upstream.app.srv`",
-        ),
     ];
     for (file, key) in cases {
         let got = errors(&file);

@@ -21,6 +21,23 @@ fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
 }
 
+/// Waits until upstream "app" lists exactly `want`.
+async fn wait_names(api: SocketAddr, want: &[String]) {
+    let want: BTreeSet<String> = want.iter().cloned().collect();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = listed(api).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backends {got:?}, waited for {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The backends of upstream "app" that /status lists.
 async fn listed(api: SocketAddr) -> BTreeSet<String> {
     let (_, _, body) = get(api, "/status").await;
@@ -34,22 +51,11 @@ async fn listed(api: SocketAddr) -> BTreeSet<String> {
 }
 
 async fn wait_listed(api: SocketAddr, port: u16, ips: &[u8]) {
-    let want: BTreeSet<String> = ips
+    let want: Vec<String> = ips
         .iter()
         .map(|n| format!("app.test:{port}#{}", ip(*n)))
         .collect();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let got = listed(api).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "backends {got:?}, waited for {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_names(api, &want).await;
 }
 
 #[tokio::test]
@@ -198,4 +204,73 @@ fn resolve_and_the_resolver_are_checked() {
         std::path::Path::new("f.toml"),
     );
     assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+}
+
+#[tokio::test]
+async fn an_upstream_takes_its_backends_from_srv_records() {
+    let dns = DnsServer::start().await;
+    let port = free_port();
+    let a = HttpBackend::start_at("a", SocketAddr::new(ip(6).into(), port)).await;
+    let b = HttpBackend::start_at("b", SocketAddr::new(ip(7).into(), port)).await;
+    dns.set("a.test", &[ip(6)]);
+    dns.set("b.test", &[ip(7)]);
+    dns.set_srv(
+        "_http._tcp.app.test",
+        &[
+            (10, 5, port, "a.test"),
+            (10, 1, port, "b.test"),
+            (20, 1, port, "backup.test"),
+        ],
+    );
+    let config = format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+
+[resolver]
+servers = ["{}"]
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+upstream = "app"
+
+[upstream.app]
+srv = "_http._tcp.app.test"
+"#,
+        dns.addr
+    );
+    let f = Fulcrum::start(&config).await;
+    let api = f.admin.unwrap();
+    // The preferred priority only; weights from the records.
+    let both = [
+        format!("a.test:{port}#{}", ip(6)),
+        format!("b.test:{port}#{}", ip(7)),
+    ];
+    wait_names(api, &both).await;
+    let (_, _, body) = get(api, "/status").await;
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let weights: Vec<u64> = doc["upstreams"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [5, 1]);
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        let (status, h, _) = get(f.addr("web"), "/").await;
+        assert_eq!(status, 200);
+        seen.insert(h["x-backend"].to_str().unwrap().to_string());
+    }
+    assert_eq!(seen, BTreeSet::from(["a".to_string(), "b".to_string()]));
+    // A record gone: its backend goes.
+    dns.set_srv("_http._tcp.app.test", &[(10, 5, port, "a.test")]);
+    wait_names(api, &both[..1]).await;
+    for _ in 0..10 {
+        assert_eq!(get(f.addr("web"), "/").await.1["x-backend"], "a");
+    }
+    f.stop().await;
+    drop((a, b));
 }

@@ -457,6 +457,9 @@ pub struct Upstream {
     /// Further attempts on another backend after a failed one.
     pub retries: u32,
     pub backends: Vec<Backend>,
+    /// `srv`: more backends from the SRV records of this name (looked up by the
+    /// running server every `SRV_INTERVAL`, or on the records' TTL if sooner).
+    pub srv: Option<String>,
     /// `consistent_hash` only.
     pub hash_key: HashKey,
     pub sticky: Option<Sticky>,
@@ -511,6 +514,8 @@ pub struct Resolver {
 }
 
 pub const DEFAULT_RESOLVE_MAX: usize = 256;
+/// How often an upstream's `srv` name is looked up again (sooner on a shorter TTL).
+pub const SRV_INTERVAL: Duration = Duration::from_secs(30);
 /// The shortest re-resolution interval.
 pub const MIN_RESOLVE: Duration = Duration::from_secs(1);
 
@@ -1810,7 +1815,6 @@ impl Validator<'_> {
 
     fn upstream(&mut self, name: &str, su: &Spanned<RawUpstream>) -> Option<Upstream> {
         let u = su.get_ref();
-        self.unsupported_upstream(&format!("upstream.{name}"), u);
         let key = |k: &str| format!("upstream.{name}.{k}");
         if name.is_empty() || name.contains(['/', ' ', '"']) {
             self.err(
@@ -1947,11 +1951,31 @@ impl Validator<'_> {
         });
         let health = u.health.as_ref().map(|h| self.health(name, h.get_ref()));
 
-        if u.backends.get_ref().is_empty() {
+        let srv = u.srv.as_ref().and_then(|v| {
+            let text = v.get_ref().trim().trim_end_matches('.');
+            let ok = !text.is_empty()
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if ok {
+                Some(text.to_string())
+            } else {
+                self.err(
+                    Some(v.span()),
+                    key("srv"),
+                    format!(
+                        "is not a DNS name like \"_http._tcp.app.internal\", got {:?}",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+        if u.backends.get_ref().is_empty() && u.srv.is_none() {
             self.err(
                 Some(u.backends.span()),
                 key("backends"),
-                "must list at least one backend",
+                "must list at least one backend (or name `srv` records)",
             );
         }
         let mut backends: Vec<Backend> = Vec::new();
@@ -2098,6 +2122,7 @@ impl Validator<'_> {
             max_connections_per_backend,
             queue_timeout,
             backends,
+            srv,
             hash_key,
             sticky,
             health,

@@ -209,6 +209,7 @@ pub struct RawUpstream {
     pub retries: Option<Spanned<i64>>,
     pub max_connections_per_backend: Option<Spanned<i64>>,
     pub queue_timeout: Option<Spanned<String>>,
+    #[serde(default = "no_backends")]
     pub backends: Spanned<Vec<Spanned<RawBackend>>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub sticky: Option<Spanned<RawSticky>>,
@@ -216,7 +217,7 @@ pub struct RawUpstream {
     pub protocol: Option<Spanned<String>>,
     pub h2_keepalive: Option<Spanned<String>>,
     pub proxy_protocol: Option<Spanned<String>>,
-    pub srv: Later,
+    pub srv: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,4 +328,9 @@ pub struct RawBgpAnnounce {
 pub struct RawVip {
     pub address: Spanned<String>,
     pub interface: Spanned<String>,
+}
+
+/// `backends` left out (an upstream whose backends all come from `srv`).
+fn no_backends() -> Spanned<Vec<Spanned<RawBackend>>> {
+    Spanned::new(0..0, Vec::new())
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawListenerTls, RawUpstream};
+use super::raw::{RawConfig, RawListenerTls};
 use super::Validator;
 
 /// A key's value, whatever its type: only its presence and position matter.
@@ -36,9 +36,5 @@ impl Validator<'_> {
 
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {
         self.refuse(key, &[("acme", at(&t.acme)), ("http3", at(&t.http3))]);
-    }
-
-    pub(super) fn unsupported_upstream(&mut self, key: &str, u: &RawUpstream) {
-        self.refuse(key, &[("srv", at(&u.srv))]);
     }
 }
