@@ -1,0 +1,233 @@
+//! `[global]`, `[admin]`, `[cache]` and `[resolver]`: the process-wide settings.
+
+use super::*;
+
+impl CacheSettings {
+    /// The defaults, `max_inflight` a quarter of `max_size`.
+    pub fn new(max_size: u64, max_object_size: u64) -> CacheSettings {
+        CacheSettings {
+            max_size,
+            max_object_size,
+            max_inflight: max_size / 4,
+        }
+    }
+}
+
+pub const DEFAULT_CACHE_MAX_SIZE: u64 = 256 << 20;
+
+pub const DEFAULT_CACHE_MAX_OBJECT_SIZE: u64 = 8 << 20;
+
+/// `[admin]`: the admin API's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    /// The bearer token POST requests need, read from `token_file` (whitespace trimmed).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Runtime worker threads; 0 means one per CPU.
+    pub workers: usize,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub access_log: bool,
+    /// Reload when the file changes on disk.
+    pub watch_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[resolver]`: how backends with `resolve` are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// Name servers; empty: the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// The most records one name gives backends; more are dropped with a warning.
+    pub resolve_max: usize,
+}
+
+pub const DEFAULT_RESOLVE_MAX: usize = 256;
+
+/// How often an upstream's `srv` name is looked up again (sooner on a shorter TTL).
+pub const SRV_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The shortest re-resolution interval.
+pub const MIN_RESOLVE: Duration = Duration::from_secs(1);
+
+impl Validator<'_> {
+    pub(super) fn resolver(&mut self, r: Option<&RawResolver>) -> Resolver {
+        let mut out = Resolver {
+            servers: Vec::new(),
+            resolve_max: DEFAULT_RESOLVE_MAX,
+        };
+        let Some(r) = r else { return out };
+        for (i, s) in r
+            .servers
+            .iter()
+            .flat_map(|s| s.get_ref().iter())
+            .enumerate()
+        {
+            let text = s.get_ref();
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(a) => out.servers.push(a),
+                None => self.err(
+                    Some(s.span()),
+                    format!("resolver.servers[{i}]"),
+                    format!("is not an address like \"127.0.0.1:53\", got {text:?}"),
+                ),
+            }
+        }
+        out.resolve_max = self.int(
+            &r.resolve_max,
+            "resolver.resolve_max",
+            1,
+            65536,
+            DEFAULT_RESOLVE_MAX as i64,
+        ) as usize;
+        out
+    }
+
+    pub(super) fn cache(&mut self, c: &RawCache) -> CacheSettings {
+        let max_size = self.size(&c.max_size, "cache.max_size", DEFAULT_CACHE_MAX_SIZE);
+        let max_object_size = self.size(
+            &c.max_object_size,
+            "cache.max_object_size",
+            DEFAULT_CACHE_MAX_OBJECT_SIZE,
+        );
+        if max_size == 0 {
+            if let Some(v) = &c.max_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_size",
+                    "must be greater than zero",
+                );
+            }
+        }
+        if max_object_size == 0 {
+            if let Some(v) = &c.max_object_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_object_size",
+                    "must be greater than zero",
+                );
+            }
+        } else if max_object_size > max_size {
+            if let Some(v) = &c.max_object_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_object_size",
+                    format!("must not be larger than cache.max_size ({max_size} bytes)"),
+                );
+            }
+        }
+        // Stored objects are weighed in 32 bits.
+        if max_object_size > u64::from(u32::MAX) {
+            if let Some(v) = &c.max_object_size {
+                self.err(
+                    Some(v.span()),
+                    "cache.max_object_size",
+                    "must be at most 4GiB",
+                );
+            }
+        }
+        let max_inflight = self.size(&c.max_inflight, "cache.max_inflight", max_size / 4);
+        CacheSettings {
+            max_size,
+            max_object_size,
+            max_inflight,
+        }
+    }
+
+    pub(super) fn admin(&mut self, a: &RawAdmin) -> Admin {
+        let bind = match a.bind.get_ref().parse::<SocketAddr>() {
+            Ok(b) => b,
+            Err(_) => {
+                self.err(
+                    Some(a.bind.span()),
+                    "admin.bind",
+                    format!(
+                        "is not an address like \"127.0.0.1:9090\", got {:?}",
+                        a.bind.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let token = a
+            .token_file
+            .as_ref()
+            .and_then(|t| self.secret_file(t, "admin.token_file"));
+        if token.is_none() && a.token_file.is_none() && !bind.ip().is_loopback() {
+            self.err(
+                Some(a.bind.span()),
+                "admin.bind",
+                format!(
+                    "{bind} is not a loopback address: set admin.token_file, or anyone who reaches it can reload, drain and purge"
+                ),
+            );
+        }
+        Admin { bind, token }
+    }
+
+    pub(super) fn global(&mut self, g: Option<&RawGlobal>) -> Global {
+        let Some(g) = g else {
+            return Global {
+                workers: DEFAULT_WORKERS,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                log_format: LogFormat::Text,
+                access_log: true,
+                watch_config: true,
+            };
+        };
+        let workers = self.int(&g.workers, "global.workers", 0, MAX_WORKERS, 0) as usize;
+        let max_connections = self.int(
+            &g.max_connections,
+            "global.max_connections",
+            1,
+            i64::from(u32::MAX),
+            DEFAULT_MAX_CONNECTIONS as i64,
+        ) as usize;
+        // Zero: exit without waiting for open connections.
+        let shutdown_timeout = self.duration_or_zero(
+            &g.shutdown_timeout,
+            "global.shutdown_timeout",
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        );
+        let log_format = match g
+            .log_format
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                self.err(
+                    Some(span),
+                    "global.log_format",
+                    format!("must be \"text\" or \"json\", got {other:?}"),
+                );
+                LogFormat::Text
+            }
+        };
+        Global {
+            workers,
+            max_connections,
+            shutdown_timeout,
+            log_format,
+            access_log: g.access_log.unwrap_or(true),
+            watch_config: g.watch_config.unwrap_or(true),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! `[listener.tls]` and `upstream.NAME.tls`: certificates and keys loaded and matched, versions, ALPN, client certificates, and TLS to the backends.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+/// `[listener.tls]`, with every certificate and key already read, parsed and matched.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// In the order written: SNI picks by each certificate's names, the first is the
+    /// default.
+    pub certificates: Vec<Arc<rustls::sign::CertifiedKey>>,
+    pub min_version: TlsVersion,
+    /// Protocol names offered by ALPN, in preference order.
+    pub alpn: Vec<Vec<u8>>,
+    /// Require client certificates signed by one of these.
+    pub client_ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+}
+
+impl PartialEq for ListenerTls {
+    fn eq(&self, o: &Self) -> bool {
+        self.min_version == o.min_version
+            && self.alpn == o.alpn
+            && self.client_ca == o.client_ca
+            && self.certificates.len() == o.certificates.len()
+            && self
+                .certificates
+                .iter()
+                .zip(&o.certificates)
+                .all(|(a, b)| a.cert == b.cert && a.ocsp == b.ocsp)
+    }
+}
+
+/// `upstream.NAME.tls`: TLS to the backends, verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent and verified; defaults to the host part of each backend's address.
+    pub sni: Option<String>,
+    /// Trusted roots; `None`: the system's.
+    pub ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+}
+
+impl Validator<'_> {
+    pub(super) fn listener_tls(
+        &mut self,
+        key: &str,
+        t: &RawListenerTls,
+        protocol: Protocol,
+    ) -> Option<ListenerTls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let k = |f: &str| format!("{key}.{f}");
+        let dir = self.file.parent().unwrap_or(Path::new("")).to_path_buf();
+        self.unsupported_listener_tls(key, t);
+        let listed = t
+            .certificates
+            .as_ref()
+            .map_or(&[][..], |c| c.get_ref().as_slice());
+        if listed.is_empty() && t.acme.is_none() {
+            self.err(
+                t.certificates.as_ref().map(|c| c.span()),
+                k("certificates"),
+                "must list at least one { cert, key }",
+            );
+        }
+        let mut certificates = Vec::new();
+        for (i, c) in listed.iter().enumerate() {
+            let ck = |f: &str| format!("{key}.certificates[{i}].{f}");
+            let cert_path = dir.join(&c.get_ref().cert);
+            let key_path = dir.join(&c.get_ref().key);
+            let chain: Vec<CertificateDer<'static>> =
+                match CertificateDer::pem_file_iter(&cert_path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                {
+                    Ok(chain) if !chain.is_empty() => chain,
+                    Ok(_) => {
+                        self.err(
+                            Some(c.span()),
+                            ck("cert"),
+                            format!("{} holds no PEM certificate", cert_path.display()),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        self.err(
+                            Some(c.span()),
+                            ck("cert"),
+                            format!("{} cannot be loaded: {e}", cert_path.display()),
+                        );
+                        continue;
+                    }
+                };
+            let private = match PrivateKeyDer::from_pem_file(&key_path) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.err(
+                        Some(c.span()),
+                        ck("key"),
+                        format!("{} cannot be loaded: {e}", key_path.display()),
+                    );
+                    continue;
+                }
+            };
+            let signing = match rustls::crypto::ring::sign::any_supported_type(&private) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.err(
+                        Some(c.span()),
+                        ck("key"),
+                        format!("{} is not a usable key: {e}", key_path.display()),
+                    );
+                    continue;
+                }
+            };
+            let mut certified = rustls::sign::CertifiedKey::new(chain, signing);
+            match c.get_ref().ocsp.as_deref() {
+                None => {}
+                Some("auto") => {
+                    self.err(Some(c.span()), ck("ocsp"), "\"auto\" not supported yet");
+                }
+                Some(file) => {
+                    let path = dir.join(file);
+                    match std::fs::read(&path) {
+                        // An OCSPResponse is a DER SEQUENCE.
+                        Ok(der) if der.first() == Some(&0x30) && der.len() > 4 => {
+                            certified.ocsp = Some(der);
+                        }
+                        Ok(_) => self.err(
+                            Some(c.span()),
+                            ck("ocsp"),
+                            format!("{} is not a DER OCSP response", path.display()),
+                        ),
+                        Err(e) => self.err(
+                            Some(c.span()),
+                            ck("ocsp"),
+                            format!("{} cannot be read: {e}", path.display()),
+                        ),
+                    }
+                }
+            }
+            if let Err(e) = certified.keys_match() {
+                self.err(
+                    Some(c.span()),
+                    ck("key"),
+                    format!(
+                        "{} does not match {}: {e}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                );
+                continue;
+            }
+            if let Err(e) = webpki::EndEntityCert::try_from(&certified.cert[0]) {
+                self.err(
+                    Some(c.span()),
+                    ck("cert"),
+                    format!("{} is not a usable certificate: {e}", cert_path.display()),
+                );
+                continue;
+            }
+            certificates.push(Arc::new(certified));
+        }
+        let min_version = match t
+            .min_version
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("1.2", _)) => TlsVersion::V12,
+            Some(("1.3", _)) => TlsVersion::V13,
+            Some((other, span)) => {
+                self.err(
+                    Some(span),
+                    k("min_version"),
+                    format!("must be \"1.2\" or \"1.3\", got {other:?}"),
+                );
+                TlsVersion::V12
+            }
+        };
+        let alpn = match &t.alpn {
+            Some(a) => {
+                for p in a.get_ref() {
+                    let ok = match protocol {
+                        Protocol::Http => p == "h2" || p == "http/1.1",
+                        Protocol::Tcp => !p.is_empty() && p.len() < 256,
+                    };
+                    if !ok {
+                        self.err(
+                            Some(a.span()),
+                            k("alpn"),
+                            format!("{p:?} is not a protocol this listener speaks"),
+                        );
+                    }
+                }
+                a.get_ref().iter().map(|p| p.as_bytes().to_vec()).collect()
+            }
+            None if protocol == Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            None => Vec::new(),
+        };
+        let client_ca = t
+            .client_ca
+            .as_ref()
+            .and_then(|ca| self.ca_file(k("client_ca"), ca));
+        if certificates.is_empty() {
+            return None;
+        }
+        Some(ListenerTls {
+            certificates,
+            min_version,
+            alpn,
+            client_ca,
+        })
+    }
+
+    /// A PEM file of CA certificates (relative to the config file's directory), each
+    /// usable as a trust anchor.
+    pub(super) fn ca_file(
+        &mut self,
+        key: String,
+        v: &Spanned<String>,
+    ) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let path = self
+            .file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(v.get_ref());
+        let problem = match CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(certs) if certs.is_empty() => format!("{} holds no PEM certificate", path.display()),
+            Ok(certs) => match certs
+                .iter()
+                .find_map(|c| webpki::anchor_from_trusted_cert(c).err())
+            {
+                None => return Some(certs),
+                Some(e) => format!("{} is not a usable CA certificate: {e}", path.display()),
+            },
+            Err(e) => format!("{} cannot be loaded: {e}", path.display()),
+        };
+        self.err(Some(v.span()), key, problem);
+        None
+    }
+
+    pub(super) fn upstream_tls(&mut self, upstream: &str, t: &RawUpstreamTls) -> UpstreamTls {
+        let key = |k: &str| format!("upstream.{upstream}.tls.{k}");
+        let sni = t.sni.as_ref().and_then(|s| {
+            match rustls::pki_types::ServerName::try_from(s.get_ref().as_str()) {
+                Ok(_) => Some(s.get_ref().clone()),
+                Err(_) => {
+                    self.err(
+                        Some(s.span()),
+                        key("sni"),
+                        format!("is not a DNS name or IP address, got {:?}", s.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        let ca = t.ca.as_ref().and_then(|ca| self.ca_file(key("ca"), ca));
+        UpstreamTls { sni, ca }
+    }
+}
