@@ -48,17 +48,13 @@ impl Validator<'_> {
         key: &str,
         default: Duration,
     ) -> Duration {
-        let Some(v) = v else { return default };
-        match parse_duration(v.get_ref()) {
-            Ok(d) if d.is_zero() => {
+        let d = self.duration_or_zero(v, key, default);
+        match v {
+            Some(v) if d.is_zero() => {
                 self.err(Some(v.span()), key, "must be greater than zero");
                 default
             }
-            Ok(d) => d,
-            Err(e) => {
-                self.err(Some(v.span()), key, e);
-                default
-            }
+            _ => d,
         }
     }
 
