@@ -1,18 +1,33 @@
 //! fulcrum: a layer-4/layer-7 load balancer and reverse proxy.
 //!
-//! - [`config`]: the TOML file, parsed and validated into an immutable `Config`.
-//! - [`balance`]: the balancing strategies, pure and synchronous.
-//! - [`dns`]: backends from DNS records, looked up again on an interval.
-//! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`.
+//! # Layout
+//!
+//! From what a request meets first to what it is sent to:
+//!
+//! - [`runtime`]: the running server: one generation of configuration at a time
+//!   (built whole, swapped in at reload), the listening sockets and their accept
+//!   loops, connection limits, reloads, binary upgrades, systemd notifications and
+//!   the graceful shutdown. The only module that wires the others together.
+//! - [`config`]: the TOML file, parsed and validated into an immutable `Config`, one
+//!   file per section.
+//! - [`tls`]: TLS termination (certificates chosen by SNI and signature schemes) and
+//!   TLS to the backends.
+//! - [`proxy_protocol`]: the PROXY protocol header, read and written.
+//! - [`limits`]: rate limits and per-client connection counts.
 //! - [`l4`]: the TCP engine.
-//! - [`l7`]: the HTTP engine; [`cache`]: its shared response cache.
+//! - [`l7`]: the HTTP engine: routes, forwarding, retries, the client and upstream
+//!   connections; [`cache`]: its shared response cache.
+//! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`;
+//!   [`balance`]: the strategies, pure and synchronous; [`hash`]: the stable hash the
+//!   ring, sticky cookies and fingerprints derive from.
+//! - [`health`]: active health checks; [`dns`]: backends from DNS records.
 //! - [`failover`]: the active-passive pair: heartbeats, the state machine, the driver
-//!   that moves the virtual addresses.
-//! - [`bgp`]: active-active scale-out: the service addresses announced to routers
-//!   while this instance can serve them.
-//! - [`limits`]: rate limits and per-client connection counts; [`proxy_protocol`]:
-//!   the PROXY protocol header.
-//! - [`runtime`]: one generation of configuration, listeners, shutdown.
+//!   that moves the virtual addresses; [`bgp`]: active-active scale-out, the service
+//!   addresses announced to routers while this instance can serve them.
+//! - [`admin`]: the admin API, its dashboard, and the metrics registry.
+//! - [`telemetry`]: trace context and span export.
+//! - [`activity`]: bytes moved per connection, for idle timeouts and rates;
+//!   [`side`]: racing a busy future against rarely firing watchers.
 
 pub mod activity;
 pub mod admin;
@@ -22,6 +37,7 @@ pub mod cache;
 pub mod config;
 pub mod dns;
 pub mod failover;
+pub mod hash;
 pub mod health;
 pub mod l4;
 pub mod l7;

@@ -223,7 +223,7 @@ impl BackendTls {
         }
         Ok(BackendTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            fingerprint: crate::balance::hash_bytes(&id) | 1,
+            fingerprint: crate::hash::hash_bytes(&id) | 1,
             sni,
         })
     }

@@ -4,26 +4,12 @@
 //! keys; a key whose backend is down or excluded goes to the next backend on the ring.
 
 use super::{Candidates, Selection};
+use crate::hash::hash_bytes;
 
 /// Virtual nodes per unit of weight.
 const POINTS_PER_WEIGHT: u64 = 100;
 /// Upper bound on the ring's size; larger weight sums are scaled down.
 const MAX_POINTS: u64 = 400_000;
-
-/// A stable 64-bit hash (FNV-1a, then a finalising mix for good spread), the same on
-/// every machine and in every version.
-pub fn hash_bytes(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
 
 /// The ring is indexed by the top bits of a hash, so that a lookup searches only the
 /// few points of one slice instead of the whole ring.

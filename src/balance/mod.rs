@@ -12,7 +12,7 @@ mod least_connections;
 mod random;
 mod round_robin;
 
-pub use consistent_hash::{hash_bytes, ConsistentHash};
+pub use consistent_hash::ConsistentHash;
 pub use ewma::Ewma;
 pub use least_connections::LeastConnections;
 pub use random::Random;

@@ -7,7 +7,7 @@ pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-
 /// What the cache did for one request, as the access log and
 /// `fulcrum_cache_requests_total` say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CacheOutcome {
     Hit,
     Miss,
     Stale,
@@ -15,14 +15,14 @@ pub enum Outcome {
     Bypass,
 }
 
-impl Outcome {
+impl CacheOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Stale => "stale",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Bypass => "bypass",
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Stale => "stale",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Bypass => "bypass",
         }
     }
 }

@@ -18,7 +18,7 @@
 //!   never reads more than it discards.
 //! - A connection the other side closes at once, again and again (a listener that
 //!   holds too few for this address), is opened again at most once a
-//!   [`RECONNECT_EVERY`], never in a tight loop.
+//!   `RECONNECT_EVERY`, never in a tight loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

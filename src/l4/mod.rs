@@ -19,7 +19,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::upstream::{Lease, Outcome, PickContext, Upstream};
+use crate::upstream::{BackendOutcome, Lease, PickContext, Upstream};
 use copy::{Copied, End};
 
 /// Most tries one connection makes, whatever `retries` says, to bound the work a
@@ -145,7 +145,7 @@ pub async fn proxy<S: ClientStream>(
                     };
                     warn!(client.addr = %peer, upstream = %s.upstream.name, backend = %lease.backend().name, error = %error, "TLS to the backend failed");
                     let mut lease = lease;
-                    lease.set_outcome(Outcome::Failure);
+                    lease.set_outcome(BackendOutcome::Failure);
                     access_line(
                         &s,
                         peer,
@@ -220,7 +220,7 @@ async fn connect(
                     t.opened.inc();
                 }
                 lease.record_latency(started.elapsed());
-                lease.set_outcome(Outcome::Success);
+                lease.set_outcome(BackendOutcome::Success);
                 return Some((stream, lease));
             }
             Ok(Err(e)) => e.to_string(),
@@ -235,7 +235,7 @@ async fn connect(
             error = %err,
             "connect to backend failed"
         );
-        lease.set_outcome(Outcome::Failure);
+        lease.set_outcome(BackendOutcome::Failure);
         tried.push(lease.index());
     }
     None

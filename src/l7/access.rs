@@ -42,7 +42,7 @@ pub struct Line {
     pub upstream: Option<Arc<Upstream>>,
     pub backend: Option<Arc<Backend>>,
     /// How the response cache answered, on cached routes.
-    pub cache: Option<crate::cache::status::Outcome>,
+    pub cache: Option<crate::cache::status::CacheOutcome>,
     /// Time to open a backend connection (when one was opened) and to the backend's
     /// response head, in ms.
     pub upstream_connect_ms: Option<u64>,

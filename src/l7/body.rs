@@ -92,7 +92,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(e))) => {
                     // Broken mid-way: the connection is not reused, the backend failed.
                     if let Some(lease) = u.lease.as_mut() {
-                        lease.set_outcome(crate::upstream::Outcome::Failure);
+                        lease.set_outcome(crate::upstream::BackendOutcome::Failure);
                     }
                     Poll::Ready(Some(Err(e)))
                 }
@@ -106,7 +106,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     if let Some(lease) = u.lease.as_mut() {
-                        lease.set_outcome(crate::upstream::Outcome::Failure);
+                        lease.set_outcome(crate::upstream::BackendOutcome::Failure);
                     }
                     Poll::Ready(Some(Err(Box::new(e) as BoxError)))
                 }

@@ -30,7 +30,7 @@ use crate::cache::decide::{self, OnFailure, OnHead, OnNotModified, OnRequest, St
 use crate::cache::fill::Fill;
 use crate::cache::policy;
 use crate::cache::range;
-use crate::cache::status::{CacheStatus, Fwd, Outcome, CACHE_STATUS};
+use crate::cache::status::{CacheOutcome, CacheStatus, Fwd, CACHE_STATUS};
 use crate::cache::tee::{Pending, Tee};
 use crate::cache::{self, Cache, Flight, Join, Key, Lookup, Stored};
 
@@ -73,13 +73,13 @@ impl Counters {
 
 /// How the cache answered: the `cache` field of the access line.
 /// Counts `outcome` in `fulcrum_cache_requests_total`.
-fn count(outcome: Outcome, c: &Counters) {
+fn count(outcome: CacheOutcome, c: &Counters) {
     match outcome {
-        Outcome::Hit => c.hit.inc(),
-        Outcome::Miss => c.miss.inc(),
-        Outcome::Stale => c.stale.inc(),
-        Outcome::Revalidated => c.revalidated.inc(),
-        Outcome::Bypass => c.bypass.inc(),
+        CacheOutcome::Hit => c.hit.inc(),
+        CacheOutcome::Miss => c.miss.inc(),
+        CacheOutcome::Stale => c.stale.inc(),
+        CacheOutcome::Revalidated => c.revalidated.inc(),
+        CacheOutcome::Bypass => c.bypass.inc(),
     }
 }
 
@@ -105,9 +105,9 @@ pub async fn serve(
     if result.is_err() && exchange.cache.is_none() {
         // The origin failed and nothing stored could answer: still counted.
         let counted = if answered_here {
-            Outcome::Miss
+            CacheOutcome::Miss
         } else {
-            Outcome::Bypass
+            CacheOutcome::Bypass
         };
         count(counted, &route.counters);
         exchange.cache = Some(counted);
@@ -144,7 +144,7 @@ async fn answer(
                 &stored,
                 now,
                 status,
-                Outcome::Hit,
+                CacheOutcome::Hit,
                 &mut exchange.cache,
             ));
         }
@@ -154,7 +154,7 @@ async fn answer(
                 route,
                 r,
                 CacheStatus::forward(Fwd::Miss),
-                Outcome::Miss,
+                CacheOutcome::Miss,
                 &mut exchange.cache,
             ));
         }
@@ -173,7 +173,7 @@ async fn answer(
                 &stored,
                 now,
                 status,
-                Outcome::Stale,
+                CacheOutcome::Stale,
                 &mut exchange.cache,
             ));
         }
@@ -234,7 +234,7 @@ async fn answer(
                             &fresh,
                             now,
                             status,
-                            Outcome::Revalidated,
+                            CacheOutcome::Revalidated,
                             &mut exchange.cache,
                         ));
                     }
@@ -246,7 +246,7 @@ async fn answer(
                 route,
                 resp,
                 CacheStatus::forward(fwd),
-                Outcome::Miss,
+                CacheOutcome::Miss,
                 &mut exchange.cache,
             ));
         }
@@ -276,7 +276,7 @@ async fn answer(
                     &stored,
                     now,
                     status,
-                    Outcome::Hit,
+                    CacheOutcome::Hit,
                     &mut exchange.cache,
                 ));
             }
@@ -337,7 +337,7 @@ async fn bypass(
         route,
         resp,
         CacheStatus::forward(Fwd::Method),
-        Outcome::Bypass,
+        CacheOutcome::Bypass,
         &mut exchange.cache,
     ))
 }
@@ -358,7 +358,7 @@ fn same_origin(reference: &str, host: &str) -> Option<Uri> {
 fn from_fill(
     route: &CacheRoute,
     fill: Arc<Fill>,
-    outcome: &mut Option<Outcome>,
+    outcome: &mut Option<CacheOutcome>,
 ) -> Response<ResponseBody> {
     let now = SystemTime::now();
     let mut r = Response::new(ResponseBody::Fill(fill.reader()));
@@ -373,7 +373,7 @@ fn from_fill(
     let ttl = fill.policy.time_to_live(now).min(cache::MAX_TTL).as_secs() as i64;
     let mut status = CacheStatus::hit(ttl);
     status.detail = Some("collapsed");
-    finish(route, r, status, Outcome::Hit, outcome)
+    finish(route, r, status, CacheOutcome::Hit, outcome)
 }
 
 /// A copy of a request head (`Parts` is not `Clone`).
@@ -398,8 +398,8 @@ fn served(
     stored: &Stored,
     now: SystemTime,
     status: CacheStatus,
-    result: Outcome,
-    outcome: &mut Option<Outcome>,
+    result: CacheOutcome,
+    outcome: &mut Option<CacheOutcome>,
 ) -> Response<ResponseBody> {
     let head = stored.head(now);
     let body = if client.method == Method::HEAD {
@@ -453,8 +453,8 @@ fn finish(
     route: &CacheRoute,
     mut r: Response<ResponseBody>,
     status: CacheStatus,
-    result: Outcome,
-    outcome: &mut Option<Outcome>,
+    result: CacheOutcome,
+    outcome: &mut Option<CacheOutcome>,
 ) -> Response<ResponseBody> {
     r.headers_mut().insert(CACHE_STATUS, status.to_header());
     count(result, &route.counters);
@@ -514,7 +514,7 @@ impl Fetch {
                         stored,
                         now,
                         status,
-                        Outcome::Stale,
+                        CacheOutcome::Stale,
                         &mut exchange.cache,
                     ));
                 }
@@ -526,7 +526,7 @@ impl Fetch {
                         route,
                         r,
                         CacheStatus::forward(self.fwd),
-                        Outcome::Miss,
+                        CacheOutcome::Miss,
                         &mut exchange.cache,
                     ));
                 }
@@ -562,7 +562,7 @@ impl Fetch {
         route: &CacheRoute,
         resp: Response<ResponseBody>,
         now: SystemTime,
-        outcome: &mut Option<Outcome>,
+        outcome: &mut Option<CacheOutcome>,
     ) -> Response<ResponseBody> {
         let mut status = CacheStatus::forward(self.fwd);
         if resp.status() == StatusCode::NOT_MODIFIED {
@@ -582,13 +582,13 @@ impl Fetch {
                         &fresh,
                         now,
                         status,
-                        Outcome::Revalidated,
+                        CacheOutcome::Revalidated,
                         outcome,
                     );
                 }
             }
             // The client's own conditional: its 304 goes back as it is.
-            return finish(route, resp, status, Outcome::Miss, outcome);
+            return finish(route, resp, status, CacheOutcome::Miss, outcome);
         }
         let (parts, body) = resp.into_parts();
         let policy = policy::new_policy(
@@ -616,7 +616,7 @@ impl Fetch {
                 route,
                 Response::from_parts(parts, body),
                 status,
-                Outcome::Miss,
+                CacheOutcome::Miss,
                 outcome,
             );
         }
@@ -639,7 +639,7 @@ impl Fetch {
             status.stored = true;
             let tee = Tee::new(body, cache.settings.max_object_size, pending, reservation);
             let r = Response::from_parts(parts, ResponseBody::Tee(Box::new(tee)));
-            return finish(route, r, status, Outcome::Miss, outcome);
+            return finish(route, r, status, CacheOutcome::Miss, outcome);
         };
         // A declared length within the budget: filled at the origin's pace by a task of
         // its own, read by this client and by those that collapsed onto it.
@@ -647,7 +647,7 @@ impl Fetch {
             drop(self.flight);
             debug!(reason = "max_inflight", "response not stored");
             let r = Response::from_parts(parts, body);
-            return finish(route, r, status, Outcome::Miss, outcome);
+            return finish(route, r, status, CacheOutcome::Miss, outcome);
         };
         status.stored = true;
         let fill = Fill::new(
@@ -664,7 +664,7 @@ impl Fetch {
         pending.flight = self.flight;
         tokio::spawn(fill_from(fill.clone(), body, pending, self.idle));
         let r = Response::from_parts(parts, ResponseBody::Fill(fill.reader()));
-        finish(route, r, status, Outcome::Miss, outcome)
+        finish(route, r, status, CacheOutcome::Miss, outcome)
     }
 }
 

@@ -6,7 +6,7 @@ use http::HeaderValue;
 
 use super::request_body::BodyStats;
 use crate::admin::metrics::RequestMetrics;
-use crate::cache::status::Outcome;
+use crate::cache::status::CacheOutcome;
 use crate::upstream::{Backend, Upstream};
 
 /// What a request learns as it travels: the route's counters, the upstream and the
@@ -23,7 +23,7 @@ pub struct Exchange {
     /// The request body's counts, when it has one.
     pub body: Option<Arc<BodyStats>>,
     /// How the response cache answered, on cached routes.
-    pub cache: Option<Outcome>,
+    pub cache: Option<CacheOutcome>,
     /// `Cache-Status` for an error response, on cached routes.
     pub cache_status: Option<HeaderValue>,
     /// The sticky cookie that names the backend picked: added to the client's

@@ -25,9 +25,9 @@ use super::spans;
 use super::sticky::{cookie, StickyCookie};
 use super::{ConnCtx, Upstream2, UpstreamTarget};
 use crate::activity::{Activity, Watched};
-use crate::balance::hash_bytes;
 use crate::config::HashKey;
-use crate::upstream::{hash_ip, Lease, NoLease, Outcome, PickContext};
+use crate::hash::hash_bytes;
+use crate::upstream::{hash_ip, BackendOutcome, Lease, NoLease, PickContext};
 
 /// Most tries one request makes, whatever `retries` says.
 const MAX_ATTEMPTS: usize = 16;
@@ -520,7 +520,7 @@ struct Tries {
 impl Tries {
     /// Counts a failure of backend `i` against its health and the request's tries.
     fn failed(&mut self, lease: &mut Lease, i: usize, error: ProxyError) {
-        lease.set_outcome(Outcome::Failure);
+        lease.set_outcome(BackendOutcome::Failure);
         self.tried.push(i);
         self.failures += 1;
         self.last_error = error;
@@ -676,7 +676,7 @@ async fn attempts(
                             break;
                         }
                         ProxyError::Timeout(t) => {
-                            lease.set_outcome(Outcome::Failure);
+                            lease.set_outcome(BackendOutcome::Failure);
                             return Err(ProxyError::Timeout(t));
                         }
                         e => return Err(e),
@@ -740,11 +740,11 @@ async fn attempts(
                 if let Some(span) = span.as_mut() {
                     span.fail("timeout");
                 }
-                lease.set_outcome(Outcome::Failure);
+                lease.set_outcome(BackendOutcome::Failure);
                 return Err(ProxyError::Timeout(f.timeout));
             }
             Ok(Ok(resp)) => {
-                lease.set_outcome(Outcome::Success);
+                lease.set_outcome(BackendOutcome::Success);
                 let took = sent_at.elapsed();
                 lease.record_latency(took);
                 timings.response.observe(took.as_secs_f64());
@@ -943,7 +943,7 @@ async fn attempt_h2(
             again: false,
         },
         Ok(Ok(response)) => {
-            lease.set_outcome(Outcome::Success);
+            lease.set_outcome(BackendOutcome::Success);
             let took = sent_at.elapsed();
             lease.record_latency(took);
             timings.response.observe(took.as_secs_f64());

@@ -5,7 +5,7 @@
 
 use http::{header, HeaderMap, HeaderValue};
 
-use crate::balance::hash_bytes;
+use crate::hash::hash_bytes;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]

@@ -671,7 +671,7 @@ fn start_failover(
 }
 
 impl Handle {
-    /// Reloads the configuration file (see [`reload`]).
+    /// Reloads the configuration file (see the `reload` module).
     pub async fn reload(&self) -> Result<u64, String> {
         reload::reload(&self.shared).await
     }

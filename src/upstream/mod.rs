@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::balance::{
-    hash_bytes, Balancer, Candidates, ConsistentHash, Ewma, LeastConnections, Random, Selection,
+    Balancer, Candidates, ConsistentHash, Ewma, LeastConnections, Random, Selection,
 };
 use crate::config::{self, HashKey, Strategy};
+use crate::hash::hash_bytes;
 
 /// Decay time of the latency average: a sample's weight halves in about 7 s.
 const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
@@ -354,7 +355,7 @@ pub struct PickContext<'a> {
     pub client: Option<SocketAddr>,
     /// Backends (by index) already tried for this connection or request.
     pub exclude: &'a [usize],
-    /// The request's hash for `consistent_hash` ([`Upstream::hash`]); `None` hashes
+    /// The request's hash for `consistent_hash` ([`Upstream::hashes`] says whether one is needed); `None` hashes
     /// the client address.
     pub hash: Option<u64>,
 }
@@ -591,7 +592,7 @@ impl Upstream {
 
 /// How the work given to a backend went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum BackendOutcome {
     Success,
     Failure,
 }
@@ -603,7 +604,7 @@ pub enum Outcome {
 pub struct Lease {
     backend: Arc<Backend>,
     index: usize,
-    outcome: Option<Outcome>,
+    outcome: Option<BackendOutcome>,
     passive: Option<Passive>,
     /// Under `max_connections_per_backend`: told when this lease ends.
     freed: Option<Arc<Changes>>,
@@ -624,7 +625,7 @@ impl Lease {
         self.index
     }
 
-    pub fn set_outcome(&mut self, outcome: Outcome) {
+    pub fn set_outcome(&mut self, outcome: BackendOutcome) {
         self.outcome = Some(outcome);
     }
 
@@ -642,11 +643,11 @@ impl Drop for Lease {
             changes.freed.notify_one();
         }
         match self.outcome {
-            Some(Outcome::Success) => {
+            Some(BackendOutcome::Success) => {
                 s.succeeded.fetch_add(1, Ordering::Relaxed);
                 s.consecutive_failures.store(0, Ordering::Relaxed);
             }
-            Some(Outcome::Failure) => {
+            Some(BackendOutcome::Failure) => {
                 s.failed.fetch_add(1, Ordering::Relaxed);
                 let n = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(p) = self.passive {
@@ -789,13 +790,13 @@ mod tests {
         let up = Upstream::build(&one().upstreams[0], &reg);
         for _ in 0..2 {
             let mut l = up.pick(&PickContext::default()).unwrap();
-            l.set_outcome(Outcome::Failure);
+            l.set_outcome(BackendOutcome::Failure);
         }
         let s = &up.backends()[0].state;
         assert_eq!((s.failed(), s.consecutive_failures()), (2, 2));
         up.pick(&PickContext::default())
             .unwrap()
-            .set_outcome(Outcome::Success);
+            .set_outcome(BackendOutcome::Success);
         assert_eq!((s.succeeded(), s.consecutive_failures()), (1, 0));
     }
 
@@ -854,7 +855,7 @@ mod tests {
         let up = Upstream::build(&cfg.upstreams[0], &reg);
         for _ in 0..3 {
             let mut l = up.pick_backend(0).unwrap();
-            l.set_outcome(Outcome::Failure);
+            l.set_outcome(BackendOutcome::Failure);
         }
         assert!(up.backends()[0].state.is_ejected());
         for _ in 0..4 {
@@ -880,7 +881,11 @@ mod tests {
             "[upstream.app.health]\npassive_failures = 2\neject_for = \"10s\"\n",
         );
         let up = Upstream::build(&cfg.upstreams[0], &reg);
-        for outcome in [Outcome::Failure, Outcome::Success, Outcome::Failure] {
+        for outcome in [
+            BackendOutcome::Failure,
+            BackendOutcome::Success,
+            BackendOutcome::Failure,
+        ] {
             up.pick_backend(0).unwrap().set_outcome(outcome);
         }
         assert!(!up.backends()[0].state.is_ejected());
