@@ -4,6 +4,7 @@
 
 mod dashboard;
 pub mod metrics;
+pub mod status;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -515,6 +515,20 @@ fn config_upstream<'a>(snapshot: &'a Snapshot, name: &str) -> Option<&'a crate::
 }
 
 impl Shared {
+    /// What the admin API reads of the running server, with `snapshot` current.
+    fn view<'a>(&'a self, snapshot: &'a Snapshot) -> admin::status::View<'a> {
+        admin::status::View {
+            generation: snapshot.generation,
+            config: &snapshot.config,
+            upstreams: &snapshot.upstreams,
+            cache: snapshot.cache.as_deref(),
+            pools: &self.pools,
+            uptime: self.started.elapsed(),
+            failover: self.failover.get().map(|c| c.status().borrow().clone()),
+            bgp: self.bgp().map(|b| b.status()),
+        }
+    }
+
     /// The BGP speakers, when `[bgp]` is configured.
     fn bgp(&self) -> Option<bgp::Running> {
         self.bgp.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -800,7 +814,8 @@ impl Handle {
 
 impl admin::Control for Handle {
     fn status(&self) -> serde_json::Value {
-        reload::status(&self.shared)
+        let snapshot = self.shared.current.load();
+        admin::status::document(&self.shared.view(&snapshot), &self.shared.metrics)
     }
 
     fn reload(&self) -> admin::BoxFuture<'_, Result<u64, String>> {
@@ -825,7 +840,8 @@ impl admin::Control for Handle {
     }
 
     fn metrics(&self) -> String {
-        reload::refresh_backend_metrics(&self.shared);
+        let snapshot = self.shared.current.load();
+        admin::status::refresh_backend_metrics(&self.shared.view(&snapshot), &self.shared.metrics);
         if let Some(b) = self.shared.bgp() {
             b.publish_metrics();
         }
@@ -841,7 +857,8 @@ impl admin::Control for Handle {
     }
 
     fn dashboard(&self) -> serde_json::Value {
-        reload::refresh_backend_metrics(&self.shared);
+        let snapshot = self.shared.current.load();
+        admin::status::refresh_backend_metrics(&self.shared.view(&snapshot), &self.shared.metrics);
         let metrics = self.shared.metrics.json(&[
             crate::admin::metrics::HTTP_REQUESTS_TOTAL,
             crate::admin::metrics::HTTP_REQUEST_DURATION,
@@ -849,7 +866,7 @@ impl admin::Control for Handle {
             crate::admin::metrics::CACHE_REQUESTS_TOTAL,
         ]);
         serde_json::json!({
-            "status": reload::status(&self.shared),
+            "status": self.status(),
             "metrics": metrics,
         })
     }

@@ -7,20 +7,19 @@
 //! preempt, interval, dead_after, peers, hooks) are handed to the failover driver; a
 //! reload that changes one that cannot (node, bind, key, addresses), or adds or
 //! removes the section, is refused whole, naming the key.
-//! Also: watching the file, and the `/status` document.
+//! Also: watching the file.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{bind_keys, listener, notify, BindKey, Handle, Shared};
-use crate::config::{Config, Protocol};
+use crate::config::Config;
 
 /// Changes to the file closer together than this make one reload.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -174,7 +173,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     for (key, name, addr, socket) in new_sockets {
         shared.add_loop(key, name, addr, socket, true);
     }
-    forget_removed_series(shared, &old.config, &config);
+    crate::admin::status::forget_removed_series(&shared.metrics, &old.config, &config);
     shared.registry.retain(&config);
     shared.pools.retain(&config);
     shared.health.sync(&config, &shared.registry);
@@ -309,171 +308,4 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
             let _ = handle.reload().await;
         }
     });
-}
-
-/// Drops the per-backend series of backends a reload removed, so that they are no
-/// longer exported with their last values.
-fn forget_removed_series(shared: &Shared, old: &Config, new: &Config) {
-    let m = &shared.metrics;
-    let _one = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
-    for u in &old.upstreams {
-        for b in &u.backends {
-            let kept = new
-                .upstream(&u.name)
-                .is_some_and(|n| n.backends.iter().any(|nb| nb.name == b.name));
-            if kept {
-                continue;
-            }
-            let labels = [u.name.as_str(), b.name.as_str()];
-            let _ = m.backend_healthy.remove_label_values(&labels);
-            let _ = m.backend_active.remove_label_values(&labels);
-            let _ = m.backend_h2_connections.remove_label_values(&labels);
-            let _ = m.upstream_h2_streams_active.remove_label_values(&labels);
-            let _ = m.backend_response_seconds.remove_label_values(&labels);
-            let _ = m.backend_connect_seconds.remove_label_values(&labels);
-            let _ = m
-                .backend_connections_opened_total
-                .remove_label_values(&labels);
-            let _ = m
-                .backend_connections_reused_total
-                .remove_label_values(&labels);
-            for outcome in ["success", "failure"] {
-                let _ = m.backend_requests_total.remove_label_values(&[
-                    u.name.as_str(),
-                    b.name.as_str(),
-                    outcome,
-                ]);
-            }
-        }
-    }
-}
-
-/// Sets the backend metrics from the live state, for a scrape.
-pub(crate) fn refresh_backend_metrics(shared: &Shared) {
-    let m = &shared.metrics;
-    // One scrape at a time here: the counters below catch up with the live counts by
-    // difference, which two scrapes at once would add twice.
-    let _one = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
-    let snapshot = shared.current.load();
-    m.cache_size_bytes
-        .set(snapshot.cache.as_ref().map_or(0, |c| c.size() as i64));
-    for (name, up) in &snapshot.upstreams {
-        let http2 = snapshot
-            .config
-            .upstream(name)
-            .is_some_and(|u| u.protocol.is_http2());
-        for b in up.backends() {
-            let labels = [name.as_str(), b.name.as_str()];
-            if http2 {
-                let (conns, streams) = shared
-                    .pools
-                    .find(name, &b.address)
-                    .map_or((0, 0), |p| p.h2.counts());
-                m.backend_h2_connections
-                    .with_label_values(&labels)
-                    .set(conns as i64);
-                m.upstream_h2_streams_active
-                    .with_label_values(&labels)
-                    .set(streams as i64);
-            }
-            m.backend_healthy
-                .with_label_values(&labels)
-                .set(i64::from(b.state.is_healthy() && !b.state.is_ejected()));
-            m.backend_active
-                .with_label_values(&labels)
-                .set(b.state.active() as i64);
-            for (outcome, value) in [
-                ("success", b.state.succeeded()),
-                ("failure", b.state.failed()),
-            ] {
-                let c = m.backend_requests_total.with_label_values(&[
-                    name.as_str(),
-                    b.name.as_str(),
-                    outcome,
-                ]);
-                if value > c.get() {
-                    c.inc_by(value - c.get());
-                }
-            }
-        }
-    }
-}
-
-/// The `failover` object of `/status`.
-fn failover_status(shared: &Shared) -> serde_json::Value {
-    match shared.failover.get() {
-        Some(control) => {
-            let status = control.status();
-            let s = status.borrow();
-            json!({
-                "enabled": true,
-                "node": s.node,
-                "state": s.state(),
-                "peer_last_seen_ms": s.peer_last_seen_ms(),
-            })
-        }
-        None => json!({ "enabled": false }),
-    }
-}
-
-/// The `/status` document.
-pub(crate) fn status(shared: &Shared) -> serde_json::Value {
-    let snapshot = shared.current.load();
-    let config = &snapshot.config;
-    let listeners: Vec<_> = config
-        .listeners
-        .iter()
-        .map(|l| {
-            json!({
-                "name": l.name,
-                "bind": l.bind.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "protocol": match l.protocol { Protocol::Http => "http", Protocol::Tcp => "tcp" },
-                "active_connections": shared.metrics.connections_active.with_label_values(&[&l.name]).get(),
-            })
-        })
-        .collect();
-    let mut names: Vec<&String> = snapshot.upstreams.keys().collect();
-    names.sort();
-    let upstreams: Vec<_> = names
-        .into_iter()
-        .map(|name| {
-            let up = &snapshot.upstreams[name];
-            let backends: Vec<_> = up
-                .backends()
-                .iter()
-                .map(|b| {
-                    json!({
-                        "name": b.name,
-                        "address": b.address,
-                        "weight": b.weight,
-                        "healthy": b.state.is_healthy(),
-                        "ejected": b.state.is_ejected(),
-                        "draining": b.state.is_draining(),
-                        "active_connections": b.state.active(),
-                        "ewma_ms": b.state.latency_ns() / 1e6,
-                    })
-                })
-                .collect();
-            json!({ "name": name, "strategy": up.strategy.as_str(), "backends": backends })
-        })
-        .collect();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "generation": snapshot.generation,
-        "uptime_seconds": shared.started.elapsed().as_secs(),
-        "failover": failover_status(shared),
-        "bgp": shared.bgp().map_or_else(|| json!({ "enabled": false }), |b| b.status()),
-        "cache": match &snapshot.cache {
-            Some(c) => json!({
-                "enabled": true,
-                "size_bytes": c.size(),
-                "keys": c.keys(),
-                "max_size": c.settings.max_size,
-                "max_object_size": c.settings.max_object_size,
-            }),
-            None => json!({ "enabled": false }),
-        },
-        "listeners": listeners,
-        "upstreams": upstreams,
-    })
 }
