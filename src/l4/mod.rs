@@ -22,10 +22,6 @@ use tracing::{debug, info, warn};
 use crate::upstream::{BackendOutcome, Lease, PickContext, Upstream};
 use copy::{Copied, End};
 
-/// Most tries one connection makes, whatever `retries` says, to bound the work a
-/// single client can cause.
-const MAX_ATTEMPTS: usize = 16;
-
 /// What a tcp listener needs per connection, from one configuration generation.
 #[derive(Debug)]
 pub struct Settings {
@@ -188,7 +184,7 @@ async fn connect(
         .proxy_protocol
         .map(|v2| crate::proxy_protocol::write(v2, Some((peer, local))));
     let up = &s.upstream;
-    let attempts = (up.retries as usize + 1).min(MAX_ATTEMPTS);
+    let attempts = up.attempts();
     let mut tried: Vec<usize> = Vec::new();
     for _ in 0..attempts {
         // A TCP connection has only its source address to hash, whatever `hash_key` says.

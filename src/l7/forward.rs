@@ -29,9 +29,6 @@ use crate::config::HashKey;
 use crate::hash::hash_bytes;
 use crate::upstream::{hash_ip, BackendOutcome, Lease, NoLease, PickContext};
 
-/// Most tries one request makes, whatever `retries` says.
-const MAX_ATTEMPTS: usize = 16;
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -540,7 +537,7 @@ async fn attempts(
     let up = &f.target.upstream;
     let mut body = Some(body);
     let mut tries = Tries {
-        allowed: (up.retries as usize + 1).min(MAX_ATTEMPTS),
+        allowed: up.attempts(),
         tried: Vec::new(),
         failures: 0,
         last_error: ProxyError::NoBackend,

@@ -58,6 +58,10 @@ pub fn eligibility_changes() -> &'static tokio::sync::Notify {
     CHANGES.get_or_init(tokio::sync::Notify::new)
 }
 
+/// Most backends one connection or request tries, whatever `retries` says, to bound
+/// the work a single client can cause.
+pub const MAX_ATTEMPTS: usize = 16;
+
 /// The most requests (or connections) one upstream lets wait for a backend under
 /// `max_connections_per_backend`; past it, they are refused at once.
 pub const MAX_QUEUE: usize = 4096;
@@ -460,6 +464,12 @@ impl Upstream {
             cap: cfg.max_connections_per_backend as usize,
             queue_timeout: cfg.queue_timeout,
         }
+    }
+
+    /// How many backends one connection or request may try: the first and `retries`
+    /// more, at most `MAX_ATTEMPTS`, for both engines.
+    pub fn attempts(&self) -> usize {
+        (self.retries as usize + 1).min(MAX_ATTEMPTS)
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
