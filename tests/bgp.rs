@@ -586,6 +586,29 @@ fn gobgp_as_the_router_sees_announcements_and_withdrawals() {
     assert!(lab.wait_exit("b3").is_some_and(|s| s.success()));
 }
 
+/// A `[bgp]` section peering with a router on 127.0.0.1:`port`, announcing `prefix`
+/// while upstream "app" has a backend.
+fn loopback_bgp(port: u16, local_as: u32, hold: &str, prefix: &str) -> String {
+    format!(
+        r#"
+[bgp]
+router_id = "192.0.2.11"
+local_as = {local_as}
+hold_time = "{hold}"
+withdraw_grace = "0s"
+
+  [[bgp.peer]]
+  address = "127.0.0.1"
+  port = {port}
+  remote_as = 65000
+
+  [[bgp.announce]]
+  prefix = "{prefix}"
+  upstreams = ["app"]
+"#
+    )
+}
+
 /// Reads one whole BGP message.
 async fn read_message(s: &mut TcpStream) -> Vec<u8> {
     let mut msg = vec![0u8; wire::HEADER_LEN];
@@ -661,22 +684,8 @@ upstream = "app"
 
 [upstream.app]
 backends = [{{ address = "127.0.0.1:9" }}]
-
-[bgp]
-router_id = "192.0.2.11"
-local_as = 4200000001
-hold_time = "30s"
-withdraw_grace = "0s"
-
-  [[bgp.peer]]
-  address = "127.0.0.1"
-  port = {port}
-  remote_as = 65000
-
-  [[bgp.announce]]
-  prefix = "{SERVICE}/32"
-  upstreams = ["app"]
-"#
+{}"#,
+        loopback_bgp(port, 4_200_000_001, "30s", &format!("{SERVICE}/32"))
     );
     let f = Fulcrum::start(&config).await;
 
@@ -790,26 +799,7 @@ backends = [{{ address = "127.0.0.1:9" }}]
 {bgp}"#
         )
     };
-    let bgp = |prefix: &str, hold: &str| {
-        format!(
-            r#"
-[bgp]
-router_id = "192.0.2.11"
-local_as = 65011
-hold_time = "{hold}"
-withdraw_grace = "0s"
-
-  [[bgp.peer]]
-  address = "127.0.0.1"
-  port = {port}
-  remote_as = 65000
-
-  [[bgp.announce]]
-  prefix = "{prefix}"
-  upstreams = ["app"]
-"#
-        )
-    };
+    let bgp = |prefix: &str, hold: &str| loopback_bgp(port, 65011, hold, prefix);
     std::fs::write(&file, config(&bgp("198.51.100.10/32", "30s"))).unwrap();
     let server = fulcrum::runtime::Server::bind(fulcrum::config::Config::load(&file).unwrap())
         .await
