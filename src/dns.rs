@@ -229,6 +229,14 @@ impl Dns {
         true
     }
 
+    /// Whether a name of `config` has not been looked up (with an answer) yet.
+    pub fn missing(&self, config: &Config) -> bool {
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        targets(config)
+            .into_iter()
+            .any(|t| !records.contains_key(&(t.upstream, t.address)))
+    }
+
     /// Looks every backend of `config` up once, each within a few seconds (at start,
     /// so that the first generation has them).
     pub async fn lookup_now(&self, config: &Config) {

@@ -107,13 +107,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     let generation = old.generation + 1;
     let file_config = Arc::new(config);
     // Backends from DNS: names new to this file are looked up before it serves.
-    let known = shared.dns.records();
-    let new_names = crate::dns::wanted(&file_config)
-        && crate::dns::expand(&file_config, &known)
-            .upstreams
-            .iter()
-            .any(|u| u.backends.is_empty());
-    if new_names {
+    if shared.dns.missing(&file_config) {
         shared.dns.lookup_now(&file_config).await;
     }
     let config = super::effective(shared, &file_config);

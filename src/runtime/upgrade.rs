@@ -13,11 +13,13 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
+
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
@@ -138,16 +140,18 @@ pub(crate) async fn hand_over(exe: &Path, args: &[OsString], out: Outgoing) -> R
 
     let mut line = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
     line.push(b'\n');
-    let mut ours_w = ours;
-    ours_w
-        .write_all(&line)
-        .map_err(|e| format!("cannot send the sockets to the new process: {e}"))?;
-    ours_w
-        .set_nonblocking(true)
+    ours.set_nonblocking(true)
         .map_err(|e| format!("socket pair: {e}"))?;
-    let reader =
-        tokio::net::UnixStream::from_std(ours_w).map_err(|e| format!("socket pair: {e}"))?;
-    let mut lines = tokio::io::BufReader::new(reader).lines();
+    let mut ours =
+        tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket pair: {e}"))?;
+    // Not blocking this thread: the document waits in the socket until the child reads.
+    let sent = tokio::time::timeout(READY_TIMEOUT, ours.write_all(&line)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err("cannot send the sockets to the new process".into());
+    }
+    let mut lines = tokio::io::BufReader::new(ours).lines();
     let outcome = tokio::select! {
         l = lines.next_line() => match l {
             Ok(Some(l)) if l.starts_with("ready") => Ok(pid),
