@@ -11,7 +11,8 @@
 //! - [`config`]: the TOML file, parsed and validated into an immutable `Config`, one
 //!   file per section.
 //! - [`tls`]: TLS termination (certificates chosen by SNI and signature schemes) and
-//!   TLS to the backends.
+//!   TLS to the backends; [`acme`]: certificates ordered from an ACME CA, renewed and
+//!   swapped in without a reload.
 //! - [`proxy_protocol`]: the PROXY protocol header, read and written.
 //! - [`limits`]: rate limits and per-client connection counts.
 //! - [`l4`]: the TCP engine.
@@ -29,6 +30,7 @@
 //! - [`activity`]: bytes moved per connection, for idle timeouts and rates;
 //!   [`side`]: racing a busy future against rarely firing watchers.
 
+pub mod acme;
 pub mod activity;
 pub mod admin;
 pub mod balance;

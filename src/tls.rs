@@ -41,6 +41,19 @@ struct Served {
 }
 
 impl Served {
+    fn new(key: Arc<CertifiedKey>) -> Served {
+        Served {
+            schemes: SCHEMES
+                .iter()
+                .copied()
+                .filter(|s| key.key.choose_scheme(&[*s]).is_some())
+                .collect(),
+            rsa: key.key.algorithm() == rustls::SignatureAlgorithm::RSA,
+            key,
+            default: false,
+        }
+    }
+
     fn valid_for(&self, name: &rustls::pki_types::ServerName<'_>) -> bool {
         self.key.cert.first().is_some_and(|leaf| {
             webpki::EndEntityCert::try_from(leaf)
@@ -53,54 +66,81 @@ impl Served {
     }
 }
 
+/// A certificate replaced while it is served (ACME orders and renewals): resolvers
+/// read it on every handshake, so a swap needs no reload and closes no connection.
+#[derive(Debug)]
+pub struct LiveCert {
+    served: arc_swap::ArcSwap<Served>,
+}
+
+impl LiveCert {
+    pub fn new(key: Arc<CertifiedKey>) -> LiveCert {
+        LiveCert {
+            served: arc_swap::ArcSwap::from_pointee(Served::new(key)),
+        }
+    }
+
+    pub fn store(&self, key: Arc<CertifiedKey>) {
+        self.served.store(Arc::new(Served::new(key)));
+    }
+
+    pub fn load(&self) -> Arc<CertifiedKey> {
+        self.served.load().key.clone()
+    }
+}
+
 /// Picks among the certificates valid for the client's SNI name (as webpki checks a
 /// name: exact or wildcard), or, when none is or the client sent no name, among the
 /// first certificate and those valid for its name; within them, an ECDSA (or EdDSA)
 /// certificate the client can verify, else the first one it can, else the first.
+/// Certificates listed come before managed (ACME) ones.
 #[derive(Debug)]
 struct BySni {
-    served: Vec<Served>,
+    served: Vec<Arc<Served>>,
+    managed: Vec<Arc<LiveCert>>,
 }
 
 impl BySni {
-    fn new(certificates: &[Arc<CertifiedKey>]) -> BySni {
+    fn new(certificates: &[Arc<CertifiedKey>], managed: Vec<Arc<LiveCert>>) -> BySni {
         let default_name = certificates
             .first()
             .and_then(|k| certificate_expiry(k))
             .and_then(|(name, _)| rustls::pki_types::ServerName::try_from(name).ok());
         let mut served: Vec<Served> = certificates
             .iter()
-            .map(|key| Served {
-                key: key.clone(),
-                schemes: SCHEMES
-                    .iter()
-                    .copied()
-                    .filter(|s| key.key.choose_scheme(&[*s]).is_some())
-                    .collect(),
-                rsa: key.key.algorithm() == rustls::SignatureAlgorithm::RSA,
-                default: false,
-            })
+            .map(|key| Served::new(key.clone()))
             .collect();
         for (i, s) in served.iter_mut().enumerate() {
             s.default = i == 0 || default_name.as_ref().is_some_and(|n| s.valid_for(n));
         }
-        BySni { served }
+        BySni {
+            served: served.into_iter().map(Arc::new).collect(),
+            managed,
+        }
     }
 
     fn pick(&self, name: Option<&str>, offered: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         let sni = name.and_then(|n| rustls::pki_types::ServerName::try_from(n).ok());
-        let for_name: Vec<bool> = self
+        let candidates: Vec<(Arc<Served>, bool)> = self
             .served
             .iter()
-            .map(|s| sni.as_ref().is_some_and(|n| s.valid_for(n)))
+            .map(|s| (s.clone(), s.default))
+            .chain(self.managed.iter().enumerate().map(|(i, m)| {
+                // With no certificate listed, the first managed one is the default.
+                (m.served.load_full(), i == 0 && self.served.is_empty())
+            }))
+            .collect();
+        let for_name: Vec<bool> = candidates
+            .iter()
+            .map(|(s, _)| sni.as_ref().is_some_and(|n| s.valid_for(n)))
             .collect();
         let named = for_name.iter().any(|m| *m);
         let group = || {
-            self.served
+            candidates
                 .iter()
                 .zip(&for_name)
-                .filter(move |(s, m)| if named { **m } else { s.default })
-                .map(|(s, _)| s)
+                .filter(move |((_, default), m)| if named { **m } else { *default })
+                .map(|((s, _), _)| s)
         };
         group()
             .find(|s| !s.rsa && s.takes(offered))
@@ -126,8 +166,74 @@ fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error>
     Ok(TICKETER.get_or_init(|| t).clone())
 }
 
-/// The acceptor for one listener of one generation.
-pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
+/// The protocol name of TLS-ALPN-01 handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Finds the certificate made for a CA's TLS-ALPN-01 check of a name.
+pub type ChallengeCerts = Arc<dyn Fn(&str) -> Option<Arc<CertifiedKey>> + Send + Sync>;
+
+#[derive(Clone)]
+struct ByChallenge(ChallengeCerts);
+
+impl std::fmt::Debug for ByChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ByChallenge")
+    }
+}
+
+impl ResolvesServerCert for ByChallenge {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        (self.0)(&hello.server_name()?.to_ascii_lowercase())
+    }
+}
+
+/// The configuration for `acme-tls/1` handshakes: only the challenge certificates,
+/// only that protocol. The connection ends after the handshake.
+pub fn challenge_config(certs: ChallengeCerts) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ByChallenge(certs)));
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Whether a ClientHello is a CA's TLS-ALPN-01 check: it offers `acme-tls/1` only.
+pub fn is_challenge_hello(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut protocols| {
+        protocols.next() == Some(ACME_TLS_ALPN) && protocols.next().is_none()
+    })
+}
+
+/// A TLS handshake on a listener that also answers TLS-ALPN-01: the ClientHello is
+/// read first; a CA's `acme-tls/1` hello gets the challenge certificate and the
+/// connection ends after the handshake (`Ok(None)`), any other the listener's
+/// configuration.
+pub async fn accept_or_challenge<IO>(
+    stream: IO,
+    config: Arc<ServerConfig>,
+    challenge: Arc<ServerConfig>,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<IO>>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    if is_challenge_hello(&start.client_hello()) {
+        let mut s = start.into_stream(challenge).await?;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+        return Ok(None);
+    }
+    Ok(Some(start.into_stream(config).await?))
+}
+
+/// The server configuration for one listener of one generation; `managed`: its
+/// `acme` names' live certificate.
+pub fn server_config(
+    t: &ListenerTls,
+    managed: Vec<Arc<LiveCert>>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -148,12 +254,17 @@ pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(BySni::new(&t.certificates)));
+    let mut config = builder.with_cert_resolver(Arc::new(BySni::new(&t.certificates, managed)));
     config.alpn_protocols = t.alpn.clone();
     // Resumption: stateless tickets besides rustls' in-memory session cache. One
     // ticketer for the life of the process, so that tickets survive reloads.
     config.ticketer = ticketer()?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
+}
+
+/// The acceptor for one listener of one generation.
+pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
+    Ok(TlsAcceptor::from(server_config(t, Vec::new())?))
 }
 
 /// TLS to the backends of one upstream: verified against the configured CA, or the

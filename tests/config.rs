@@ -2,6 +2,7 @@
 //! example in config/ must be valid.
 
 use std::path::Path;
+use std::time::Duration;
 
 use fulcrum::config::Config;
 
@@ -589,20 +590,6 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
              [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n{upstream}\n{rest}"
         )
     };
-    let cases = [
-        (http("", "", "", "[acme]\nemail = \"a@b\"\n"), "`acme`"),
-        (
-            http("[listener.tls]\nacme = [\"example.com\"]", "", "", ""),
-            "`listener[0].tls.acme`",
-        ),
-    ];
-    for (file, key) in cases {
-        let got = errors(&file);
-        assert!(
-            got.contains(&format!("{key} not supported yet")),
-            "expected {key} not supported yet in:\n{got}"
-        );
-    }
     // HTTP/3 needs TLS: its key is refused by name too.
     let got = errors(&http(
         "[listener.tls]\ncertificates = []\nhttp3 = true",
@@ -614,6 +601,67 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
         got.contains("`listener[0].tls.http3` not supported yet"),
         "{got}"
     );
+}
+
+#[test]
+fn acme_settings_and_names_are_checked_with_their_key() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-acme-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file_in_the_way = dir.join("plain-file");
+    std::fs::write(&file_in_the_way, "x").unwrap();
+    let storage = dir.join("acme");
+    let plain = "[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:1\"\nprotocol = \"http\"\nupstream = \"app\"\n";
+    let tls = |names: &str| {
+        format!(
+            "[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:2\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [listener.tls]\nacme = {names}\n"
+        )
+    };
+    let acme = |extra: &str, storage: &std::path::Path| {
+        format!(
+            "[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nstorage = \"{}\"\n{extra}\n",
+            storage.display()
+        )
+    };
+    let upstream = "[upstream.app]\nbackends = [{ address = \"127.0.0.1:3\" }]\n";
+    let ok = format!(
+        "{plain}{}{upstream}{}",
+        tls("[\"a.example.com\", \"b.example.com\"]"),
+        acme("", &storage)
+    );
+    let c = Config::parse(&ok, Path::new("fulcrum.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.listeners[1].tls.as_ref().unwrap().acme,
+        ["a.example.com", "b.example.com"]
+    );
+    assert_eq!(
+        c.acme.as_ref().unwrap().renew_before,
+        Duration::from_secs(30 * 86_400)
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{plain}{}{upstream}", tls("[\"a.example.com\"]")), "`listener[1].tls.acme` needs an [acme] section"),
+        (format!("{}{upstream}{}", tls("[\"a.example.com\"]"), acme("", &storage)), "the http-01 challenge needs a plain http listener"),
+        (format!("{plain}{}{upstream}{}", tls("[\"*.example.com\"]"), acme("", &storage)), "wildcard names need the dns-01 challenge"),
+        (format!("{plain}{}{upstream}{}", tls("[\"10.0.0.1\"]"), acme("", &storage)), "is an IP address"),
+        (format!("{plain}{}{upstream}{}", tls("[\"localhost\"]"), acme("", &storage)), "at least two labels"),
+        (format!("{plain}{}{upstream}{}", tls("[\"a.example.com\", \"A.example.com\"]"), acme("", &storage)), "is listed twice"),
+        (format!("{plain}{}{upstream}{}", tls("[]"), acme("", &storage)), "must list at least one name"),
+        (format!("{plain}{upstream}{}", acme("challenge = \"dns-01\"", &storage)), "`acme.challenge` must be \"http-01\" or \"tls-alpn-01\""),
+        (format!("{plain}{upstream}{}", acme("renew_before = \"0s\"", &storage)), "`acme.renew_before` must be greater than zero and at most 365 days"),
+        (format!("{plain}{upstream}{}", acme("email = \"nobody\"", &storage)), "`acme.email` must be an e-mail address"),
+        (format!("{plain}{upstream}{}", acme("eab = { kid = \"k\", key_file = \"no-such-file\" }", &storage)), "`acme.eab.key_file`"),
+        (format!("{plain}{upstream}{}", acme("", &file_in_the_way)), "is not a directory"),
+        (format!("{plain}{upstream}{}", acme("", &file_in_the_way.join("acme"))), "cannot be created"),
+        (format!("{plain}{upstream}{}", acme("", std::path::Path::new("/proc/fulcrum-acme"))), "is not writable"),
+        (format!("{plain}{upstream}[acme]\ndirectory = \"http://ca.example/dir\"\nstorage = \"{}\"\n", storage.display()), "`acme.directory` must be an https:// URL"),
+    ];
+    for (file, want) in cases {
+        let got = errors(&file);
+        assert!(got.contains(want), "expected {want:?} in:\n{got}");
+    }
+    // `fulcrum check` creates nothing.
+    assert!(!storage.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -8,42 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::http::*;
+use common::tls::Pki;
 use common::{Backend, Fulcrum};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-struct Pki {
-    dir: PathBuf,
-    ca: CertifiedIssuer<'static, KeyPair>,
+/// The clients and files of a test's PKI.
+trait PkiExt {
+    fn file(&self) -> PathBuf;
+    fn client(&self, alpn: &[&str], tls12_only: bool, identity: Option<&str>) -> TlsConnector;
 }
 
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("fulcrum-tls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca }
-    }
-
-    /// Writes `name.pem` and `name.key` for a certificate valid for `names`.
-    fn leaf(&self, name: &str, names: &[&str]) -> CertificateDer<'static> {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-        cert.der().clone()
-    }
-
+impl PkiExt for Pki {
     fn file(&self) -> PathBuf {
         self.dir.join("fulcrum.toml")
     }
@@ -75,12 +53,6 @@ impl Pki {
         };
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         TlsConnector::from(Arc::new(config))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -127,7 +99,7 @@ fn https_config(backend: &HttpBackend, tls_extra: &str) -> String {
 }
 
 fn standard_pki(name: &str) -> (Pki, [CertificateDer<'static>; 3]) {
-    let pki = Pki::new(name);
+    let pki = Pki::new("tls", name);
     let d = pki.leaf("default", &["default.test", "127.0.0.1"]);
     let a = pki.leaf("a", &["a.test"]);
     let w = pki.leaf("wild", &["*.wild.test"]);
@@ -232,7 +204,7 @@ async fn tls12_is_refused_under_min_version_13_and_counted() {
 async fn client_certificates_are_required_and_verified_with_client_ca() {
     let (pki, _) = standard_pki("mtls");
     pki.leaf("client", &["client.test"]);
-    let other = Pki::new("mtls-other");
+    let other = Pki::new("tls", "mtls-other");
     other.leaf("stranger", &["stranger.test"]);
     std::fs::copy(other.dir.join("stranger.pem"), pki.dir.join("stranger.pem")).unwrap();
     std::fs::copy(other.dir.join("stranger.key"), pki.dir.join("stranger.key")).unwrap();
@@ -306,7 +278,7 @@ async fn garbage_and_stalled_handshakes_are_closed_and_counted() {
 
 #[test]
 fn check_refuses_a_key_that_does_not_match_its_certificate() {
-    let pki = Pki::new("mismatch");
+    let pki = Pki::new("tls", "mismatch");
     pki.leaf("a", &["a.test"]);
     pki.leaf("b", &["b.test"]);
     let src = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
@@ -391,9 +363,9 @@ async fn tls_backend_speaking(
 
 #[tokio::test]
 async fn backends_are_reached_over_verified_tls() {
-    let pki = Pki::new("upstream");
+    let pki = Pki::new("tls", "upstream");
     pki.leaf("backend", &["backend.test"]);
-    let other = Pki::new("upstream-other");
+    let other = Pki::new("tls", "upstream-other");
     std::fs::copy(other.dir.join("ca.pem"), pki.dir.join("other-ca.pem")).unwrap();
     let (addr, _task) = tls_backend(&pki, "backend").await;
     for (ca, expected) in [("ca.pem", 200), ("other-ca.pem", 502)] {
@@ -431,7 +403,7 @@ async fn backends_are_reached_over_verified_tls() {
 
 #[tokio::test]
 async fn h2_backends_are_reached_over_tls_with_alpn_h2() {
-    let pki = Pki::new("upstream-h2");
+    let pki = Pki::new("tls", "upstream-h2");
     pki.leaf("backend", &["backend.test"]);
     let (h2, _t1) = tls_backend_speaking(&pki, "backend", true).await;
     let (h1, _t2) = tls_backend_speaking(&pki, "backend", false).await;
@@ -454,7 +426,7 @@ async fn h2_backends_are_reached_over_tls_with_alpn_h2() {
 
 #[tokio::test]
 async fn auto_speaks_what_each_backend_picks_in_alpn() {
-    let pki = Pki::new("upstream-auto");
+    let pki = Pki::new("tls", "upstream-auto");
     pki.leaf("backend", &["backend.test"]);
     let (h2, _t1) = tls_backend_speaking(&pki, "backend", true).await;
     let (h1, _t2) = tls_backend_speaking(&pki, "backend", false).await;
@@ -501,7 +473,7 @@ async fn auto_speaks_what_each_backend_picks_in_alpn() {
 
 #[tokio::test]
 async fn a_reload_swaps_the_certificate_without_dropping_an_open_connection() {
-    let pki = Pki::new("reload");
+    let pki = Pki::new("tls", "reload");
     let first = pki.leaf("site", &["a.test"]);
     let b = HttpBackend::start("b").await;
     std::fs::write(
@@ -563,7 +535,7 @@ async fn a_reload_swaps_the_certificate_without_dropping_an_open_connection() {
 
 #[tokio::test]
 async fn a_tcp_listener_routes_tls_by_sni_without_terminating_it() {
-    let pki = Pki::new("sni-passthrough");
+    let pki = Pki::new("tls", "sni-passthrough");
     let a_leaf = pki.leaf("a", &["a.example"]);
     let b_leaf = pki.leaf("b", &["x.b.example", "y.b.example"]);
     let (a, a_task) = tls_backend(&pki, "a").await;
@@ -612,7 +584,7 @@ async fn a_tcp_listener_routes_tls_by_sni_without_terminating_it() {
 
 #[tokio::test]
 async fn a_server_name_no_route_takes_goes_to_the_listeners_upstream() {
-    let pki = Pki::new("sni-default");
+    let pki = Pki::new("tls", "sni-default");
     let a_leaf = pki.leaf("a", &["a.example", "other.example"]);
     let b_leaf = pki.leaf("b", &["b.example"]);
     let (a, a_task) = tls_backend(&pki, "a").await;
@@ -667,52 +639,6 @@ async fn every_served_certificate_has_its_expiry_in_the_metrics() {
     f.stop().await;
 }
 
-/// A client-side verifier that takes any certificate, offers `schemes`, and keeps what
-/// the server sent: its leaf and its stapled OCSP response.
-#[derive(Debug)]
-struct Recorder {
-    schemes: Vec<rustls::SignatureScheme>,
-    seen: std::sync::Mutex<Option<(CertificateDer<'static>, Vec<u8>)>>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        ocsp: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap() = Some((end_entity.clone().into_owned(), ocsp.to_vec()));
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.schemes.clone()
-    }
-}
-
 /// Handshakes with `name`, offering `schemes`: the leaf the server chose and the OCSP
 /// response it stapled.
 async fn chosen(
@@ -720,30 +646,18 @@ async fn chosen(
     name: &str,
     schemes: &[rustls::SignatureScheme],
 ) -> (CertificateDer<'static>, Vec<u8>) {
-    let recorder = Arc::new(Recorder {
-        schemes: schemes.to_vec(),
-        seen: std::sync::Mutex::new(None),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(recorder.clone())
-    .with_no_client_auth();
-    let mut s = connect(&TlsConnector::from(Arc::new(config)), addr, name)
+    let recorder = common::tls::Recorder::new(schemes);
+    let mut s = connect(&recorder.connector(), addr, name)
         .await
         .expect("handshake");
     assert!(http1(&mut s, "/").await.starts_with("HTTP/1.1 200"));
-    let seen = recorder.seen.lock().unwrap().take();
-    seen.expect("the server's certificate")
+    recorder.take().expect("the server's certificate")
 }
 
 #[tokio::test]
 async fn ecdsa_capable_clients_get_ecdsa_others_rsa_and_ocsp_is_stapled() {
     use rustls::SignatureScheme as S;
-    let pki = Pki::new("dual");
+    let pki = Pki::new("tls", "dual");
     let ec = pki.leaf("ec", &["dual.test"]);
     // An RSA certificate for the same name (rcgen with ring makes no RSA keys).
     let made = std::process::Command::new("openssl")
@@ -806,7 +720,7 @@ async fn ecdsa_capable_clients_get_ecdsa_others_rsa_and_ocsp_is_stapled() {
 
 #[test]
 fn an_ocsp_file_must_be_a_der_response_and_auto_is_not_built() {
-    let pki = Pki::new("ocspcheck");
+    let pki = Pki::new("tls", "ocspcheck");
     pki.leaf("ec", &["a.test"]);
     std::fs::write(pki.dir.join("bad.ocsp"), "not DER").unwrap();
     let file = |ocsp: &str| {

@@ -128,11 +128,14 @@ start_h2_proxies() {
 
 # Keep-alive requests per proxy CPU-second. Each case is a proxy running as PID[case]
 # on 127.0.0.1:PORT[case], loaded by wrk on CPU 1 with CONNECTIONS for DURATION.
+# WRK_SCHEME (default http) and WRK_HEADER (e.g. "Connection: close") change the load.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wrk_per_cpu() { # $1 case: prints "req/cpu-s req/s cpu-s"
   local before after out rps cpu
   before=$(cpu_ticks "${PID[$1]}")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:${PORT[$1]}/")
+  local header=()
+  if [ -n "${WRK_HEADER:-}" ]; then header=(-H "$WRK_HEADER"); fi
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${header[@]}" "${WRK_SCHEME:-http}://127.0.0.1:${PORT[$1]}/")
   after=$(cpu_ticks "${PID[$1]}")
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then grep "Non-2xx\|Socket errors" <<<"$out" >&2; fi
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")

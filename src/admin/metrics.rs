@@ -36,6 +36,7 @@ pub const REDIS_UP: &str = "fulcrum_redis_up";
 pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_http_connections_closed_total";
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_connections_closed_total";
 pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "fulcrum_tls_certificate_expiry_seconds";
+pub const ACME_ORDERS_TOTAL: &str = "fulcrum_acme_orders_total";
 pub const BGP_SESSION_UP: &str = "fulcrum_bgp_session_up";
 pub const BGP_ANNOUNCED: &str = "fulcrum_bgp_announced";
 pub const BGP_UPDATES_SENT_TOTAL: &str = "fulcrum_bgp_updates_sent_total";
@@ -85,6 +86,8 @@ pub struct Metrics {
     pub http_connections_closed_total: IntCounterVec,
     pub connections_closed_total: IntCounterVec,
     pub tls_certificate_expiry_seconds: IntGaugeVec,
+    /// ACME orders, by result (`issued`, `failed`, `rate_limited`, `unreachable`).
+    pub acme_orders_total: IntCounterVec,
     pub bgp_session_up: IntGaugeVec,
     pub bgp_announced: IntGaugeVec,
     pub bgp_updates_sent_total: IntCounterVec,
@@ -325,6 +328,12 @@ impl Metrics {
                 BGP_SESSION_UP,
                 "1 while the BGP session with the peer is established",
                 &["peer"],
+            ),
+            acme_orders_total: counter_vec(
+                &r,
+                ACME_ORDERS_TOTAL,
+                "ACME certificate orders, by result",
+                &["result"],
             ),
             bgp_announced: gauge_vec(
                 &r,

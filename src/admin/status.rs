@@ -26,6 +26,8 @@ pub struct View<'a> {
     pub failover: Option<crate::failover::Status>,
     /// The `bgp` object, when `[bgp]` is configured.
     pub bgp: Option<serde_json::Value>,
+    /// The `acme` object, when `[acme]` is configured.
+    pub acme: Option<serde_json::Value>,
 }
 
 /// Drops the per-backend series of backends a reload removed, so that they are no
@@ -172,6 +174,7 @@ pub fn document(view: &View<'_>, m: &Metrics) -> serde_json::Value {
         "uptime_seconds": view.uptime.as_secs(),
         "failover": failover_status(view.failover.as_ref()),
         "bgp": view.bgp.clone().unwrap_or_else(|| json!({ "enabled": false })),
+        "acme": view.acme.clone().unwrap_or_else(|| json!({ "enabled": false })),
         "cache": match view.cache {
             Some(c) => json!({
                 "enabled": true,

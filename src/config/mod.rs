@@ -2,6 +2,7 @@
 //! an immutable, validated [`Config`]. Every problem found is reported at once, each with
 //! the file, the line and column, and the key path.
 
+mod acme;
 mod bgp;
 mod compression;
 mod error;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use acme::{acme_name_problem, Acme, AcmeChallenge, Eab, DEFAULT_RENEW_BEFORE};
 pub use bgp::{Announce, Bgp, BgpPeer, DEFAULT_BGP_PORT};
 pub use compression::{Algorithm, Compression};
 pub use error::{ConfigError, ConfigErrors};
@@ -120,6 +122,8 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     /// `[bgp]`: the service addresses announced to the routers.
     pub bgp: Option<Bgp>,
+    /// `[acme]`: where the certificates of `listener.tls.acme` names come from.
+    pub acme: Option<Acme>,
     /// `[resolver]`, or its defaults.
     pub resolver: Resolver,
 }
@@ -252,6 +256,7 @@ impl Config {
             tracing: None,
             failover: None,
             bgp: None,
+            acme: None,
             resolver: Resolver {
                 servers: Vec::new(),
                 resolve_max: DEFAULT_RESOLVE_MAX,
@@ -279,7 +284,6 @@ impl Config {
 
 impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
-        self.unsupported_sections(&raw);
         let global = self.global(raw.global.as_ref());
         let admin = raw.admin.as_ref().map(|a| self.admin(a.get_ref()));
         let cache_section = raw.cache.as_ref().map(|c| self.cache(c.get_ref()));
@@ -329,6 +333,8 @@ impl Validator<'_> {
         if raw.listener.is_empty() {
             self.err(None, "listener", "at least one [[listener]] is required");
         }
+        let acme = raw.acme.as_ref().map(|a| self.acme(a.get_ref()));
+        self.acme_listeners(&raw, &listeners, acme.as_ref());
         let caching = listeners
             .iter()
             .any(|l: &Listener| l.routes.iter().any(|r| r.cache));
@@ -351,6 +357,7 @@ impl Validator<'_> {
             redis,
             tracing: raw.tracing.as_ref().map(|t| self.tracing(t.get_ref())),
             bgp,
+            acme,
             resolver: self.resolver(raw.resolver.as_ref().map(Spanned::get_ref)),
         }
     }

@@ -27,7 +27,7 @@ pub struct RawConfig {
     pub resolver: Option<Spanned<RawResolver>>,
     pub tracing: Option<Spanned<RawTracing>>,
     pub compression: Option<Spanned<RawCompression>>,
-    pub acme: Later,
+    pub acme: Option<Spanned<RawAcme>>,
     pub bgp: Option<Spanned<RawBgp>>,
 }
 
@@ -144,13 +144,32 @@ pub struct RawHeaderRules {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
-    /// Required unless `acme` is given (refused as not supported yet).
+    /// Required unless `acme` names are given.
     pub certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
     pub min_version: Option<Spanned<String>>,
     pub alpn: Option<Spanned<Vec<String>>>,
     pub client_ca: Option<Spanned<String>>,
-    pub acme: Later,
+    pub acme: Option<Spanned<Vec<Spanned<String>>>>,
     pub http3: Later,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Spanned<String>,
+    pub email: Option<Spanned<String>>,
+    pub storage: Spanned<String>,
+    pub ca: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub renew_before: Option<Spanned<String>>,
+    pub eab: Option<Spanned<RawEab>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEab {
+    pub kid: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,9 @@ impl Config {
             if let Some(u) = &l.upstream {
                 let _ = write!(out, " -> upstream {u}");
             }
+            if let Some(t) = l.tls.as_ref().filter(|t| !t.acme.is_empty()) {
+                let _ = write!(out, ", acme certificate for {}", t.acme.join(" "));
+            }
             if !l.routes.is_empty() {
                 let _ = write!(
                     out,
@@ -69,6 +72,16 @@ impl Config {
                 } else {
                     vips.join(", ")
                 }
+            );
+        }
+        if let Some(a) = &self.acme {
+            let _ = writeln!(
+                out,
+                "acme {} ({}, renew {} days before expiry), storage {}",
+                a.directory,
+                a.challenge.name(),
+                a.renew_before.as_secs() / 86_400,
+                a.storage.display()
             );
         }
         if let Some(b) = &self.bgp {

@@ -19,6 +19,8 @@ pub struct ListenerTls {
     pub alpn: Vec<Vec<u8>>,
     /// Require client certificates signed by one of these.
     pub client_ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// Names fulcrum orders one certificate for from `[acme]` (lowercase, as written).
+    pub acme: Vec<String>,
 }
 
 impl PartialEq for ListenerTls {
@@ -26,6 +28,7 @@ impl PartialEq for ListenerTls {
         self.min_version == o.min_version
             && self.alpn == o.alpn
             && self.client_ca == o.client_ca
+            && self.acme == o.acme
             && self.certificates.len() == o.certificates.len()
             && self
                 .certificates
@@ -60,6 +63,30 @@ impl Validator<'_> {
             .certificates
             .as_ref()
             .map_or(&[][..], |c| c.get_ref().as_slice());
+        let mut acme: Vec<String> = Vec::new();
+        if let Some(names) = &t.acme {
+            if names.get_ref().is_empty() {
+                self.err(Some(names.span()), k("acme"), "must list at least one name");
+            }
+            for n in names.get_ref() {
+                let name = n
+                    .get_ref()
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if let Some(problem) = super::acme::acme_name_problem(&name) {
+                    self.err(Some(n.span()), k("acme"), format!("{name:?} {problem}"));
+                } else if acme.contains(&name) {
+                    self.err(
+                        Some(n.span()),
+                        k("acme"),
+                        format!("{name:?} is listed twice"),
+                    );
+                } else {
+                    acme.push(name);
+                }
+            }
+        }
         if listed.is_empty() && t.acme.is_none() {
             self.err(
                 t.certificates.as_ref().map(|c| c.span()),
@@ -204,7 +231,7 @@ impl Validator<'_> {
             .client_ca
             .as_ref()
             .and_then(|ca| self.ca_file(k("client_ca"), ca));
-        if certificates.is_empty() {
+        if certificates.is_empty() && acme.is_empty() {
             return None;
         }
         Some(ListenerTls {
@@ -212,6 +239,7 @@ impl Validator<'_> {
             min_version,
             alpn,
             client_ca,
+            acme,
         })
     }
 

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawListenerTls};
+use super::raw::RawListenerTls;
 use super::Validator;
 
 /// A key's value, whatever its type: only its presence and position matter.
@@ -30,11 +30,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn unsupported_sections(&mut self, c: &RawConfig) {
-        self.refuse("", &[("acme", at(&c.acme))]);
-    }
-
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {
-        self.refuse(key, &[("acme", at(&t.acme)), ("http3", at(&t.http3))]);
+        self.refuse(key, &[("http3", at(&t.http3))]);
     }
 }

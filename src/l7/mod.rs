@@ -159,6 +159,8 @@ pub struct Settings {
     pub forward_normalized_path: bool,
     pub idle_timeout: Duration,
     pub redirect_https: bool,
+    /// A plain listener with `[acme]` configured: HTTP-01 answers, before routing.
+    pub acme_challenges: Option<Arc<crate::acme::Challenges>>,
     pub access_log: bool,
     /// Text logs: values a client controls are quoted when they could pass for fields.
     pub quote_log_values: bool,
@@ -368,6 +370,7 @@ impl Settings {
             forward_normalized_path: l.forward_normalized_path,
             idle_timeout: l.idle_timeout,
             redirect_https: l.redirect_https,
+            acme_challenges: None,
             access_log: global.access_log,
             quote_log_values: global.log_format == config::LogFormat::Text,
             header_timeout: l.header_timeout,
@@ -1202,6 +1205,25 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBo
     })
 }
 
+/// Where a CA asks for HTTP-01 tokens (RFC 8555 section 8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// The key authorization of a token an order here (or on an instance sharing the
+/// ACME storage) waits on; 404 for any other.
+fn acme_answer(challenges: &crate::acme::Challenges, token: &str) -> Response<ResponseBody> {
+    match challenges.http(token) {
+        Some(answer) => {
+            let mut r = Response::new(ResponseBody::Full(Some(bytes::Bytes::from(answer))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        None => error::plain(StatusCode::NOT_FOUND).map(|b| ResponseBody::Full(Some(b))),
+    }
+}
+
 async fn respond(
     mut req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
@@ -1217,6 +1239,11 @@ async fn respond(
     // Behind trusted proxies, the access rules see the client they name too.
     if !s.trusted_proxies.is_empty() && !s.access.admits(client.addr.ip()) {
         return Err(ProxyError::Denied);
+    }
+    if let Some(challenges) = &s.acme_challenges {
+        if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH) {
+            return Ok(acme_answer(challenges, token));
+        }
     }
     if let Some(rule) = &s.rate_limit {
         limit(rule, &req, client, exchange).await?;

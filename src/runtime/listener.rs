@@ -182,8 +182,17 @@ fn admit_one(
             // Boxed: a TLS session's state is large, and plain connections should
             // not carry room for it.
             Box::pin(async {
-                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => {
+                let handshake = async {
+                    match &tls.challenge {
+                        None => tls.acceptor.accept(stream).await.map(Some),
+                        Some(c) => crate::tls::accept_or_challenge(stream, tls.acceptor.config().clone(), c.clone()).await,
+                    }
+                };
+                match tokio::time::timeout(tls.handshake_timeout, handshake).await {
+                    Ok(Ok(None)) => {
+                        debug!(listener = %entry.name, client.addr = %peer, "TLS-ALPN-01 challenge answered");
+                    }
+                    Ok(Ok(Some(s))) => {
                         tls.ok.inc();
                         let subject = crate::tls::client_subject(s.get_ref().1);
                         let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());

@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     file_config: Mutex<Arc<Config>>,
     /// Backends from DNS.
     dns: Arc<crate::dns::Dns>,
+    /// Certificates from `[acme]`, kept across generations.
+    pub(crate) acme: Arc<crate::acme::Manager>,
 }
 
 impl Shared {
@@ -178,6 +180,7 @@ impl Shared {
                 limiters: &current.limiters,
                 redis: current.redis.as_ref(),
                 spans: current.spans.as_ref(),
+                acme: &self.acme,
             },
         )
     }
@@ -281,6 +284,7 @@ impl Server {
         mut inherited: Option<&mut upgrade::Incoming>,
     ) -> Result<Server, BindError> {
         let metrics = Arc::new(Metrics::new());
+        let acme = crate::acme::Manager::new(metrics.acme_orders_total.clone());
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             registry: Registry::new(),
@@ -304,6 +308,7 @@ impl Server {
             handed_over: CancellationToken::new(),
             file_config: Mutex::new(Arc::new(Config::empty())),
             dns: crate::dns::Dns::new(),
+            acme,
         });
         let config = Arc::new(config);
         for l in &config.listeners {
@@ -362,7 +367,8 @@ impl Server {
             }
         }
         shared.current.store(Arc::new(snapshot));
-        publish_certificates(&shared.metrics, &shared.current.load().config);
+        configure_acme(&shared);
+        publish_certificates(&shared, &shared.current.load().config);
         Ok(Server {
             shared,
             admin,
@@ -430,12 +436,30 @@ impl Server {
         }
         tokio::spawn(watch_certificates(shared.clone(), background.clone()));
         tokio::spawn(apply_dns_changes(shared.clone(), background.clone()));
+        start_acme(&shared, background.clone());
         let failover = match (self.failover, &config.failover) {
             (Some(socket), Some(f)) => start_failover(&shared, f.clone(), socket),
             _ => None,
         };
         if let Some(b) = &config.bgp {
             start_bgp(&shared, b.clone());
+        }
+        // A node that becomes active orders what the passive one left to it.
+        if let Some(control) = shared.failover.get() {
+            let mut role = control.status();
+            let acme = shared.acme.clone();
+            let stop = background.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        changed = role.changed() => if changed.is_err() { return },
+                    }
+                    if role.borrow().role == failover::machine::Role::Active {
+                        acme.nudge();
+                    }
+                }
+            });
         }
         notify(&[sd_notify::NotifyState::Ready]);
         if let Some(ready) = self.ready {
@@ -526,6 +550,7 @@ impl Shared {
             uptime: self.started.elapsed(),
             failover: self.failover.get().map(|c| c.status().borrow().clone()),
             bgp: self.bgp().map(|b| b.status()),
+            acme: snapshot.config.acme.as_ref().map(|_| self.acme.status()),
         }
     }
 
@@ -619,14 +644,23 @@ const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(6 * 360
 
 /// `fulcrum_tls_certificate_expiry_seconds` for every certificate `config` serves, and
 /// a warning for each that expires within 14 days (or has expired).
-pub(crate) fn publish_certificates(metrics: &Metrics, config: &Config) {
-    let gauge = &metrics.tls_certificate_expiry_seconds;
+/// Certificates from `[acme]` renew themselves: they are published, not warned about.
+pub(crate) fn publish_certificates(shared: &Shared, config: &Config) {
+    let gauge = &shared.metrics.tls_certificate_expiry_seconds;
     gauge.reset();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     for l in &config.listeners {
         let Some(tls) = &l.tls else { continue };
+        if !tls.acme.is_empty() {
+            let managed = shared.acme.current(&tls.acme);
+            if let Some((name, not_after)) =
+                managed.and_then(|k| crate::tls::certificate_expiry(&k))
+            {
+                gauge.with_label_values(&[&l.name, &name]).set(not_after);
+            }
+        }
         for key in &tls.certificates {
             let Some((name, not_after)) = crate::tls::certificate_expiry(key) else {
                 continue;
@@ -652,8 +686,45 @@ async fn watch_certificates(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(EXPIRY_CHECK) => {}
         }
-        publish_certificates(&shared.metrics, &shared.current.load().config);
+        publish_certificates(&shared, &shared.current.load().config);
     }
+}
+
+/// Hands the generation serving now to the ACME manager: its settings and every
+/// listener's names.
+pub(crate) fn configure_acme(shared: &Shared) {
+    let config = shared.current.load().config.clone();
+    let wanted: Vec<Vec<String>> = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .filter(|t| !t.acme.is_empty())
+        .map(|t| t.acme.clone())
+        .collect();
+    shared.acme.configure(config.acme.as_ref(), &wanted);
+}
+
+/// Starts the ACME manager's task with what it asks of the process: whether this
+/// node may order (in a failover pair, only the active one) and a hook to publish
+/// certificate expiry when one is swapped.
+fn start_acme(shared: &Arc<Shared>, stop: CancellationToken) {
+    let weak = Arc::downgrade(shared);
+    let changed_weak = weak.clone();
+    shared.acme.set_hooks(crate::acme::Hooks {
+        may_order: Box::new(move || {
+            weak.upgrade().is_none_or(|s| {
+                s.failover
+                    .get()
+                    .is_none_or(|c| c.status().borrow().role == failover::machine::Role::Active)
+            })
+        }),
+        changed: Box::new(move || {
+            if let Some(s) = changed_weak.upgrade() {
+                publish_certificates(&s, &s.current.load().config);
+            }
+        }),
+    });
+    tokio::spawn(shared.acme.clone().run(stop));
 }
 
 /// Starts the failover driver with the shared metrics; a failure to start is logged

@@ -119,7 +119,8 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
         }
     };
     shared.current.store(Arc::new(next));
-    super::publish_certificates(&shared.metrics, &config);
+    super::configure_acme(shared);
+    super::publish_certificates(shared, &config);
     shared.metrics.config_generation.set(generation as i64);
     if old.config.failover != config.failover {
         if let (Some(control), Some(f)) = (shared.failover.get(), &config.failover) {

@@ -59,6 +59,10 @@ pub(crate) struct ListenerEntry {
 
 pub(crate) struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// With `[acme] challenge = "tls-alpn-01"` on a listener with `acme` names: the
+    /// configuration for the CA's `acme-tls/1` handshakes (the ClientHello is read
+    /// first to choose).
+    pub challenge: Option<Arc<rustls::ServerConfig>>,
     pub handshake_timeout: std::time::Duration,
     pub ok: prometheus::IntCounter,
     pub failed: prometheus::IntCounter,
@@ -83,6 +87,7 @@ pub(crate) struct Parts<'a> {
     pub spans: Option<&'a Arc<Exporter>>,
     /// The cache of the generation serving now.
     pub cache: Option<&'a Arc<Cache>>,
+    pub acme: &'a crate::acme::Manager,
 }
 
 impl Snapshot {
@@ -167,6 +172,32 @@ impl Snapshot {
             }
         };
         let limiters = crate::limits::build(&config.rate_limits, parts.limiters, redis.as_ref());
+        // The live certificate of a listener's `acme` names, from the manager that
+        // outlives generations.
+        let managed =
+            |t: &crate::config::ListenerTls| -> Result<Vec<Arc<crate::tls::LiveCert>>, String> {
+                match (&config.acme, t.acme.is_empty()) {
+                    (Some(a), false) => Ok(vec![parts.acme.slot(&t.acme, a)?]),
+                    _ => Ok(Vec::new()),
+                }
+            };
+        let challenge =
+            |t: &crate::config::ListenerTls| -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+                match &config.acme {
+                    Some(a)
+                        if !t.acme.is_empty()
+                            && a.challenge == crate::config::AcmeChallenge::TlsAlpn01 =>
+                    {
+                        let challenges = parts.acme.challenges().clone();
+                        crate::tls::challenge_config(Arc::new(move |name: &str| {
+                            challenges.alpn(name)
+                        }))
+                        .map(Some)
+                        .map_err(|e| format!("TLS-ALPN-01: {e}"))
+                    }
+                    _ => Ok(None),
+                }
+            };
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let applied = |name: &Option<String>| {
@@ -224,19 +255,28 @@ impl Snapshot {
                     };
                     Engine::Tcp(Arc::new(l4::Listener { default, sni }))
                 }
-                (Protocol::Http, _) => Engine::Http(Arc::new(l7::Settings::build(
-                    l,
-                    &config,
-                    &http_upstreams,
-                    parts.metrics,
-                    (cache.as_ref(), spans.as_ref()),
-                    &|name| applied(name),
-                ))),
+                (Protocol::Http, _) => {
+                    let mut settings = l7::Settings::build(
+                        l,
+                        &config,
+                        &http_upstreams,
+                        parts.metrics,
+                        (cache.as_ref(), spans.as_ref()),
+                        &|name| applied(name),
+                    );
+                    if config.acme.is_some() && l.tls.is_none() {
+                        settings.acme_challenges = Some(parts.acme.challenges().clone());
+                    }
+                    Engine::Http(Arc::new(settings))
+                }
             };
             let tls = match &l.tls {
                 Some(t) => Some(Tls {
-                    acceptor: crate::tls::acceptor(t)
-                        .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?,
+                    acceptor: tokio_rustls::TlsAcceptor::from(
+                        crate::tls::server_config(t, managed(t)?)
+                            .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?,
+                    ),
+                    challenge: challenge(t)?,
                     handshake_timeout: l.header_timeout,
                     ok: parts
                         .metrics
