@@ -665,6 +665,20 @@ fn acme_settings_and_names_are_checked_with_their_key() {
 }
 
 #[test]
+fn ticket_rotation_is_zero_or_at_least_a_minute() {
+    let file = |v: &str| format!("[global]\ntls_ticket_rotation = \"{v}\"\n{BASE}");
+    for ok in ["0", "1m", "12h", "7d"] {
+        Config::parse(&file(ok), Path::new("fulcrum.toml")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let got = errors(&file("30s"));
+    assert!(
+        got.contains("`global.tls_ticket_rotation` must be \"0\" (no tickets) or at least 1m"),
+        "{got}"
+    );
+    assert!(errors(&file("8d")).contains("`global.tls_ticket_rotation` must be at most 7 days"));
+}
+
+#[test]
 fn rate_limits_and_client_limits_are_checked_with_their_key() {
     let file = |listener: &str, tcp: &str, rules: &str| {
         format!(

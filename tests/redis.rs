@@ -16,6 +16,21 @@ struct RedisServer {
 }
 
 impl RedisServer {
+    /// A server on a free port; `None`, saying the test is skipped, without
+    /// redis-server.
+    fn start_if_installed() -> Option<(u16, RedisServer)> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("skipped: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = free_port();
+        Some((port, RedisServer::start(port).expect("redis-server starts")))
+    }
+
     fn start(port: u16) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args([
@@ -64,16 +79,9 @@ async fn status(addr: SocketAddr) -> u16 {
 
 #[tokio::test]
 async fn instances_share_one_limit_and_follow_on_store_error_while_redis_is_down() {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("skipped: redis-server is not installed (apt-get install redis-server)");
+    let Some((port, redis)) = RedisServer::start_if_installed() else {
         return;
-    }
-    let port = free_port();
-    let redis = RedisServer::start(port).expect("redis-server starts");
+    };
     let app = HttpBackend::start("app").await;
     let deny = Fulcrum::start(&config(port, "deny", &app)).await;
     let allow = Fulcrum::start(&config(port, "allow", &app)).await;
@@ -159,4 +167,95 @@ async fn a_redis_that_answers_garbage_counts_as_down() {
     deny.stop().await;
     allow.stop().await;
     task.abort();
+}
+
+/// A TLS client whose session cache outlives its connections: the second handshake
+/// offers the ticket the first one got.
+fn resuming_client(pki: &common::tls::Pki) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// One request over a new TLS connection; whether its handshake resumed a session.
+async fn resumed(c: &tokio_rustls::TlsConnector, addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let mut s = c.connect(name, tcp).await.unwrap();
+    let kind = s.get_ref().1.handshake_kind();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Reading to the end also takes in the tickets the server sent.
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    kind == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test]
+async fn instances_on_one_redis_resume_each_others_tls_sessions() {
+    let Some((port, _redis)) = RedisServer::start_if_installed() else {
+        return;
+    };
+    let pki = common::tls::Pki::new("tickets", "redis");
+    pki.leaf("a", &["a.test"]);
+    let app = HttpBackend::start("app").await;
+    let config = |redis: bool| {
+        let redis = if redis {
+            format!("[redis]\nurl = \"redis://127.0.0.1:{port}/0\"\ntimeout = \"1s\"\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "{redis}[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+             [listener.tls]\ncertificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n\
+             [upstream.app]\nbackends = [{{ address = \"{}\" }}]\n",
+            app.addr
+        )
+    };
+    let file = pki.dir.join("fulcrum.toml");
+    let one = Fulcrum::start_at(&config(true), &file).await;
+    let two = Fulcrum::start_at(&config(true), &file).await;
+    let alone = Fulcrum::start_at(&config(false), &file).await;
+    // Each instance takes the period's key from Redis soon after it starts: until
+    // both have, a ticket from one may not open on the other.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let client = resuming_client(&pki);
+        assert!(
+            !resumed(&client, one.addr("web")).await,
+            "a first handshake is full"
+        );
+        if resumed(&client, two.addr("web")).await {
+            // The same client's ticket means nothing to an instance with keys of
+            // its own.
+            assert!(!resumed(&client, alone.addr("web")).await);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a ticket from one instance never resumed on the other"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And an instance resumes its own sessions, Redis or not.
+    let client = resuming_client(&pki);
+    resumed(&client, alone.addr("web")).await;
+    assert!(resumed(&client, alone.addr("web")).await);
+    one.stop().await;
+    two.stop().await;
+    alone.stop().await;
 }

@@ -35,7 +35,12 @@ pub struct Global {
     pub access_log: bool,
     /// Reload when the file changes on disk.
     pub watch_config: bool,
+    /// How long a TLS session ticket key is the newest (the previous one still opens
+    /// tickets); zero: no tickets, resumption from the session cache only.
+    pub tls_ticket_rotation: Duration,
 }
+
+pub const DEFAULT_TLS_TICKET_ROTATION: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -189,6 +194,7 @@ impl Validator<'_> {
                 log_format: LogFormat::Text,
                 access_log: true,
                 watch_config: true,
+                tls_ticket_rotation: DEFAULT_TLS_TICKET_ROTATION,
             };
         };
         let workers = self.int(&g.workers, "global.workers", 0, MAX_WORKERS, 0) as usize;
@@ -221,6 +227,23 @@ impl Validator<'_> {
                 LogFormat::Text
             }
         };
+        let tls_ticket_rotation = self.duration_or_zero(
+            &g.tls_ticket_rotation,
+            "global.tls_ticket_rotation",
+            DEFAULT_TLS_TICKET_ROTATION,
+        );
+        if !tls_ticket_rotation.is_zero() && tls_ticket_rotation < Duration::from_secs(60) {
+            if let Some(v) = &g.tls_ticket_rotation {
+                self.err(
+                    Some(v.span()),
+                    "global.tls_ticket_rotation",
+                    format!(
+                        "must be \"0\" (no tickets) or at least 1m, got {:?}",
+                        v.get_ref()
+                    ),
+                );
+            }
+        }
         Global {
             workers,
             max_connections,
@@ -228,6 +251,7 @@ impl Validator<'_> {
             log_format,
             access_log: g.access_log.unwrap_or(true),
             watch_config: g.watch_config.unwrap_or(true),
+            tls_ticket_rotation,
         }
     }
 }

@@ -245,6 +245,7 @@ impl Config {
                 log_format: LogFormat::Text,
                 access_log: true,
                 watch_config: false,
+                tls_ticket_rotation: DEFAULT_TLS_TICKET_ROTATION,
             },
             listeners: Vec::new(),
             upstreams: Vec::new(),

@@ -40,6 +40,7 @@ pub struct RawGlobal {
     pub log_format: Option<Spanned<String>>,
     pub access_log: Option<bool>,
     pub watch_config: Option<bool>,
+    pub tls_ticket_rotation: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -148,6 +148,38 @@ impl RedisStore {
         parsed
     }
 
+    /// The 32 bytes of TLS ticket key material of rotation `period` of `interval`,
+    /// created there (`SET NX`, expiring after three periods) when `create` and
+    /// missing: every instance on this Redis gets the same.
+    pub async fn ticket_key(
+        &self,
+        interval: Duration,
+        period: u64,
+        create: bool,
+    ) -> Result<Option<Vec<u8>>, String> {
+        const TICKET_SCRIPT: &str = r"
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3])
+end
+return redis.call('GET', KEYS[1])";
+        let key = format!("fulcrum:tls_ticket_key:{}:{period}", interval.as_secs());
+        let material = crate::tls::tickets::local_material();
+        let mut conn = self.manager.clone();
+        let script = redis::Script::new(TICKET_SCRIPT);
+        let mut call = script.key(key);
+        call.arg(&material[..])
+            .arg(if create { "1" } else { "0" })
+            .arg(interval.as_secs().saturating_mul(3).max(1));
+        let wait = self.settings.timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(wait, call.invoke_async::<Option<Vec<u8>>>(&mut conn)).await {
+            Ok(Ok(Some(m))) if m.len() == material.len() => Ok(Some(m)),
+            Ok(Ok(Some(_))) => Err("the stored ticket key is not 32 bytes".into()),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {wait:?}")),
+        }
+    }
+
     fn failed(&self, why: &str) {
         self.paused_until_ms
             .store(self.now_ms() + PAUSE.as_millis() as u64, Ordering::Relaxed);

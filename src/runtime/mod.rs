@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use std::sync::atomic::AtomicUsize;
@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     dns: Arc<crate::dns::Dns>,
     /// Certificates from `[acme]`, kept across generations.
     pub(crate) acme: Arc<crate::acme::Manager>,
+    /// TLS session ticket keys, for the life of the process.
+    tickets: Arc<crate::tls::tickets::Ticketer>,
 }
 
 impl Shared {
@@ -181,6 +183,7 @@ impl Shared {
                 redis: current.redis.as_ref(),
                 spans: current.spans.as_ref(),
                 acme: &self.acme,
+                tickets: &self.tickets,
             },
         )
     }
@@ -309,6 +312,7 @@ impl Server {
             file_config: Mutex::new(Arc::new(Config::empty())),
             dns: crate::dns::Dns::new(),
             acme,
+            tickets: crate::tls::tickets::Ticketer::new(config.global.tls_ticket_rotation),
         });
         let config = Arc::new(config);
         for l in &config.listeners {
@@ -437,6 +441,7 @@ impl Server {
         tokio::spawn(watch_certificates(shared.clone(), background.clone()));
         tokio::spawn(apply_dns_changes(shared.clone(), background.clone()));
         start_acme(&shared, background.clone());
+        tokio::spawn(rotate_tickets(shared.clone(), background.clone()));
         let failover = match (self.failover, &config.failover) {
             (Some(socket), Some(f)) => start_failover(&shared, f.clone(), socket),
             _ => None,
@@ -687,6 +692,64 @@ async fn watch_certificates(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep(EXPIRY_CHECK) => {}
         }
         publish_certificates(&shared, &shared.current.load().config);
+    }
+}
+
+/// Rotates the TLS session ticket keys: a new key each `global.tls_ticket_rotation`
+/// period, the previous still accepted; with `[redis]`, each period's key is the one
+/// the first instance stored there, so every instance shares it. A Redis that does
+/// not answer leaves this process rotating keys of its own until it does.
+async fn rotate_tickets(shared: Arc<Shared>, stop: CancellationToken) {
+    use crate::tls::tickets::{local_material, period};
+    let tickets = shared.tickets.clone();
+    loop {
+        let snapshot = shared.current.load_full();
+        let interval = snapshot.config.global.tls_ticket_rotation;
+        tickets.set_interval(interval);
+        let mut wait = Duration::from_secs(60);
+        if !interval.is_zero() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let current = period(now.as_secs(), interval);
+            let mut shared_key = false;
+            if let Some(redis) = &snapshot.redis {
+                match redis.ticket_key(interval, current, true).await {
+                    Ok(Some(material)) => {
+                        shared_key = true;
+                        if !tickets.has(&material, current) {
+                            tickets.install(&material, current);
+                            info!("TLS ticket key of this period taken from redis");
+                        }
+                        // Tickets the others sealed under the previous period's key.
+                        if let Ok(Some(previous)) = redis
+                            .ticket_key(interval, current.saturating_sub(1), false)
+                            .await
+                        {
+                            if !tickets.has(&previous, current.saturating_sub(1)) {
+                                tickets.install(&previous, current.saturating_sub(1));
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "TLS ticket keys: redis does not answer; this instance rotates its own")
+                    }
+                }
+                // Keys other instances stored show up within this.
+                wait = Duration::from_secs(10);
+            }
+            if !shared_key && tickets.current_period().is_none_or(|p| p < current) {
+                tickets.install(&local_material(), current);
+            }
+            let next = (current + 1) * interval.as_secs();
+            let until_next = Duration::from_secs(next.saturating_sub(now.as_secs()));
+            wait = wait.min(until_next + Duration::from_millis(fastrand::u64(0..1000)));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

@@ -88,6 +88,7 @@ pub(crate) struct Parts<'a> {
     /// The cache of the generation serving now.
     pub cache: Option<&'a Arc<Cache>>,
     pub acme: &'a crate::acme::Manager,
+    pub tickets: &'a Arc<crate::tls::tickets::Ticketer>,
 }
 
 impl Snapshot {
@@ -198,6 +199,7 @@ impl Snapshot {
                     _ => Ok(None),
                 }
             };
+        let tickets = (!config.global.tls_ticket_rotation.is_zero()).then(|| parts.tickets.clone());
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let applied = |name: &Option<String>| {
@@ -273,7 +275,7 @@ impl Snapshot {
             let tls = match &l.tls {
                 Some(t) => Some(Tls {
                     acceptor: tokio_rustls::TlsAcceptor::from(
-                        crate::tls::server_config(t, managed(t)?)
+                        crate::tls::server_config(t, managed(t)?, tickets.clone())
                             .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?,
                     ),
                     challenge: challenge(t)?,

@@ -3,12 +3,13 @@
 //! ALPN; minimum version; client certificates), built once per configuration
 //! generation from material the config already loaded and matched.
 
+pub mod tickets;
+
 use std::sync::Arc;
 
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SignatureScheme};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ListenerTls, TlsVersion};
 
@@ -156,16 +157,6 @@ impl ResolvesServerCert for BySni {
     }
 }
 
-fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
-    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
-        std::sync::OnceLock::new();
-    if let Some(t) = TICKETER.get() {
-        return Ok(t.clone());
-    }
-    let t = rustls::crypto::ring::Ticketer::new()?;
-    Ok(TICKETER.get_or_init(|| t).clone())
-}
-
 /// The protocol name of TLS-ALPN-01 handshakes (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
@@ -229,10 +220,12 @@ where
 }
 
 /// The server configuration for one listener of one generation; `managed`: its
-/// `acme` names' live certificate.
+/// `acme` names' live certificate; `tickets`: the process's session ticketer (none:
+/// resumption from the session cache only).
 pub fn server_config(
     t: &ListenerTls,
     managed: Vec<Arc<LiveCert>>,
+    tickets: Option<Arc<tickets::Ticketer>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
@@ -258,13 +251,10 @@ pub fn server_config(
     config.alpn_protocols = t.alpn.clone();
     // Resumption: stateless tickets besides rustls' in-memory session cache. One
     // ticketer for the life of the process, so that tickets survive reloads.
-    config.ticketer = ticketer()?;
+    if let Some(t) = tickets {
+        config.ticketer = t;
+    }
     Ok(Arc::new(config))
-}
-
-/// The acceptor for one listener of one generation.
-pub fn acceptor(t: &ListenerTls) -> Result<TlsAcceptor, rustls::Error> {
-    Ok(TlsAcceptor::from(server_config(t, Vec::new())?))
 }
 
 /// TLS to the backends of one upstream: verified against the configured CA, or the
