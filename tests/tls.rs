@@ -719,23 +719,28 @@ async fn ecdsa_capable_clients_get_ecdsa_others_rsa_and_ocsp_is_stapled() {
 }
 
 #[test]
-fn an_ocsp_file_must_be_a_der_response_and_auto_is_not_built() {
+fn an_ocsp_file_must_be_a_der_response_and_auto_needs_a_responder_and_the_issuer() {
     let pki = Pki::new("tls", "ocspcheck");
     pki.leaf("ec", &["a.test"]);
     std::fs::write(pki.dir.join("bad.ocsp"), "not DER").unwrap();
-    let file = |ocsp: &str| {
+    // The leaf alone, without its issuer after it, but naming a responder.
+    let (_, leaf, _) = ocsp_pki(&pki, "http://127.0.0.1:9/");
+    std::fs::write(pki.dir.join("alone.pem"), leaf.pem()).unwrap();
+    let file = |cert: &str, ocsp: &str| {
         format!(
             "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
-             [listener.tls]\ncertificates = [{{ cert = \"ec.pem\", key = \"ec.key\", ocsp = \"{ocsp}\" }}]\n\
+             [listener.tls]\ncertificates = [{{ cert = \"{cert}.pem\", key = \"{cert}.key\", ocsp = \"{ocsp}\" }}]\n\
              [upstream.app]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
         )
     };
-    for (ocsp, expected) in [
-        ("bad.ocsp", "is not a DER OCSP response"),
-        ("missing.ocsp", "cannot be read"),
-        ("auto", "\"auto\" not supported yet"),
+    std::fs::copy(pki.dir.join("stapled.key"), pki.dir.join("alone.key")).unwrap();
+    for (cert, ocsp, expected) in [
+        ("ec", "bad.ocsp", "is not a DER OCSP response"),
+        ("ec", "missing.ocsp", "cannot be read"),
+        ("ec", "auto", "names no OCSP responder"),
+        ("alone", "auto", "needs its issuer's certificate after it"),
     ] {
-        let err = fulcrum::config::Config::parse(&file(ocsp), &pki.file())
+        let err = fulcrum::config::Config::parse(&file(cert, ocsp), &pki.file())
             .unwrap_err()
             .to_string();
         assert!(
@@ -743,4 +748,233 @@ fn an_ocsp_file_must_be_a_der_response_and_auto_is_not_built() {
             "{err}"
         );
     }
+    fulcrum::config::Config::parse(&file("stapled", "auto"), &pki.file()).unwrap();
+}
+
+/// A CA of its own (`ocsp-ca.pem`, `ocsp-ca.key`) and a leaf for `ocsp.test` naming
+/// `responder` in its Authority Information Access, written as `stapled.pem` (leaf,
+/// then the CA) and `stapled.key`. Returns the CA, the leaf and its serial in hex as
+/// openssl's index writes it.
+fn ocsp_pki(
+    pki: &Pki,
+    responder: &str,
+) -> (
+    rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    rcgen::Certificate,
+    String,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, CustomExtension, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(pki.dir.join("ocsp-ca.key"), ca_key.serialize_pem()).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fulcrum OCSP test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).unwrap();
+    std::fs::write(pki.dir.join("ocsp-ca.pem"), ca.pem()).unwrap();
+    // AuthorityInfoAccess: SEQUENCE { SEQUENCE { id-ad-ocsp, [6] URI } }
+    let der = |tag: u8, content: &[u8]| {
+        assert!(content.len() < 128);
+        [&[tag, content.len() as u8][..], content].concat()
+    };
+    let ocsp_oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+    let access = der(
+        0x30,
+        &[&ocsp_oid[..], &der(0x86, responder.as_bytes())].concat(),
+    );
+    let aia = der(0x30, &access);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["ocsp.test".to_string()]).unwrap();
+    params.custom_extensions = vec![CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        aia,
+    )];
+    let leaf = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(
+        pki.dir.join("stapled.pem"),
+        format!("{}{}", leaf.pem(), ca.pem()),
+    )
+    .unwrap();
+    std::fs::write(pki.dir.join("stapled.key"), key.serialize_pem()).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.der()).unwrap();
+    let serial: String = parsed
+        .raw_serial()
+        .iter()
+        .skip_while(|b| **b == 0)
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    (ca, leaf, serial)
+}
+
+/// An OCSP responder on loopback: each POSTed request is answered by `openssl ocsp`
+/// from `index.txt`, signed by the test CA. Counts the requests.
+async fn ocsp_responder(
+    dir: PathBuf,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then content-length bytes of body.
+            let body = loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::fs::write(dir.join("req.der"), &body).unwrap();
+            let status = std::process::Command::new("openssl")
+                .current_dir(&dir)
+                .args([
+                    "ocsp",
+                    "-index",
+                    "index.txt",
+                    "-CA",
+                    "ocsp-ca.pem",
+                    "-rsigner",
+                    "ocsp-ca.pem",
+                ])
+                .args([
+                    "-rkey",
+                    "ocsp-ca.key",
+                    "-reqin",
+                    "req.der",
+                    "-respout",
+                    "resp.der",
+                    "-ndays",
+                    "1",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl ocsp answers");
+            let resp = std::fs::read(dir.join("resp.der")).unwrap();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/ocsp-response\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                resp.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&resp).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    (addr, count, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_auto_staples_the_responders_answer_and_serves_without_one_meanwhile() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: openssl is not installed (apt-get install openssl)");
+        return;
+    }
+    let pki = Pki::new("tls", "ocspauto");
+    let (responder, asked, task) = ocsp_responder(pki.dir.clone()).await;
+    let (_ca, _leaf, serial) = ocsp_pki(&pki, &format!("http://{responder}/"));
+    std::fs::write(
+        pki.dir.join("index.txt"),
+        format!("V\t491231235959Z\t\t{serial}\tunknown\t/CN=ocsp.test\n"),
+    )
+    .unwrap();
+    let backend = HttpBackend::start("b").await;
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [listener.tls]\ncertificates = [{{ cert = \"stapled.pem\", key = \"stapled.key\", ocsp = \"auto\" }}]\n\
+         [upstream.app]\nbackends = [{{ address = \"{}\", name = \"b\" }}]\n",
+        backend.addr
+    );
+    let f = Fulcrum::start_at(&config, &pki.file()).await;
+    let addr = f.addr("web");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let staple = loop {
+        let (_, staple) = chosen(
+            addr,
+            "ocsp.test",
+            &[rustls::SignatureScheme::ECDSA_NISTP256_SHA256],
+        )
+        .await;
+        if !staple.is_empty() {
+            break staple;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing stapled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // openssl checks the stapled response: signed by the CA, about this leaf, good.
+    std::fs::write(pki.dir.join("staple.der"), &staple).unwrap();
+    std::fs::write(pki.dir.join("leaf-only.pem"), {
+        let chain = std::fs::read_to_string(pki.dir.join("stapled.pem")).unwrap();
+        let end =
+            chain.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+        chain[..end].to_string()
+    })
+    .unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(&pki.dir)
+        .args([
+            "ocsp",
+            "-respin",
+            "staple.der",
+            "-CAfile",
+            "ocsp-ca.pem",
+            "-issuer",
+            "ocsp-ca.pem",
+        ])
+        .args(["-cert", "leaf-only.pem"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("leaf-only.pem: good") && text.contains("Response verify OK"),
+        "{text}"
+    );
+    f.stop().await;
+    task.abort();
+
+    // A responder that is not there: the certificate serves, with nothing stapled.
+    let gone = common::refusing_addr().await;
+    let pki = Pki::new("tls", "ocspgone");
+    ocsp_pki(&pki, &format!("http://{gone}/"));
+    let f = Fulcrum::start_at(&config, &pki.file()).await;
+    let (_, staple) = chosen(
+        f.addr("web"),
+        "ocsp.test",
+        &[rustls::SignatureScheme::ECDSA_NISTP256_SHA256],
+    )
+    .await;
+    assert!(staple.is_empty());
+    f.stop().await;
 }

@@ -25,30 +25,8 @@ impl AcmeHttp {
     pub fn new(
         extra_roots: Option<&[rustls::pki_types::CertificateDer<'static>]>,
     ) -> Result<AcmeHttp, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        for cert in extra_roots.into_iter().flatten() {
-            roots.add(cert.clone()).map_err(|e| e.to_string())?;
-        }
-        if roots.is_empty() {
-            return Err("no root certificates to verify the ACME directory: set acme.ca".into());
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(REQUEST_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = crate::tls::outbound_connector(extra_roots, false, REQUEST_TIMEOUT)
+            .map_err(|e| format!("the ACME directory cannot be verified: {e}; set acme.ca"))?;
         Ok(AcmeHttp {
             client: Client::builder(TokioExecutor::new()).build(connector),
         })

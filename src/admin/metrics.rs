@@ -37,6 +37,7 @@ pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_http_connections_closed
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "fulcrum_connections_closed_total";
 pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "fulcrum_tls_certificate_expiry_seconds";
 pub const ACME_ORDERS_TOTAL: &str = "fulcrum_acme_orders_total";
+pub const TLS_OCSP_FETCHES_TOTAL: &str = "fulcrum_tls_ocsp_fetches_total";
 pub const BGP_SESSION_UP: &str = "fulcrum_bgp_session_up";
 pub const BGP_ANNOUNCED: &str = "fulcrum_bgp_announced";
 pub const BGP_UPDATES_SENT_TOTAL: &str = "fulcrum_bgp_updates_sent_total";
@@ -88,6 +89,8 @@ pub struct Metrics {
     pub tls_certificate_expiry_seconds: IntGaugeVec,
     /// ACME orders, by result (`issued`, `failed`, `rate_limited`, `unreachable`).
     pub acme_orders_total: IntCounterVec,
+    /// OCSP responses fetched for `ocsp = "auto"`, by result (`ok`, `failed`).
+    pub tls_ocsp_fetches_total: IntCounterVec,
     pub bgp_session_up: IntGaugeVec,
     pub bgp_announced: IntGaugeVec,
     pub bgp_updates_sent_total: IntCounterVec,
@@ -333,6 +336,12 @@ impl Metrics {
                 &r,
                 ACME_ORDERS_TOTAL,
                 "ACME certificate orders, by result",
+                &["result"],
+            ),
+            tls_ocsp_fetches_total: counter_vec(
+                &r,
+                TLS_OCSP_FETCHES_TOTAL,
+                "OCSP responses fetched from certificates' responders, by result",
                 &["result"],
             ),
             bgp_announced: gauge_vec(

@@ -21,6 +21,9 @@ pub struct ListenerTls {
     pub client_ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     /// Names fulcrum orders one certificate for from `[acme]` (lowercase, as written).
     pub acme: Vec<String>,
+    /// By position in `certificates`: `ocsp = "auto"`, the response fetched from the
+    /// certificate's responder.
+    pub ocsp_auto: Vec<bool>,
 }
 
 impl PartialEq for ListenerTls {
@@ -29,6 +32,7 @@ impl PartialEq for ListenerTls {
             && self.alpn == o.alpn
             && self.client_ca == o.client_ca
             && self.acme == o.acme
+            && self.ocsp_auto == o.ocsp_auto
             && self.certificates.len() == o.certificates.len()
             && self
                 .certificates
@@ -95,6 +99,7 @@ impl Validator<'_> {
             );
         }
         let mut certificates = Vec::new();
+        let mut ocsp_auto = Vec::new();
         for (i, c) in listed.iter().enumerate() {
             let ck = |f: &str| format!("{key}.certificates[{i}].{f}");
             let cert_path = dir.join(&c.get_ref().cert);
@@ -144,10 +149,18 @@ impl Validator<'_> {
                 }
             };
             let mut certified = rustls::sign::CertifiedKey::new(chain, signing);
+            let mut auto = false;
             match c.get_ref().ocsp.as_deref() {
                 None => {}
                 Some("auto") => {
-                    self.err(Some(c.span()), ck("ocsp"), "\"auto\" not supported yet");
+                    if let Err(e) = crate::tls::ocsp::responder(&certified) {
+                        self.err(
+                            Some(c.span()),
+                            ck("ocsp"),
+                            format!("\"auto\": {} {e}", cert_path.display()),
+                        );
+                    }
+                    auto = true;
                 }
                 Some(file) => {
                     let path = dir.join(file);
@@ -190,6 +203,7 @@ impl Validator<'_> {
                 continue;
             }
             certificates.push(Arc::new(certified));
+            ocsp_auto.push(auto);
         }
         let min_version = match t
             .min_version
@@ -240,6 +254,7 @@ impl Validator<'_> {
             alpn,
             client_ca,
             acme,
+            ocsp_auto,
         })
     }
 

@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     pub(crate) acme: Arc<crate::acme::Manager>,
     /// TLS session ticket keys, for the life of the process.
     tickets: Arc<crate::tls::tickets::Ticketer>,
+    /// OCSP responses of the certificates with `ocsp = "auto"`.
+    stapler: Arc<crate::tls::ocsp::Stapler>,
 }
 
 impl Shared {
@@ -184,6 +186,7 @@ impl Shared {
                 spans: current.spans.as_ref(),
                 acme: &self.acme,
                 tickets: &self.tickets,
+                stapler: &self.stapler,
             },
         )
     }
@@ -288,6 +291,7 @@ impl Server {
     ) -> Result<Server, BindError> {
         let metrics = Arc::new(Metrics::new());
         let acme = crate::acme::Manager::new(metrics.acme_orders_total.clone());
+        let stapler = crate::tls::ocsp::Stapler::new(metrics.tls_ocsp_fetches_total.clone());
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             registry: Registry::new(),
@@ -313,6 +317,7 @@ impl Server {
             dns: crate::dns::Dns::new(),
             acme,
             tickets: crate::tls::tickets::Ticketer::new(config.global.tls_ticket_rotation),
+            stapler,
         });
         let config = Arc::new(config);
         for l in &config.listeners {
@@ -371,7 +376,7 @@ impl Server {
             }
         }
         shared.current.store(Arc::new(snapshot));
-        configure_acme(&shared);
+        configure_certificates(&shared);
         publish_certificates(&shared, &shared.current.load().config);
         Ok(Server {
             shared,
@@ -442,6 +447,7 @@ impl Server {
         tokio::spawn(apply_dns_changes(shared.clone(), background.clone()));
         start_acme(&shared, background.clone());
         tokio::spawn(rotate_tickets(shared.clone(), background.clone()));
+        tokio::spawn(shared.stapler.clone().run(background.clone()));
         let failover = match (self.failover, &config.failover) {
             (Some(socket), Some(f)) => start_failover(&shared, f.clone(), socket),
             _ => None,
@@ -753,9 +759,10 @@ async fn rotate_tickets(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Hands the generation serving now to the ACME manager: its settings and every
-/// listener's names.
-pub(crate) fn configure_acme(shared: &Shared) {
+/// Hands the generation serving now to the managers of live certificates: the ACME
+/// manager its settings and every listener's names, the OCSP stapler the
+/// certificates still served with `ocsp = "auto"`.
+pub(crate) fn configure_certificates(shared: &Shared) {
     let config = shared.current.load().config.clone();
     let wanted: Vec<Vec<String>> = config
         .listeners
@@ -765,6 +772,15 @@ pub(crate) fn configure_acme(shared: &Shared) {
         .map(|t| t.acme.clone())
         .collect();
     shared.acme.configure(config.acme.as_ref(), &wanted);
+    shared.stapler.retain(
+        config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.certificates.iter().zip(&t.ocsp_auto))
+            .filter(|(_, auto)| **auto)
+            .map(|(k, _)| k),
+    );
 }
 
 /// Starts the ACME manager's task with what it asks of the process: whether this

@@ -119,7 +119,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
         }
     };
     shared.current.store(Arc::new(next));
-    super::configure_acme(shared);
+    super::configure_certificates(shared);
     super::publish_certificates(shared, &config);
     shared.metrics.config_generation.set(generation as i64);
     if old.config.failover != config.failover {

@@ -89,6 +89,7 @@ pub(crate) struct Parts<'a> {
     pub cache: Option<&'a Arc<Cache>>,
     pub acme: &'a crate::acme::Manager,
     pub tickets: &'a Arc<crate::tls::tickets::Ticketer>,
+    pub stapler: &'a crate::tls::ocsp::Stapler,
 }
 
 impl Snapshot {
@@ -173,15 +174,22 @@ impl Snapshot {
             }
         };
         let limiters = crate::limits::build(&config.rate_limits, parts.limiters, redis.as_ref());
-        // The live certificate of a listener's `acme` names, from the manager that
-        // outlives generations.
-        let managed =
-            |t: &crate::config::ListenerTls| -> Result<Vec<Arc<crate::tls::LiveCert>>, String> {
-                match (&config.acme, t.acme.is_empty()) {
-                    (Some(a), false) => Ok(vec![parts.acme.slot(&t.acme, a)?]),
-                    _ => Ok(Vec::new()),
-                }
+        // A listener's certificates replaced while served, from the managers that
+        // outlive generations: its `acme` names' certificate, and those whose OCSP
+        // response is fetched.
+        let live = |t: &crate::config::ListenerTls| -> Result<crate::tls::Live, String> {
+            let acme = match (&config.acme, t.acme.is_empty()) {
+                (Some(a), false) => vec![parts.acme.slot(&t.acme, a)?],
+                _ => Vec::new(),
             };
+            let stapled = t
+                .certificates
+                .iter()
+                .zip(&t.ocsp_auto)
+                .map(|(key, auto)| auto.then(|| parts.stapler.slot(key)).transpose())
+                .collect::<Result<_, _>>()?;
+            Ok(crate::tls::Live { acme, stapled })
+        };
         let challenge =
             |t: &crate::config::ListenerTls| -> Result<Option<Arc<rustls::ServerConfig>>, String> {
                 match &config.acme {
@@ -275,7 +283,7 @@ impl Snapshot {
             let tls = match &l.tls {
                 Some(t) => Some(Tls {
                     acceptor: tokio_rustls::TlsAcceptor::from(
-                        crate::tls::server_config(t, managed(t)?, tickets.clone())
+                        crate::tls::server_config(t, live(t)?, tickets.clone())
                             .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?,
                     ),
                     challenge: challenge(t)?,

@@ -3,6 +3,7 @@
 //! ALPN; minimum version; client certificates), built once per configuration
 //! generation from material the config already loaded and matched.
 
+pub mod ocsp;
 pub mod tickets;
 
 use std::sync::Arc;
@@ -36,9 +37,6 @@ struct Served {
     schemes: Vec<SignatureScheme>,
     /// An RSA key: chosen for a name only when the client takes no other key's scheme.
     rsa: bool,
-    /// Valid for the default (first) certificate's name: one of the default's
-    /// alternatives, for clients whose name no certificate covers.
-    default: bool,
 }
 
 impl Served {
@@ -51,7 +49,6 @@ impl Served {
                 .collect(),
             rsa: key.key.algorithm() == rustls::SignatureAlgorithm::RSA,
             key,
-            default: false,
         }
     }
 
@@ -97,39 +94,73 @@ impl LiveCert {
 /// Certificates listed come before managed (ACME) ones.
 #[derive(Debug)]
 struct BySni {
-    served: Vec<Arc<Served>>,
-    managed: Vec<Arc<LiveCert>>,
+    /// Each certificate, with whether it is one of the defaults.
+    entries: Vec<(Entry, bool)>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Fixed(Arc<Served>),
+    /// Replaced while served: an ACME certificate, or one whose OCSP response is
+    /// fetched.
+    Live(Arc<LiveCert>),
+}
+
+impl Entry {
+    fn served(&self) -> Arc<Served> {
+        match self {
+            Entry::Fixed(s) => s.clone(),
+            Entry::Live(l) => l.served.load_full(),
+        }
+    }
+}
+
+/// The certificates of a listener that are replaced while served.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// The live certificate of its `acme` names.
+    pub acme: Vec<Arc<LiveCert>>,
+    /// By position in `certificates`: the live one of those with `ocsp = "auto"`.
+    pub stapled: Vec<Option<Arc<LiveCert>>>,
 }
 
 impl BySni {
-    fn new(certificates: &[Arc<CertifiedKey>], managed: Vec<Arc<LiveCert>>) -> BySni {
+    fn new(certificates: &[Arc<CertifiedKey>], live: Live) -> BySni {
         let default_name = certificates
             .first()
             .and_then(|k| certificate_expiry(k))
             .and_then(|(name, _)| rustls::pki_types::ServerName::try_from(name).ok());
-        let mut served: Vec<Served> = certificates
+        // The default certificate and those valid for its name: one of them serves
+        // clients whose name no certificate covers.
+        let mut entries: Vec<(Entry, bool)> = certificates
             .iter()
-            .map(|key| Served::new(key.clone()))
+            .enumerate()
+            .map(|(i, key)| {
+                let served = Served::new(key.clone());
+                let default = i == 0 || default_name.as_ref().is_some_and(|n| served.valid_for(n));
+                match live.stapled.get(i).cloned().flatten() {
+                    Some(l) => (Entry::Live(l), default),
+                    None => (Entry::Fixed(Arc::new(served)), default),
+                }
+            })
             .collect();
-        for (i, s) in served.iter_mut().enumerate() {
-            s.default = i == 0 || default_name.as_ref().is_some_and(|n| s.valid_for(n));
-        }
-        BySni {
-            served: served.into_iter().map(Arc::new).collect(),
-            managed,
-        }
+        // With no certificate listed, the first managed one is the default.
+        let listed = entries.len();
+        entries.extend(
+            live.acme
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| (Entry::Live(m), i == 0 && listed == 0)),
+        );
+        BySni { entries }
     }
 
     fn pick(&self, name: Option<&str>, offered: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         let sni = name.and_then(|n| rustls::pki_types::ServerName::try_from(n).ok());
         let candidates: Vec<(Arc<Served>, bool)> = self
-            .served
+            .entries
             .iter()
-            .map(|s| (s.clone(), s.default))
-            .chain(self.managed.iter().enumerate().map(|(i, m)| {
-                // With no certificate listed, the first managed one is the default.
-                (m.served.load_full(), i == 0 && self.served.is_empty())
-            }))
+            .map(|(e, default)| (e.served(), *default))
             .collect();
         let for_name: Vec<bool> = candidates
             .iter()
@@ -219,12 +250,12 @@ where
     Ok(Some(start.into_stream(config).await?))
 }
 
-/// The server configuration for one listener of one generation; `managed`: its
-/// `acme` names' live certificate; `tickets`: the process's session ticketer (none:
-/// resumption from the session cache only).
+/// The server configuration for one listener of one generation; `live`: its
+/// certificates replaced while served; `tickets`: the process's session ticketer
+/// (none: resumption from the session cache only).
 pub fn server_config(
     t: &ListenerTls,
-    managed: Vec<Arc<LiveCert>>,
+    live: Live,
     tickets: Option<Arc<tickets::Ticketer>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -247,7 +278,7 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(BySni::new(&t.certificates, managed)));
+    let mut config = builder.with_cert_resolver(Arc::new(BySni::new(&t.certificates, live)));
     config.alpn_protocols = t.alpn.clone();
     // Resumption: stateless tickets besides rustls' in-memory session cache. One
     // ticketer for the life of the process, so that tickets survive reloads.
@@ -354,6 +385,43 @@ impl BackendTls {
         };
         self.connector.connect(name, tcp).await
     }
+}
+
+/// An HTTP(S) connector for fulcrum's own requests (ACME directories, OCSP
+/// responders): TLS verified against the system's roots and `extra_roots`; plain
+/// `http://` only when `allow_http`.
+pub fn outbound_connector(
+    extra_roots: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    allow_http: bool,
+    connect_timeout: std::time::Duration,
+) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
+{
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for cert in extra_roots.into_iter().flatten() {
+        roots.add(cert.clone()).map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() && !allow_http {
+        return Err("no root certificates found".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let builder = if allow_http {
+        builder.https_or_http()
+    } else {
+        builder.https_only()
+    };
+    Ok(builder.enable_http1().wrap_connector(http))
 }
 
 /// The subject of the client certificate a TLS session verified (mTLS), for the logs.
