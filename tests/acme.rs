@@ -575,12 +575,15 @@ async fn two_instances_sharing_storage_place_one_order_between_them() {
     b.stop().await;
 }
 
-/// A directory that answers every request the same way (status, problem type), or
-/// never answers at all.
-async fn broken_directory(
+/// A directory written here: it serves its directory object and nonces, and answers
+/// every other request with one problem (status, type), or never at all (`None`).
+/// With `ari` (a suggested renewal window, RFC 3339 start and end), it also offers
+/// renewal information, and creates accounts.
+async fn fake_directory(
     lab: &Lab,
     port: u16,
     answer: Option<(u16, &'static str)>,
+    ari: Option<(&'static str, &'static str)>,
 ) -> tokio::task::JoinHandle<()> {
     use rustls::pki_types::PrivateKeyDer;
     let chain: Vec<CertificateDer<'static>> =
@@ -621,19 +624,38 @@ async fn broken_directory(
                 };
                 let base = format!("https://127.0.0.1:{port}");
                 // The directory and nonces are served; every POST gets the problem.
+                let renewal = if ari.is_some() {
+                    format!(",\"renewalInfo\":\"{base}/ari\"")
+                } else {
+                    String::new()
+                };
                 let (status, kind_header, body) = if head.starts_with("GET /dir ") {
                     (200, "application/json", format!(
-                        "{{\"newNonce\":\"{base}/nonce\",\"newAccount\":\"{base}/account\",\"newOrder\":\"{base}/order\",\"revokeCert\":\"{base}/revoke\",\"keyChange\":\"{base}/key\"}}"
+                        "{{\"newNonce\":\"{base}/nonce\",\"newAccount\":\"{base}/account\",\"newOrder\":\"{base}/order\",\"revokeCert\":\"{base}/revoke\",\"keyChange\":\"{base}/key\"{renewal}}}"
                     ))
                 } else if head.contains(" /nonce ") {
                     (200, "text/plain", String::new())
+                } else if let (Some((start, end)), true) = (ari, head.starts_with("GET /ari/")) {
+                    (
+                        200,
+                        "application/json",
+                        format!(
+                            "{{\"suggestedWindow\":{{\"start\":\"{start}\",\"end\":\"{end}\"}}}}"
+                        ),
+                    )
+                } else if ari.is_some() && head.starts_with("POST /account ") {
+                    (
+                        201,
+                        "application/json",
+                        "{\"status\":\"valid\"}".to_string(),
+                    )
                 } else {
                     (status, "application/problem+json", format!(
                         "{{\"type\":\"urn:ietf:params:acme:error:{kind}\",\"detail\":\"refused by the test\",\"status\":{status}}}"
                     ))
                 };
                 let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: {kind_header}\r\nreplay-nonce: nonce{}\r\nretry-after: 3600\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} X\r\ncontent-type: {kind_header}\r\nreplay-nonce: nonce{}\r\nretry-after: 3600\r\nlocation: {base}/acct/1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     fastrand::u32(..),
                     body.len()
                 );
@@ -657,7 +679,7 @@ async fn a_failing_directory_is_backed_off_counted_and_the_fallback_serves() {
     for (answer, result) in cases {
         let mut setup = Setup::new(&lab, &["broken.fulcrum.test"]);
         setup.storage = lab.path(&format!("acme-{}", setup.directory_port));
-        let directory = broken_directory(&lab, setup.directory_port, answer).await;
+        let directory = fake_directory(&lab, setup.directory_port, answer, None).await;
         let f = Fulcrum::start(&setup.config(&lab, &backend)).await;
         let admin = f.admin.unwrap();
         // A hung directory is given up on after the request timeout (10 s).
@@ -673,6 +695,66 @@ async fn a_failing_directory_is_backed_off_counted_and_the_fallback_serves() {
             );
         }
         fallback_serves(f.addr("tls"), "broken.fulcrum.test").await;
+        f.stop().await;
+        directory.abort();
+    }
+}
+
+/// A stored certificate the CA did not issue (valid until 4096): never due by
+/// `renew_before`, so only renewal information can make it due.
+fn store_certificate(lab: &Lab, setup: &Setup) {
+    let names: Vec<String> = setup.names.iter().map(|n| n.to_string()).collect();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+    // What renewal information identifies a certificate by, with its serial.
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &lab.pki.ca).unwrap();
+    fulcrum::acme::store::Store::new(&setup.storage)
+        .save(&names, &cert.pem(), &key.serialize_pem())
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cas_renewal_window_brings_a_renewal_forward() {
+    let lab = Lab::new("ari");
+    let backend = HttpBackend::start("b").await;
+    // A window that has begun: renew now (the fake refuses the order: counted). A
+    // window years away: renew_before decides, and nothing is due.
+    for (window, orders_expected) in [
+        (("2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z"), true),
+        (("2090-01-01T00:00:00Z", "2090-01-02T00:00:00Z"), false),
+    ] {
+        let mut setup = Setup::new(&lab, &["ari.fulcrum.test"]);
+        setup.storage = lab.path(&format!("acme-{}", setup.directory_port));
+        store_certificate(&lab, &setup);
+        let directory = fake_directory(
+            &lab,
+            setup.directory_port,
+            Some((400, "malformed")),
+            Some(window),
+        )
+        .await;
+        let f = Fulcrum::start(&setup.config(&lab, &backend)).await;
+        let admin = f.admin.unwrap();
+        until("the certificate checked", || async {
+            status(admin).await["acme"]["certificates"][0]["checks"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        })
+        .await;
+        let st = status(admin).await;
+        let cert = &st["acme"]["certificates"][0];
+        assert_eq!(cert["source"], "ca", "the stored certificate serves: {st}");
+        assert!(
+            cert["renewal_window_at"].as_i64().is_some(),
+            "the window was asked for: {st}"
+        );
+        assert_eq!(
+            orders(admin, "failed").await >= 1,
+            orders_expected,
+            "{window:?}: {st}"
+        );
         f.stop().await;
         directory.abort();
     }

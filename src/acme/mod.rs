@@ -62,6 +62,11 @@ struct SlotState {
     /// Times the manager looked at this certificate (storage, due date, order).
     checks: u64,
     last_error: Option<String>,
+    /// When the CA's renewal information (ARI) says to renew: a moment picked at
+    /// random in its suggested window.
+    ari_due: Option<i64>,
+    /// When to ask for renewal information again.
+    ari_next: Instant,
 }
 
 impl Slot {
@@ -75,6 +80,9 @@ impl Slot {
         let mut s = self.state();
         s.fallback = false;
         s.not_after = stored.not_after;
+        // Renewal information is about the certificate it was asked for.
+        s.ari_due = None;
+        s.ari_next = Instant::now();
     }
 
     fn later(&self, after: Duration) {
@@ -172,6 +180,8 @@ impl Manager {
                 failures: 0,
                 checks: 0,
                 last_error: None,
+                ari_due: None,
+                ari_next: Instant::now(),
             }),
         });
         let live = slot.live.clone();
@@ -270,13 +280,15 @@ impl Manager {
         }
     }
 
-    /// How long until `slot` is due for renewal; `None`: due now.
+    /// How long until `slot` is due for renewal (`renew_before` before it expires, or
+    /// earlier when the CA's renewal information says so); `None`: due now.
     fn until_due(&self, slot: &Slot, settings: &Acme) -> Option<Duration> {
         let s = slot.state();
         if s.fallback {
             return None;
         }
-        let due_at = s.not_after - settings.renew_before.as_secs() as i64;
+        let by_age = s.not_after - settings.renew_before.as_secs() as i64;
+        let due_at = s.ari_due.map_or(by_age, |ari| ari.min(by_age));
         let left = due_at - now_unix();
         (left > 0).then(|| Duration::from_secs(left as u64))
     }
@@ -303,6 +315,7 @@ impl Manager {
                     "checks": s.checks,
                     "failures": s.failures,
                     "last_error": s.last_error,
+                    "renewal_window_at": s.ari_due,
                 })
             })
             .collect();
@@ -316,6 +329,53 @@ impl Manager {
         })
     }
 
+    /// Asks the CA when to renew the served certificate (ARI), when it is time to ask
+    /// again: as the CA's Retry-After says (between a minute and a day), a day when
+    /// the directory offers no renewal information, an hour after a failure.
+    async fn ask_renewal_window(&self, slot: &Slot, settings: &Acme, store: &Store) {
+        let leaf = {
+            let s = slot.state();
+            if s.fallback || s.ari_next > Instant::now() {
+                return;
+            }
+            slot.live.load().cert.first().cloned()
+        };
+        let Some(leaf) = leaf else { return };
+        let asked =
+            tokio::time::timeout(ORDER_TIMEOUT, order::renewal_window(settings, store, &leaf))
+                .await
+                .unwrap_or_else(|_| Err(Failure::unreachable("no renewal information in time")));
+        let mut s = slot.state();
+        match asked {
+            Ok(Some((start, end, retry))) => {
+                let pick = start + fastrand::i64(0..=(end - start).max(0));
+                info!(names = ?slot.names, window_start = start, window_end = end, "acme: the CA suggests a renewal window");
+                s.ari_due = Some(pick);
+                s.ari_next = Instant::now()
+                    + retry.clamp(Duration::from_secs(60), Duration::from_secs(86_400));
+            }
+            Ok(None) => s.ari_next = Instant::now() + Duration::from_secs(86_400),
+            Err(e) => {
+                warn!(names = ?slot.names, error = %e, "acme: no renewal information from the CA; renew_before decides meanwhile");
+                s.ari_next = Instant::now() + RECHECK;
+            }
+        }
+    }
+
+    /// The served certificate, when renewal information made it due.
+    fn replaces(&self, slot: &Slot) -> Option<instant_acme::CertificateIdentifier<'static>> {
+        {
+            let s = slot.state();
+            if s.fallback || s.ari_due.is_none() {
+                return None;
+            }
+        }
+        let leaf = slot.live.load().cert.first()?.clone();
+        instant_acme::CertificateIdentifier::try_from(&leaf)
+            .ok()
+            .map(|id| id.into_owned())
+    }
+
     async fn check_once(&self, slot: &Slot) {
         let Some(settings) = self.settings() else {
             slot.later(RECHECK);
@@ -323,6 +383,7 @@ impl Manager {
         };
         let store = Store::new(&settings.storage);
         self.adopt_stored(slot, &store);
+        self.ask_renewal_window(slot, &settings, &store).await;
         if let Some(left) = self.until_due(slot, &settings) {
             slot.later(jitter(left.min(RECHECK)));
             return;
@@ -354,7 +415,13 @@ impl Manager {
         info!(names = ?slot.names, directory = %settings.directory, challenge = settings.challenge.name(), "acme: ordering a certificate");
         let result = match tokio::time::timeout(
             ORDER_TIMEOUT,
-            order::obtain(&settings, &slot.names, &self.challenges, &store),
+            order::obtain(
+                &settings,
+                &slot.names,
+                &self.challenges,
+                &store,
+                self.replaces(slot),
+            ),
         )
         .await
         {

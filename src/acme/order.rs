@@ -162,6 +162,31 @@ async fn account(settings: &Acme, store: &Store) -> Result<Account, Failure> {
     Ok(account)
 }
 
+/// The CA's suggested renewal window for `leaf` (ARI, RFC 9773): its start and end
+/// (seconds since the Unix epoch) and when to ask again; `None` when the directory
+/// offers no renewal information.
+pub async fn renewal_window(
+    settings: &Acme,
+    store: &Store,
+    leaf: &rustls::pki_types::CertificateDer<'_>,
+) -> Result<Option<(i64, i64, Duration)>, Failure> {
+    // Without an Authority Key Identifier (CAs always set one), there is nothing to
+    // ask about.
+    let Ok(id) = instant_acme::CertificateIdentifier::try_from(leaf) else {
+        return Ok(None);
+    };
+    let account = account(settings, store).await?;
+    match account.renewal_info(&id).await {
+        Ok((info, retry)) => Ok(Some((
+            info.suggested_window.start.unix_timestamp(),
+            info.suggested_window.end.unix_timestamp(),
+            retry,
+        ))),
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Takes the answers out again however the order ends.
 struct Answers<'a> {
     challenges: &'a Challenges,
@@ -180,16 +205,23 @@ impl Drop for Answers<'_> {
     }
 }
 
-/// Orders a certificate for `names`: (chain PEM, private key PEM).
+/// Orders a certificate for `names`: (chain PEM, private key PEM). `replaces`: the
+/// certificate this one renews, when the CA's renewal information made it due (the
+/// CA learns it was replaced, RFC 9773 section 5).
 pub async fn obtain(
     settings: &Acme,
     names: &[String],
     challenges: &Challenges,
     store: &Store,
+    replaces: Option<instant_acme::CertificateIdentifier<'static>>,
 ) -> Result<(String, String), Failure> {
     let account = account(settings, store).await?;
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-    let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+    let mut new_order = NewOrder::new(&identifiers);
+    if let Some(id) = replaces {
+        new_order = new_order.replaces(id);
+    }
+    let mut order = account.new_order(&new_order).await?;
     let kind = match settings.challenge {
         AcmeChallenge::Http01 => ChallengeType::Http01,
         AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
