@@ -351,6 +351,17 @@ where
     }
 }
 
+/// Waits until the manager has looked at the (first) certificate once.
+async fn checked(admin: SocketAddr) {
+    until("the certificate checked", || async {
+        status(admin).await["acme"]["certificates"][0]["checks"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+}
+
 /// The fallback serves requests: a client that takes any certificate sees it.
 async fn fallback_serves(addr: SocketAddr, name: &str) {
     let mut s = connect(&any_client(), addr, name).await.unwrap();
@@ -531,13 +542,7 @@ async fn a_restart_serves_the_stored_certificate_without_a_new_order() {
         "the stored certificate serves from the start"
     );
     // Once the manager has looked at it: not due, nothing ordered.
-    until("the certificate checked", || async {
-        status(admin).await["acme"]["certificates"][0]["checks"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
-    })
-    .await;
+    checked(admin).await;
     assert_eq!(
         status(admin).await["acme"]["certificates"][0]["source"],
         "ca"
@@ -736,13 +741,7 @@ async fn the_cas_renewal_window_brings_a_renewal_forward() {
         .await;
         let f = Fulcrum::start(&setup.config(&lab, &backend)).await;
         let admin = f.admin.unwrap();
-        until("the certificate checked", || async {
-            status(admin).await["acme"]["certificates"][0]["checks"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 1
-        })
-        .await;
+        checked(admin).await;
         let st = status(admin).await;
         let cert = &st["acme"]["certificates"][0];
         assert_eq!(cert["source"], "ca", "the stored certificate serves: {st}");
