@@ -570,8 +570,47 @@ async fn two_instances_sharing_storage_place_one_order_between_them() {
     let client = issued_client(&lab, &pebble).await;
     let (config_one, config_two) = (one.config(&lab, &backend), two.config(&lab, &backend));
     let (a, b) = tokio::join!(Fulcrum::start(&config_one), Fulcrum::start(&config_two));
-    let sa = wait_issued(&client, a.addr("tls"), name, ISSUANCE).await;
-    let sb = wait_issued(&client, b.addr("tls"), name, ISSUANCE).await;
+    one_order_between(&client, a, b, name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_ordering_lock_lives_there_and_a_held_lock_file_does_not_matter() {
+    if pebble_missing() {
+        return;
+    }
+    let Some((redis_port, _redis)) = common::redis::RedisServer::start_if_installed() else {
+        return;
+    };
+    let lab = Lab::new("redislock");
+    let backend = HttpBackend::start("b").await;
+    let name = "locked.fulcrum.test";
+    let one = Setup::new(&lab, &[name]);
+    let mut two = Setup::new(&lab, &[name]);
+    two.directory_port = one.directory_port;
+    // A lock file another instance holds for ten more minutes: an instance that
+    // locks with the file would wait for it.
+    std::fs::create_dir_all(&one.storage).unwrap();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 600_000;
+    std::fs::write(one.storage.join("lock"), format!("elsewhere {expires}\n")).unwrap();
+    let pebble = one.pebble(&lab, None).await;
+    let client = issued_client(&lab, &pebble).await;
+    let redis = format!("[redis]\nurl = \"redis://127.0.0.1:{redis_port}/0\"\ntimeout = \"1s\"\n");
+    let (config_one, config_two) = (
+        one.config(&lab, &backend) + &redis,
+        two.config(&lab, &backend) + &redis,
+    );
+    let (a, b) = tokio::join!(Fulcrum::start(&config_one), Fulcrum::start(&config_two));
+    one_order_between(&client, a, b, name).await;
+}
+
+/// Both instances serve the same certificate from the CA, ordered once between them.
+async fn one_order_between(client: &TlsConnector, a: Fulcrum, b: Fulcrum, name: &str) {
+    let sa = wait_issued(client, a.addr("tls"), name, ISSUANCE).await;
+    let sb = wait_issued(client, b.addr("tls"), name, ISSUANCE).await;
     assert_eq!(serial(&sa), serial(&sb), "one certificate for both");
     let issued =
         orders(a.admin.unwrap(), "issued").await + orders(b.admin.unwrap(), "issued").await;

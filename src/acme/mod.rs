@@ -96,6 +96,29 @@ pub struct Hooks {
     pub may_order: Box<dyn Fn() -> bool + Send + Sync>,
     /// A served certificate changed (to publish its expiry).
     pub changed: Box<dyn Fn() + Send + Sync>,
+    /// `[redis]`'s connection, when configured: the ordering lock lives there.
+    pub redis: Box<dyn Fn() -> Option<Arc<crate::limits::RedisStore>> + Send + Sync>,
+}
+
+/// The right to order: the lock file in storage, or a key in Redis.
+enum Held {
+    File {
+        _lock: store::Lock,
+    },
+    Redis {
+        redis: Arc<crate::limits::RedisStore>,
+        key: String,
+        holder: String,
+    },
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Redis { redis, key, holder } = self {
+            let (redis, key, holder) = (redis.clone(), std::mem::take(key), std::mem::take(holder));
+            tokio::spawn(async move { redis.unlock(&key, &holder).await });
+        }
+    }
 }
 
 pub struct Manager {
@@ -362,6 +385,32 @@ impl Manager {
         }
     }
 
+    /// Takes the ordering lock: in `[redis]` when it is configured (one key per
+    /// directory, leased as the file is), else the lock file in storage.
+    async fn lock(&self, store: &Store, settings: &Acme) -> Result<Result<Held, String>, String> {
+        let redis = self.hooks.get().and_then(|h| (h.redis)());
+        match redis {
+            Some(redis) => {
+                let key = format!(
+                    "fulcrum:acme:lock:{:016x}",
+                    crate::hash::hash_bytes(settings.directory.as_bytes())
+                );
+                Ok(redis
+                    .try_lock(&key, &self.holder, store::LEASE)
+                    .await?
+                    .map(|()| Held::Redis {
+                        redis,
+                        key,
+                        holder: self.holder.clone(),
+                    }))
+            }
+            None => Ok(store
+                .lock(&self.holder)
+                .map_err(|e| e.to_string())?
+                .map(|l| Held::File { _lock: l })),
+        }
+    }
+
     /// The served certificate, when renewal information made it due.
     fn replaces(&self, slot: &Slot) -> Option<instant_acme::CertificateIdentifier<'static>> {
         {
@@ -393,7 +442,7 @@ impl Manager {
             slot.later(jitter(PASSIVE_RECHECK));
             return;
         }
-        let lock = match store.lock(&self.holder) {
+        let lock = match self.lock(&store, &settings).await {
             Ok(Ok(lock)) => lock,
             Ok(Err(other)) => {
                 debug!(names = ?slot.names, holder = %other, "acme: another instance is ordering");
@@ -513,6 +562,7 @@ mod tests {
         manager.set_hooks(Hooks {
             may_order: Box::new(move || gate.load(Ordering::SeqCst)),
             changed: Box::new(|| {}),
+            redis: Box::new(|| None),
         });
         let a = settings(&dir);
         let names = vec!["gate.fulcrum.test".to_string()];

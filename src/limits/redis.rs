@@ -180,6 +180,49 @@ return redis.call('GET', KEYS[1])";
         }
     }
 
+    /// Takes the lock `key` for `holder` for `lease` (`SET NX PX`); `Ok(Err(other))`
+    /// when `other` holds it.
+    pub async fn try_lock(
+        &self,
+        key: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Result<(), String>, String> {
+        const LOCK_SCRIPT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return ARGV[1]
+end
+return redis.call('GET', KEYS[1])";
+        let mut conn = self.manager.clone();
+        let script = redis::Script::new(LOCK_SCRIPT);
+        let mut call = script.key(key);
+        call.arg(holder).arg(lease.as_millis() as u64);
+        let wait = self.settings.timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(wait, call.invoke_async::<Option<String>>(&mut conn)).await {
+            Ok(Ok(Some(h))) if h == holder => Ok(Ok(())),
+            Ok(Ok(Some(other))) => Ok(Err(other)),
+            // Expired between the SET and the GET: free again.
+            Ok(Ok(None)) => Ok(Err("nobody (just expired)".into())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {wait:?}")),
+        }
+    }
+
+    /// Releases `key` if `holder` still holds it.
+    pub async fn unlock(&self, key: &str, holder: &str) {
+        const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+        let mut conn = self.manager.clone();
+        let script = redis::Script::new(UNLOCK_SCRIPT);
+        let mut call = script.key(key);
+        call.arg(holder);
+        let wait = self.settings.timeout.max(Duration::from_secs(1));
+        let _ = tokio::time::timeout(wait, call.invoke_async::<i64>(&mut conn)).await;
+    }
+
     fn failed(&self, why: &str) {
         self.paused_until_ms
             .store(self.now_ms() + PAUSE.as_millis() as u64, Ordering::Relaxed);

@@ -789,6 +789,7 @@ pub(crate) fn configure_certificates(shared: &Shared) {
 fn start_acme(shared: &Arc<Shared>, stop: CancellationToken) {
     let weak = Arc::downgrade(shared);
     let changed_weak = weak.clone();
+    let redis_weak = weak.clone();
     shared.acme.set_hooks(crate::acme::Hooks {
         may_order: Box::new(move || {
             weak.upgrade().is_none_or(|s| {
@@ -802,6 +803,7 @@ fn start_acme(shared: &Arc<Shared>, stop: CancellationToken) {
                 publish_certificates(&s, &s.current.load().config);
             }
         }),
+        redis: Box::new(move || redis_weak.upgrade()?.current.load().redis.clone()),
     });
     tokio::spawn(shared.acme.clone().run(stop));
 }

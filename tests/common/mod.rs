@@ -5,6 +5,7 @@ pub mod dns;
 pub mod h2;
 pub mod http;
 pub mod netns;
+pub mod redis;
 pub mod tls;
 
 use std::net::SocketAddr;
