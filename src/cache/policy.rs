@@ -674,159 +674,55 @@ fn weak(tag: &str) -> &str {
 }
 
 /// An HTTP date (RFC 9110 5.6.7): IMF-fixdate, or one of the two obsolete forms
-/// recipients must still read (RFC 850 and asctime). Anything else is not a date.
+/// recipients must still read (RFC 850 and asctime), as the `httpdate` crate reads
+/// them; names compare without regard to case (origins that send `AUG` or `gmt` mean
+/// the same date), so a date that does not parse as sent is tried again with its
+/// names in their usual case. Anything else is not a date.
 pub fn httpdate(v: &str) -> Option<std::time::SystemTime> {
     let v = v.trim();
-    imf_fixdate(v)
-        .or_else(|| rfc850_date(v))
-        .or_else(|| asctime_date(v))
-}
-
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const LONG_DAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
-
-/// Names compare without regard to case: origins that send `AUG` or `gmt` mean the
-/// same date.
-fn month(m: &str) -> Option<i64> {
-    MONTHS
-        .iter()
-        .position(|x| x.eq_ignore_ascii_case(m))
-        .map(|i| i as i64 + 1)
-}
-
-fn one_of(names: &[&str], n: &str) -> Option<()> {
-    names
-        .iter()
-        .any(|x| x.eq_ignore_ascii_case(n))
-        .then_some(())
-}
-
-fn gmt(tz: &str) -> Option<()> {
-    tz.eq_ignore_ascii_case("GMT").then_some(())
-}
-
-fn digits<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
-    (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| s.parse().ok())
-        .flatten()
-}
-
-/// `HH:MM:SS` as seconds.
-fn time_of_day(s: &str) -> Option<u64> {
-    let mut p = s.split(':');
-    let h: u64 = digits(p.next()?, 2)?;
-    let m: u64 = digits(p.next()?, 2)?;
-    let sec: u64 = digits(p.next()?, 2)?;
-    (p.next().is_none() && h < 24 && m < 60 && sec <= 60).then_some(h * 3600 + m * 60 + sec)
-}
-
-fn at(year: i64, month: i64, day: i64, secs: u64) -> Option<std::time::SystemTime> {
-    if !(1..=31).contains(&day) || year < 1970 {
+    if let Ok(t) = httpdate::parse_http_date(v) {
+        return Some(t);
+    }
+    if !v.bytes().any(|b| b.is_ascii_alphabetic()) {
         return None;
     }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(days * 86_400 + secs))
+    httpdate::parse_http_date(&usual_case(v)).ok()
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT`, single spaces exactly.
-fn imf_fixdate(v: &str) -> Option<std::time::SystemTime> {
-    let p: Vec<&str> = v.split(' ').collect();
-    let [wd, day, mon, year, time, tz] = p.as_slice() else {
-        return None;
-    };
-    gmt(tz)?;
-    one_of(&DAYS, wd.strip_suffix(',')?)?;
-    at(
-        digits(year, 4)?,
-        month(mon)?,
-        digits(day, 2)?,
-        time_of_day(time)?,
-    )
+/// `SUN, 06 nov 1994 08:49:37 gmt` as `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn usual_case(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(c) = rest.chars().next() {
+        if c.is_ascii_alphabetic() {
+            let end = rest
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(rest.len());
+            let (word, after) = rest.split_at(end);
+            if word.eq_ignore_ascii_case("gmt") {
+                out.push_str("GMT");
+            } else {
+                out.push_str(&word[..1].to_ascii_uppercase());
+                out.push_str(&word[1..].to_ascii_lowercase());
+            }
+            rest = after;
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
 }
 
-/// `Sunday, 06-Nov-94 08:49:37 GMT` (two-digit years: RFC 9110 5.6.7's 50-year rule
-/// reduced to 1970-2069).
-fn rfc850_date(v: &str) -> Option<std::time::SystemTime> {
-    let p: Vec<&str> = v.split(' ').collect();
-    let [wd, date, time, tz] = p.as_slice() else {
-        return None;
-    };
-    gmt(tz)?;
-    one_of(&LONG_DAYS, wd.strip_suffix(',')?)?;
-    let mut d = date.split('-');
-    let day = digits(d.next()?, 2)?;
-    let mon = month(d.next()?)?;
-    let yy: i64 = digits(d.next()?, 2)?;
-    let year = if yy >= 70 { 1900 + yy } else { 2000 + yy };
-    at(year, mon, day, time_of_day(time)?)
-}
-
-/// `Sun Nov  6 08:49:37 1994`.
-fn asctime_date(v: &str) -> Option<std::time::SystemTime> {
-    let wd = v.get(..4)?;
-    let rest = v.get(4..)?;
-    one_of(&DAYS, wd.strip_suffix(' ')?)?;
-    let mon = month(rest.get(..3)?)?;
-    let rest = rest.get(3..)?.strip_prefix(' ')?;
-    let day_field = rest.get(..2)?;
-    let day: i64 = day_field.trim_start_matches(' ').parse().ok()?;
-    let rest = rest.get(2..)?.strip_prefix(' ')?;
-    let (time, year) = rest.split_once(' ')?;
-    at(digits(year, 4)?, mon, day, time_of_day(time)?)
-}
-
-/// IMF-fixdate of a time.
+/// IMF-fixdate of a time (times past the year 9999 are written as its last second).
 pub fn fmt_httpdate(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    // 1970-01-01 was a Thursday.
-    let wd = DAYS[((days + 3) % 7) as usize];
-    let mon = MONTHS[(m - 1).clamp(0, 11) as usize];
-    format!(
-        "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let t = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) if d > LAST => std::time::UNIX_EPOCH + LAST,
+        Ok(_) => t,
+        Err(_) => std::time::UNIX_EPOCH,
+    };
+    httpdate::fmt_http_date(t)
 }
 
 #[cfg(test)]
@@ -1070,7 +966,7 @@ mod tests {
     #[test]
     fn dates_round_trip() {
         assert_eq!(
-            imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
         let t = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
@@ -1092,6 +988,13 @@ mod tests {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(httpdate(&fmt_httpdate(t)), Some(t));
         assert_eq!(fmt_httpdate(t), "Tue, 14 Nov 2023 22:13:20 GMT");
+        let far = std::time::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(fmt_httpdate(far), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(
+            usual_case("sunday, 06-NOV-94 08:49:37 gmt"),
+            "Sunday, 06-Nov-94 08:49:37 GMT"
+        );
+        assert_eq!(httpdate("é, 06 nov 1994"), None);
     }
 
     #[test]
