@@ -253,22 +253,9 @@ async fn wait_issued(c: &TlsConnector, addr: SocketAddr, name: &str, within: Dur
     }
 }
 
-async fn metric(admin: SocketAddr, line_start: &str) -> u64 {
-    let (_, _, body) = get(admin, "/metrics").await;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn orders(admin: SocketAddr, result: &str) -> u64 {
-    metric(
-        admin,
-        &format!("fulcrum_acme_orders_total{{result=\"{result}\"}}"),
-    )
-    .await
+    let series = format!("fulcrum_acme_orders_total{{result=\"{result}\"}}");
+    common::metrics::current(admin, &series).await as u64
 }
 
 async fn status(admin: SocketAddr) -> serde_json::Value {
@@ -344,11 +331,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + ISSUANCE;
-    while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(what, ISSUANCE, f).await;
 }
 
 /// Waits until the manager has looked at the (first) certificate once.
@@ -409,11 +392,12 @@ async fn first_issuance(challenge: &'static str) {
     let s2 = connect(&client, addr, "www.fulcrum.test").await.unwrap();
     assert_eq!(serial(&s2), serial(&s));
     assert_eq!(orders(admin, "issued").await, 1);
-    let expiry = metric(
-        admin,
-        "fulcrum_tls_certificate_expiry_seconds{listener=\"tls\"",
-    )
-    .await;
+    let text = common::metrics::scrape(admin).await;
+    let expiry = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fulcrum_tls_certificate_expiry_seconds{listener=\"tls\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
     assert!(expiry > 1_700_000_000, "expiry published: {expiry}");
     let st = status(admin).await;
     assert_eq!(st["acme"]["certificates"][0]["source"], "ca", "{st}");

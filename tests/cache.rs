@@ -732,12 +732,12 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_behind() {
         stale.cache_status()
     );
     // The refresh happens behind: wait for it, then the new body is what is stored.
-    for _ in 0..200 {
-        if origin.count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    common::eventually(
+        "the refresh reached the origin",
+        common::PATIENCE,
+        || async { origin.count() >= 2 },
+    )
+    .await;
     let mut body = Bytes::new();
     for _ in 0..200 {
         body = get(addr, "/s").await.body;
@@ -868,8 +868,8 @@ async fn the_store_is_bounded_and_large_objects_stream_through() {
         get(addr, "/o0").await.cache_status(),
         "fulcrum; fwd=miss; stored"
     );
-    let m = metrics(&f).await;
-    let size: u64 = metric_value(&m, "fulcrum_cache_size_bytes").unwrap() as u64;
+    let m = common::metrics::scrape(f.admin.unwrap()).await;
+    let size: u64 = common::metrics::value(&m, "fulcrum_cache_size_bytes").unwrap() as u64;
     assert!(size > 0 && size <= 48 * 1024, "size {size}");
 }
 
@@ -1026,38 +1026,19 @@ async fn the_admin_api_purges_and_the_metrics_count() {
     assert_eq!(body, r#"{"purged":2}"#);
 
     request(addr, Method::DELETE, "/q", &[]).await;
-    let m = metrics(&f).await;
+    let m = common::metrics::scrape(f.admin.unwrap()).await;
     assert_eq!(
-        metric_value(&m, "fulcrum_cache_requests_total{result=\"hit\"}"),
+        common::metrics::value(&m, "fulcrum_cache_requests_total{result=\"hit\"}"),
         Some(1.0)
     );
     assert_eq!(
-        metric_value(&m, "fulcrum_cache_requests_total{result=\"miss\"}"),
+        common::metrics::value(&m, "fulcrum_cache_requests_total{result=\"miss\"}"),
         Some(4.0)
     );
     assert_eq!(
-        metric_value(&m, "fulcrum_cache_requests_total{result=\"bypass\"}"),
+        common::metrics::value(&m, "fulcrum_cache_requests_total{result=\"bypass\"}"),
         Some(1.0)
     );
-}
-
-async fn metrics(f: &Fulcrum) -> String {
-    let admin = f.admin.unwrap();
-    let (_, _, body) = send(
-        &client(),
-        Request::get(format!("http://{admin}/metrics"))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
-    String::from_utf8(body.to_vec()).unwrap()
-}
-
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -1129,10 +1110,10 @@ async fn last_modified_validates_and_must_revalidate_fails_closed() {
     let r = get(web, "/never-stored").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.cache_status(), "fulcrum; fwd=miss");
-    let m = metrics(&g).await;
+    let m = common::metrics::scrape(g.admin.unwrap()).await;
     // /strict: miss, then the failed revalidation; /never-stored: the failure.
     assert_eq!(
-        metric_value(&m, "fulcrum_cache_requests_total{result=\"miss\"}"),
+        common::metrics::value(&m, "fulcrum_cache_requests_total{result=\"miss\"}"),
         Some(3.0)
     );
 }

@@ -177,16 +177,10 @@ async fn an_http1_client_reaches_an_h2c_backend_checked_over_http2() {
     ))
     .await;
     // Health checks speak HTTP/2 to it, and pass.
-    for _ in 0..200 {
-        if b.health_checks.load(Ordering::SeqCst) >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        b.health_checks.load(Ordering::SeqCst) >= 3,
-        "health checks over HTTP/2"
-    );
+    common::eventually("health checks over HTTP/2", common::PATIENCE, || async {
+        b.health_checks.load(Ordering::SeqCst) >= 3
+    })
+    .await;
     assert!(f.backend("grpc", "b0").state.is_healthy());
     let client = common::http::client();
     let req = Request::post(format!("http://{}/upload", f.addr("web")))

@@ -505,13 +505,12 @@ async fn a_request_that_waits_past_queue_timeout_gets_503_with_retry_after() {
     let state = f.backend("app", "b").state.clone();
     let first = tokio::spawn(async move { get(addr, "/slow/5000").await.0 });
     // Once the first holds the backend's one place...
-    for _ in 0..1000 {
-        if state.active() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(state.active(), 1);
+    common::eventually(
+        "the first request holds the backend",
+        common::PATIENCE,
+        || async { state.active() == 1 },
+    )
+    .await;
     let (status, h, body) = get(addr, "/x").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h["retry-after"], "1");

@@ -231,15 +231,12 @@ async fn past_max_connections_new_connections_are_closed_and_others_untouched() 
     }
     // Once one closes, a new connection gets its place.
     drop(first);
-    let mut admitted = false;
-    for _ in 0..100 {
-        if who(f.addr("front")).await.is_some() {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(admitted, "a freed place is given to a new connection");
+    common::eventually(
+        "a freed place is given to a new connection",
+        common::PATIENCE,
+        || async { who(f.addr("front")).await.is_some() },
+    )
+    .await;
     drop(second);
     assert_eq!(f.stop().await.cut, 0);
 }
@@ -297,15 +294,12 @@ async fn shutdown_lets_open_connections_finish() {
     let mut f = f;
     f.begin_stop();
     // New connections are refused once the listening socket is closed.
-    let mut refused = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(refused, "listener still accepting after shutdown began");
+    common::eventually(
+        "listener still accepting after shutdown began",
+        common::PATIENCE,
+        || async { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
     // The open connection still works, and finishes normally.
     open.writer.write_all(b"still here").await.unwrap();
     open.writer.shutdown().await.unwrap();

@@ -476,23 +476,20 @@ async fn with_abort_on_close_a_client_that_goes_away_cancels_the_upstream_reques
     s.write_all(b"GET /slow/20000 HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    for _ in 0..500 {
-        if !b.requests().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(b.requests().len(), 1, "the request reached the backend");
+    common::eventually(
+        "the request reached the backend",
+        common::PATIENCE,
+        || async { !b.requests().is_empty() },
+    )
+    .await;
+    assert_eq!(b.requests().len(), 1, "one request reached the backend");
     drop(s);
-    let mut cancelled = false;
-    for _ in 0..500 {
-        if b.abandoned.load(std::sync::atomic::Ordering::SeqCst) == 1 {
-            cancelled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(cancelled, "the backend's request was not cancelled");
+    common::eventually(
+        "the backend's request was not cancelled",
+        common::PATIENCE,
+        || async { b.abandoned.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
     f.stop().await;
 }
 
@@ -714,8 +711,24 @@ async fn an_idle_keep_alive_connection_is_closed_at_idle_timeout() {
         &upstream("app", &[&b]),
     ))
     .await;
-    let resp = raw_exchange(f.addr("web"), b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut s = tokio::net::TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The response, then the server's close (EOF) once the connection sat idle:
+    // reading to the end finishes only if fulcrum closes it.
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let resp = String::from_utf8_lossy(&out);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("connection: close"),
+        "a keep-alive response: the close comes from the idle timeout: {resp}"
+    );
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the idle connection was not closed: {closed:?}"
+    );
     f.stop().await;
 }
 
@@ -732,25 +745,19 @@ async fn a_client_that_stops_reading_is_dropped_and_the_backend_released() {
         .await
         .unwrap();
     let backend = f.backend("app", "b");
-    let mut started = false;
-    for _ in 0..500 {
-        if backend.state.active() == 1 {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(started, "the request never reached the backend");
+    common::eventually(
+        "the request never reached the backend",
+        common::PATIENCE,
+        || async { backend.state.active() == 1 },
+    )
+    .await;
     // Never read: the response stalls once the socket buffers are full.
-    let mut released = false;
-    for _ in 0..1000 {
-        if backend.state.active() == 0 {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(released, "a stalled response held its backend");
+    common::eventually(
+        "a stalled response held its backend",
+        common::PATIENCE,
+        || async { backend.state.active() == 0 },
+    )
+    .await;
     drop(s);
     f.stop().await;
 }

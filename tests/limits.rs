@@ -24,8 +24,7 @@ fn web(listener: &str, routes: &str, rules: &str, backend: &HttpBackend) -> Stri
 }
 
 async fn metrics(f: &Fulcrum) -> String {
-    let (_, _, body) = get(f.admin.expect("admin"), "/metrics").await;
-    String::from_utf8_lossy(&body).into_owned()
+    common::metrics::scrape(f.admin.expect("admin")).await
 }
 
 async fn get_headers(
@@ -505,16 +504,12 @@ async fn http_backend_connections_carry_their_clients_proxy_header_and_no_other(
             "{version}: {b} got {b_seen:?}"
         );
         // Health checks say LOCAL / UNKNOWN, and pass.
-        for _ in 0..200 {
-            if backend.locals.load(Ordering::SeqCst) > 4 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert!(
-            backend.locals.load(Ordering::SeqCst) > 4,
-            "{version}: health checks sent a header"
-        );
+        common::eventually(
+            &format!("{version}: health checks sent a header"),
+            common::PATIENCE,
+            || async { backend.locals.load(Ordering::SeqCst) > 4 },
+        )
+        .await;
         assert!(
             f.backend("app", "app").state.is_healthy(),
             "{version}: and passed (more checks than `fall` ran)"

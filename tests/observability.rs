@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::http::*;
+use common::metrics::value;
 use common::Fulcrum;
 
 fn config(backend: &HttpBackend) -> String {
@@ -18,14 +19,7 @@ fn config(backend: &HttpBackend) -> String {
 }
 
 async fn metrics(f: &Fulcrum) -> String {
-    let (_, _, body) = get(f.admin.expect("admin"), "/metrics").await;
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// The value of the series whose line starts with `series` (name and labels).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    common::metrics::scrape(f.admin.expect("admin")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -48,7 +42,8 @@ async fn counters_are_exact_however_many_scrapes_run_at_once() {
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let (_, _, body) = get(admin, "/metrics").await;
-                    let seen = value(&String::from_utf8_lossy(&body), series).unwrap_or(0.0);
+                    let seen = common::metrics::value(&String::from_utf8_lossy(&body), series)
+                        .unwrap_or(0.0);
                     // Never more than the responses received, plus those in flight.
                     let bound = done.load(Ordering::SeqCst) + CLIENTS;
                     assert!(
@@ -79,7 +74,7 @@ async fn counters_are_exact_however_many_scrapes_run_at_once() {
     }
     let text = metrics(&f).await;
     let total = (CLIENTS * EACH) as f64;
-    assert_eq!(value(&text, series), Some(total), "{text}");
+    assert_eq!(common::metrics::value(&text, series), Some(total), "{text}");
     // Every request either opened a backend connection or reused a pooled one.
     let opened = value(
         &text,
@@ -447,18 +442,17 @@ async fn a_dead_collector_costs_requests_nothing_but_a_counter() {
         assert_eq!(get(f.addr("web"), "/").await.0, 200);
     }
     let series = "fulcrum_tracing_spans_dropped_total{reason=\"export_failed\"}";
-    let mut text = metrics(&f).await;
-    for _ in 0..200 {
-        if value(&text, series).is_some_and(|v| v >= 6.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        text = metrics(&f).await;
-    }
+    common::eventually(
+        "every span counted as dropped",
+        common::PATIENCE,
+        || async { common::metrics::current(f.admin.unwrap(), series).await >= 6.0 },
+    )
+    .await;
+    let text = metrics(&f).await;
     // Each request: fulcrum's span and its attempt's.
-    assert_eq!(value(&text, series), Some(6.0), "{text}");
+    assert_eq!(common::metrics::value(&text, series), Some(6.0), "{text}");
     assert_eq!(
-        value(&text, "fulcrum_tracing_spans_exported_total"),
+        common::metrics::value(&text, "fulcrum_tracing_spans_exported_total"),
         Some(0.0)
     );
     f.stop().await;

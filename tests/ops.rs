@@ -242,15 +242,12 @@ async fn listeners_are_added_and_removed_and_unchanged_ones_keep_their_socket() 
     dir.write(&web_config(&one, ""));
     r.handle.reload().await.unwrap();
     assert!(r.handle.local_addrs("extra").is_empty());
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(extra[0]).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "a removed listener still accepts");
+    common::eventually(
+        "a removed listener still accepts",
+        common::PATIENCE,
+        || async { tokio::net::TcpStream::connect(extra[0]).await.is_err() },
+    )
+    .await;
     assert_eq!(get(r.web, "/").await.0, 200);
     r.stop().await;
 }
@@ -434,15 +431,12 @@ async fn a_change_of_the_file_reloads_it() {
     let r = start(&dir).await;
     assert_eq!(get(r.web, "/").await.1["x-backend"], "one");
     dir.write(&web_config(&two, "").replace("watch_config = false", "watch_config = true"));
-    let mut reloaded = false;
-    for _ in 0..500 {
-        if r.handle.snapshot().generation >= 2 {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(reloaded, "the file change was not noticed");
+    common::eventually(
+        "the file change was not noticed",
+        common::PATIENCE,
+        || async { r.handle.snapshot().generation >= 2 },
+    )
+    .await;
     assert_eq!(get(r.web, "/").await.1["x-backend"], "two");
     r.stop().await;
 }
@@ -668,15 +662,12 @@ async fn a_reload_moves_the_admin_api_and_answers_the_request_that_moved_it() {
     let (status, body) = admin(a, "POST", "/reload", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(admin(b, "GET", "/healthz", None).await.0, 200);
-    let mut closed = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(a).await.is_err() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(closed, "the old admin address still accepts");
+    common::eventually(
+        "the old admin address still accepts",
+        common::PATIENCE,
+        || async { tokio::net::TcpStream::connect(a).await.is_err() },
+    )
+    .await;
     // A reload whose admin address cannot be bound is refused whole.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

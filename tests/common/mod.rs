@@ -4,6 +4,7 @@
 pub mod dns;
 pub mod h2;
 pub mod http;
+pub mod metrics;
 pub mod netns;
 pub mod redis;
 pub mod tls;
@@ -77,6 +78,24 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Waits until `check` holds, looking every 20 ms for at most `within`, and panics
+/// naming `what` otherwise: for state that follows an event the test cannot await
+/// directly (a counter, a health verdict, a file). A bound, never a measurement.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
