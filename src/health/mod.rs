@@ -139,6 +139,24 @@ async fn check_loop(
         },
         None => None,
     };
+    let prober = || probe(&spec, tls.as_ref());
+    run_checks(&upstream, &spec, &state, &stop, prober).await;
+}
+
+/// The checker's schedule and verdicts: a first probe at a random point of the first
+/// interval, then one every (jittered) `interval`, each given `timeout`; `fall`
+/// failures in a row mark the backend down, `rise` successes up; a success also
+/// ends a passive ejection. `prober` makes one probe.
+async fn run_checks<P, F>(
+    upstream: &str,
+    spec: &Spec,
+    state: &BackendState,
+    stop: &CancellationToken,
+    mut prober: P,
+) where
+    P: FnMut() -> F,
+    F: std::future::Future<Output = Result<(), String>>,
+{
     let h = &spec.health;
     let first = h.interval.mul_f64(fastrand::f64());
     let mut successes = 0u32;
@@ -152,7 +170,7 @@ async fn check_loop(
         wait = jittered(h.interval);
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(h.timeout, probe(&spec, tls.as_ref())) => r.unwrap_or_else(|_| Err(format!("no answer within {:?}", h.timeout))),
+            r = tokio::time::timeout(h.timeout, prober()) => r.unwrap_or_else(|_| Err(format!("no answer within {:?}", h.timeout))),
         };
         match result {
             Ok(()) => {
@@ -388,5 +406,81 @@ mod grpc_tests {
         assert_eq!(grpc_health_status(&[1, 0, 0, 0, 2, 0x08, 1]), None);
         assert_eq!(grpc_health_status(&[0, 0, 0]), None);
         assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x0d, 1]), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A spec with `interval = "1s"`, `timeout = "500ms"`, `rise = 2`, `fall = 3`.
+    fn spec() -> Spec {
+        let src = "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+                   [upstream.app]\nbackends = [{ address = \"127.0.0.1:1\" }]\n\
+                   health = { check = \"tcp\", interval = \"1s\", timeout = \"500ms\", rise = 2, fall = 3 }\n";
+        let config = Config::parse(src, std::path::Path::new("t.toml")).unwrap();
+        let (u, b) = (&config.upstreams[0], &config.upstreams[0].backends[0]);
+        Spec {
+            addr: b.resolved,
+            host: b.host.clone(),
+            name: b.name.clone(),
+            health: u.health.clone().unwrap(),
+            tls: None,
+            proxy_protocol: None,
+            protocol: u.protocol,
+        }
+    }
+
+    /// Runs the checker against scripted probe results (`None`: a probe that never
+    /// answers) under tokio's paused clock. Returns the backend's health as each
+    /// probe began (what the results before it left), and as the one after the
+    /// script began (what the last result left).
+    async fn scripted(results: Vec<Option<bool>>) -> Vec<bool> {
+        let registry = Registry::new();
+        let state = registry.state("app", "127.0.0.1:1");
+        let count = results.len();
+        let script = Mutex::new(VecDeque::from(results));
+        let seen = Mutex::new(Vec::new());
+        let stop = CancellationToken::new();
+        let spec = spec();
+        let checker = run_checks("app", &spec, &state, &stop, || {
+            let next = script.lock().unwrap().pop_front();
+            seen.lock().unwrap().push(state.is_healthy());
+            async move {
+                match next {
+                    Some(Some(true)) => Ok(()),
+                    Some(Some(false)) => Err("refused".to_string()),
+                    // Never answers: the timeout decides.
+                    Some(None) | None => std::future::pending().await,
+                }
+            }
+        });
+        // Long enough (in paused time) for one probe past the script, whose start
+        // shows the last verdict: the probes come about a second apart.
+        let _ = tokio::time::timeout(Duration::from_secs(2 * count as u64 + 3), checker).await;
+        let mut seen = seen.into_inner().unwrap();
+        assert!(seen.len() > count, "{} probes", seen.len());
+        seen.truncate(count + 1);
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fall_failures_in_a_row_mark_down_and_rise_successes_mark_up() {
+        let (f, t) = (Some(false), Some(true));
+        // Down only at the third failure in a row (a success between resets the
+        // count); up again at the second success.
+        assert_eq!(
+            scripted(vec![f, f, t, f, f, f, t, t]).await,
+            [true, true, true, true, true, true, false, false, true]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_answers_fails_at_the_timeout() {
+        assert_eq!(
+            scripted(vec![None, None, None, Some(true), Some(true)]).await,
+            [true, true, true, false, false, true]
+        );
     }
 }
