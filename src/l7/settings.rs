@@ -1,0 +1,266 @@
+//! A listener's settings for the HTTP engine, compiled from one configuration
+//! generation: routes against the generation's upstreams, limits, timeouts, header
+//! rules, the hyper builders.
+
+use super::*;
+
+/// What an http listener needs, from one configuration generation.
+pub struct Settings {
+    pub listener: Arc<str>,
+    pub routes: RouteTable,
+    pub max_body_size: u64,
+    /// A request body must have arrived whole this long after the request began.
+    pub body_timeout: Duration,
+    /// Bytes per second below which a transfer is cut (0: off).
+    pub min_rate: u64,
+    /// How paths are normalised before routes match them.
+    pub paths: path::Rules,
+    /// Send the normalised path to the backend.
+    pub forward_normalized_path: bool,
+    pub idle_timeout: Duration,
+    pub redirect_https: bool,
+    /// A plain listener with `[acme]` configured: HTTP-01 answers, before routing.
+    pub acme_challenges: Option<Arc<crate::acme::Challenges>>,
+    pub access_log: bool,
+    /// Text logs: values a client controls are quoted when they could pass for fields.
+    pub quote_log_values: bool,
+    pub header_timeout: Duration,
+    /// `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+    /// How to compress, when a route of the listener does.
+    pub compression: Option<Arc<config::Compression>>,
+    /// Bodies served in place of fulcrum's own for these statuses (few: a list).
+    pub error_pages: Vec<(StatusCode, HeaderValue, bytes::Bytes)>,
+    /// The listener's header rules (a route's apply after them).
+    pub request_headers: Option<Arc<headers::Rules>>,
+    pub response_headers: Option<Arc<headers::Rules>>,
+    /// The listener's rate limit, applied to every request before routing.
+    pub rate_limit: Option<crate::limits::Applied>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub trusted_proxies: Vec<config::IpNet>,
+    /// `[tracing] sample`: requests take part in traces; `None`: `traceparent` passes
+    /// as any other header.
+    pub trace_sample: Option<f64>,
+    /// `[tracing] otlp`: where sampled requests' spans go.
+    pub spans: Option<Arc<crate::telemetry::export::Exporter>>,
+    /// The listener's access rules, applied per request to the client trusted
+    /// proxies name (the connection's peer was checked at accept).
+    pub access: config::AccessRules,
+    /// Request counters for requests no route took (403, 404, 400, redirects).
+    pub(super) unrouted: Arc<RequestMetrics>,
+    /// `fulcrum_connections_closed_total` and its older name
+    /// `fulcrum_http_connections_closed_total`, for connections that ended before
+    /// a first request.
+    pub(super) closed_total: [prometheus::IntCounterVec; 2],
+    pub(super) http1: hyper::server::conn::http1::Builder,
+    pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// For connections whose protocol is not known before their bytes are read.
+    pub(super) server: auto::Builder<TokioExecutor>,
+}
+
+impl Settings {
+    /// Counts a connection that ended without a request, by `reason`.
+    pub fn closed(&self, reason: &str) {
+        for counter in &self.closed_total {
+            counter.with_label_values(&[&self.listener, reason]).inc();
+        }
+    }
+
+    /// Compiles a listener's routes against the generation's upstreams.
+    /// `config`: the generation's whole configuration (its `[global]`,
+    /// `[compression]` and `[tracing]`).
+    pub fn build(
+        l: &config::Listener,
+        config: &config::Config,
+        upstreams: &HashMap<String, Arc<UpstreamTarget>>,
+        metrics: &Metrics,
+        (cache, spans): (
+            Option<&Arc<crate::cache::Cache>>,
+            Option<&Arc<crate::telemetry::export::Exporter>>,
+        ),
+        rate_limit: &dyn Fn(&Option<String>) -> Option<crate::limits::Applied>,
+    ) -> Settings {
+        let (global, compression, tracing) =
+            (&config.global, &config.compression, config.tracing.as_ref());
+        let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
+        let action = |index: usize, r: &config::Route| -> Option<Action> {
+            let (target, timeout, strip, caching) =
+                (&r.target, r.timeout, r.path_prefix.as_ref(), r.cache);
+            let (target, label) = match target {
+                RouteTarget::Upstream(name) => (
+                    Target::Upstream(upstreams.get(name)?.clone()),
+                    name.as_str(),
+                ),
+                RouteTarget::Static(dir) => {
+                    (Target::Static(Arc::new(StaticDir::new(dir.clone()))), "-")
+                }
+                RouteTarget::Redirect(r) => (Target::Redirect(Arc::new(r.clone())), "-"),
+            };
+            let rewrite = match &r.rewrite {
+                Some(rw) => Some(shaping::PathRewrite::compile(rw)?),
+                None => None,
+            };
+            Some(Action {
+                target,
+                timeout,
+                strip_prefix: strip.cloned(),
+                metrics: metrics.requests(&l.name, label),
+                cache: match (caching, cache, &counters) {
+                    (true, Some(cache), Some(counters)) => Some(cached::CacheRoute {
+                        cache: cache.clone(),
+                        counters: counters.clone(),
+                        id: Arc::from(format!("{}#{index}", l.name)),
+                    }),
+                    _ => None,
+                },
+                upgrades: r.upgrades.clone(),
+                static_hidden: r.static_hidden,
+                rewrite,
+                compress: r.compress,
+                request_headers: headers::shared(&r.request_headers),
+                response_headers: headers::shared(&r.response_headers),
+                rate_limit: rate_limit(&r.rate_limit),
+            })
+        };
+        let routes = l
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, r)| {
+                Some(route::Route {
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    methods: r.methods.iter().filter_map(|m| m.parse().ok()).collect(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .filter_map(|(n, v)| {
+                            Some((n.parse().ok()?, HeaderValue::from_str(v).ok()?))
+                        })
+                        .collect(),
+                    action: action(index, r)?,
+                })
+            })
+            .collect();
+        let default = l.upstream.as_ref().and_then(|u| {
+            action(
+                l.routes.len(),
+                &config::Route {
+                    host: None,
+                    path_prefix: None,
+                    methods: Vec::new(),
+                    headers: Vec::new(),
+                    target: RouteTarget::Upstream(u.clone()),
+                    timeout: config::DEFAULT_ROUTE_TIMEOUT,
+                    cache: false,
+                    upgrades: config::DEFAULT_UPGRADES.map(String::from).to_vec(),
+                    static_hidden: false,
+                    rewrite: None,
+                    request_headers: None,
+                    response_headers: None,
+                    compress: false,
+                    rate_limit: None,
+                },
+            )
+        });
+        let header_buf = l.max_header_size.max(MIN_HEADER_BUFFER);
+        // The same limits whichever way the protocol is known: by the client's first
+        // bytes or ALPN (the direct builders), or by hyper's detection (the other).
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        macro_rules! http1_limits {
+            ($b:expr) => {
+                $b.timer(TokioTimer::new())
+                    // hyper's timer also runs while a keep-alive connection waits for its
+                    // next request: never shorter than idle_timeout, or idle connections
+                    // would close early. The first head is held to header_timeout by
+                    // serve_connection.
+                    .header_read_timeout(l.header_timeout.max(l.idle_timeout))
+                    .max_buf_size(header_buf as usize)
+                    .keep_alive(true)
+                    // A client that shuts down its sending side after a whole request
+                    // still gets its response (`printf ... | nc -N`, scripts, health
+                    // checkers); one that does so in the middle of a body is an
+                    // aborted upload. With abort_on_close, an end of stream while a
+                    // request is in flight cancels it instead.
+                    .half_close(!l.abort_on_close)
+            };
+        }
+        // Every HTTP/2 limit is set here rather than left to the library's defaults, so
+        // that an update of the library cannot loosen one.
+        macro_rules! http2_limits {
+            ($b:expr) => {
+                $b.timer(TokioTimer::new())
+                    .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32)
+                    .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+                    .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+                    .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+                    .max_send_buf_size(H2_MAX_SEND_BUFFER)
+                    .max_frame_size(H2_MAX_FRAME_SIZE)
+                    .initial_stream_window_size(H2_STREAM_WINDOW)
+                    .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                    .adaptive_window(false)
+                    // No pings from fulcrum; a client's pings do not keep a connection
+                    // open either (see `idle`).
+                    .keep_alive_interval(None)
+                    // WebSocket over HTTP/2 (RFC 8441).
+                    .enable_connect_protocol()
+            };
+        }
+        http1_limits!(http1);
+        http1_limits!(server.http1());
+        http2_limits!(http2);
+        http2_limits!(server.http2());
+        Settings {
+            unrouted: metrics.requests(&l.name, "-"),
+            closed_total: [
+                metrics.connections_closed_total.clone(),
+                metrics.http_connections_closed_total.clone(),
+            ],
+            listener: Arc::from(l.name.as_str()),
+            routes: RouteTable { routes, default },
+            max_body_size: l.max_body_size,
+            body_timeout: l.body_timeout,
+            min_rate: l.min_rate,
+            paths: path::Rules {
+                merge_slashes: l.merge_slashes,
+                allow_encoded_slashes: l.allow_encoded_slashes,
+            },
+            forward_normalized_path: l.forward_normalized_path,
+            idle_timeout: l.idle_timeout,
+            redirect_https: l.redirect_https,
+            acme_challenges: None,
+            access_log: global.access_log,
+            quote_log_values: global.log_format == config::LogFormat::Text,
+            header_timeout: l.header_timeout,
+            scheme: if l.tls.is_some() { "https" } else { "http" },
+            compression: l
+                .routes
+                .iter()
+                .any(|r| r.compress)
+                .then(|| Arc::new(compression.clone())),
+            error_pages: l
+                .error_pages
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        StatusCode::from_u16(p.status).ok()?,
+                        HeaderValue::from_static(p.content_type),
+                        p.body.clone(),
+                    ))
+                })
+                .collect(),
+            request_headers: headers::shared(&l.request_headers),
+            response_headers: headers::shared(&l.response_headers),
+            rate_limit: rate_limit(&l.rate_limit),
+            trusted_proxies: l.trusted_proxies.clone(),
+            trace_sample: tracing.map(|t| t.sample),
+            spans: spans.cloned(),
+            access: l.access.clone(),
+            http1,
+            http2,
+            server,
+        }
+    }
+}
