@@ -2,136 +2,20 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::http::{body, client, empty, pattern, send, Seen};
+use common::origin::{reply, Origin, Reply};
 use common::Fulcrum;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-
-/// What the origin answers.
-#[derive(Clone, Default)]
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Bytes,
-    delay: Duration,
-}
-
-fn reply(status: u16, headers: &[(&'static str, &str)], b: impl Into<Bytes>) -> Reply {
-    Reply {
-        status,
-        headers: headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
-        body: b.into(),
-        delay: Duration::ZERO,
-    }
-}
-
-type Script = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
-
-/// An HTTP/1.1 origin whose answers a test scripts: `script(request, n)` with `n`
-/// the number of requests before this one.
-struct Origin {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Responses whose delay ran out (those not cut short with their connection).
-    answered: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Origin {
-    async fn start(script: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let script: Arc<Script> = Arc::new(script);
-        let count = Arc::new(AtomicUsize::new(0));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let (s, a) = (seen.clone(), answered.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (seen, script, count, answered) =
-                    (s.clone(), script.clone(), count.clone(), a.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (seen, script, count, answered) = (
-                            seen.clone(),
-                            script.clone(),
-                            count.clone(),
-                            answered.clone(),
-                        );
-                        async move {
-                            let (parts, b) = req.into_parts();
-                            let body_len = b.collect().await.map_or(0, |c| c.to_bytes().len());
-                            let one = Seen {
-                                method: parts.method,
-                                uri: parts.uri.to_string(),
-                                version: parts.version,
-                                headers: parts.headers,
-                                body_len,
-                            };
-                            let n = count.fetch_add(1, Ordering::SeqCst);
-                            let r = script(&one, n);
-                            seen.lock().unwrap().push(one);
-                            if !r.delay.is_zero() {
-                                tokio::time::sleep(r.delay).await;
-                            }
-                            answered.fetch_add(1, Ordering::SeqCst);
-                            let mut resp = Response::new(Full::new(r.body));
-                            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap();
-                            for (n, v) in r.headers {
-                                resp.headers_mut().append(n, v.parse().unwrap());
-                            }
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Origin {
-            addr,
-            seen,
-            answered,
-            task,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    fn last(&self) -> Seen {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a request")
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn config(origin: SocketAddr, cache: &str) -> String {
     format!(

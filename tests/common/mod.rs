@@ -6,6 +6,7 @@ pub mod h2;
 pub mod http;
 pub mod metrics;
 pub mod netns;
+pub mod origin;
 pub mod redis;
 pub mod tls;
 

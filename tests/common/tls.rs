@@ -125,3 +125,82 @@ impl rustls::client::danger::ServerCertVerifier for Recorder {
         self.schemes.clone()
     }
 }
+
+/// An HTTPS backend presenting certificate `name` from `pki`; answers "tls-backend".
+pub async fn tls_backend(
+    pki: &Pki,
+    name: &str,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    tls_backend_speaking(pki, name, false).await
+}
+
+/// The same, speaking HTTP/2 only (ALPN `h2`) with `h2`; it answers with the version.
+pub async fn tls_backend_speaking(
+    pki: &Pki,
+    name: &str,
+    h2: bool,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let chain = <CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(
+        pki.dir.join(format!("{name}.pem")),
+    )
+    .unwrap()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
+    let key =
+        <rustls::pki_types::PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_file(
+            pki.dir.join(format!("{name}.key")),
+        )
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let answer = if req.version() == http::Version::HTTP_2 {
+                            "tls-backend over h2"
+                        } else {
+                            "tls-backend"
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(super::http::body(
+                            answer,
+                        )))
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(tls);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, svc)
+                    .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
