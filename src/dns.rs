@@ -207,7 +207,7 @@ impl Dns {
         if ips.len() > max {
             warn!(
                 upstream = %target.upstream,
-                backend = %target.address,
+                backend.addr = %target.address,
                 records = ips.len(),
                 resolve_max = max,
                 "more DNS records than resolve_max: the rest are not used"
@@ -221,7 +221,7 @@ impl Dns {
         }
         info!(
             upstream = %target.upstream,
-            backend = %target.address,
+            backend.addr = %target.address,
             records = ?ips.iter().map(|f| format!("{}#{}", f.host, f.addr.ip())).collect::<Vec<_>>(),
             "backends from DNS"
         );
@@ -391,7 +391,7 @@ async fn refresh(
         let wait = match lookup(&resolver, &target).await {
             Ok((ips, ttl)) => {
                 if failing {
-                    info!(upstream = %target.upstream, backend = %target.address, "DNS lookups work again");
+                    info!(upstream = %target.upstream, backend.addr = %target.address, "DNS lookups work again");
                     failing = false;
                 }
                 if dns.store(&target, ips, max) {
@@ -401,7 +401,7 @@ async fn refresh(
             }
             Err(e) => {
                 if !failing {
-                    warn!(upstream = %target.upstream, backend = %target.address, error = %e, "DNS lookup failed: the last records stay");
+                    warn!(upstream = %target.upstream, backend.addr = %target.address, error = %e, "DNS lookup failed: the last records stay");
                     failing = true;
                 }
                 target.every

@@ -11,6 +11,7 @@
 #   PROXIES=fulcrum REQUESTS=5000 bash benches/load/callgrind.sh
 #   KEEP=1 bash benches/load/callgrind.sh              # keep the callgrind.out files
 #   FULCRUM=/tmp/old/fulcrum PROXIES=fulcrum bash benches/load/callgrind.sh
+#   LOG=info PROXIES=fulcrum bash benches/load/callgrind.sh   # at the default log level
 #   FULCRUM_EXTRA=$'[tracing]\nsample = 0.01' PROXIES=fulcrum bash benches/load/callgrind.sh
 #
 # The client is h2load (`--h1` for HTTP/1.1) with an exact request count; the backend
@@ -84,7 +85,7 @@ for proxy in $PROXIES; do
     nginx) cmd=(nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf") stop=QUIT ;;
     *) echo "unknown proxy $proxy" >&2; exit 2 ;;
   esac
-  RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+  RUST_LOG=${LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
     "${cmd[@]}" 2>"$WORK/$proxy.log" &
   pid=$!
   PIDS+=($pid)

@@ -133,7 +133,7 @@ async fn check_loop(
         Some(t) => match BackendTls::new(t, spec.protocol.alpn()) {
             Ok(tls) => Some(tls),
             Err(e) => {
-                warn!(upstream = %upstream, backend = %spec.name, error = %e, "health checks cannot set up TLS");
+                warn!(upstream = %upstream, backend.name = %spec.name, error = %e, "health checks cannot set up TLS");
                 None
             }
         },
@@ -178,18 +178,18 @@ async fn run_checks<P, F>(
                 failures = 0;
                 state.set_verified();
                 if !state.is_healthy() && successes >= h.rise && state.set_healthy(true) {
-                    info!(upstream = %upstream, backend = %spec.name, backend.addr = %spec.addr, "backend up: health checks pass");
+                    info!(upstream = %upstream, backend.name = %spec.name, backend.addr = %spec.addr, "backend up: health checks pass");
                 }
                 if state.clear_ejection() {
-                    info!(upstream = %upstream, backend = %spec.name, "ejection ended by a passing health check");
+                    info!(upstream = %upstream, backend.name = %spec.name, "ejection ended by a passing health check");
                 }
             }
             Err(e) => {
                 failures += 1;
                 successes = 0;
-                debug!(upstream = %upstream, backend = %spec.name, error = %e, "health check failed");
+                debug!(upstream = %upstream, backend.name = %spec.name, error = %e, "health check failed");
                 if state.is_healthy() && failures >= h.fall && state.set_healthy(false) {
-                    warn!(upstream = %upstream, backend = %spec.name, backend.addr = %spec.addr, error = %e, failures, "backend down: health checks fail");
+                    warn!(upstream = %upstream, backend.name = %spec.name, backend.addr = %spec.addr, error = %e, failures, "backend down: health checks fail");
                 }
             }
         }

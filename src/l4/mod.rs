@@ -139,7 +139,7 @@ pub async fn proxy<S: ClientStream>(
                         Ok(Err(e)) => e.to_string(),
                         _ => "no TLS answer in time".to_string(),
                     };
-                    warn!(client.addr = %peer, upstream = %s.upstream.name, backend = %lease.backend().name, error = %error, "TLS to the backend failed");
+                    warn!(client.addr = %peer, upstream = %s.upstream.name, backend.name = %lease.backend().name, error = %error, "TLS to the backend failed");
                     let mut lease = lease;
                     lease.set_outcome(BackendOutcome::Failure);
                     access_line(
@@ -226,7 +226,7 @@ async fn connect(
             client.addr = %peer,
             listener = %s.listener,
             upstream = %up.name,
-            backend = %lease.backend().name,
+            backend.name = %lease.backend().name,
             backend.addr = %addr,
             error = %err,
             "connect to backend failed"

@@ -782,9 +782,9 @@ async fn attempts(
             h1::Failed::RequestBody(e) => return Err(ProxyError::ClientBody(e.to_string())),
             e => {
                 warn!(
-                    request_id = %f.request_id.to_str().unwrap_or("-"),
+                    request.id = %f.request_id.to_str().unwrap_or("-"),
                     upstream = %up.name,
-                    backend = %lease.backend().name,
+                    backend.name = %lease.backend().name,
                     error = %e,
                     "request to backend failed"
                 );
@@ -837,9 +837,9 @@ fn connect_how<'a>(
 
 fn connect_failed(f: &Forwarding<'_>, lease: &Lease, e: &str) {
     warn!(
-        request_id = %f.request_id.to_str().unwrap_or("-"),
+        request.id = %f.request_id.to_str().unwrap_or("-"),
         upstream = %f.target.upstream.name,
-        backend = %lease.backend().name,
+        backend.name = %lease.backend().name,
         backend.addr = %lease.backend().addr,
         error = %e,
         "connect to backend failed"
@@ -966,9 +966,9 @@ async fn attempt_h2(
                 };
             }
             warn!(
-                request_id = %f.request_id.to_str().unwrap_or("-"),
+                request.id = %f.request_id.to_str().unwrap_or("-"),
                 upstream = %up.name,
-                backend = %lease.backend().name,
+                backend.name = %lease.backend().name,
                 error = %e,
                 "request to backend failed"
             );

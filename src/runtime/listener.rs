@@ -139,12 +139,22 @@ fn admit_one(
     let shared_task = shared.clone();
     let key = key.clone();
     let cut = shared.cut.clone();
+    let span = tracing::info_span!(
+        "conn",
+        listener = %entry.name,
+        client.addr = tracing::field::Empty,
+        tls.sni = tracing::field::Empty,
+        tls.alpn = tracing::field::Empty,
+    );
     shared.tracker.spawn(async move {
         let work = async move {
             let mut stream = stream;
-            let Some((peer, local, admitted, client)) = client(&mut stream, peer, &entry).await else {
+            let Some((peer, local, admitted, client)) = client(&mut stream, peer, &entry).await
+            else {
                 return;
             };
+            // The client's address: the TCP peer's, or the one its PROXY header gave.
+            tracing::Span::current().record("client.addr", tracing::field::display(peer));
             let held = (permits, open, client);
             let Some(tls) = &entry.tls else {
                 // A plain HTTP connection that has sent nothing holds only this small
@@ -155,7 +165,10 @@ fn admit_one(
                     // byte is there, and the engine's state would be built early.
                     // The first bytes also tell HTTP/1 from HTTP/2's preface.
                     let mut first_bytes = [0u8; 24];
-                    let first = tokio::time::timeout(settings.header_timeout, stream.peek(&mut first_bytes));
+                    let first = tokio::time::timeout(
+                        settings.header_timeout,
+                        stream.peek(&mut first_bytes),
+                    );
                     let arrived = tokio::select! {
                         r = first => match r {
                             Ok(Ok(n)) if n > 0 => Ok(n),
@@ -167,7 +180,7 @@ fn admit_one(
                     let n = match arrived {
                         Ok(n) => n,
                         Err(reason) => {
-                            debug!(listener = %entry.name, client.addr = %peer, reason = reason.unwrap_or("shutdown"), "no request: closed");
+                            debug!(reason = reason.unwrap_or("shutdown"), "no request: closed");
                             if let Some(reason) = reason {
                                 settings.closed(reason);
                             }
@@ -176,7 +189,15 @@ fn admit_one(
                     };
                     protocol = l7::Protocol::from_first_bytes(&first_bytes[..n]);
                 }
-                let conn = Conn { generation, protocol, peer, local, client_cert: None, admitted, held };
+                let conn = Conn {
+                    generation,
+                    protocol,
+                    peer,
+                    local,
+                    client_cert: None,
+                    admitted,
+                    held,
+                };
                 return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
             };
             // Boxed: a TLS session's state is large, and plain connections should
@@ -185,40 +206,74 @@ fn admit_one(
                 let handshake = async {
                     match &tls.challenge {
                         None => tls.acceptor.accept(stream).await.map(Some),
-                        Some(c) => crate::tls::accept_or_challenge(stream, tls.acceptor.config().clone(), c.clone()).await,
+                        Some(c) => {
+                            crate::tls::accept_or_challenge(
+                                stream,
+                                tls.acceptor.config().clone(),
+                                c.clone(),
+                            )
+                            .await
+                        }
                     }
                 };
                 match tokio::time::timeout(tls.handshake_timeout, handshake).await {
                     Ok(Ok(None)) => {
-                        debug!(listener = %entry.name, client.addr = %peer, "TLS-ALPN-01 challenge answered");
+                        debug!("TLS-ALPN-01 challenge answered");
                     }
                     Ok(Ok(Some(s))) => {
                         tls.ok.inc();
+                        {
+                            let conn = s.get_ref().1;
+                            let span = tracing::Span::current();
+                            if let Some(sni) = conn.server_name() {
+                                span.record("tls.sni", tracing::field::display(sni));
+                            }
+                            if let Some(alpn) = conn.alpn_protocol() {
+                                span.record(
+                                    "tls.alpn",
+                                    tracing::field::display(String::from_utf8_lossy(alpn)),
+                                );
+                            }
+                        }
                         let subject = crate::tls::client_subject(s.get_ref().1);
                         let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());
                         serve(
                             s,
-                            Conn { generation, protocol, peer, local, client_cert: subject, admitted, held },
+                            Conn {
+                                generation,
+                                protocol,
+                                peer,
+                                local,
+                                client_cert: subject,
+                                admitted,
+                                held,
+                            },
                             &entry,
                             &key,
                             &shared_task,
-                        ).await;
+                        )
+                        .await;
                     }
                     Ok(Err(e)) => {
                         tls.failed.inc();
-                        debug!(listener = %entry.name, client.addr = %peer, error = %e, "TLS handshake failed");
+                        debug!(error = %e, "TLS handshake failed");
                     }
                     Err(_) => {
                         tls.failed.inc();
-                        debug!(listener = %entry.name, client.addr = %peer, "TLS handshake not finished in time: closed");
+                        debug!("TLS handshake not finished in time: closed");
                     }
                 }
             })
             .await;
         };
         // Whatever the connection waits on (a handshake, a connect), the end of the
-        // drain time ends it.
-        crate::side::first(work, cut.cancelled()).await;
+        // drain time ends it. Everything logged for the connection carries its span.
+        let work = crate::side::first(work, cut.cancelled());
+        if span.is_disabled() {
+            work.await;
+        } else {
+            tracing::Instrument::instrument(work, span).await;
+        }
     });
 }
 
@@ -338,16 +393,19 @@ where
             let (first, name) = match read.await {
                 Ok(Ok(hello)) => hello,
                 Ok(Err(e)) => {
-                    debug!(listener = %entry.name, client.addr = %peer, error = %e, "no ClientHello to route by: closed");
+                    debug!(error = %e, "no ClientHello to route by: closed");
                     return;
                 }
                 Err(_) => {
-                    debug!(listener = %entry.name, client.addr = %peer, "no ClientHello within header_timeout: closed");
+                    debug!("no ClientHello within header_timeout: closed");
                     return;
                 }
             };
             let Some((settings, rule)) = listener.route(name.as_deref()) else {
-                debug!(listener = %entry.name, client.addr = %peer, sni = name.as_deref().unwrap_or("-"), "no route for this server name: closed");
+                debug!(
+                    sni = name.as_deref().unwrap_or("-"),
+                    "no route for this server name: closed"
+                );
                 return;
             };
             if over_limit(rule, peer, &entry.name).await {

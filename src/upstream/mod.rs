@@ -490,7 +490,7 @@ impl Upstream {
         for b in &self.backends {
             let until = b.state.ejected_until.load(Ordering::Acquire);
             if until != 0 && now >= until && b.state.clear_ejection() {
-                info!(upstream = %self.name, backend = %b.name, "ejection over: backend back in rotation");
+                info!(upstream = %self.name, backend.name = %b.name, "ejection over: backend back in rotation");
             }
         }
     }
@@ -664,7 +664,7 @@ impl Drop for Lease {
                     if n >= p.failures && !s.is_ejected() {
                         s.eject(p.eject_for);
                         warn!(
-                            backend = %self.backend.name,
+                            backend.name = %self.backend.name,
                             backend.addr = %self.backend.addr,
                             failures = n,
                             eject_for = ?p.eject_for,
