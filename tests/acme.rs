@@ -94,6 +94,8 @@ struct PebbleSettings {
     http_port: u16,
     tls_port: u16,
     validity_seconds: Option<u64>,
+    /// External account binding required, with this key id and MAC key (base64url).
+    eab: Option<(&'static str, &'static str)>,
 }
 
 async fn wait_listening(port: u16) {
@@ -133,6 +135,10 @@ async fn start_pebble(lab: &Lab, s: PebbleSettings) -> Pebble {
             "externalAccountBindingRequired": false,
         }
     });
+    if let Some((kid, key)) = s.eab {
+        config["pebble"]["externalAccountBindingRequired"] = true.into();
+        config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
+    }
     if let Some(v) = s.validity_seconds {
         config["pebble"]["certificateValidityPeriod"] = v.into();
     }
@@ -297,6 +303,7 @@ impl Setup {
                 http_port: self.plain,
                 tls_port: self.tls,
                 validity_seconds,
+                eab: None,
             },
         )
         .await
@@ -463,6 +470,62 @@ async fn renewal_swaps_the_certificate_while_open_connections_stay() {
     let reply = request(&mut kept, "renew.fulcrum.test", "/after", false).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(orders(f.admin.unwrap(), "issued").await >= 2);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_requires_external_account_binding_gets_it() {
+    if pebble_missing() {
+        return;
+    }
+    let lab = Lab::new("eab");
+    let backend = HttpBackend::start("b").await;
+    let (kid, key) = (
+        "kid-1",
+        "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+    );
+    std::fs::write(lab.path("eab.key"), format!("{key}\n")).unwrap();
+    let bound = Setup::new(&lab, &["bound.fulcrum.test"]);
+    let mut unbound = Setup::new(&lab, &["unbound.fulcrum.test"]);
+    unbound.directory_port = bound.directory_port;
+    unbound.storage = lab.path("acme-unbound");
+    let pebble = start_pebble(
+        &lab,
+        PebbleSettings {
+            port: bound.directory_port,
+            http_port: bound.plain,
+            tls_port: bound.tls,
+            validity_seconds: None,
+            eab: Some((kid, key)),
+        },
+    )
+    .await;
+    let client = issued_client(&lab, &pebble).await;
+    // Without the binding the CA refuses the account: counted as failed.
+    let f = Fulcrum::start(&unbound.config(&lab, &backend)).await;
+    let admin = f.admin.unwrap();
+    until("the refusal counted", || async {
+        orders(admin, "failed").await >= 1
+    })
+    .await;
+    let st = status(admin).await;
+    assert!(
+        st["acme"]["certificates"][0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("externalAccount"),
+        "{st}"
+    );
+    f.stop().await;
+    // With it, the certificate comes.
+    let config = bound.config(&lab, &backend)
+        + &format!(
+            "eab = {{ kid = \"{kid}\", key_file = \"{}\" }}\n",
+            lab.path("eab.key").display()
+        );
+    let f = Fulcrum::start(&config).await;
+    wait_issued(&client, f.addr("tls"), "bound.fulcrum.test", ISSUANCE).await;
+    assert_eq!(orders(f.admin.unwrap(), "issued").await, 1);
     f.stop().await;
 }
 
