@@ -6,7 +6,9 @@
 //! needs from the current snapshot and never see the rest.
 
 mod certificates;
+mod control;
 mod listener;
+mod peers;
 mod reload;
 mod snapshot;
 pub mod upgrade;
@@ -36,6 +38,7 @@ use crate::upstream::Registry;
 use certificates::{
     configure_certificates, publish_certificates, rotate_tickets, start_acme, watch_certificates,
 };
+use peers::{start_bgp, start_failover};
 use snapshot::Parts;
 pub use snapshot::Snapshot;
 
@@ -575,39 +578,6 @@ impl Shared {
     }
 }
 
-/// Starts the BGP speakers: the gate reads backend eligibility from the current
-/// generation (with health checks, only backends a check has passed count) and the
-/// failover role when there is one.
-fn start_bgp(shared: &Arc<Shared>, config: crate::config::Bgp) {
-    let weak = Arc::downgrade(shared);
-    let eligible: bgp::Eligible = Arc::new(move |name: &str| {
-        let shared = weak.upgrade()?;
-        let snapshot = shared.current.load();
-        let up = snapshot.upstreams.get(name)?;
-        // With health checks, a backend counts once a check has passed: a fresh
-        // instance does not draw traffic to backends it has not seen answer.
-        let checked = snapshot
-            .config
-            .upstream(name)
-            .is_some_and(|u| u.health.is_some());
-        let counted = up
-            .backends()
-            .iter()
-            .filter(|b| b.is_eligible() && (!checked || b.state.is_verified()))
-            .count();
-        Some(counted)
-    });
-    let m = &shared.metrics;
-    let metrics = bgp::Metrics {
-        session_up: m.bgp_session_up.clone(),
-        updates_sent: m.bgp_updates_sent_total.clone(),
-        transitions: m.bgp_session_transitions_total.clone(),
-    };
-    let role = shared.failover.get().map(|c| c.status());
-    let running = bgp::start(config, eligible, role, metrics, m.bgp_announced.clone());
-    *shared.bgp.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
-}
-
 /// `file` expanded with the backends' DNS records (the same `Arc` when it has none
 /// to look up).
 pub(crate) fn effective(shared: &Shared, file: &Arc<Config>) -> Arc<Config> {
@@ -652,34 +622,6 @@ async fn apply_dns_changes(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Starts the failover driver with the shared metrics; a failure to start is logged
-/// and leaves this node out of the pair (it never claims the addresses).
-fn start_failover(
-    shared: &Shared,
-    config: crate::config::Failover,
-    sockets: failover::driver::Bound,
-) -> Option<failover::Running> {
-    let metrics = failover::Metrics {
-        active: shared.metrics.failover_active.clone(),
-        transitions: shared.metrics.failover_transitions_total.clone(),
-        rejected: shared.metrics.failover_heartbeats_rejected_total.clone(),
-        heartbeats_late: shared.metrics.failover_heartbeats_late_total.clone(),
-        timer_late: shared.metrics.failover_timer_late_total.clone(),
-        announce_failures: shared.metrics.failover_announce_failures_total.clone(),
-        peer_exits: shared.metrics.failover_peer_exits_total.clone(),
-    };
-    match failover::driver::start(config, sockets, metrics) {
-        Ok(running) => {
-            let _ = shared.failover.set(running.control());
-            Some(running)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "failover cannot start");
-            None
-        }
-    }
-}
-
 impl Handle {
     /// Reloads the configuration file (see the `reload` module).
     pub async fn reload(&self) -> Result<u64, String> {
@@ -703,186 +645,5 @@ impl Handle {
             BindKey::Addr(_) => (usize::MAX, *local),
         });
         found.into_iter().map(|(_, a)| a).collect()
-    }
-}
-
-impl Handle {
-    /// Starts `exe args...` as the new process, hands it every listening socket and
-    /// the backends' health, and once it says it serves, tells systemd it is the main
-    /// process and makes this one stop accepting and drain (as on SIGTERM). Refused
-    /// while another upgrade runs, and with `[failover]` or `[bgp]` (their heartbeat
-    /// socket and sessions belong to one process: restart a node of the pair, or an
-    /// instance in maintenance, instead). On failure nothing changes here.
-    pub async fn upgrade(
-        &self,
-        exe: &std::path::Path,
-        args: &[std::ffi::OsString],
-    ) -> Result<u32, String> {
-        use std::sync::atomic::Ordering;
-        let shared = &self.shared;
-        let config = shared.current.load().config.clone();
-        if config.failover.is_some() || config.bgp.is_some() {
-            return Err("not with [failover] or [bgp]: their heartbeats and sessions belong to one process; restart this node instead (the peer or the other instances serve meanwhile)".into());
-        }
-        if shared.upgrading.swap(true, Ordering::AcqRel) {
-            return Err("an upgrade is already under way".into());
-        }
-        if shared.handed_over.is_cancelled() {
-            return Err("this process already handed its sockets over".into());
-        }
-        // No reload may change the sockets while they are handed over.
-        let result = {
-            let _no_reloads = shared.reload_lock.lock().await;
-            let sockets = {
-                let loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
-                loops
-                    .iter()
-                    .map(|(key, l)| {
-                        let configured = match key {
-                            BindKey::Addr(a) => *a,
-                            BindKey::Ephemeral(..) => SocketAddr::new(l.local.ip(), 0),
-                        };
-                        (key.clone(), l.listener.clone(), configured, l.fd)
-                    })
-                    .collect()
-            };
-            let admin = *shared.admin_fd.lock().unwrap_or_else(|p| p.into_inner());
-            let snapshot = shared.current.load();
-            let backends = snapshot
-                .upstreams
-                .iter()
-                .flat_map(|(name, up)| {
-                    up.backends().iter().map(move |b| upgrade::BackendHealth {
-                        upstream: name.clone(),
-                        address: b.address.clone(),
-                        healthy: b.state.is_healthy(),
-                        draining: b.state.is_draining(),
-                    })
-                })
-                .collect();
-            let out = upgrade::Outgoing {
-                sockets,
-                admin,
-                backends,
-            };
-            info!(exe = %exe.display(), "upgrade: starting the new process");
-            upgrade::hand_over(exe, args, out).await
-        };
-        match &result {
-            Ok(pid) => {
-                info!(pid, "upgrade: the new process is ready");
-                notify(&[sd_notify::NotifyState::MainPid(*pid)]);
-                shared.handed_over.cancel();
-            }
-            Err(e) => {
-                warn!(error = %e, "upgrade failed: this process keeps serving");
-                shared.upgrading.store(false, Ordering::Release);
-            }
-        }
-        result
-    }
-
-    /// Serves the admin API on `socket`, in place of the one serving now (if any: it
-    /// stops accepting, and its open requests finish).
-    pub(crate) fn serve_admin(&self, socket: TcpListener) {
-        if let Ok(addr) = socket.local_addr() {
-            info!(addr = %addr, "admin API listening");
-        }
-        *self
-            .shared
-            .admin_fd
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(std::os::fd::AsRawFd::as_raw_fd(&socket));
-        let control: Arc<dyn admin::Control> = Arc::new(self.clone());
-        let stop = CancellationToken::new();
-        let before = self
-            .shared
-            .admin_stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(stop.clone());
-        if let Some(before) = before {
-            before.cancel();
-        }
-        tokio::spawn(admin::serve(socket, control, stop));
-    }
-}
-
-impl admin::Control for Handle {
-    fn status(&self) -> serde_json::Value {
-        let snapshot = self.shared.current.load();
-        admin::status::document(&self.shared.view(&snapshot), &self.shared.metrics)
-    }
-
-    fn reload(&self) -> admin::BoxFuture<'_, Result<u64, String>> {
-        Box::pin(Handle::reload(self))
-    }
-
-    fn set_draining(&self, upstream: &str, backend: &str, draining: bool) -> Result<(), String> {
-        let snapshot = self.shared.current.load();
-        let up = snapshot
-            .upstreams
-            .get(upstream)
-            .ok_or_else(|| format!("no upstream {upstream:?}"))?;
-        let b = up
-            .backends()
-            .iter()
-            .find(|b| b.name == backend)
-            .ok_or_else(|| format!("no backend {backend:?} in upstream {upstream:?}"))?;
-        if b.state.set_draining(draining) {
-            info!(upstream, backend, draining, "backend drain state changed");
-        }
-        Ok(())
-    }
-
-    fn metrics(&self) -> String {
-        let snapshot = self.shared.current.load();
-        admin::status::refresh_backend_metrics(&self.shared.view(&snapshot), &self.shared.metrics);
-        if let Some(b) = self.shared.bgp() {
-            b.publish_metrics();
-        }
-        self.shared.metrics.encode()
-    }
-
-    fn purge_cache(&self, host: Option<&str>, path_prefix: Option<&str>) -> Option<usize> {
-        let snapshot = self.shared.current.load();
-        let cache = snapshot.cache.as_ref()?;
-        let dropped = cache.purge(host, path_prefix);
-        info!(host, path_prefix, dropped, "cache purged");
-        Some(dropped)
-    }
-
-    fn dashboard(&self) -> serde_json::Value {
-        let snapshot = self.shared.current.load();
-        admin::status::refresh_backend_metrics(&self.shared.view(&snapshot), &self.shared.metrics);
-        let metrics = self.shared.metrics.json(&[
-            crate::admin::metrics::HTTP_REQUESTS_TOTAL,
-            crate::admin::metrics::HTTP_REQUEST_DURATION,
-            crate::admin::metrics::BACKEND_REQUESTS_TOTAL,
-            crate::admin::metrics::CACHE_REQUESTS_TOTAL,
-        ]);
-        serde_json::json!({
-            "status": self.status(),
-            "metrics": metrics,
-        })
-    }
-
-    fn bgp_maintenance(&self, withdraw: bool) -> Result<(), String> {
-        let running = self
-            .shared
-            .bgp()
-            .ok_or_else(|| "no [bgp] section is configured".to_string())?;
-        running.set_maintenance(withdraw);
-        Ok(())
-    }
-
-    fn token(&self) -> Option<String> {
-        self.shared
-            .current
-            .load()
-            .config
-            .admin
-            .as_ref()
-            .and_then(|a| a.token.clone())
     }
 }
