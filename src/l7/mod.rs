@@ -514,7 +514,7 @@ where
 
 /// How long a draining HTTP/1.1 keep-alive connection stays open for a request
 /// already on its way (answered with `Connection: close`), at most `idle_timeout`.
-const DRAIN_LINGER: Duration = Duration::from_secs(1);
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
 /// Runs a connection until it ends, closing it on idleness, drain or a request's
 /// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.

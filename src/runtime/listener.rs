@@ -165,17 +165,33 @@ fn admit_one(
                     // byte is there, and the engine's state would be built early.
                     // The first bytes also tell HTTP/1 from HTTP/2's preface.
                     let mut first_bytes = [0u8; 24];
-                    let first = tokio::time::timeout(
-                        settings.header_timeout,
-                        stream.peek(&mut first_bytes),
-                    );
-                    let arrived = tokio::select! {
-                        r = first => match r {
+                    let arrived = {
+                        let first = tokio::time::timeout(
+                            settings.header_timeout,
+                            stream.peek(&mut first_bytes),
+                        );
+                        tokio::pin!(first);
+                        let seen = |r: Result<
+                            std::io::Result<usize>,
+                            tokio::time::error::Elapsed,
+                        >| match r {
                             Ok(Ok(n)) if n > 0 => Ok(n),
                             Ok(_) => Err(Some("client_reset")),
                             Err(_) => Err(Some("header_timeout")),
-                        },
-                        _ = shared_task.stop_accepting.cancelled() => Err(None),
+                        };
+                        tokio::select! {
+                            r = &mut first => seen(r),
+                            // Accepted before the drain began: its request may be on its
+                            // way. It gets the drain's linger to arrive, and is served
+                            // (its response closes the connection); closing it at once
+                            // would reset a request the client already sent.
+                            _ = shared_task.stop_accepting.cancelled() => {
+                                match tokio::time::timeout(l7::DRAIN_LINGER, &mut first).await {
+                                    Ok(r) => seen(r),
+                                    Err(_) => Err(None),
+                                }
+                            }
+                        }
                     };
                     let n = match arrived {
                         Ok(n) => n,
