@@ -21,7 +21,8 @@
 //! - [`upstream`]: backends, their live state across reloads, `pick` and the `Lease`;
 //!   [`balance`]: the strategies, pure and synchronous; [`hash`]: the stable hash the
 //!   ring, sticky cookies and fingerprints derive from.
-//! - [`health`]: active health checks; [`dns`]: backends from DNS records.
+//! - [`health`]: active health checks, and what failed requests mean (passive
+//!   ejection); [`dns`]: backends from DNS records.
 //! - [`failover`]: the active-passive pair: heartbeats, the state machine, the driver
 //!   that moves the virtual addresses; [`bgp`]: active-active scale-out, the service
 //!   addresses announced to routers while this instance can serve them.

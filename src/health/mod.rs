@@ -4,7 +4,10 @@
 //! down after `fall` failures in a row and up after `rise` successes. Transitions are
 //! logged once each. A passing check also ends a passive ejection.
 //!
-//! Checkers write `BackendState` only; the engines never run checks.
+//! Checkers write `BackendState` only; the engines never run checks. What real
+//! requests' failures mean (passive ejection) is decided in [`passive`].
+
+pub mod passive;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -20,6 +20,7 @@ use crate::balance::{
 };
 use crate::config::{self, HashKey, Strategy};
 use crate::hash::hash_bytes;
+use crate::health::passive::Passive;
 
 /// Decay time of the latency average: a sample's weight halves in about 7 s.
 const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
@@ -324,13 +325,6 @@ impl Backend {
     }
 }
 
-/// Passive ejection settings.
-#[derive(Debug, Clone, Copy)]
-struct Passive {
-    failures: u32,
-    eject_for: Duration,
-}
-
 /// An upstream of one generation: its backends, its strategy and its settings.
 #[derive(Debug)]
 pub struct Upstream {
@@ -434,14 +428,7 @@ impl Upstream {
                 Balancer::ConsistentHash(ConsistentHash::new(&ids))
             }
         };
-        let passive = cfg
-            .health
-            .as_ref()
-            .filter(|h| !h.eject_for.is_zero())
-            .map(|h| Passive {
-                failures: h.passive_failures,
-                eject_for: h.eject_for,
-            });
+        let passive = cfg.health.as_ref().and_then(Passive::of);
         let states = backends.iter().map(|b| b.state.clone()).collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         let inv_weights = weights
@@ -660,17 +647,19 @@ impl Drop for Lease {
             Some(BackendOutcome::Failure) => {
                 s.failed.fetch_add(1, Ordering::Relaxed);
                 let n = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(p) = self.passive {
-                    if n >= p.failures && !s.is_ejected() {
-                        s.eject(p.eject_for);
-                        warn!(
-                            backend.name = %self.backend.name,
-                            backend.addr = %self.backend.addr,
-                            failures = n,
-                            eject_for = ?p.eject_for,
-                            "backend ejected after failures in a row"
-                        );
-                    }
+                // The passive checks decide what the failures mean.
+                if let Some(eject_for) = self
+                    .passive
+                    .and_then(|p| p.after_failure(n, s.is_ejected()))
+                {
+                    s.eject(eject_for);
+                    warn!(
+                        backend.name = %self.backend.name,
+                        backend.addr = %self.backend.addr,
+                        failures = n,
+                        eject_for = ?eject_for,
+                        "backend ejected after failures in a row"
+                    );
                 }
             }
             None => {}
