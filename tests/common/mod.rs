@@ -107,12 +107,26 @@ pub async fn refusing_addr() -> SocketAddr {
 }
 
 /// A port nothing listens on now (bound once, then released).
+///
+/// Chosen below the kernel's ephemeral range (which starts at 32768 by default): a
+/// port the kernel handed out for port 0 may meanwhile become the local port of some
+/// test's outgoing connection, and the bind that follows fails.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(20_001);
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..below);
+        // Free for TCP and UDP alike (the DNS server of a test may take it).
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// A fulcrum server started from TOML in this process.
