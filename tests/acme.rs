@@ -98,17 +98,21 @@ struct PebbleSettings {
     eab: Option<(&'static str, &'static str)>,
 }
 
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
+/// Whether `port` listens within 30 s, while `process` runs.
+async fn wait_listening(process: &mut std::process::Child, port: u16) -> bool {
+    for _ in 0..600 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return;
+            return true;
+        }
+        if !matches!(process.try_wait(), Ok(None)) {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("nothing listens on port {port}");
+    false
 }
 
 async fn start_pebble(lab: &Lab, s: PebbleSettings) -> Pebble {
@@ -156,13 +160,18 @@ async fn start_pebble(lab: &Lab, s: PebbleSettings) -> Pebble {
         .stderr(log)
         .spawn()
         .expect("pebble starts");
-    let p = Pebble {
+    let mut p = Pebble {
         pebble,
         dns,
         management,
     };
-    wait_listening(s.port).await;
-    wait_listening(management).await;
+    let log = lab.path(&format!("pebble-{}.log", s.port));
+    for port in [s.port, management] {
+        if !wait_listening(&mut p.pebble, port).await {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("pebble does not listen on port {port}; it said:\n{said}");
+        }
+    }
     p
 }
 

@@ -110,8 +110,11 @@ pub async fn refusing_addr() -> SocketAddr {
 ///
 /// Chosen below the kernel's ephemeral range (which starts at 32768 by default): a
 /// port the kernel handed out for port 0 may meanwhile become the local port of some
-/// test's outgoing connection, and the bind that follows fails.
+/// test's outgoing connection, and the bind that follows fails. A port is never
+/// handed out twice in one process: tests run side by side and one may not have
+/// bound its port yet when another asks for one.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -119,10 +122,13 @@ pub fn free_port() -> u16 {
         .max(20_001);
     for _ in 0..1000 {
         let port = fastrand::u16(20_000..below);
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         // Free for TCP and UDP alike (the DNS server of a test may take it).
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        if !given.contains(&port)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
             && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
         {
+            given.push(port);
             return port;
         }
     }
