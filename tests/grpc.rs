@@ -311,6 +311,111 @@ async fn a_backends_goaway_fails_no_call() {
     f.stop().await;
 }
 
+/// A bidirectional call opened through `addr` whose response has started (within
+/// 10 s): its sender, and its response body.
+async fn open_chat(
+    client: &common::http::H2cClient,
+    addr: SocketAddr,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    hyper::body::Incoming,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let req = call(
+        addr,
+        "/echo.Echo/Chat",
+        http_body_util::StreamBody::new(tokio_stream(rx)).boxed(),
+    );
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("the call is answered while the others are open")
+        .unwrap();
+    (tx, resp.into_body())
+}
+
+/// Sends a message on an open call and reads its echo, then ends the call.
+async fn finish_chat(
+    (tx, mut body): (
+        tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+        hyper::body::Incoming,
+    ),
+    text: &[u8],
+) {
+    tx.send(Ok(Frame::data(message(text)))).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the echo arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_data().unwrap(), message(text));
+    drop(tx);
+    while body.frame().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_allowing_one_stream_per_connection_gets_more_connections() {
+    let b = H2Backend::start_with("one", Some(1)).await;
+    let f = Fulcrum::start(&config(&[&b], "retries = 0")).await;
+    let client = h2c_client();
+    let addr = f.addr("web");
+    // Four calls open at once: on one connection the later ones would wait for the
+    // first to end.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(open_chat(&client, addr).await);
+    }
+    assert_eq!(b.connections.load(Ordering::SeqCst), 4);
+    for (i, call) in open.into_iter().enumerate() {
+        finish_chat(call, format!("call {i}").as_bytes()).await;
+    }
+    // Once they have ended, the connections serve again: no new one.
+    for i in 0..6 {
+        let payload = format!("unary {i}");
+        let (status, _, got) = send(
+            &client,
+            call(addr, "/echo.Echo/Unary", body(message(payload.as_bytes()))),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(got, message(payload.as_bytes()));
+    }
+    assert_eq!(b.connections.load(Ordering::SeqCst), 4);
+    assert_eq!(b.calls(), 10);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_for_a_one_stream_backend_stay_under_the_backends_cap() {
+    let b = H2Backend::start_with("one", Some(1)).await;
+    let f = Fulcrum::start(&config(
+        &[&b],
+        "retries = 0\nmax_connections_per_backend = 2\nqueue_timeout = \"10s\"",
+    ))
+    .await;
+    let client = h2c_client();
+    let addr = f.addr("web");
+    let first = open_chat(&client, addr).await;
+    let second = open_chat(&client, addr).await;
+    // A third call waits for a place under the cap, then takes a freed connection.
+    let third = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            send(
+                &client,
+                call(addr, "/echo.Echo/Unary", body(message(b"third"))),
+            )
+            .await
+        })
+    };
+    finish_chat(first, b"first").await;
+    let (status, _, got) = third.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(got, message(b"third"));
+    finish_chat(second, b"second").await;
+    assert_eq!(b.connections.load(Ordering::SeqCst), 2);
+    f.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_health_check_takes_a_not_serving_backend_out() {
     let b = H2Backend::start("one").await;

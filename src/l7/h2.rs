@@ -1,6 +1,7 @@
 //! HTTP/2 to a backend (`protocol = "h2c"` or `"h2"`): a few connections shared by
-//! every request, each carrying up to [`MAX_STREAMS`] requests at once; another is
-//! opened only when the open ones are full. A connection that is closed (the backend
+//! every request, each carrying as many requests at once as the backend's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` allows ([`MAX_STREAMS`] when it does not say);
+//! another is opened only when the open ones are full. A connection that is closed (the backend
 //! sent GOAWAY and its streams ended, PING went unanswered, an error) takes no new
 //! request and leaves the set on the next pick. Kept across generations with the
 //! backend's HTTP/1.1 pool.
@@ -20,15 +21,19 @@ use super::pool::BackendPool;
 use super::request_body::RequestBody;
 use crate::tls::BackendTls;
 
-/// Requests in flight on one connection before another is opened (the common
-/// `SETTINGS_MAX_CONCURRENT_STREAMS`; a backend that allows fewer queues the rest on
-/// the connection until its streams end).
+mod limits;
+
+use limits::{Limits, Watched};
+
+/// Requests in flight on one connection before another is opened, when the backend's
+/// SETTINGS do not name a limit (RFC 9113 recommends allowing at least 100).
 pub const MAX_STREAMS: usize = 100;
 
 /// One connection, and the requests in flight on it.
 struct Conn {
     sender: SendRequest<RequestBody>,
     streams: AtomicUsize,
+    limits: Arc<Limits>,
 }
 
 /// A request in flight on a connection: holds its place until dropped (at the end of
@@ -83,8 +88,9 @@ impl H2Pool {
             if c.sender.is_closed() {
                 continue;
             }
+            let room = c.limits.streams();
             let mut n = c.streams.load(Ordering::Acquire);
-            while n < MAX_STREAMS {
+            while n < room {
                 match c
                     .streams
                     .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
@@ -123,6 +129,13 @@ impl H2Pool {
         if let Some((s, f)) = self.pick() {
             return Ok((s, f, false));
         }
+        // A connection whose backend has not said its limit yet takes one request;
+        // its SETTINGS, one round trip away, may give room for more.
+        if self.settings_arrived(how.timeout).await {
+            if let Some((s, f)) = self.pick() {
+                return Ok((s, f, false));
+            }
+        }
         let stream = pool.open_stream(how.timeout, how.tls).await?;
         if let Stream::Tls(t) = &stream {
             if t.get_ref().1.alpn_protocol() != Some(b"h2") {
@@ -131,6 +144,22 @@ impl H2Pool {
         }
         let conn = self.handshake(stream, how, 1).await?;
         Ok((conn.sender.clone(), InFlight { conn }, true))
+    }
+
+    /// Waits (up to `within`) for the SETTINGS of the newest open connection whose
+    /// backend has not sent them yet; whether they arrived.
+    async fn settings_arrived(&self, within: Duration) -> bool {
+        let waiting = self
+            .conns
+            .load()
+            .iter()
+            .rev()
+            .find(|c| !c.limits.known() && !c.sender.is_closed())
+            .map(|c| c.limits.clone());
+        match waiting {
+            Some(limits) => limits.arrived(within).await,
+            None => false,
+        }
     }
 
     /// Takes a connection opened elsewhere (whose ALPN said `h2`) into the set.
@@ -152,6 +181,8 @@ impl H2Pool {
             .keep_alive_interval(how.keepalive)
             .keep_alive_timeout(how.keepalive.min(Duration::from_secs(20)))
             .keep_alive_while_idle(true);
+        let limits = Arc::new(Limits::default());
+        let stream = Watched::new(stream, limits.clone(), MAX_STREAMS);
         let handshake = builder.handshake::<_, RequestBody>(TokioIo::new(stream));
         let (sender, conn) = tokio::time::timeout(how.timeout, handshake)
             .await
@@ -163,6 +194,7 @@ impl H2Pool {
         let conn = Arc::new(Conn {
             sender,
             streams: AtomicUsize::new(streams),
+            limits,
         });
         self.conns.rcu(|list| {
             let mut next: Vec<Arc<Conn>> = list

@@ -64,6 +64,11 @@ impl http_body::Body for Echo {
 
 impl H2Backend {
     pub async fn start(name: &'static str) -> H2Backend {
+        H2Backend::start_with(name, None).await
+    }
+
+    /// With `SETTINGS_MAX_CONCURRENT_STREAMS` of `streams` on every connection.
+    pub async fn start_with(name: &'static str, streams: Option<u32>) -> H2Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -133,6 +138,7 @@ impl H2Backend {
                 let goaway = g.clone();
                 tokio::spawn(async move {
                     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(streams)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(conn);
                     tokio::select! {

@@ -252,7 +252,10 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Bo
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-pub fn h2c_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+/// An HTTP/2 (prior knowledge) client: one connection, shared by its requests.
+pub type H2cClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+pub fn h2c_client() -> H2cClient {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
