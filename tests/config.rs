@@ -604,6 +604,42 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
 }
 
 #[test]
+fn h2c_is_one_of_its_values_on_plain_http_listeners_only() {
+    let listener = |extra: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\"\n{extra}\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n"
+        )
+    };
+    for value in ["detect", "only", "off"] {
+        let c = Config::parse(&listener(&format!("h2c = {value:?}")), Path::new("f.toml")).unwrap();
+        assert_eq!(
+            c.listeners[0].h2c,
+            match value {
+                "detect" => fulcrum::config::H2c::Detect,
+                "only" => fulcrum::config::H2c::Only,
+                _ => fulcrum::config::H2c::Off,
+            }
+        );
+    }
+    assert_eq!(
+        errors(&listener("h2c = \"sometimes\"")),
+        "fulcrum.toml:5:7: `listener[0].h2c` must be \"detect\", \"only\" or \"off\", got \"sometimes\""
+    );
+    assert_eq!(
+        errors(&listener("protocol = \"tcp\"\nh2c = \"only\"")),
+        "fulcrum.toml:6:7: `listener[0].h2c` only applies to http listeners"
+    );
+    let got = errors(&listener(
+        "h2c = \"only\"\n[listener.tls]\ncertificates = []",
+    ));
+    assert!(
+        got.contains("`listener[0].h2c` only applies to listeners without tls"),
+        "{got}"
+    );
+}
+
+#[test]
 fn acme_settings_and_names_are_checked_with_their_key() {
     let dir = std::env::temp_dir().join(format!("fulcrum-acme-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -160,6 +160,63 @@ async fn forwarded_headers_follow_the_rules() {
     f.stop().await;
 }
 
+/// What a client sending `bytes` reads back until the connection ends (10 s at most).
+async fn answer_to(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection stays open after {got:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2c_only_and_off_listeners_speak_one_version() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&format!(
+        "{}{}",
+        web("upstream = \"app\"\nh2c = \"only\"", ""),
+        web("upstream = \"app\"\nh2c = \"off\"", &upstream("app", &[&b]))
+            .replace("name = \"web\"", "name = \"old\"")
+    ))
+    .await;
+    let (only, off) = (f.addr("web"), f.addr("old"));
+    let h2 = |addr| {
+        Request::get(format!("http://{addr}/"))
+            .body(empty())
+            .unwrap()
+    };
+    // Prior knowledge is served; bytes that are not the preface are an HTTP/2
+    // connection error (the connection ends; HTTP/1 gets no answer of its own).
+    assert_eq!(send(&h2c_client(), h2(only)).await.0, 200);
+    for bytes in [
+        &b"INVALID CONNECTION PREFACE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+    ] {
+        let got = answer_to(only, bytes).await;
+        assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+        if !got.is_empty() {
+            assert_eq!(
+                got.get(3),
+                Some(&0x4),
+                "HTTP/2 frames, SETTINGS first: {got:?}"
+            );
+        }
+    }
+    // `off`: HTTP/1.1 only; a preface is not served (no HTTP/2 SETTINGS come back).
+    assert_eq!(get(off, "/").await.0, StatusCode::OK);
+    let got = answer_to(off, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 "), "{got:?}");
+    assert!(!got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    assert_eq!(b.requests().len(), 2);
+    f.stop().await;
+}
+
 #[tokio::test]
 async fn http2_prior_knowledge_is_served_and_forwarded_as_http1() {
     let b = HttpBackend::start("b").await;

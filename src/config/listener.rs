@@ -41,6 +41,8 @@ pub struct Listener {
     pub access: AccessRules,
     /// http: answer every request with a 308 to the same host and path over https.
     pub redirect_https: bool,
+    /// http without tls: HTTP/1.1 and h2c told apart, or one of them only.
+    pub h2c: H2c,
     /// http: rules for every request and response of this listener; a route's own
     /// apply after them.
     pub request_headers: Option<HeaderRules>,
@@ -189,6 +191,26 @@ impl Validator<'_> {
         let body_timeout =
             self.duration(&l.body_timeout, &key("body_timeout"), DEFAULT_BODY_TIMEOUT);
         let min_rate = self.size(&l.min_rate, &key("min_rate"), 0);
+        let h2c = match l.h2c.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+            None | Some(("detect", _)) => H2c::Detect,
+            Some(("only", _)) => H2c::Only,
+            Some(("off", _)) => H2c::Off,
+            Some((other, span)) => {
+                self.err(
+                    Some(span),
+                    key("h2c"),
+                    format!("must be \"detect\", \"only\" or \"off\", got {other:?}"),
+                );
+                H2c::Detect
+            }
+        };
+        if let (Some(v), Some(_)) = (&l.h2c, &l.tls) {
+            self.err(
+                Some(v.span()),
+                key("h2c"),
+                "only applies to listeners without tls (on tls listeners ALPN picks: see tls.alpn)",
+            );
+        }
         if max_header_size == 0 {
             if let Some(v) = &l.max_header_size {
                 self.err(
@@ -214,7 +236,8 @@ impl Validator<'_> {
         });
 
         if protocol == Protocol::Tcp {
-            let http_only: [(&str, Option<Range<usize>>); 14] = [
+            let http_only: [(&str, Option<Range<usize>>); 15] = [
+                ("h2c", l.h2c.as_ref().map(Spanned::span)),
                 ("body_timeout", l.body_timeout.as_ref().map(Spanned::span)),
                 (
                     "abort_on_close",
@@ -334,6 +357,7 @@ impl Validator<'_> {
                 .is_none_or(|v| *v.get_ref()),
             access: AccessRules { allow, deny },
             redirect_https: l.redirect_https.as_ref().is_some_and(|r| *r.get_ref()),
+            h2c,
             request_headers,
             response_headers,
             error_pages,

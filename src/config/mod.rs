@@ -146,6 +146,18 @@ pub enum Protocol {
     Tcp,
 }
 
+/// `listener.h2c`: which HTTP versions a plain http listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum H2c {
+    /// HTTP/1.1, and HTTP/2 with prior knowledge, told apart by the first bytes.
+    #[default]
+    Detect,
+    /// HTTP/2 with prior knowledge only: anything else is an HTTP/2 connection error.
+    Only,
+    /// HTTP/1.1 only.
+    Off,
+}
+
 /// `upstream.NAME.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UpstreamProtocol {

@@ -87,6 +87,7 @@ pub struct RawListener {
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
     pub redirect_https: Option<Spanned<bool>>,
+    pub h2c: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub route: Option<Vec<Spanned<RawRoute>>>,
     pub proxy_protocol: Option<Spanned<bool>>,

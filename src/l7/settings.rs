@@ -19,6 +19,8 @@ pub struct Settings {
     pub forward_normalized_path: bool,
     pub idle_timeout: Duration,
     pub redirect_https: bool,
+    /// Plain listeners: HTTP/1.1 and h2c, or one of them only.
+    pub h2c: config::H2c,
     /// A plain listener with `[acme]` configured: HTTP-01 answers, before routing.
     pub acme_challenges: Option<Arc<crate::acme::Challenges>>,
     pub access_log: bool,
@@ -230,6 +232,7 @@ impl Settings {
             forward_normalized_path: l.forward_normalized_path,
             idle_timeout: l.idle_timeout,
             redirect_https: l.redirect_https,
+            h2c: l.h2c,
             acme_challenges: None,
             access_log: global.access_log,
             quote_log_values: global.log_format == config::LogFormat::Text,

@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use super::snapshot::{Engine, ListenerEntry};
 use super::{BindKey, Shared};
+use crate::config::H2c;
 use crate::limits::ClientPlace;
 use crate::{l4, l7, proxy_protocol};
 
@@ -203,7 +204,11 @@ fn admit_one(
                             return;
                         }
                     };
-                    protocol = l7::Protocol::from_first_bytes(&first_bytes[..n]);
+                    protocol = match settings.h2c {
+                        H2c::Detect => l7::Protocol::from_first_bytes(&first_bytes[..n]),
+                        H2c::Only => l7::Protocol::Http2,
+                        H2c::Off => l7::Protocol::Http1,
+                    };
                 }
                 let conn = Conn {
                     generation,
