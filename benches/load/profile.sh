@@ -5,6 +5,7 @@
 #
 #   bash benches/load/profile.sh                 # keep-alive, 10 s
 #   MODE=close SECONDS_PROFILED=5 bash benches/load/profile.sh
+#   MODE=h2upstream bash benches/load/profile.sh # h2load (8 x 32 streams) over h2c to an h2c origin
 #   OUT=/tmp/prof bash benches/load/profile.sh   # keep perf.data, folded stacks, flame.svg
 #
 # Prints the share of kernel and user time, the top functions by self time, and the
@@ -31,22 +32,39 @@ start_workdir profile
 OUT=${OUT:-$WORK}
 mkdir -p "$OUT"
 
-backend_nginx "$BACKEND_PORT" 1
 fulcrum_toml "$WORK/fulcrum.toml" "$PORT" "$BACKEND_PORT"
+if [ "$MODE" = h2upstream ]; then
+  need h2load nghttp2-client
+  nginx_conf "$WORK/backend" "http2_max_requests 1000000; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND_PORT http2;
+    location / { return 200 'hello from the backend\n'; } }"
+  taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+  PIDS+=($!)
+  echo 'protocol = "h2c"' >> "$WORK/fulcrum.toml"
+else
+  backend_nginx "$BACKEND_PORT" 1
+fi
 RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
 PIDS+=($!); PID=$!
-wait_http "http://127.0.0.1:$BACKEND_PORT/" "http://127.0.0.1:$PORT/"
+wait_http "http://127.0.0.1:$PORT/"
 
-extra=()
-[ "$MODE" = close ] && extra=(-H "Connection: close")
+load() { # $1 seconds
+  if [ "$MODE" = h2upstream ]; then
+    taskset -c 1 h2load -c 8 -m 32 -D "$1" "http://127.0.0.1:$PORT/"
+  elif [ "$MODE" = close ]; then
+    taskset -c 1 wrk -t1 -c64 -d"$1s" -H "Connection: close" "http://127.0.0.1:$PORT/"
+  else
+    taskset -c 1 wrk -t1 -c64 -d"$1s" "http://127.0.0.1:$PORT/"
+  fi
+}
 # Warm up, then profile a run of its own.
-taskset -c 1 wrk -t1 -c64 -d2s "${extra[@]}" "http://127.0.0.1:$PORT/" >/dev/null
-taskset -c 1 wrk -t1 -c64 -d"$((SECONDS_PROFILED + 2))s" "${extra[@]}" "http://127.0.0.1:$PORT/" >"$WORK/wrk.txt" &
-WRK=$!
+load 2 >/dev/null
+load "$((SECONDS_PROFILED + 2))" >"$WORK/load.txt" &
+LOAD=$!
 sleep 1
 perf record -q -e cpu-clock -F "$FREQ" --call-graph dwarf,16384 -p "$PID" -o "$OUT/perf.data" -- sleep "$SECONDS_PROFILED" 2>/dev/null
-wait "$WRK"
-grep -E "Requests/sec" "$WORK/wrk.txt"
+wait "$LOAD"
+grep -E "Requests/sec|^finished in" "$WORK/load.txt"
 
 echo
 echo "== kernel and user time"

@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::unsupported::Later;
+
+
+/// A key of a capability not built yet: its value, whatever its type; only its
+/// presence and position matter (`fulcrum check` refuses it by name).
+pub type Later = Option<Spanned<toml::Value>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,13 +4,9 @@
 
 use std::ops::Range;
 
-use toml::Spanned;
 
-use super::raw::RawListenerTls;
+use super::raw::{Later, RawListenerTls};
 use super::Validator;
-
-/// A key's value, whatever its type: only its presence and position matter.
-pub type Later = Option<Spanned<toml::Value>>;
 
 fn at(v: &Later) -> Option<Range<usize>> {
     v.as_ref().map(|s| s.span())

@@ -65,7 +65,7 @@ pub enum ResponseBody {
     /// Read from a response being stored (as it fills, at the origin's pace).
     Fill(crate::cache::fill::FillReader),
     /// Compressed on its way to the client.
-    Compressed(Box<super::compress::Compressed>),
+    Compressed(Box<super::compress::Compressed<ResponseBody>>),
 }
 
 impl ResponseBody {

@@ -8,8 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
-use super::forward::ip_value;
-
 /// A request's client address, and its text for `X-Forwarded-For`-like uses.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -104,6 +102,38 @@ impl Client {
             ip: peer_ip.clone(),
         }
     }
+}
+
+/// A client's address as `X-Forwarded-For` carries it (IPv4-mapped IPv6 as IPv4).
+/// Formatted once per connection; IPv4 without the formatting machinery.
+pub fn ip_value(peer: SocketAddr) -> HeaderValue {
+    match peer.ip().to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    out[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            HeaderValue::from_bytes(&out[..len])
+        }
+        v6 => HeaderValue::try_from(v6.to_string()),
+    }
+    .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

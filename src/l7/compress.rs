@@ -17,8 +17,6 @@ use http_body::{Body, Frame};
 
 use crate::config::{Algorithm, Compression};
 
-use super::body::{BoxError, ResponseBody};
-
 /// What of the request decides compression, taken before the request moves on.
 pub struct Asked {
     pub accept: Option<HeaderValue>,
@@ -146,10 +144,15 @@ fn compressible_type(content_type: Option<&HeaderValue>, types: &[String]) -> bo
 /// `types` and is not known to be under `min_size`. Sets `Content-Encoding` and
 /// `Vary`, drops `Content-Length` and `Accept-Ranges`, and makes a strong `ETag` weak.
 /// A `HEAD` gets the header fields its `GET` would (no body to encode); a 304 gets the
-/// `Vary` and the weak `ETag` its 200 would (RFC 9110, 15.4.5).
-pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<ResponseBody>) {
+/// `Vary` and the weak `ETag` its 200 would (RFC 9110, 15.4.5). The encoder to wrap
+/// the body in ([`Compressed::new`]) when it has one to compress.
+pub fn maybe<B: Body>(
+    asked: &Asked,
+    settings: &Compression,
+    response: &mut Response<B>,
+) -> Option<Encoding> {
     if asked.range || asked.no_transform {
-        return;
+        return None;
     }
     let status = response.status();
     if status == StatusCode::NOT_MODIFIED {
@@ -163,24 +166,24 @@ pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<Resp
                 weaken(response.headers_mut());
             }
         }
-        return;
+        return None;
     }
     if status.is_informational()
         || matches!(status, StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT)
     {
-        return;
+        return None;
     }
     let headers = response.headers();
     if headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
-        return;
+        return None;
     }
     if no_transform(headers)
         || !compressible_type(headers.get(header::CONTENT_TYPE), &settings.types)
     {
-        return;
+        return None;
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -193,20 +196,15 @@ pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<Resp
                 .flatten()
         });
     if declared.is_some_and(|n| n < settings.min_size.max(1)) {
-        return;
+        return None;
     }
     // Vary first: the answer depends on Accept-Encoding even when it is identity.
     vary(response.headers_mut());
-    let Some((algorithm, level)) = negotiate(asked.accept.as_ref(), &settings.algorithms) else {
-        return;
-    };
+    let (algorithm, level) = negotiate(asked.accept.as_ref(), &settings.algorithms)?;
     let encoder = if asked.head {
         None
     } else {
-        match Encoder::new(algorithm, level) {
-            Ok(e) => Some(e),
-            Err(_) => return,
-        }
+        Some(Encoder::new(algorithm, level).ok()?)
     };
     let h = response.headers_mut();
     h.insert(
@@ -216,14 +214,7 @@ pub fn maybe(asked: &Asked, settings: &Compression, response: &mut Response<Resp
     h.remove(header::CONTENT_LENGTH);
     h.remove(header::ACCEPT_RANGES);
     weaken(h);
-    let Some(encoder) = encoder else { return };
-    let body = std::mem::replace(response.body_mut(), ResponseBody::empty());
-    *response.body_mut() = ResponseBody::Compressed(Box::new(Compressed {
-        inner: body,
-        encoder: Some(encoder),
-        dirty: false,
-        trailers: None,
-    }));
+    encoder.map(Encoding)
 }
 
 /// Adds `Vary: Accept-Encoding` unless `Vary` lists it (or `*`) already.
@@ -256,6 +247,9 @@ fn weaken(h: &mut HeaderMap) {
 }
 
 /// A streaming encoder writing into a buffer that is taken after each write.
+/// The compressor a response's body goes through, as negotiated.
+pub struct Encoding(Encoder);
+
 enum Encoder {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
@@ -327,8 +321,8 @@ impl Encoder {
 }
 
 /// A body compressed as it flows.
-pub struct Compressed {
-    inner: ResponseBody,
+pub struct Compressed<B> {
+    inner: B,
     /// `None` once finished.
     encoder: Option<Encoder>,
     /// Data written since the last flush.
@@ -336,14 +330,29 @@ pub struct Compressed {
     trailers: Option<HeaderMap>,
 }
 
-impl Body for Compressed {
+impl<B> Compressed<B> {
+    pub fn new(inner: B, encoding: Encoding) -> Compressed<B> {
+        Compressed {
+            inner,
+            encoder: Some(encoding.0),
+            dirty: false,
+            trailers: None,
+        }
+    }
+}
+
+impl<B> Body for Compressed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: From<std::io::Error>,
+{
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         loop {
             let Some(encoder) = this.encoder.as_mut() else {

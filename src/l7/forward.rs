@@ -143,39 +143,7 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// A client's address as `X-Forwarded-For` carries it (IPv4-mapped IPv6 as IPv4).
-/// Formatted once per connection; IPv4 without the formatting machinery.
-pub fn ip_value(peer: SocketAddr) -> HeaderValue {
-    match peer.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => {
-            let mut out = [0u8; 15];
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out[len] = b'.';
-                    len += 1;
-                }
-                let digits = [octet / 100, octet / 10 % 10, octet % 10];
-                let skip = if octet >= 100 {
-                    0
-                } else if octet >= 10 {
-                    1
-                } else {
-                    2
-                };
-                for d in &digits[skip..] {
-                    out[len] = b'0' + d;
-                    len += 1;
-                }
-            }
-            HeaderValue::from_bytes(&out[..len])
-        }
-        v6 => HeaderValue::try_from(v6.to_string()),
-    }
-    .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// The client's address (`ip`, from [`ip_value`]) appended to any `X-Forwarded-For`
+/// The client's address (`ip`, from [`super::client::ip_value`]) appended to any `X-Forwarded-For`
 /// it sent.
 fn forwarded_for(headers: &HeaderMap, ip: &HeaderValue) -> HeaderValue {
     if !headers.contains_key(&X_FORWARDED_FOR) {
@@ -875,7 +843,7 @@ async fn attempt_h2(
     let timings = &f.target.timings[i];
     let how = connect_how(f, lease, keepalive);
     let started = tokio::time::Instant::now();
-    let (mut sender, in_flight, fresh) = match pool.h2.stream(pool, &how).await {
+    let (mut sender, in_flight, fresh) = match pool.h2.stream(pool.open_stream(how.timeout, how.tls), &how).await {
         Ok(s) => s,
         Err(e) => {
             connect_failed(f, lease, &e);

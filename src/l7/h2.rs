@@ -17,7 +17,6 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::h1::{Head, Stream};
-use super::pool::BackendPool;
 use super::request_body::RequestBody;
 use crate::tls::BackendTls;
 
@@ -115,11 +114,11 @@ impl H2Pool {
         });
     }
 
-    /// A connection with room for one more request, opened when none has (`true`:
-    /// opened for this request).
+    /// A connection with room for one more request, opened with `open` when none has
+    /// (`true`: opened for this request).
     pub async fn stream(
         &self,
-        pool: &BackendPool,
+        open: impl std::future::Future<Output = Result<Stream, String>>,
         how: &Connect<'_>,
     ) -> Result<(SendRequest<RequestBody>, InFlight, bool), String> {
         if let Some((s, f)) = self.pick() {
@@ -136,7 +135,7 @@ impl H2Pool {
                 return Ok((s, f, false));
             }
         }
-        let stream = pool.open_stream(how.timeout, how.tls).await?;
+        let stream = open.await?;
         if let Stream::Tls(t) = &stream {
             if t.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err("the backend did not agree to HTTP/2 (ALPN h2)".into());

@@ -373,7 +373,7 @@ pub async fn serve_connection<S>(
         settings: settings.clone(),
         current,
         peer,
-        peer_ip: forward::ip_value(peer),
+        peer_ip: client::ip_value(peer),
         client_cert,
         admitted,
         waiting: AtomicUsize::new(0),
@@ -912,7 +912,10 @@ async fn handle_in(
         verdict.write(response.headers_mut());
     }
     if let (true, Some(asked), Some(settings)) = (exchange.compress, &asked, &s.compression) {
-        compress::maybe(asked, settings, &mut response);
+        if let Some(encoding) = compress::maybe(asked, settings, &mut response) {
+            response = response
+                .map(|b| ResponseBody::Compressed(Box::new(compress::Compressed::new(b, encoding))));
+        }
     }
     // The listener's response rules, then the route's: on every response of the
     // listener, fulcrum's own answers included, after the cache (what it stores is

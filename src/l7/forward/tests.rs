@@ -1,4 +1,5 @@
 use super::*;
+use crate::l7::client::ip_value;
 
 #[test]
 fn hop_by_hop_headers_and_those_connection_names_are_removed() {
