@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-
-
 /// A key of a capability not built yet: its value, whatever its type; only its
 /// presence and position matter (`fulcrum check` refuses it by name).
 pub type Later = Option<Spanned<toml::Value>>;

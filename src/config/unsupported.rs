@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 
-
 use super::raw::{Later, RawListenerTls};
 use super::Validator;
 

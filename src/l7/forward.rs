@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use super::body::{ResponseBody, Upstream2Body, UpstreamBody};
+use super::conn::ConnCtx;
 use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::h1::{self, Head, KEEP_ALIVE, PROXY_CONNECTION};
@@ -23,7 +24,7 @@ use super::pool::BackendPool;
 use super::request_body::{BodyStats, RequestBody};
 use super::spans;
 use super::sticky::{cookie, StickyCookie};
-use super::{ConnCtx, Upstream2, UpstreamTarget};
+use super::target::{Upstream2, UpstreamTarget};
 use crate::activity::{Activity, Watched};
 use crate::config::HashKey;
 use crate::hash::hash_bytes;
@@ -172,7 +173,7 @@ pub struct Forwarding<'a> {
     /// Time allowed for the backend's response headers.
     pub timeout: Duration,
     pub ctx: &'a Arc<ConnCtx>,
-    pub settings: &'a Arc<super::Settings>,
+    pub settings: &'a Arc<super::settings::Settings>,
     pub request_id: &'a HeaderValue,
     /// The request's one host: sent as `Host` and `X-Forwarded-Host`.
     pub host: Option<&'a RequestHost>,
@@ -843,7 +844,11 @@ async fn attempt_h2(
     let timings = &f.target.timings[i];
     let how = connect_how(f, lease, keepalive);
     let started = tokio::time::Instant::now();
-    let (mut sender, in_flight, fresh) = match pool.h2.stream(pool.open_stream(how.timeout, how.tls), &how).await {
+    let (mut sender, in_flight, fresh) = match pool
+        .h2
+        .stream(pool.open_stream(how.timeout, how.tls), &how)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             connect_failed(f, lease, &e);

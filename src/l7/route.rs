@@ -9,7 +9,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use crate::admin::metrics::RequestMetrics;
 use crate::config::HostPattern;
 
-use super::{StaticDir, UpstreamTarget};
+use super::static_files::StaticDir;
+use super::target::UpstreamTarget;
 
 /// Where a matched request goes.
 #[derive(Debug, Clone)]

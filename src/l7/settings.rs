@@ -2,7 +2,37 @@
 //! generation: routes against the generation's upstreams, limits, timeouts, header
 //! rules, the hyper builders.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use super::route::{Action, RouteTable, Target};
+use super::static_files::StaticDir;
+use super::target::UpstreamTarget;
+use super::{cached, headers, path, route, shaping};
+use crate::admin::metrics::{Metrics, RequestMetrics};
+use crate::config::{self, RouteTarget};
+
+/// hyper refuses a smaller read buffer; headers up to this size are always allowed.
+const MIN_HEADER_BUFFER: u64 = 8192;
+
+/// HTTP/2 limits towards clients (RFC 9113 6.5.2), all set explicitly.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may open and reset before fulcrum accepted them (rapid reset,
+/// CVE-2023-44487): past it, the connection is closed with ENHANCE_YOUR_CALM.
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams fulcrum may reset for the client's protocol errors before it closes the
+/// connection (CVE-2019-9514 and kin).
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Bytes buffered per stream for sending.
+pub const H2_MAX_SEND_BUFFER: usize = 400 * 1024;
+pub const H2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// What an http listener needs, from one configuration generation.
 pub struct Settings {

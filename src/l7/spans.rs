@@ -8,7 +8,7 @@ use http::{Method, Request, Version};
 use super::client::Client;
 use super::exchange::Exchange;
 use super::host::RequestHost;
-use super::Settings;
+use super::settings::Settings;
 use crate::telemetry::export::Open;
 use crate::telemetry::TraceContext;
 use crate::upstream::Backend;

@@ -1,4 +1,5 @@
-use super::*;
+use super::conn::Protocol;
+use super::request::new_request_id;
 
 #[test]
 fn request_ids_are_32_lower_hex_digits_and_differ() {

@@ -1,0 +1,207 @@
+//! One client connection's state, shared by its requests: settings, peer, activity
+//! accounting, drain and close signals; and what the runtime hands over with it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::pool::BackendPool;
+use super::settings::Settings;
+
+/// The current generation's settings of a listener (`None` once a reload removed it).
+pub type CurrentSettings = Arc<dyn Fn() -> Option<Arc<Settings>> + Send + Sync>;
+
+/// One client connection.
+pub struct ConnCtx {
+    /// The settings the connection was accepted with: its timeouts and limits.
+    pub settings: Arc<Settings>,
+    /// Each request is routed by the generation current when it arrives.
+    pub(super) current: CurrentSettings,
+    pub peer: SocketAddr,
+    /// The client's address as `X-Forwarded-For` gives it, formatted once.
+    pub peer_ip: HeaderValue,
+    pub client_cert: Option<Arc<str>>,
+    /// False when the access rules deny the client: every request gets 403.
+    pub admitted: bool,
+    /// Requests whose body is sent and that wait for the backend's answer, a wait the
+    /// route's `timeout` bounds: meanwhile the connection is not idle.
+    pub(super) waiting: AtomicUsize,
+    /// Set whenever a request waits on its backend: `min_rate` does not hold a slow
+    /// backend against the client.
+    pub(super) waited: AtomicBool,
+    /// Set once the first request's head has arrived.
+    pub(super) first_request: AtomicBool,
+    /// Requests whose response is not over yet.
+    pub(super) open: AtomicUsize,
+    /// When the last request began or ended, in milliseconds since `born`.
+    pub(super) last_request_ms: AtomicU64,
+    pub(super) born: Instant,
+    /// Set by an HTTP/2 request: then only requests count as activity, not the pings
+    /// and other frames a client can send to hold a connection open.
+    pub(super) h2: AtomicBool,
+    /// Fired when a response must be the connection's last (a malformed request, a
+    /// denied client): the connection closes once it is sent.
+    pub(super) close: CancellationToken,
+    /// Shutdown's drain began on an HTTP/1.1 connection: its next response is its last
+    /// and says so (`Connection: close`).
+    pub(super) draining: AtomicBool,
+    /// The connection's places under the connection limits, held by upgraded tunnels too.
+    pub permits: Arc<dyn Send + Sync>,
+    /// Fires when shutdown's drain time is over.
+    pub cut: CancellationToken,
+    /// Where upgraded connections are spawned, so shutdown waits for them too.
+    pub tracker: TaskTracker,
+    /// The address the client connected to (its PROXY header's destination, if any).
+    pub local: SocketAddr,
+    /// Backend connections that carry this client's PROXY header, by the shared pool
+    /// of their backend: used for this connection's requests only.
+    pub(super) private: std::sync::Mutex<Vec<(usize, Arc<BackendPool>)>>,
+    /// The connection's span (listener, client address, TLS): the parent of each
+    /// request's, HTTP/2 requests (tasks of their own) included.
+    pub(super) span: tracing::Span,
+}
+
+/// Counts a request as waiting on its backend while held.
+pub struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnCtx {
+    pub fn waiting_on_backend(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.waited.store(true, Ordering::Relaxed);
+        Waiting(&self.waiting)
+    }
+
+    /// A context for what fulcrum does on its own after a client's request (a
+    /// background revalidation): the client's address and settings, none of its
+    /// connection's resources (its places under the connection limits, its idle
+    /// accounting).
+    pub fn detached(&self) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx {
+            settings: self.settings.clone(),
+            current: self.current.clone(),
+            peer: self.peer,
+            peer_ip: self.peer_ip.clone(),
+            client_cert: None,
+            admitted: true,
+            waiting: AtomicUsize::new(0),
+            waited: AtomicBool::new(false),
+            first_request: AtomicBool::new(true),
+            open: AtomicUsize::new(0),
+            last_request_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            h2: AtomicBool::new(false),
+            close: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+            permits: Arc::new(()),
+            cut: self.cut.clone(),
+            tracker: self.tracker.clone(),
+            local: self.local,
+            private: Default::default(),
+            span: tracing::Span::current(),
+        })
+    }
+
+    /// The pool of `shared`'s backend that this client connection's requests use
+    /// when the upstream sends PROXY headers (`v2`: version 2, else 1).
+    pub fn private_pool(&self, shared: &Arc<BackendPool>, v2: bool) -> Arc<BackendPool> {
+        let id = Arc::as_ptr(shared) as usize;
+        let mut pools = self.private.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, p)) = pools.iter().find(|(k, _)| *k == id) {
+            return p.clone();
+        }
+        let header = crate::proxy_protocol::write(v2, Some((self.peer, self.local)));
+        let pool = Arc::new(BackendPool::private(shared, header));
+        pools.push((id, pool.clone()));
+        pool
+    }
+
+    pub(super) fn touch(&self) {
+        let ms = self.born.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last_request_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(super) fn request_began(self: &Arc<Self>) -> OpenRequest {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        if self.h2.load(Ordering::Relaxed) {
+            self.touch();
+        }
+        OpenRequest(self.clone())
+    }
+}
+
+/// A request whose response is not over yet; its end counts as the connection's last
+/// activity.
+pub struct OpenRequest(Arc<ConnCtx>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        // The time of the last request matters only where requests time the
+        // connection out (HTTP/2); HTTP/1.1 reads no clock here.
+        if self.0.h2.load(Ordering::Relaxed) {
+            self.0.touch();
+        }
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The HTTP version of a connection, known before the HTTP engine reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    /// Not known yet: hyper reads the first bytes and decides.
+    Detect,
+}
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Protocol {
+    /// From the first bytes a client sent (at least one, at most the preface's 24).
+    pub fn from_first_bytes(bytes: &[u8]) -> Protocol {
+        if !H2_PREFACE.starts_with(bytes) {
+            Protocol::Http1
+        } else if bytes.len() == H2_PREFACE.len() {
+            Protocol::Http2
+        } else {
+            Protocol::Detect
+        }
+    }
+
+    /// From the protocol TLS negotiated (ALPN), if it did.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Detect,
+        }
+    }
+}
+
+/// What the runtime hands over with an accepted connection (after TLS, if any).
+pub struct Accepted<S> {
+    pub stream: S,
+    /// What the client speaks, when its first bytes or ALPN told.
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// The subject of the verified client certificate (mTLS).
+    pub client_cert: Option<Arc<str>>,
+    /// False when the access rules deny the client.
+    pub admitted: bool,
+    /// Places under the connection limits, released when the connection (and any
+    /// tunnel upgraded from it) ends.
+    pub permits: Arc<dyn Send + Sync>,
+}

@@ -1,0 +1,398 @@
+//! Serving an accepted connection: hyper's HTTP/1.1, HTTP/2 or detecting connection,
+//! watched for idleness, slowness, drain and cut.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::settings::Settings;
+use crate::activity::{Activity, Watched};
+use crate::config::{self};
+use crate::side::{self, First};
+
+use super::conn::{Accepted, ConnCtx, CurrentSettings, Protocol};
+use super::request::handle;
+use super::{access, client};
+
+/// Serves one accepted connection until it closes or shutdown ends it: `drain` closes
+/// it after the requests in flight, `cut` at once.
+///
+/// Timeouts: the first request's head must arrive within `header_timeout` (later heads
+/// on a keep-alive connection get the longer of `header_timeout` and `idle_timeout`
+/// from hyper). A connection on which no byte moves for `idle_timeout`, while no
+/// request waits on a backend, is closed after its responses in flight; if it is
+/// still silent one `idle_timeout` later (a client that stopped reading, a stalled
+/// upload), it is dropped.
+pub async fn serve_connection<S>(
+    accepted: Accepted<S>,
+    settings: Arc<Settings>,
+    current: CurrentSettings,
+    drain: CancellationToken,
+    cut: CancellationToken,
+    tracker: TaskTracker,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Accepted {
+        stream,
+        protocol,
+        peer,
+        local,
+        client_cert,
+        admitted,
+        permits,
+    } = accepted;
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let ctx = Arc::new(ConnCtx {
+        settings: settings.clone(),
+        current,
+        peer,
+        peer_ip: client::ip_value(peer),
+        client_cert,
+        admitted,
+        waiting: AtomicUsize::new(0),
+        waited: AtomicBool::new(false),
+        first_request: AtomicBool::new(false),
+        open: AtomicUsize::new(0),
+        last_request_ms: AtomicU64::new(0),
+        born: Instant::now(),
+        h2: AtomicBool::new(false),
+        close: CancellationToken::new(),
+        draining: AtomicBool::new(false),
+        permits,
+        cut: cut.clone(),
+        tracker,
+        local,
+        private: Default::default(),
+        span: tracing::Span::current(),
+    });
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| {
+        let ctx = service_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let watched = Watchers {
+        ctx: &ctx,
+        http1: !matches!(protocol, Protocol::Http2),
+        activity: &activity,
+        drain: &drain,
+        cut: &cut,
+    };
+    // Driven by hyper's own connection type when the protocol is known, so that no
+    // detection layer sits between the socket and the parser. HTTP/2 and detection
+    // are boxed: their state is larger than HTTP/1's, and every HTTP/1 connection
+    // would otherwise carry room for it.
+    match protocol {
+        Protocol::Http1 => {
+            let conn = settings.http1.serve_connection(io, service).with_upgrades();
+            drive(conn, watched).await;
+        }
+        Protocol::Http2 => {
+            // Each HTTP/2 request runs as a task of its own, which its future is moved
+            // into: boxed, only a pointer moves.
+            let boxed_ctx = ctx.clone();
+            let boxed = service_fn(move |req| {
+                let ctx = boxed_ctx.clone();
+                Box::pin(async move { Ok::<_, Infallible>(handle(req, &ctx).await) })
+            });
+            drop(service);
+            let conn = settings.http2.serve_connection(io, boxed);
+            Box::pin(drive(conn, watched)).await;
+        }
+        Protocol::Detect => {
+            let conn = settings.server.serve_connection_with_upgrades(io, service);
+            Box::pin(drive(conn, watched)).await;
+        }
+    }
+}
+
+/// What a connection is watched with besides itself.
+#[derive(Clone, Copy)]
+struct Watchers<'a> {
+    ctx: &'a Arc<ConnCtx>,
+    /// The connection may be HTTP/1, whose bytes before a first request are the start
+    /// of a request head (HTTP/2's are its preface and settings).
+    http1: bool,
+    activity: &'a Arc<Activity>,
+    drain: &'a CancellationToken,
+    cut: &'a CancellationToken,
+}
+
+/// A hyper connection that can be asked to finish its requests in flight and close.
+trait Connection: std::future::Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display + HyperError;
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+/// The HTTP library's error inside a connection's error, if that is what it is.
+trait HyperError {
+    fn hyper(&self) -> Option<&hyper::Error>;
+}
+
+impl HyperError for hyper::Error {
+    fn hyper(&self) -> Option<&hyper::Error> {
+        Some(self)
+    }
+}
+
+impl HyperError for Box<dyn std::error::Error + Send + Sync> {
+    fn hyper(&self) -> Option<&hyper::Error> {
+        self.downcast_ref()
+    }
+}
+
+impl<I, S> Connection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    Self: std::future::Future<Output = hyper::Result<()>>,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static + hyper::body::Body,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    type Error = hyper::Error;
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Connection for hyper::server::conn::http2::Connection<I, S, E>
+where
+    Self: std::future::Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: 'static + hyper::body::Body,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    type Error = hyper::Error;
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Connection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: 'static + hyper::body::Body,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// How long a draining HTTP/1.1 keep-alive connection stays open for a request
+/// already on its way (answered with `Connection: close`), at most `idle_timeout`.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+/// Runs a connection until it ends, closing it on idleness, drain or a request's
+/// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.
+/// The status the HTTP library answered a request it could not parse with (it writes
+/// that response itself, before any request exists).
+fn parser_answer(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() {
+        return None;
+    }
+    let text = e.to_string();
+    Some(if e.is_parse_too_large() {
+        if text.contains("uri") {
+            414
+        } else {
+            431
+        }
+    } else if text.contains("version") {
+        505
+    } else {
+        400
+    })
+}
+
+/// A connection closed at `header_timeout` before its first request: with part of a
+/// request head received, a 408 logged and counted like every response (as nginx
+/// does, none is written: the connection is closed); with nothing, a connection
+/// closed without a request.
+fn head_timed_out(settings: &Settings, peer: std::net::SocketAddr, begun: bool) {
+    if begun {
+        settings.unrouted.count(408);
+        access::before_request(&settings.listener, peer, 408);
+    } else {
+        settings.closed("header_timeout");
+    }
+}
+
+async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
+    let Watchers {
+        ctx,
+        http1,
+        activity,
+        drain,
+        cut,
+    } = w;
+    let settings = &ctx.settings;
+    let peer = ctx.peer;
+    tokio::pin!(conn);
+    let first_head = tokio::time::sleep(settings.header_timeout);
+    tokio::pin!(first_head);
+    let mut head_checked = false;
+    let mut closing = false;
+    // Draining an HTTP/1.1 connection: its next response closes it, or it closes once
+    // idle for `linger`.
+    let mut lingering = false;
+    let linger = DRAIN_LINGER.min(settings.idle_timeout);
+    loop {
+        // What can end or close the connection besides the connection itself: polled
+        // only when one of its timers or tokens fires, not on every read and write.
+        let watch = async {
+            tokio::select! {
+                _ = &mut first_head, if !head_checked => Watch::HeadTimeout,
+                _ = drain.cancelled(), if !closing && !lingering => Watch::Drain,
+                _ = idle(activity, ctx, linger), if lingering && !closing => Watch::Close,
+                _ = ctx.close.cancelled(), if !closing => Watch::Close,
+                _ = idle(activity, ctx, settings.idle_timeout) => Watch::Idle,
+                _ = too_slow(activity, ctx, settings.min_rate), if settings.min_rate > 0 => Watch::TooSlow,
+                _ = cut.cancelled() => Watch::Cut,
+            }
+        };
+        match side::first(conn.as_mut(), watch).await {
+            First::Main(r) => {
+                if let Err(e) = r {
+                    debug!(client.addr = %peer, error = %e, "http connection ended with an error");
+                    match e.hyper().and_then(parser_answer) {
+                        // The HTTP library answered a request it could not parse:
+                        // logged and counted like every other response.
+                        Some(status) => {
+                            settings.unrouted.count(status);
+                            access::before_request(&settings.listener, peer, status);
+                        }
+                        // A connection that ended before its first request.
+                        None if ctx.first_request.load(Ordering::Relaxed) => {}
+                        None if e.hyper().is_some_and(hyper::Error::is_timeout) => {
+                            head_timed_out(settings, peer, http1 && activity.moved() > 0)
+                        }
+                        None => settings.closed("client_reset"),
+                    }
+                }
+                return;
+            }
+            First::Side(Watch::HeadTimeout) => {
+                head_checked = true;
+                if !ctx.first_request.load(Ordering::Relaxed) {
+                    debug!(client.addr = %peer, "no complete request head within header_timeout: closed");
+                    head_timed_out(settings, peer, http1 && activity.moved() > 0);
+                    return;
+                }
+            }
+            First::Side(Watch::Drain) if http1 && !ctx.h2.load(Ordering::Relaxed) => {
+                ctx.draining.store(true, Ordering::Relaxed);
+                lingering = true;
+            }
+            First::Side(Watch::Close | Watch::Drain) => {
+                conn.as_mut().shut_down();
+                closing = true;
+            }
+            First::Side(Watch::Idle) => {
+                if closing {
+                    debug!(client.addr = %peer, "still idle after closing: dropped");
+                    return;
+                }
+                if !ctx.first_request.load(Ordering::Relaxed) {
+                    settings.closed("idle");
+                }
+                conn.as_mut().shut_down();
+                closing = true;
+            }
+            First::Side(Watch::TooSlow) => {
+                debug!(client.addr = %peer, min_rate = settings.min_rate, "transfer slower than min_rate: cut");
+                settings.closed("min_rate");
+                return;
+            }
+            First::Side(Watch::Cut) => return,
+        }
+    }
+}
+
+/// What ends or closes a client connection from outside its requests.
+enum Watch {
+    HeadTimeout,
+    /// Shutdown's drain began.
+    Drain,
+    /// A response had to be the last, or a draining connection stayed idle.
+    Close,
+    Idle,
+    TooSlow,
+    /// Shutdown's drain time is over.
+    Cut,
+}
+
+/// Completes when a request's transfer (its upload, or its response's download) moved
+/// fewer than `min_rate` bytes per second over a whole window. Windows in which a
+/// request waited on its backend, or no request was open, do not count.
+async fn too_slow(activity: &Activity, ctx: &ConnCtx, min_rate: u64) {
+    let window = config::MIN_RATE_WINDOW;
+    let floor = min_rate.saturating_mul(window.as_secs());
+    loop {
+        let before = activity.moved();
+        let open_before = ctx.open.load(Ordering::Relaxed) > 0;
+        ctx.waited
+            .store(ctx.waiting.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
+        tokio::time::sleep(window).await;
+        let moved = activity.moved().saturating_sub(before);
+        if open_before
+            && ctx.open.load(Ordering::Relaxed) > 0
+            && !ctx.waited.load(Ordering::Relaxed)
+            && moved < floor
+        {
+            return;
+        }
+    }
+}
+
+/// Completes when no byte has moved for `timeout` and no request waits on a backend;
+/// on HTTP/2 also when no request has been open for `timeout`, whatever frames moved.
+async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
+    let bytes = async {
+        loop {
+            activity.idle_for(timeout).await;
+            if ctx.waiting.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep(timeout).await;
+        }
+    };
+    let requests = async {
+        loop {
+            if !ctx.h2.load(Ordering::Relaxed) {
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
+            let last = Duration::from_millis(ctx.last_request_ms.load(Ordering::Relaxed));
+            let quiet = ctx.born.elapsed().saturating_sub(last);
+            if ctx.open.load(Ordering::Relaxed) == 0 && quiet >= timeout {
+                return;
+            }
+            // Open requests: look again one timeout later.
+            let left = timeout.saturating_sub(quiet);
+            tokio::time::sleep(if left.is_zero() { timeout } else { left }).await;
+        }
+    };
+    tokio::select! {
+        _ = bytes => {}
+        _ = requests => {}
+    }
+}
