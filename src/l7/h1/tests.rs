@@ -1,3 +1,4 @@
+use super::body::decode;
 use super::*;
 
 fn parse(raw: &str, method: Method) -> Result<Option<Parsed>, &'static str> {

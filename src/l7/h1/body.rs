@@ -1,0 +1,234 @@
+//! A backend's response body, decoded from its connection (`Content-Length`,
+//! chunked, or up to the close) as the client reads it.
+
+use super::*;
+
+/// Pieces up to this size are copied out of the read buffer rather than split off:
+/// the buffer then stays unshared and is reused for the next read, where a split
+/// would leave it shared and make the next read allocate a new one.
+pub(super) const COPY_MAX: usize = 4 * 1024;
+
+/// The first `n` bytes of `buf`, taken off it.
+pub(super) fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n <= COPY_MAX {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        piece
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
+pub(super) fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// A backend's response body, read from its connection as the client asks for it.
+/// The connection goes back to the pool (see [`ResponseBody::into_conn`]) once the
+/// body ended cleanly, the request was written whole, and both sides allow it.
+pub struct ResponseBody {
+    pub(super) conn: Option<Conn>,
+    pub(super) framing: Framing,
+    pub(super) reusable: bool,
+    /// The rest of the request, when the backend answered before it had it all.
+    pub(super) writer: Option<Box<Writer>>,
+}
+
+impl ResponseBody {
+    /// After a 101: the connection, and the bytes the backend sent past the head.
+    pub fn upgraded(self) -> Option<(Stream, Bytes)> {
+        let conn = self.conn?;
+        Some((conn.io, conn.buf.freeze()))
+    }
+
+    /// The connection, once the body ended cleanly and it can carry another request.
+    pub fn take_conn(&mut self) -> Option<Conn> {
+        if self.framing != Framing::Done || !self.reusable || self.writer.is_some() {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        conn.buf.is_empty().then_some(conn)
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.framing = Framing::Done;
+        self.reusable = false;
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+/// The next frame of a body framed by `framing` already in `buf`; `None`: more bytes
+/// are needed.
+pub(super) fn decode(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+) -> Option<Result<Option<Frame<Bytes>>, &'static str>> {
+    loop {
+        match *framing {
+            Framing::Done => return Some(Ok(None)),
+            Framing::Close => {
+                if buf.is_empty() {
+                    return None;
+                }
+                let n = buf.len();
+                return Some(Ok(Some(Frame::data(take(buf, n)))));
+            }
+            Framing::Length(rest) => {
+                if buf.is_empty() {
+                    return None;
+                }
+                let n = (rest as usize).min(buf.len());
+                let data = take(buf, n);
+                let left = rest - n as u64;
+                *framing = if left == 0 {
+                    Framing::Done
+                } else {
+                    Framing::Length(left)
+                };
+                return Some(Ok(Some(Frame::data(data))));
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(end) = find_crlf(buf) else {
+                    return (buf.len() > MAX_CHUNK_LINE).then_some(Err("chunk line too long"));
+                };
+                let size = match chunk_size(&buf[..end]) {
+                    Ok(n) => n,
+                    Err(e) => return Some(Err(e)),
+                };
+                buf.advance(end + 2);
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Data(rest)) => {
+                if buf.is_empty() {
+                    return None;
+                }
+                let n = (rest as usize).min(buf.len());
+                let data = take(buf, n);
+                let left = rest - n as u64;
+                *framing = Framing::Chunked(if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                });
+                return Some(Ok(Some(Frame::data(data))));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return None;
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Some(Err("chunk not followed by CRLF"));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                if buf.len() < 2 {
+                    return None;
+                }
+                if &buf[..2] == b"\r\n" {
+                    buf.advance(2);
+                    *framing = Framing::Done;
+                    return Some(Ok(None));
+                }
+                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                let len = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, _))) => len,
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return None,
+                    _ => return Some(Err("malformed trailers")),
+                };
+                let mut trailers = HeaderMap::new();
+                for f in fields.iter().take_while(|f| !f.name.is_empty()) {
+                    let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(f.name.as_bytes()),
+                        HeaderValue::from_bytes(f.value),
+                    ) else {
+                        return Some(Err("malformed trailers"));
+                    };
+                    trailers.append(name, value);
+                }
+                buf.advance(len);
+                *framing = Framing::Done;
+                return Some(Ok((!trailers.is_empty()).then(|| Frame::trailers(trailers))));
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let (Some(w), Some(conn)) = (this.writer.as_mut(), this.conn.as_mut()) {
+                match w.poll(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => this.writer = None,
+                    Poll::Ready(Err(Failed::RequestBody(e))) => {
+                        this.conn = None;
+                        this.framing = Framing::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    // The backend stopped reading the request: its response may still
+                    // be whole, the connection is not reused.
+                    Poll::Ready(Err(_)) => {
+                        this.writer = None;
+                        this.reusable = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let decoded = match this.conn.as_mut() {
+                Some(conn) => decode(&mut this.framing, &mut conn.buf),
+                None => Some(Ok(None)),
+            };
+            match decoded {
+                Some(Ok(Some(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Some(Ok(None)) => return Poll::Ready(None),
+                Some(Err(why)) => return this.fail(why),
+                None => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if conn.buf.len() >= MAX_HEAD {
+                return this.fail("read buffer full");
+            }
+            match ready!(poll_fill(&mut conn.io, &mut conn.buf, cx)) {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.framing = Framing::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("backend closed the connection mid-body"),
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
