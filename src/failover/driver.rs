@@ -16,7 +16,8 @@
 //!   the node goes to fault, never claims to be active, and tries again after a
 //!   back-off (1 s, doubling up to 30 s).
 //! - The hook task runs `on_active` and `on_passive` one at a time, each killed after
-//!   [`HOOK_TIMEOUT`]: after the addresses are added and announced, never before.
+//!   `HOOK_TIMEOUT` (10 s, in `hooks.rs`): after the addresses are added and
+//!   announced, never before.
 //!
 //! Settings a reload may change (priority, preempt, interval, dead_after, peers, the
 //! hooks) arrive on a `watch` channel and apply at once. A graceful stop sends a few
@@ -26,12 +27,10 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -39,23 +38,17 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::addresses::{run_addresses, Command, Report};
+use super::control::{role_name, Bound, Control, Metrics, Running, Status};
 use super::exit;
+use super::hooks::run_hooks;
 use super::machine::{Action, Event, Machine, Role};
-use super::neighbour;
-use super::netlink::{Link, Netlink};
 use super::wire::{self, Heartbeat, Receiver, Reject, State};
-use crate::config::{Failover, Vip};
+use crate::config::Failover;
 
-/// How long a hook may run before it is killed.
-pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resign heartbeats sent on a graceful stop: one lost datagram does not delay the
 /// peer's takeover to `dead_after`.
 const RESIGN_COPIES: u32 = 3;
-/// Announcements per address per takeover, the time between them, and the rounds
-/// after which sends that keep failing are given up.
-const ANNOUNCE_COUNT: u32 = 3;
-const ANNOUNCE_GAP: Duration = Duration::from_millis(150);
-const ANNOUNCE_ROUNDS: u32 = ANNOUNCE_COUNT + 5;
 /// How long a graceful stop waits for the addresses to be removed and a last hook.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one warning per this period about rejected heartbeats or failed sends.
@@ -69,155 +62,8 @@ const QUEUE: usize = 64;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The metrics the driver keeps, handed in by the runtime.
-#[derive(Clone)]
-pub struct Metrics {
-    /// `fulcrum_failover_active`
-    pub active: IntGauge,
-    /// `fulcrum_failover_transitions_total{to}`
-    pub transitions: IntCounterVec,
-    /// `fulcrum_failover_heartbeats_rejected_total{reason}`
-    pub rejected: IntCounterVec,
-    /// `fulcrum_failover_heartbeats_late_total`
-    pub heartbeats_late: IntCounter,
-    /// `fulcrum_failover_timer_late_total`
-    pub timer_late: IntCounter,
-    /// `fulcrum_failover_announce_failures_total{family}`
-    pub announce_failures: IntCounterVec,
-    /// `fulcrum_failover_peer_exits_total`
-    pub peer_exits: IntCounter,
-}
-
-/// What `/status` shows.
-#[derive(Debug, Clone)]
-pub struct Status {
-    pub node: String,
-    pub role: Role,
-    /// When the last valid heartbeat of any peer arrived.
-    pub last_heard: Option<Instant>,
-}
-
-impl Status {
-    pub fn state(&self) -> &'static str {
-        role_name(self.role)
-    }
-
-    pub fn peer_last_seen_ms(&self) -> Option<u64> {
-        self.last_heard
-            .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Active => "active",
-        Role::Passive => "passive",
-        Role::Fault => "fault",
-    }
-}
-
-/// The sockets of a driver: heartbeats over UDP, and the exit watch's listener over
-/// TCP on the same address and port.
-pub struct Bound {
-    pub heartbeat: std::net::UdpSocket,
-    pub exits: std::net::TcpListener,
-}
-
-/// Binds the heartbeat sockets: done with the listeners, so that a port in use stops
-/// the start the same way.
-pub fn bind(config: &Failover) -> io::Result<Bound> {
-    bind_at(config.bind)
-}
-
-/// Binds both sockets at `addr`; with port 0 the TCP one takes the port the UDP one
-/// was given.
-pub fn bind_at(addr: SocketAddr) -> io::Result<Bound> {
-    // Port 0: the port the UDP socket gets may be taken for TCP (ephemeral ports are
-    // shared by outgoing connections); another is tried.
-    let mut tries = if addr.port() == 0 { 16 } else { 1 };
-    loop {
-        let heartbeat = std::net::UdpSocket::bind(addr)?;
-        heartbeat.set_nonblocking(true)?;
-        match std::net::TcpListener::bind(heartbeat.local_addr()?) {
-            Ok(exits) => {
-                exits.set_nonblocking(true)?;
-                return Ok(Bound { heartbeat, exits });
-            }
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// What the rest of the process sees of a running driver: its role, and the way to
-/// hand it new settings.
-#[derive(Clone)]
-pub struct Control {
-    status: watch::Receiver<Status>,
-    settings: Arc<watch::Sender<Arc<Failover>>>,
-}
-
-impl Control {
-    pub fn status(&self) -> watch::Receiver<Status> {
-        self.status.clone()
-    }
-
-    /// The settings the driver runs with now.
-    pub fn settings(&self) -> Arc<Failover> {
-        self.settings.borrow().clone()
-    }
-
-    /// New settings from a reload; [`reloadable`] must have accepted them.
-    pub fn update(&self, config: Failover) {
-        self.settings.send_replace(Arc::new(config));
-    }
-}
-
-/// Whether a reload may go from `old` to `new`: the node's name, its heartbeat
-/// address, the key and the addresses it holds cannot change under a running pair
-/// (the peer would see a stranger, or both would hold the addresses); the error names
-/// the first key that did.
-pub fn reloadable(old: &Failover, new: &Failover) -> Result<(), String> {
-    let fixed = if old.node != new.node {
-        "failover.node"
-    } else if old.bind != new.bind {
-        "failover.bind"
-    } else if old.secret != new.secret {
-        "failover.secret_file (the key)"
-    } else if old.vips != new.vips {
-        "failover.vips"
-    } else {
-        return Ok(());
-    };
-    Err(format!(
-        "{fixed} cannot change at reload: restart to change it"
-    ))
-}
-
-/// A running driver.
-pub struct Running {
-    control: Control,
-    stop: CancellationToken,
-    done: oneshot::Receiver<()>,
-}
-
-impl Running {
-    pub fn status(&self) -> watch::Receiver<Status> {
-        self.control.status()
-    }
-
-    pub fn control(&self) -> Control {
-        self.control.clone()
-    }
-
-    /// The graceful stop: resign if active, remove the addresses, then return.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.done.await;
-    }
-}
-
-/// Starts the driver on a socket from [`bind`], on a thread of its own.
+/// Starts the driver on a socket from [`bind`](super::control::bind), on a thread of
+/// its own.
 pub fn start(config: Failover, bound: Bound, metrics: Metrics) -> io::Result<Running> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -339,24 +185,6 @@ fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// Work for the address task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
-    /// Add and announce every address, then run `on_active`.
-    Acquire,
-    /// Remove every address, then run `on_passive` when `hook`.
-    Release { hook: bool },
-    /// Announce again.
-    Announce,
-}
-
-/// Reports from the address task.
-enum Report {
-    /// Every address is held (and being announced).
-    Acquired,
-    VipFailed,
 }
 
 struct Driver {
@@ -770,238 +598,5 @@ impl Driver {
 }
 
 /// Runs address commands in order; failures of `Acquire` are reported back.
-async fn run_addresses(
-    vips: Vec<Vip>,
-    mut commands: mpsc::Receiver<Command>,
-    reports: mpsc::Sender<Report>,
-    hooks: mpsc::Sender<Hook>,
-    failures: IntCounterVec,
-) {
-    let mut netlink: Option<Netlink> = None;
-    // The announcements under way: a node that gives the addresses away stops
-    // announcing them, so that its last one never follows the new holder's.
-    let mut series = CancellationToken::new();
-    // Whether the addresses are held: only then are they announced again.
-    let mut held = false;
-    while let Some(command) = commands.recv().await {
-        series.cancel();
-        series = CancellationToken::new();
-        if !vips.is_empty() && netlink.is_none() {
-            match Netlink::connect() {
-                Ok(n) => netlink = Some(n),
-                Err(e) => {
-                    error!(error = %e, "failover: no netlink socket");
-                    if command == Command::Acquire {
-                        let _ = reports.try_send(Report::VipFailed);
-                    }
-                    continue;
-                }
-            }
-        }
-        match command {
-            Command::Acquire => match acquire(netlink.as_ref(), &vips).await {
-                Ok(links) => {
-                    held = true;
-                    announce(&vips, &links, series.clone(), &failures);
-                    let _ = reports.try_send(Report::Acquired);
-                    let _ = hooks.try_send(Hook::Active);
-                }
-                Err(e) => {
-                    error!(error = %e, "failover: cannot add a virtual address");
-                    held = false;
-                    release(netlink.as_ref(), &vips).await;
-                    let _ = reports.try_send(Report::VipFailed);
-                }
-            },
-            Command::Release { hook } => {
-                held = false;
-                release(netlink.as_ref(), &vips).await;
-                if hook {
-                    let _ = hooks.try_send(Hook::Passive);
-                }
-            }
-            Command::Announce if !held => {}
-            Command::Announce => {
-                if let Some(n) = &netlink {
-                    let mut links = Vec::new();
-                    for vip in &vips {
-                        links.push(n.link(&vip.interface).await.ok());
-                    }
-                    announce(&vips, &links, series.clone(), &failures);
-                }
-            }
-        }
-    }
-}
-
-async fn acquire(netlink: Option<&Netlink>, vips: &[Vip]) -> io::Result<Vec<Option<Link>>> {
-    let Some(n) = netlink else {
-        return Ok(Vec::new());
-    };
-    let mut links = Vec::new();
-    for vip in vips {
-        let link = n.link(&vip.interface).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("{} on {}: {e}", vip.address, vip.interface),
-            )
-        })?;
-        n.add(vip, &link).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("{} on {}: {e}", vip.address, vip.interface),
-            )
-        })?;
-        info!(address = %vip.address, interface = %vip.interface, "failover: address added");
-        links.push(Some(link));
-    }
-    Ok(links)
-}
-
-async fn release(netlink: Option<&Netlink>, vips: &[Vip]) {
-    let Some(n) = netlink else { return };
-    for vip in vips {
-        match n.remove(vip).await {
-            Ok(()) => {
-                debug!(address = %vip.address, interface = %vip.interface, "failover: address removed")
-            }
-            Err(e) => {
-                error!(address = %vip.address, interface = %vip.interface, error = %e, "failover: cannot remove a virtual address")
-            }
-        }
-    }
-}
-
-/// One address to announce, and how many of its announcements went out.
-struct Target {
-    index: u32,
-    mac: [u8; 6],
-    ip: IpAddr,
-    sent: u32,
-}
-
-/// Announces every address [`ANNOUNCE_COUNT`] times: the first round now, before
-/// this returns (so before the hooks), the rest on a timer of its own. A send that
-/// fails is logged and counted and tried again at the next round, for at most
-/// [`ANNOUNCE_ROUNDS`] rounds. Stops early when `stop` fires.
-fn announce(
-    vips: &[Vip],
-    links: &[Option<Link>],
-    stop: CancellationToken,
-    failures: &IntCounterVec,
-) {
-    let mut targets: Vec<Target> = vips
-        .iter()
-        .zip(links)
-        .filter_map(|(vip, link)| {
-            let link = link.as_ref()?;
-            let mac: [u8; 6] = link.mac.as_slice().try_into().ok()?;
-            Some(Target {
-                index: link.index,
-                mac,
-                ip: vip.address.addr(),
-                sent: 0,
-            })
-        })
-        .collect();
-    if targets.is_empty() {
-        return;
-    }
-    announce_round(&mut targets, failures);
-    let failures = failures.clone();
-    tokio::spawn(async move {
-        for _ in 1..ANNOUNCE_ROUNDS {
-            targets.retain(|t| t.sent < ANNOUNCE_COUNT);
-            if targets.is_empty() {
-                debug!(count = ANNOUNCE_COUNT, "failover: addresses announced");
-                return;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(ANNOUNCE_GAP) => {}
-            }
-            announce_round(&mut targets, &failures);
-        }
-        for t in targets.iter().filter(|t| t.sent < ANNOUNCE_COUNT) {
-            error!(address = %t.ip, sent = t.sent, "failover: announcements given up");
-        }
-    });
-}
-
-fn announce_round(targets: &mut [Target], failures: &IntCounterVec) {
-    for t in targets.iter_mut().filter(|t| t.sent < ANNOUNCE_COUNT) {
-        match neighbour::send(t.index, t.mac, t.ip) {
-            Ok(()) => t.sent += 1,
-            Err(e) => {
-                let (family, what) = match t.ip {
-                    IpAddr::V4(_) => ("ipv4", "gratuitous ARP"),
-                    IpAddr::V6(_) => ("ipv6", "neighbour advertisement"),
-                };
-                failures.with_label_values(&[family]).inc();
-                warn!(address = %t.ip, error = %e, "failover: {what} not sent");
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Hook {
-    Active,
-    Passive,
-}
-
-/// Runs hooks one at a time, in order, each bounded by [`HOOK_TIMEOUT`].
-async fn run_hooks(settings: watch::Receiver<Arc<Failover>>, hooks: mpsc::Receiver<Hook>) {
-    run_hooks_within(settings, hooks, HOOK_TIMEOUT).await
-}
-
-/// Runs each hook as the settings name it when its turn comes (a reload may have
-/// changed them).
-async fn run_hooks_within(
-    settings: watch::Receiver<Arc<Failover>>,
-    mut hooks: mpsc::Receiver<Hook>,
-    limit: Duration,
-) {
-    while let Some(hook) = hooks.recv().await {
-        let config = settings.borrow().clone();
-        let (path, state): (&Option<PathBuf>, &str) = match hook {
-            Hook::Active => (&config.on_active, "active"),
-            Hook::Passive => (&config.on_passive, "passive"),
-        };
-        let Some(path) = path else { continue };
-        let mut command = tokio::process::Command::new(path);
-        command
-            .env("FULCRUM_FAILOVER_STATE", state)
-            .env("FULCRUM_FAILOVER_NODE", &config.node)
-            .stdin(std::process::Stdio::null())
-            // A group of its own: at the timeout, what it started goes with it.
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = match command.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                error!(hook = %path.display(), error = %e, "failover: hook cannot be started");
-                continue;
-            }
-        };
-        match tokio::time::timeout(limit, child.wait()).await {
-            Ok(Ok(status)) if status.success() => {
-                info!(hook = %path.display(), state, "failover: hook finished")
-            }
-            Ok(Ok(status)) => {
-                warn!(hook = %path.display(), state, %status, "failover: hook failed")
-            }
-            Ok(Err(e)) => error!(hook = %path.display(), error = %e, "failover: hook lost"),
-            Err(_) => {
-                if let Some(pid) = child.id() {
-                    super::group::kill(pid);
-                }
-                let _ = child.kill().await;
-                warn!(hook = %path.display(), state, timeout = ?limit, "failover: hook killed: ran too long");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -9,17 +9,21 @@
 //!   (addresses over netlink in [`netlink`], gratuitous ARP and unsolicited neighbour
 //!   advertisements in [`neighbour`], hooks killed with their process group by
 //!   [`group`] when they overrun), the graceful resign, settings changed at reload,
-//!   and the role published for `/status` and the metrics;
+//!   and the role published for `/status` and the metrics; its address task in
+//!   `addresses.rs`, its hook task in `hooks.rs`;
 //! - [`exit`]: the exit watch, a TCP connection to each peer's heartbeat port whose
 //!   close, followed by a refused reconnection, means the peer's process ended without
 //!   resigning.
 
+mod addresses;
+pub mod control;
 pub mod driver;
 pub mod exit;
 pub mod group;
+mod hooks;
 pub mod machine;
 pub mod neighbour;
 pub mod netlink;
 pub mod wire;
 
-pub use driver::{Control, Metrics, Running, Status};
+pub use control::{Control, Metrics, Running, Status};

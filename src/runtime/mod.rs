@@ -264,7 +264,7 @@ pub struct Server {
     shared: Arc<Shared>,
     admin: Option<TcpListener>,
     /// The heartbeat socket, bound with the listeners; the driver starts in `run`.
-    failover: Option<failover::driver::Bound>,
+    failover: Option<failover::control::Bound>,
     /// Called once the server serves (after READY=1).
     ready: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -352,11 +352,13 @@ impl Server {
             None => None,
         };
         let failover = match &config.failover {
-            Some(f) => Some(failover::driver::bind(f).map_err(|source| BindError::Bind {
-                listener: "failover".into(),
-                addr: f.bind,
-                source,
-            })?),
+            Some(f) => Some(
+                failover::control::bind(f).map_err(|source| BindError::Bind {
+                    listener: "failover".into(),
+                    addr: f.bind,
+                    source,
+                })?,
+            ),
             None => None,
         };
         if crate::dns::wanted(&config) {

@@ -41,7 +41,7 @@ pub(super) fn start_bgp(shared: &Arc<Shared>, config: crate::config::Bgp) {
 pub(super) fn start_failover(
     shared: &Shared,
     config: crate::config::Failover,
-    sockets: failover::driver::Bound,
+    sockets: failover::control::Bound,
 ) -> Option<failover::Running> {
     let metrics = failover::Metrics {
         active: shared.metrics.failover_active.clone(),

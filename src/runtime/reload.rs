@@ -192,7 +192,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
 fn failover_change(old: &Config, new: &Config) -> Result<(), String> {
     match (&old.failover, &new.failover) {
         (None, None) => Ok(()),
-        (Some(a), Some(b)) => crate::failover::driver::reloadable(a, b),
+        (Some(a), Some(b)) => crate::failover::control::reloadable(a, b),
         (None, Some(_)) => Err("[failover] cannot be added at reload: restart to add it".into()),
         (Some(_), None) => {
             Err("[failover] cannot be removed at reload: restart to remove it".into())

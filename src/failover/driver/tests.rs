@@ -1,4 +1,8 @@
 use super::*;
+use crate::config::Vip;
+use crate::failover::control::{bind_at, reloadable};
+use crate::failover::hooks::{run_hooks_within, Hook};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use std::os::unix::fs::PermissionsExt;
 
 /// Generous bound for anything these tests wait on; never a measurement.
