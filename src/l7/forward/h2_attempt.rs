@@ -1,0 +1,157 @@
+//! One attempt on an HTTP/2 backend, and what its errors say.
+
+use super::*;
+
+/// How one HTTP/2 attempt ended.
+pub(super) enum H2Try {
+    Answered(h2::Answer),
+    /// The request never left (its body, if any, is back in place).
+    Unsent {
+        fresh: bool,
+    },
+    /// `again`: another backend may be tried (nothing was sent, or nothing of the
+    /// request can have been acted on).
+    Failed {
+        error: ProxyError,
+        again: bool,
+    },
+}
+
+/// One attempt on an HTTP/2 backend: a stream on a shared connection (opened if none
+/// has room), the request sent, its response head awaited.
+pub(super) async fn attempt_h2(
+    sending: &Sending<'_>,
+    body: &mut Option<RequestBody>,
+    (pool, keepalive, learnt): (&BackendPool, Duration, bool),
+    (lease, i): (&mut Lease, usize),
+    f: &Forwarding<'_>,
+    exchange: &mut Exchange,
+) -> H2Try {
+    let up = &f.target.upstream;
+    let timings = &f.target.timings[i];
+    let how = connect_how(f, lease, keepalive);
+    let started = tokio::time::Instant::now();
+    let (mut sender, in_flight, fresh) = match pool
+        .h2
+        .stream(pool.open_stream(how.timeout, how.tls), &how)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            connect_failed(f, lease, &e);
+            return H2Try::Failed {
+                error: ProxyError::Connect(e),
+                again: true,
+            };
+        }
+    };
+    if fresh {
+        count_opened(timings, started, exchange);
+    } else if !learnt {
+        timings.reused.inc();
+    }
+    exchange.backend = Some(lease.shared_backend());
+    let request_body = if sending.retriable {
+        RequestBody::empty()
+    } else {
+        match body.take() {
+            Some(b) => b,
+            None => {
+                return H2Try::Failed {
+                    error: ProxyError::NoBackend,
+                    again: false,
+                }
+            }
+        }
+    };
+    let scheme = if f.target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let req = match h2::request(
+        sending.head,
+        request_body,
+        scheme,
+        &lease.backend().host,
+        sending.te_trailers,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "request not expressible in HTTP/2");
+            return H2Try::Failed {
+                error: ProxyError::BadRequest("request target not usable"),
+                again: false,
+            };
+        }
+    };
+    let sent_at = tokio::time::Instant::now();
+    let sent = tokio::select! {
+        r = sender.try_send_request(req) => Ok(r),
+        late = deadline(exchange.body.clone(), sending.body_deadline, f) => Err(late),
+    };
+    match sent {
+        Err(Late::Body) => H2Try::Failed {
+            error: ProxyError::BodyTimeout,
+            again: false,
+        },
+        Err(Late::Backend) => H2Try::Failed {
+            error: ProxyError::Timeout(f.timeout),
+            again: false,
+        },
+        Ok(Ok(response)) => {
+            lease.set_outcome(BackendOutcome::Success);
+            let took = sent_at.elapsed();
+            lease.record_latency(took);
+            timings.response.observe(took.as_secs_f64());
+            exchange.upstream_header_ms = Some(took.as_millis() as u64);
+            H2Try::Answered(h2::Answer {
+                response,
+                in_flight,
+            })
+        }
+        Ok(Err(mut e)) => {
+            if let Some(req) = e.take_message() {
+                pool.h2.retire(&in_flight);
+                if !sending.retriable {
+                    *body = Some(req.into_body());
+                }
+                return H2Try::Unsent { fresh };
+            }
+            let e = e.into_error();
+            if let Some(own) = request_body_error(&e) {
+                return H2Try::Failed {
+                    error: own,
+                    again: false,
+                };
+            }
+            warn!(
+                request.id = %f.request_id.to_str().unwrap_or("-"),
+                upstream = %up.name,
+                backend.name = %lease.backend().name,
+                error = %e,
+                "request to backend failed"
+            );
+            H2Try::Failed {
+                error: ProxyError::Backend(e.to_string()),
+                // A stream the backend refused before acting on it may go elsewhere.
+                again: sending.retriable,
+            }
+        }
+    }
+}
+
+/// fulcrum's own request body errors, found in an HTTP/2 send's error chain.
+pub(super) fn request_body_error(e: &hyper::Error) -> Option<ProxyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<crate::l7::request_body::TooLarge>() {
+            return Some(ProxyError::BodyTooLarge);
+        }
+        if s.is::<crate::l7::request_body::TooLate>() {
+            return Some(ProxyError::BodyTimeout);
+        }
+        source = s.source();
+    }
+    None
+}

@@ -1,0 +1,113 @@
+//! Upgrades: which a request may ask for, WebSocket over HTTP/2 (RFC 8441) turned
+//! into an HTTP/1.1 upgrade, and the tunnel once the backend said 101.
+
+use super::*;
+
+/// Whether the request asks for an upgrade the route allows: HTTP/1.1, `Connection:
+/// upgrade`, and every protocol `Upgrade` names among `allowed` (never `h2c`). Any
+/// other `Upgrade` is dropped with the hop-by-hop fields and the request goes on as
+/// a plain one (RFC 9110 7.8: a server may ignore it).
+pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return false;
+    }
+    let mut named = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or(",").split(','))
+        .map(|p| p.trim())
+        .peekable();
+    named.peek().is_some()
+        && named.all(|p| {
+            let name = p.split('/').next().unwrap_or("");
+            !name.eq_ignore_ascii_case("h2c")
+                && allowed
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(p) || a.eq_ignore_ascii_case(name))
+        })
+}
+
+/// Marks a request rewritten from an HTTP/2 extended CONNECT: its 101 is the
+/// client's 200.
+#[derive(Debug, Clone, Copy)]
+pub struct FromExtendedConnect;
+
+/// An HTTP/2 extended CONNECT for `websocket` (RFC 8441) on a route that passes
+/// WebSocket, rewritten as the HTTP/1.1 upgrade a backend expects: `GET` with
+/// `Connection: upgrade`, `Upgrade: websocket` and a new `Sec-WebSocket-Key`. A
+/// plain CONNECT is left as it is; another protocol, or a route that does not pass
+/// WebSocket, is refused.
+pub fn from_extended_connect<B>(
+    req: &mut Request<B>,
+    allowed: &[String],
+) -> Result<(), ProxyError> {
+    let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() else {
+        return Ok(());
+    };
+    if !protocol.as_str().eq_ignore_ascii_case("websocket")
+        || !allowed.iter().any(|a| a.eq_ignore_ascii_case("websocket"))
+    {
+        return Err(ProxyError::BadRequest(
+            "extended CONNECT not passed on this route",
+        ));
+    }
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+    *req.method_mut() = Method::GET;
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::try_from(key) {
+        h.insert(header::SEC_WEBSOCKET_KEY, v);
+    }
+    if !h.contains_key(header::SEC_WEBSOCKET_VERSION) {
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    req.extensions_mut().insert(FromExtendedConnect);
+    Ok(())
+}
+
+/// The upgrade stage: once the backend said 101, bytes pass both ways (the backend's
+/// first bytes after its head first) until either side closes, `idle` passes without
+/// traffic, or shutdown's drain time is over. The tunnel holds the lease and the
+/// client connection's places under the limits.
+pub(super) fn tunnel(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    backend: h1::Stream,
+    early: bytes::Bytes,
+    lease: Lease,
+    ctx: &Arc<ConnCtx>,
+    idle: Duration,
+) {
+    let cut = ctx.cut.clone();
+    let backend_addr = lease.backend().addr;
+    let permits = ctx.permits.clone();
+    ctx.tracker.spawn(async move {
+        // The tunnel still counts against the connection limits.
+        let _held = (lease, permits);
+        let client = match client_upgrade.await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(backend.addr = %backend_addr, client = ?e, "upgrade failed");
+                return;
+            }
+        };
+        let activity = Arc::new(Activity::new());
+        let mut c = Watched::new(TokioIo::new(client), activity.clone());
+        let mut b = Watched::new(backend, activity.clone());
+        // What the backend sent right after its 101 goes first.
+        if !early.is_empty() && c.write_all(&early).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+            _ = activity.idle_for(idle) => {}
+            _ = cut.cancelled() => {}
+        }
+    });
+}
