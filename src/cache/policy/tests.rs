@@ -1,3 +1,4 @@
+use super::validation::usual_case;
 use super::*;
 use std::time::SystemTime;
 
