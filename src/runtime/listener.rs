@@ -16,8 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::bind::BindKey;
 use super::snapshot::{Engine, ListenerEntry};
-use super::{BindKey, Shared};
+use super::Shared;
 use crate::config::H2c;
 use crate::limits::ClientPlace;
 use crate::{l4, l7, proxy_protocol};

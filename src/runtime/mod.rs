@@ -5,8 +5,10 @@
 //! Only this module wires the others together. The engines get what one connection
 //! needs from the current snapshot and never see the rest.
 
+mod bind;
 mod certificates;
 mod control;
+mod dns;
 mod listener;
 mod peers;
 mod reload;
@@ -29,15 +31,17 @@ use tracing::{info, warn};
 
 use crate::admin::{self, metrics::Metrics};
 use crate::bgp;
-use crate::config::{Config, Listener};
+use crate::config::Config;
 use crate::failover;
 use crate::health;
 use crate::l7::Pools;
 use crate::limits;
 use crate::upstream::Registry;
+pub(crate) use bind::{bind_keys, BindKey};
 use certificates::{
     configure_certificates, publish_certificates, rotate_tickets, start_acme, watch_certificates,
 };
+use dns::{apply_dns_changes, effective};
 use peers::{start_bgp, start_failover};
 use snapshot::Parts;
 pub use snapshot::Snapshot;
@@ -54,29 +58,6 @@ pub enum BindError {
     },
     #[error("{0}")]
     Tls(String),
-}
-
-/// What identifies a listening socket across reloads: its configured address, or for
-/// port 0 (a fresh port each time) the listener and the position in its `bind`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum BindKey {
-    Addr(SocketAddr),
-    Ephemeral(String, usize),
-}
-
-pub(crate) fn bind_keys(l: &Listener) -> Vec<(BindKey, SocketAddr)> {
-    l.bind
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let key = if a.port() == 0 {
-                BindKey::Ephemeral(l.name.clone(), i)
-            } else {
-                BindKey::Addr(*a)
-            };
-            (key, *a)
-        })
-        .collect()
 }
 
 struct RunningLoop {
@@ -577,50 +558,6 @@ impl Shared {
     /// The BGP speakers, when `[bgp]` is configured.
     fn bgp(&self) -> Option<bgp::Running> {
         self.bgp.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// `file` expanded with the backends' DNS records (the same `Arc` when it has none
-/// to look up).
-pub(crate) fn effective(shared: &Shared, file: &Arc<Config>) -> Arc<Config> {
-    if crate::dns::wanted(file) {
-        Arc::new(crate::dns::expand(file, &shared.dns.records()))
-    } else {
-        file.clone()
-    }
-}
-
-/// Builds the generation again, with the same number, whenever DNS records change:
-/// added backends get health checks, removed ones finish what they have in flight.
-async fn apply_dns_changes(shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let changed = shared.dns.changed();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = changed => {}
-        }
-        let _one_at_a_time = shared.reload_lock.lock().await;
-        if shared.stop_accepting.is_cancelled() {
-            return;
-        }
-        let file = shared
-            .file_config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let config = effective(&shared, &file);
-        let generation = shared.current.load().generation;
-        match shared.build(config.clone(), generation) {
-            Ok(next) => {
-                shared.current.store(Arc::new(next));
-                shared.registry.retain(&config);
-                shared.pools.retain(&config);
-                shared.health.sync(&config, &shared.registry);
-            }
-            Err(e) => {
-                warn!(error = %e, "backends from DNS changed, but the generation cannot be built")
-            }
-        }
     }
 }
 

@@ -110,7 +110,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
     if shared.dns.missing(&file_config) {
         shared.dns.lookup_now(&file_config).await;
     }
-    let config = super::effective(shared, &file_config);
+    let config = super::dns::effective(shared, &file_config);
     let next = match shared.build(config.clone(), generation) {
         Ok(n) => n,
         Err(e) => {

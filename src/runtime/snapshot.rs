@@ -15,7 +15,7 @@ use crate::limits::{Applied, Limiter, PerClient, RedisStore};
 use crate::telemetry::export::{self, Exporter};
 use crate::upstream::{Registry, Upstream};
 
-use super::{bind_keys, BindKey};
+use super::bind::{bind_keys, BindKey};
 
 pub struct Snapshot {
     pub generation: u64,
