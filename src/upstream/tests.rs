@@ -173,12 +173,12 @@ fn a_drained_or_down_backend_is_not_picked() {
     assert_eq!(up.pick(&PickContext::default()).unwrap().index(), 0);
 }
 
-#[test]
-fn failures_in_a_row_eject_a_backend_until_its_time_runs_out() {
+#[tokio::test(start_paused = true)]
+async fn failures_in_a_row_eject_a_backend_until_its_time_runs_out() {
     let reg = Registry::new();
     let cfg = config(
         "{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }",
-        "[upstream.app.health]\npassive_failures = 3\neject_for = \"1s\"\n",
+        "[upstream.app.health]\npassive_failures = 3\neject_for = \"30s\"\n",
     );
     let up = Upstream::build(&cfg.upstreams[0], &reg);
     for _ in 0..3 {
@@ -190,7 +190,11 @@ fn failures_in_a_row_eject_a_backend_until_its_time_runs_out() {
         assert_eq!(up.pick(&PickContext::default()).unwrap().index(), 1);
     }
     assert!(up.pick_backend(0).is_none());
-    std::thread::sleep(Duration::from_millis(1100));
+    // On tokio's paused clock: out for the whole of eject_for, back just after.
+    tokio::time::advance(Duration::from_millis(29_990)).await;
+    assert!(up.backends()[0].state.is_ejected());
+    assert!(up.pick_backend(0).is_none());
+    tokio::time::advance(Duration::from_millis(20)).await;
     let picks: Vec<usize> = (0..4)
         .map(|_| up.pick(&PickContext::default()).unwrap().index())
         .collect();
@@ -198,6 +202,11 @@ fn failures_in_a_row_eject_a_backend_until_its_time_runs_out() {
         picks.contains(&0),
         "back in rotation after eject_for: {picks:?}"
     );
+    assert!(!up.backends()[0].state.is_ejected());
+    // A failure after the return starts a new count: one alone does not eject.
+    up.pick_backend(0)
+        .unwrap()
+        .set_outcome(BackendOutcome::Failure);
     assert!(!up.backends()[0].state.is_ejected());
 }
 

@@ -228,3 +228,36 @@ sleep 300
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(gone, "the hook's own child {child} outlived the kill");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_timer_keeps_its_schedule_when_a_tick_comes_late() {
+    let period = Duration::from_secs(1);
+    let start = Instant::now();
+    let mut t = timer(period);
+    t.tick().await;
+    assert_eq!(Instant::now(), start, "the first heartbeat goes at once");
+    t.tick().await;
+    assert_eq!(Instant::now(), start + period);
+    // The runtime is held up for two and a half periods: the late tick comes at once,
+    // and the next one is where the schedule had it, not a period after the late one.
+    tokio::time::advance(period * 5 / 2).await;
+    let held_until = Instant::now();
+    t.tick().await;
+    assert_eq!(Instant::now(), held_until);
+    t.tick().await;
+    assert_eq!(Instant::now(), start + period * 4);
+    t.tick().await;
+    assert_eq!(Instant::now(), start + period * 5);
+}
+
+#[test]
+fn the_machine_is_looked_at_ten_times_per_interval_and_at_most_every_5_ms() {
+    assert_eq!(
+        check_every(Duration::from_secs(1)),
+        Duration::from_millis(100)
+    );
+    assert_eq!(
+        check_every(Duration::from_millis(20)),
+        Duration::from_millis(5)
+    );
+}
