@@ -153,7 +153,7 @@ pub struct ClientBody {
     pub inner: ResponseBody,
     pub record: Option<super::access::Record>,
     /// Ends the request for the connection's idle accounting when dropped.
-    pub _open: Option<super::conn::OpenRequest>,
+    pub _open: Option<super::open::OpenRequest>,
 }
 
 impl Body for ClientBody {

@@ -18,73 +18,24 @@ use std::time::{Duration, SystemTime};
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use prometheus::IntCounter;
 use tracing::debug;
 
 use super::body::ResponseBody;
 use super::error::{self, ProxyError};
 use super::exchange::Exchange;
 use super::forward::{self, Forwarding};
-use crate::admin::metrics::Metrics;
 use crate::cache::decide::{self, OnFailure, OnHead, OnNotModified, OnRequest, Storing};
 use crate::cache::fill::Fill;
 use crate::cache::policy;
 use crate::cache::range;
 use crate::cache::status::{CacheOutcome, CacheStatus, Fwd, CACHE_STATUS};
 use crate::cache::tee::{Pending, Tee};
-use crate::cache::{self, Cache, Flight, Join, Key, Lookup, Stored};
+use crate::cache::{self, Flight, Join, Key, Lookup, Stored};
 
 mod fetch;
 use fetch::*;
 
-/// The cache as a route uses it, with the counters of `fulcrum_cache_requests_total`.
-#[derive(Debug, Clone)]
-pub struct CacheRoute {
-    pub cache: Arc<Cache>,
-    pub counters: Arc<Counters>,
-    /// The listener and route, part of every key this route stores under.
-    pub id: Arc<str>,
-}
-
-impl CacheRoute {
-    fn key(&self, https: bool, host: &str, uri: &Uri) -> Key {
-        Key::new(&self.id, https, host, uri)
-    }
-}
-
-#[derive(Debug)]
-pub struct Counters {
-    hit: IntCounter,
-    miss: IntCounter,
-    stale: IntCounter,
-    revalidated: IntCounter,
-    bypass: IntCounter,
-}
-
-impl Counters {
-    pub fn new(metrics: &Metrics) -> Counters {
-        let c = |r: &str| metrics.cache_requests_total.with_label_values(&[r]);
-        Counters {
-            hit: c("hit"),
-            miss: c("miss"),
-            stale: c("stale"),
-            revalidated: c("revalidated"),
-            bypass: c("bypass"),
-        }
-    }
-}
-
-/// How the cache answered: the `cache` field of the access line.
-/// Counts `outcome` in `fulcrum_cache_requests_total`.
-fn count(outcome: CacheOutcome, c: &Counters) {
-    match outcome {
-        CacheOutcome::Hit => c.hit.inc(),
-        CacheOutcome::Miss => c.miss.inc(),
-        CacheOutcome::Stale => c.stale.inc(),
-        CacheOutcome::Revalidated => c.revalidated.inc(),
-        CacheOutcome::Bypass => c.bypass.inc(),
-    }
-}
+use super::cache_route::{count, CacheRoute};
 
 /// Forwards; should it fail, the error response carries `status` too.
 async fn send_as(

@@ -2,14 +2,14 @@
 //! accounting, drain and close signals; and what the runtime hands over with it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::open::Requests;
 use super::pool::BackendPool;
 use super::settings::Settings;
 
@@ -36,14 +36,10 @@ pub struct ConnCtx {
     pub(super) waited: AtomicBool,
     /// Set once the first request's head has arrived.
     pub(super) first_request: AtomicBool,
-    /// Requests whose response is not over yet.
-    pub(super) open: AtomicUsize,
-    /// When the last request began or ended, in milliseconds since `born`.
-    pub(super) last_request_ms: AtomicU64,
-    pub(super) born: Instant,
-    /// Set by an HTTP/2 request: then only requests count as activity, not the pings
-    /// and other frames a client can send to hold a connection open.
-    pub(super) h2: AtomicBool,
+    /// Requests in flight and when the last began or ended: on HTTP/2 only requests
+    /// count as activity, not the pings and other frames a client can send to hold a
+    /// connection open.
+    pub(super) requests: Arc<Requests>,
     /// Fired when a response must be the connection's last (a malformed request, a
     /// denied client): the connection closes once it is sent.
     pub(super) close: CancellationToken,
@@ -97,10 +93,7 @@ impl ConnCtx {
             waiting: AtomicUsize::new(0),
             waited: AtomicBool::new(false),
             first_request: AtomicBool::new(true),
-            open: AtomicUsize::new(0),
-            last_request_ms: AtomicU64::new(0),
-            born: Instant::now(),
-            h2: AtomicBool::new(false),
+            requests: Default::default(),
             close: CancellationToken::new(),
             draining: AtomicBool::new(false),
             permits: Arc::new(()),
@@ -124,34 +117,6 @@ impl ConnCtx {
         let pool = Arc::new(BackendPool::private(shared, header));
         pools.push((id, pool.clone()));
         pool
-    }
-
-    pub(super) fn touch(&self) {
-        let ms = self.born.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
-        self.last_request_ms.store(ms, Ordering::Relaxed);
-    }
-
-    pub(super) fn request_began(self: &Arc<Self>) -> OpenRequest {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        if self.h2.load(Ordering::Relaxed) {
-            self.touch();
-        }
-        OpenRequest(self.clone())
-    }
-}
-
-/// A request whose response is not over yet; its end counts as the connection's last
-/// activity.
-pub struct OpenRequest(Arc<ConnCtx>);
-
-impl Drop for OpenRequest {
-    fn drop(&mut self) {
-        // The time of the last request matters only where requests time the
-        // connection out (HTTP/2); HTTP/1.1 reads no clock here.
-        if self.0.h2.load(Ordering::Relaxed) {
-            self.0.touch();
-        }
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

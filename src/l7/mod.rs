@@ -7,6 +7,7 @@
 
 mod access;
 pub mod body;
+pub mod cache_route;
 pub mod cached;
 mod client;
 mod compress;
@@ -19,6 +20,7 @@ mod h1;
 mod h2;
 mod headers;
 pub mod host;
+mod open;
 pub mod path;
 pub mod pool;
 mod request;
@@ -40,8 +42,9 @@ pub use settings::{
 };
 pub use static_files::StaticDir;
 
-pub use conn::{Accepted, ConnCtx, CurrentSettings, OpenRequest, Protocol, Waiting};
+pub use conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Waiting};
 pub use grpc::{grpc_timeout, is_grpc};
+pub use open::OpenRequest;
 pub use request::client_octets;
 pub use serve::{serve_connection, DRAIN_LINGER};
 pub use target::{Upstream2, UpstreamTarget};

@@ -70,9 +70,9 @@ async fn handle_in(
     ctx.first_request.store(true, Ordering::Relaxed);
     // Only HTTP/2 connections are timed out by their requests (see `idle`).
     if req.version() == http::Version::HTTP_2 {
-        ctx.h2.store(true, Ordering::Relaxed);
+        ctx.requests.set_h2();
     }
-    let open = Some(ctx.request_began());
+    let open = Some(ctx.requests.began());
     let settings = (ctx.current)().unwrap_or_else(|| ctx.settings.clone());
     let s = &settings;
     // The one host of the request, for routing, forwarding, the cache key and the log.
@@ -181,7 +181,7 @@ async fn handle_in(
             // trusted, and a denied client has nothing more to ask: its last response.
             // HTTP/2 streams are independent: one bad request does not close the
             // connection of the others (and HTTP/2 has no `Connection` field).
-            if !ctx.h2.load(Ordering::Relaxed) {
+            if !ctx.requests.h2() {
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 ctx.close.cancel();
@@ -230,7 +230,7 @@ async fn handle_in(
     // keep-alive client sends its next request on a new connection (to whichever
     // process serves now) instead of racing the close.
     if ctx.draining.load(Ordering::Relaxed)
-        && !ctx.h2.load(Ordering::Relaxed)
+        && !ctx.requests.h2()
         && response.status() != StatusCode::SWITCHING_PROTOCOLS
     {
         response

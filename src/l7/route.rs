@@ -32,7 +32,7 @@ pub struct Action {
     /// Request counters for this listener and the route's upstream.
     pub metrics: Arc<RequestMetrics>,
     /// Served through the response cache.
-    pub cache: Option<super::cached::CacheRoute>,
+    pub cache: Option<super::cache_route::CacheRoute>,
     /// `Upgrade` protocols passed through, lower case.
     pub upgrades: Vec<String>,
     /// Static routes: serve path segments that start with a dot.

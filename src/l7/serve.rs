@@ -2,7 +2,7 @@
 //! watched for idleness, slowness, drain and cut.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -64,10 +63,7 @@ pub async fn serve_connection<S>(
         waiting: AtomicUsize::new(0),
         waited: AtomicBool::new(false),
         first_request: AtomicBool::new(false),
-        open: AtomicUsize::new(0),
-        last_request_ms: AtomicU64::new(0),
-        born: Instant::now(),
-        h2: AtomicBool::new(false),
+        requests: Default::default(),
         close: CancellationToken::new(),
         draining: AtomicBool::new(false),
         permits,
@@ -298,7 +294,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                     return;
                 }
             }
-            First::Side(Watch::Drain) if http1 && !ctx.h2.load(Ordering::Relaxed) => {
+            First::Side(Watch::Drain) if http1 && !ctx.requests.h2() => {
                 ctx.draining.store(true, Ordering::Relaxed);
                 lingering = true;
             }
@@ -348,13 +344,13 @@ async fn too_slow(activity: &Activity, ctx: &ConnCtx, min_rate: u64) {
     let floor = min_rate.saturating_mul(window.as_secs());
     loop {
         let before = activity.moved();
-        let open_before = ctx.open.load(Ordering::Relaxed) > 0;
+        let open_before = ctx.requests.in_flight() > 0;
         ctx.waited
             .store(ctx.waiting.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
         tokio::time::sleep(window).await;
         let moved = activity.moved().saturating_sub(before);
         if open_before
-            && ctx.open.load(Ordering::Relaxed) > 0
+            && ctx.requests.in_flight() > 0
             && !ctx.waited.load(Ordering::Relaxed)
             && moved < floor
         {
@@ -377,13 +373,12 @@ async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
     };
     let requests = async {
         loop {
-            if !ctx.h2.load(Ordering::Relaxed) {
+            if !ctx.requests.h2() {
                 tokio::time::sleep(timeout).await;
                 continue;
             }
-            let last = Duration::from_millis(ctx.last_request_ms.load(Ordering::Relaxed));
-            let quiet = ctx.born.elapsed().saturating_sub(last);
-            if ctx.open.load(Ordering::Relaxed) == 0 && quiet >= timeout {
+            let quiet = ctx.requests.quiet();
+            if ctx.requests.in_flight() == 0 && quiet >= timeout {
                 return;
             }
             // Open requests: look again one timeout later.

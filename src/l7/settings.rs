@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use super::route::{Action, RouteTable, Target};
 use super::static_files::StaticDir;
 use super::target::UpstreamTarget;
-use super::{cached, headers, path, route, shaping};
+use super::{headers, path, route, shaping};
 use crate::admin::metrics::{Metrics, RequestMetrics};
 use crate::config::{self, RouteTarget};
 
@@ -114,7 +114,7 @@ impl Settings {
     ) -> Settings {
         let (global, compression, tracing) =
             (&config.global, &config.compression, config.tracing.as_ref());
-        let counters = cache.map(|_| Arc::new(cached::Counters::new(metrics)));
+        let counters = cache.map(|_| Arc::new(super::cache_route::Counters::new(metrics)));
         let action = |index: usize, r: &config::Route| -> Option<Action> {
             let (target, timeout, strip, caching) =
                 (&r.target, r.timeout, r.path_prefix.as_ref(), r.cache);
@@ -138,7 +138,7 @@ impl Settings {
                 strip_prefix: strip.cloned(),
                 metrics: metrics.requests(&l.name, label),
                 cache: match (caching, cache, &counters) {
-                    (true, Some(cache), Some(counters)) => Some(cached::CacheRoute {
+                    (true, Some(cache), Some(counters)) => Some(super::cache_route::CacheRoute {
                         cache: cache.clone(),
                         counters: counters.clone(),
                         id: Arc::from(format!("{}#{index}", l.name)),
