@@ -3,7 +3,7 @@
 //! builds the same ring. Adding or removing one of N backends moves about 1/N of the
 //! keys; a key whose backend is down or excluded goes to the next backend on the ring.
 
-use super::{Candidates, Selection};
+use super::candidates::{Candidates, Selection};
 use crate::hash::hash_bytes;
 
 /// Virtual nodes per unit of weight.

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{lowest, Candidates, Selection};
+use super::candidates::{lowest, Candidates, Selection};
 
 #[derive(Debug, Default)]
 pub struct LeastConnections {

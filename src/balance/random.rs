@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{Candidates, Selection};
+use super::candidates::{Candidates, Selection};
 
 #[derive(Debug)]
 pub struct Random {
@@ -70,7 +70,7 @@ impl Random {
             (Some(x), None) | (None, Some(x)) => Some(x),
             // Both draws hit excluded or just-downed backends: take the least loaded
             // of what is left rather than fail.
-            (None, None) => super::lowest(c, &s, 0, load),
+            (None, None) => super::candidates::lowest(c, &s, 0, load),
         }
     }
 }

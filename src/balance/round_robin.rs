@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{Candidates, Selection};
+use super::candidates::{Candidates, Selection};
 
 /// Upper bound on `cycle length × eligible backends`, the cost of building the exact
 /// smooth cycle. Past it (hundreds of backends with large, uneven weights) the cycle is

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::Decision;
+use super::gcra::Decision;
 use crate::config::Redis;
 
 /// How long Redis is left alone after it failed to answer.
