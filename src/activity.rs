@@ -19,7 +19,7 @@ const CHECKS_PER_TIMEOUT: u32 = 4;
 
 /// The bytes a connection moved, and its other signs of life.
 #[derive(Debug, Default)]
-pub struct Activity {
+pub(crate) struct Activity {
     /// Bytes read and written, all streams together.
     moved: AtomicU64,
     /// Signs of life that move no byte (see [`Activity::touch`]).
@@ -27,22 +27,22 @@ pub struct Activity {
 }
 
 impl Activity {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Bytes read and written so far.
-    pub fn moved(&self) -> u64 {
+    pub(crate) fn moved(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
     }
 
     /// Notes `n` bytes moved.
-    pub fn moved_bytes(&self, n: usize) {
+    pub(crate) fn moved_bytes(&self, n: usize) {
         self.moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Notes activity that moved no byte the counts see.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.touches.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -53,7 +53,7 @@ impl Activity {
     /// Completes once nothing has moved for `idle`, counted from the call or from the
     /// last activity after it. Activity is noticed on checks `idle / 4` apart, so it
     /// completes between `idle` and `1.25 x idle` after the last byte.
-    pub async fn idle_for(&self, idle: Duration) {
+    pub(crate) async fn idle_for(&self, idle: Duration) {
         let step = (idle / CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
         let mut seen = self.stirred();
         let mut quiet_since = Instant::now();
@@ -76,14 +76,14 @@ impl Activity {
 /// A stream that counts the bytes read from it and touches its [`Activity`] on
 /// every read and write.
 #[derive(Debug)]
-pub struct Watched<S> {
+pub(crate) struct Watched<S> {
     inner: S,
     read: u64,
     activity: Arc<Activity>,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
         Watched {
             inner,
             read: 0,
@@ -92,7 +92,7 @@ impl<S> Watched<S> {
     }
 
     /// Bytes read from this stream so far.
-    pub fn bytes_read(&self) -> u64 {
+    pub(crate) fn bytes_read(&self) -> u64 {
         self.read
     }
 }

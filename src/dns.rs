@@ -27,7 +27,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One backend a lookup found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Found {
+pub(crate) struct Found {
     /// `host:port` as the records name it: TLS's server name and the health checks'
     /// `Host`.
     pub host: String,
@@ -38,7 +38,7 @@ pub struct Found {
 
 /// (upstream, backend address as written, or `srv:` and the SRV name) to what its
 /// lookups found, sorted.
-pub type Records = HashMap<(String, String), Vec<Found>>;
+pub(crate) type Records = HashMap<(String, String), Vec<Found>>;
 
 /// The key of an upstream's SRV records.
 fn srv_key(name: &str) -> String {
@@ -46,7 +46,7 @@ fn srv_key(name: &str) -> String {
 }
 
 /// Whether `config` has a name to look up.
-pub fn wanted(config: &Config) -> bool {
+pub(crate) fn wanted(config: &Config) -> bool {
     config
         .upstreams
         .iter()
@@ -60,7 +60,7 @@ fn srv_weight(w: u16) -> u32 {
 
 /// `config` with each backend that has `resolve` replaced by one backend per record
 /// (none while its name has no records).
-pub fn expand(config: &Config, records: &Records) -> Config {
+pub(crate) fn expand(config: &Config, records: &Records) -> Config {
     let mut out = config.clone();
     for u in &mut out.upstreams {
         if u.srv.is_none() && !u.backends.iter().any(|b| b.resolve.is_some()) {
@@ -140,7 +140,7 @@ struct Target {
 }
 
 /// The records of every backend with `resolve`, and the tasks that keep them fresh.
-pub struct Dns {
+pub(crate) struct Dns {
     records: Mutex<Records>,
     tasks: Mutex<HashMap<Target, CancellationToken>>,
     /// The `[resolver]` the tasks run with.
@@ -183,12 +183,12 @@ fn targets(config: &Config) -> Vec<Target> {
 }
 
 impl Dns {
-    pub fn new() -> Arc<Dns> {
+    pub(crate) fn new() -> Arc<Dns> {
         Arc::new(Dns::default())
     }
 
     /// The records now.
-    pub fn records(&self) -> Records {
+    pub(crate) fn records(&self) -> Records {
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -196,7 +196,7 @@ impl Dns {
     }
 
     /// Completes when records changed (register before reading them).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }
 
@@ -230,7 +230,7 @@ impl Dns {
     }
 
     /// Whether a name of `config` has not been looked up (with an answer) yet.
-    pub fn missing(&self, config: &Config) -> bool {
+    pub(crate) fn missing(&self, config: &Config) -> bool {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         targets(config)
             .into_iter()
@@ -239,7 +239,7 @@ impl Dns {
 
     /// Looks every backend of `config` up once, each within a few seconds (at start,
     /// so that the first generation has them).
-    pub async fn lookup_now(&self, config: &Config) {
+    pub(crate) async fn lookup_now(&self, config: &Config) {
         let Ok(resolver) = resolver(&config.resolver)
             .map_err(|e| warn!(error = %e, "backends from DNS: no resolver"))
         else {
@@ -254,7 +254,7 @@ impl Dns {
 
     /// Runs a lookup task for each backend of `config` with `resolve` and stops the
     /// others (all of them when `[resolver]` changed); forgets records no backend has.
-    pub fn sync(self: &Arc<Self>, config: &Config) {
+    pub(crate) fn sync(self: &Arc<Self>, config: &Config) {
         let wanted = targets(config);
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let mut settings = self.settings.lock().unwrap_or_else(|p| p.into_inner());
@@ -302,7 +302,7 @@ impl Dns {
     }
 
     /// Stops every lookup task.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         for (_, stop) in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             stop.cancel();
         }

@@ -5,7 +5,7 @@
 
 /// A stable 64-bit hash (FNV-1a, then a finalising mix for good spread), the same on
 /// every machine and in every version.
-pub fn hash_bytes(data: &[u8]) -> u64 {
+pub(crate) fn hash_bytes(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data {
         h ^= u64::from(*b);

@@ -15,7 +15,7 @@ use futures_util::task::AtomicWaker;
 use pin_project_lite::pin_project;
 
 /// Which future completed first.
-pub enum First<A, B> {
+pub(crate) enum First<A, B> {
     Main(A),
     Side(B),
 }
@@ -40,7 +40,7 @@ impl Wake for Flag {
 pin_project! {
     /// See [`first`]. A plain struct rather than an `async fn`: the two futures are
     /// stored once, where an `async fn` would keep room for its arguments beside them.
-    pub struct FirstOf<A, B> {
+    pub(crate) struct FirstOf<A, B> {
         #[pin]
         main: A,
         #[pin]
@@ -52,7 +52,7 @@ pin_project! {
 
 /// Runs `main` and `side` until either completes. `side` is polled once at the start
 /// and then only after one of its wakers fired.
-pub fn first<A: Future, B: Future>(main: A, side: B) -> FirstOf<A, B> {
+pub(crate) fn first<A: Future, B: Future>(main: A, side: B) -> FirstOf<A, B> {
     FirstOf {
         main,
         side,

@@ -103,7 +103,7 @@ pub fn alpn_certificate(name: &str, key_authorization: &[u8]) -> Result<Arc<Cert
 }
 
 /// A self-signed certificate for `names`, served until the CA's arrives.
-pub fn fallback_certificate(names: &[String]) -> Result<Arc<CertifiedKey>, String> {
+pub(super) fn fallback_certificate(names: &[String]) -> Result<Arc<CertifiedKey>, String> {
     let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
     params.distinguished_name.push(
         rcgen::DnType::CommonName,

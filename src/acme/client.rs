@@ -13,16 +13,16 @@ use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient};
 
 /// One request to the CA, answer read whole, takes at most this long.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most an answer of the CA may hold (certificate chains are a few KiB).
 const MAX_BODY: usize = 1 << 20;
 
-pub struct AcmeHttp {
+pub(super) struct AcmeHttp {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
 }
 
 impl AcmeHttp {
-    pub fn new(
+    pub(super) fn new(
         extra_roots: Option<&[rustls::pki_types::CertificateDer<'static>]>,
     ) -> Result<AcmeHttp, String> {
         let connector = crate::tls::outbound_connector(extra_roots, false, REQUEST_TIMEOUT)

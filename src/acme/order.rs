@@ -165,7 +165,7 @@ async fn account(settings: &Acme, store: &Store) -> Result<Account, Failure> {
 /// The CA's suggested renewal window for `leaf` (ARI, RFC 9773): its start and end
 /// (seconds since the Unix epoch) and when to ask again; `None` when the directory
 /// offers no renewal information.
-pub async fn renewal_window(
+pub(super) async fn renewal_window(
     settings: &Acme,
     store: &Store,
     leaf: &rustls::pki_types::CertificateDer<'_>,
@@ -208,7 +208,7 @@ impl Drop for Answers<'_> {
 /// Orders a certificate for `names`: (chain PEM, private key PEM). `replaces`: the
 /// certificate this one renews, when the CA's renewal information made it due (the
 /// CA learns it was replaced, RFC 9773 section 5).
-pub async fn obtain(
+pub(super) async fn obtain(
     settings: &Acme,
     names: &[String],
     challenges: &Challenges,

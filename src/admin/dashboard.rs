@@ -6,9 +6,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-pub const INDEX: &str = include_str!("dashboard/index.html");
-pub const SCRIPT: &str = include_str!("dashboard/app.js");
-pub const STYLE: &str = include_str!("dashboard/style.css");
+pub(super) const INDEX: &str = include_str!("dashboard/index.html");
+pub(super) const SCRIPT: &str = include_str!("dashboard/app.js");
+pub(super) const STYLE: &str = include_str!("dashboard/style.css");
 
 /// Scripts and styles from this origin only, no inline code, no frames, no forms
 /// posted elsewhere.
@@ -17,7 +17,7 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                       form-action 'none'; frame-ancestors 'none'";
 
 /// One of the dashboard's files, with headers that keep it to itself.
-pub fn page(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+pub(super) fn page(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();

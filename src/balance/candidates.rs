@@ -3,11 +3,8 @@
 //! strategies share.
 
 /// The backends a strategy chooses among, seen through their live state.
-pub trait Candidates {
+pub(crate) trait Candidates {
     fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     fn weight(&self, i: usize) -> u32;
     /// `1 / weight` (1 for weight 0), precomputed where it can be: scores multiply by it.
     fn inv_weight(&self, i: usize) -> f64 {
@@ -26,7 +23,7 @@ pub trait Candidates {
 
 /// What one selection must avoid, and what it may hash.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Selection<'a> {
+pub(crate) struct Selection<'a> {
     /// Indices already tried for this request or connection.
     pub exclude: &'a [usize],
     /// The request's hash, for `consistent_hash`.
@@ -70,7 +67,7 @@ pub(crate) mod testing {
 
     /// Fake candidates for strategy tests: weights, which are up, what is in flight.
     #[derive(Clone)]
-    pub struct Fake {
+    pub(crate) struct Fake {
         pub weights: Vec<u32>,
         pub up: Vec<bool>,
         pub active: Vec<u64>,
@@ -79,7 +76,7 @@ pub(crate) mod testing {
     }
 
     impl Fake {
-        pub fn new(weights: &[u32]) -> Self {
+        pub(crate) fn new(weights: &[u32]) -> Self {
             Fake {
                 weights: weights.to_vec(),
                 up: vec![true; weights.len()],
@@ -89,7 +86,7 @@ pub(crate) mod testing {
             }
         }
 
-        pub fn set_up(&mut self, i: usize, up: bool) {
+        pub(crate) fn set_up(&mut self, i: usize, up: bool) {
             self.up[i] = up;
             self.epoch.set(self.epoch.get() + 1);
         }

@@ -16,7 +16,7 @@ const MAX_POINTS: u64 = 400_000;
 const INDEX_BITS: u32 = 16;
 
 #[derive(Debug)]
-pub struct ConsistentHash {
+pub(crate) struct ConsistentHash {
     /// (point, backend index), sorted by point.
     ring: Vec<(u64, u32)>,
     /// `index[b]`: the first ring position whose point's top bits are >= b.
@@ -25,7 +25,7 @@ pub struct ConsistentHash {
 
 impl ConsistentHash {
     /// `ids`: each backend's name and weight, by index.
-    pub fn new<S: AsRef<str>>(ids: &[(S, u32)]) -> Self {
+    pub(crate) fn new<S: AsRef<str>>(ids: &[(S, u32)]) -> Self {
         let total: u64 = ids
             .iter()
             .map(|(_, w)| u64::from(*w) * POINTS_PER_WEIGHT)
@@ -57,7 +57,7 @@ impl ConsistentHash {
         ConsistentHash { ring, index }
     }
 
-    pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
+    pub(crate) fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         if self.ring.is_empty() {
             return None;
         }

@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::candidates::{lowest, Candidates, Selection};
 
 #[derive(Debug, Default)]
-pub struct Ewma {
+pub(crate) struct Ewma {
     next: AtomicUsize,
 }
 
 impl Ewma {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
+    pub(crate) fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         lowest(c, &s, start % c.len().max(1), |i| {
             c.latency_ns(i) * (c.active(i) + 1) as f64 * c.inv_weight(i)

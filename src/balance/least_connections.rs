@@ -6,16 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::candidates::{lowest, Candidates, Selection};
 
 #[derive(Debug, Default)]
-pub struct LeastConnections {
+pub(crate) struct LeastConnections {
     next: AtomicUsize,
 }
 
 impl LeastConnections {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
+    pub(crate) fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         lowest(c, &s, start % c.len().max(1), |i| {
             c.active(i) as f64 * c.inv_weight(i)

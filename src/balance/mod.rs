@@ -15,16 +15,16 @@ mod round_robin;
 
 #[cfg(test)]
 pub(crate) use candidates::testing;
-pub use candidates::{Candidates, Selection};
-pub use consistent_hash::ConsistentHash;
-pub use ewma::Ewma;
-pub use least_connections::LeastConnections;
-pub use random::Random;
-pub use round_robin::RoundRobin;
+pub(crate) use candidates::{Candidates, Selection};
+pub(crate) use consistent_hash::ConsistentHash;
+pub(crate) use ewma::Ewma;
+pub(crate) use least_connections::LeastConnections;
+pub(crate) use random::Random;
+pub(crate) use round_robin::RoundRobin;
 
 /// The strategies, dispatched by enum (no trait objects on the hot path).
 #[derive(Debug)]
-pub enum Balancer {
+pub(crate) enum Balancer {
     RoundRobin(RoundRobin),
     LeastConnections(LeastConnections),
     Random(Random),
@@ -33,11 +33,11 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    pub fn round_robin() -> Self {
+    pub(crate) fn round_robin() -> Self {
         Balancer::RoundRobin(RoundRobin::new())
     }
 
-    pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
+    pub(crate) fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         match self {
             Balancer::RoundRobin(b) => b.select(c, s),
             Balancer::LeastConnections(b) => b.select(c, s),

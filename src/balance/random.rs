@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use super::candidates::{Candidates, Selection};
 
 #[derive(Debug)]
-pub struct Random {
+pub(crate) struct Random {
     table: ArcSwap<Table>,
 }
 
@@ -30,7 +30,7 @@ impl Default for Random {
 }
 
 impl Random {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Random {
             table: ArcSwap::from_pointee(Table::default()),
         }
@@ -43,7 +43,7 @@ impl Random {
         t.cumulative.get(k).map(|&(_, i)| i as usize)
     }
 
-    pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
+    pub(crate) fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         let mut t = self.table.load();
         let epoch = c.epoch();
         if t.epoch != Some(epoch) || t.len != c.len() {

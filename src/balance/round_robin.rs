@@ -23,7 +23,7 @@ const MAX_BUILD_STEPS: u64 = 4_000_000;
 const MAX_CYCLE: u64 = 1 << 20;
 
 #[derive(Debug)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     cycle: ArcSwap<Cycle>,
     next: AtomicUsize,
 }
@@ -43,7 +43,7 @@ impl Default for RoundRobin {
 }
 
 impl RoundRobin {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         RoundRobin {
             cycle: ArcSwap::from_pointee(Cycle {
                 epoch: None,
@@ -54,7 +54,7 @@ impl RoundRobin {
         }
     }
 
-    pub fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
+    pub(crate) fn select(&self, c: &impl Candidates, s: Selection<'_>) -> Option<usize> {
         let mut cycle = self.cycle.load();
         let epoch = c.epoch();
         if cycle.epoch != Some(epoch) || cycle.len != c.len() {

@@ -11,8 +11,8 @@ use super::{Upstream, Validator};
 
 pub const DEFAULT_BGP_PORT: u16 = 179;
 /// RFC 4271's suggested hold time.
-pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
-pub const DEFAULT_WITHDRAW_GRACE: Duration = Duration::from_secs(3);
+pub(super) const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
+pub(super) const DEFAULT_WITHDRAW_GRACE: Duration = Duration::from_secs(3);
 /// The 2-octet stand-in for larger AS numbers (RFC 6793): never a real AS.
 const AS_TRANS: i64 = 23456;
 

@@ -7,10 +7,10 @@ use super::raw::RawCompression;
 use super::Validator;
 
 /// Bodies of a known length under this are sent as they are.
-pub const DEFAULT_MIN_SIZE: u64 = 1024;
+pub(super) const DEFAULT_MIN_SIZE: u64 = 1024;
 
 /// The media types compressed by default: `type/*` covers a whole type.
-pub const DEFAULT_TYPES: [&str; 12] = [
+pub(super) const DEFAULT_TYPES: [&str; 12] = [
     "text/*",
     "application/json",
     "application/javascript",

@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::Validator;
 
 /// The largest error page accepted.
-pub const MAX_ERROR_PAGE: u64 = 1024 * 1024;
+pub(super) const MAX_ERROR_PAGE: u64 = 1024 * 1024;
 
 /// The media type of a page, from its file's extension.
 const TYPES: [(&str, &str); 5] = [

@@ -19,7 +19,7 @@ pub const MIN_FAILOVER_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest node name a heartbeat carries.
 pub const MAX_NODE_NAME: usize = 64;
 /// The shortest shared key accepted, in bytes (as written in the file, trimmed).
-pub const MIN_SECRET_LEN: usize = 32;
+pub(super) const MIN_SECRET_LEN: usize = 32;
 /// Linux interface names are at most 15 bytes (IFNAMSIZ less the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
 

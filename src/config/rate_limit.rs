@@ -9,7 +9,7 @@ use super::raw::RawRateLimit;
 use super::{units, Protocol, Validator};
 
 /// Keys a rule holds when `max_keys` is not given.
-pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+pub(super) const DEFAULT_MAX_KEYS: u64 = 100_000;
 
 /// What a rule counts by.
 #[derive(Debug, Clone, PartialEq, Eq)]

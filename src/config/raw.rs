@@ -11,11 +11,11 @@ use toml::Spanned;
 
 /// A key of a capability not built yet: its value, whatever its type; only its
 /// presence and position matter (`fulcrum check` refuses it by name).
-pub type Later = Option<Spanned<toml::Value>>;
+pub(super) type Later = Option<Spanned<toml::Value>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     pub global: Option<RawGlobal>,
     pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
@@ -35,7 +35,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGlobal {
+pub(super) struct RawGlobal {
     pub workers: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub shutdown_timeout: Option<Spanned<String>>,
@@ -47,7 +47,7 @@ pub struct RawGlobal {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     pub bind: Spanned<String>,
     pub token_file: Option<Spanned<String>>,
 }
@@ -55,7 +55,7 @@ pub struct RawAdmin {
 /// `bind` is a single address or a list of them.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum OneOrMany {
+pub(super) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
@@ -63,14 +63,14 @@ pub enum OneOrMany {
 /// Sizes are strings with a unit (`"64KiB"`) or integers of bytes.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum RawSize {
+pub(super) enum RawSize {
     Bytes(i64),
     Text(String),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
+pub(super) struct RawListener {
     pub name: Spanned<String>,
     pub bind: Spanned<OneOrMany>,
     pub protocol: Option<Spanned<String>>,
@@ -103,14 +103,14 @@ pub struct RawListener {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTracing {
+pub(super) struct RawTracing {
     pub sample: Option<Spanned<f64>>,
     pub otlp: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRedis {
+pub(super) struct RawRedis {
     pub url: Spanned<String>,
     pub password_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
@@ -118,7 +118,7 @@ pub struct RawRedis {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
+pub(super) struct RawRateLimit {
     pub key: Option<Spanned<String>>,
     pub rate: Spanned<String>,
     pub burst: Option<Spanned<i64>>,
@@ -130,7 +130,7 @@ pub struct RawRateLimit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCompression {
+pub(super) struct RawCompression {
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     pub min_size: Option<Spanned<RawSize>>,
     pub types: Option<Spanned<Vec<Spanned<String>>>>,
@@ -139,7 +139,7 @@ pub struct RawCompression {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHeaderRules {
+pub(super) struct RawHeaderRules {
     pub set: Option<Spanned<BTreeMap<String, String>>>,
     pub add: Option<Spanned<BTreeMap<String, String>>>,
     pub remove: Option<Vec<Spanned<String>>>,
@@ -147,7 +147,7 @@ pub struct RawHeaderRules {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListenerTls {
+pub(super) struct RawListenerTls {
     /// Required unless `acme` names are given.
     pub certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
     pub min_version: Option<Spanned<String>>,
@@ -159,7 +159,7 @@ pub struct RawListenerTls {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAcme {
+pub(super) struct RawAcme {
     pub directory: Spanned<String>,
     pub email: Option<Spanned<String>>,
     pub storage: Spanned<String>,
@@ -171,14 +171,14 @@ pub struct RawAcme {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEab {
+pub(super) struct RawEab {
     pub kid: String,
     pub key_file: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCertificate {
+pub(super) struct RawCertificate {
     pub cert: String,
     pub key: String,
     /// A DER OCSP response to staple, or "auto" (refused as not supported yet).
@@ -187,7 +187,7 @@ pub struct RawCertificate {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
     pub methods: Option<Vec<Spanned<String>>>,
@@ -210,7 +210,7 @@ pub struct RawRoute {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRewrite {
+pub(super) struct RawRewrite {
     pub prefix: Option<Spanned<String>>,
     pub regex: Option<Spanned<String>>,
     pub to: Spanned<String>,
@@ -218,14 +218,14 @@ pub struct RawRewrite {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRedirect {
+pub(super) struct RawRedirect {
     pub to: Spanned<String>,
     pub status: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(super) struct RawUpstream {
     pub strategy: Option<Spanned<String>>,
     pub hash_key: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
@@ -245,7 +245,7 @@ pub struct RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBackend {
+pub(super) struct RawBackend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<i64>>,
     pub name: Option<Spanned<String>>,
@@ -254,14 +254,14 @@ pub struct RawBackend {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstreamTls {
+pub(super) struct RawUpstreamTls {
     pub sni: Option<Spanned<String>>,
     pub ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSticky {
+pub(super) struct RawSticky {
     pub cookie: Option<Spanned<String>>,
     pub secure: Option<Spanned<bool>>,
     pub same_site: Option<Spanned<String>>,
@@ -270,7 +270,7 @@ pub struct RawSticky {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
+pub(super) struct RawHealth {
     pub check: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub expect_status: Option<Spanned<String>>,
@@ -285,7 +285,7 @@ pub struct RawHealth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCache {
+pub(super) struct RawCache {
     pub max_size: Option<Spanned<RawSize>>,
     pub max_object_size: Option<Spanned<RawSize>>,
     pub max_inflight: Option<Spanned<RawSize>>,
@@ -293,7 +293,7 @@ pub struct RawCache {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFailover {
+pub(super) struct RawFailover {
     pub node: Spanned<String>,
     pub priority: Option<Spanned<i64>>,
     pub bind: Spanned<String>,
@@ -311,14 +311,14 @@ pub struct RawFailover {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawResolver {
+pub(super) struct RawResolver {
     pub servers: Option<Spanned<Vec<Spanned<String>>>>,
     pub resolve_max: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBgp {
+pub(super) struct RawBgp {
     pub router_id: Spanned<String>,
     pub local_as: Spanned<i64>,
     pub hold_time: Option<Spanned<String>>,
@@ -331,7 +331,7 @@ pub struct RawBgp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBgpPeer {
+pub(super) struct RawBgpPeer {
     pub address: Spanned<String>,
     pub remote_as: Spanned<i64>,
     pub port: Option<Spanned<i64>>,
@@ -340,7 +340,7 @@ pub struct RawBgpPeer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBgpAnnounce {
+pub(super) struct RawBgpAnnounce {
     pub prefix: Spanned<String>,
     pub upstreams: Spanned<Vec<Spanned<String>>>,
     pub min_healthy: Option<Spanned<i64>>,
@@ -348,7 +348,7 @@ pub struct RawBgpAnnounce {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawVip {
+pub(super) struct RawVip {
     pub address: Spanned<String>,
     pub interface: Spanned<String>,
 }

@@ -7,7 +7,7 @@ use super::raw::RawRedis;
 use super::Validator;
 
 /// How long a decision may wait for Redis before it falls back.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+pub(super) const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Redis {

@@ -7,10 +7,10 @@ use super::raw::{RawRedirect, RawRewrite};
 use super::Validator;
 
 /// The statuses a `redirect` may answer with.
-pub const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+pub(super) const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 /// A `redirect` without `status`: temporary, so that a mistake is not cached for good
 /// by browsers.
-pub const DEFAULT_REDIRECT_STATUS: u16 = 302;
+pub(super) const DEFAULT_REDIRECT_STATUS: u16 = 302;
 /// The longest regex accepted, and the most memory its compiled form may take.
 const MAX_REGEX_LEN: usize = 1024;
 const REGEX_SIZE_LIMIT: usize = 1 << 20;

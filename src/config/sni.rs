@@ -19,7 +19,7 @@ pub struct SniRoute {
 }
 
 /// `"api.example.com"` or `"*.example.com"`, lower case; `None` when it is neither.
-pub fn host_pattern(text: &str) -> Option<HostPattern> {
+pub(super) fn host_pattern(text: &str) -> Option<HostPattern> {
     let text = text.trim().to_ascii_lowercase();
     let (pattern, name) = match text.strip_prefix("*.") {
         Some(rest) => (HostPattern::Suffix(format!(".{rest}")), rest.to_string()),

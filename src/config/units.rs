@@ -47,14 +47,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Listener names: `[a-z0-9_-]+`.
-pub fn is_valid_name(s: &str) -> bool {
+pub(super) fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// A CIDR (`10.0.0.0/8`), or a single address taken as a host network.
-pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+pub(super) fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let t = s.trim();
     if let Ok(net) = t.parse::<ipnet::IpNet>() {
         return Ok(net.trunc());

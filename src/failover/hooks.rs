@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use crate::config::Failover;
 
 /// How long a hook may run before it is killed.
-pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Hook {

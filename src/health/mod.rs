@@ -7,7 +7,7 @@
 //! Checkers write `BackendState` only; the engines never run checks. What real
 //! requests' failures mean (passive ejection) is decided in [`passive`].
 
-pub mod passive;
+pub(crate) mod passive;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,19 +50,19 @@ struct Running {
 
 /// The running checkers, keyed by (upstream, address).
 #[derive(Default)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     running: Mutex<HashMap<(String, String), Running>>,
 }
 
 impl Supervisor {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Starts checkers for every backend of `config` whose upstream has `[health]`, and
     /// stops those no longer wanted. A checker whose settings did not change keeps
     /// running, with its counts.
-    pub fn sync(&self, config: &Config, registry: &Registry) {
+    pub(crate) fn sync(&self, config: &Config, registry: &Registry) {
         let mut wanted: HashMap<(String, String), Spec> = HashMap::new();
         for u in &config.upstreams {
             let Some(health) = &u.health else { continue };
@@ -107,7 +107,7 @@ impl Supervisor {
         }
     }
 
-    pub fn stop_all(&self) {
+    pub(crate) fn stop_all(&self) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         for (_, r) in running.drain() {
             r.stop.cancel();

@@ -9,14 +9,14 @@ use crate::config::Health;
 
 /// An upstream's passive-check rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Passive {
+pub(crate) struct Passive {
     failures: u32,
     eject_for: Duration,
 }
 
 impl Passive {
     /// The rule of `[upstream.NAME.health]`; `None` when `eject_for` is zero.
-    pub fn of(health: &Health) -> Option<Passive> {
+    pub(crate) fn of(health: &Health) -> Option<Passive> {
         (!health.eject_for.is_zero()).then_some(Passive {
             failures: health.passive_failures,
             eject_for: health.eject_for,
@@ -25,7 +25,7 @@ impl Passive {
 
     /// What the `in_a_row`th failure in a row means for a backend: how long to eject
     /// it for, or `None` (not enough failures yet, or already out).
-    pub fn after_failure(&self, in_a_row: u32, ejected: bool) -> Option<Duration> {
+    pub(crate) fn after_failure(&self, in_a_row: u32, ejected: bool) -> Option<Duration> {
         (in_a_row >= self.failures && !ejected).then_some(self.eject_for)
     }
 }

@@ -20,13 +20,13 @@ use crate::activity::{Activity, Watched};
 const BUF_SIZE: usize = 32 * 1024;
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Copied {
+pub(super) struct Copied {
     pub from_client: u64,
     pub to_client: u64,
 }
 
 #[derive(Debug)]
-pub enum End {
+pub(super) enum End {
     /// Both directions finished.
     Closed,
     IdleTimeout,
@@ -37,7 +37,7 @@ pub enum End {
 }
 
 impl End {
-    pub fn as_str(&self) -> &'static str {
+    pub(super) fn as_str(&self) -> &'static str {
         match self {
             End::Closed => "closed",
             End::IdleTimeout => "idle_timeout",
@@ -65,7 +65,7 @@ async fn until_done<T>(
     }
 }
 
-pub async fn both_ways<C, B>(
+pub(super) async fn both_ways<C, B>(
     client: C,
     backend: B,
     idle_timeout: Duration,
@@ -90,7 +90,7 @@ where
 }
 
 /// Both ways between two plaintext sockets, spliced: the bytes stay in the kernel.
-pub async fn spliced(
+pub(super) async fn spliced(
     client: TcpStream,
     backend: TcpStream,
     idle_timeout: Duration,

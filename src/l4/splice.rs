@@ -90,7 +90,7 @@ fn unsupported(e: &io::Error) -> bool {
 /// Moves bytes from `src` to `dst` until `src` ends, then shuts down the writing
 /// side of `dst` (the half-close passed on). `read(n)` is told of every chunk read,
 /// `wrote()` of every write. Returns the bytes moved.
-pub async fn one_way(
+pub(super) async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     read: &(dyn Fn(usize) + Sync),

@@ -56,7 +56,7 @@ pub struct Line {
 }
 
 /// A `grpc-status` field's value.
-pub fn grpc_status(fields: &http::HeaderMap) -> Option<u16> {
+pub(super) fn grpc_status(fields: &http::HeaderMap) -> Option<u16> {
     fields.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
@@ -100,7 +100,7 @@ impl Drop for Record {
 
 /// The access line of a response the HTTP library wrote itself, to a request it
 /// could not parse: no method, host or path to show.
-pub fn before_request(listener: &str, client: SocketAddr, status: u16) {
+pub(super) fn before_request(listener: &str, client: SocketAddr, status: u16) {
     info!(
         target: "fulcrum::access",
         client = %client,

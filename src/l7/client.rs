@@ -54,7 +54,11 @@ fn forwarded_for(headers: &HeaderMap) -> Vec<&str> {
 
 /// The client address that `headers` name, when `peer` is trusted: `None` when it
 /// is not, or the fields name none that parses.
-pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, nets: &[IpNet]) -> Option<IpAddr> {
+pub(super) fn forwarded_client(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    nets: &[IpNet],
+) -> Option<IpAddr> {
     if !trusted(nets, peer) {
         return None;
     }
@@ -106,7 +110,7 @@ impl Client {
 
 /// A client's address as `X-Forwarded-For` carries it (IPv4-mapped IPv6 as IPv4).
 /// Formatted once per connection; IPv4 without the formatting machinery.
-pub fn ip_value(peer: SocketAddr) -> HeaderValue {
+pub(super) fn ip_value(peer: SocketAddr) -> HeaderValue {
     match peer.ip().to_canonical() {
         std::net::IpAddr::V4(v4) => {
             let mut out = [0u8; 15];

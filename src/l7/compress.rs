@@ -18,7 +18,7 @@ use http_body::{Body, Frame};
 use crate::config::{Algorithm, Compression};
 
 /// What of the request decides compression, taken before the request moves on.
-pub struct Asked {
+pub(super) struct Asked {
     pub accept: Option<HeaderValue>,
     pub head: bool,
     pub range: bool,
@@ -27,7 +27,7 @@ pub struct Asked {
 }
 
 impl Asked {
-    pub fn of(method: &Method, headers: &HeaderMap) -> Asked {
+    pub(super) fn of(method: &Method, headers: &HeaderMap) -> Asked {
         Asked {
             accept: headers.get(header::ACCEPT_ENCODING).cloned(),
             head: method == Method::HEAD,
@@ -77,7 +77,7 @@ fn quality(params: &str) -> Option<u32> {
 /// The algorithm to use, from the client's `Accept-Encoding` and the server's
 /// preference: the highest quality wins, ties go to the server's order; `*` stands
 /// for any algorithm not named. `None`: identity (also for a malformed field).
-pub fn negotiate(
+pub(super) fn negotiate(
     accept: Option<&HeaderValue>,
     offered: &[(Algorithm, u32)],
 ) -> Option<(Algorithm, u32)> {
@@ -146,7 +146,7 @@ fn compressible_type(content_type: Option<&HeaderValue>, types: &[String]) -> bo
 /// A `HEAD` gets the header fields its `GET` would (no body to encode); a 304 gets the
 /// `Vary` and the weak `ETag` its 200 would (RFC 9110, 15.4.5). The encoder to wrap
 /// the body in ([`Compressed::new`]) when it has one to compress.
-pub fn maybe<B: Body>(
+pub(super) fn maybe<B: Body>(
     asked: &Asked,
     settings: &Compression,
     response: &mut Response<B>,

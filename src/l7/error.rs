@@ -92,7 +92,7 @@ impl ProxyError {
 }
 
 /// A trailers-only gRPC response carrying `error`'s status.
-pub fn grpc(error: &ProxyError) -> Response<Bytes> {
+pub(super) fn grpc(error: &ProxyError) -> Response<Bytes> {
     let (code, message) = error.grpc_status();
     let mut r = Response::new(Bytes::new());
     let h = r.headers_mut();
@@ -106,7 +106,7 @@ pub fn grpc(error: &ProxyError) -> Response<Bytes> {
 }
 
 /// A short plain-text response for `status`: its code and reason, nothing else.
-pub fn plain(status: StatusCode) -> Response<Bytes> {
+pub(super) fn plain(status: StatusCode) -> Response<Bytes> {
     let body = Bytes::from(format!(
         "{} {}\n",
         status.as_u16(),

@@ -35,11 +35,11 @@ mod head;
 mod relay;
 mod upgrade;
 use h2_attempt::*;
-pub use head::X_REQUEST_ID;
+pub(super) use head::X_REQUEST_ID;
 use head::*;
 use relay::*;
 use upgrade::*;
-pub use upgrade::{from_extended_connect, wants_upgrade, FromExtendedConnect};
+pub(super) use upgrade::{from_extended_connect, wants_upgrade, FromExtendedConnect};
 
 /// Everything one request needs to be forwarded, besides the request itself.
 #[derive(Clone)]
@@ -65,7 +65,7 @@ pub struct Forwarding<'a> {
 /// Sends the request to a backend of `target`, with the retries of section 3 of the
 /// interface. `None` as the body is a request fulcrum makes itself (a background
 /// revalidation): no body, no client connection behind it.
-pub async fn forward(
+pub(super) async fn forward(
     mut req: Request<Option<Incoming>>,
     f: &Forwarding<'_>,
     exchange: &mut Exchange,

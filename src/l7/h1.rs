@@ -31,13 +31,13 @@ use super::request_body::{BoxError, RequestBody, TooLarge, TooLate};
 mod body;
 mod parse;
 
-pub use body::ResponseBody;
+pub(super) use body::ResponseBody;
 use parse::*;
 pub(super) use parse::{KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The largest response head (status line, fields, and any interim 1xx heads before
 /// it) read from a backend, and the read-ahead of a response body.
-pub const MAX_HEAD: usize = 32 * 1024;
+pub(super) const MAX_HEAD: usize = 32 * 1024;
 
 /// Most fields in one response head or trailer section.
 const MAX_FIELDS: usize = 128;

@@ -26,7 +26,7 @@ use limits::{Limits, Watched};
 
 /// Requests in flight on one connection before another is opened, when the backend's
 /// SETTINGS do not name a limit (RFC 9113 recommends allowing at least 100).
-pub const MAX_STREAMS: usize = 100;
+pub(super) const MAX_STREAMS: usize = 100;
 
 /// One connection, and the requests in flight on it.
 struct Conn {
@@ -210,7 +210,7 @@ impl H2Pool {
 
 /// The connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2); the head has lost
 /// them already, save `te`.
-pub fn request(
+pub(super) fn request(
     head: &Head,
     body: RequestBody,
     scheme: &'static str,
@@ -264,7 +264,7 @@ pub fn request(
 
 /// A backend's HTTP/2 response, its body streamed (trailers included) while the
 /// request holds its place on the connection.
-pub struct Answer {
+pub(super) struct Answer {
     pub response: http::Response<Incoming>,
     pub in_flight: InFlight,
 }

@@ -96,7 +96,7 @@ fn own_field<'a>(added: &'a mut Added, name: &HeaderName) -> Option<&'a mut Opti
 }
 
 /// A listener's or route's rules as the engine holds them.
-pub fn shared(r: &Option<HeaderRules>) -> Option<std::sync::Arc<Rules>> {
+pub(super) fn shared(r: &Option<HeaderRules>) -> Option<std::sync::Arc<Rules>> {
     r.as_ref().map(|r| std::sync::Arc::new(Rules::new(r)))
 }
 

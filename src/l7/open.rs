@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 /// The requests of one connection.
 #[derive(Debug)]
-pub struct Requests {
+pub(super) struct Requests {
     /// Requests whose response is not over yet.
     open: AtomicUsize,
     /// When the last request began or ended, in milliseconds since `born`.
@@ -33,21 +33,21 @@ impl Default for Requests {
 
 impl Requests {
     /// The connection carries HTTP/2.
-    pub fn set_h2(&self) {
+    pub(super) fn set_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
     }
 
-    pub fn h2(&self) -> bool {
+    pub(super) fn h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
     }
 
     /// Requests whose response is not over yet.
-    pub fn in_flight(&self) -> usize {
+    pub(super) fn in_flight(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
     /// How long since the last request began or ended (or the connection opened).
-    pub fn quiet(&self) -> Duration {
+    pub(super) fn quiet(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.born.elapsed().saturating_sub(last)
     }
@@ -58,7 +58,7 @@ impl Requests {
     }
 
     /// A request began: it counts until the returned guard is dropped.
-    pub fn began(self: &Arc<Self>) -> OpenRequest {
+    pub(super) fn began(self: &Arc<Self>) -> OpenRequest {
         self.open.fetch_add(1, Ordering::Relaxed);
         if self.h2() {
             self.touch();

@@ -91,7 +91,11 @@ fn location(to: &[Part], uri: &Uri, host: Option<&str>) -> String {
 
 /// The redirect response; a `Location` that is not a valid header value (a host or
 /// path a client made up) is a 400.
-pub fn redirect(r: &Redirect, uri: &Uri, host: Option<&str>) -> Option<Response<ResponseBody>> {
+pub(super) fn redirect(
+    r: &Redirect,
+    uri: &Uri,
+    host: Option<&str>,
+) -> Option<Response<ResponseBody>> {
     let value = HeaderValue::try_from(location(&r.to, uri, host)).ok()?;
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
     let mut response = error::plain(status).map(|b| ResponseBody::Full(Some(b)));

@@ -34,7 +34,7 @@ fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
 }
 
 /// fulcrum's span for a request, when its trace is sampled and spans are exported.
-pub fn server<B>(
+pub(super) fn server<B>(
     s: &Settings,
     trace: Option<TraceContext>,
     req: &Request<B>,
@@ -56,7 +56,7 @@ pub fn server<B>(
 }
 
 /// What the request learned on its way, added to its span before it ends.
-pub fn learned(span: &mut Open, exchange: &Exchange) {
+pub(super) fn learned(span: &mut Open, exchange: &Exchange) {
     if let Some(route) = &exchange.route {
         let name = format!("{} {route}", span.name());
         span.rename(name);
@@ -78,7 +78,7 @@ pub fn learned(span: &mut Open, exchange: &Exchange) {
 
 /// The span of one attempt (number `attempt`, from 0) to `backend` of `upstream`,
 /// when the request's span is exported.
-pub fn attempt(
+pub(super) fn attempt(
     s: &Settings,
     trace: Option<&TraceContext>,
     method: &Method,

@@ -18,7 +18,7 @@ use super::body::ResponseBody;
 use super::error::plain;
 
 /// The most ranges one request may ask for; more are answered with the whole file.
-pub const MAX_RANGES: usize = 16;
+pub(super) const MAX_RANGES: usize = 16;
 
 #[derive(Debug)]
 pub struct StaticDir {
@@ -44,7 +44,7 @@ fn error(status: StatusCode) -> Response<ResponseBody> {
     plain(status).map(|b| ResponseBody::Full(Some(b)))
 }
 
-pub async fn serve(
+pub(super) async fn serve(
     dir: &StaticDir,
     method: &Method,
     uri: &Uri,

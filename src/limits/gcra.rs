@@ -9,7 +9,7 @@
 
 /// One rule's numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gcra {
+pub(crate) struct Gcra {
     /// Nanoseconds between two requests at the sustained rate.
     pub interval: u64,
     /// How many requests may pass at once.
@@ -28,7 +28,7 @@ pub enum Decision {
 
 impl Gcra {
     /// `count` requests per `period_ns`, `burst` at once (at least 1).
-    pub fn new(count: u64, period_ns: u64, burst: u64) -> Gcra {
+    pub(crate) fn new(count: u64, period_ns: u64, burst: u64) -> Gcra {
         Gcra {
             interval: (period_ns / count.max(1)).max(1),
             burst: burst.max(1),
@@ -40,7 +40,7 @@ impl Gcra {
     }
 
     /// Decides one request at `now`, updating `tat` when it passes.
-    pub fn decide(&self, tat: &mut u64, now: u64) -> Decision {
+    pub(crate) fn decide(&self, tat: &mut u64, now: u64) -> Decision {
         let start = (*tat).max(now);
         let ahead = start - now;
         if ahead > self.tolerance() {

@@ -127,14 +127,14 @@ impl Shard {
 }
 
 /// A bounded map of keys to one number each.
-pub struct Keyed {
+pub(crate) struct Keyed {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
 }
 
 impl Keyed {
     /// Holds at most `max_keys` keys (at least one).
-    pub fn new(max_keys: usize) -> Keyed {
+    pub(crate) fn new(max_keys: usize) -> Keyed {
         let max_keys = max_keys.max(1);
         let count = (max_keys / KEYS_PER_SHARD).clamp(1, MAX_SHARDS);
         let per = max_keys / count;
@@ -149,7 +149,7 @@ impl Keyed {
     }
 
     /// Runs `f` on `key`'s number (0 for a key not held), under its shard's lock.
-    pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&mut u64) -> R) -> R {
+    pub(crate) fn with<R>(&self, key: &[u8], f: impl FnOnce(&mut u64) -> R) -> R {
         let hash = self.hasher.hash_one(key);
         let shard = &self.shards[(hash >> 32) as usize % self.shards.len()];
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,7 +157,8 @@ impl Keyed {
     }
 
     /// Keys held now.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).index.len())

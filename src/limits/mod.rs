@@ -13,15 +13,15 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub use gcra::{Decision, Gcra};
-pub use keyed::Keyed;
-pub use per_client::{ClientPlace, PerClient};
-pub use redis::RedisStore;
+pub(crate) use gcra::{Decision, Gcra};
+pub(crate) use keyed::Keyed;
+pub(crate) use per_client::{ClientPlace, PerClient};
+pub(crate) use redis::RedisStore;
 
 use crate::config::{LimitKey, OnStoreError, RateLimit};
 
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 const NANOS: u64 = 1_000_000_000;
 
@@ -221,7 +221,7 @@ impl Applied {
 
 /// The rules of a generation, by name, reusing the state of `previous` for rules
 /// that did not change.
-pub fn build(
+pub(crate) fn build(
     rules: &[RateLimit],
     previous: &std::collections::HashMap<String, std::sync::Arc<Limiter>>,
     store: Option<&std::sync::Arc<RedisStore>>,

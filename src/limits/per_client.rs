@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 const SHARDS: usize = 16;
 
 /// Open connections per client address.
-pub struct PerClient {
+pub(crate) struct PerClient {
     shards: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
     hasher: RandomState,
 }
@@ -25,7 +25,7 @@ impl Default for PerClient {
 }
 
 /// A client's place, given back when dropped (the entry goes with its last place).
-pub struct ClientPlace {
+pub(crate) struct ClientPlace {
     counts: Arc<PerClient>,
     ip: IpAddr,
 }
@@ -49,7 +49,7 @@ impl PerClient {
     }
 
     /// A place for `ip` if it holds fewer than `max`.
-    pub fn take(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<ClientPlace> {
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<ClientPlace> {
         let ip = ip.to_canonical();
         let mut shard = self.shard(ip);
         let n = shard.entry(ip).or_insert(0);
@@ -67,7 +67,8 @@ impl PerClient {
     }
 
     /// Addresses holding a connection now.
-    pub fn clients(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn clients(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())

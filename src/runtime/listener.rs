@@ -32,7 +32,7 @@ const BACKLOG: i32 = 1024;
 /// passive node of a failover pair keeps its listeners on the virtual address bound,
 /// and they accept the moment the address arrives. For an address the host holds it
 /// changes nothing.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     // A reload that turns `127.0.0.1:p` into `0.0.0.0:p` (or back) binds the new socket

@@ -21,13 +21,13 @@ use super::{otlp, TraceContext};
 use crate::config::Collector;
 
 /// Spans waiting for the exporter, at most.
-pub const QUEUE: usize = 2048;
+pub(crate) const QUEUE: usize = 2048;
 /// Spans per export request, at most.
-pub const BATCH: usize = 512;
+pub(crate) const BATCH: usize = 512;
 /// How long a span waits for its batch to fill.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Time allowed to connect to the collector and have its answer to one export.
-pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest collector answer read (it is only drained, for the connection's reuse).
 const ANSWER_LIMIT: usize = 64 * 1024;
 
@@ -385,7 +385,7 @@ fn flags(s: &Span) -> u32 {
 }
 
 /// One OTLP export request of `spans`, encoded.
-pub fn encode(spans: &[Span]) -> Vec<u8> {
+pub(crate) fn encode(spans: &[Span]) -> Vec<u8> {
     let mut written = Vec::with_capacity(spans.len() * 640);
     let mut scratch = Vec::with_capacity(1024);
     for s in spans {

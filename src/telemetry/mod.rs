@@ -3,13 +3,13 @@
 //! Shared by the engines; pure apart from the random ids. `export` sends sampled
 //! requests' spans to an OpenTelemetry collector.
 
-pub mod export;
+pub(crate) mod export;
 mod otlp;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// One request's place in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ fn hex(bytes: &[u8], out: &mut [u8]) {
 /// A valid `traceparent`: trace id, parent id and the sampled flag. Version `00`
 /// must have exactly four fields; a later version (not `ff`) may have more, of
 /// which the first four are read.
-pub fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
+pub(crate) fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
     let text = std::str::from_utf8(value).ok()?;
     let mut fields = text.split('-');
     let version: [u8; 1] = hex_to(fields.next()?)?;
@@ -158,7 +158,7 @@ impl TraceContext {
 }
 
 /// A new span id (never all zero).
-pub fn new_span_id() -> [u8; 8] {
+pub(crate) fn new_span_id() -> [u8; 8] {
     fastrand::u64(1..).to_be_bytes()
 }
 

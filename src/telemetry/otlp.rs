@@ -16,7 +16,7 @@ fn key(out: &mut Vec<u8>, field: u64, wire: u64) {
 }
 
 /// A length-delimited field holding `bytes`.
-pub fn bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+pub(super) fn bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
     key(out, field, LEN);
     encode_varint(bytes.len() as u64, out);
     out.extend_from_slice(bytes);
@@ -27,7 +27,7 @@ fn len_field(field: u64, len: usize) -> usize {
 }
 
 /// An attribute (`KeyValue`, in field `field` of its message) whose value is a string.
-pub fn str_attr(out: &mut Vec<u8>, field: u64, k: &str, v: &str) {
+pub(super) fn str_attr(out: &mut Vec<u8>, field: u64, k: &str, v: &str) {
     let any = len_field(1, v.len());
     key(out, field, LEN);
     encode_varint((len_field(1, k.len()) + len_field(2, any)) as u64, out);
@@ -38,7 +38,7 @@ pub fn str_attr(out: &mut Vec<u8>, field: u64, k: &str, v: &str) {
 }
 
 /// An attribute whose value is an integer (`int_value`).
-pub fn int_attr(out: &mut Vec<u8>, field: u64, k: &str, v: i64) {
+pub(super) fn int_attr(out: &mut Vec<u8>, field: u64, k: &str, v: i64) {
     let any = 1 + encoded_len_varint(v as u64);
     key(out, field, LEN);
     encode_varint((len_field(1, k.len()) + len_field(2, any)) as u64, out);
@@ -50,7 +50,7 @@ pub fn int_attr(out: &mut Vec<u8>, field: u64, k: &str, v: i64) {
 }
 
 /// The fields of one `Span`.
-pub struct SpanFields<'a> {
+pub(super) struct SpanFields<'a> {
     pub trace_id: &'a [u8; 16],
     pub span_id: &'a [u8; 8],
     pub parent_id: Option<&'a [u8; 8]>,
@@ -66,7 +66,7 @@ pub struct SpanFields<'a> {
 }
 
 /// One `Span`, as field 2 (`spans`) of a `ScopeSpans`; `scratch` is reused.
-pub fn span(out: &mut Vec<u8>, s: &SpanFields<'_>, scratch: &mut Vec<u8>) {
+pub(super) fn span(out: &mut Vec<u8>, s: &SpanFields<'_>, scratch: &mut Vec<u8>) {
     scratch.clear();
     bytes_field(scratch, 1, s.trace_id);
     bytes_field(scratch, 2, s.span_id);
@@ -92,7 +92,7 @@ pub fn span(out: &mut Vec<u8>, s: &SpanFields<'_>, scratch: &mut Vec<u8>) {
 
 /// The whole request: one resource (fulcrum) and one scope holding `spans`, each
 /// written by [`span`].
-pub fn request(spans: &[u8]) -> Vec<u8> {
+pub(super) fn request(spans: &[u8]) -> Vec<u8> {
     let version = env!("CARGO_PKG_VERSION");
     let mut resource = Vec::with_capacity(64);
     str_attr(&mut resource, 1, "service.name", "fulcrum");

@@ -7,7 +7,7 @@ use super::*;
 /// upgrade`, and every protocol `Upgrade` names among `allowed` (never `h2c`). Any
 /// other `Upgrade` is dropped with the hop-by-hop fields and the request goes on as
 /// a plain one (RFC 9110 7.8: a server may ignore it).
-pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
+pub(crate) fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
     if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
         return false;
     }
@@ -31,14 +31,14 @@ pub fn wants_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
 /// Marks a request rewritten from an HTTP/2 extended CONNECT: its 101 is the
 /// client's 200.
 #[derive(Debug, Clone, Copy)]
-pub struct FromExtendedConnect;
+pub(crate) struct FromExtendedConnect;
 
 /// An HTTP/2 extended CONNECT for `websocket` (RFC 8441) on a route that passes
 /// WebSocket, rewritten as the HTTP/1.1 upgrade a backend expects: `GET` with
 /// `Connection: upgrade`, `Upgrade: websocket` and a new `Sec-WebSocket-Key`. A
 /// plain CONNECT is left as it is; another protocol, or a route that does not pass
 /// WebSocket, is refused.
-pub fn from_extended_connect<B>(
+pub(crate) fn from_extended_connect<B>(
     req: &mut Request<B>,
     allowed: &[String],
 ) -> Result<(), ProxyError> {

@@ -21,7 +21,7 @@ const ACK: u8 = 0x1;
 
 /// What a connection's backend allows, as far as its SETTINGS have said.
 #[derive(Debug, Default)]
-pub struct Limits {
+pub(super) struct Limits {
     /// Concurrent streams allowed; 0 until the first SETTINGS frame arrived.
     streams: AtomicUsize,
     seen: Notify,
@@ -30,17 +30,17 @@ pub struct Limits {
 impl Limits {
     /// Requests the connection takes at once now: one until the backend's first
     /// SETTINGS arrived, then what they say (`default` when they do not say).
-    pub fn streams(&self) -> usize {
+    pub(super) fn streams(&self) -> usize {
         self.streams.load(Ordering::Acquire).max(1)
     }
 
     /// Whether the backend's first SETTINGS arrived.
-    pub fn known(&self) -> bool {
+    pub(super) fn known(&self) -> bool {
         self.streams.load(Ordering::Acquire) != 0
     }
 
     /// Waits up to `within` for the backend's first SETTINGS; whether they arrived.
-    pub async fn arrived(&self, within: Duration) -> bool {
+    pub(super) async fn arrived(&self, within: Duration) -> bool {
         let notified = self.seen.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -114,7 +114,7 @@ impl Scan {
 }
 
 /// A backend connection's byte stream, its incoming frames read for SETTINGS.
-pub struct Watched<S> {
+pub(super) struct Watched<S> {
     inner: S,
     scan: Scan,
     limits: Arc<Limits>,
@@ -123,7 +123,7 @@ pub struct Watched<S> {
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, limits: Arc<Limits>, default: usize) -> Watched<S> {
+    pub(super) fn new(inner: S, limits: Arc<Limits>, default: usize) -> Watched<S> {
         Watched {
             inner,
             scan: Scan::default(),
