@@ -118,22 +118,15 @@ impl Validator<'_> {
         let ca =
             a.ca.as_ref()
                 .and_then(|ca| self.ca_file("acme.ca".into(), ca));
-        let challenge = match a
-            .challenge
-            .as_ref()
-            .map(|c| (c.get_ref().as_str(), c.span()))
-        {
-            None | Some(("http-01", _)) => AcmeChallenge::Http01,
-            Some(("tls-alpn-01", _)) => AcmeChallenge::TlsAlpn01,
-            Some((other, span)) => {
-                self.err(
-                    Some(span),
-                    "acme.challenge",
-                    format!("must be \"http-01\" or \"tls-alpn-01\", got {other:?}"),
-                );
-                AcmeChallenge::Http01
-            }
-        };
+        let challenge = self.one_of(
+            &a.challenge,
+            "acme.challenge",
+            &[
+                ("http-01", AcmeChallenge::Http01),
+                ("tls-alpn-01", AcmeChallenge::TlsAlpn01),
+            ],
+            AcmeChallenge::Http01,
+        );
         // Certificates live for weeks or months: longer than the file's other durations.
         let renew_before = match &a.renew_before {
             None => DEFAULT_RENEW_BEFORE,

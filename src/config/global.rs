@@ -211,22 +211,12 @@ impl Validator<'_> {
             "global.shutdown_timeout",
             DEFAULT_SHUTDOWN_TIMEOUT,
         );
-        let log_format = match g
-            .log_format
-            .as_ref()
-            .map(|v| (v.get_ref().as_str(), v.span()))
-        {
-            None | Some(("text", _)) => LogFormat::Text,
-            Some(("json", _)) => LogFormat::Json,
-            Some((other, span)) => {
-                self.err(
-                    Some(span),
-                    "global.log_format",
-                    format!("must be \"text\" or \"json\", got {other:?}"),
-                );
-                LogFormat::Text
-            }
-        };
+        let log_format = self.one_of(
+            &g.log_format,
+            "global.log_format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            LogFormat::Text,
+        );
         let tls_ticket_rotation = self.duration_or_zero(
             &g.tls_ticket_rotation,
             "global.tls_ticket_rotation",

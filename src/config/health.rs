@@ -44,19 +44,16 @@ pub(super) fn parse_status_range(s: &str) -> Option<(u16, u16)> {
 impl Validator<'_> {
     pub(super) fn health(&mut self, upstream: &str, h: &RawHealth) -> Health {
         let key = |k: &str| format!("upstream.{upstream}.health.{k}");
-        let check = match h.check.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
-            None | Some(("tcp", _)) => CheckKind::Tcp,
-            Some(("http", _)) => CheckKind::Http,
-            Some(("grpc", _)) => CheckKind::Grpc,
-            Some((other, span)) => {
-                self.err(
-                    Some(span),
-                    key("check"),
-                    format!("must be \"tcp\", \"http\" or \"grpc\", got {other:?}"),
-                );
-                CheckKind::Tcp
-            }
-        };
+        let check = self.one_of(
+            &h.check,
+            key("check"),
+            &[
+                ("tcp", CheckKind::Tcp),
+                ("http", CheckKind::Http),
+                ("grpc", CheckKind::Grpc),
+            ],
+            CheckKind::Tcp,
+        );
         let path = match &h.path {
             None => DEFAULT_HEALTH_PATH.to_string(),
             Some(p) => {

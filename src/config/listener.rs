@@ -116,22 +116,12 @@ impl Validator<'_> {
                 ),
             }
         }
-        let protocol = match l
-            .protocol
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None | Some(("http", _)) => Protocol::Http,
-            Some(("tcp", _)) => Protocol::Tcp,
-            Some((other, span)) => {
-                self.err(
-                    Some(span),
-                    key("protocol"),
-                    format!("must be \"http\" or \"tcp\", got {other:?}"),
-                );
-                Protocol::Tcp
-            }
-        };
+        let protocol = self.one_of(
+            &l.protocol,
+            key("protocol"),
+            &[("http", Protocol::Http), ("tcp", Protocol::Tcp)],
+            Protocol::Tcp,
+        );
         let upstream = l.upstream.as_ref().map(|u| u.get_ref().clone());
         match &l.upstream {
             Some(u) => match upstreams.get(u.get_ref()) {
@@ -191,19 +181,16 @@ impl Validator<'_> {
         let body_timeout =
             self.duration(&l.body_timeout, &key("body_timeout"), DEFAULT_BODY_TIMEOUT);
         let min_rate = self.size(&l.min_rate, &key("min_rate"), 0);
-        let h2c = match l.h2c.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
-            None | Some(("detect", _)) => H2c::Detect,
-            Some(("only", _)) => H2c::Only,
-            Some(("off", _)) => H2c::Off,
-            Some((other, span)) => {
-                self.err(
-                    Some(span),
-                    key("h2c"),
-                    format!("must be \"detect\", \"only\" or \"off\", got {other:?}"),
-                );
-                H2c::Detect
-            }
-        };
+        let h2c = self.one_of(
+            &l.h2c,
+            key("h2c"),
+            &[
+                ("detect", H2c::Detect),
+                ("only", H2c::Only),
+                ("off", H2c::Off),
+            ],
+            H2c::Detect,
+        );
         if let (Some(v), Some(_)) = (&l.h2c, &l.tls) {
             self.err(
                 Some(v.span()),

@@ -166,23 +166,16 @@ impl Validator<'_> {
                     ),
                 }
             }
-            let on_store_error = match r
-                .on_store_error
-                .as_ref()
-                .map(|e| (e.get_ref().as_str(), e.span()))
-            {
-                None | Some(("local", _)) => OnStoreError::Local,
-                Some(("allow", _)) => OnStoreError::Allow,
-                Some(("deny", _)) => OnStoreError::Deny,
-                Some((other, span)) => {
-                    self.err(
-                        Some(span),
-                        k("on_store_error"),
-                        format!("must be \"local\", \"allow\" or \"deny\", got {other:?}"),
-                    );
-                    OnStoreError::Local
-                }
-            };
+            let on_store_error = self.one_of(
+                &r.on_store_error,
+                k("on_store_error"),
+                &[
+                    ("local", OnStoreError::Local),
+                    ("allow", OnStoreError::Allow),
+                    ("deny", OnStoreError::Deny),
+                ],
+                OnStoreError::Local,
+            );
             out.push(RateLimit {
                 name: name.clone(),
                 key: limit_key,

@@ -205,22 +205,12 @@ impl Validator<'_> {
             certificates.push(Arc::new(certified));
             ocsp_auto.push(auto);
         }
-        let min_version = match t
-            .min_version
-            .as_ref()
-            .map(|v| (v.get_ref().as_str(), v.span()))
-        {
-            None | Some(("1.2", _)) => TlsVersion::V12,
-            Some(("1.3", _)) => TlsVersion::V13,
-            Some((other, span)) => {
-                self.err(
-                    Some(span),
-                    k("min_version"),
-                    format!("must be \"1.2\" or \"1.3\", got {other:?}"),
-                );
-                TlsVersion::V12
-            }
-        };
+        let min_version = self.one_of(
+            &t.min_version,
+            k("min_version"),
+            &[("1.2", TlsVersion::V12), ("1.3", TlsVersion::V13)],
+            TlsVersion::V12,
+        );
         let alpn = match &t.alpn {
             Some(a) => {
                 for p in a.get_ref() {

@@ -28,6 +28,36 @@ impl Validator<'_> {
             .push(ConfigError::new(self.file, self.src, span, key, msg));
     }
 
+    /// A key whose value is one of `choices` (the first when the key is absent); any
+    /// other value is an error that names them all, and gives `on_error`.
+    pub(super) fn one_of<T: Copy>(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: impl Into<String>,
+        choices: &[(&str, T)],
+        on_error: T,
+    ) -> T {
+        let Some(&(_, first)) = choices.first() else {
+            return on_error;
+        };
+        let Some(v) = v else { return first };
+        if let Some(&(_, t)) = choices.iter().find(|(name, _)| *name == v.get_ref()) {
+            return t;
+        }
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+        let listed = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.err(
+            Some(v.span()),
+            key,
+            format!("must be {listed}, got {:?}", v.get_ref()),
+        );
+        on_error
+    }
+
     /// A duration where zero means "none" (no wait, no timer).
     pub(super) fn duration_or_zero(
         &mut self,
