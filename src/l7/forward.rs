@@ -268,10 +268,7 @@ async fn attempts(
                         h2.then_some(keepalive)
                     }
                     Err(e) => {
-                        connect_failed(f, &lease, &e);
-                        if let Some(span) = span.as_mut() {
-                            span.fail("connect");
-                        }
+                        connect_failed(f, &lease, &e, span.as_mut());
                         tries.failed(&mut lease, i, ProxyError::Connect(e));
                         continue;
                     }
@@ -368,24 +365,15 @@ async fn attempts(
                     (c, true)
                 }
                 Err(e) => {
-                    connect_failed(f, &lease, &e);
-                    if let Some(span) = span.as_mut() {
-                        span.fail("connect");
-                    }
+                    connect_failed(f, &lease, &e, span.as_mut());
                     tries.failed(&mut lease, i, ProxyError::Connect(e));
                     continue;
                 }
             },
         };
         exchange.backend = Some(lease.shared_backend());
-        // A request without a body can be sent again; one with a body goes once.
-        let request_body = if sending.retriable {
-            RequestBody::empty()
-        } else {
-            match body.take() {
-                Some(b) => b,
-                None => break,
-            }
+        let Some(request_body) = body_for_attempt(sending, &mut body) else {
+            break;
         };
         let sent_at = tokio::time::Instant::now();
         let sent = tokio::select! {
@@ -497,7 +485,15 @@ fn connect_how<'a>(
     }
 }
 
-fn connect_failed(f: &Forwarding<'_>, lease: &Lease, e: &str) {
+fn connect_failed(
+    f: &Forwarding<'_>,
+    lease: &Lease,
+    e: &str,
+    span: Option<&mut crate::telemetry::export::Open>,
+) {
+    if let Some(span) = span {
+        span.fail("connect");
+    }
     warn!(
         request.id = %f.request_id.to_str().unwrap_or("-"),
         upstream = %f.target.upstream.name,
@@ -506,6 +502,16 @@ fn connect_failed(f: &Forwarding<'_>, lease: &Lease, e: &str) {
         error = %e,
         "connect to backend failed"
     );
+}
+
+/// The body this attempt sends: a request without a body can be sent again (an
+/// empty one each time); one with a body goes once (`None` once it has gone).
+fn body_for_attempt(sending: &Sending<'_>, body: &mut Option<RequestBody>) -> Option<RequestBody> {
+    if sending.retriable {
+        Some(RequestBody::empty())
+    } else {
+        body.take()
+    }
 }
 
 /// The route's timeout is for the backend's answer: it starts once the request body

@@ -38,7 +38,7 @@ pub(super) async fn attempt_h2(
     {
         Ok(s) => s,
         Err(e) => {
-            connect_failed(f, lease, &e);
+            connect_failed(f, lease, &e, None);
             return H2Try::Failed {
                 error: ProxyError::Connect(e),
                 again: true,
@@ -51,18 +51,11 @@ pub(super) async fn attempt_h2(
         timings.reused.inc();
     }
     exchange.backend = Some(lease.shared_backend());
-    let request_body = if sending.retriable {
-        RequestBody::empty()
-    } else {
-        match body.take() {
-            Some(b) => b,
-            None => {
-                return H2Try::Failed {
-                    error: ProxyError::NoBackend,
-                    again: false,
-                }
-            }
-        }
+    let Some(request_body) = body_for_attempt(sending, body) else {
+        return H2Try::Failed {
+            error: ProxyError::NoBackend,
+            again: false,
+        };
     };
     let scheme = if f.target.tls.is_some() {
         "https"
