@@ -421,6 +421,54 @@ async fn a_client_cannot_add_fields_to_a_text_access_line() {
     assert!(!fields.contains("forged"), "{line}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_debug_level_a_requests_lines_carry_its_connection_and_request_spans() {
+    let refusing = common::refusing_addr().await;
+    let t = TempConfig::new(
+        "spans",
+        &format!(
+            "[global]\nlog_format = \"json\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+             [[listener.route]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n\
+             [upstream.app]\nretries = 0\nbackends = [{{ address = \"{refusing}\", name = \"gone\" }}]\n"
+        ),
+    );
+    let p = Process::start_with(&t.path, &[("RUST_LOG", "debug")]);
+    let listening = p.wait_for_field("message", "listening");
+    let addr: SocketAddr = listening["addr"]
+        .as_str()
+        .or(listening["fields"]["addr"].as_str())
+        .expect("the listening line names its address")
+        .parse()
+        .unwrap();
+    let req = ::http::Request::get(format!("http://{addr}/api/x"))
+        .header("x-request-id", "span-test-1")
+        .body(common::http::empty())
+        .unwrap();
+    let (status, _, _) = common::http::send(&common::http::client(), req).await;
+    assert_eq!(status, 502);
+    let line = p.wait_for_field("message", "connect to backend failed");
+    let spans = line["spans"].as_array().expect("the line lists its spans");
+    let conn = spans
+        .iter()
+        .find(|s| s["name"] == "conn")
+        .expect("a conn span");
+    assert_eq!(conn["listener"], "web", "{line}");
+    assert!(
+        conn["client.addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    let request = &line["span"];
+    assert_eq!(request["name"], "request", "{line}");
+    assert_eq!(request["request.id"], "span-test-1", "{line}");
+    assert_eq!(request["http.method"], "GET", "{line}");
+    assert_eq!(request["http.route"], "/api/", "{line}");
+    assert_eq!(request["upstream"], "app", "{line}");
+    assert_eq!(request["backend.name"], "gone", "{line}");
+}
+
 /// A port free for both UDP and TCP on 127.0.0.1 (bound once, then released).
 fn free_heartbeat_port() -> u16 {
     loop {

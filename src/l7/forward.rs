@@ -227,6 +227,10 @@ async fn attempts(
             Err(why) => return Err(ProxyError::Queue(why)),
         };
         let i = lease.index();
+        // The request span (debug level) names the backend of the latest attempt.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("backend.name", &*lease.backend().name);
+        }
         let mut span = spans::attempt(
             f.settings,
             f.trace.as_ref(),

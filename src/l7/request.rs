@@ -54,6 +54,9 @@ pub(super) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Respon
         "request",
         request.id = %request_id.to_str().unwrap_or("-"),
         http.method = %req.method(),
+        http.route = tracing::field::Empty,
+        upstream = tracing::field::Empty,
+        backend.name = tracing::field::Empty,
     );
     if span.is_disabled() {
         handle_in(req, ctx, request_id).await
@@ -334,6 +337,14 @@ async fn respond(
             req.headers(),
         )
         .ok_or(ProxyError::NoRoute)?;
+    // The request span (debug level) learns its route and upstream.
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        let span = tracing::Span::current();
+        span.record("http.route", action.strip_prefix.as_deref().unwrap_or("/"));
+        if let Target::Upstream(t) = &action.target {
+            span.record("upstream", &*t.upstream.name);
+        }
+    }
     if let Some(rule) = &action.rate_limit {
         limit(rule, &req, client, exchange).await?;
     }
