@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::config::Config;
 
 /// `file` expanded with the backends' DNS records (the same `Arc` when it has none

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::bind::BindKey;
+use super::shared::{RunningLoop, Shared};
 use super::snapshot::{Engine, ListenerEntry};
-use super::Shared;
 use crate::config::H2c;
 use crate::limits::ClientPlace;
 use crate::{l4, l7, proxy_protocol};
@@ -532,4 +532,47 @@ fn admit(
     let g = take(global, global_max)?;
     let l = take(listener, listener_max.unwrap_or(usize::MAX))?;
     Some((g, l))
+}
+
+impl Shared {
+    /// Registers a bound socket; its accept loop starts now, or at `run` when `start`
+    /// is false (the server is not running yet).
+    pub(super) fn add_loop(
+        self: &Arc<Self>,
+        key: BindKey,
+        name: String,
+        configured: SocketAddr,
+        socket: TcpListener,
+        start: bool,
+    ) {
+        let local = socket.local_addr().unwrap_or(configured);
+        let stop = self.stop_accepting.child_token();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        let mut entry = RunningLoop {
+            listener: name,
+            local,
+            stop,
+            task: None,
+            pending: Some(socket),
+            fd,
+        };
+        if start {
+            self.spawn_loop(&key, &mut entry);
+        }
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops.insert(key, entry);
+    }
+
+    pub(super) fn spawn_loop(self: &Arc<Self>, key: &BindKey, entry: &mut RunningLoop) {
+        if let Some(socket) = entry.pending.take() {
+            tracing::info!(listener = %entry.listener, addr = %entry.local, "listening");
+            entry.task = Some(tokio::spawn(accept_loop(
+                socket,
+                key.clone(),
+                entry.listener.clone(),
+                entry.stop.clone(),
+                self.clone(),
+            )));
+        }
+    }
 }

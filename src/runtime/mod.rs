@@ -12,6 +12,7 @@ mod dns;
 mod listener;
 mod peers;
 mod reload;
+mod shared;
 mod snapshot;
 pub mod upgrade;
 
@@ -24,7 +25,6 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use std::sync::atomic::AtomicUsize;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -35,7 +35,6 @@ use crate::config::Config;
 use crate::failover;
 use crate::health;
 use crate::l7::Pools;
-use crate::limits;
 use crate::upstream::Registry;
 pub(crate) use bind::{bind_keys, BindKey};
 use certificates::{
@@ -43,7 +42,8 @@ use certificates::{
 };
 use dns::{apply_dns_changes, effective};
 use peers::{start_bgp, start_failover};
-use snapshot::Parts;
+pub use shared::Handle;
+use shared::{notify, RunningLoop, Shared};
 pub use snapshot::Snapshot;
 
 /// Why a server could not start.
@@ -58,186 +58,6 @@ pub enum BindError {
     },
     #[error("{0}")]
     Tls(String),
-}
-
-struct RunningLoop {
-    listener: String,
-    local: SocketAddr,
-    stop: CancellationToken,
-    /// `None` between `Server::bind` and `Server::run`: the socket waits in `pending`.
-    task: Option<JoinHandle<()>>,
-    pending: Option<TcpListener>,
-    /// The socket's descriptor, for an upgrade to hand over (valid while the loop
-    /// runs: the task owns the socket).
-    fd: std::os::fd::RawFd,
-}
-
-/// What every accept loop, connection and control path shares.
-pub(crate) struct Shared {
-    pub current: ArcSwap<Snapshot>,
-    pub registry: Registry,
-    pub pools: Pools,
-    pub health: health::Supervisor,
-    pub metrics: Arc<Metrics>,
-    /// Connections open across all listeners, against `global.max_connections`.
-    pub global_open: Arc<AtomicUsize>,
-    /// Connections open per listener name, across generations (limits come from the
-    /// current generation; the counts from here).
-    open_by_listener: Mutex<HashMap<String, Arc<AtomicUsize>>>,
-    /// Connections per client address, per listener name, across generations.
-    clients_by_listener: Mutex<HashMap<String, Arc<limits::PerClient>>>,
-    loops: Mutex<HashMap<BindKey, RunningLoop>>,
-    /// Every connection task, so that shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// Fires when shutdown begins: the accept loops stop and drop their sockets.
-    pub stop_accepting: CancellationToken,
-    /// Fires when the drain time is over: open connections are cut.
-    pub cut: CancellationToken,
-    /// Reloads run one at a time.
-    reload_lock: tokio::sync::Mutex<()>,
-    /// Stops the admin API (when a reload removes `[admin]`).
-    admin_stop: Mutex<Option<CancellationToken>>,
-    started: Instant,
-    /// The failover driver's published role, once it runs.
-    failover: std::sync::OnceLock<failover::Control>,
-    /// The BGP speakers, while `[bgp]` is configured.
-    bgp: Mutex<Option<bgp::Running>>,
-    /// The admin API socket's descriptor, for an upgrade to hand over.
-    admin_fd: Mutex<Option<std::os::fd::RawFd>>,
-    /// An upgrade is under way.
-    upgrading: std::sync::atomic::AtomicBool,
-    /// Fires when a new process took the sockets over: this one drains and exits.
-    handed_over: CancellationToken,
-    /// The configuration as the file says it; generations are built from it expanded
-    /// with the backends' DNS records.
-    file_config: Mutex<Arc<Config>>,
-    /// Backends from DNS.
-    dns: Arc<crate::dns::Dns>,
-    /// Certificates from `[acme]`, kept across generations.
-    pub(crate) acme: Arc<crate::acme::Manager>,
-    /// TLS session ticket keys, for the life of the process.
-    tickets: Arc<crate::tls::tickets::Ticketer>,
-    /// OCSP responses of the certificates with `ocsp = "auto"`.
-    stapler: Arc<crate::tls::ocsp::Stapler>,
-}
-
-impl Shared {
-    /// The open-connection counters of `config`'s listeners, kept across generations.
-    fn counters_for(&self, config: &Config) -> HashMap<String, Arc<AtomicUsize>> {
-        let mut open = self
-            .open_by_listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        config
-            .listeners
-            .iter()
-            .map(|l| {
-                let c = open.entry(l.name.clone()).or_default().clone();
-                (l.name.clone(), c)
-            })
-            .collect()
-    }
-
-    /// The per-client connection counts of `config`'s listeners that limit them.
-    fn clients_for(&self, config: &Config) -> HashMap<String, Arc<limits::PerClient>> {
-        let mut all = self
-            .clients_by_listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        config
-            .listeners
-            .iter()
-            .filter(|l| l.max_connections_per_client.is_some())
-            .map(|l| {
-                let c = all.entry(l.name.clone()).or_default().clone();
-                (l.name.clone(), c)
-            })
-            .collect()
-    }
-
-    fn build(&self, config: Arc<Config>, generation: u64) -> Result<Snapshot, String> {
-        let counters = self.counters_for(&config);
-        let clients = self.clients_for(&config);
-        let current = self.current.load();
-        Snapshot::build(
-            config,
-            generation,
-            &Parts {
-                registry: &self.registry,
-                pools: &self.pools,
-                metrics: &self.metrics,
-                counters: &counters,
-                clients: &clients,
-                cache: current.cache.as_ref(),
-                limiters: &current.limiters,
-                redis: current.redis.as_ref(),
-                spans: current.spans.as_ref(),
-                acme: &self.acme,
-                tickets: &self.tickets,
-                stapler: &self.stapler,
-            },
-        )
-    }
-
-    /// Registers a bound socket; its accept loop starts now, or at `run` when `start`
-    /// is false (the server is not running yet).
-    fn add_loop(
-        self: &Arc<Self>,
-        key: BindKey,
-        name: String,
-        configured: SocketAddr,
-        socket: TcpListener,
-        start: bool,
-    ) {
-        let local = socket.local_addr().unwrap_or(configured);
-        let stop = self.stop_accepting.child_token();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-        let mut entry = RunningLoop {
-            listener: name,
-            local,
-            stop,
-            task: None,
-            pending: Some(socket),
-            fd,
-        };
-        if start {
-            self.spawn_loop(&key, &mut entry);
-        }
-        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
-        loops.insert(key, entry);
-    }
-
-    /// Stops the admin API; whether it was running.
-    fn stop_admin(&self) -> bool {
-        let running = self
-            .admin_stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        running.map(|stop| stop.cancel()).is_some()
-    }
-
-    fn spawn_loop(self: &Arc<Self>, key: &BindKey, entry: &mut RunningLoop) {
-        if let Some(socket) = entry.pending.take() {
-            info!(listener = %entry.listener, addr = %entry.local, "listening");
-            entry.task = Some(tokio::spawn(listener::accept_loop(
-                socket,
-                key.clone(),
-                entry.listener.clone(),
-                entry.stop.clone(),
-                self.clone(),
-            )));
-        }
-    }
-}
-
-/// sd_notify, when run under systemd; a no-op otherwise.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(false, states) {
-            warn!(error = %e, "sd_notify failed");
-        }
-    }
 }
 
 /// A server whose listeners are bound: start it with [`Server::run`].
@@ -255,12 +75,6 @@ pub struct Server {
 pub struct ShutdownReport {
     /// Connections still open when `shutdown_timeout` ran out.
     pub cut: usize,
-}
-
-/// A handle to a running server: reloads, status, drain.
-#[derive(Clone)]
-pub struct Handle {
-    shared: Arc<Shared>,
 }
 
 impl Server {

@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{bind_keys, listener, notify, BindKey, Handle, Shared};
+use super::bind::{bind_keys, BindKey};
+use super::listener;
+use super::shared::{notify, Handle, RunningLoop, Shared};
 use crate::config::Config;
 
 /// Changes to the file closer together than this make one reload.
@@ -119,8 +121,8 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
         }
     };
     shared.current.store(Arc::new(next));
-    super::configure_certificates(shared);
-    super::publish_certificates(shared, &config);
+    super::certificates::configure_certificates(shared);
+    super::certificates::publish_certificates(shared, &config);
     shared.metrics.config_generation.set(generation as i64);
     if old.config.failover != config.failover {
         if let (Some(control), Some(f)) = (shared.failover.get(), &config.failover) {
@@ -133,7 +135,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
             (Some(r), Some(b)) => r.update(b.clone()),
             (None, Some(b)) => {
                 info!("[bgp] added: sessions starting");
-                super::start_bgp(shared, b.clone());
+                super::peers::start_bgp(shared, b.clone());
             }
             (Some(r), None) => {
                 info!("[bgp] removed: routes withdrawn, sessions closing");
@@ -152,7 +154,7 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
         .iter()
         .flat_map(|l| bind_keys(l).into_iter().map(|(k, _)| k))
         .collect();
-    let removed: Vec<super::RunningLoop> = {
+    let removed: Vec<RunningLoop> = {
         let mut loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
         let gone: Vec<BindKey> = loops
             .keys()

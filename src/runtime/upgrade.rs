@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
-use super::BindKey;
+use super::bind::BindKey;
 
 /// The environment variable that names the inherited end of the socket pair.
 pub const ENV: &str = "FULCRUM_UPGRADE_FD";

@@ -1,7 +1,24 @@
 //! A backend's response body, decoded from its connection (`Content-Length`,
 //! chunked, or up to the close) as the client reads it.
 
-use super::*;
+use super::chunk_size;
+use super::poll_fill;
+use super::Chunk;
+use super::Conn;
+use super::Failed;
+use super::Framing;
+use super::Stream;
+use super::Writer;
+use super::MAX_CHUNK_LINE;
+use super::MAX_FIELDS;
+use super::MAX_HEAD;
+use crate::l7::request_body::BoxError;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 /// Pieces up to this size are copied out of the read buffer rather than split off:
 /// the buffer then stays unshared and is reused for the next read, where a split

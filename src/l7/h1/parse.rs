@@ -1,7 +1,13 @@
 //! Reading a backend's response head: the status line and fields (`httparse`), the
 //! hop-by-hop fields, and the body's framing (RFC 9112 6.3).
 
-use super::*;
+use super::Chunk;
+use super::Framing;
+use super::MAX_FIELDS;
+use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+use std::mem::MaybeUninit;
 
 pub(super) struct Parsed {
     pub(super) status: StatusCode,

@@ -1,5 +1,6 @@
 use super::body::decode;
 use super::*;
+use http::header;
 
 fn parse(raw: &str, method: Method) -> Result<Option<Parsed>, &'static str> {
     let mut buf = BytesMut::from(raw.as_bytes());
