@@ -1,7 +1,13 @@
 //! A picked backend, held while its work lasts: the count in flight, and the
 //! outcome reported to passive health when it ends.
 
-use super::*;
+use super::state::Backend;
+use super::state::Changes;
+use crate::health::passive::Passive;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
 
 /// How the work given to a backend went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

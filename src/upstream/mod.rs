@@ -6,14 +6,13 @@
 //! keyed by (upstream name, backend address), so a reload that keeps a backend keeps
 //! its state. Nothing here knows whether it serves TCP or HTTP.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::balance::{
     Balancer, Candidates, ConsistentHash, Ewma, LeastConnections, Random, Selection,
@@ -25,44 +24,8 @@ use crate::health::passive::Passive;
 mod lease;
 mod state;
 pub use lease::{BackendOutcome, Lease};
-pub use state::{BackendState, Registry};
-
-/// Decay time of the latency average: a sample's weight halves in about 7 s.
-const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
-
-/// Milliseconds since the first call: the clock of ejections and latency samples.
-fn now_ms() -> u64 {
-    now_ns() / 1_000_000
-}
-
-fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    // +1 so that 0 can mean "never".
-    Instant::now().duration_since(base).as_nanos() as u64 + 1
-}
-
-/// Counters the backends of one upstream share.
-#[derive(Debug, Default)]
-struct Changes {
-    /// Bumped on every change of eligibility (health, drain, ejection).
-    epoch: AtomicU64,
-    /// Backends ejected right now, across the registry: while nonzero, picks look
-    /// for ejections that have run out.
-    ejected: AtomicU64,
-    /// `max_connections_per_backend`: requests waiting for a backend under its cap.
-    queued: AtomicUsize,
-    /// Signalled when a capped lease ends: one waiting request looks again.
-    freed: tokio::sync::Notify,
-}
-
-/// Signalled whenever a backend's eligibility changes (health, drain, ejection), for
-/// those that act on it at once (the BGP gate). Ejections that run out on time are
-/// not signalled.
-pub fn eligibility_changes() -> &'static tokio::sync::Notify {
-    static CHANGES: OnceLock<tokio::sync::Notify> = OnceLock::new();
-    CHANGES.get_or_init(tokio::sync::Notify::new)
-}
+pub use state::{eligibility_changes, Backend, BackendState, Registry};
+use state::{now_ms, Changes};
 
 /// Most backends one connection or request tries, whatever `retries` says, to bound
 /// the work a single client can cause.
@@ -89,30 +52,6 @@ struct Queued<'a>(&'a AtomicUsize);
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// One backend of one generation.
-#[derive(Debug)]
-pub struct Backend {
-    pub name: String,
-    /// As written in the file: the backend's identity (`host:port#ip` for one from a
-    /// DNS record).
-    pub address: String,
-    /// The host and port as written: TLS's server name, the `Host` of health checks
-    /// and of HTTP/2 requests' authority where the client's is not kept.
-    pub host: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub state: Arc<BackendState>,
-}
-
-impl Backend {
-    pub fn is_eligible(&self) -> bool {
-        self.weight > 0
-            && self.state.is_healthy()
-            && !self.state.is_draining()
-            && !self.state.is_ejected()
     }
 }
 

@@ -2,7 +2,74 @@
 //! ejection, connections in flight, EWMA), and the registry that keeps it across
 //! generations.
 
-use super::*;
+use crate::config::{self};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Decay time of the latency average: a sample's weight halves in about 7 s.
+pub(super) const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
+
+/// Milliseconds since the first call: the clock of ejections and latency samples.
+pub(super) fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+pub(super) fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    // +1 so that 0 can mean "never".
+    Instant::now().duration_since(base).as_nanos() as u64 + 1
+}
+
+/// Counters the backends of one upstream share.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    /// Bumped on every change of eligibility (health, drain, ejection).
+    pub(super) epoch: AtomicU64,
+    /// Backends ejected right now, across the registry: while nonzero, picks look
+    /// for ejections that have run out.
+    pub(super) ejected: AtomicU64,
+    /// `max_connections_per_backend`: requests waiting for a backend under its cap.
+    pub(super) queued: AtomicUsize,
+    /// Signalled when a capped lease ends: one waiting request looks again.
+    pub(super) freed: tokio::sync::Notify,
+}
+
+/// Signalled whenever a backend's eligibility changes (health, drain, ejection), for
+/// those that act on it at once (the BGP gate). Ejections that run out on time are
+/// not signalled.
+pub fn eligibility_changes() -> &'static tokio::sync::Notify {
+    static CHANGES: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    CHANGES.get_or_init(tokio::sync::Notify::new)
+}
+
+/// One backend of one generation.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    /// As written in the file: the backend's identity (`host:port#ip` for one from a
+    /// DNS record).
+    pub address: String,
+    /// The host and port as written: TLS's server name, the `Host` of health checks
+    /// and of HTTP/2 requests' authority where the client's is not kept.
+    pub host: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    pub fn is_eligible(&self) -> bool {
+        self.weight > 0
+            && self.state.is_healthy()
+            && !self.state.is_draining()
+            && !self.state.is_ejected()
+    }
+}
 
 /// The live state of one backend, shared by every generation that has it.
 #[derive(Debug)]
