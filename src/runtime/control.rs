@@ -1,7 +1,15 @@
 //! What the admin API and the command line ask of a running server: its status,
 //! reloads, drains, BGP maintenance, binary upgrades.
 
-use super::*;
+use super::bind::BindKey;
+use super::shared::{notify, Handle};
+use super::upgrade;
+use crate::admin::{self};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 impl Handle {
     /// Starts `exe args...` as the new process, hands it every listening socket and

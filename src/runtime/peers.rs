@@ -1,7 +1,10 @@
 //! The processes' peers: the failover pair's driver and the BGP speakers, started
 //! with what they read of the running server.
 
-use super::*;
+use super::shared::Shared;
+use crate::bgp;
+use crate::failover;
+use std::sync::Arc;
 
 /// Starts the BGP speakers: the gate reads backend eligibility from the current
 /// generation (with health checks, only backends a check has passed count) and the
