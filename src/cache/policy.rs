@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
 
 mod validation;
@@ -298,7 +298,7 @@ pub fn directives(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<&st
 }
 
 /// Splits a comma-separated list, keeping quoted strings whole.
-fn split_list(s: &str) -> impl Iterator<Item = &str> {
+pub(super) fn split_list(s: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let s = rest?;

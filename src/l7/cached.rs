@@ -13,24 +13,22 @@
 //!   host).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use tracing::debug;
 
 use super::body::ResponseBody;
 use super::error::{self, ProxyError};
 use super::exchange::Exchange;
 use super::forward::{self, Forwarding};
-use crate::cache::decide::{self, OnFailure, OnHead, OnNotModified, OnRequest, Storing};
+use crate::cache::decide::{self, OnHead, OnRequest};
 use crate::cache::fill::Fill;
 use crate::cache::policy;
 use crate::cache::range;
 use crate::cache::status::{CacheOutcome, CacheStatus, Fwd, CACHE_STATUS};
-use crate::cache::tee::{Pending, Tee};
-use crate::cache::{self, Flight, Join, Key, Lookup, Stored};
+use crate::cache::{self, Join, Lookup, Stored};
 
 mod fetch;
 use fetch::*;

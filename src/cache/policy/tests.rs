@@ -1,5 +1,6 @@
 use super::validation::usual_case;
 use super::*;
+use http::HeaderName;
 use std::time::SystemTime;
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -1,7 +1,8 @@
 //! Validation: a 304 merged into what is stored (RFC 9111 4.3.4), conditional
 //! requests answered from the cache (RFC 9110 13), and HTTP dates.
 
-use super::*;
+use http::{header, HeaderMap};
+use std::time::Duration;
 
 /// Fields a 304 never replaces: they describe the stored body, or the connection.
 pub(super) const KEEP_ON_304: [&str; 10] = [

@@ -1,7 +1,8 @@
 //! `Vary`: the request fields a stored response was chosen by, and whether a new
 //! request matches them (RFC 9111 4.1).
 
-use super::*;
+use super::split_list;
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// The names listed by `Vary`, lower case.
 pub fn vary_names(response: &HeaderMap) -> impl Iterator<Item = String> + '_ {

@@ -3,7 +3,28 @@
 //! pace while it goes to the client, and the background refresh of
 //! `stale-while-revalidate`.
 
-use super::*;
+use super::copy_head;
+use super::finish;
+use super::send_as;
+use super::served;
+use super::ttl_secs;
+use crate::cache::decide::{self, OnFailure, OnNotModified, Storing};
+use crate::cache::fill::Fill;
+use crate::cache::policy;
+use crate::cache::status::{CacheOutcome, CacheStatus, Fwd};
+use crate::cache::tee::{Pending, Tee};
+use crate::cache::{Flight, Join, Key, Stored};
+use crate::l7::body::ResponseBody;
+use crate::l7::cache_route::CacheRoute;
+use crate::l7::error::{self, ProxyError};
+use crate::l7::exchange::Exchange;
+use crate::l7::forward::{self, Forwarding};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::debug;
 
 /// One trip to the origin for a GET: a miss, or the revalidation of a stored response.
 pub(super) struct Fetch {

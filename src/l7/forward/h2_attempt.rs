@@ -1,6 +1,21 @@
 //! One attempt on an HTTP/2 backend, and what its errors say.
 
-use super::*;
+use super::body_for_attempt;
+use super::connect_failed;
+use super::connect_how;
+use super::count_opened;
+use super::deadline;
+use super::Forwarding;
+use super::Late;
+use super::Sending;
+use crate::l7::error::ProxyError;
+use crate::l7::exchange::Exchange;
+use crate::l7::h2;
+use crate::l7::pool::BackendPool;
+use crate::l7::request_body::RequestBody;
+use crate::upstream::{BackendOutcome, Lease};
+use std::time::Duration;
+use tracing::{debug, warn};
 
 /// How one HTTP/2 attempt ended.
 pub(super) enum H2Try {

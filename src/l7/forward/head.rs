@@ -1,7 +1,11 @@
 //! The request head as the backend gets it: hop-by-hop fields dropped (RFC 9110
 //! 7.6.1), `Host`, `X-Forwarded-*` and `X-Request-Id` set, the header rules applied.
 
-use super::*;
+use super::Forwarding;
+use crate::l7::h1::{self, Head, KEEP_ALIVE, PROXY_CONNECTION};
+use crate::l7::host::RequestHost;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -1,7 +1,18 @@
 //! The response stage: the backend's answer on its way to the client, or the
 //! upgrade tunnel after a 101.
 
-use super::*;
+use super::tunnel;
+use super::Answer;
+use super::Answered;
+use super::Choice;
+use super::Forwarding;
+use crate::l7::body::{ResponseBody, Upstream2Body, UpstreamBody};
+use crate::l7::error::ProxyError;
+use crate::l7::exchange::Exchange;
+use crate::l7::h1::{self};
+use crate::l7::h2;
+use http::header::{self};
+use http::{Response, StatusCode, Version};
 
 /// The response stage: a 101 becomes the upgrade tunnel; any other answer goes to
 /// the client (without its hop-by-hop fields, left out by the parser), its body

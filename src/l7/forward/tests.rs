@@ -1,4 +1,5 @@
 use super::*;
+use http::HeaderMap;
 use crate::l7::client::ip_value;
 
 #[test]

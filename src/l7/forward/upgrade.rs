@@ -1,7 +1,19 @@
 //! Upgrades: which a request may ask for, WebSocket over HTTP/2 (RFC 8441) turned
 //! into an HTTP/1.1 upgrade, and the tunnel once the backend said 101.
 
-use super::*;
+use super::connection_has;
+use crate::activity::{Activity, Watched};
+use crate::l7::conn::ConnCtx;
+use crate::l7::error::ProxyError;
+use crate::l7::h1::{self};
+use crate::upstream::Lease;
+use http::header::{self};
+use http::{HeaderValue, Method, Request, Version};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
 
 /// Whether the request asks for an upgrade the route allows: HTTP/1.1, `Connection:
 /// upgrade`, and every protocol `Upgrade` names among `allowed` (never `h2c`). Any
