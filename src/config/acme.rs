@@ -8,7 +8,7 @@ use rustls::pki_types::CertificateDer;
 use toml::Spanned;
 
 use super::raw::RawAcme;
-use super::Validator;
+use super::validate::Validator;
 
 pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
@@ -239,43 +239,6 @@ fn storage_problem(dir: &std::path::Path) -> Option<String> {
                     existing.display()
                 )
             })
-        }
-    }
-}
-
-impl Validator<'_> {
-    /// `listener.tls.acme` needs `[acme]`; HTTP-01 needs a plain http listener to
-    /// answer on.
-    pub(super) fn acme_listeners(
-        &mut self,
-        raw: &super::raw::RawConfig,
-        listeners: &[super::Listener],
-        acme: Option<&Acme>,
-    ) {
-        let wanted = raw.listener.iter().enumerate().find_map(|(i, l)| {
-            let names = l.get_ref().tls.as_ref()?.get_ref().acme.as_ref()?;
-            Some((i, names.span()))
-        });
-        let Some((i, span)) = wanted else { return };
-        match acme {
-            None => self.err(
-                Some(span),
-                format!("listener[{i}].tls.acme"),
-                "needs an [acme] section (directory, storage)",
-            ),
-            Some(a) if a.challenge == AcmeChallenge::Http01 => {
-                let plain = listeners
-                    .iter()
-                    .any(|l| l.protocol == super::Protocol::Http && l.tls.is_none());
-                if !plain {
-                    self.err(
-                        Some(span),
-                        format!("listener[{i}].tls.acme"),
-                        "the http-01 challenge needs a plain http listener (the CA asks on port 80); add one or set acme.challenge = \"tls-alpn-01\"",
-                    );
-                }
-            }
-            Some(_) => {}
         }
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::raw::{RawBgp, RawBgpAnnounce, RawBgpPeer};
-use super::{Upstream, Validator};
+use super::upstream::Upstream;
+use super::validate::Validator;
 
 pub const DEFAULT_BGP_PORT: u16 = 179;
 /// RFC 4271's suggested hold time.

@@ -4,7 +4,7 @@
 use toml::Spanned;
 
 use super::raw::RawCompression;
-use super::Validator;
+use super::validate::Validator;
 
 /// Bodies of a known length under this are sent as they are.
 pub(super) const DEFAULT_MIN_SIZE: u64 = 1024;

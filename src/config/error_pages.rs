@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use toml::Spanned;
 
-use super::Validator;
+use super::validate::Validator;
 
 /// The largest error page accepted.
 pub(super) const MAX_ERROR_PAGE: u64 = 1024 * 1024;

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::raw::{RawFailover, RawVip};
-use super::Validator;
+use super::validate::Validator;
 
 pub const DEFAULT_FAILOVER_PRIORITY: u8 = 100;
 pub const DEFAULT_FAILOVER_INTERVAL: Duration = Duration::from_millis(200);

@@ -1,6 +1,28 @@
 //! `[global]`, `[admin]`, `[cache]` and `[resolver]`: the process-wide settings.
 
-use super::*;
+use super::defaults::DEFAULT_MAX_CONNECTIONS;
+use super::defaults::DEFAULT_SHUTDOWN_TIMEOUT;
+use super::defaults::DEFAULT_WORKERS;
+use super::defaults::MAX_WORKERS;
+use super::raw::RawAdmin;
+use super::raw::RawCache;
+use super::raw::RawGlobal;
+use super::raw::RawResolver;
+use super::validate::Validator;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `[cache]`: the shared response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Bytes of stored responses in total.
+    pub max_size: u64,
+    /// Larger responses pass through unstored.
+    pub max_object_size: u64,
+    /// Bytes of responses being stored at once (teed into the store while they
+    /// stream); past it, further responses stream unstored.
+    pub max_inflight: u64,
+}
 
 impl CacheSettings {
     /// The defaults, `max_inflight` a quarter of `max_size`.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 use super::raw::RawHeaderRules;
-use super::Validator;
+use super::validate::Validator;
 
 /// Fields no rule may touch: they frame the message or belong to its hop.
 const FRAMING: [&str; 8] = [

@@ -1,6 +1,17 @@
 //! `[upstream.NAME.health]`: active health checks.
 
-use super::*;
+use super::defaults::DEFAULT_EJECT_FOR;
+use super::defaults::DEFAULT_EXPECT_STATUS;
+use super::defaults::DEFAULT_FALL;
+use super::defaults::DEFAULT_HEALTH_INTERVAL;
+use super::defaults::DEFAULT_HEALTH_PATH;
+use super::defaults::DEFAULT_HEALTH_TIMEOUT;
+use super::defaults::DEFAULT_PASSIVE_FAILURES;
+use super::defaults::DEFAULT_RISE;
+use super::raw::RawHealth;
+use super::units::parse_duration;
+use super::validate::Validator;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckKind {

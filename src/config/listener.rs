@@ -1,6 +1,46 @@
 //! `[[listener]]`: what a listener binds and how it treats its connections, and its access rules.
 
-use super::*;
+use super::defaults::DEFAULT_BODY_TIMEOUT;
+use super::defaults::DEFAULT_HEADER_TIMEOUT;
+use super::defaults::DEFAULT_IDLE_TIMEOUT;
+use super::defaults::DEFAULT_MAX_BODY_SIZE;
+use super::defaults::DEFAULT_MAX_HEADER_SIZE;
+use super::error_pages::ErrorPage;
+use super::headers::HeaderRules;
+use super::kinds::Protocol;
+use super::raw::OneOrMany;
+use super::raw::RawListener;
+use super::raw::RawUpstream;
+use super::route::Route;
+use super::sni::SniRoute;
+use super::tls::ListenerTls;
+use super::units;
+use super::validate::Validator;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// `listener.h2c`: which HTTP versions a plain http listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum H2c {
+    /// HTTP/1.1, and HTTP/2 with prior knowledge, told apart by the first bytes.
+    #[default]
+    Detect,
+    /// HTTP/2 with prior knowledge only: anything else is an HTTP/2 connection error.
+    Only,
+    /// HTTP/1.1 only.
+    Off,
+}
+
+/// A listener's `allow` and `deny` networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessRules {
+    /// Empty: every client not denied.
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
@@ -27,7 +67,7 @@ pub struct Listener {
     /// http: a request body must have arrived whole within this time (408).
     pub body_timeout: Duration,
     /// http: bytes per second below which an upload or a download is cut, measured
-    /// over [`MIN_RATE_WINDOW`]; 0 = off.
+    /// over [`MIN_RATE_WINDOW`](super::MIN_RATE_WINDOW); 0 = off.
     pub min_rate: u64,
     /// http: repeated slashes in a path are merged before routes match it.
     pub merge_slashes: bool,
@@ -367,5 +407,42 @@ impl Validator<'_> {
             }
         }
         out
+    }
+}
+
+impl Validator<'_> {
+    /// `listener.tls.acme` needs `[acme]`; HTTP-01 needs a plain http listener to
+    /// answer on.
+    pub(super) fn acme_listeners(
+        &mut self,
+        raw: &super::raw::RawConfig,
+        listeners: &[Listener],
+        acme: Option<&super::acme::Acme>,
+    ) {
+        let wanted = raw.listener.iter().enumerate().find_map(|(i, l)| {
+            let names = l.get_ref().tls.as_ref()?.get_ref().acme.as_ref()?;
+            Some((i, names.span()))
+        });
+        let Some((i, span)) = wanted else { return };
+        match acme {
+            None => self.err(
+                Some(span),
+                format!("listener[{i}].tls.acme"),
+                "needs an [acme] section (directory, storage)",
+            ),
+            Some(a) if a.challenge == super::acme::AcmeChallenge::Http01 => {
+                let plain = listeners
+                    .iter()
+                    .any(|l| l.protocol == super::kinds::Protocol::Http && l.tls.is_none());
+                if !plain {
+                    self.err(
+                        Some(span),
+                        format!("listener[{i}].tls.acme"),
+                        "the http-01 challenge needs a plain http listener (the CA asks on port 80); add one or set acme.challenge = \"tls-alpn-01\"",
+                    );
+                }
+            }
+            Some(_) => {}
+        }
     }
 }

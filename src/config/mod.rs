@@ -5,12 +5,15 @@
 mod acme;
 mod bgp;
 mod compression;
+mod defaults;
 mod error;
 mod error_pages;
 mod failover;
 mod global;
 mod headers;
 mod health;
+mod kinds;
+mod limit_rule;
 mod listener;
 mod rate_limit;
 mod raw;
@@ -27,16 +30,13 @@ mod upstream;
 mod validate;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::ops::Range;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 pub use acme::{acme_name_problem, Acme, AcmeChallenge, Eab, DEFAULT_RENEW_BEFORE};
 pub use bgp::{Announce, Bgp, BgpPeer, DEFAULT_BGP_PORT};
 pub use compression::{Algorithm, Compression};
+pub use defaults::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use error_pages::ErrorPage;
 pub use failover::{
@@ -47,8 +47,10 @@ pub use global::*;
 pub use headers::{value_template as header_value_template, HeaderRules, Piece};
 pub use health::*;
 pub use ipnet::IpNet;
+pub use kinds::{HostPattern, Protocol};
+pub use limit_rule::{LimitKey, OnStoreError, RateLimit};
 pub use listener::*;
-pub use rate_limit::{parse_rate, LimitKey, OnStoreError, RateLimit};
+pub use rate_limit::parse_rate;
 use raw::*;
 pub use redis::Redis;
 pub use route::*;
@@ -62,39 +64,6 @@ use toml::Spanned;
 pub use units::{parse_duration, parse_size};
 pub use upstream::*;
 use validate::{clean_path, Validator};
-
-/// The longest duration any key accepts: longer ones are surely mistakes, and would
-/// overflow clocks.
-pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
-pub const DEFAULT_WORKERS: usize = 0;
-pub const MAX_WORKERS: i64 = 1024;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
-pub const DEFAULT_MAX_BODY_SIZE: u64 = 0;
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// The window over which `min_rate` is measured.
-pub const MIN_RATE_WINDOW: Duration = Duration::from_secs(10);
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
-/// `route.upgrades` when not given.
-pub const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
-pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_RETRIES: u32 = 1;
-pub const MAX_RETRIES: i64 = 100;
-pub const DEFAULT_STICKY_COOKIE: &str = "fulcrum_sticky";
-pub const DEFAULT_HEALTH_PATH: &str = "/";
-pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 399);
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-pub const DEFAULT_RISE: u32 = 2;
-pub const DEFAULT_FALL: u32 = 3;
-pub const DEFAULT_PASSIVE_FAILURES: u32 = 5;
-pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(30);
-pub const DEFAULT_WEIGHT: u32 = 1;
-pub const MAX_WEIGHT: i64 = 1000;
 
 /// A validated configuration: everything `run` needs, nothing left to check.
 #[derive(Debug, Clone)]
@@ -126,74 +95,6 @@ pub struct Config {
     pub acme: Option<Acme>,
     /// `[resolver]`, or its defaults.
     pub resolver: Resolver,
-}
-
-/// `[cache]`: the shared response cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// Bytes of stored responses in total.
-    pub max_size: u64,
-    /// Larger responses pass through unstored.
-    pub max_object_size: u64,
-    /// Bytes of responses being stored at once (teed into the store while they
-    /// stream); past it, further responses stream unstored.
-    pub max_inflight: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http,
-    Tcp,
-}
-
-/// `listener.h2c`: which HTTP versions a plain http listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum H2c {
-    /// HTTP/1.1, and HTTP/2 with prior knowledge, told apart by the first bytes.
-    #[default]
-    Detect,
-    /// HTTP/2 with prior knowledge only: anything else is an HTTP/2 connection error.
-    Only,
-    /// HTTP/1.1 only.
-    Off,
-}
-
-/// `upstream.NAME.protocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UpstreamProtocol {
-    #[default]
-    Http1,
-    /// HTTP/2 with prior knowledge over plain TCP.
-    H2c,
-    /// HTTP/2 over TLS (ALPN `h2`).
-    H2,
-    /// TLS offering `h2` and `http/1.1`: what each backend picks.
-    Auto,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// Lower case.
-    Exact(String),
-    /// `*.example.com` kept as `.example.com`, lower case: one or more labels before it.
-    Suffix(String),
-}
-
-/// A listener's `allow` and `deny` networks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AccessRules {
-    /// Empty: every client not denied.
-    pub allow: Vec<IpNet>,
-    pub deny: Vec<IpNet>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    RoundRobin,
-    LeastConnections,
-    Random,
-    ConsistentHash,
-    Ewma,
 }
 
 impl Config {

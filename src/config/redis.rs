@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::raw::RawRedis;
-use super::Validator;
+use super::validate::Validator;
 
 /// How long a decision may wait for Redis before it falls back.
 pub(super) const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);

@@ -1,6 +1,19 @@
 //! `[[listener.route]]`: what a request must match, and where it goes.
 
-use super::*;
+use super::defaults::DEFAULT_ROUTE_TIMEOUT;
+use super::defaults::DEFAULT_UPGRADES;
+use super::headers::HeaderRules;
+use super::kinds::HostPattern;
+use super::kinds::Protocol;
+use super::raw::RawRoute;
+use super::raw::RawUpstream;
+use super::shaping::Redirect;
+use super::shaping::Rewrite;
+use super::sni;
+use super::validate::Validator;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
 
 /// One `[[listener.route]]`.
 #[derive(Debug, Clone, PartialEq)]

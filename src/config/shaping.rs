@@ -4,7 +4,7 @@
 use toml::Spanned;
 
 use super::raw::{RawRedirect, RawRewrite};
-use super::Validator;
+use super::validate::Validator;
 
 /// The statuses a `redirect` may answer with.
 pub(super) const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];

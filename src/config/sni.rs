@@ -6,8 +6,9 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+use super::kinds::HostPattern;
 use super::raw::{RawRoute, RawUpstream};
-use super::{HostPattern, Validator};
+use super::validate::Validator;
 
 /// One route of a tcp listener.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,7 +144,7 @@ impl Validator<'_> {
                 Some(_) => {}
             }
             let rate_limit =
-                self.rate_limit_ref(&k("rate_limit"), &r.rate_limit, super::Protocol::Tcp);
+                self.rate_limit_ref(&k("rate_limit"), &r.rate_limit, super::kinds::Protocol::Tcp);
             out.push(SniRoute {
                 pattern,
                 upstream: u.get_ref().clone(),

@@ -1,6 +1,8 @@
 //! `fulcrum check`'s summary: one line per listener, upstream and section.
 
-use super::*;
+use std::fmt::Write as _;
+
+use super::Config;
 
 impl Config {
     /// The summary `fulcrum check` prints: one line per listener and upstream.

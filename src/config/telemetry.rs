@@ -2,7 +2,7 @@
 //! receives sampled requests' spans.
 
 use super::raw::RawTracing;
-use super::Validator;
+use super::validate::Validator;
 
 pub const DEFAULT_TRACE_SAMPLE: f64 = 0.01;
 

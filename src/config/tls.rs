@@ -1,6 +1,12 @@
 //! `[listener.tls]` and `upstream.NAME.tls`: certificates and keys loaded and matched, versions, ALPN, client certificates, and TLS to the backends.
 
-use super::*;
+use super::kinds::Protocol;
+use super::raw::RawListenerTls;
+use super::raw::RawUpstreamTls;
+use super::validate::Validator;
+use std::path::Path;
+use std::sync::Arc;
+use toml::Spanned;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsVersion {

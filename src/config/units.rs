@@ -11,7 +11,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(t).map_err(|e| {
         format!("is not a duration ({e}); write it like \"250ms\", \"2s\" or \"1m\", got {s:?}")
     })?;
-    if d > super::MAX_DURATION {
+    if d > super::defaults::MAX_DURATION {
         return Err(format!("must be at most 7 days, got {s:?}"));
     }
     Ok(d)

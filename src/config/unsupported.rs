@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use super::raw::{Later, RawListenerTls};
-use super::Validator;
+use super::validate::Validator;
 
 fn at(v: &Later) -> Option<Range<usize>> {
     v.as_ref().map(|s| s.span())

@@ -1,6 +1,44 @@
 //! `[upstream.NAME]`: backends, the strategy and its hash key, sticky sessions, the protocol spoken to the backends.
 
-use super::*;
+use super::defaults::DEFAULT_CONNECT_TIMEOUT;
+use super::defaults::DEFAULT_QUEUE_TIMEOUT;
+use super::defaults::DEFAULT_RETRIES;
+use super::defaults::DEFAULT_STICKY_COOKIE;
+use super::defaults::DEFAULT_WEIGHT;
+use super::defaults::MAX_RETRIES;
+use super::defaults::MAX_WEIGHT;
+use super::global::MIN_RESOLVE;
+use super::health::CheckKind;
+use super::health::Health;
+use super::raw::RawUpstream;
+use super::tls::UpstreamTls;
+use super::validate::Validator;
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+use toml::Spanned;
+
+/// `upstream.NAME.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// TLS offering `h2` and `http/1.1`: what each backend picks.
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    LeastConnections,
+    Random,
+    ConsistentHash,
+    Ewma,
+}
 
 impl UpstreamProtocol {
     /// HTTP/2 is (or may be) spoken to the backends.

@@ -1,6 +1,14 @@
 //! The validator and its shared helpers: errors with their position, durations, sizes, integers, secret files.
 
-use super::*;
+use super::error::ConfigError;
+use super::limit_rule::RateLimit;
+use super::raw::RawSize;
+use super::units::parse_duration;
+use super::units::parse_size;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,

@@ -1,6 +1,6 @@
 use super::*;
-use http::HeaderMap;
 use crate::l7::client::ip_value;
+use http::HeaderMap;
 
 #[test]
 fn hop_by_hop_headers_and_those_connection_names_are_removed() {
