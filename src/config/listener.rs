@@ -67,7 +67,7 @@ pub struct Listener {
     /// http: a request body must have arrived whole within this time (408).
     pub body_timeout: Duration,
     /// http: bytes per second below which an upload or a download is cut, measured
-    /// over [`MIN_RATE_WINDOW`](super::MIN_RATE_WINDOW); 0 = off.
+    /// over [`MIN_RATE_WINDOW`](super::defaults::MIN_RATE_WINDOW); 0 = off.
     pub min_rate: u64,
     /// http: repeated slashes in a path are merged before routes match it.
     pub merge_slashes: bool,

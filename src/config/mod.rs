@@ -21,6 +21,7 @@ mod redis;
 mod route;
 mod shaping;
 mod sni;
+mod sticky;
 mod summary;
 mod telemetry;
 mod tls;
@@ -47,7 +48,7 @@ pub use global::*;
 pub use headers::{value_template as header_value_template, HeaderRules, Piece};
 pub use health::*;
 pub use ipnet::IpNet;
-pub use kinds::{HostPattern, Protocol};
+pub use kinds::{HostPattern, Protocol, Strategy};
 pub use limit_rule::{LimitKey, OnStoreError, RateLimit};
 pub use listener::*;
 pub use rate_limit::parse_rate;
@@ -58,6 +59,7 @@ pub use shaping::{
     compile as compile_rewrite_regex, template as redirect_template, Part, Redirect, Rewrite,
 };
 pub use sni::SniRoute;
+pub use sticky::{HashKey, Sticky};
 pub use telemetry::{Collector, Tracing, DEFAULT_TRACE_SAMPLE};
 pub use tls::*;
 use toml::Spanned;

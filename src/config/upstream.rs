@@ -3,14 +3,15 @@
 use super::defaults::DEFAULT_CONNECT_TIMEOUT;
 use super::defaults::DEFAULT_QUEUE_TIMEOUT;
 use super::defaults::DEFAULT_RETRIES;
-use super::defaults::DEFAULT_STICKY_COOKIE;
 use super::defaults::DEFAULT_WEIGHT;
 use super::defaults::MAX_RETRIES;
 use super::defaults::MAX_WEIGHT;
 use super::global::MIN_RESOLVE;
 use super::health::CheckKind;
 use super::health::Health;
+use super::kinds::Strategy;
 use super::raw::RawUpstream;
+use super::sticky::{HashKey, Sticky};
 use super::tls::UpstreamTls;
 use super::validate::Validator;
 use std::collections::HashSet;
@@ -31,15 +32,6 @@ pub enum UpstreamProtocol {
     Auto,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    RoundRobin,
-    LeastConnections,
-    Random,
-    ConsistentHash,
-    Ewma,
-}
-
 impl UpstreamProtocol {
     /// HTTP/2 is (or may be) spoken to the backends.
     pub fn is_http2(self) -> bool {
@@ -57,45 +49,6 @@ impl UpstreamProtocol {
 }
 
 pub const DEFAULT_H2_KEEPALIVE: Duration = Duration::from_secs(30);
-
-impl Strategy {
-    pub const ALL: [(&'static str, Strategy); 5] = [
-        ("round_robin", Strategy::RoundRobin),
-        ("least_connections", Strategy::LeastConnections),
-        ("random", Strategy::Random),
-        ("consistent_hash", Strategy::ConsistentHash),
-        ("ewma", Strategy::Ewma),
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        Strategy::ALL
-            .iter()
-            .find(|(_, s)| *s == self)
-            .map_or("round_robin", |(n, _)| n)
-    }
-}
-
-/// What `consistent_hash` hashes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    SourceIp,
-    Path,
-    /// Lower case.
-    Header(String),
-    Cookie(String),
-}
-
-/// `[upstream.NAME.sticky]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sticky {
-    pub cookie: String,
-    /// `Secure`; `None`: on TLS listeners only.
-    pub secure: Option<bool>,
-    /// `SameSite`: `"Strict"`, `"Lax"` or `"None"`.
-    pub same_site: &'static str,
-    /// `Max-Age`; `None`: a session cookie.
-    pub max_age: Option<Duration>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
@@ -213,46 +166,7 @@ impl Validator<'_> {
                 }
             },
         };
-        let hash_key = match &u.hash_key {
-            None => HashKey::SourceIp,
-            Some(h) => {
-                if strategy != Strategy::ConsistentHash {
-                    self.err(
-                        Some(h.span()),
-                        key("hash_key"),
-                        "only applies to strategy = \"consistent_hash\"",
-                    );
-                }
-                let text = h.get_ref().as_str();
-                let named = |prefix: &str| {
-                    text.strip_prefix(prefix)
-                        .filter(|n| {
-                            !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok()
-                        })
-                        .map(str::to_ascii_lowercase)
-                };
-                match text {
-                    "source_ip" => HashKey::SourceIp,
-                    "path" => HashKey::Path,
-                    _ => {
-                        if let Some(n) = named("header:") {
-                            HashKey::Header(n)
-                        } else if let Some(n) =
-                            text.strip_prefix("cookie:").filter(|n| !n.is_empty())
-                        {
-                            HashKey::Cookie(n.to_string())
-                        } else {
-                            self.err(
-                                Some(h.span()),
-                                key("hash_key"),
-                                format!("must be \"source_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\", got {text:?}"),
-                            );
-                            HashKey::SourceIp
-                        }
-                    }
-                }
-            }
-        };
+        let hash_key = self.hash_key(name, &u.hash_key, strategy);
         let connect_timeout = self.duration(
             &u.connect_timeout,
             &key("connect_timeout"),
@@ -266,64 +180,7 @@ impl Validator<'_> {
             i64::from(DEFAULT_RETRIES),
         ) as u32;
         let tls = u.tls.as_ref().map(|t| self.upstream_tls(name, t.get_ref()));
-        let sticky = u.sticky.as_ref().map(|st| {
-            let cookie = match &st.get_ref().cookie {
-                None => DEFAULT_STICKY_COOKIE.to_string(),
-                Some(c) => {
-                    let valid = !c.get_ref().is_empty()
-                        && c.get_ref()
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                    if !valid {
-                        self.err(
-                            Some(c.span()),
-                            key("sticky.cookie"),
-                            format!("is not a valid cookie name, got {:?}", c.get_ref()),
-                        );
-                    }
-                    c.get_ref().clone()
-                }
-            };
-            let st = st.get_ref();
-            let same_site = match st
-                .same_site
-                .as_ref()
-                .map(|v| (v.get_ref().as_str(), v.span()))
-            {
-                None => "Lax",
-                Some((v, span)) => match v.to_ascii_lowercase().as_str() {
-                    "strict" => "Strict",
-                    "lax" => "Lax",
-                    "none" => "None",
-                    _ => {
-                        self.err(
-                            Some(span),
-                            key("sticky.same_site"),
-                            format!("must be \"Strict\", \"Lax\" or \"None\", got {v:?}"),
-                        );
-                        "Lax"
-                    }
-                },
-            };
-            let secure = st.secure.as_ref().map(|s| *s.get_ref());
-            if let (Some(false), "None", Some(s)) = (secure, same_site, &st.secure) {
-                self.err(
-                    Some(s.span()),
-                    key("sticky.secure"),
-                    "must not be false with same_site = \"None\": browsers drop such cookies",
-                );
-            }
-            let max_age = st
-                .max_age
-                .as_ref()
-                .map(|_| self.duration(&st.max_age, &key("sticky.max_age"), Duration::ZERO));
-            Sticky {
-                cookie,
-                secure,
-                same_site,
-                max_age,
-            }
-        });
+        let sticky = u.sticky.as_ref().map(|st| self.sticky(name, st));
         let health = u.health.as_ref().map(|h| self.health(name, h.get_ref()));
 
         let srv = u.srv.as_ref().and_then(|v| {
