@@ -583,18 +583,19 @@ async fn answers_before_a_request_each_get_one_access_line() {
     common::http::unreadable_heads(addr).await;
     let (status, _, _) = common::http::get(addr, "/after").await;
     assert_eq!(status, 200);
-    // Every access line up to the last request's, in order: one per answer.
+    // One access line per answer. Each connection's line is written by its own task:
+    // on a busy machine they may come out of order.
     let mut statuses = Vec::new();
-    loop {
+    while statuses.len() < 4 {
         let line = p.wait_for_field("target", "fulcrum::access");
         statuses.push(line["status"].as_u64().unwrap());
-        if line["path"] == "/after" {
-            break;
+        if line["path"] != "/after" {
+            assert_eq!(line["upstream"], "-", "{line}");
+            assert_eq!(line["method"], "-", "{line}");
         }
-        assert_eq!(line["upstream"], "-", "{line}");
-        assert_eq!(line["method"], "-", "{line}");
     }
-    assert_eq!(statuses, [400, 431, 408, 200]);
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400, 408, 431]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

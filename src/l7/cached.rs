@@ -89,16 +89,7 @@ async fn answer(
     let found = route.cache.lookup(&key, &parts, now);
     let fwd = match decide::on_request(found, &method, &parts.headers, now) {
         OnRequest::Hit(stored) => {
-            let status = CacheStatus::hit(ttl_secs(&stored, now));
-            return Ok(served(
-                route,
-                &parts,
-                &stored,
-                now,
-                status,
-                CacheOutcome::Hit,
-                &mut exchange.cache,
-            ));
+            return Ok(hit(route, &parts, &stored, now, None, exchange));
         }
         OnRequest::GatewayTimeout => {
             let r = error::plain(StatusCode::GATEWAY_TIMEOUT).map(|b| ResponseBody::Full(Some(b)));
@@ -220,16 +211,13 @@ async fn answer(
             }
             let now = SystemTime::now();
             if let Lookup::Fresh(stored) = route.cache.lookup(&key, &parts, now) {
-                let mut status = CacheStatus::hit(ttl_secs(&stored, now));
-                status.detail = Some("collapsed");
-                return Ok(served(
+                return Ok(hit(
                     route,
                     &parts,
                     &stored,
                     now,
-                    status,
-                    CacheOutcome::Hit,
-                    &mut exchange.cache,
+                    Some("collapsed"),
+                    exchange,
                 ));
             }
             None
@@ -344,6 +332,28 @@ fn ttl_secs(stored: &Stored, now: SystemTime) -> i64 {
 
 /// A stored response sent to the client; a 304 when the client's own conditional
 /// matches it (RFC 9111 4.3.2). HEAD gets the head only.
+/// A fresh stored response served as a hit (`detail`: the `Cache-Status` detail).
+fn hit(
+    route: &CacheRoute,
+    client: &Parts,
+    stored: &Stored,
+    now: SystemTime,
+    detail: Option<&'static str>,
+    exchange: &mut Exchange,
+) -> Response<ResponseBody> {
+    let mut status = CacheStatus::hit(ttl_secs(stored, now));
+    status.detail = detail;
+    served(
+        route,
+        client,
+        stored,
+        now,
+        status,
+        CacheOutcome::Hit,
+        &mut exchange.cache,
+    )
+}
+
 fn served(
     route: &CacheRoute,
     client: &Parts,

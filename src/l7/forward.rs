@@ -391,11 +391,7 @@ async fn attempts(
                 return Err(ProxyError::Timeout(f.timeout));
             }
             Ok(Ok(resp)) => {
-                lease.set_outcome(BackendOutcome::Success);
-                let took = sent_at.elapsed();
-                lease.record_latency(took);
-                timings.response.observe(took.as_secs_f64());
-                exchange.upstream_header_ms = Some(took.as_millis() as u64);
+                head_arrived(&mut lease, timings, sent_at, exchange);
                 if let Some(span) = span.as_mut() {
                     span.status(resp.status.as_u16(), 400);
                 }
@@ -502,6 +498,21 @@ fn connect_failed(
         error = %e,
         "connect to backend failed"
     );
+}
+
+/// A response head arrived `sent_at` after the request went: the backend's success,
+/// its latency (for `ewma` and the metrics) and the access log's `upstream_header_ms`.
+fn head_arrived(
+    lease: &mut Lease,
+    timings: &crate::admin::metrics::BackendTimings,
+    sent_at: tokio::time::Instant,
+    exchange: &mut Exchange,
+) {
+    lease.set_outcome(BackendOutcome::Success);
+    let took = sent_at.elapsed();
+    lease.record_latency(took);
+    timings.response.observe(took.as_secs_f64());
+    exchange.upstream_header_ms = Some(took.as_millis() as u64);
 }
 
 /// The body this attempt sends: a request without a body can be sent again (an

@@ -5,6 +5,7 @@ use super::connect_failed;
 use super::connect_how;
 use super::count_opened;
 use super::deadline;
+use super::head_arrived;
 use super::Forwarding;
 use super::Late;
 use super::Sending;
@@ -13,7 +14,7 @@ use crate::l7::exchange::Exchange;
 use crate::l7::h2;
 use crate::l7::pool::BackendPool;
 use crate::l7::request_body::RequestBody;
-use crate::upstream::{BackendOutcome, Lease};
+use crate::upstream::Lease;
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -108,11 +109,7 @@ pub(super) async fn attempt_h2(
             again: false,
         },
         Ok(Ok(response)) => {
-            lease.set_outcome(BackendOutcome::Success);
-            let took = sent_at.elapsed();
-            lease.record_latency(took);
-            timings.response.observe(took.as_secs_f64());
-            exchange.upstream_header_ms = Some(took.as_millis() as u64);
+            head_arrived(lease, timings, sent_at, exchange);
             H2Try::Answered(h2::Answer {
                 response,
                 in_flight,
