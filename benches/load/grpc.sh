@@ -22,7 +22,7 @@ need taskset util-linux
 cargo build --release --quiet
 FULCRUM=$PWD/target/release/fulcrum
 LOAD=$(cargo bench --bench grpc_load --no-run --message-format=json 2>/dev/null |
-  grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
+  grep -o '"executable":"[^"]*grpc_load[^"]*"' | cut -d'"' -f4 | tail -1)
 start_workdir grpc
 
 taskset -c 1 "$LOAD" serve "127.0.0.1:$BACKEND_PORT" &
