@@ -37,6 +37,17 @@ fn call(addr: SocketAddr, path: &str, b: Body) -> Request<Body> {
         .unwrap()
 }
 
+/// A unary echo call through `addr` with `payload`: answered 200 with its echo.
+async fn unary(client: &common::http::H2cClient, addr: SocketAddr, payload: &[u8]) {
+    let (status, headers, got) = send(
+        client,
+        call(addr, "/echo.Echo/Unary", body(message(payload))),
+    )
+    .await;
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(got, message(payload));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bidirectional_call_streams_both_ways_and_keeps_its_trailers() {
     let b = H2Backend::start("one").await;
@@ -104,16 +115,7 @@ async fn calls_over_one_client_connection_are_balanced_one_by_one() {
     assert_eq!(status, 200);
     let calls = (0..30).map(|i| {
         let client = client.clone();
-        async move {
-            let payload = format!("call {i}");
-            let (status, _, got) = send(
-                &client,
-                call(addr, "/echo.Echo/Unary", body(message(payload.as_bytes()))),
-            )
-            .await;
-            assert_eq!(status, 200);
-            assert_eq!(got, message(payload.as_bytes()));
-        }
+        async move { unary(&client, addr, format!("call {i}").as_bytes()).await }
     });
     futures_util::future::join_all(calls).await;
     let counts: Vec<usize> = backends.iter().map(H2Backend::calls).collect();
@@ -271,16 +273,7 @@ async fn a_backends_goaway_fails_no_call() {
     let addr = f.addr("web");
     let one = |i: usize| {
         let client = client.clone();
-        async move {
-            let payload = format!("call {i}");
-            let (status, headers, got) = send(
-                &client,
-                call(addr, "/echo.Echo/Unary", body(message(payload.as_bytes()))),
-            )
-            .await;
-            assert_eq!(status, 200, "{headers:?}");
-            assert_eq!(got, message(payload.as_bytes()));
-        }
+        async move { unary(&client, addr, format!("call {i}").as_bytes()).await }
     };
     // Calls before, one in flight while the backend says GOAWAY (it finishes), and
     // calls after (on a new connection), none failing, without retries.
@@ -370,14 +363,7 @@ async fn a_backend_allowing_one_stream_per_connection_gets_more_connections() {
     }
     // Once they have ended, the connections serve again: no new one.
     for i in 0..6 {
-        let payload = format!("unary {i}");
-        let (status, _, got) = send(
-            &client,
-            call(addr, "/echo.Echo/Unary", body(message(payload.as_bytes()))),
-        )
-        .await;
-        assert_eq!(status, 200);
-        assert_eq!(got, message(payload.as_bytes()));
+        unary(&client, addr, format!("unary {i}").as_bytes()).await;
     }
     assert_eq!(b.connections.load(Ordering::SeqCst), 4);
     assert_eq!(b.calls(), 10);
@@ -399,18 +385,10 @@ async fn connections_for_a_one_stream_backend_stay_under_the_backends_cap() {
     // A third call waits for a place under the cap, then takes a freed connection.
     let third = {
         let client = client.clone();
-        tokio::spawn(async move {
-            send(
-                &client,
-                call(addr, "/echo.Echo/Unary", body(message(b"third"))),
-            )
-            .await
-        })
+        tokio::spawn(async move { unary(&client, addr, b"third").await })
     };
     finish_chat(first, b"first").await;
-    let (status, _, got) = third.await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(got, message(b"third"));
+    third.await.unwrap();
     finish_chat(second, b"second").await;
     assert_eq!(b.connections.load(Ordering::SeqCst), 2);
     f.stop().await;

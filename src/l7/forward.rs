@@ -427,13 +427,7 @@ async fn attempts(
             e if e.too_late() => return Err(ProxyError::BodyTimeout),
             h1::Failed::RequestBody(e) => return Err(ProxyError::ClientBody(e.to_string())),
             e => {
-                warn!(
-                    request.id = %f.request_id.to_str().unwrap_or("-"),
-                    upstream = %up.name,
-                    backend.name = %lease.backend().name,
-                    error = %e,
-                    "request to backend failed"
-                );
+                request_failed(f, &lease, &e);
                 // Sent again only when not a byte of a response arrived.
                 let nothing_arrived = matches!(
                     e,
@@ -497,6 +491,17 @@ fn connect_failed(
         backend.addr = %lease.backend().addr,
         error = %e,
         "connect to backend failed"
+    );
+}
+
+/// A request that reached a backend failed there (or on the way).
+fn request_failed(f: &Forwarding<'_>, lease: &Lease, e: &dyn std::fmt::Display) {
+    warn!(
+        request.id = %f.request_id.to_str().unwrap_or("-"),
+        upstream = %f.target.upstream.name,
+        backend.name = %lease.backend().name,
+        error = %e,
+        "request to backend failed"
     );
 }
 

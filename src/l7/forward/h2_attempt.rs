@@ -6,6 +6,7 @@ use super::connect_how;
 use super::count_opened;
 use super::deadline;
 use super::head_arrived;
+use super::request_failed;
 use super::Forwarding;
 use super::Late;
 use super::Sending;
@@ -16,7 +17,7 @@ use crate::l7::pool::BackendPool;
 use crate::l7::request_body::RequestBody;
 use crate::upstream::Lease;
 use std::time::Duration;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// How one HTTP/2 attempt ended.
 pub(super) enum H2Try {
@@ -43,7 +44,6 @@ pub(super) async fn attempt_h2(
     f: &Forwarding<'_>,
     exchange: &mut Exchange,
 ) -> H2Try {
-    let up = &f.target.upstream;
     let timings = &f.target.timings[i];
     let how = connect_how(f, lease, keepalive);
     let started = tokio::time::Instant::now();
@@ -130,13 +130,7 @@ pub(super) async fn attempt_h2(
                     again: false,
                 };
             }
-            warn!(
-                request.id = %f.request_id.to_str().unwrap_or("-"),
-                upstream = %up.name,
-                backend.name = %lease.backend().name,
-                error = %e,
-                "request to backend failed"
-            );
+            request_failed(f, lease, &e);
             H2Try::Failed {
                 error: ProxyError::Backend(e.to_string()),
                 // A stream the backend refused before acting on it may go elsewhere.
