@@ -590,16 +590,45 @@ fn keys_of_capabilities_not_built_are_refused_by_name() {
              [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n{upstream}\n{rest}"
         )
     };
-    // HTTP/3 needs TLS: its key is refused by name too.
+    // 0-RTT for HTTP/3 is not built: its key is refused by name.
     let got = errors(&http(
-        "[listener.tls]\ncertificates = []\nhttp3 = true",
+        "[listener.tls]\ncertificates = []\nhttp3 = true\nhttp3_0rtt = true",
         "",
         "",
         "",
     ));
     assert!(
-        got.contains("`listener[0].tls.http3` not supported yet"),
+        got.contains("`listener[0].tls.http3_0rtt` not supported yet"),
         "{got}"
+    );
+}
+
+#[test]
+fn http3_is_for_tls_http_listeners_and_its_retry_threshold_needs_it() {
+    let tcp = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
+               [listener.tls]\ncertificates = []\nhttp3 = true\n\
+               [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n";
+    let got = errors(tcp);
+    assert!(
+        got.contains("`listener[0].tls.http3` only http listeners serve HTTP/3"),
+        "{got}"
+    );
+    let without = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\"\n\
+                   [listener.tls]\ncertificates = []\nhttp3_retry_above = 10\n\
+                   [upstream.app]\nbackends = [{ address = \"127.0.0.1:2\" }]\n";
+    let got = errors(without);
+    assert!(
+        got.contains("`listener[0].tls.http3_retry_above` applies only with http3 = true"),
+        "{got}"
+    );
+    let negative = without.replace(
+        "http3_retry_above = 10",
+        "http3 = true\nhttp3_retry_above = -1",
+    );
+    assert!(
+        errors(&negative).contains("http3_retry_above"),
+        "{}",
+        errors(&negative)
     );
 }
 

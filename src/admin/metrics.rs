@@ -18,6 +18,9 @@ pub const BACKEND_HEALTHY: &str = "fulcrum_backend_healthy";
 pub const BACKEND_ACTIVE: &str = "fulcrum_backend_active_connections";
 pub const BACKEND_REQUESTS_TOTAL: &str = "fulcrum_backend_requests_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "fulcrum_tls_handshakes_total";
+pub const HTTP_REQUESTS_BY_PROTOCOL_TOTAL: &str = "fulcrum_http_requests_by_protocol_total";
+pub const QUIC_HANDSHAKES_TOTAL: &str = "fulcrum_quic_handshakes_total";
+pub const QUIC_CONNECTIONS_ACTIVE: &str = "fulcrum_quic_connections_active";
 pub const CACHE_REQUESTS_TOTAL: &str = "fulcrum_cache_requests_total";
 pub const CACHE_SIZE_BYTES: &str = "fulcrum_cache_size_bytes";
 pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
@@ -75,6 +78,12 @@ pub struct Metrics {
     pub backend_requests_total: IntCounterVec,
     /// TLS handshakes per TLS listener and result.
     pub tls_handshakes_total: IntCounterVec,
+    /// Requests per listener and the protocol the client spoke (`http/1.1`, `h2`, `h3`).
+    pub http_requests_by_protocol_total: IntCounterVec,
+    /// QUIC handshakes per listener and result (`ok`, `failed`, `retry`, `refused`).
+    pub quic_handshakes_total: IntCounterVec,
+    /// Open QUIC connections, per listener.
+    pub quic_connections_active: IntGaugeVec,
     /// Requests (tcp: connections) refused by a rate limit, per listener and rule.
     pub rate_limited_total: IntCounterVec,
     /// Connections closed for a missing or malformed PROXY header, per listener.
@@ -236,6 +245,24 @@ impl Metrics {
                 TLS_HANDSHAKES_TOTAL,
                 "TLS handshakes by result",
                 &["listener", "result"],
+            ),
+            http_requests_by_protocol_total: counter_vec(
+                &r,
+                HTTP_REQUESTS_BY_PROTOCOL_TOTAL,
+                "HTTP requests by the protocol the client spoke",
+                &["listener", "protocol"],
+            ),
+            quic_handshakes_total: counter_vec(
+                &r,
+                QUIC_HANDSHAKES_TOTAL,
+                "QUIC handshakes by result (ok, failed, retry: address validation asked, refused: over a limit)",
+                &["listener", "result"],
+            ),
+            quic_connections_active: gauge_vec(
+                &r,
+                QUIC_CONNECTIONS_ACTIVE,
+                "Open QUIC (HTTP/3) connections",
+                &["listener"],
             ),
             rate_limited_total: counter_vec(
                 &r,

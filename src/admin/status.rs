@@ -28,6 +28,8 @@ pub struct View<'a> {
     pub bgp: Option<serde_json::Value>,
     /// The `acme` object, when `[acme]` is configured.
     pub acme: Option<serde_json::Value>,
+    /// The UDP addresses HTTP/3 is served on, by listener.
+    pub udp: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// Drops the per-backend series of backends a reload removed, so that they are no
@@ -135,12 +137,24 @@ pub fn document(view: &View<'_>, m: &Metrics) -> serde_json::Value {
         .listeners
         .iter()
         .map(|l| {
-            json!({
+            let mut o = json!({
                 "name": l.name,
                 "bind": l.bind.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "protocol": match l.protocol { Protocol::Http => "http", Protocol::Tcp => "tcp" },
                 "active_connections": m.connections_active.with_label_values(&[&l.name]).get(),
-            })
+            });
+            if l.tls.as_ref().is_some_and(|t| t.http3.is_some()) {
+                o["http3"] = json!({
+                    "udp": view
+                        .udp
+                        .iter()
+                        .filter(|(name, _)| *name == l.name)
+                        .map(|(_, a)| a.to_string())
+                        .collect::<Vec<_>>(),
+                    "active_connections": m.quic_connections_active.with_label_values(&[&l.name]).get(),
+                });
+            }
+            o
         })
         .collect();
     let mut names: Vec<&String> = view.upstreams.keys().collect();

@@ -154,7 +154,9 @@ pub(super) struct RawListenerTls {
     pub alpn: Option<Spanned<Vec<String>>>,
     pub client_ca: Option<Spanned<String>>,
     pub acme: Option<Spanned<Vec<Spanned<String>>>>,
-    pub http3: Later,
+    pub http3: Option<Spanned<bool>>,
+    pub http3_retry_above: Option<Spanned<u32>>,
+    pub http3_0rtt: Later,
 }
 
 #[derive(Debug, Deserialize)]

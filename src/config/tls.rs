@@ -30,7 +30,20 @@ pub struct ListenerTls {
     /// By position in `certificates`: `ocsp = "auto"`, the response fetched from the
     /// certificate's responder.
     pub ocsp_auto: Vec<bool>,
+    /// `http3 = true`: HTTP/3 over QUIC on the listener's addresses too (UDP).
+    pub http3: Option<Http3>,
 }
+
+/// HTTP/3's settings on a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http3 {
+    /// `http3_retry_above`: with more QUIC handshakes than this in progress, a new
+    /// client proves its address with a Retry first (0: every client does).
+    pub retry_above: u32,
+}
+
+/// `http3_retry_above`'s default.
+pub const HTTP3_RETRY_ABOVE: u32 = 64;
 
 impl PartialEq for ListenerTls {
     fn eq(&self, o: &Self) -> bool {
@@ -39,6 +52,7 @@ impl PartialEq for ListenerTls {
             && self.client_ca == o.client_ca
             && self.acme == o.acme
             && self.ocsp_auto == o.ocsp_auto
+            && self.http3 == o.http3
             && self.certificates.len() == o.certificates.len()
             && self
                 .certificates
@@ -241,6 +255,32 @@ impl Validator<'_> {
             .client_ca
             .as_ref()
             .and_then(|ca| self.ca_file(k("client_ca"), ca));
+        let http3 = match &t.http3 {
+            Some(on) if *on.get_ref() && protocol != Protocol::Http => {
+                self.err(
+                    Some(on.span()),
+                    k("http3"),
+                    "only http listeners serve HTTP/3",
+                );
+                None
+            }
+            Some(on) if *on.get_ref() => Some(Http3 {
+                retry_above: t
+                    .http3_retry_above
+                    .as_ref()
+                    .map_or(HTTP3_RETRY_ABOVE, |v| *v.get_ref()),
+            }),
+            _ => {
+                if let Some(v) = &t.http3_retry_above {
+                    self.err(
+                        Some(v.span()),
+                        k("http3_retry_above"),
+                        "applies only with http3 = true",
+                    );
+                }
+                None
+            }
+        };
         if certificates.is_empty() && acme.is_empty() {
             return None;
         }
@@ -251,6 +291,7 @@ impl Validator<'_> {
             client_ca,
             acme,
             ocsp_auto,
+            http3,
         })
     }
 

@@ -26,6 +26,6 @@ impl Validator<'_> {
     }
 
     pub(super) fn unsupported_listener_tls(&mut self, key: &str, t: &RawListenerTls) {
-        self.refuse(key, &[("http3", at(&t.http3))]);
+        self.refuse(key, &[("http3_0rtt", at(&t.http3_0rtt))]);
     }
 }

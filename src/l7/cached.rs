@@ -15,9 +15,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::l7::request_body::Inbound;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 
 use super::body::ResponseBody;
 use super::error::{self, ProxyError};
@@ -39,7 +39,7 @@ use super::cache_route::{count, CacheRoute};
 async fn send_as(
     f: &Forwarding<'_>,
     status: CacheStatus,
-    req: Request<Option<Incoming>>,
+    req: Request<Option<Inbound>>,
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     exchange.cache_status = Some(status.to_header());
@@ -47,7 +47,7 @@ async fn send_as(
 }
 
 pub async fn serve(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     route: &CacheRoute,
     f: Forwarding<'_>,
     exchange: &mut Exchange,
@@ -68,7 +68,7 @@ pub async fn serve(
 }
 
 async fn answer(
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     route: &CacheRoute,
     f: Forwarding<'_>,
     exchange: &mut Exchange,
@@ -238,7 +238,7 @@ async fn answer(
 /// Methods the cache does not answer: forwarded untouched. A non-error answer to an
 /// unsafe one invalidates the URI (RFC 9111 4.4).
 async fn bypass(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     route: &CacheRoute,
     f: &Forwarding<'_>,
     https: bool,

@@ -60,6 +60,8 @@ pub struct ConnCtx {
     /// The connection's span (listener, client address, TLS): the parent of each
     /// request's, HTTP/2 requests (tasks of their own) included.
     pub(super) span: tracing::Span,
+    /// `Alt-Svc` for HTTP/3 on this connection's port, made when first sent.
+    alt_svc: std::sync::OnceLock<HeaderValue>,
 }
 
 /// Counts a request as waiting on its backend while held.
@@ -71,7 +73,61 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What a connection is served with, besides its own facts.
+pub struct Serving {
+    pub settings: Arc<Settings>,
+    pub current: CurrentSettings,
+    pub cut: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
 impl ConnCtx {
+    /// A client connection's context; its span is the current one.
+    pub(super) fn new(
+        serving: Serving,
+        (peer, local): (SocketAddr, SocketAddr),
+        client_cert: Option<Arc<str>>,
+        admitted: bool,
+        permits: Arc<dyn Send + Sync>,
+    ) -> ConnCtx {
+        let Serving {
+            settings,
+            current,
+            cut,
+            tracker,
+        } = serving;
+        ConnCtx {
+            settings,
+            current,
+            peer,
+            peer_ip: super::client::ip_value(peer),
+            client_cert,
+            admitted,
+            waiting: AtomicUsize::new(0),
+            waited: AtomicBool::new(false),
+            first_request: AtomicBool::new(false),
+            requests: Default::default(),
+            close: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+            permits,
+            cut,
+            tracker,
+            local,
+            private: Default::default(),
+            span: tracing::Span::current(),
+            alt_svc: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `Alt-Svc: h3=":PORT"; ma=86400` for the port the client connected to, where
+    /// the listener also serves HTTP/3 (on UDP).
+    pub(super) fn alt_svc(&self) -> &HeaderValue {
+        self.alt_svc.get_or_init(|| {
+            let v = format!("h3=\":{}\"; ma=86400", self.local.port());
+            HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("clear"))
+        })
+    }
+
     pub fn waiting_on_backend(&self) -> Waiting<'_> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         self.waited.store(true, Ordering::Relaxed);
@@ -83,26 +139,15 @@ impl ConnCtx {
     /// connection's resources (its places under the connection limits, its idle
     /// accounting).
     pub fn detached(&self) -> Arc<ConnCtx> {
-        Arc::new(ConnCtx {
+        let serving = Serving {
             settings: self.settings.clone(),
             current: self.current.clone(),
-            peer: self.peer,
-            peer_ip: self.peer_ip.clone(),
-            client_cert: None,
-            admitted: true,
-            waiting: AtomicUsize::new(0),
-            waited: AtomicBool::new(false),
-            first_request: AtomicBool::new(true),
-            requests: Default::default(),
-            close: CancellationToken::new(),
-            draining: AtomicBool::new(false),
-            permits: Arc::new(()),
             cut: self.cut.clone(),
             tracker: self.tracker.clone(),
-            local: self.local,
-            private: Default::default(),
-            span: tracing::Span::current(),
-        })
+        };
+        let ctx = ConnCtx::new(serving, (self.peer, self.local), None, true, Arc::new(()));
+        ctx.first_request.store(true, Ordering::Relaxed);
+        Arc::new(ctx)
     }
 
     /// The pool of `shared`'s backend that this client connection's requests use

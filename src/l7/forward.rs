@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::l7::request_body::Inbound;
 use http::header::{self};
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use tracing::warn;
 
 use super::body::ResponseBody;
@@ -62,7 +62,7 @@ pub struct Forwarding<'a> {
 /// interface. `None` as the body is a request fulcrum makes itself (a background
 /// revalidation): no body, no client connection behind it.
 pub(super) async fn forward(
-    mut req: Request<Option<Incoming>>,
+    mut req: Request<Option<Inbound>>,
     f: &Forwarding<'_>,
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {

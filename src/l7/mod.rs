@@ -20,6 +20,7 @@ mod h1;
 mod h2;
 mod headers;
 pub mod host;
+mod http3;
 mod open;
 pub mod path;
 pub mod pool;
@@ -42,8 +43,9 @@ pub use settings::{
 };
 pub use static_files::StaticDir;
 
-pub use conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Waiting};
+pub use conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Serving, Waiting};
 pub use grpc::{grpc_timeout, is_grpc};
+pub use http3::{serve_quic, QuicAccepted, H3_MAX_CONCURRENT_STREAMS};
 pub use open::OpenRequest;
 pub use request::client_octets;
 pub use serve::{serve_connection, DRAIN_LINGER};

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::l7::request_body::Inbound;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -42,7 +42,7 @@ pub(super) fn new_request_id() -> HeaderValue {
 /// per request costs about a quarter more instructions per request (callgrind,
 /// keep-alive), so at the default level the request's own warnings name its
 /// `request.id` themselves.
-pub(super) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ClientBody> {
+pub(super) async fn handle(req: Request<Inbound>, ctx: &Arc<ConnCtx>) -> Response<ClientBody> {
     let request_id = req
         .headers()
         .get(&forward::X_REQUEST_ID)
@@ -66,18 +66,25 @@ pub(super) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Respon
 }
 
 async fn handle_in(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     ctx: &Arc<ConnCtx>,
     request_id: HeaderValue,
 ) -> Response<ClientBody> {
     ctx.first_request.store(true, Ordering::Relaxed);
-    // Only HTTP/2 connections are timed out by their requests (see `idle`).
-    if req.version() == http::Version::HTTP_2 {
+    let version = req.version();
+    // Only multiplexed connections are timed out by their requests (see `idle`).
+    if matches!(version, http::Version::HTTP_2 | http::Version::HTTP_3) {
         ctx.requests.set_h2();
     }
     let open = Some(ctx.requests.began());
     let settings = (ctx.current)().unwrap_or_else(|| ctx.settings.clone());
     let s = &settings;
+    s.by_protocol[match version {
+        http::Version::HTTP_2 => 1,
+        http::Version::HTTP_3 => 2,
+        _ => 0,
+    }]
+    .inc();
     // The one host of the request, for routing, forwarding, the cache key and the log.
     let host = host::request_host(req.uri(), req.headers(), req.version(), s.scheme == "https");
     let client = client::Client::of(ctx.peer, &ctx.peer_ip, req.headers(), &s.trusted_proxies);
@@ -209,6 +216,13 @@ async fn handle_in(
             });
         }
     }
+    // A listener that also serves HTTP/3 says so on its TCP responses (before the
+    // response rules, which may change or remove it).
+    if s.http3 && version != http::Version::HTTP_3 {
+        response
+            .headers_mut()
+            .insert(header::ALT_SVC, ctx.alt_svc().clone());
+    }
     // The listener's response rules, then the route's: on every response of the
     // listener, fulcrum's own answers included, after the cache (what it stores is
     // the origin's response).
@@ -289,7 +303,7 @@ fn acme_answer(challenges: &crate::acme::Challenges, token: &str) -> Response<Re
 }
 
 async fn respond(
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     ctx: &Arc<ConnCtx>,
     (client, trace): (&client::Client, Option<crate::telemetry::TraceContext>),
     s: &Arc<Settings>,
@@ -427,7 +441,7 @@ async fn respond(
 /// `exchange`, writes `Retry-After` and the `RateLimit` fields on the 429).
 async fn limit(
     rule: &crate::limits::Applied,
-    req: &Request<Incoming>,
+    req: &Request<Inbound>,
     client: &client::Client,
     exchange: &mut Exchange,
 ) -> Result<(), ProxyError> {

@@ -50,8 +50,45 @@ pub struct TooLarge;
 #[error("request body not received within body_timeout")]
 pub struct TooLate;
 
+/// A client's request body as its connection delivers it: hyper's (HTTP/1.x, HTTP/2)
+/// or an HTTP/3 stream's (boxed: its stream state is large, and every request of the
+/// other protocols would carry room for it).
+pub enum Inbound {
+    Hyper(Incoming),
+    H3(Box<super::http3::H3Body>),
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inbound::H3(b) => Pin::new(&mut **b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::H3(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(b) => b.size_hint(),
+            Inbound::H3(b) => b.size_hint(),
+        }
+    }
+}
+
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<Inbound>,
     /// 0: no limit.
     limit: u64,
     seen: u64,
@@ -74,7 +111,7 @@ impl RequestBody {
     }
 
     pub fn stream(
-        inner: Incoming,
+        inner: Inbound,
         limit: u64,
         stats: Arc<BodyStats>,
         deadline: tokio::time::Instant,
@@ -122,7 +159,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
                 if let Some(stats) = this.stats.as_ref().filter(|s| !s.is_finished()) {
                     stats.finish();

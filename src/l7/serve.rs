@@ -2,7 +2,7 @@
 //! watched for idleness, slowness, drain and cut.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +19,10 @@ use crate::activity::{Activity, Watched};
 use crate::config::{self};
 use crate::side::{self, First};
 
-use super::conn::{Accepted, ConnCtx, CurrentSettings, Protocol};
+use super::access;
+use super::conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Serving};
 use super::request::handle;
-use super::{access, client};
+use super::request_body::Inbound;
 
 /// Serves one accepted connection until it closes or shutdown ends it: `drain` closes
 /// it after the requests in flight, `cut` at once.
@@ -53,30 +54,23 @@ pub async fn serve_connection<S>(
     } = accepted;
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
-    let ctx = Arc::new(ConnCtx {
+    let serving = Serving {
         settings: settings.clone(),
         current,
-        peer,
-        peer_ip: client::ip_value(peer),
-        client_cert,
-        admitted,
-        waiting: AtomicUsize::new(0),
-        waited: AtomicBool::new(false),
-        first_request: AtomicBool::new(false),
-        requests: Default::default(),
-        close: CancellationToken::new(),
-        draining: AtomicBool::new(false),
-        permits,
         cut: cut.clone(),
         tracker,
-        local,
-        private: Default::default(),
-        span: tracing::Span::current(),
-    });
+    };
+    let ctx = Arc::new(ConnCtx::new(
+        serving,
+        (peer, local),
+        client_cert,
+        admitted,
+        permits,
+    ));
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| {
         let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+        async move { Ok::<_, Infallible>(handle(req.map(Inbound::Hyper), &ctx).await) }
     });
     let watched = Watchers {
         ctx: &ctx,
@@ -100,7 +94,9 @@ pub async fn serve_connection<S>(
             let boxed_ctx = ctx.clone();
             let boxed = service_fn(move |req| {
                 let ctx = boxed_ctx.clone();
-                Box::pin(async move { Ok::<_, Infallible>(handle(req, &ctx).await) })
+                Box::pin(
+                    async move { Ok::<_, Infallible>(handle(req.map(Inbound::Hyper), &ctx).await) },
+                )
             });
             drop(service);
             let conn = settings.http2.serve_connection(io, boxed);

@@ -84,6 +84,13 @@ pub struct Settings {
     /// `fulcrum_http_connections_closed_total`, for connections that ended before
     /// a first request.
     pub(super) closed_total: [prometheus::IntCounterVec; 2],
+    /// `fulcrum_http_requests_by_protocol_total`: HTTP/1.x, HTTP/2, HTTP/3.
+    pub(super) by_protocol: [prometheus::IntCounter; 3],
+    /// `tls.http3`: responses on TCP advertise HTTP/3 on the connection's port.
+    pub http3: bool,
+    /// The largest request head accepted (`max_header_size`, at least the minimum
+    /// buffer): HTTP/2's header list and HTTP/3's field section limit.
+    pub(super) max_header_list: u64,
     pub(super) http1: hyper::server::conn::http1::Builder,
     pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// For connections whose protocol is not known before their bytes are read.
@@ -250,6 +257,13 @@ impl Settings {
                 metrics.connections_closed_total.clone(),
                 metrics.http_connections_closed_total.clone(),
             ],
+            by_protocol: ["http/1.1", "h2", "h3"].map(|p| {
+                metrics
+                    .http_requests_by_protocol_total
+                    .with_label_values(&[&l.name, p])
+            }),
+            http3: l.tls.as_ref().is_some_and(|t| t.http3.is_some()),
+            max_header_list: header_buf,
             listener: Arc::from(l.name.as_str()),
             routes: RouteTable { routes, default },
             max_body_size: l.max_body_size,

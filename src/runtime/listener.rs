@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket};
+pub(super) use socket2::{Protocol, Type};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,15 @@ const BACKLOG: i32 = 1024;
 /// and they accept the moment the address arrives. For an address the host holds it
 /// changes nothing.
 pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = bound(addr, Type::STREAM, Protocol::TCP)?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A non-blocking socket of `kind` bound to `addr` with the options every listening
+/// socket has (see [`bind`]).
+pub(super) fn bound(addr: SocketAddr, kind: Type, protocol: Protocol) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
     socket.set_reuse_address(true)?;
     // A reload that turns `127.0.0.1:p` into `0.0.0.0:p` (or back) binds the new socket
     // while the old one still listens.
@@ -46,12 +55,11 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// Open-connection gauge of a listener, decremented when the connection ends.
-struct Open(prometheus::IntGauge);
+pub(super) struct Open(pub(super) prometheus::IntGauge);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -454,24 +462,7 @@ where
                 permits: Arc::new(held),
             };
             let drain = shared.stop_accepting.clone();
-            let current: l7::CurrentSettings = {
-                let shared = shared.clone();
-                let key = key.clone();
-                let name = entry.name.clone();
-                let accepted_with = settings.clone();
-                Arc::new(move || {
-                    let snapshot = shared.current.load();
-                    // Until a reload, the settings the connection was accepted with:
-                    // no lookup per request.
-                    if snapshot.generation == generation {
-                        return Some(accepted_with.clone());
-                    }
-                    match snapshot.listener_or_moved(&key, &name).map(|e| &e.engine) {
-                        Some(Engine::Http(s)) => Some(s.clone()),
-                        _ => None,
-                    }
-                })
-            };
+            let current = current_settings(shared, key, &entry.name, generation, settings);
             l7::serve_connection(
                 accepted,
                 settings.clone(),
@@ -485,8 +476,36 @@ where
     }
 }
 
-type Places = (Place, Place);
-type Held = (Places, Open, Option<ClientPlace>);
+/// The settings a connection's requests are routed by: those it was accepted with
+/// until a reload, then the current generation's for its listener (`None` once the
+/// listener is gone).
+pub(super) fn current_settings(
+    shared: &Arc<Shared>,
+    key: &BindKey,
+    name: &str,
+    generation: u64,
+    accepted_with: &Arc<l7::Settings>,
+) -> l7::CurrentSettings {
+    let shared = shared.clone();
+    let key = key.clone();
+    let name = name.to_string();
+    let accepted_with = accepted_with.clone();
+    Arc::new(move || {
+        let snapshot = shared.current.load();
+        // Until a reload, the settings the connection was accepted with: no lookup
+        // per request.
+        if snapshot.generation == generation {
+            return Some(accepted_with.clone());
+        }
+        match snapshot.listener_or_moved(&key, &name).map(|e| &e.engine) {
+            Some(Engine::Http(s)) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
+pub(super) type Places = (Place, Place);
+pub(super) type Held = (Places, Open, Option<ClientPlace>);
 
 /// An accepted connection's facts, for its engine.
 struct Conn {
@@ -523,7 +542,7 @@ fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Place> {
 /// Takes a place under the global limit and the listener's own, or neither. The
 /// limits are the current generation's; the counts outlive generations, so a reload
 /// that lowers a limit applies it exactly to new connections.
-fn admit(
+pub(super) fn admit(
     global: &Arc<AtomicUsize>,
     global_max: usize,
     listener: &Arc<AtomicUsize>,

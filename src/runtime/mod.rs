@@ -11,6 +11,7 @@ mod control;
 mod dns;
 mod listener;
 mod peers;
+mod quic;
 mod reload;
 mod shared;
 mod snapshot;
@@ -104,6 +105,7 @@ impl Server {
             open_by_listener: Mutex::new(HashMap::new()),
             clients_by_listener: Mutex::new(HashMap::new()),
             loops: Mutex::new(HashMap::new()),
+            quic: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             cut: CancellationToken::new(),
@@ -163,6 +165,13 @@ impl Server {
         let config = effective(&shared, &config);
         let snapshot = shared.build(config, 1).map_err(BindError::Tls)?;
         shared.metrics.config_generation.set(1);
+        let udp = {
+            let loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
+            quic::bind_new(&shared, &snapshot.config, &|k| {
+                loops.get(k).map(|l| l.local)
+            })
+            .map_err(BindError::Tls)?
+        };
         if let Some(i) = inherited.as_deref() {
             for b in i.backends() {
                 let Some(up) = config_upstream(&snapshot, &b.upstream) else {
@@ -180,6 +189,7 @@ impl Server {
             }
         }
         shared.current.store(Arc::new(snapshot));
+        quic::apply(&shared, udp, false).map_err(BindError::Tls)?;
         configure_certificates(&shared);
         publish_certificates(&shared, &shared.current.load().config);
         Ok(Server {
@@ -227,6 +237,7 @@ impl Server {
                 shared.spawn_loop(key, entry);
             }
         }
+        quic::start_all(&shared);
         let config = shared.current.load().config.clone();
         shared.health.sync(&config, &shared.registry);
         {
@@ -334,6 +345,7 @@ impl Server {
                 open
             }
         };
+        quic::close_all(&shared).await;
         background.cancel();
         let speakers = shared.bgp.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(b) = speakers {
@@ -366,6 +378,7 @@ impl Shared {
             failover: self.failover.get().map(|c| c.status().borrow().clone()),
             bgp: self.bgp().map(|b| b.status()),
             acme: snapshot.config.acme.as_ref().map(|_| self.acme.status()),
+            udp: quic::addresses(self),
         }
     }
 
@@ -383,6 +396,15 @@ impl Handle {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.current.load_full()
+    }
+
+    /// The UDP addresses a listener serves HTTP/3 on.
+    pub fn quic_addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        quic::addresses(&self.shared)
+            .into_iter()
+            .filter(|(l, _)| l == listener)
+            .map(|(_, a)| a)
+            .collect()
     }
 
     /// The local addresses of a listener's sockets, in the order of its `bind`.

@@ -120,7 +120,30 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
             return Err(e);
         }
     };
+    // HTTP/3's UDP sockets, on the ports of the TCP sockets (new or kept).
+    let udp = {
+        let loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
+        let tcp_local = |k: &BindKey| {
+            loops.get(k).map(|l| l.local).or_else(|| {
+                new_sockets
+                    .iter()
+                    .find(|(key, ..)| key == k)
+                    .and_then(|(.., s)| s.local_addr().ok())
+            })
+        };
+        super::quic::bind_new(shared, &config, &tcp_local)
+    };
+    let udp = match udp {
+        Ok(u) => u,
+        Err(e) => {
+            error!("reload refused, the configuration in use stays: {e}");
+            return Err(e);
+        }
+    };
     shared.current.store(Arc::new(next));
+    if let Err(e) = super::quic::apply(shared, udp, true) {
+        error!("HTTP/3 not serving on every address: {e}");
+    }
     super::certificates::configure_certificates(shared);
     super::certificates::publish_certificates(shared, &config);
     shared.metrics.config_generation.set(generation as i64);

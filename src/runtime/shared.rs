@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     /// Connections per client address, per listener name, across generations.
     pub(super) clients_by_listener: Mutex<HashMap<String, Arc<limits::PerClient>>>,
     pub(super) loops: Mutex<HashMap<BindKey, RunningLoop>>,
+    /// The QUIC endpoints of listeners that serve HTTP/3, by the bind they share
+    /// with their TCP socket.
+    pub(super) quic: Mutex<HashMap<BindKey, super::quic::QuicLoop>>,
     /// Every connection task, so that shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Fires when shutdown begins: the accept loops stop and drop their sockets.

@@ -66,6 +66,8 @@ pub(crate) struct Tls {
     pub handshake_timeout: std::time::Duration,
     pub ok: prometheus::IntCounter,
     pub failed: prometheus::IntCounter,
+    /// `http3 = true`: HTTP/3 on the listener's UDP sockets.
+    pub quic: Option<super::quic::Quic>,
 }
 
 pub(crate) enum Engine {
@@ -281,21 +283,30 @@ impl Snapshot {
                 }
             };
             let tls = match &l.tls {
-                Some(t) => Some(Tls {
-                    acceptor: tokio_rustls::TlsAcceptor::from(
-                        crate::tls::server_config(t, live(t)?, tickets.clone())
-                            .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?,
-                    ),
-                    challenge: challenge(t)?,
-                    handshake_timeout: l.header_timeout,
-                    ok: parts
-                        .metrics
-                        .tls_handshakes_total
-                        .with_label_values(&[&l.name, "ok"]),
-                    failed: parts
-                        .metrics
-                        .tls_handshakes_total
-                        .with_label_values(&[&l.name, "failed"]),
+                Some(t) => Some({
+                    let server = crate::tls::server_config(t, live(t)?, tickets.clone())
+                        .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?;
+                    let quic = match &t.http3 {
+                        Some(h3) => Some(
+                            super::quic::Quic::build(&server, h3, l, parts.metrics)
+                                .map_err(|e| format!("listener {:?}: QUIC: {e}", l.name))?,
+                        ),
+                        None => None,
+                    };
+                    Tls {
+                        quic,
+                        acceptor: tokio_rustls::TlsAcceptor::from(server),
+                        challenge: challenge(t)?,
+                        handshake_timeout: l.header_timeout,
+                        ok: parts
+                            .metrics
+                            .tls_handshakes_total
+                            .with_label_values(&[&l.name, "ok"]),
+                        failed: parts
+                            .metrics
+                            .tls_handshakes_total
+                            .with_label_values(&[&l.name, "failed"]),
+                    }
                 }),
                 None => None,
             };

@@ -426,8 +426,12 @@ pub fn outbound_connector(
 
 /// The subject of the client certificate a TLS session verified (mTLS), for the logs.
 pub fn client_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
-    let leaf = conn.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    subject(conn.peer_certificates()?.first()?)
+}
+
+/// A certificate's subject.
+pub fn subject(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<Arc<str>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(Arc::from(cert.subject().to_string()))
 }
 

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod h2;
+pub mod h3;
 pub mod http;
 pub mod metrics;
 pub mod netns;

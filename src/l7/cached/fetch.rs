@@ -19,9 +19,9 @@ use crate::l7::cache_route::CacheRoute;
 use crate::l7::error::{self, ProxyError};
 use crate::l7::exchange::Exchange;
 use crate::l7::forward::{self, Forwarding};
+use crate::l7::request_body::Inbound;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::debug;
@@ -45,7 +45,7 @@ impl Fetch {
         self,
         route: &CacheRoute,
         f: &Forwarding<'_>,
-        body: Option<Incoming>,
+        body: Option<Inbound>,
         exchange: &mut Exchange,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let sent = send_as(

@@ -174,7 +174,9 @@ pub(super) fn upstream_head(
             && (said_empty || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)),
     };
     // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
-    if parts.version == Version::HTTP_2 && headers.get_all(header::COOKIE).iter().count() > 1 {
+    if matches!(parts.version, Version::HTTP_2 | Version::HTTP_3)
+        && headers.get_all(header::COOKIE).iter().count() > 1
+    {
         let joined: Vec<&str> = headers
             .get_all(header::COOKIE)
             .iter()

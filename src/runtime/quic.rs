@@ -1,0 +1,456 @@
+//! HTTP/3's UDP side: a QUIC endpoint on each address of a listener with
+//! `tls.http3 = true` (the port its TCP socket has), the accept loop that applies the
+//! connection limits and access rules and asks for address validation (Retry) when
+//! handshakes pile up, and the endpoints kept across reloads with the new
+//! generation's certificates and settings.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::bind::{bind_keys, BindKey};
+use super::listener::{admit, bound, current_settings, Open, Protocol, Type};
+use super::shared::Shared;
+use super::snapshot::Engine;
+use crate::admin::metrics::Metrics;
+use crate::config::{Config, Http3, Listener};
+use crate::l7;
+
+/// What a listener's HTTP/3 is served with, in one generation.
+pub(crate) struct Quic {
+    /// The listener's certificates and client-certificate rules, ALPN `h3`.
+    pub config: quinn::ServerConfig,
+    /// Above this many handshakes in progress, new clients are asked to prove their
+    /// address first.
+    pub retry_above: usize,
+    pub ok: prometheus::IntCounter,
+    pub failed: prometheus::IntCounter,
+    pub retry: prometheus::IntCounter,
+    pub refused: prometheus::IntCounter,
+    pub active: prometheus::IntGauge,
+}
+
+/// Unidirectional streams a client may open: HTTP/3's control stream, QPACK's two,
+/// and room for reserved (grease) ones.
+const MAX_UNI_STREAMS: u32 = 8;
+/// Flow-control windows: what one connection can make fulcrum hold.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
+const SEND_WINDOW: u64 = 4 << 20;
+/// Connection attempts waiting to be accepted, and the bytes they may buffer.
+const MAX_INCOMING: usize = 4096;
+const INCOMING_BUFFER_TOTAL: u64 = 16 << 20;
+
+impl Quic {
+    pub(super) fn build(
+        server: &Arc<rustls::ServerConfig>,
+        h3: &Http3,
+        l: &Listener,
+        metrics: &Metrics,
+    ) -> Result<Quic, String> {
+        let mut tls = (**server).clone();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        // No 0-RTT: a replayed request could be acted on twice.
+        tls.max_early_data_size = 0;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
+            .map_err(|e| e.to_string())?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(l7::H3_MAX_CONCURRENT_STREAMS.into())
+            .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+            .stream_receive_window(STREAM_WINDOW.into())
+            .receive_window(CONNECTION_WINDOW.into())
+            .send_window(SEND_WINDOW)
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(l.idle_timeout)
+                    .map_err(|_| "idle_timeout is too long for QUIC".to_string())?,
+            ));
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config
+            .transport_config(Arc::new(transport))
+            .migration(true)
+            .max_incoming(MAX_INCOMING)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
+        let result = |r: &str| {
+            metrics
+                .quic_handshakes_total
+                .with_label_values(&[&l.name, r])
+        };
+        Ok(Quic {
+            config,
+            retry_above: h3.retry_above as usize,
+            ok: result("ok"),
+            failed: result("failed"),
+            retry: result("retry"),
+            refused: result("refused"),
+            active: metrics
+                .quic_connections_active
+                .with_label_values(&[&l.name]),
+        })
+    }
+}
+
+/// A running QUIC endpoint.
+pub(super) struct QuicLoop {
+    pub(super) listener: String,
+    pub(super) local: SocketAddr,
+    endpoint: quinn::Endpoint,
+    stop: CancellationToken,
+    /// `None` until the server runs.
+    task: Option<JoinHandle<()>>,
+}
+
+/// A UDP socket bound for a listener, not serving yet.
+pub(super) struct NewQuic {
+    key: BindKey,
+    listener: String,
+    socket: std::net::UdpSocket,
+}
+
+/// Binds a UDP socket as [`super::listener::bind`] binds TCP ones (address reuse, IPv6
+/// only for IPv6, and binding addresses the host does not hold yet).
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    bound(addr, Type::DGRAM, Protocol::UDP).map(Into::into)
+}
+
+/// The bind keys of `config`'s listeners that serve HTTP/3, with their listener.
+fn wanted(config: &Config) -> Vec<(BindKey, &Listener)> {
+    config
+        .listeners
+        .iter()
+        .filter(|l| l.tls.as_ref().is_some_and(|t| t.http3.is_some()))
+        .flat_map(|l| bind_keys(l).into_iter().map(move |(k, _)| (k, l)))
+        .collect()
+}
+
+/// Binds the UDP sockets `config` needs that are not bound yet, each on the address
+/// of its listener's TCP socket (`tcp_local`: where the socket of a bind key is).
+pub(super) fn bind_new(
+    shared: &Shared,
+    config: &Config,
+    tcp_local: &dyn Fn(&BindKey) -> Option<SocketAddr>,
+) -> Result<Vec<NewQuic>, String> {
+    let running: HashSet<BindKey> = shared
+        .quic
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    let mut new = Vec::new();
+    for (key, l) in wanted(config) {
+        if running.contains(&key) {
+            continue;
+        }
+        let Some(addr) = tcp_local(&key) else {
+            continue;
+        };
+        let socket = bind_udp(addr).map_err(|e| {
+            format!(
+                "listener {:?}: cannot bind UDP {addr} for HTTP/3: {e}",
+                l.name
+            )
+        })?;
+        new.push(NewQuic {
+            key,
+            listener: l.name.clone(),
+            socket,
+        });
+    }
+    Ok(new)
+}
+
+/// Once a generation is current: every endpoint it keeps takes its new settings
+/// (connections open stay as they are), the new ones start serving (now, or at
+/// [`start_all`] when `start` is false), and those it no longer has stop accepting
+/// (their connections finish).
+pub(super) fn apply(shared: &Arc<Shared>, new: Vec<NewQuic>, start: bool) -> Result<(), String> {
+    let snapshot = shared.current.load_full();
+    let config = snapshot.config.clone();
+    let wanted: HashMap<BindKey, String> = wanted(&config)
+        .into_iter()
+        .map(|(k, l)| (k, l.name.clone()))
+        .collect();
+    let config_for = |key: &BindKey, name: &str| {
+        let entry = snapshot.listener_or_moved(key, name)?;
+        entry.tls.as_ref()?.quic.as_ref().map(|q| q.config.clone())
+    };
+    let mut loops = shared.quic.lock().unwrap_or_else(|p| p.into_inner());
+    let gone: Vec<BindKey> = loops
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .cloned()
+        .collect();
+    for key in gone {
+        if let Some(l) = loops.remove(&key) {
+            info!(listener = %l.listener, addr = %l.local, "HTTP/3 removed: no longer accepting on UDP");
+            l.stop.cancel();
+            l.endpoint.set_server_config(None);
+        }
+    }
+    for (key, l) in loops.iter_mut() {
+        l.endpoint.set_server_config(config_for(key, &l.listener));
+    }
+    for n in new {
+        let config = config_for(&n.key, &n.listener);
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            config,
+            n.socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| format!("listener {:?}: QUIC endpoint: {e}", n.listener))?;
+        let local = endpoint
+            .local_addr()
+            .map_err(|e| format!("listener {:?}: QUIC endpoint: {e}", n.listener))?;
+        let mut l = QuicLoop {
+            listener: n.listener,
+            local,
+            endpoint,
+            stop: shared.stop_accepting.child_token(),
+            task: None,
+        };
+        if start {
+            spawn(shared, &n.key, &mut l);
+        }
+        loops.insert(n.key, l);
+    }
+    Ok(())
+}
+
+/// Starts the accept loops bound before the server ran.
+pub(super) fn start_all(shared: &Arc<Shared>) {
+    let mut loops = shared.quic.lock().unwrap_or_else(|p| p.into_inner());
+    for (key, l) in loops.iter_mut() {
+        spawn(shared, key, l);
+    }
+}
+
+fn spawn(shared: &Arc<Shared>, key: &BindKey, l: &mut QuicLoop) {
+    if l.task.is_some() {
+        return;
+    }
+    info!(listener = %l.listener, addr = %l.local, "listening (HTTP/3, UDP)");
+    l.task = Some(tokio::spawn(accept_loop(
+        l.endpoint.clone(),
+        key.clone(),
+        l.listener.clone(),
+        l.stop.clone(),
+        shared.clone(),
+    )));
+}
+
+/// The UDP addresses each listener serves HTTP/3 on.
+pub(super) fn addresses(shared: &Shared) -> Vec<(String, SocketAddr)> {
+    let loops = shared.quic.lock().unwrap_or_else(|p| p.into_inner());
+    let mut all: Vec<(String, SocketAddr)> = loops
+        .values()
+        .map(|l| (l.listener.clone(), l.local))
+        .collect();
+    all.sort();
+    all
+}
+
+/// At the end of shutdown: the accept loops have stopped and every connection has
+/// finished or been cut; each endpoint's closing packets go out.
+pub(super) async fn close_all(shared: &Shared) {
+    let loops: Vec<QuicLoop> = {
+        let mut loops = shared.quic.lock().unwrap_or_else(|p| p.into_inner());
+        loops.drain().map(|(_, l)| l).collect()
+    };
+    for l in loops {
+        l.stop.cancel();
+        if let Some(task) = l.task {
+            let _ = task.await;
+        }
+        l.endpoint.close(0u32.into(), b"");
+        let _ = tokio::time::timeout(Duration::from_secs(1), l.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    key: BindKey,
+    name: String,
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+) {
+    let handshaking = Arc::new(AtomicUsize::new(0));
+    let local = endpoint.local_addr().ok();
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        admit_one(incoming, &key, &name, &shared, (&handshaking, local));
+    }
+    // New handshakes are refused; the connections open go on.
+    endpoint.set_server_config(None);
+}
+
+/// Handshakes in progress on one endpoint, counted while held.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Address validation, limits and access rules for a new QUIC connection, then its
+/// handshake and HTTP/3 in a task of its own.
+fn admit_one(
+    incoming: quinn::Incoming,
+    key: &BindKey,
+    listener: &str,
+    shared: &Arc<Shared>,
+    (handshaking, endpoint_local): (&Arc<AtomicUsize>, Option<SocketAddr>),
+) {
+    let snapshot = shared.current.load_full();
+    let generation = snapshot.generation;
+    let Some(entry) = snapshot.listener_or_moved(key, listener).cloned() else {
+        incoming.refuse();
+        return;
+    };
+    let (Engine::Http(settings), Some(quic)) = (
+        &entry.engine,
+        entry.tls.as_ref().and_then(|t| t.quic.as_ref()),
+    ) else {
+        incoming.refuse();
+        return;
+    };
+    // Before any state is kept for a client, it may have to show that it receives at
+    // its address (RFC 9000 8.1): always with `http3_retry_above = 0`, else when
+    // handshakes pile up (a flood of spoofed Initials).
+    if !incoming.remote_address_validated()
+        && handshaking.load(Ordering::Relaxed) >= quic.retry_above
+    {
+        quic.retry.inc();
+        if let Err(e) = incoming.retry() {
+            debug!(error = %e, "QUIC retry not sent");
+        }
+        return;
+    }
+    let peer = incoming.remote_address();
+    entry.metrics.accepted.inc();
+    let global_max = snapshot.config.global.max_connections;
+    let Some(places) = admit(&shared.global_open, global_max, &entry.open, entry.limit) else {
+        debug!(listener = %entry.name, client.addr = %peer, "over max_connections: QUIC connection refused");
+        quic.refused.inc();
+        incoming.refuse();
+        return;
+    };
+    let client = match &entry.per_client {
+        Some((max, counts)) => match counts.take(peer.ip(), *max) {
+            Some(place) => Some(place),
+            None => {
+                entry.client_limited.inc();
+                quic.refused.inc();
+                debug!(listener = %entry.name, client.addr = %peer, "over max_connections_per_client: QUIC connection refused");
+                incoming.refuse();
+                return;
+            }
+        },
+        None => None,
+    };
+    let admitted = entry.access.admits(peer.ip());
+    let local_ip = incoming.local_ip();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            quic.failed.inc();
+            debug!(client.addr = %peer, error = %e, "QUIC connection not accepted");
+            return;
+        }
+    };
+    entry.metrics.open.inc();
+    let held = (places, Open(entry.metrics.open.clone()), client);
+    handshaking.fetch_add(1, Ordering::Relaxed);
+    let counted = Handshaking(handshaking.clone());
+    let local = match (local_ip, endpoint_local) {
+        (Some(ip), Some(l)) => SocketAddr::new(ip, l.port()),
+        (None, Some(l)) => l,
+        (_, None) => peer,
+    };
+    let serving = l7::Serving {
+        settings: settings.clone(),
+        current: current_settings(shared, key, &entry.name, generation, settings),
+        cut: shared.cut.clone(),
+        tracker: shared.tracker.clone(),
+    };
+    let drain = shared.stop_accepting.clone();
+    let cut = shared.cut.clone();
+    let span = tracing::info_span!(
+        "conn",
+        listener = %entry.name,
+        client.addr = %peer,
+        tls.sni = tracing::field::Empty,
+        tls.alpn = "h3",
+    );
+    let timeout = entry.header_timeout;
+    let work = async move {
+        let quic = entry.tls.as_ref().and_then(|t| t.quic.as_ref());
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                if let Some(q) = quic {
+                    q.failed.inc();
+                }
+                debug!(error = %e, "QUIC handshake failed");
+                return;
+            }
+            Err(_) => {
+                if let Some(q) = quic {
+                    q.failed.inc();
+                }
+                debug!("QUIC handshake not finished in time: closed");
+                return;
+            }
+        };
+        drop(counted);
+        let Some(quic) = quic else { return };
+        quic.ok.inc();
+        let handshake = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
+        if let Some(sni) = handshake.as_ref().and_then(|h| h.server_name.as_ref()) {
+            tracing::Span::current().record("tls.sni", tracing::field::display(sni));
+        }
+        let client_cert = conn
+            .peer_identity()
+            .and_then(|i| {
+                i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().and_then(crate::tls::subject));
+        quic.active.inc();
+        let _active = Open(quic.active.clone());
+        let accepted = l7::QuicAccepted {
+            conn,
+            peer,
+            local,
+            client_cert,
+            admitted,
+            permits: Arc::new(held),
+        };
+        l7::serve_quic(accepted, serving, drain).await;
+    };
+    shared.tracker.spawn(async move {
+        let work = crate::side::first(work, cut.cancelled());
+        if span.is_disabled() {
+            work.await;
+        } else {
+            tracing::Instrument::instrument(work, span).await;
+        }
+    });
+}
