@@ -583,27 +583,6 @@ fn rewrites_and_redirects_are_checked_with_their_key() {
 }
 
 #[test]
-fn keys_of_capabilities_not_built_are_refused_by_name() {
-    let http = |listener: &str, route: &str, upstream: &str, rest: &str| {
-        format!(
-            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n{listener}\n[[listener.route]]\nupstream = \"app\"\n{route}\n\
-             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n{upstream}\n{rest}"
-        )
-    };
-    // 0-RTT for HTTP/3 is not built: its key is refused by name.
-    let got = errors(&http(
-        "[listener.tls]\ncertificates = []\nhttp3 = true\nhttp3_0rtt = true",
-        "",
-        "",
-        "",
-    ));
-    assert!(
-        got.contains("`listener[0].tls.http3_0rtt` not supported yet"),
-        "{got}"
-    );
-}
-
-#[test]
 fn http3_is_for_tls_http_listeners_and_its_retry_threshold_needs_it() {
     let tcp = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
                [listener.tls]\ncertificates = []\nhttp3 = true\n\

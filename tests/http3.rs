@@ -371,3 +371,110 @@ async fn garbage_datagrams_get_nothing_back_and_the_listener_keeps_serving() {
     assert_eq!(c.get("a.test", "/").await.0, StatusCode::OK);
     f.stop().await;
 }
+
+#[tokio::test]
+async fn early_data_is_acted_on_for_safe_requests_only_and_only_when_enabled() {
+    for enabled in [true, false] {
+        let (pki, ca) = pki(if enabled { "0rtt" } else { "no-0rtt" });
+        let b = HttpBackend::start("b").await;
+        let extra = if enabled { "http3_0rtt = true" } else { "" };
+        let f = Fulcrum::start_at(&config(b.addr, extra, ""), &pki.dir.join("f.toml")).await;
+        let addr = f.addr("web");
+        let endpoint = h3::endpoint_with(&ca, true);
+        // A first visit: a full handshake, and a session ticket to resume with.
+        {
+            let conn = endpoint.connect(addr, "a.test").unwrap().await.unwrap();
+            let (mut driver, mut send) = ::h3::client::new(h3_quinn::Connection::new(conn.clone()))
+                .await
+                .unwrap();
+            let drive = tokio::spawn(async move { driver.wait_idle().await });
+            h3::send(&mut send, h3::get("a.test", "/first"), Bytes::new())
+                .await
+                .unwrap();
+            conn.close(0u32.into(), b"");
+            drive.abort();
+        }
+        match endpoint.connect(addr, "a.test").unwrap().into_0rtt() {
+            Ok((conn, accepted)) => {
+                assert!(enabled, "early data offered without http3_0rtt");
+                let (mut driver, send) = ::h3::client::new(h3_quinn::Connection::new(conn.clone()))
+                    .await
+                    .unwrap();
+                let drive = tokio::spawn(async move { driver.wait_idle().await });
+                // Both sent before the handshake is done.
+                let (mut get_sender, mut post_sender) = (send.clone(), send.clone());
+                let post = Request::post("https://a.test/early-post").body(()).unwrap();
+                let (got, posted) = tokio::join!(
+                    h3::send(
+                        &mut get_sender,
+                        h3::get("a.test", "/early-get"),
+                        Bytes::new()
+                    ),
+                    h3::send(&mut post_sender, post, Bytes::from_static(b"once")),
+                );
+                assert_eq!(got.unwrap().0, StatusCode::OK);
+                assert_eq!(posted.unwrap().0, StatusCode::OK);
+                assert!(accepted.await, "the early data was refused");
+                let seen = b.requests();
+                let early = |path: &str| {
+                    seen.iter()
+                        .find(|s| s.uri.ends_with(path))
+                        .unwrap_or_else(|| panic!("{path} not forwarded"))
+                        .headers
+                        .get("early-data")
+                        .cloned()
+                };
+                // The GET went on at once, marked; the POST waited for the handshake.
+                assert_eq!(early("/early-get").unwrap(), "1");
+                assert_eq!(early("/early-post"), None);
+                drive.abort();
+            }
+            Err(connecting) => {
+                assert!(!enabled, "no early data offered with http3_0rtt");
+                connecting.await.unwrap();
+            }
+        }
+        f.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_gets_at_most_100_requests_open_at_once() {
+    let (pki, ca) = pki("stream-limit");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&config(b.addr, "", ""), &pki.dir.join("f.toml")).await;
+    let c = H3::connect(f.addr("web"), "a.test", &ca).await;
+    // 100 requests open (their uploads never end)...
+    let mut open = Vec::new();
+    for _ in 0..fulcrum::l7::H3_MAX_CONCURRENT_STREAMS {
+        let req = Request::post("https://a.test/echo").body(()).unwrap();
+        let mut stream = c.send.clone().send_request(req).await.unwrap();
+        stream.send_data(Bytes::from_static(b"x")).await.unwrap();
+        open.push(stream);
+    }
+    // ... and the next one cannot open a stream until some of them end.
+    let mut sender = c.send.clone();
+    let next = tokio::spawn(async move {
+        h3::send(&mut sender, h3::get("a.test", "/after"), Bytes::new()).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!next.is_finished(), "a 101st request was served");
+    // QUIC hands out new stream credit in batches (quinn: once an eighth of the
+    // limit is free): 13 requests end.
+    for mut ended in open.drain(..13) {
+        ended.finish().await.unwrap();
+        assert_eq!(
+            ended.recv_response().await.unwrap().status(),
+            StatusCode::OK
+        );
+        while ended.recv_data().await.unwrap().is_some() {}
+    }
+    let (status, _, _) = tokio::time::timeout(PATIENCE, next)
+        .await
+        .expect("the 101st request once streams ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(open);
+    f.stop().await;
+}

@@ -39,7 +39,7 @@ backend_nginx "$BACKEND_PORT" 1
 declare -A PID
 start_fulcrum fulcrum "[listener.tls]
 certificates = [{ cert = \"$WORK/site.pem\", key = \"$WORK/site.key\" }]
-http3 = true"
+http3 = true" ""
 ADDR=127.0.0.1:${PORT[fulcrum]}
 sleep 1
 for p in h2 h3; do
@@ -53,19 +53,20 @@ per_cpu() { # $1 protocol, $2 path: prints "req/cpu-s MiB/cpu-s req/s cpu-s"
   out=$(taskset -c 1 "$LOAD" "$1" "$ADDR" bench.test "$WORK/ca.pem" 8 16 "${DURATION%s}" "$2")
   after=$(cpu_ticks "${PID[fulcrum]}")
   grep -q "failed 0 " <<<"$out" || echo "$1 $2: $out" >&2
-  rate=$(awk '{print $12}' <<<"$out")
-  mib=$(awk '{print $14}' <<<"$out")
+  rate=$(awk '{print $10}' <<<"$out")
+  mib=$(awk '{print $12}' <<<"$out")
   cpu=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')
   awk -v r="$rate" -v m="$mib" -v c="$cpu" -v d="${DURATION%s}" \
     'BEGIN { printf "%.0f %.1f %s %s\n", (c > 0 ? r * d / c : 0), (c > 0 ? m * d / c : 0), r, c }'
 }
 
 declare -A ALL
-CASES=("h2 /" "h3 /" "h2 /big" "h3 /big")
+declare -A PATH_OF=([small]=/ [big]=/big)
+CASES=(h2-small h3-small h2-big h3-big)
 for r in $(seq "$REPEATS"); do
   for c in "${CASES[@]}"; do
     echo "running $c for $DURATION, $r of $REPEATS ..." >&2
-    ALL[$c]+="$(per_cpu $c);"
+    ALL[$c]+="$(per_cpu "${c%-*}" "${PATH_OF[${c#*-}]}");"
   done
 done
 declare -A EFF MIB
@@ -76,5 +77,5 @@ for c in "${CASES[@]}"; do
   printf '%-10s %10s %9s %12s %12s\n' "$c" "$rate" "$cpu" "${EFF[$c]}" "${MIB[$c]}"
 done
 echo
-echo "small responses, h3 / h2 req/cpu-s: $(ratio "${EFF[h3 /]}" "${EFF[h2 /]}")"
-echo "1 MiB responses, h3 / h2 MiB/cpu-s: $(ratio "${MIB[h3 /big]}" "${MIB[h2 /big]}")"
+echo "small responses, h3 / h2 req/cpu-s: $(ratio "${EFF[h3-small]}" "${EFF[h2-small]}")"
+echo "1 MiB responses, h3 / h2 MiB/cpu-s: $(ratio "${MIB[h3-big]}" "${MIB[h2-big]}")"

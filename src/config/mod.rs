@@ -26,7 +26,6 @@ mod summary;
 mod telemetry;
 mod tls;
 mod units;
-mod unsupported;
 mod upstream;
 mod validate;
 

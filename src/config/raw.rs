@@ -11,7 +11,6 @@ use toml::Spanned;
 
 /// A key of a capability not built yet: its value, whatever its type; only its
 /// presence and position matter (`fulcrum check` refuses it by name).
-pub(super) type Later = Option<Spanned<toml::Value>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,7 +155,7 @@ pub(super) struct RawListenerTls {
     pub acme: Option<Spanned<Vec<Spanned<String>>>>,
     pub http3: Option<Spanned<bool>>,
     pub http3_retry_above: Option<Spanned<u32>>,
-    pub http3_0rtt: Later,
+    pub http3_0rtt: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

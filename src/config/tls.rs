@@ -40,6 +40,9 @@ pub struct Http3 {
     /// `http3_retry_above`: with more QUIC handshakes than this in progress, a new
     /// client proves its address with a Retry first (0: every client does).
     pub retry_above: u32,
+    /// `http3_0rtt`: resuming clients may send requests before their handshake is
+    /// done; only safe methods are acted on before it is.
+    pub zero_rtt: bool,
 }
 
 /// `http3_retry_above`'s default.
@@ -82,7 +85,6 @@ impl Validator<'_> {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let k = |f: &str| format!("{key}.{f}");
         let dir = self.file.parent().unwrap_or(Path::new("")).to_path_buf();
-        self.unsupported_listener_tls(key, t);
         let listed = t
             .certificates
             .as_ref()
@@ -264,19 +266,34 @@ impl Validator<'_> {
                 );
                 None
             }
-            Some(on) if *on.get_ref() => Some(Http3 {
-                retry_above: t
-                    .http3_retry_above
-                    .as_ref()
-                    .map_or(HTTP3_RETRY_ABOVE, |v| *v.get_ref()),
-            }),
-            _ => {
-                if let Some(v) = &t.http3_retry_above {
+            Some(on) if *on.get_ref() => {
+                let zero_rtt = t.http3_0rtt.as_ref().is_some_and(|z| *z.get_ref());
+                if let (true, true, Some(z)) = (zero_rtt, t.client_ca.is_some(), &t.http3_0rtt) {
                     self.err(
-                        Some(v.span()),
-                        k("http3_retry_above"),
-                        "applies only with http3 = true",
+                        Some(z.span()),
+                        k("http3_0rtt"),
+                        "not with client_ca: early requests would come before the client certificate is verified",
                     );
+                }
+                Some(Http3 {
+                    retry_above: t
+                        .http3_retry_above
+                        .as_ref()
+                        .map_or(HTTP3_RETRY_ABOVE, |v| *v.get_ref()),
+                    zero_rtt,
+                })
+            }
+            _ => {
+                for (name, span) in [
+                    (
+                        "http3_retry_above",
+                        t.http3_retry_above.as_ref().map(|v| v.span()),
+                    ),
+                    ("http3_0rtt", t.http3_0rtt.as_ref().map(|v| v.span())),
+                ] {
+                    if let Some(span) = span {
+                        self.err(Some(span), k(name), "applies only with http3 = true");
+                    }
                 }
                 None
             }

@@ -31,9 +31,15 @@ const NO_ERROR: u32 = 0x100;
 /// Bidirectional streams (requests) a client may have open at once.
 pub const H3_MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// An accepted QUIC connection (handshake done) and its facts.
+/// Completes once a QUIC handshake begun with early data is done: true when it is.
+pub type Confirmation = Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+/// An accepted QUIC connection and its facts.
 pub struct QuicAccepted {
     pub conn: quinn::Connection,
+    /// `None`: the handshake is done. Else the connection serves before it is (0-RTT),
+    /// and this completes when it is.
+    pub confirmed: Option<Confirmation>,
     pub peer: std::net::SocketAddr,
     /// The address the client sent to.
     pub local: std::net::SocketAddr,
@@ -48,6 +54,7 @@ pub struct QuicAccepted {
 pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: CancellationToken) {
     let QuicAccepted {
         conn,
+        mut confirmed,
         peer,
         local,
         client_cert,
@@ -80,14 +87,20 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
         }
     };
     let mut draining = false;
+    // Whether the handshake is done: a request accepted before it may be a replay of
+    // early data (a replayed connection never completes its handshake).
+    let (handshake_done, done) = tokio::sync::watch::channel(confirmed.is_none());
     loop {
         tokio::select! {
+            // A request that arrived before the handshake completed is seen first.
+            biased;
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let (ctx, cut) = (ctx.clone(), cut.clone());
                     let (span, tracker) = (ctx.span.clone(), ctx.tracker.clone());
+                    let early = (!*done.borrow()).then(|| done.clone());
                     let task = async move {
-                        crate::side::first(request(resolver, ctx), cut.cancelled()).await;
+                        crate::side::first(request(resolver, ctx, early), cut.cancelled()).await;
                     };
                     tracker.spawn(task.instrument(span));
                 }
@@ -100,6 +113,20 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
                     return;
                 }
             },
+            ok = async {
+                match confirmed.as_mut() {
+                    Some(handshake) => handshake.await,
+                    None => std::future::pending().await,
+                }
+            }, if confirmed.is_some() => {
+                confirmed = None;
+                if !ok {
+                    debug!("QUIC handshake with early data not completed: closed");
+                    conn.close(NO_ERROR.into(), b"");
+                    return;
+                }
+                let _ = handshake_done.send(true);
+            }
             _ = drain.cancelled(), if !draining => {
                 draining = true;
                 debug!("draining: GOAWAY sent");
@@ -164,9 +191,17 @@ const CONNECTION_SPECIFIC: [&header::HeaderName; 4] = [
     &super::h1::KEEP_ALIVE,
 ];
 
+/// `Early-Data` (RFC 8470): the request came before the client's handshake was done.
+static EARLY_DATA: header::HeaderName = header::HeaderName::from_static("early-data");
+
 /// One request stream: its head (within `header_timeout`), the engine's answer, and
-/// the answer's body and trailers written back.
-async fn request(resolver: Resolver, ctx: Arc<ConnCtx>) {
+/// the answer's body and trailers written back. `early`: the request was accepted
+/// before the connection's handshake was done, and this says when it is.
+async fn request(
+    resolver: Resolver,
+    ctx: Arc<ConnCtx>,
+    early: Option<tokio::sync::watch::Receiver<bool>>,
+) {
     let settings = &ctx.settings;
     let (req, stream) =
         match tokio::time::timeout(settings.header_timeout, resolver.resolve_request()).await {
@@ -181,6 +216,28 @@ async fn request(resolver: Resolver, ctx: Arc<ConnCtx>) {
             }
         };
     let (mut send, recv) = stream.split();
+    let mut req = req;
+    if let Some(mut done) = early {
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+            // Safe to act on even if replayed; the backend is told, and may answer
+            // 425 itself.
+            req.headers_mut()
+                .insert(EARLY_DATA.clone(), http::HeaderValue::from_static("1"));
+        } else {
+            // Anything else waits for the handshake: a replay never gets past it.
+            let confirmed = tokio::time::timeout(settings.header_timeout, done.wait_for(|d| *d));
+            if !matches!(confirmed.await, Ok(Ok(_))) {
+                debug!("early request without a completed handshake: 425");
+                let too_early = Response::builder()
+                    .status(StatusCode::from_u16(425).unwrap_or(StatusCode::BAD_REQUEST))
+                    .body(())
+                    .unwrap_or_default();
+                let _ = send.send_response(too_early).await;
+                let _ = send.finish().await;
+                return;
+            }
+        }
+    }
     let declared = content_length(req.headers());
     let mut body = Box::new(H3Body {
         stream: recv,

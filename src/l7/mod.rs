@@ -45,7 +45,7 @@ pub use static_files::StaticDir;
 
 pub use conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Serving, Waiting};
 pub use grpc::{grpc_timeout, is_grpc};
-pub use http3::{serve_quic, QuicAccepted, H3_MAX_CONCURRENT_STREAMS};
+pub use http3::{serve_quic, Confirmation, QuicAccepted, H3_MAX_CONCURRENT_STREAMS};
 pub use open::OpenRequest;
 pub use request::client_octets;
 pub use serve::{serve_connection, DRAIN_LINGER};

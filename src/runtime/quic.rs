@@ -30,6 +30,8 @@ pub(crate) struct Quic {
     /// Above this many handshakes in progress, new clients are asked to prove their
     /// address first.
     pub retry_above: usize,
+    /// `http3_0rtt`: early data accepted from resuming clients.
+    pub zero_rtt: bool,
     pub ok: prometheus::IntCounter,
     pub failed: prometheus::IntCounter,
     pub retry: prometheus::IntCounter,
@@ -57,8 +59,17 @@ impl Quic {
     ) -> Result<Quic, String> {
         let mut tls = (**server).clone();
         tls.alpn_protocols = vec![b"h3".to_vec()];
-        // No 0-RTT: a replayed request could be acted on twice.
-        tls.max_early_data_size = 0;
+        // 0-RTT only when asked for: a replayed request could be acted on twice (the
+        // engine acts on safe methods only before the handshake is done). QUIC takes
+        // early data whole or not at all.
+        tls.max_early_data_size = if h3.zero_rtt { u32::MAX } else { 0 };
+        if h3.zero_rtt {
+            // rustls gives early data only to sessions it stores itself (stateless
+            // tickets can be replayed at will); each is taken once, so the same
+            // first flight replayed to this instance gets no 0-RTT.
+            tls.ticketer = Arc::new(NoTickets);
+            tls.session_storage = rustls::server::ServerSessionMemoryCache::new(EARLY_SESSIONS);
+        }
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
             .map_err(|e| e.to_string())?;
         let mut transport = quinn::TransportConfig::default();
@@ -86,6 +97,7 @@ impl Quic {
         Ok(Quic {
             config,
             retry_above: h3.retry_above as usize,
+            zero_rtt: h3.zero_rtt,
             ok: result("ok"),
             failed: result("failed"),
             retry: result("retry"),
@@ -94,6 +106,28 @@ impl Quic {
                 .quic_connections_active
                 .with_label_values(&[&l.name]),
         })
+    }
+}
+
+/// Resumable sessions kept per listener for 0-RTT.
+const EARLY_SESSIONS: usize = 16384;
+
+/// No stateless tickets (sessions are stored instead).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }
 
@@ -298,6 +332,40 @@ async fn accept_loop(
     endpoint.set_server_config(None);
 }
 
+/// A QUIC handshake, within `timeout`, counted.
+async fn handshake(
+    connecting: quinn::Connecting,
+    timeout: Duration,
+    quic: &Quic,
+) -> Option<quinn::Connection> {
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => {
+            quic.ok.inc();
+            Some(conn)
+        }
+        Ok(Err(e)) => {
+            quic.failed.inc();
+            debug!(error = %e, "QUIC handshake failed");
+            None
+        }
+        Err(_) => {
+            quic.failed.inc();
+            debug!("QUIC handshake not finished in time: closed");
+            None
+        }
+    }
+}
+
+/// The server name the client asked for, on the connection's span.
+fn record_sni(conn: &quinn::Connection) {
+    let handshake = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
+    if let Some(sni) = handshake.as_ref().and_then(|h| h.server_name.as_ref()) {
+        tracing::Span::current().record("tls.sni", tracing::field::display(sni));
+    }
+}
+
 /// Handshakes in progress on one endpoint, counted while held.
 struct Handshaking(Arc<AtomicUsize>);
 
@@ -399,33 +467,50 @@ fn admit_one(
     );
     let timeout = entry.header_timeout;
     let work = async move {
-        let quic = entry.tls.as_ref().and_then(|t| t.quic.as_ref());
-        let conn = match tokio::time::timeout(timeout, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                if let Some(q) = quic {
-                    q.failed.inc();
+        let Some(quic) = entry.tls.as_ref().and_then(|t| t.quic.as_ref()) else {
+            return;
+        };
+        let (conn, confirmed) = if quic.zero_rtt {
+            // Serving starts at once: requests sent as early data are read before
+            // the handshake is done, and the engine is told which ones they are.
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => {
+                    let (entry, seen) = (entry.clone(), conn.clone());
+                    let confirmed: l7::Confirmation = Box::pin(async move {
+                        // It resolves once the handshake completes or the connection
+                        // fails (its value says whether early data was taken).
+                        let ok = tokio::time::timeout(timeout, accepted).await.is_ok()
+                            && seen.close_reason().is_none();
+                        drop(counted);
+                        if let Some(q) = entry.tls.as_ref().and_then(|t| t.quic.as_ref()) {
+                            if ok { &q.ok } else { &q.failed }.inc();
+                        }
+                        if ok {
+                            record_sni(&seen);
+                        }
+                        ok
+                    });
+                    (conn, Some(confirmed))
                 }
-                debug!(error = %e, "QUIC handshake failed");
-                return;
+                Err(connecting) => match handshake(connecting, timeout, quic).await {
+                    Some(conn) => {
+                        drop(counted);
+                        record_sni(&conn);
+                        (conn, None)
+                    }
+                    None => return,
+                },
             }
-            Err(_) => {
-                if let Some(q) = quic {
-                    q.failed.inc();
+        } else {
+            match handshake(connecting, timeout, quic).await {
+                Some(conn) => {
+                    drop(counted);
+                    record_sni(&conn);
+                    (conn, None)
                 }
-                debug!("QUIC handshake not finished in time: closed");
-                return;
+                None => return,
             }
         };
-        drop(counted);
-        let Some(quic) = quic else { return };
-        quic.ok.inc();
-        let handshake = conn
-            .handshake_data()
-            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
-        if let Some(sni) = handshake.as_ref().and_then(|h| h.server_name.as_ref()) {
-            tracing::Span::current().record("tls.sni", tracing::field::display(sni));
-        }
         let client_cert = conn
             .peer_identity()
             .and_then(|i| {
@@ -437,6 +522,7 @@ fn admit_one(
         let _active = Open(quic.active.clone());
         let accepted = l7::QuicAccepted {
             conn,
+            confirmed,
             peer,
             local,
             client_cert,

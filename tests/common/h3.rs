@@ -20,6 +20,11 @@ pub struct H3 {
 
 /// A QUIC client endpoint on loopback that trusts `ca` and offers ALPN `h3`.
 pub fn endpoint(ca: &CertificateDer<'static>) -> quinn::Endpoint {
+    endpoint_with(ca, false)
+}
+
+/// As [`endpoint`]; with `early_data`, a resumed connection may send 0-RTT data.
+pub fn endpoint_with(ca: &CertificateDer<'static>, early_data: bool) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -30,6 +35,7 @@ pub fn endpoint(ca: &CertificateDer<'static>) -> quinn::Endpoint {
     .with_root_certificates(roots)
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = early_data;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
