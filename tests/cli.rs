@@ -628,11 +628,40 @@ async fn grpc_calls_are_logged_with_the_upstream_protocol_and_grpc_status() {
     }
     let line = p.wait_for_field("target", "fulcrum::access");
     assert_eq!(line["path"], "/echo.Echo/Unary");
+    assert_eq!(line["protocol"], "h2");
     assert_eq!(line["upstream_protocol"], "h2");
     assert_eq!(line["grpc_status"], 0, "{line}");
     let line = p.wait_for_field("target", "fulcrum::access");
     assert_eq!(line["upstream"], "dead");
     assert_eq!(line["grpc_status"], 14, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_requests_are_logged_with_their_protocol() {
+    let pki = common::tls::Pki::new("cli", "h3-log");
+    pki.leaf("site", &["a.test"]);
+    let b = common::http::HttpBackend::start("b").await;
+    let path = pki.dir.join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[global]\nlog_format = \"json\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+             [listener.tls]\ncertificates = [{{ cert = \"site.pem\", key = \"site.key\" }}]\nhttp3 = true\n\
+             [upstream.app]\nbackends = [{{ address = \"{}\" }}]\n",
+            b.addr
+        ),
+    )
+    .unwrap();
+    let p = Process::start(&path);
+    let addr = p.listening_addr();
+    p.wait_for("listening (HTTP/3, UDP)");
+    let mut c = common::h3::H3::connect(addr, "a.test", pki.ca.der()).await;
+    assert_eq!(c.get("a.test", "/three").await.0, 200);
+    let line = p.wait_for_field("target", "fulcrum::access");
+    assert_eq!(line["path"], "/three");
+    assert_eq!(line["protocol"], "h3", "{line}");
+    assert_eq!(line["status"], 200);
 }
 
 /// The major version of the machine's systemd, when it has one.

@@ -478,3 +478,21 @@ async fn a_client_gets_at_most_100_requests_open_at_once() {
     drop(open);
     f.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_changes_address_keeps_its_connection() {
+    let (pki, ca) = pki("migration");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&config(b.addr, "", ""), &pki.dir.join("f.toml")).await;
+    let mut c = H3::connect(f.addr("web"), "a.test", &ca).await;
+    assert_eq!(c.get("a.test", "/before").await.0, StatusCode::OK);
+    let before = c.endpoint.local_addr().unwrap();
+    // A new UDP socket, as when a phone moves from Wi-Fi to mobile data.
+    c.endpoint
+        .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    assert_ne!(c.endpoint.local_addr().unwrap(), before);
+    assert_eq!(c.get("a.test", "/after").await.0, StatusCode::OK);
+    assert!(c.conn.close_reason().is_none());
+    f.stop().await;
+}

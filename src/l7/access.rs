@@ -51,6 +51,8 @@ pub struct Line {
     pub trace_id: Option<String>,
     /// `http1` or `h2`, when a backend was asked.
     pub upstream_protocol: Option<&'static str>,
+    /// What the client spoke: `http/1.0`, `http/1.1`, `h2` or `h3`.
+    pub protocol: &'static str,
     /// gRPC responses: the `grpc-status` of the head (trailers-only) or the trailers.
     pub grpc_status: Option<u16>,
 }
@@ -78,6 +80,7 @@ impl Drop for Record {
             client = %l.client,
             listener = %l.listener,
             method = %q(l.method.as_str()),
+            protocol = l.protocol,
             host = %q(l.host.as_ref().and_then(|h| h.to_str().ok()).or(l.uri.host()).unwrap_or("-")),
             path = %q(l.uri.path_and_query().map_or("/", |p| p.as_str())),
             status = self.status,

@@ -112,6 +112,12 @@ async fn handle_in(
             upstream_header_ms: None,
             trace_id: trace.map(|t| t.trace_id_hex()),
             upstream_protocol: None,
+            protocol: match version {
+                http::Version::HTTP_2 => "h2",
+                http::Version::HTTP_3 => "h3",
+                http::Version::HTTP_10 => "http/1.0",
+                _ => "http/1.1",
+            },
             grpc_status: None,
         })
     });

@@ -83,7 +83,11 @@ impl Quic {
                 quinn::IdleTimeout::try_from(l.idle_timeout)
                     .map_err(|_| "idle_timeout is too long for QUIC".to_string())?,
             ));
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let crypto: Arc<dyn quinn::crypto::ServerConfig> = Arc::new(crypto);
+        let mut config = match token_key() {
+            Some(key) => quinn::ServerConfig::new(crypto, key),
+            None => quinn::ServerConfig::with_crypto(crypto),
+        };
         config
             .transport_config(Arc::new(transport))
             .migration(true)
@@ -107,6 +111,23 @@ impl Quic {
                 .with_label_values(&[&l.name]),
         })
     }
+}
+
+/// The key Retry and address-validation tokens are sealed with: one for the life of
+/// the process, so that a token given out before a reload is still good after it.
+/// `None` if the system gave no random bytes (each generation then has its own).
+fn token_key() -> Option<Arc<dyn quinn::crypto::HandshakeTokenKey>> {
+    static KEY: std::sync::OnceLock<Option<Arc<ring::hkdf::Prk>>> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut secret = [0u8; 64];
+        ring::rand::SystemRandom::new().fill(&mut secret).ok()?;
+        Some(Arc::new(
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&secret),
+        ))
+    });
+    key.clone()
+        .map(|k| k as Arc<dyn quinn::crypto::HandshakeTokenKey>)
 }
 
 /// Resumable sessions kept per listener for 0-RTT.
