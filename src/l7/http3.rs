@@ -102,7 +102,9 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
                     let task = async move {
                         crate::side::first(request(resolver, ctx, early), cut.cancelled()).await;
                     };
-                    tracker.spawn(task.instrument(span));
+                    // Boxed: the request's future is large, and a task's future
+                    // is moved on its way in; only a pointer moves.
+                    tracker.spawn(Box::pin(task.instrument(span)));
                 }
                 // GOAWAY sent or received, and every request answered.
                 Ok(None) => break,
