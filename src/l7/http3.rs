@@ -90,6 +90,10 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
     // Whether the handshake is done: a request accepted before it may be a replay of
     // early data (a replayed connection never completes its handshake).
     let (handshake_done, done) = tokio::sync::watch::channel(confirmed.is_none());
+    // Made once, not per request: each holds a timer or a waiter.
+    let idle = idle(&ctx, settings.idle_timeout);
+    let (drained, cut_off) = (drain.cancelled(), cut.cancelled());
+    tokio::pin!(idle, drained, cut_off);
     loop {
         tokio::select! {
             // A request that arrived before the handshake completed is seen first.
@@ -129,12 +133,12 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
                 }
                 let _ = handshake_done.send(true);
             }
-            _ = drain.cancelled(), if !draining => {
+            _ = &mut drained, if !draining => {
                 draining = true;
                 debug!("draining: GOAWAY sent");
                 let _ = h3.shutdown(1).await;
             }
-            _ = idle(&ctx, settings.idle_timeout), if !draining => {
+            _ = &mut idle, if !draining => {
                 draining = true;
                 debug!("no request for idle_timeout: GOAWAY sent");
                 let _ = h3.shutdown(1).await;
@@ -142,7 +146,7 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
             // After GOAWAY, once the requests in flight are answered (a client need
             // not close the connection itself).
             _ = answered(&ctx), if draining => break,
-            _ = cut.cancelled() => {
+            _ = &mut cut_off => {
                 conn.close(NO_ERROR.into(), b"");
                 return;
             }
