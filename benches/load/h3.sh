@@ -7,6 +7,7 @@
 #
 #   bash benches/load/h3.sh
 #   DURATION=30s REPEATS=3 bash benches/load/h3.sh
+#   FEATURES=aws-lc-rs bash benches/load/h3.sh   # fulcrum built with cargo features
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,7 +21,7 @@ need nginx nginx-light
 need openssl openssl
 need taskset util-linux
 
-cargo build --release --quiet
+cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
 FULCRUM=$PWD/target/release/fulcrum
 LOAD=$(cargo bench --bench h3_load --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*h3_load[^"]*"' | cut -d'"' -f4 | tail -1)

@@ -12,6 +12,8 @@
 #   DURATION=30s bash benches/load/run.sh
 #   MODES="keepalive h2c" bash benches/load/run.sh
 #   REPEATS=3 bash benches/load/run.sh   # three interleaved runs, medians
+#   FEATURES=aws-lc-rs MODES="tls-close tls-keepalive" bash benches/load/run.sh
+#                                         # fulcrum built with cargo features
 #
 # The proxy under test is pinned to CPU 0; wrk and the backend share CPU 1. On a
 # 2-core machine the load generator can be the limit, so besides req/s the table gives
@@ -42,7 +44,7 @@ need h2load nghttp2-client
 need iperf3 iperf3
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { apt-get update -qq && apt-get install -y -qq libnginx-mod-stream >/dev/null; }
 
-cargo build --release --quiet
+cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
 FULCRUM=$PWD/target/release/fulcrum
 
 WORK=$(mktemp -d /tmp/fulcrum-load.XXXXXX)

@@ -120,8 +120,7 @@ pub(super) fn fallback_certificate(names: &[String]) -> Result<Arc<CertifiedKey>
 
 fn certified(cert: rcgen::Certificate, key: &rcgen::KeyPair) -> Result<Arc<CertifiedKey>, String> {
     let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let signing =
-        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    let signing = crate::tls::signing_key(&der).map_err(|e| e.to_string())?;
     Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
         signing,

@@ -248,7 +248,7 @@ pub fn certified(chain: Vec<CertificateDer<'static>>, key: &PrivateKeyDer<'_>) -
     if chain.is_empty() {
         return None;
     }
-    let signing = rustls::crypto::ring::sign::any_supported_type(key).ok()?;
+    let signing = crate::tls::signing_key(key).ok()?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match().ok()?;
     let (_, not_after) = crate::tls::certificate_expiry(&ck)?;

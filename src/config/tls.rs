@@ -159,7 +159,7 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            let signing = match rustls::crypto::ring::sign::any_supported_type(&private) {
+            let signing = match crate::tls::signing_key(&private) {
                 Ok(s) => s,
                 Err(e) => {
                     self.err(

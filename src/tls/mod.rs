@@ -209,10 +209,31 @@ impl ResolvesServerCert for ByChallenge {
     }
 }
 
+/// The cryptography of every TLS session fulcrum makes or takes: ring, or aws-lc-rs
+/// in a build with the `aws-lc-rs` feature.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
+/// A private key made into what signs handshakes, with [`provider`]'s cryptography.
+pub fn signing_key(
+    key: &rustls::pki_types::PrivateKeyDer<'_>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    #[cfg(feature = "aws-lc-rs")]
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(key);
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let signing = rustls::crypto::ring::sign::any_supported_type(key);
+    signing
+}
+
 /// The configuration for `acme-tls/1` handshakes: only the challenge certificates,
 /// only that protocol. The connection ends after the handshake.
 pub fn challenge_config(certs: ChallengeCerts) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
@@ -258,7 +279,7 @@ pub fn server_config(
     live: Live,
     tickets: Option<Arc<tickets::Ticketer>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V13 => &[&rustls::version::TLS13],
@@ -334,7 +355,7 @@ impl BackendTls {
                 }
             }
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -406,7 +427,7 @@ pub fn outbound_connector(
     if roots.is_empty() && !allow_http {
         return Err("no root certificates found".into());
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
