@@ -2,10 +2,13 @@
 //! request loop over either protocol, so that the two are compared with one client.
 //!
 //!   h3_load h3|h2 ADDR NAME CA.pem CONNECTIONS STREAMS SECS PATH
+//!   h3_load hold-h3|hold-h2 ADDR NAME CA.pem CONNECTIONS SECS
 //!
 //! Opens CONNECTIONS connections to ADDR (TLS with server name NAME, trusting the CA
 //! in CA.pem), keeps STREAMS GETs of PATH in flight on each for SECS seconds, and
-//! prints "requests N failed F bytes B seconds S req/s R MiB/s M". Without arguments
+//! prints "requests N failed F bytes B seconds S req/s R MiB/s M". `hold-*` opens
+//! CONNECTIONS connections, makes one request of `/` on each, prints "held N" and
+//! keeps them open and idle for SECS seconds. Without arguments
 //! (as `cargo bench` runs it) it prints its usage and exits.
 
 use std::net::SocketAddr;
@@ -198,13 +201,75 @@ async fn run(l: Load) {
     );
 }
 
+/// Opens `n` connections, one request on each, and holds them for `secs`.
+async fn hold(h3: bool, (addr, name, ca): (SocketAddr, &str, &str), n: usize, secs: u64) {
+    let uri: http::Uri = format!("https://{name}/").parse().expect("a URI");
+    let mut kept: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let endpoint = h3.then(|| {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls(ca, b"h3")))
+            .expect("QUIC TLS");
+        let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))
+            .expect("UDP socket");
+        e.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        e
+    });
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls(ca, b"h2")));
+    for _ in 0..n {
+        let req = http::Request::get(uri.clone()).body(()).expect("a request");
+        if let Some(endpoint) = &endpoint {
+            let conn = endpoint.connect(addr, name).expect("connect").await.expect("QUIC");
+            let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+                .await
+                .expect("HTTP/3");
+            let drive = tokio::spawn(async move {
+                let _ = driver.wait_idle().await;
+            });
+            let mut s = send.send_request(req).await.expect("request");
+            s.finish().await.expect("finish");
+            s.recv_response().await.expect("response");
+            while s.recv_data().await.expect("body").is_some() {}
+            kept.push(Box::new((conn, send, drive)));
+        } else {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let server = rustls::pki_types::ServerName::try_from(name.to_string()).expect("a name");
+            let tls = connector.connect(server, tcp).await.expect("TLS");
+            let (send, conn) = h2::client::handshake(tls).await.expect("HTTP/2");
+            let drive = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut send = send.ready().await.expect("ready");
+            let (resp, _) = send.send_request(req, true).expect("request");
+            let mut body = resp.await.expect("response").into_body();
+            while let Some(chunk) = body.data().await {
+                let _ = chunk.expect("body");
+            }
+            kept.push(Box::new((send, drive)));
+        }
+    }
+    println!("held {}", kept.len());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if args.len() == 6 && matches!(args[0].as_str(), "hold-h3" | "hold-h2") {
+        let addr: SocketAddr = args[1].parse().expect("an address");
+        let n: usize = args[4].parse().expect("a number");
+        let secs: u64 = args[5].parse().expect("a number");
+        let target = (addr, args[2].as_str(), args[3].as_str());
+        runtime.block_on(hold(args[0] == "hold-h3", target, n, secs));
+        return;
+    }
     if args.len() != 8 || !matches!(args[0].as_str(), "h3" | "h2") {
         println!("usage: h3_load h3|h2 ADDR NAME CA.pem CONNECTIONS STREAMS SECS PATH");
+        println!("       h3_load hold-h3|hold-h2 ADDR NAME CA.pem CONNECTIONS SECS");
         return;
     }
     let num = |i: usize| -> u64 { args[i].parse().expect("a number") };
@@ -218,9 +283,5 @@ fn main() {
         secs: num(6),
         path: args[7].clone(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     runtime.block_on(run(load));
 }
