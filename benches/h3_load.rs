@@ -217,7 +217,11 @@ async fn hold(h3: bool, (addr, name, ca): (SocketAddr, &str, &str), n: usize, se
     for _ in 0..n {
         let req = http::Request::get(uri.clone()).body(()).expect("a request");
         if let Some(endpoint) = &endpoint {
-            let conn = endpoint.connect(addr, name).expect("connect").await.expect("QUIC");
+            let conn = endpoint
+                .connect(addr, name)
+                .expect("connect")
+                .await
+                .expect("QUIC");
             let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
                 .await
                 .expect("HTTP/3");
