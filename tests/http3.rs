@@ -496,3 +496,59 @@ async fn a_client_that_changes_address_keeps_its_connection() {
     assert!(c.conn.close_reason().is_none());
     f.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_has_its_stream_reset_after_idle_timeout() {
+    let (pki, ca) = pki("stalled");
+    let b = HttpBackend::start("b").await;
+    let config = config(b.addr, "", "").replace(
+        "protocol = \"http\"\n",
+        "protocol = \"http\"\nidle_timeout = \"1s\"\n",
+    );
+    let f = Fulcrum::start_at(&config, &pki.dir.join("f.toml")).await;
+    // Its pings keep the connection alive while it reads nothing.
+    let endpoint = h3::endpoint_pinging(&ca, Duration::from_millis(200));
+    let conn = endpoint
+        .connect(f.addr("web"), "a.test")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut send) = ::h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move { driver.wait_idle().await });
+    let mut stream = send
+        .send_request(h3::get("a.test", &format!("/bytes/{}", 20 << 20)))
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    // The response stalls on flow control; its request ends (and is counted).
+    let admin = f.admin.unwrap();
+    common::eventually("the stalled response is given up", PATIENCE, || async {
+        current(
+            admin,
+            "fulcrum_http_requests_total{code=\"200\",listener=\"web\",upstream=\"app\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
+    // Reading now ends in the reset (H3_REQUEST_CANCELLED), not in 20 MiB.
+    let read = async {
+        stream.recv_response().await?;
+        let mut got = 0usize;
+        while let Some(chunk) = stream.recv_data().await? {
+            got += bytes::Buf::remaining(&chunk);
+        }
+        Ok::<usize, ::h3::error::StreamError>(got)
+    };
+    let read = read.await;
+    assert!(read.is_err(), "the whole body arrived: {read:?}");
+    // The connection itself still serves.
+    let (status, _, _) = h3::send(&mut send, h3::get("a.test", "/next"), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drive.abort();
+    f.stop().await;
+}

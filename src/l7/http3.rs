@@ -275,8 +275,14 @@ async fn request(
             parts.status,
             StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
         );
-    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+    // A client that stops reading grants no more flow-control credit, and a write
+    // would wait for ever: each must make progress within `idle_timeout`, or the
+    // stream is reset (and the upstream request dropped).
+    let stall = settings.idle_timeout;
+    let head = send.send_response(Response::from_parts(parts, ()));
+    if let Err(e) = progress(stall, head).await {
         debug!(error = %e, "HTTP/3 response head not sent");
+        send.stop_stream(::h3::error::Code::H3_REQUEST_CANCELLED);
         return;
     }
     let mut body = std::pin::pin!(body);
@@ -291,20 +297,32 @@ async fn request(
         };
         let sent = match frame.into_data() {
             Ok(data) if data.is_empty() || bodiless => Ok(()),
-            Ok(data) => send.send_data(data).await,
+            Ok(data) => progress(stall, send.send_data(data)).await,
             Err(frame) => match frame.into_trailers() {
-                Ok(trailers) if !bodiless => send.send_trailers(trailers).await,
+                Ok(trailers) if !bodiless => progress(stall, send.send_trailers(trailers)).await,
                 _ => Ok(()),
             },
         };
         if let Err(e) = sent {
-            // The client reset the stream or left: the body (and its upstream
-            // request) is dropped.
+            // The client reset the stream, left, or stopped reading: the body (and
+            // its upstream request) is dropped.
             debug!(error = %e, "HTTP/3 response not delivered");
+            send.stop_stream(::h3::error::Code::H3_REQUEST_CANCELLED);
             return;
         }
     }
     let _ = send.finish().await;
+}
+
+/// A write to the client, given `limit` to complete.
+async fn progress(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), ::h3::error::StreamError>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no progress for {limit:?}")),
+    }
 }
 
 /// A request's `Content-Length`, when it has one valid value.

@@ -25,6 +25,23 @@ pub fn endpoint(ca: &CertificateDer<'static>) -> quinn::Endpoint {
 
 /// As [`endpoint`]; with `early_data`, a resumed connection may send 0-RTT data.
 pub fn endpoint_with(ca: &CertificateDer<'static>, early_data: bool) -> quinn::Endpoint {
+    endpoint_configured(ca, early_data, None)
+}
+
+/// As [`endpoint`], its connections sending a PING every `ping` (kept alive however
+/// idle they are).
+pub fn endpoint_pinging(
+    ca: &CertificateDer<'static>,
+    ping: std::time::Duration,
+) -> quinn::Endpoint {
+    endpoint_configured(ca, false, Some(ping))
+}
+
+fn endpoint_configured(
+    ca: &CertificateDer<'static>,
+    early_data: bool,
+    ping: Option<std::time::Duration>,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -37,8 +54,12 @@ pub fn endpoint_with(ca: &CertificateDer<'static>, early_data: bool) -> quinn::E
     tls.alpn_protocols = vec![b"h3".to_vec()];
     tls.enable_early_data = early_data;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(ping);
+    client.transport_config(Arc::new(transport));
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint.set_default_client_config(client);
     endpoint
 }
 
