@@ -161,3 +161,15 @@ measure_cases() { # $@ cases
   done
   echo
 }
+
+# A CA ($WORK/ca.pem) and an ECDSA P-256 leaf it signs for bench.test ($WORK/site.pem,
+# $WORK/site.key), for clients that verify the chain. Needs WORK.
+ca_and_leaf() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=bench-ca -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj /CN=bench.test -keyout "$WORK/site.key" -out "$WORK/site.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\n' > "$WORK/ext"
+  openssl x509 -req -in "$WORK/site.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+    -CAcreateserial -days 2 -extfile "$WORK/ext" -out "$WORK/site.pem" 2>/dev/null
+}

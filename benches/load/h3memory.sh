@@ -24,13 +24,7 @@ LOAD=$(cargo bench --bench h3_load --no-run --message-format=json 2>/dev/null |
 start_workdir h3memory
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=bench-ca -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -subj /CN=bench.test -keyout "$WORK/site.key" -out "$WORK/site.csr" 2>/dev/null
-printf 'subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\n' > "$WORK/ext"
-openssl x509 -req -in "$WORK/site.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
-  -CAcreateserial -days 2 -extfile "$WORK/ext" -out "$WORK/site.pem" 2>/dev/null
+ca_and_leaf
 backend_nginx "$BACKEND_PORT"
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
