@@ -90,6 +90,7 @@ impl Quic {
         };
         config
             .transport_config(Arc::new(transport))
+            .validation_token_config(validation_tokens())
             .migration(true)
             .max_incoming(MAX_INCOMING)
             .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
@@ -130,6 +131,22 @@ fn token_key() -> Option<Arc<dyn quinn::crypto::HandshakeTokenKey>> {
         .map(|k| k as Arc<dyn quinn::crypto::HandshakeTokenKey>)
 }
 
+/// Address-validation tokens given to clients (NEW_TOKEN) for their next connection:
+/// two per connection, good for a day, each taken once. The log of those taken is one
+/// for the process (it grows to at most 10 MiB), so a reload does not forget it.
+fn validation_tokens() -> quinn::ValidationTokenConfig {
+    static LOG: std::sync::OnceLock<Arc<quinn::BloomTokenLog>> = std::sync::OnceLock::new();
+    let log = LOG.get_or_init(|| Arc::new(quinn::BloomTokenLog::default()));
+    let mut config = quinn::ValidationTokenConfig::default();
+    config
+        .log(log.clone())
+        .lifetime(VALIDATION_TOKEN_LIFETIME)
+        .sent(2);
+    config
+}
+
+const VALIDATION_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Resumable sessions kept per listener for 0-RTT.
 const EARLY_SESSIONS: usize = 16384;
 
@@ -152,14 +169,19 @@ impl rustls::server::ProducesTickets for NoTickets {
     }
 }
 
-/// A running QUIC endpoint.
+/// A QUIC endpoint: serving, or retired (its listener no longer serves HTTP/3 there)
+/// while its connections finish.
 pub(super) struct QuicLoop {
     pub(super) listener: String,
     pub(super) local: SocketAddr,
     endpoint: quinn::Endpoint,
+    /// Cancelled when the endpoint stops accepting: its connections get GOAWAY.
     stop: CancellationToken,
     /// `None` until the server runs.
     task: Option<JoinHandle<()>>,
+    retired: bool,
+    /// See [`next_term`].
+    term: u64,
 }
 
 /// A UDP socket bound for a listener, not serving yet.
@@ -244,15 +266,44 @@ pub(super) fn apply(shared: &Arc<Shared>, new: Vec<NewQuic>, start: bool) -> Res
         .cloned()
         .collect();
     for key in gone {
-        if let Some(l) = loops.remove(&key) {
-            info!(listener = %l.listener, addr = %l.local, "HTTP/3 removed: no longer accepting on UDP");
-            l.stop.cancel();
-            l.endpoint.set_server_config(None);
-        }
+        let Some(l) = loops.get_mut(&key).filter(|l| !l.retired) else {
+            continue;
+        };
+        info!(listener = %l.listener, addr = %l.local, "HTTP/3 removed: no longer accepting on UDP, open connections drain");
+        l.retired = true;
+        l.stop.cancel();
+        l.endpoint.set_server_config(None);
+        // The socket is kept while connections are open on it (and taken up again if
+        // HTTP/3 comes back on this address before they end).
+        let (shared, endpoint, term) = (shared.clone(), l.endpoint.clone(), l.term);
+        tokio::spawn(async move {
+            endpoint.wait_idle().await;
+            let mut loops = shared.quic.lock().unwrap_or_else(|p| p.into_inner());
+            if loops.get(&key).is_some_and(|l| l.retired && l.term == term) {
+                loops.remove(&key);
+            }
+        });
     }
     for (key, l) in loops.iter_mut() {
+        if l.retired {
+            if !wanted.contains_key(key) {
+                continue;
+            }
+            info!(listener = %l.listener, addr = %l.local, "HTTP/3 back on a UDP socket still open");
+            l.retired = false;
+            l.term = next_term();
+            l.stop = shared.stop_accepting.child_token();
+            l.task = None;
+            if let Some(name) = wanted.get(key) {
+                l.listener.clone_from(name);
+            }
+            if start {
+                spawn(shared, key, l);
+            }
+        }
         l.endpoint.set_server_config(config_for(key, &l.listener));
     }
+    let mut failed = Vec::new();
     for n in new {
         let config = config_for(&n.key, &n.listener);
         let endpoint = quinn::Endpoint::new(
@@ -261,23 +312,40 @@ pub(super) fn apply(shared: &Arc<Shared>, new: Vec<NewQuic>, start: bool) -> Res
             n.socket,
             Arc::new(quinn::TokioRuntime),
         )
-        .map_err(|e| format!("listener {:?}: QUIC endpoint: {e}", n.listener))?;
-        let local = endpoint
-            .local_addr()
-            .map_err(|e| format!("listener {:?}: QUIC endpoint: {e}", n.listener))?;
+        .and_then(|e| e.local_addr().map(|local| (e, local)));
+        let (endpoint, local) = match endpoint {
+            Ok(e) => e,
+            Err(e) => {
+                failed.push(format!("listener {:?}: QUIC endpoint: {e}", n.listener));
+                continue;
+            }
+        };
         let mut l = QuicLoop {
             listener: n.listener,
             local,
             endpoint,
             stop: shared.stop_accepting.child_token(),
             task: None,
+            retired: false,
+            term: next_term(),
         };
         if start {
             spawn(shared, &n.key, &mut l);
         }
         loops.insert(n.key, l);
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// Numbers each time an endpoint starts or resumes serving, so that the task that
+/// removes a retired one does not remove it once it serves again.
+fn next_term() -> u64 {
+    static TERMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    TERMS.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Starts the accept loops bound before the server ran.
@@ -307,6 +375,7 @@ pub(super) fn addresses(shared: &Shared) -> Vec<(String, SocketAddr)> {
     let loops = shared.quic.lock().unwrap_or_else(|p| p.into_inner());
     let mut all: Vec<(String, SocketAddr)> = loops
         .values()
+        .filter(|l| !l.retired)
         .map(|l| (l.listener.clone(), l.local))
         .collect();
     all.sort();
@@ -347,19 +416,23 @@ async fn accept_loop(
                 None => break,
             },
         };
-        admit_one(incoming, &key, &name, &shared, (&handshaking, local));
+        admit_one(incoming, &key, &name, &shared, (&handshaking, local), &stop);
     }
-    // New handshakes are refused; the connections open go on.
-    endpoint.set_server_config(None);
+    // New handshakes are refused; the connections open go on. Unless the endpoint
+    // serves again already (HTTP/3 removed, then back).
+    let loops = shared.quic.lock().unwrap_or_else(|p| p.into_inner());
+    if loops.get(&key).is_none_or(|l| l.stop.is_cancelled()) {
+        endpoint.set_server_config(None);
+    }
 }
 
-/// A QUIC handshake, within `timeout`, counted.
+/// A QUIC handshake, done by `deadline`, counted.
 async fn handshake(
     connecting: quinn::Connecting,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
     quic: &Quic,
 ) -> Option<quinn::Connection> {
-    match tokio::time::timeout(timeout, connecting).await {
+    match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(conn)) => {
             quic.ok.inc();
             Some(conn)
@@ -404,6 +477,7 @@ fn admit_one(
     listener: &str,
     shared: &Arc<Shared>,
     (handshaking, endpoint_local): (&Arc<AtomicUsize>, Option<SocketAddr>),
+    stop: &CancellationToken,
 ) {
     let snapshot = shared.current.load_full();
     let generation = snapshot.generation;
@@ -454,6 +528,10 @@ fn admit_one(
     };
     let admitted = entry.access.admits(peer.ip());
     let local_ip = incoming.local_ip();
+    // Early data is acted on only from a client that has shown it receives at its
+    // address (a Retry, or a token from an earlier connection): else its source
+    // address, which the access rules judge, could be anyone's.
+    let validated = incoming.remote_address_validated();
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
@@ -477,7 +555,9 @@ fn admit_one(
         cut: shared.cut.clone(),
         tracker: shared.tracker.clone(),
     };
-    let drain = shared.stop_accepting.clone();
+    // GOAWAY when the endpoint stops accepting: at shutdown, or when its listener no
+    // longer serves HTTP/3 there.
+    let drain = stop.clone();
     let cut = shared.cut.clone();
     let span = tracing::info_span!(
         "conn",
@@ -487,11 +567,12 @@ fn admit_one(
         tls.alpn = "h3",
     );
     let timeout = entry.header_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let work = async move {
         let Some(quic) = entry.tls.as_ref().and_then(|t| t.quic.as_ref()) else {
             return;
         };
-        let (conn, confirmed) = if quic.zero_rtt {
+        let (conn, confirmed) = if quic.zero_rtt && validated {
             // Serving starts at once: requests sent as early data are read before
             // the handshake is done, and the engine is told which ones they are.
             match connecting.into_0rtt() {
@@ -500,7 +581,7 @@ fn admit_one(
                     let confirmed: l7::Confirmation = Box::pin(async move {
                         // It resolves once the handshake completes or the connection
                         // fails (its value says whether early data was taken).
-                        let ok = tokio::time::timeout(timeout, accepted).await.is_ok()
+                        let ok = tokio::time::timeout_at(deadline, accepted).await.is_ok()
                             && seen.close_reason().is_none();
                         drop(counted);
                         if let Some(q) = entry.tls.as_ref().and_then(|t| t.quic.as_ref()) {
@@ -513,7 +594,7 @@ fn admit_one(
                     });
                     (conn, Some(confirmed))
                 }
-                Err(connecting) => match handshake(connecting, timeout, quic).await {
+                Err(connecting) => match handshake(connecting, deadline, quic).await {
                     Some(conn) => {
                         drop(counted);
                         record_sni(&conn);
@@ -523,7 +604,7 @@ fn admit_one(
                 },
             }
         } else {
-            match handshake(connecting, timeout, quic).await {
+            match handshake(connecting, deadline, quic).await {
                 Some(conn) => {
                     drop(counted);
                     record_sni(&conn);

@@ -42,6 +42,34 @@ fn endpoint_configured(
     early_data: bool,
     ping: Option<std::time::Duration>,
 ) -> quinn::Endpoint {
+    let crypto = client_crypto(ca, early_data);
+    let mut client = quinn::ClientConfig::new(crypto);
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(ping);
+    client.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    endpoint
+}
+
+/// An endpoint as [`endpoint_with`] sending early data, and a second client
+/// configuration sharing its TLS sessions (so it resumes with 0-RTT too) but keeping
+/// no address-validation tokens: it never proves its address before its handshake.
+pub fn early_data_with_and_without_tokens(
+    ca: &CertificateDer<'static>,
+) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let crypto = client_crypto(ca, true);
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto.clone()));
+    let mut tokenless = quinn::ClientConfig::new(crypto);
+    tokenless.token_store(Arc::new(quinn::NoneTokenStore));
+    (endpoint, tokenless)
+}
+
+fn client_crypto(
+    ca: &CertificateDer<'static>,
+    early_data: bool,
+) -> Arc<quinn::crypto::rustls::QuicClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -53,14 +81,7 @@ fn endpoint_configured(
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     tls.enable_early_data = early_data;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(ping);
-    client.transport_config(Arc::new(transport));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(client);
-    endpoint
+    Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap())
 }
 
 impl H3 {
