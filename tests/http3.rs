@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use common::h3::{self, H3};
 use common::http::*;
 use common::metrics::{current, scrape};
@@ -263,6 +263,14 @@ async fn a_reload_keeps_an_open_connection_and_applies_to_its_next_request() {
         .downcast::<Vec<CertificateDer<'static>>>()
         .unwrap();
     assert_ne!(leaf[0], old_leaf[0]);
+    // An upload in flight on the old connection, across the next two reloads.
+    let upload = Request::post("https://a.test/echo").body(()).unwrap();
+    let mut held = c.send.send_request(upload).await.unwrap();
+    held.send_data(Bytes::from_static(b"held ")).await.unwrap();
+    common::eventually("the upload reaches the backend", PATIENCE, || async {
+        b.requests().iter().any(|s| s.uri.ends_with("/echo"))
+    })
+    .await;
     // Turning HTTP/3 off stops new QUIC connections.
     std::fs::write(&file, config(b.addr, "", "").replace("http3 = true\n", "")).unwrap();
     handle.reload().await.unwrap();
@@ -273,6 +281,35 @@ async fn a_reload_keeps_an_open_connection_and_applies_to_its_next_request() {
         !matches!(refused, Ok(Ok(_))),
         "a QUIC connection was accepted"
     );
+    // Back on while the old connection still drains: the same socket serves again
+    // (a second one bound beside it would take some of the new clients and refuse
+    // them), so every new connection is accepted.
+    std::fs::write(&file, config(b.addr, "", "")).unwrap();
+    handle.reload().await.unwrap();
+    assert_eq!(handle.quic_addrs("web"), vec![addr]);
+    for _ in 0..8 {
+        let fresh = tokio::time::timeout(PATIENCE, H3::try_connect(addr, "a.test", &ca)).await;
+        let mut fresh = fresh
+            .expect("no handshake")
+            .expect("a QUIC connection refused");
+        assert_eq!(fresh.get("a.test", "/").await.0, StatusCode::OK);
+    }
+    // The upload ends and is answered; the old connection, told to go away when
+    // HTTP/3 was turned off, is then closed.
+    held.send_data(Bytes::from_static(b"then done"))
+        .await
+        .unwrap();
+    held.finish().await.unwrap();
+    let resp = held.recv_response().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut echoed = Vec::new();
+    while let Some(mut chunk) = held.recv_data().await.unwrap() {
+        echoed.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert_eq!(echoed, b"held then done");
+    tokio::time::timeout(PATIENCE, c.conn.closed())
+        .await
+        .expect("the old connection was not closed after GOAWAY");
     tx.send(()).unwrap();
     run.await.unwrap();
 }
@@ -372,6 +409,47 @@ async fn garbage_datagrams_get_nothing_back_and_the_listener_keeps_serving() {
     f.stop().await;
 }
 
+/// Sends a GET and a POST as early data on a connection still in its handshake (0-RTT)
+/// and waits for both answers and the handshake: true if the early data was taken.
+async fn early_get_and_post(
+    conn: quinn::Connection,
+    accepted: quinn::ZeroRttAccepted,
+    tag: &str,
+) -> bool {
+    let (mut driver, send) = ::h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move { driver.wait_idle().await });
+    let (mut get_sender, mut post_sender) = (send.clone(), send.clone());
+    let post = Request::post(format!("https://a.test/{tag}-post"))
+        .body(())
+        .unwrap();
+    let (got, posted) = tokio::join!(
+        h3::send(
+            &mut get_sender,
+            h3::get("a.test", &format!("/{tag}-get")),
+            Bytes::new()
+        ),
+        h3::send(&mut post_sender, post, Bytes::from_static(b"once")),
+    );
+    assert_eq!(got.unwrap().0, StatusCode::OK);
+    assert_eq!(posted.unwrap().0, StatusCode::OK);
+    let taken = accepted.await;
+    drive.abort();
+    taken
+}
+
+/// The `Early-Data` field the backend saw on the request to `path`.
+fn early_data_seen(b: &HttpBackend, path: &str) -> Option<http::HeaderValue> {
+    b.requests()
+        .iter()
+        .find(|s| s.uri.ends_with(path))
+        .unwrap_or_else(|| panic!("{path} not forwarded"))
+        .headers
+        .get("early-data")
+        .cloned()
+}
+
 #[tokio::test]
 async fn early_data_is_acted_on_for_safe_requests_only_and_only_when_enabled() {
     for enabled in [true, false] {
@@ -380,8 +458,9 @@ async fn early_data_is_acted_on_for_safe_requests_only_and_only_when_enabled() {
         let extra = if enabled { "http3_0rtt = true" } else { "" };
         let f = Fulcrum::start_at(&config(b.addr, extra, ""), &pki.dir.join("f.toml")).await;
         let addr = f.addr("web");
-        let endpoint = h3::endpoint_with(&ca, true);
-        // A first visit: a full handshake, and a session ticket to resume with.
+        let (endpoint, tokenless) = h3::early_data_with_and_without_tokens(&ca);
+        // A first visit: a full handshake, session tickets to resume with and tokens
+        // that prove the client's address next time.
         {
             let conn = endpoint.connect(addr, "a.test").unwrap().await.unwrap();
             let (mut driver, mut send) = ::h3::client::new(h3_quinn::Connection::new(conn.clone()))
@@ -394,40 +473,36 @@ async fn early_data_is_acted_on_for_safe_requests_only_and_only_when_enabled() {
             conn.close(0u32.into(), b"");
             drive.abort();
         }
+        // Resuming without a token: the early data is taken, but nothing is acted on
+        // before the handshake proves the client's address (else anyone's address
+        // could be claimed past the access rules).
+        let without = endpoint
+            .connect_with(tokenless, addr, "a.test")
+            .unwrap()
+            .into_0rtt();
+        match without {
+            Ok((conn, accepted)) => {
+                assert!(enabled, "early data offered without http3_0rtt");
+                assert!(early_get_and_post(conn, accepted, "tokenless").await);
+                assert_eq!(early_data_seen(&b, "/tokenless-get"), None);
+                assert_eq!(early_data_seen(&b, "/tokenless-post"), None);
+            }
+            Err(connecting) => {
+                assert!(!enabled, "no early data offered with http3_0rtt");
+                connecting.await.unwrap();
+            }
+        }
+        // Resuming with a token: a GET goes on at once, marked; a POST waits for the
+        // handshake.
         match endpoint.connect(addr, "a.test").unwrap().into_0rtt() {
             Ok((conn, accepted)) => {
                 assert!(enabled, "early data offered without http3_0rtt");
-                let (mut driver, send) = ::h3::client::new(h3_quinn::Connection::new(conn.clone()))
-                    .await
-                    .unwrap();
-                let drive = tokio::spawn(async move { driver.wait_idle().await });
-                // Both sent before the handshake is done.
-                let (mut get_sender, mut post_sender) = (send.clone(), send.clone());
-                let post = Request::post("https://a.test/early-post").body(()).unwrap();
-                let (got, posted) = tokio::join!(
-                    h3::send(
-                        &mut get_sender,
-                        h3::get("a.test", "/early-get"),
-                        Bytes::new()
-                    ),
-                    h3::send(&mut post_sender, post, Bytes::from_static(b"once")),
+                assert!(
+                    early_get_and_post(conn, accepted, "early").await,
+                    "the early data was refused"
                 );
-                assert_eq!(got.unwrap().0, StatusCode::OK);
-                assert_eq!(posted.unwrap().0, StatusCode::OK);
-                assert!(accepted.await, "the early data was refused");
-                let seen = b.requests();
-                let early = |path: &str| {
-                    seen.iter()
-                        .find(|s| s.uri.ends_with(path))
-                        .unwrap_or_else(|| panic!("{path} not forwarded"))
-                        .headers
-                        .get("early-data")
-                        .cloned()
-                };
-                // The GET went on at once, marked; the POST waited for the handshake.
-                assert_eq!(early("/early-get").unwrap(), "1");
-                assert_eq!(early("/early-post"), None);
-                drive.abort();
+                assert_eq!(early_data_seen(&b, "/early-get").unwrap(), "1");
+                assert_eq!(early_data_seen(&b, "/early-post"), None);
             }
             Err(connecting) => {
                 assert!(!enabled, "no early data offered with http3_0rtt");
@@ -550,5 +625,131 @@ async fn a_client_that_stops_reading_has_its_stream_reset_after_idle_timeout() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
     drive.abort();
+    f.stop().await;
+}
+
+/// A HEADERS frame of HTTP/3 carrying `fields`, QPACK-encoded with the static table only.
+fn headers_frame(fields: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x01, fields.len() as u8 + 2, 0x00, 0x00];
+    frame.extend_from_slice(fields);
+    frame
+}
+
+/// A QUIC variable-length integer read from `rx`.
+async fn read_varint(rx: &mut quinn::RecvStream) -> u64 {
+    let mut first = [0u8; 1];
+    rx.read_exact(&mut first).await.unwrap();
+    let extra = (1usize << (first[0] >> 6)) - 1;
+    let mut rest = [0u8; 7];
+    rx.read_exact(&mut rest[..extra]).await.unwrap();
+    rest[..extra]
+        .iter()
+        .fold(u64::from(first[0] & 0x3f), |n, b| (n << 8) | u64::from(*b))
+}
+
+/// The stream id of the first GOAWAY on the server's control stream (the server's
+/// other unidirectional streams are kept open, not read).
+async fn goaway_id(conn: &quinn::Connection, others: &mut Vec<quinn::RecvStream>) -> u64 {
+    loop {
+        let mut rx = conn.accept_uni().await.unwrap();
+        if read_varint(&mut rx).await != 0x00 {
+            others.push(rx);
+            continue;
+        }
+        loop {
+            let (kind, len) = (read_varint(&mut rx).await, read_varint(&mut rx).await);
+            let mut payload = vec![0u8; len as usize];
+            rx.read_exact(&mut payload).await.unwrap();
+            if kind == 0x07 {
+                let n = payload.len();
+                let mut id = u64::from(payload[0] & 0x3f);
+                for b in &payload[1..n] {
+                    id = (id << 8) | u64::from(*b);
+                }
+                return id;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_on_the_stream_goaway_names_is_rejected_unserved() {
+    let (pki, ca) = pki("goaway-id");
+    let b = HttpBackend::start("b").await;
+    let mut f = Fulcrum::start_at(&config(b.addr, "", ""), &pki.dir.join("f.toml")).await;
+    let endpoint = h3::endpoint(&ca);
+    let conn = endpoint
+        .connect(f.addr("web"), "a.test")
+        .unwrap()
+        .await
+        .unwrap();
+    // HTTP/3 by hand: a control stream with empty SETTINGS...
+    let mut control = conn.open_uni().await.unwrap();
+    control.write_all(&[0x00, 0x04, 0x00]).await.unwrap();
+    // ... stream 0: POST /echo, its upload left open...
+    let (mut first, mut first_rx) = conn.open_bi().await.unwrap();
+    let post = [
+        &[0xd4, 0xd7, 0x51, 0x05][..],
+        b"/echo",
+        &[0x50, 0x06],
+        b"a.test",
+    ]
+    .concat();
+    first.write_all(&headers_frame(&post)).await.unwrap();
+    first.write_all(b"\x00\x04held").await.unwrap();
+    common::eventually("the upload reaches the backend", PATIENCE, || async {
+        !b.requests().is_empty()
+    })
+    .await;
+    // ... and stream 4 opened, nothing sent on it yet (the server learns of a stream
+    // from its first bytes).
+    let (mut second, mut second_rx) = conn.open_bi().await.unwrap();
+    f.begin_stop();
+    let mut others = Vec::new();
+    assert_eq!(goaway_id(&conn, &mut others).await, 4);
+    // A GET on stream 4 now: refused, unserved (the client may send it elsewhere).
+    let get = [&[0xd1, 0xd7, 0xc1, 0x50, 0x06][..], b"a.test"].concat();
+    second.write_all(&headers_frame(&get)).await.unwrap();
+    second.finish().unwrap();
+    match second_rx.read_to_end(1 << 16).await {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code.into_inner(), 0x10b, "not H3_REQUEST_REJECTED")
+        }
+        other => panic!("stream 4 was not rejected: {other:?}"),
+    }
+    // Stream 0 is answered in full.
+    first.write_all(b"\x00\x05 done").await.unwrap();
+    first.finish().unwrap();
+    let answer = first_rx.read_to_end(1 << 20).await.unwrap();
+    assert!(answer.windows(4).any(|w| w == b"held"));
+    assert!(answer.windows(5).any(|w| w == b" done"));
+    assert_eq!(b.requests().len(), 1, "the rejected request was forwarded");
+    let report = f.stop().await;
+    assert_eq!(report.cut, 0);
+    drop(others);
+}
+
+#[tokio::test]
+async fn a_connection_that_ends_takes_its_requests_with_it() {
+    let (pki, ca) = pki("conn-ends");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&config(b.addr, "", ""), &pki.dir.join("f.toml")).await;
+    let c = H3::connect(f.addr("web"), "a.test", &ca).await;
+    let mut sender = c.send.clone();
+    let slow = tokio::spawn(async move {
+        h3::send(&mut sender, h3::get("a.test", "/slow/60000"), Bytes::new()).await
+    });
+    common::eventually("the request reaches the backend", PATIENCE, || async {
+        !b.requests().is_empty()
+    })
+    .await;
+    // The client goes away with its request unanswered: the upstream request is
+    // dropped at once, not when its answer comes a minute later.
+    c.conn.close(0u32.into(), b"bye");
+    common::eventually("the upstream request is dropped", PATIENCE, || async {
+        b.abandoned.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(slow.await.unwrap().is_err());
     f.stop().await;
 }

@@ -6,6 +6,7 @@
 //! runtime's; this module starts once a connection's handshake is done.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -86,25 +87,36 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
             return;
         }
     };
-    let mut draining = false;
+    // GOAWAY: once sent, requests on streams from the `goaway`-th on are refused.
+    let (mut goaway, mut accepted) = (None::<u64>, 0u64);
     // Whether the handshake is done: a request accepted before it may be a replay of
     // early data (a replayed connection never completes its handshake).
     let (handshake_done, done) = tokio::sync::watch::channel(confirmed.is_none());
+    // The connection's requests end with it, whichever way it ends.
+    let ended = cut.child_token();
+    let _end = ended.clone().drop_guard();
+    let streams = Arc::new(Streams::default());
     // Made once, not per request: each holds a timer or a waiter.
-    let idle = idle(&ctx, settings.idle_timeout);
+    let idle = idle(&ctx, &streams, settings.idle_timeout);
     let (drained, cut_off) = (drain.cancelled(), cut.cancelled());
     tokio::pin!(idle, drained, cut_off);
     loop {
         tokio::select! {
             // A request that arrived before the handshake completed is seen first.
             biased;
-            accepted = h3.accept() => match accepted {
+            resolver = h3.accept() => match resolver {
                 Ok(Some(resolver)) => {
-                    let (ctx, cut) = (ctx.clone(), cut.clone());
+                    // Client streams are accepted in the order of their ids.
+                    let refused = goaway.is_some_and(|g| accepted >= g);
+                    accepted += 1;
+                    let (ctx, ended) = (ctx.clone(), ended.clone());
                     let (span, tracker) = (ctx.span.clone(), ctx.tracker.clone());
                     let early = (!*done.borrow()).then(|| done.clone());
+                    let open = Streams::open(&streams);
                     let task = async move {
-                        crate::side::first(request(resolver, ctx, early), cut.cancelled()).await;
+                        let request = request(resolver, ctx, early, refused);
+                        crate::side::first(request, ended.cancelled()).await;
+                        drop(open);
                     };
                     // Boxed: the request's future is large, and a task's future
                     // is moved on its way in; only a pointer moves.
@@ -133,19 +145,25 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
                 }
                 let _ = handshake_done.send(true);
             }
-            _ = &mut drained, if !draining => {
-                draining = true;
+            _ = &mut drained, if goaway.is_none() => {
                 debug!("draining: GOAWAY sent");
-                let _ = h3.shutdown(1).await;
+                goaway = Some(accepted);
+                if !send_goaway(&mut h3, settings.idle_timeout).await {
+                    conn.close(NO_ERROR.into(), b"");
+                    return;
+                }
             }
-            _ = &mut idle, if !draining => {
-                draining = true;
+            _ = &mut idle, if goaway.is_none() => {
                 debug!("no request for idle_timeout: GOAWAY sent");
-                let _ = h3.shutdown(1).await;
+                goaway = Some(accepted);
+                if !send_goaway(&mut h3, settings.idle_timeout).await {
+                    conn.close(NO_ERROR.into(), b"");
+                    return;
+                }
             }
             // After GOAWAY, once the requests in flight are answered (a client need
             // not close the connection itself).
-            _ = answered(&ctx), if draining => break,
+            _ = streams.closed(), if goaway.is_some() => break,
             _ = &mut cut_off => {
                 conn.close(NO_ERROR.into(), b"");
                 return;
@@ -164,24 +182,78 @@ pub async fn serve_quic(accepted: QuicAccepted, serving: Serving, drain: Cancell
     }
 }
 
+/// Sends GOAWAY naming the next request stream as the first not served (h3 counts
+/// one past the last accepted), within `limit`: false if it could not be sent.
+async fn send_goaway(
+    h3: &mut ::h3::server::Connection<h3_quinn::Connection, Bytes>,
+    limit: Duration,
+) -> bool {
+    match tokio::time::timeout(limit, h3.shutdown(1)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            debug!(error = %e, "GOAWAY not sent");
+            false
+        }
+        Err(_) => {
+            debug!("GOAWAY not sent within idle_timeout");
+            false
+        }
+    }
+}
+
+/// A connection's request streams open (accepted, not yet done with), whatever
+/// stage they are at: head, handling, response.
+#[derive(Default)]
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// One stream counted in [`Streams`] while held.
+struct StreamOpen(Arc<Streams>);
+
+impl Streams {
+    fn open(this: &Arc<Streams>) -> StreamOpen {
+        this.open.fetch_add(1, Ordering::Relaxed);
+        StreamOpen(this.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Completes once no stream is open.
+    async fn closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
 /// How long a connection whose requests are all answered stays open after GOAWAY
 /// for its last bytes to be acknowledged, unless the client closes it first.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// Completes once no request is in flight (looked at every 20 ms: only while a
-/// connection drains).
-async fn answered(ctx: &ConnCtx) {
-    while ctx.requests.in_flight() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Completes once no request has been open for `timeout` (a client's pings and other
 /// frames do not count, as on HTTP/2).
-async fn idle(ctx: &ConnCtx, timeout: Duration) {
+async fn idle(ctx: &ConnCtx, streams: &Streams, timeout: Duration) {
     loop {
         let quiet = ctx.requests.quiet();
-        if ctx.requests.in_flight() == 0 && quiet >= timeout {
+        if ctx.requests.in_flight() == 0 && streams.count() == 0 && quiet >= timeout {
             return;
         }
         let left = timeout.saturating_sub(quiet);
@@ -202,11 +274,14 @@ static EARLY_DATA: header::HeaderName = header::HeaderName::from_static("early-d
 
 /// One request stream: its head (within `header_timeout`), the engine's answer, and
 /// the answer's body and trailers written back. `early`: the request was accepted
-/// before the connection's handshake was done, and this says when it is.
+/// before the connection's handshake was done, and this says when it is. `refused`:
+/// it came on a stream GOAWAY said would not be served; it is reset unanswered (the
+/// client may send it again elsewhere).
 async fn request(
     resolver: Resolver,
     ctx: Arc<ConnCtx>,
     early: Option<tokio::sync::watch::Receiver<bool>>,
+    refused: bool,
 ) {
     let settings = &ctx.settings;
     let (req, stream) =
@@ -221,6 +296,13 @@ async fn request(
                 return;
             }
         };
+    if refused {
+        debug!("request after GOAWAY: rejected");
+        let mut stream = stream;
+        stream.stop_sending(::h3::error::Code::H3_REQUEST_REJECTED);
+        stream.stop_stream(::h3::error::Code::H3_REQUEST_REJECTED);
+        return;
+    }
     let (mut send, recv) = stream.split();
     let mut req = req;
     if let Some(mut done) = early {
@@ -238,8 +320,12 @@ async fn request(
                     .status(StatusCode::from_u16(425).unwrap_or(StatusCode::BAD_REQUEST))
                     .body(())
                     .unwrap_or_default();
-                let _ = send.send_response(too_early).await;
-                let _ = send.finish().await;
+                if progress(settings.idle_timeout, send.send_response(too_early))
+                    .await
+                    .is_ok()
+                {
+                    let _ = progress(settings.idle_timeout, send.finish()).await;
+                }
                 return;
             }
         }
@@ -311,7 +397,7 @@ async fn request(
             return;
         }
     }
-    let _ = send.finish().await;
+    let _ = progress(stall, send.finish()).await;
 }
 
 /// A write to the client, given `limit` to complete.
