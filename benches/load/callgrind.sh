@@ -8,6 +8,7 @@
 #   bash benches/load/callgrind.sh                     # fulcrum and HAProxy, keep-alive
 #   MODE=close bash benches/load/callgrind.sh          # a new connection per request
 #   MODE=h2c bash benches/load/callgrind.sh            # h2c, 8 connections x 8 streams
+#   MODE=h2upstream bash benches/load/callgrind.sh     # h2c both sides, 8 x 32 streams, h2c origin
 #   PROXIES=fulcrum REQUESTS=5000 bash benches/load/callgrind.sh
 #   KEEP=1 bash benches/load/callgrind.sh              # keep the callgrind.out files
 #   FULCRUM=/tmp/old/fulcrum PROXIES=fulcrum bash benches/load/callgrind.sh
@@ -44,13 +45,24 @@ fi
 start_workdir callgrind
 [ -n "${KEEP:-}" ] && trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; echo "profiles kept in $WORK" >&2' EXIT
 
-backend_nginx "$BACKEND_PORT"
+if [ "$MODE" = h2upstream ]; then
+  # HTTP/2 to the origin as well: nginx takes h2c with prior knowledge.
+  nginx_conf "$WORK/backend" "keepalive_requests 1000000;
+    server { listen 127.0.0.1:$BACKEND_PORT http2;
+    location / { return 200 'hello from the backend\n'; } }"
+  nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+  PIDS+=($!)
+else
+  backend_nginx "$BACKEND_PORT"
+fi
 
 fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT"
+[ "$MODE" = h2upstream ] && echo 'protocol = "h2c"' >> "$WORK/fulcrum.toml"
 # More top-level sections for fulcrum's file, to count what a feature costs.
 printf '%s\n' "${FULCRUM_EXTRA:-}" >> "$WORK/fulcrum.toml"
 haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]} proto h2
   bind 127.0.0.1:$((PORT[haproxy] + 10))"
+[ "$MODE" = h2upstream ] && sed -i "s/^  server b1 .*/& proto h2/" "$WORK/haproxy.cfg"
 
 nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
   server { listen 127.0.0.1:${PORT[nginx]}; listen 127.0.0.1:$((PORT[nginx] + 10)) http2;
@@ -62,14 +74,15 @@ client() { # $1 url, $2 count
     keepalive) h2load --h1 -n "$2" -c 8 "$1" ;;
     close) h2load --h1 -n "$2" -c 8 -H 'connection: close' "$1" ;;
     h2c) h2load -n "$2" -c 8 -m 8 "$1" ;;
-    *) echo "MODE is keepalive, close or h2c" >&2; exit 2 ;;
+    h2upstream) h2load -n "$2" -c 8 -m 32 "$1" ;;
+    *) echo "MODE is keepalive, close, h2c or h2upstream" >&2; exit 2 ;;
   esac
 }
 
 url_of() { # $1 proxy: HAProxy and nginx take h2c on a port of their own, fulcrum detects it
   local port=${PORT[$1]}
   case "$1/$MODE" in
-    haproxy/h2c | fulcrum/*) ;;
+    haproxy/h2c | haproxy/h2upstream | fulcrum/*) ;;
     haproxy/*) port=$((port + 10)) ;;
     nginx/h2c) port=$((port + 10)) ;;
   esac

@@ -116,14 +116,30 @@ impl H2Pool {
 
     /// A connection with room for one more request, opened with `open` when none has
     /// (`true`: opened for this request).
-    pub async fn stream(
+    pub async fn stream<F>(
         &self,
-        open: impl std::future::Future<Output = Result<Stream, String>>,
+        open: impl FnOnce() -> F,
         how: &Connect<'_>,
-    ) -> Result<(SendRequest<RequestBody>, InFlight, bool), String> {
+    ) -> Result<(SendRequest<RequestBody>, InFlight, bool), String>
+    where
+        F: std::future::Future<Output = Result<Stream, String>>,
+    {
         if let Some((s, f)) = self.pick() {
             return Ok((s, f, false));
         }
+        // Boxed: opening a connection (connect, TLS, handshake) is a large future
+        // that a request on a connection already open never needs to carry.
+        Box::pin(self.open_for_one(open, how)).await
+    }
+
+    async fn open_for_one<F>(
+        &self,
+        open: impl FnOnce() -> F,
+        how: &Connect<'_>,
+    ) -> Result<(SendRequest<RequestBody>, InFlight, bool), String>
+    where
+        F: std::future::Future<Output = Result<Stream, String>>,
+    {
         let _one = self.opening.lock().await;
         if let Some((s, f)) = self.pick() {
             return Ok((s, f, false));
@@ -135,7 +151,7 @@ impl H2Pool {
                 return Ok((s, f, false));
             }
         }
-        let stream = open.await?;
+        let stream = open().await?;
         if let Stream::Tls(t) = &stream {
             if t.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err("the backend did not agree to HTTP/2 (ALPN h2)".into());
@@ -247,11 +263,16 @@ pub(super) fn request(
         ("x-request-id", &added.request_id),
     ] {
         if let Some(v) = value {
-            headers.insert(header::HeaderName::from_static(name), v.clone());
+            let mut v = v.clone();
+            // A value new with every request is sent as a literal never indexed: in
+            // HPACK's dynamic table it would only push out the values that repeat.
+            v.set_sensitive(name == "x-request-id");
+            headers.insert(header::HeaderName::from_static(name), v);
         }
     }
     if let Some(t) = &added.traceparent {
-        if let Ok(v) = HeaderValue::from_bytes(t) {
+        if let Ok(mut v) = HeaderValue::from_bytes(t) {
+            v.set_sensitive(true);
             headers.insert(crate::telemetry::TRACEPARENT.clone(), v);
         }
     }

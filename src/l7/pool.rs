@@ -146,6 +146,12 @@ impl BackendPool {
             1 if !self.idle.is_empty() => return Ok((false, false)),
             _ => {}
         }
+        // Boxed: opening a connection is a large future a known backend never needs.
+        Box::pin(self.learn_alpn(how)).await
+    }
+
+    async fn learn_alpn(&self, how: &super::h2::Connect<'_>) -> Result<(bool, bool), String> {
+        use std::sync::atomic::Ordering;
         let stream = self.open_stream(how.timeout, how.tls).await?;
         let h2 = matches!(&stream, Stream::Tls(t) if t.get_ref().1.alpn_protocol() == Some(b"h2"));
         self.alpn.store(if h2 { 2 } else { 1 }, Ordering::Relaxed);

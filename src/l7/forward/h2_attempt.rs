@@ -49,7 +49,7 @@ pub(super) async fn attempt_h2(
     let started = tokio::time::Instant::now();
     let (mut sender, in_flight, fresh) = match pool
         .h2
-        .stream(pool.open_stream(how.timeout, how.tls), &how)
+        .stream(|| pool.open_stream(how.timeout, how.tls), &how)
         .await
     {
         Ok(s) => s,
