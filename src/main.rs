@@ -12,6 +12,12 @@ use fulcrum::runtime::Server;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
+/// With the `mimalloc` feature: a request's allocations (task cells aligned to 128
+/// bytes among them) cost a fraction of glibc's, for more memory held per connection.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "/etc/fulcrum/fulcrum.toml";
 const DEFAULT_PID_FILE: &str = "/run/fulcrum/fulcrum.pid";
 

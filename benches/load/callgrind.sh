@@ -38,7 +38,7 @@ need nginx nginx-light
 
 # FULCRUM=/path/to/binary measures that build instead (to compare two versions).
 if [ -z "${FULCRUM:-}" ]; then
-  cargo build --release --quiet
+  cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
   FULCRUM=$PWD/target/release/fulcrum
 fi
 

@@ -21,7 +21,7 @@ need nginx nginx-light
 need taskset util-linux
 need curl curl
 
-cargo build --release --quiet
+cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
 FULCRUM=$PWD/target/release/fulcrum
 start_workdir h2upstream
 

@@ -23,7 +23,7 @@ need haproxy haproxy
 need nginx nginx-light
 need python3 python3
 
-cargo build --release --quiet
+cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
 FULCRUM=${FULCRUM:-$PWD/target/release/fulcrum}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LIMIT=$((COUNT + 500))
