@@ -320,7 +320,10 @@ async fn client(
     // The address the client connected to, for PROXY headers fulcrum sends on.
     let mut local = stream.local_addr().ok()?;
     if entry.proxy_protocol {
-        match tokio::time::timeout(entry.header_timeout, proxy_protocol::read(stream)).await {
+        // Boxed: reading a PROXY header takes a buffer that connections of listeners
+        // without one should not carry while they wait for their first bytes.
+        let read = Box::pin(proxy_protocol::read(stream));
+        match tokio::time::timeout(entry.header_timeout, read).await {
             Ok(Ok(header)) => {
                 if let (Some(source), Some(destination)) = (header.source, header.destination) {
                     peer = source;
@@ -359,7 +362,11 @@ async fn client(
             debug!(listener = %name, client.addr = %peer, "denied by the access rules: closed");
             return None;
         }
-        if over_limit(entry.rate_limit.as_ref(), peer, name).await {
+        // Boxed, and only with a rule: a verdict (which may ask Redis) is a large
+        // future that connections waiting for their first bytes should not carry.
+        if entry.rate_limit.is_some()
+            && Box::pin(over_limit(entry.rate_limit.as_ref(), peer, name)).await
+        {
             return None;
         }
     }
