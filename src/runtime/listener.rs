@@ -156,155 +156,154 @@ fn admit_one(
         tls.sni = tracing::field::Empty,
         tls.alpn = tracing::field::Empty,
     );
-    shared.tracker.spawn(async move {
-        let work = async move {
-            let mut stream = stream;
-            let Some((peer, local, admitted, client)) = client(&mut stream, peer, &entry).await
-            else {
-                return;
-            };
-            // The client's address: the TCP peer's, or the one its PROXY header gave.
-            tracing::Span::current().record("client.addr", tracing::field::display(peer));
-            let held = (permits, open, client);
-            let Some(tls) = &entry.tls else {
-                // A plain HTTP connection that has sent nothing holds only this small
-                // future: the engine's state is built once its first bytes arrive.
-                let mut protocol = l7::Protocol::Detect;
-                if let Engine::Http(settings) = &entry.engine {
-                    // `peek`, not `readable`: readiness can be reported before a
-                    // byte is there, and the engine's state would be built early.
-                    // The first bytes also tell HTTP/1 from HTTP/2's preface.
-                    let mut first_bytes = [0u8; 24];
-                    let arrived = {
-                        let first = tokio::time::timeout(
-                            settings.header_timeout,
-                            stream.peek(&mut first_bytes),
-                        );
-                        tokio::pin!(first);
-                        let seen = |r: Result<
-                            std::io::Result<usize>,
-                            tokio::time::error::Elapsed,
-                        >| match r {
+    // The connection's task is built from its parts rather than in an outer `async`
+    // block: such a block would keep a second copy of everything the work captures
+    // for as long as the connection waits for its first bytes.
+    let work = async move {
+        let mut stream = stream;
+        let Some((peer, local, admitted, client)) = client(&mut stream, peer, &entry).await else {
+            return;
+        };
+        // The client's address: the TCP peer's, or the one its PROXY header gave.
+        tracing::Span::current().record("client.addr", tracing::field::display(peer));
+        let held = (permits, open, client);
+        let Some(tls) = &entry.tls else {
+            // A plain HTTP connection that has sent nothing holds only this small
+            // future: the engine's state is built once its first bytes arrive.
+            let mut protocol = l7::Protocol::Detect;
+            if let Engine::Http(settings) = &entry.engine {
+                // `peek`, not `readable`: readiness can be reported before a
+                // byte is there, and the engine's state would be built early.
+                // The first bytes also tell HTTP/1 from HTTP/2's preface.
+                let mut first_bytes = [0u8; 24];
+                let arrived = {
+                    let first = tokio::time::timeout(
+                        settings.header_timeout,
+                        stream.peek(&mut first_bytes),
+                    );
+                    tokio::pin!(first);
+                    let seen =
+                        |r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>| match r {
                             Ok(Ok(n)) if n > 0 => Ok(n),
                             Ok(_) => Err(Some("client_reset")),
                             Err(_) => Err(Some("header_timeout")),
                         };
-                        tokio::select! {
-                            r = &mut first => seen(r),
-                            // Accepted before the drain began: its request may be on its
-                            // way. It gets the drain's linger to arrive, and is served
-                            // (its response closes the connection); closing it at once
-                            // would reset a request the client already sent.
-                            _ = shared_task.stop_accepting.cancelled() => {
-                                match tokio::time::timeout(l7::DRAIN_LINGER, &mut first).await {
-                                    Ok(r) => seen(r),
-                                    Err(_) => Err(None),
-                                }
+                    tokio::select! {
+                        r = &mut first => seen(r),
+                        // Accepted before the drain began: its request may be on its
+                        // way. It gets the drain's linger to arrive, and is served
+                        // (its response closes the connection); closing it at once
+                        // would reset a request the client already sent.
+                        _ = shared_task.stop_accepting.cancelled() => {
+                            match tokio::time::timeout(l7::DRAIN_LINGER, &mut first).await {
+                                Ok(r) => seen(r),
+                                Err(_) => Err(None),
                             }
                         }
-                    };
-                    let n = match arrived {
-                        Ok(n) => n,
-                        Err(reason) => {
-                            debug!(reason = reason.unwrap_or("shutdown"), "no request: closed");
-                            if let Some(reason) = reason {
-                                settings.closed(reason);
-                            }
-                            return;
-                        }
-                    };
-                    protocol = match settings.h2c {
-                        H2c::Detect => l7::Protocol::from_first_bytes(&first_bytes[..n]),
-                        H2c::Only => l7::Protocol::Http2,
-                        H2c::Off => l7::Protocol::Http1,
-                    };
-                }
-                let conn = Conn {
-                    generation,
-                    protocol,
-                    peer,
-                    local,
-                    client_cert: None,
-                    admitted,
-                    held,
+                    }
                 };
-                return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
+                let n = match arrived {
+                    Ok(n) => n,
+                    Err(reason) => {
+                        debug!(reason = reason.unwrap_or("shutdown"), "no request: closed");
+                        if let Some(reason) = reason {
+                            settings.closed(reason);
+                        }
+                        return;
+                    }
+                };
+                protocol = match settings.h2c {
+                    H2c::Detect => l7::Protocol::from_first_bytes(&first_bytes[..n]),
+                    H2c::Only => l7::Protocol::Http2,
+                    H2c::Off => l7::Protocol::Http1,
+                };
+            }
+            let conn = Conn {
+                generation,
+                protocol,
+                peer,
+                local,
+                client_cert: None,
+                admitted,
+                held,
             };
-            // Boxed: a TLS session's state is large, and plain connections should
-            // not carry room for it.
-            Box::pin(async {
-                let handshake = async {
-                    match &tls.challenge {
-                        None => tls.acceptor.accept(stream).await.map(Some),
-                        Some(c) => {
-                            crate::tls::accept_or_challenge(
-                                stream,
-                                tls.acceptor.config().clone(),
-                                c.clone(),
-                            )
-                            .await
-                        }
-                    }
-                };
-                match tokio::time::timeout(tls.handshake_timeout, handshake).await {
-                    Ok(Ok(None)) => {
-                        debug!("TLS-ALPN-01 challenge answered");
-                    }
-                    Ok(Ok(Some(s))) => {
-                        tls.ok.inc();
-                        {
-                            let conn = s.get_ref().1;
-                            let span = tracing::Span::current();
-                            if let Some(sni) = conn.server_name() {
-                                span.record("tls.sni", tracing::field::display(sni));
-                            }
-                            if let Some(alpn) = conn.alpn_protocol() {
-                                span.record(
-                                    "tls.alpn",
-                                    tracing::field::display(String::from_utf8_lossy(alpn)),
-                                );
-                            }
-                        }
-                        let subject = crate::tls::client_subject(s.get_ref().1);
-                        let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());
-                        serve(
-                            s,
-                            Conn {
-                                generation,
-                                protocol,
-                                peer,
-                                local,
-                                client_cert: subject,
-                                admitted,
-                                held,
-                            },
-                            &entry,
-                            &key,
-                            &shared_task,
+            return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
+        };
+        // Boxed: a TLS session's state is large, and plain connections should
+        // not carry room for it.
+        Box::pin(async {
+            let handshake = async {
+                match &tls.challenge {
+                    None => tls.acceptor.accept(stream).await.map(Some),
+                    Some(c) => {
+                        crate::tls::accept_or_challenge(
+                            stream,
+                            tls.acceptor.config().clone(),
+                            c.clone(),
                         )
-                        .await;
-                    }
-                    Ok(Err(e)) => {
-                        tls.failed.inc();
-                        debug!(error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        tls.failed.inc();
-                        debug!("TLS handshake not finished in time: closed");
+                        .await
                     }
                 }
-            })
-            .await;
-        };
-        // Whatever the connection waits on (a handshake, a connect), the end of the
-        // drain time ends it. Everything logged for the connection carries its span.
-        let work = crate::side::first(work, cut.cancelled());
-        if span.is_disabled() {
-            work.await;
-        } else {
-            tracing::Instrument::instrument(work, span).await;
-        }
-    });
+            };
+            match tokio::time::timeout(tls.handshake_timeout, handshake).await {
+                Ok(Ok(None)) => {
+                    debug!("TLS-ALPN-01 challenge answered");
+                }
+                Ok(Ok(Some(s))) => {
+                    tls.ok.inc();
+                    {
+                        let conn = s.get_ref().1;
+                        let span = tracing::Span::current();
+                        if let Some(sni) = conn.server_name() {
+                            span.record("tls.sni", tracing::field::display(sni));
+                        }
+                        if let Some(alpn) = conn.alpn_protocol() {
+                            span.record(
+                                "tls.alpn",
+                                tracing::field::display(String::from_utf8_lossy(alpn)),
+                            );
+                        }
+                    }
+                    let subject = crate::tls::client_subject(s.get_ref().1);
+                    let protocol = l7::Protocol::from_alpn(s.get_ref().1.alpn_protocol());
+                    serve(
+                        s,
+                        Conn {
+                            generation,
+                            protocol,
+                            peer,
+                            local,
+                            client_cert: subject,
+                            admitted,
+                            held,
+                        },
+                        &entry,
+                        &key,
+                        &shared_task,
+                    )
+                    .await;
+                }
+                Ok(Err(e)) => {
+                    tls.failed.inc();
+                    debug!(error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tls.failed.inc();
+                    debug!("TLS handshake not finished in time: closed");
+                }
+            }
+        })
+        .await;
+    };
+    // Whatever the connection waits on (a handshake, a connect), the end of the drain
+    // time ends it. Everything logged for the connection carries its span.
+    let work = crate::side::first(work, cut.cancelled_owned());
+    let work = if span.is_disabled() {
+        futures_util::future::Either::Left(work)
+    } else {
+        futures_util::future::Either::Right(tracing::Instrument::instrument(work, span))
+    };
+    shared.tracker.spawn(work);
 }
 
 /// Who the client is, and whether it may stay: the PROXY header (when the listener
