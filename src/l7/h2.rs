@@ -64,6 +64,10 @@ impl std::fmt::Debug for H2Pool {
     }
 }
 
+/// A connection's sender, the place of a request on it, and whether it was opened
+/// for that request.
+pub(super) type Picked = (SendRequest<RequestBody>, InFlight, bool);
+
 /// How to open a connection.
 pub struct Connect<'a> {
     pub timeout: Duration,
@@ -120,7 +124,7 @@ impl H2Pool {
         &self,
         open: impl FnOnce() -> F,
         how: &Connect<'_>,
-    ) -> Result<(SendRequest<RequestBody>, InFlight, bool), String>
+    ) -> Result<Picked, String>
     where
         F: std::future::Future<Output = Result<Stream, String>>,
     {
@@ -136,7 +140,7 @@ impl H2Pool {
         &self,
         open: impl FnOnce() -> F,
         how: &Connect<'_>,
-    ) -> Result<(SendRequest<RequestBody>, InFlight, bool), String>
+    ) -> Result<Picked, String>
     where
         F: std::future::Future<Output = Result<Stream, String>>,
     {
