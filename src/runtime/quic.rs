@@ -286,17 +286,15 @@ pub(super) fn apply(shared: &Arc<Shared>, new: Vec<NewQuic>, start: bool) -> Res
     }
     for (key, l) in loops.iter_mut() {
         if l.retired {
-            if !wanted.contains_key(key) {
+            let Some(name) = wanted.get(key) else {
                 continue;
-            }
-            info!(listener = %l.listener, addr = %l.local, "HTTP/3 back on a UDP socket still open");
+            };
+            info!(listener = %name, addr = %l.local, "HTTP/3 back on a UDP socket still open");
             l.retired = false;
             l.term = next_term();
             l.stop = shared.stop_accepting.child_token();
             l.task = None;
-            if let Some(name) = wanted.get(key) {
-                l.listener.clone_from(name);
-            }
+            l.listener.clone_from(name);
             if start {
                 spawn(shared, key, l);
             }
