@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::bind::BindKey;
+use super::first_bytes::{Arrived, FirstBytes};
 use super::shared::{RunningLoop, Shared};
 use super::snapshot::{Engine, ListenerEntry};
 use crate::config::H2c;
@@ -159,8 +160,8 @@ fn admit_one(
     // The connection's task is built from its parts rather than in an outer `async`
     // block: such a block would keep a second copy of everything the work captures
     // for as long as the connection waits for its first bytes.
+    let mut stream = stream;
     let work = async move {
-        let mut stream = stream;
         let Some((peer, local, admitted, client)) = client(&mut stream, peer, &entry).await else {
             return;
         };
@@ -172,45 +173,24 @@ fn admit_one(
             // future: the engine's state is built once its first bytes arrive.
             let mut protocol = l7::Protocol::Detect;
             if let Engine::Http(settings) = &entry.engine {
-                // `peek`, not `readable`: readiness can be reported before a
-                // byte is there, and the engine's state would be built early.
-                // The first bytes also tell HTTP/1 from HTTP/2's preface.
+                // A peek, not readiness: readiness can be reported before a byte is
+                // there, and the engine's state would be built early. The first
+                // bytes also tell HTTP/1 from HTTP/2's preface.
                 let mut first_bytes = [0u8; 24];
-                let arrived = {
-                    let first = tokio::time::timeout(
-                        settings.header_timeout,
-                        stream.peek(&mut first_bytes),
-                    );
-                    tokio::pin!(first);
-                    let seen =
-                        |r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>| match r {
-                            Ok(Ok(n)) if n > 0 => Ok(n),
-                            Ok(_) => Err(Some("client_reset")),
-                            Err(_) => Err(Some("header_timeout")),
-                        };
-                    tokio::select! {
-                        r = &mut first => seen(r),
-                        // Accepted before the drain began: its request may be on its
-                        // way. It gets the drain's linger to arrive, and is served
-                        // (its response closes the connection); closing it at once
-                        // would reset a request the client already sent.
-                        _ = shared_task.stop_accepting.cancelled() => {
-                            match tokio::time::timeout(l7::DRAIN_LINGER, &mut first).await {
-                                Ok(r) => seen(r),
-                                Err(_) => Err(None),
-                            }
-                        }
+                let arrived = FirstBytes::new(
+                    &stream,
+                    &mut first_bytes,
+                    settings.header_timeout,
+                    shared_task.stop_accepting.cancelled(),
+                )
+                .await;
+                let Arrived::Bytes(n) = arrived else {
+                    let reason = arrived.closed_reason();
+                    debug!(reason = reason.unwrap_or("shutdown"), "no request: closed");
+                    if let Some(reason) = reason {
+                        settings.closed(reason);
                     }
-                };
-                let n = match arrived {
-                    Ok(n) => n,
-                    Err(reason) => {
-                        debug!(reason = reason.unwrap_or("shutdown"), "no request: closed");
-                        if let Some(reason) = reason {
-                            settings.closed(reason);
-                        }
-                        return;
-                    }
+                    return;
                 };
                 protocol = match settings.h2c {
                     H2c::Detect => l7::Protocol::from_first_bytes(&first_bytes[..n]),

@@ -9,6 +9,7 @@ mod bind;
 mod certificates;
 mod control;
 mod dns;
+mod first_bytes;
 mod listener;
 mod peers;
 mod quic;
