@@ -56,3 +56,4 @@ pub(crate) mod side;
 pub(crate) mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub(crate) mod worker;

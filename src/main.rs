@@ -199,14 +199,16 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>, exe: Option<PathBuf>) -> anyhow
     };
     init_logging(config.global.log_format);
     // One worker: a single-threaded scheduler does the same work without the
-    // cross-thread bookkeeping of work stealing.
-    let mut builder = if config.global.workers == 1 {
+    // cross-thread bookkeeping of work stealing. Thread per core: this thread is
+    // worker 0, the server starts the others, each with a scheduler of its own.
+    let single = config.global.workers == 1 || config.global.thread_per_core();
+    let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
     builder.enable_all();
-    if config.global.workers > 1 {
+    if !single && config.global.workers > 1 {
         builder.worker_threads(config.global.workers);
     }
     let rt = builder.build().context("cannot start the runtime")?;

@@ -129,6 +129,10 @@ fn each_invalid_file_gets_its_message() {
             "fulcrum.toml:2:11: `global.workers` must be between 0 and 1024, got -1",
         ),
         (
+            "[global]\nwork_stealing = \"no\"\n",
+            "fulcrum.toml:2:17: `global.work_stealing` invalid type: string \"no\", expected a boolean",
+        ),
+        (
             "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
              [[listener]]\nname = \"a\"\nbind = \"127.0.0.1:2\"\nprotocol = \"tcp\"\nupstream = \"app\"\n\
              [upstream.app]\nbackends = [{ address = \"127.0.0.1:3\" }]\n",
@@ -366,6 +370,30 @@ fn the_cache_section_is_validated() {
         got.contains("`listener[0].route[0].cache` applies to routes with an `upstream`"),
         "{got}"
     );
+}
+
+#[test]
+fn thread_per_core_needs_work_stealing_off_and_more_than_one_worker() {
+    let parse = |global: &str| {
+        let src = format!(
+            "[global]\n{global}\n[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n\
+             protocol = \"tcp\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{{ address = \"127.0.0.1:2\" }}]\n"
+        );
+        Config::parse(&src, Path::new("fulcrum.toml"))
+            .unwrap()
+            .global
+    };
+    let default = parse("");
+    assert!(default.work_stealing);
+    assert!(!default.thread_per_core());
+    assert!(parse("workers = 4\nwork_stealing = false").thread_per_core());
+    assert_eq!(
+        parse("workers = 4\nwork_stealing = false").worker_count(),
+        4
+    );
+    assert!(!parse("workers = 1\nwork_stealing = false").thread_per_core());
+    assert!(!parse("workers = 4\nwork_stealing = true").thread_per_core());
 }
 
 #[test]

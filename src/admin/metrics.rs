@@ -12,6 +12,7 @@ use prometheus::{
 
 pub const CONNECTIONS_TOTAL: &str = "fulcrum_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
+pub const WORKER_CONNECTIONS_TOTAL: &str = "fulcrum_worker_connections_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "fulcrum_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "fulcrum_http_request_duration_seconds";
 pub const BACKEND_HEALTHY: &str = "fulcrum_backend_healthy";
@@ -64,6 +65,8 @@ pub struct Metrics {
     registry: Registry,
     /// Accepted connections, per listener.
     pub connections_total: IntCounterVec,
+    /// Accepted TCP connections per worker, with thread per core.
+    pub worker_connections_total: IntCounterVec,
     /// Open connections, per listener.
     pub connections_active: IntGaugeVec,
     /// HTTP responses, per listener, upstream and status code.
@@ -208,6 +211,12 @@ impl Metrics {
                 CONNECTIONS_TOTAL,
                 "Accepted connections",
                 &["listener"],
+            ),
+            worker_connections_total: counter_vec(
+                &r,
+                WORKER_CONNECTIONS_TOTAL,
+                "Accepted TCP connections per worker (thread per core only)",
+                &["worker"],
             ),
             connections_active: gauge_vec(
                 &r,

@@ -51,6 +51,10 @@ pub struct Admin {
 pub struct Global {
     /// Runtime worker threads; 0 means one per CPU.
     pub workers: usize,
+    /// `true`: one scheduler whose worker threads steal each other's tasks. `false`:
+    /// thread per core, each worker its own single-threaded scheduler accepting on its
+    /// own `SO_REUSEPORT` socket of every listener address.
+    pub work_stealing: bool,
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -60,6 +64,22 @@ pub struct Global {
     /// How long a TLS session ticket key is the newest (the previous one still opens
     /// tickets); zero: no tickets, resumption from the session cache only.
     pub tls_ticket_rotation: Duration,
+}
+
+impl Global {
+    /// Worker threads: `workers`, or one per CPU when it is 0.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// Whether each worker thread runs its own single-threaded scheduler (thread per
+    /// core): `work_stealing = false` with more than one worker.
+    pub fn thread_per_core(&self) -> bool {
+        !self.work_stealing && self.worker_count() > 1
+    }
 }
 
 pub const DEFAULT_TLS_TICKET_ROTATION: Duration = Duration::from_secs(12 * 3600);
@@ -211,6 +231,7 @@ impl Validator<'_> {
         let Some(g) = g else {
             return Global {
                 workers: DEFAULT_WORKERS,
+                work_stealing: true,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 log_format: LogFormat::Text,
@@ -258,6 +279,7 @@ impl Validator<'_> {
         }
         Global {
             workers,
+            work_stealing: g.work_stealing.unwrap_or(true),
             max_connections,
             shutdown_timeout,
             log_format,

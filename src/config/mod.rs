@@ -154,6 +154,7 @@ impl Config {
             file: PathBuf::new(),
             global: Global {
                 workers: DEFAULT_WORKERS,
+                work_stealing: true,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 log_format: LogFormat::Text,

@@ -42,6 +42,7 @@ pub(super) struct RawGlobal {
     pub access_log: Option<bool>,
     pub watch_config: Option<bool>,
     pub tls_ticket_rotation: Option<Spanned<String>>,
+    pub work_stealing: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

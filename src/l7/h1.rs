@@ -113,6 +113,8 @@ pub struct Conn {
     buf: BytesMut,
     /// Request heads are written from here; its allocation is kept between requests.
     head: Vec<u8>,
+    /// The worker whose event loop the socket is registered with.
+    pub(super) worker: usize,
 }
 
 /// Why an exchange failed.
@@ -209,6 +211,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
+            worker: crate::worker::index(),
         }
     }
 

@@ -30,7 +30,7 @@ pub struct BackendPool {
     /// Identifies the TLS settings the connections were made with (0: plain).
     tls_id: u64,
     /// Idle connections and when they became idle, oldest first.
-    idle: ArrayQueue<(Instant, Conn)>,
+    idle: Idle,
     /// The PROXY header each new connection starts with: set only on a pool private
     /// to one client connection, so that a connection that named one client is never
     /// used for another.
@@ -54,12 +54,64 @@ impl std::fmt::Debug for BackendPool {
     }
 }
 
+/// Idle connections and when they became idle, oldest first.
+type Queue = ArrayQueue<(Instant, Conn)>;
+
+/// Idle connections, in one queue per worker (one queue with work stealing): a worker
+/// takes its own first, then the others' before a new connection is opened.
+struct Idle {
+    queues: Box<[std::sync::OnceLock<Queue>]>,
+    /// The most each queue keeps.
+    capacity: usize,
+}
+
+impl Idle {
+    fn new(capacity: usize) -> Idle {
+        Idle {
+            queues: (0..crate::worker::count())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            capacity,
+        }
+    }
+
+    fn pop(&self) -> Option<(Instant, Conn)> {
+        let own = crate::worker::index() % self.queues.len();
+        let mine = self.queues[own].get().and_then(ArrayQueue::pop);
+        mine.or_else(|| {
+            (1..self.queues.len())
+                .filter_map(|i| self.queues[(own + i) % self.queues.len()].get())
+                .find_map(ArrayQueue::pop)
+        })
+    }
+
+    /// Into the queue of the worker the connection's socket is registered with; the
+    /// connection is closed when that queue is full.
+    fn push(&self, item: (Instant, Conn)) {
+        let home = item.1.worker % self.queues.len();
+        let queue = self.queues[home].get_or_init(|| ArrayQueue::new(self.capacity));
+        let _ = queue.push(item);
+    }
+
+    fn len(&self) -> usize {
+        self.queues
+            .iter()
+            .filter_map(|q| q.get())
+            .map(ArrayQueue::len)
+            .sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl BackendPool {
     pub fn new(addr: SocketAddr, tls_id: u64) -> Self {
         BackendPool {
             addr,
             tls_id,
-            idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
+            idle: Idle::new(MAX_IDLE_PER_BACKEND),
             header: None,
             h2: Default::default(),
             alpn: Default::default(),
@@ -72,7 +124,7 @@ impl BackendPool {
         BackendPool {
             addr: shared.addr,
             tls_id: shared.tls_id,
-            idle: ArrayQueue::new(MAX_IDLE_PRIVATE),
+            idle: Idle::new(MAX_IDLE_PRIVATE),
             header: Some(header),
             h2: Default::default(),
             alpn: Default::default(),
@@ -91,7 +143,7 @@ impl BackendPool {
 
     /// Returns a connection whose response ended cleanly; closed when the pool is full.
     pub fn checkin(&self, conn: Conn) {
-        let _ = self.idle.push((Instant::now(), conn));
+        self.idle.push((Instant::now(), conn));
     }
 
     /// Opens a new connection (and its TLS session, with `tls`) within `timeout`.

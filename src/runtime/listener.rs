@@ -35,9 +35,14 @@ const BACKLOG: i32 = 1024;
 /// and they accept the moment the address arrives. For an address the host holds it
 /// changes nothing.
 pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(listening(addr)?)
+}
+
+/// A listening socket not registered with any scheduler yet.
+fn listening(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = bound(addr, Type::STREAM, Protocol::TCP)?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// A non-blocking socket of `kind` bound to `addr` with the options every listening
@@ -74,6 +79,7 @@ pub(crate) async fn accept_loop(
     name: String,
     stop: CancellationToken,
     shared: Arc<Shared>,
+    counted: Option<prometheus::IntCounter>,
 ) {
     let configured = socket.local_addr().ok();
     loop {
@@ -93,6 +99,9 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        if let Some(c) = &counted {
+            c.inc();
+        }
         admit_one(stream, peer, &key, &name, &shared);
     }
 }
@@ -553,13 +562,28 @@ impl Shared {
         let local = socket.local_addr().unwrap_or(configured);
         let stop = self.stop_accepting.child_token();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        // Thread per core: a socket of its own for every other worker, in the same
+        // SO_REUSEPORT group (bound to the address the first one got, for port 0).
+        // Bound now, with the first: connections that arrive before the loops run
+        // wait in every worker's backlog, not only in the first one's.
+        let others = (1..=self.workers.len())
+            .filter_map(|worker| match listening(local) {
+                Ok(s) => Some((worker, s)),
+                Err(e) => {
+                    warn!(listener = %name, addr = %local, worker, error = %e,
+                        "cannot bind this worker's socket: the other workers take its share");
+                    None
+                }
+            })
+            .collect();
         let mut entry = RunningLoop {
             listener: name,
             local,
             stop,
             task: None,
-            pending: Some(socket),
+            pending: Some((socket, others)),
             fd,
+            others: Vec::new(),
         };
         if start {
             self.spawn_loop(&key, &mut entry);
@@ -569,15 +593,43 @@ impl Shared {
     }
 
     pub(super) fn spawn_loop(self: &Arc<Self>, key: &BindKey, entry: &mut RunningLoop) {
-        if let Some(socket) = entry.pending.take() {
-            tracing::info!(listener = %entry.listener, addr = %entry.local, "listening");
-            entry.task = Some(tokio::spawn(accept_loop(
-                socket,
+        let Some((socket, others)) = entry.pending.take() else {
+            return;
+        };
+        tracing::info!(listener = %entry.listener, addr = %entry.local, "listening");
+        let counted = |worker: usize| {
+            (!self.workers.is_empty()).then(|| {
+                self.metrics
+                    .worker_connections_total
+                    .with_label_values(&[&worker.to_string()])
+            })
+        };
+        entry.task = Some(tokio::spawn(accept_loop(
+            socket,
+            key.clone(),
+            entry.listener.clone(),
+            entry.stop.clone(),
+            self.clone(),
+            counted(0),
+        )));
+        for (worker, socket) in others {
+            let Some(scheduler) = self.workers.get(worker - 1) else {
+                continue;
+            };
+            let (key, name, stop, shared) = (
                 key.clone(),
                 entry.listener.clone(),
                 entry.stop.clone(),
                 self.clone(),
-            )));
+            );
+            let counted = counted(worker);
+            entry.others.push(scheduler.spawn(async move {
+                // Registered with this worker's own event loop.
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => accept_loop(socket, key, name, stop, shared, counted).await,
+                    Err(e) => warn!(error = %e, "cannot register a worker's socket"),
+                }
+            }));
         }
     }
 }

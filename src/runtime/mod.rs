@@ -17,6 +17,7 @@ mod reload;
 mod shared;
 mod snapshot;
 pub mod upgrade;
+mod workers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +48,7 @@ use peers::{start_bgp, start_failover};
 pub use shared::Handle;
 use shared::{notify, RunningLoop, Shared};
 pub use snapshot::Snapshot;
+use workers::Workers;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ pub enum BindError {
     },
     #[error("{0}")]
     Tls(String),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// A server whose listeners are bound: start it with [`Server::run`].
@@ -70,6 +74,8 @@ pub struct Server {
     failover: Option<failover::control::Bound>,
     /// Called once the server serves (after READY=1).
     ready: Option<Box<dyn FnOnce() + Send>>,
+    /// Thread per core: workers 1 to n-1.
+    workers: Workers,
 }
 
 /// How a shutdown went.
@@ -94,6 +100,11 @@ impl Server {
         mut inherited: Option<&mut upgrade::Incoming>,
     ) -> Result<Server, BindError> {
         let metrics = Arc::new(Metrics::new());
+        let workers = if config.global.thread_per_core() {
+            Workers::start(config.global.worker_count() - 1).map_err(BindError::Workers)?
+        } else {
+            Workers::none()
+        };
         let acme = crate::acme::Manager::new(metrics.acme_orders_total.clone());
         let stapler = crate::tls::ocsp::Stapler::new(metrics.tls_ocsp_fetches_total.clone());
         let shared = Arc::new(Shared {
@@ -107,6 +118,7 @@ impl Server {
             clients_by_listener: Mutex::new(HashMap::new()),
             loops: Mutex::new(HashMap::new()),
             quic: Mutex::new(HashMap::new()),
+            workers: workers.handles().to_vec(),
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             cut: CancellationToken::new(),
@@ -198,6 +210,7 @@ impl Server {
             admin,
             failover,
             ready: None,
+            workers,
         })
     }
 
@@ -232,6 +245,7 @@ impl Server {
     /// finish for up to `global.shutdown_timeout`, and cuts the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         let shared = self.shared;
+        let mut workers = self.workers;
         {
             let mut loops = shared.loops.lock().unwrap_or_else(|p| p.into_inner());
             for (key, entry) in loops.iter_mut() {
@@ -328,6 +342,9 @@ impl Server {
             if let Some(task) = l.task {
                 let _ = task.await;
             }
+            for task in l.others {
+                let _ = task.await;
+            }
         }
         shared.health.stop_all();
         shared.dns.stop();
@@ -347,6 +364,7 @@ impl Server {
             }
         };
         quic::close_all(&shared).await;
+        workers.stop();
         background.cancel();
         let speakers = shared.bgp.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(b) = speakers {

@@ -209,6 +209,10 @@ async fn apply(shared: &Arc<Shared>) -> Result<u64, String> {
         }
         .serve_admin(socket);
     }
+    let (was, now) = (&old.config.global, &config.global);
+    if (was.workers, was.work_stealing) != (now.workers, now.work_stealing) {
+        warn!("global.workers and global.work_stealing take effect at a restart or binary upgrade: the running workers stay");
+    }
     info!(generation, changes = %summary(&old.config, &config), "configuration reloaded");
     Ok(generation)
 }

@@ -32,10 +32,15 @@ pub(super) struct RunningLoop {
     pub(super) stop: CancellationToken,
     /// `None` between `Server::bind` and `Server::run`: the socket waits in `pending`.
     pub(super) task: Option<JoinHandle<()>>,
-    pub(super) pending: Option<TcpListener>,
+    /// The socket, and with thread per core the other workers' sockets (not yet
+    /// registered with their workers' event loops).
+    pub(super) pending: Option<(TcpListener, Vec<(usize, std::net::TcpListener)>)>,
     /// The socket's descriptor, for an upgrade to hand over (valid while the loop
     /// runs: the task owns the socket).
     pub(super) fd: std::os::fd::RawFd,
+    /// Thread per core: the accept loops of workers 1 to n-1, each on a socket of its
+    /// own bound to the same address (never handed over: a new process binds its own).
+    pub(super) others: Vec<JoinHandle<()>>,
 }
 
 /// What every accept loop, connection and control path shares.
@@ -56,6 +61,8 @@ pub(crate) struct Shared {
     /// The QUIC endpoints of listeners that serve HTTP/3, by the bind they share
     /// with their TCP socket.
     pub(super) quic: Mutex<HashMap<BindKey, super::quic::QuicLoop>>,
+    /// Thread per core: the schedulers of workers 1 to n-1 (empty with work stealing).
+    pub(super) workers: Vec<tokio::runtime::Handle>,
     /// Every connection task, so that shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Fires when shutdown begins: the accept loops stop and drop their sockets.
