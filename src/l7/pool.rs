@@ -76,6 +76,9 @@ impl Idle {
     }
 
     fn pop(&self) -> Option<(Instant, Conn)> {
+        if let [only] = &self.queues[..] {
+            return only.get().and_then(ArrayQueue::pop);
+        }
         let own = crate::worker::index() % self.queues.len();
         let mine = self.queues[own].get().and_then(ArrayQueue::pop);
         mine.or_else(|| {
@@ -88,7 +91,10 @@ impl Idle {
     /// Into the queue of the worker the connection's socket is registered with; the
     /// connection is closed when that queue is full.
     fn push(&self, item: (Instant, Conn)) {
-        let home = item.1.worker % self.queues.len();
+        let home = match self.queues.len() {
+            1 => 0,
+            n => item.1.worker % n,
+        };
         let queue = self.queues[home].get_or_init(|| ArrayQueue::new(self.capacity));
         let _ = queue.push(item);
     }
