@@ -162,7 +162,7 @@ fn admit_one(
     let span = tracing::info_span!(
         "conn",
         listener = %entry.name,
-        client.addr = tracing::field::Empty,
+        client.addr = %SpanAddr(peer),
         tls.sni = tracing::field::Empty,
         tls.alpn = tracing::field::Empty,
     );
@@ -171,11 +171,14 @@ fn admit_one(
     // for as long as the connection waits for its first bytes.
     let mut stream = stream;
     let work = async move {
-        let Some((peer, local, admitted, client)) = client(&mut stream, peer, &entry).await else {
+        let Some((from, local, admitted, client)) = client(&mut stream, peer, &entry).await else {
             return;
         };
         // The client's address: the TCP peer's, or the one its PROXY header gave.
-        tracing::Span::current().record("client.addr", tracing::field::display(peer));
+        if from != peer {
+            tracing::Span::current().record("client.addr", tracing::field::display(SpanAddr(from)));
+        }
+        let peer = from;
         let held = (permits, open, client);
         let Some(tls) = &entry.tls else {
             // A plain HTTP connection that has sent nothing holds only this small
@@ -293,6 +296,64 @@ fn admit_one(
         futures_util::future::Either::Right(tracing::Instrument::instrument(work, span))
     };
     shared.tracker.spawn(work);
+}
+
+/// A socket address as a connection's span shows it. The span is made for every
+/// connection at the default log level, and its fields are formatted as it is made:
+/// an IPv4 address is written in one piece rather than through the formatting
+/// machinery's calls for every octet.
+struct SpanAddr(SocketAddr);
+
+impl std::fmt::Display for SpanAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SocketAddr::V4(a) = self.0 else {
+            return self.0.fmt(f);
+        };
+        let mut out = Digits {
+            bytes: [0; 21], // "255.255.255.255:65535"
+            len: 0,
+        };
+        for (i, octet) in a.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                out.push(b'.');
+            }
+            out.number(u16::from(octet));
+        }
+        out.push(b':');
+        out.number(a.port());
+        let text = out.bytes.get(..out.len).unwrap_or_default();
+        f.write_str(std::str::from_utf8(text).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+struct Digits {
+    bytes: [u8; 21],
+    len: usize,
+}
+
+impl Digits {
+    fn push(&mut self, byte: u8) {
+        if let Some(b) = self.bytes.get_mut(self.len) {
+            *b = byte;
+            self.len += 1;
+        }
+    }
+
+    fn number(&mut self, mut n: u16) {
+        let mut digits = [0u8; 5];
+        let mut start = digits.len();
+        while start > 0 {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[start..] {
+            self.push(d);
+        }
+    }
 }
 
 /// Who the client is, and whether it may stay: the PROXY header (when the listener
@@ -630,6 +691,28 @@ impl Shared {
                     Err(e) => warn!(error = %e, "cannot register a worker's socket"),
                 }
             }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_as_the_standard_library_writes_them() {
+        for a in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.0.1:80",
+            "127.0.0.1:8080",
+            "192.168.100.9:10001",
+            "1.20.255.0:9",
+            "[::1]:443",
+            "[2001:db8::7]:65535",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(SpanAddr(addr).to_string(), addr.to_string());
         }
     }
 }
