@@ -184,3 +184,34 @@ async fn a_reload_adds_and_removes_every_workers_sockets() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_keeps_its_own_http2_backend_connection() {
+    let backend = common::h2::H2Backend::start("h2").await;
+    let toml = format!(
+        "[global]\nworkers = 2\nwork_stealing = false\nwatch_config = false\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\nupstream = \"app\"\n\
+         [upstream.app]\nprotocol = \"h2c\"\nbackends = [{{ address = \"{}\" }}]\n",
+        backend.addr
+    );
+    let f = Fulcrum::start(&toml).await;
+    let admin = f.admin.expect("admin");
+    // One request after the other, each on a new client connection: a worker's
+    // requests take streams on its own backend connection, opened by its first one.
+    for _ in 0..24 {
+        let resp = raw_exchange(f.addr("web"), GET).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+    let counts = accepted(admin, 2).await;
+    assert!(counts.iter().all(|&c| c > 0.0), "{counts:?}");
+    assert_eq!(backend.calls(), 24);
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one backend connection per worker"
+    );
+    f.stop().await;
+}

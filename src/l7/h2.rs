@@ -33,6 +33,8 @@ struct Conn {
     sender: SendRequest<RequestBody>,
     streams: AtomicUsize,
     limits: Arc<Limits>,
+    /// The worker whose scheduler runs the connection's task.
+    worker: usize,
 }
 
 /// A request in flight on a connection: holds its place until dropped (at the end of
@@ -76,6 +78,16 @@ pub struct Connect<'a> {
     pub keepalive: Duration,
 }
 
+impl Conn {
+    /// Whether a request of this thread takes streams on this connection: with thread
+    /// per core, only the worker that runs the connection's task does (each worker
+    /// keeps connections of its own, so no stream's frames cross threads); with work
+    /// stealing, every thread does.
+    fn mine(&self) -> bool {
+        crate::worker::count() == 1 || self.worker == crate::worker::index()
+    }
+}
+
 impl H2Pool {
     /// Open connections, and the requests in flight on them.
     pub fn counts(&self) -> (usize, usize) {
@@ -88,7 +100,7 @@ impl H2Pool {
     fn pick(&self) -> Option<(SendRequest<RequestBody>, InFlight)> {
         let conns = self.conns.load();
         for c in conns.iter() {
-            if c.sender.is_closed() {
+            if c.sender.is_closed() || !c.mine() {
                 continue;
             }
             let room = c.limits.streams();
@@ -173,7 +185,7 @@ impl H2Pool {
             .load()
             .iter()
             .rev()
-            .find(|c| !c.limits.known() && !c.sender.is_closed())
+            .find(|c| !c.limits.known() && !c.sender.is_closed() && c.mine())
             .map(|c| c.limits.clone());
         match waiting {
             Some(limits) => limits.arrived(within).await,
@@ -214,6 +226,7 @@ impl H2Pool {
             sender,
             streams: AtomicUsize::new(streams),
             limits,
+            worker: crate::worker::index(),
         });
         self.conns.rcu(|list| {
             let mut next: Vec<Arc<Conn>> = list
