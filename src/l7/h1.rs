@@ -113,8 +113,6 @@ pub struct Conn {
     buf: BytesMut,
     /// Request heads are written from here; its allocation is kept between requests.
     head: Vec<u8>,
-    /// The worker whose event loop the socket is registered with.
-    pub(super) worker: usize,
 }
 
 /// Why an exchange failed.
@@ -211,7 +209,6 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
-            worker: crate::worker::index(),
         }
     }
 

@@ -57,8 +57,10 @@ impl std::fmt::Debug for BackendPool {
 /// Idle connections and when they became idle, oldest first.
 type Queue = ArrayQueue<(Instant, Conn)>;
 
-/// Idle connections, in one queue per worker (one queue with work stealing): a worker
-/// takes its own first, then the others' before a new connection is opened.
+/// Idle connections, in one queue per worker (one queue with work stealing). A
+/// connection is opened, used and given back by one worker, whose event loop its
+/// socket is registered with: with thread per core each worker keeps its own, as it
+/// keeps its own HTTP/2 connections.
 struct Idle {
     queues: Box<[std::sync::OnceLock<Queue>]>,
     /// The most each queue keeps.
@@ -75,28 +77,25 @@ impl Idle {
         }
     }
 
-    fn pop(&self) -> Option<(Instant, Conn)> {
-        if let [only] = &self.queues[..] {
-            return only.get().and_then(ArrayQueue::pop);
+    /// The current worker's queue, if it was ever used.
+    fn own(&self) -> Option<&std::sync::OnceLock<Queue>> {
+        match &self.queues[..] {
+            [only] => Some(only),
+            all => all.get(crate::worker::index() % all.len()),
         }
-        let own = crate::worker::index() % self.queues.len();
-        let mine = self.queues[own].get().and_then(ArrayQueue::pop);
-        mine.or_else(|| {
-            (1..self.queues.len())
-                .filter_map(|i| self.queues[(own + i) % self.queues.len()].get())
-                .find_map(ArrayQueue::pop)
-        })
     }
 
-    /// Into the queue of the worker the connection's socket is registered with; the
-    /// connection is closed when that queue is full.
+    fn pop(&self) -> Option<(Instant, Conn)> {
+        self.own()?.get()?.pop()
+    }
+
+    /// The connection is closed when the queue is full.
     fn push(&self, item: (Instant, Conn)) {
-        let home = match self.queues.len() {
-            1 => 0,
-            n => item.1.worker % n,
-        };
-        let queue = self.queues[home].get_or_init(|| ArrayQueue::new(self.capacity));
-        let _ = queue.push(item);
+        if let Some(queue) = self.own() {
+            let _ = queue
+                .get_or_init(|| ArrayQueue::new(self.capacity))
+                .push(item);
+        }
     }
 
     fn len(&self) -> usize {
