@@ -35,6 +35,17 @@ async fn accepted(admin: SocketAddr, workers: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `n` GETs to listener "web" one after the other, each on a new client connection,
+/// all answered 200; both of two workers took some.
+async fn one_after_the_other(f: &Fulcrum, n: usize) {
+    for _ in 0..n {
+        let resp = raw_exchange(f.addr("web"), GET).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+    let counts = accepted(f.admin.expect("admin"), 2).await;
+    assert!(counts.iter().all(|&c| c > 0.0), "{counts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_worker_accepts_and_serves_http_and_tcp() {
     let backend = HttpBackend::start("one").await;
@@ -67,15 +78,8 @@ async fn every_worker_accepts_and_serves_http_and_tcp() {
 async fn each_worker_reuses_its_own_idle_backend_connections() {
     let backend = HttpBackend::start("one").await;
     let f = Fulcrum::start(&config(backend.addr, 2)).await;
-    let admin = f.admin.expect("admin");
-    // One request after the other, each on a new client connection (on either
-    // worker): each worker opens one backend connection and reuses it.
-    for _ in 0..24 {
-        let resp = raw_exchange(f.addr("web"), GET).await;
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    }
-    let counts = accepted(admin, 2).await;
-    assert!(counts.iter().all(|&c| c > 0.0), "{counts:?}");
+    // Each worker opens one backend connection and reuses it.
+    one_after_the_other(&f, 24).await;
     assert_eq!(backend.requests().len(), 24);
     assert_eq!(backend.accepted(), 2, "one backend connection per worker");
     f.stop().await;
@@ -195,15 +199,9 @@ async fn each_worker_keeps_its_own_http2_backend_connection() {
         backend.addr
     );
     let f = Fulcrum::start(&toml).await;
-    let admin = f.admin.expect("admin");
-    // One request after the other, each on a new client connection: a worker's
-    // requests take streams on its own backend connection, opened by its first one.
-    for _ in 0..24 {
-        let resp = raw_exchange(f.addr("web"), GET).await;
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    }
-    let counts = accepted(admin, 2).await;
-    assert!(counts.iter().all(|&c| c > 0.0), "{counts:?}");
+    // A worker's requests take streams on its own backend connection, opened by its
+    // first one.
+    one_after_the_other(&f, 24).await;
     assert_eq!(backend.calls(), 24);
     assert_eq!(
         backend
