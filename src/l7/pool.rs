@@ -77,25 +77,23 @@ impl Idle {
         }
     }
 
-    /// The current worker's queue, if it was ever used.
-    fn own(&self) -> Option<&std::sync::OnceLock<Queue>> {
+    /// The current worker's queue (made at its first use). There is at least one:
+    /// `worker::count()` is never 0.
+    fn own(&self) -> &std::sync::OnceLock<Queue> {
         match &self.queues[..] {
-            [only] => Some(only),
-            all => all.get(crate::worker::index() % all.len()),
+            [only] => only,
+            all => &all[crate::worker::index() % all.len()],
         }
     }
 
     fn pop(&self) -> Option<(Instant, Conn)> {
-        self.own()?.get()?.pop()
+        self.own().get()?.pop()
     }
 
     /// The connection is closed when the queue is full.
     fn push(&self, item: (Instant, Conn)) {
-        if let Some(queue) = self.own() {
-            let _ = queue
-                .get_or_init(|| ArrayQueue::new(self.capacity))
-                .push(item);
-        }
+        let queue = self.own().get_or_init(|| ArrayQueue::new(self.capacity));
+        let _ = queue.push(item);
     }
 
     fn len(&self) -> usize {
