@@ -58,10 +58,24 @@ pub fn request_host(
     };
     // The common case: only `Host`, already in its normal form (a lower-case name, a
     // port that is not the default): taken as it is, nothing parsed or allocated.
-    if uri.authority().is_none() {
-        if let Some(h) = host_header.and_then(|v| already_normal(v, default_port)) {
-            return Ok(Some(h));
+    match (uri.authority(), host_header) {
+        (None, Some(v)) => {
+            if let Some(name_len) = already_normal(v.as_bytes(), default_port) {
+                return Ok(Some(RequestHost {
+                    value: v.clone(),
+                    name_len,
+                }));
+            }
         }
+        // HTTP/2's `:authority` alone, in its normal form: copied, not parsed again.
+        (Some(a), None) => {
+            if let Some(name_len) = already_normal(a.as_str().as_bytes(), default_port) {
+                if let Ok(value) = HeaderValue::from_str(a.as_str()) {
+                    return Ok(Some(RequestHost { value, name_len }));
+                }
+            }
+        }
+        _ => {}
     }
     let from_header = match host_header {
         Some(v) => {
@@ -86,10 +100,10 @@ pub fn request_host(
     }
 }
 
-/// `value` itself when it is a lower-case DNS name or IPv4 address (letters, digits,
-/// `-`, `.`), optionally with a port that is not `default_port`.
-fn already_normal(value: &HeaderValue, default_port: u16) -> Option<RequestHost> {
-    let b = value.as_bytes();
+/// Where the name ends in `b`, when `b` is already a normal authority: a lower-case
+/// DNS name or IPv4 address (letters, digits, `-`, `.`), optionally with a port that
+/// is not `default_port`.
+fn already_normal(b: &[u8], default_port: u16) -> Option<usize> {
     let name_len = b.iter().position(|&c| c == b':').unwrap_or(b.len());
     let (name, port) = b.split_at(name_len);
     let name_ok = !name.is_empty()
@@ -110,10 +124,7 @@ fn already_normal(value: &HeaderValue, default_port: u16) -> Option<RequestHost>
         }
         _ => false,
     };
-    (name_ok && port_ok).then(|| RequestHost {
-        value: value.clone(),
-        name_len,
-    })
+    (name_ok && port_ok).then_some(name_len)
 }
 
 /// Lower case, without user information, with a port only when it is not the default.
@@ -224,6 +235,40 @@ mod tests {
     }
 
     #[test]
+    fn an_authority_alone_is_normalised_like_host() {
+        for (uri, https, want) in [
+            (
+                "http://a.example:8080/x",
+                false,
+                Ok(Some("a.example:8080".into())),
+            ),
+            ("http://a.example:80/x", false, Ok(Some("a.example".into()))),
+            (
+                "https://a.example:443/x",
+                false,
+                Ok(Some("a.example".into())),
+            ),
+            ("http://A.Example/x", false, Ok(Some("a.example".into()))),
+            (
+                "http://10.0.0.1:81/x",
+                false,
+                Ok(Some("10.0.0.1:81".into())),
+            ),
+            ("http://[::1]:81/x", false, Ok(Some("[::1]:81".into()))),
+            (
+                "http://u@a.example/x",
+                false,
+                Err("the request target's authority is not valid"),
+            ),
+        ] {
+            let parsed: Uri = uri.parse().unwrap();
+            let got = request_host(&parsed, &HeaderMap::new(), Version::HTTP_2, https)
+                .map(|o| o.map(|h| h.authority().to_owned()));
+            assert_eq!(got, want, "{uri}");
+        }
+    }
+
+    #[test]
     fn malformed_hosts_are_refused() {
         assert!(host("/x", &["a.example", "b.example"], false).is_err());
         assert!(host("/x", &[], false).is_err());
@@ -249,7 +294,7 @@ mod tests {
             ("[::1]:80", false, false),
             ("a@b", false, false),
         ] {
-            let got = already_normal(&HeaderValue::from_static(v), if https { 443 } else { 80 });
+            let got = already_normal(v.as_bytes(), if https { 443 } else { 80 });
             assert_eq!(got.is_some(), normal, "{v}");
         }
         // Whichever way it is read, the answer is the same.
