@@ -50,7 +50,7 @@ impl Drop for UpstreamBody {
 /// A backend's HTTP/2 response body (trailers included), with the lease and the
 /// request's place on its connection, both held until it ends.
 pub struct Upstream2Body {
-    pub inner: hyper::body::Incoming,
+    pub inner: super::h2::ResponseStream,
     pub in_flight: Option<super::h2::InFlight>,
     pub lease: Option<Lease>,
 }

@@ -80,7 +80,7 @@ pub(super) async fn attempt_h2(
     };
     let req = match h2::request(
         sending.head,
-        request_body,
+        &request_body,
         scheme,
         &lease.backend().host,
         sending.te_trailers,
@@ -95,8 +95,26 @@ pub(super) async fn attempt_h2(
         }
     };
     let sent_at = tokio::time::Instant::now();
+    let exchanging = match h2::send(&mut sender, req, request_body) {
+        Ok(x) => x,
+        Err((e, request_body)) if h2::connection_refused(&e) => {
+            debug!(error = %e, "HTTP/2 connection took no new stream");
+            pool.h2.retire(&in_flight);
+            if !sending.retriable {
+                *body = Some(request_body);
+            }
+            return H2Try::Unsent { fresh };
+        }
+        Err((e, _)) => {
+            debug!(error = %e, "request not expressible in HTTP/2");
+            return H2Try::Failed {
+                error: ProxyError::BadRequest("request not expressible in HTTP/2"),
+                again: false,
+            };
+        }
+    };
     let sent = tokio::select! {
-        r = sender.try_send_request(req) => Ok(r),
+        r = exchanging => Ok(r),
         late = deadline(exchange.body.clone(), sending.body_deadline, f) => Err(late),
     };
     match sent {
@@ -108,28 +126,16 @@ pub(super) async fn attempt_h2(
             error: ProxyError::Timeout(f.timeout),
             again: false,
         },
-        Ok(Ok(response)) => {
+        Ok(Ok((response, pump))) => {
             head_arrived(lease, timings, sent_at, exchange);
-            H2Try::Answered(h2::Answer {
-                response,
-                in_flight,
-            })
+            H2Try::Answered(h2::Answer::new(response, pump, in_flight))
         }
-        Ok(Err(mut e)) => {
-            if let Some(req) = e.take_message() {
-                pool.h2.retire(&in_flight);
-                if !sending.retriable {
-                    *body = Some(req.into_body());
-                }
-                return H2Try::Unsent { fresh };
-            }
-            let e = e.into_error();
-            if let Some(own) = request_body_error(&e) {
-                return H2Try::Failed {
-                    error: own,
-                    again: false,
-                };
-            }
+        Ok(Err(h2::Failed::Body(e))) => H2Try::Failed {
+            error: request_body_error(e.as_ref())
+                .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())),
+            again: false,
+        },
+        Ok(Err(h2::Failed::Backend(e))) => {
             request_failed(f, lease, &e);
             H2Try::Failed {
                 error: ProxyError::Backend(e.to_string()),
@@ -141,8 +147,8 @@ pub(super) async fn attempt_h2(
 }
 
 /// fulcrum's own request body errors, found in an HTTP/2 send's error chain.
-pub(super) fn request_body_error(e: &hyper::Error) -> Option<ProxyError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+pub(super) fn request_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+    let mut source = Some(e);
     while let Some(s) = source {
         if s.is::<crate::l7::request_body::TooLarge>() {
             return Some(ProxyError::BodyTooLarge);
