@@ -31,8 +31,10 @@ mod head;
 mod relay;
 mod upgrade;
 use h2_attempt::*;
-pub(super) use head::X_REQUEST_ID;
 use head::*;
+pub(super) use head::{
+    strip_hop_by_hop, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use relay::*;
 use upgrade::*;
 pub(super) use upgrade::{from_extended_connect, wants_upgrade, FromExtendedConnect};

@@ -328,26 +328,33 @@ pub(super) fn request(
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
     let mut headers = head.headers.clone();
-    strip_connection_fields(&mut headers);
+    // The head has lost its hop-by-hop fields already; an upgrade asked of an `auto`
+    // upstream that turned out to speak HTTP/2 goes as a plain request, and a header
+    // rule may have set one again. The `h2` crate refuses a head with any of them.
+    super::forward::strip_hop_by_hop(&mut headers);
+    // Room for what is added, without growing twice.
+    headers.reserve(6);
     let added = &head.added;
     for (name, value) in [
-        ("x-forwarded-for", &added.forwarded_for),
-        ("x-forwarded-proto", &added.forwarded_proto),
-        ("x-forwarded-host", &added.forwarded_host),
-        ("x-request-id", &added.request_id),
+        (&super::forward::X_FORWARDED_FOR, &added.forwarded_for),
+        (&super::forward::X_FORWARDED_PROTO, &added.forwarded_proto),
+        (&super::forward::X_FORWARDED_HOST, &added.forwarded_host),
     ] {
         if let Some(v) = value {
-            let mut v = v.clone();
-            // A value new with every request is sent as a literal never indexed: in
-            // HPACK's dynamic table it would only push out the values that repeat.
-            v.set_sensitive(name == "x-request-id");
-            headers.insert(header::HeaderName::from_static(name), v);
+            headers.insert(name, v.clone());
         }
+    }
+    if let Some(v) = &added.request_id {
+        // A value new with every request is sent as a literal never indexed: in
+        // HPACK's dynamic table it would only push out the values that repeat.
+        let mut v = v.clone();
+        v.set_sensitive(true);
+        headers.insert(&super::forward::X_REQUEST_ID, v);
     }
     if let Some(t) = &added.traceparent {
         if let Ok(mut v) = HeaderValue::from_bytes(t) {
             v.set_sensitive(true);
-            headers.insert(crate::telemetry::TRACEPARENT.clone(), v);
+            headers.insert(&crate::telemetry::TRACEPARENT, v);
         }
     }
     if te_trailers {
@@ -364,26 +371,6 @@ pub(super) fn request(
     }
     *req.headers_mut() = headers;
     Ok(req)
-}
-
-/// Removes what HTTP/2 forbids in a request (RFC 9113 8.2.2): the `h2` crate refuses
-/// a head with any of them. `te` stays only as `trailers`.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::UPGRADE,
-        header::TRANSFER_ENCODING,
-        header::HeaderName::from_static("keep-alive"),
-        header::HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
-    }
 }
 
 /// Opens a stream for `req` on `sender`, its body (unless empty) to follow. When the
