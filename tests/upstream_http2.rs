@@ -29,6 +29,9 @@ enum Conduct {
     /// Reads the client's first request, then sends a DATA frame on stream 0: a
     /// connection error (RFC 9113 6.1).
     BreakProtocol,
+    /// Answers the first request 200 `ok`, then stops reading the connection (so
+    /// PINGs go unanswered) but keeps it open.
+    Freeze,
 }
 
 struct Backend {
@@ -65,6 +68,7 @@ impl Backend {
                     match conduct(n) {
                         Conduct::Serve => serve(socket, reset_tx, head_tx).await,
                         Conduct::BreakProtocol => break_protocol(socket).await,
+                        Conduct::Freeze => freeze(socket).await,
                     }
                 });
             }
@@ -79,10 +83,14 @@ impl Backend {
     }
 
     fn config(&self) -> String {
+        self.config_with("")
+    }
+
+    fn config_with(&self, extra: &str) -> String {
         format!(
             "[admin]\nbind = \"127.0.0.1:0\"\n\
              [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nupstream = \"app\"\n\
-             [upstream.app]\nprotocol = \"h2c\"\n\
+             [upstream.app]\nprotocol = \"h2c\"\n{extra}\n\
              backends = [{{ address = \"{}\", name = \"b0\" }}]\n",
             self.addr
         )
@@ -116,6 +124,23 @@ async fn serve(
             }
         });
     }
+}
+
+async fn freeze(socket: TcpStream) {
+    let Ok(mut conn) = h2::server::handshake(socket).await else {
+        return;
+    };
+    let Some(Ok((_, mut respond))) = conn.accept().await else {
+        return;
+    };
+    if let Ok(mut tx) = respond.send_response(Response::new(()), false) {
+        let _ = tx.send_data(Bytes::from_static(b"ok"), true);
+    }
+    // Driven a little longer to write the answer out (a request that comes meanwhile
+    // is never answered), then held without being read.
+    let _ = tokio::time::timeout(Duration::from_millis(300), conn.accept()).await;
+    std::future::pending::<()>().await;
+    drop(conn);
 }
 
 async fn break_protocol(mut socket: TcpStream) {
@@ -163,6 +188,16 @@ async fn attempts(f: &Fulcrum, outcome: &str) -> u64 {
     String::from_utf8_lossy(&text)
         .lines()
         .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// fulcrum's open HTTP/2 connections to the backend.
+async fn h2_connections(f: &Fulcrum) -> u64 {
+    let (_, _, text) = common::http::get(f.admin.unwrap(), "/metrics").await;
+    let series = "fulcrum_backend_h2_connections{backend=\"b0\",upstream=\"app\"} ";
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -252,5 +287,44 @@ async fn a_client_that_resets_its_stream_cancels_the_backends() {
         .expect("the backend's stream was reset");
     assert_eq!(reason, Some(Reason::CANCEL));
     driver.abort();
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_backend_stops_answering_pings_is_replaced() {
+    let b = Backend::start(|n| {
+        if n == 0 {
+            Conduct::Freeze
+        } else {
+            Conduct::Serve
+        }
+    })
+    .await;
+    let f = Fulcrum::start(&b.config_with("h2_keepalive = \"1s\"")).await;
+    let web = f.addr("web");
+    let client = h2c_client();
+    let get = || {
+        Request::get(format!("http://{web}/"))
+            .body(empty())
+            .unwrap()
+    };
+    let (status, _, got) = send(&client, get()).await;
+    assert_eq!((status.as_u16(), &got[..]), (200, &b"ok"[..]));
+    assert_eq!(h2_connections(&f).await, 1);
+    // The first connection no longer reads: its PING goes unanswered and the
+    // connection is closed.
+    let mut open = 1;
+    for _ in 0..400 {
+        open = h2_connections(&f).await;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0, "the silent connection is still counted open");
+    // The next request goes on a new one.
+    let (status, _, got) = send(&client, get()).await;
+    assert_eq!((status.as_u16(), &got[..]), (200, &b"ok"[..]));
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
     f.stop().await;
 }
