@@ -267,10 +267,14 @@ impl Conn {
                 }
             }
             loop {
-                match parse_head(&mut self.buf, &head.method) {
-                    Ok(Some(parsed)) => return Poll::Ready(Ok(parsed)),
-                    Ok(None) => {}
-                    Err(why) => return Poll::Ready(Err(Failed::Invalid(why))),
+                // Nothing to parse before the first bytes arrive (the common case on
+                // the poll that sent the request, and on the wake-up that reads it).
+                if !self.buf.is_empty() {
+                    match parse_head(&mut self.buf, &head.method) {
+                        Ok(Some(parsed)) => return Poll::Ready(Ok(parsed)),
+                        Ok(None) => {}
+                        Err(why) => return Poll::Ready(Err(Failed::Invalid(why))),
+                    }
                 }
                 if self.buf.len() >= MAX_HEAD {
                     return Poll::Ready(Err(Failed::Invalid("response head too large")));
