@@ -9,6 +9,7 @@
 #   MODE=close bash benches/load/callgrind.sh          # a new connection per request
 #   MODE=h2c bash benches/load/callgrind.sh            # h2c, 8 connections x 8 streams
 #   MODE=h2upstream bash benches/load/callgrind.sh     # h2c both sides, 8 x 32 streams, h2c origin
+#   MODE=tcp bash benches/load/callgrind.sh            # layer 4: a new connection per request, both sides
 #   PROXIES=fulcrum REQUESTS=5000 bash benches/load/callgrind.sh
 #   KEEP=1 bash benches/load/callgrind.sh              # keep the callgrind.out files
 #   FULCRUM=/tmp/old/fulcrum PROXIES=fulcrum bash benches/load/callgrind.sh
@@ -58,11 +59,17 @@ fi
 
 fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT"
 [ "$MODE" = h2upstream ] && echo 'protocol = "h2c"' >> "$WORK/fulcrum.toml"
+[ "$MODE" = tcp ] && sed -i 's/^protocol = "http"/protocol = "tcp"/' "$WORK/fulcrum.toml"
 # More top-level sections for fulcrum's file, to count what a feature costs.
 printf '%s\n' "${FULCRUM_EXTRA:-}" >> "$WORK/fulcrum.toml"
 haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]} proto h2
   bind 127.0.0.1:$((PORT[haproxy] + 10))"
 [ "$MODE" = h2upstream ] && sed -i "s/^  server b1 .*/& proto h2/" "$WORK/haproxy.cfg"
+if [ "$MODE" = tcp ]; then
+  # Layer 4: bytes relayed, a backend connection for each client connection.
+  sed -i -e 's/^  mode http/  mode tcp/' -e '/http-keep-alive\|http-reuse\|proto h2/d' "$WORK/haproxy.cfg"
+  case " $PROXIES " in *" nginx "*) echo "MODE=tcp measures fulcrum and haproxy" >&2; exit 2 ;; esac
+fi
 
 nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
   server { listen 127.0.0.1:${PORT[nginx]}; listen 127.0.0.1:$((PORT[nginx] + 10)) http2;
@@ -72,10 +79,10 @@ nginx_conf "$WORK/proxy" "upstream backend { server 127.0.0.1:$BACKEND_PORT; kee
 client() { # $1 url, $2 count
   case "$MODE" in
     keepalive) h2load --h1 -n "$2" -c 8 "$1" ;;
-    close) h2load --h1 -n "$2" -c 8 -H 'connection: close' "$1" ;;
+    close | tcp) h2load --h1 -n "$2" -c 8 -H 'connection: close' "$1" ;;
     h2c) h2load -n "$2" -c 8 -m 8 "$1" ;;
     h2upstream) h2load -n "$2" -c 8 -m 32 "$1" ;;
-    *) echo "MODE is keepalive, close, h2c or h2upstream" >&2; exit 2 ;;
+    *) echo "MODE is keepalive, close, h2c, h2upstream or tcp" >&2; exit 2 ;;
   esac
 }
 
