@@ -31,6 +31,8 @@
 //! - `telemetry`: trace context and span export.
 //! - `activity`: bytes moved per connection, for idle timeouts and rates;
 //!   `side`: racing a busy future against rarely firing watchers.
+//! - [`aligned`]: the global allocator, which keeps the 128-byte-aligned blocks of
+//!   tokio's tasks and sockets for reuse on each worker.
 
 // An item no path from the crate's root reaches is `pub(crate)` at most: `pub`
 // means the library's interface (the binary, the integration tests and benches use it).
@@ -39,6 +41,7 @@
 pub mod acme;
 pub(crate) mod activity;
 pub mod admin;
+pub mod aligned;
 pub(crate) mod balance;
 pub mod bgp;
 pub mod cache;

@@ -18,6 +18,12 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Otherwise the system's, with the aligned blocks of tasks and sockets kept for
+/// reuse on each worker ([`fulcrum::aligned`]).
+#[cfg(not(feature = "mimalloc"))]
+#[global_allocator]
+static ALLOCATOR: fulcrum::aligned::Allocator = fulcrum::aligned::Allocator;
+
 const DEFAULT_CONFIG: &str = "/etc/fulcrum/fulcrum.toml";
 const DEFAULT_PID_FILE: &str = "/run/fulcrum/fulcrum.pid";
 
@@ -211,6 +217,11 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>, exe: Option<PathBuf>) -> anyhow
     if !single && config.global.workers > 1 {
         builder.worker_threads(config.global.workers);
     }
+    // The threads that run connections keep aligned blocks for reuse: this one (which
+    // runs them with a single scheduler, and the server's own future otherwise) and
+    // the scheduler's workers, the threads that park (the blocking pool's never do).
+    fulcrum::aligned::cache_this_thread();
+    builder.on_thread_park(fulcrum::aligned::cache_this_thread);
     let rt = builder.build().context("cannot start the runtime")?;
     let code = rt.block_on(async {
         let signals = match Signals::install() {

@@ -45,6 +45,7 @@ impl Workers {
                 .name(format!("fulcrum-w{index}"))
                 .spawn(move || {
                     crate::worker::set_index(index);
+                    crate::aligned::cache_this_thread();
                     runtime.block_on(stop.cancelled());
                     // A blocking task (a name lookup) still running is left behind.
                     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
