@@ -112,6 +112,21 @@ async fn serve(
         tokio::spawn(async move {
             match path.as_str() {
                 "/reset" => respond.send_reset(Reason::INTERNAL_ERROR),
+                "/echo" => {
+                    // The whole body, its window given back as it is read, then sent
+                    // back at the pace the client's window allows.
+                    let mut body = req.into_body();
+                    let mut got = Vec::new();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        got.extend_from_slice(&chunk);
+                    }
+                    if let Ok(mut tx) = respond.send_response(Response::new(()), false) {
+                        let _ = tx.send_data(Bytes::from(got), true);
+                        // Held until sent: the stream's sending side ends with it.
+                        let _ = std::future::poll_fn(|cx| tx.poll_capacity(cx)).await;
+                    }
+                }
                 "/hang" => {
                     let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
                     let _ = resets.send(reason.unwrap_or(Reason::NO_ERROR));
@@ -326,5 +341,25 @@ async fn a_connection_whose_backend_stops_answering_pings_is_replaced() {
     let (status, _, got) = send(&client, get()).await;
     assert_eq!((status.as_u16(), &got[..]), (200, &b"ok"[..]));
     assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_larger_than_every_window_stream_both_ways() {
+    let b = Backend::start(|_| Conduct::Serve).await;
+    let f = Fulcrum::start(&b.config()).await;
+    let web = f.addr("web");
+    // 8 MiB: more than the backend's stream and connection windows (64 KiB by
+    // default), and than fulcrum's own (2 and 5 MiB).
+    let sent = common::http::pattern(8 << 20);
+    for client in [h2c_client(), common::http::client()] {
+        let req = Request::post(format!("http://{web}/echo"))
+            .body(body(sent.clone()))
+            .unwrap();
+        let (status, _, got) = send(&client, req).await;
+        assert_eq!(status, 200);
+        assert_eq!(got.len(), sent.len());
+        assert!(got[..] == sent[..], "the echo differs");
+    }
     f.stop().await;
 }
