@@ -85,6 +85,7 @@ pub(crate) async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => {
+                refuse_new_handshakes(&socket);
                 drain_backlog(&socket, &key, &name, &shared);
                 break;
             }
@@ -103,6 +104,31 @@ pub(crate) async fn accept_loop(
             c.inc();
         }
         admit_one(stream, peer, &key, &name, &shared);
+    }
+}
+
+/// A listener about to close drops the SYNs that reach it from now on, so that no new
+/// connection completes into its queue between the last accept and the close (which
+/// would reset it). Handshakes under way still complete (their ACKs pass). A client
+/// whose SYN was dropped sends it again about a second later, to whatever listens
+/// then: the listener that replaced this one (a reload that moves `127.0.0.1:p` to
+/// `0.0.0.0:p`), or none. A classic socket filter: for TCP it sees the TCP header,
+/// whose byte 13 holds the flags.
+fn refuse_new_handshakes(socket: &TcpListener) {
+    use socket2::SockFilter;
+    const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const SYN: u32 = 0x02;
+    let program = [
+        SockFilter::new(LD_B_ABS, 0, 0, 13),
+        // SYN set: the next instruction (drop); otherwise the one after (keep).
+        SockFilter::new(JSET_K, 0, 1, SYN),
+        SockFilter::new(RET_K, 0, 0, 0),
+        SockFilter::new(RET_K, 0, 0, u32::MAX),
+    ];
+    if let Err(e) = socket2::SockRef::from(socket).attach_filter(&program) {
+        debug!(error = %e, "cannot filter a stopping listener's SYNs");
     }
 }
 
@@ -714,5 +740,35 @@ mod tests {
             let addr: SocketAddr = a.parse().unwrap();
             assert_eq!(SpanAddr(addr).to_string(), addr.to_string());
         }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_listener_takes_no_new_handshake_but_keeps_completed_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Completed before the filter: still in the queue, taken after it.
+        let before = TcpStream::connect(addr).await.unwrap();
+        refuse_new_handshakes(&listener);
+        let (taken, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the queued connection is taken")
+            .unwrap();
+        assert_eq!(taken.peer_addr().unwrap(), before.local_addr().unwrap());
+        // A new SYN is dropped: the connection does not complete (the client would
+        // send it again about a second later).
+        let after =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await;
+        assert!(
+            after.is_err(),
+            "a handshake completed on a stopping listener"
+        );
+        // The connection taken is a socket of its own: its data passes.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut before = before;
+        before.write_all(b"x").await.unwrap();
+        let mut taken = taken;
+        let mut byte = [0u8; 1];
+        taken.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"x");
     }
 }
