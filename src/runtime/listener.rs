@@ -85,7 +85,11 @@ pub(crate) async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => {
-                refuse_new_handshakes(&socket);
+                // Removed by a reload: the socket closes for good. At shutdown it is
+                // left as it is: after an upgrade the next process accepts on it.
+                if !shared.stop_accepting.is_cancelled() {
+                    refuse_new_handshakes(&socket);
+                }
                 drain_backlog(&socket, &key, &name, &shared);
                 break;
             }
