@@ -374,8 +374,8 @@ pub(super) fn request(
 }
 
 /// Opens a stream for `req` on `sender`, its body (unless empty) to follow. When the
-/// connection takes no new stream (closed, or the backend sent GOAWAY), the request
-/// never left: the error comes back with the body.
+/// connection takes no new stream (closed, the backend sent GOAWAY, its stream
+/// identifiers ran out), the request never left: the error comes back with the body.
 pub(super) fn send(
     sender: &mut SendRequest<Bytes>,
     req: Request<()>,
@@ -389,12 +389,6 @@ pub(super) fn send(
         }),
         Err(e) => Err((e, body)),
     }
-}
-
-/// Whether a refused send says the connection is unusable (it is gone, or going),
-/// rather than that the request itself cannot be sent.
-pub(super) fn connection_refused(e: &::h2::Error) -> bool {
-    e.is_io() || e.is_go_away() || e.reason().is_some()
 }
 
 /// A request on its way: its body sent while the response head is awaited.

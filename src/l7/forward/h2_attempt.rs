@@ -97,20 +97,16 @@ pub(super) async fn attempt_h2(
     let sent_at = tokio::time::Instant::now();
     let exchanging = match h2::send(&mut sender, req, request_body) {
         Ok(x) => x,
-        Err((e, request_body)) if h2::connection_refused(&e) => {
+        // The connection takes no new stream: it is gone or going (GOAWAY), or its
+        // stream identifiers ran out. (The head has none of the fields the `h2`
+        // crate refuses, so the request itself is not the cause.)
+        Err((e, request_body)) => {
             debug!(error = %e, "HTTP/2 connection took no new stream");
             pool.h2.retire(&in_flight);
             if !sending.retriable {
                 *body = Some(request_body);
             }
             return H2Try::Unsent { fresh };
-        }
-        Err((e, _)) => {
-            debug!(error = %e, "request not expressible in HTTP/2");
-            return H2Try::Failed {
-                error: ProxyError::BadRequest("request not expressible in HTTP/2"),
-                again: false,
-            };
         }
     };
     let sent = tokio::select! {
