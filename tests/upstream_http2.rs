@@ -52,7 +52,7 @@ impl Drop for Backend {
 
 impl Backend {
     /// The backend's connections behave as `conduct(n)` says for the `n`th one.
-    async fn start(conduct: fn(usize) -> Conduct) -> Backend {
+    async fn start(conduct: impl Fn(usize) -> Conduct + Copy + Send + 'static) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -95,6 +95,11 @@ impl Backend {
             self.addr
         )
     }
+}
+
+/// The first connection behaves as `first` says, the others are served.
+fn first_then_serve(first: Conduct) -> impl Fn(usize) -> Conduct + Copy + Send + 'static {
+    move |n| if n == 0 { first } else { Conduct::Serve }
 }
 
 async fn serve(
@@ -249,14 +254,7 @@ async fn a_stream_the_backend_resets_fails_only_that_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_breaks_http2_fails_the_request_and_is_reconnected() {
-    let b = Backend::start(|n| {
-        if n == 0 {
-            Conduct::BreakProtocol
-        } else {
-            Conduct::Serve
-        }
-    })
-    .await;
+    let b = Backend::start(first_then_serve(Conduct::BreakProtocol)).await;
     let f = Fulcrum::start(&b.config()).await;
     let web = f.addr("web");
     let client = h2c_client();
@@ -307,14 +305,7 @@ async fn a_client_that_resets_its_stream_cancels_the_backends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_whose_backend_stops_answering_pings_is_replaced() {
-    let b = Backend::start(|n| {
-        if n == 0 {
-            Conduct::Freeze
-        } else {
-            Conduct::Serve
-        }
-    })
-    .await;
+    let b = Backend::start(first_then_serve(Conduct::Freeze)).await;
     let f = Fulcrum::start(&b.config_with("h2_keepalive = \"1s\"")).await;
     let web = f.addr("web");
     let client = h2c_client();
