@@ -170,7 +170,7 @@ impl ConnCtx {
 pub enum Protocol {
     Http1,
     Http2,
-    /// Not known yet: hyper reads the first bytes and decides.
+    /// Not known yet: the engine reads the first bytes and decides.
     Detect,
 }
 

@@ -36,6 +36,7 @@ pub(super) use head::{
     strip_hop_by_hop, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use relay::*;
+pub(super) use upgrade::H2Connect;
 use upgrade::*;
 pub(super) use upgrade::{from_extended_connect, wants_upgrade, FromExtendedConnect};
 
@@ -78,7 +79,7 @@ pub(super) async fn forward(
                 .split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
         });
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| client_upgrade(&mut req));
     let up = &f.target.upstream;
     let choice = Choice {
         hash: up

@@ -385,7 +385,7 @@ pub(super) fn send(
     match sender.send_request(req, end) {
         Ok((response, tx)) => Ok(Exchanging {
             response,
-            pump: (!end).then(|| Pump::new(body, tx)),
+            pump: (!end).then(|| Pump::new(body, tx, Reason::CANCEL)),
         }),
         Err(e) => Err((e, body)),
     }
@@ -428,28 +428,34 @@ impl Future for Exchanging {
     }
 }
 
-/// Sends a request body on its stream, chunk by chunk as the backend's flow control
-/// allows, then its trailers or its end. `Err(Some)`: the client's body failed and the
-/// stream was reset; `Err(None)`: the stream ended on the backend's side first.
-pub(super) struct Pump {
-    body: RequestBody,
+/// Sends a body on its stream, chunk by chunk as the peer's flow control allows, then
+/// its trailers or its end: a request body to a backend, or a response body to a
+/// client. `Err(Some)`: the body failed and the stream was reset with `on_error`;
+/// `Err(None)`: the stream ended on the peer's side first.
+pub(super) struct Pump<B = RequestBody> {
+    body: B,
     tx: SendStream<Bytes>,
     /// A chunk read from the body that waits for window to be sent, and whether it is
     /// the body's last.
     waiting: Option<(Bytes, bool)>,
+    on_error: Reason,
 }
 
-impl Pump {
-    fn new(body: RequestBody, tx: SendStream<Bytes>) -> Pump {
+impl<B> Pump<B> {
+    pub(super) fn new(body: B, tx: SendStream<Bytes>, on_error: Reason) -> Pump<B> {
         Pump {
             body,
             tx,
             waiting: None,
+            on_error,
         }
     }
 }
 
-impl Future for Pump {
+impl<B> Future for Pump<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Output = Result<(), Option<BoxError>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -457,7 +463,7 @@ impl Future for Pump {
         loop {
             // Woken by a reset while waiting for the body or for window.
             if let Poll::Ready(r) = this.tx.poll_reset(cx) {
-                debug!(reason = ?r.ok(), "backend reset a request stream");
+                debug!(reason = ?r.ok(), "peer reset a stream being sent");
                 return Poll::Ready(Err(None));
             }
             if let Some((chunk, last)) = this.waiting.take() {
@@ -510,7 +516,7 @@ impl Future for Pump {
                     }
                 },
                 Some(Err(e)) => {
-                    this.tx.send_reset(Reason::CANCEL);
+                    this.tx.send_reset(this.on_error);
                     return Poll::Ready(Err(Some(e)));
                 }
                 None => {

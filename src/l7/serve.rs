@@ -1,4 +1,5 @@
-//! Serving an accepted connection: hyper's HTTP/1.1, HTTP/2 or detecting connection,
+//! Serving an accepted connection: hyper's HTTP/1.1 or the `h2` crate's HTTP/2 (told
+//! apart by ALPN or the first bytes),
 //! watched for idleness, slowness, drain and cut.
 
 use std::convert::Infallible;
@@ -9,7 +10,6 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -23,6 +23,7 @@ use super::access;
 use super::conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Serving};
 use super::request::handle;
 use super::request_body::Inbound;
+use super::serve_h2;
 
 /// Serves one accepted connection until it closes or shutdown ends it: `drain` closes
 /// it after the requests in flight, `cut` at once.
@@ -43,6 +44,81 @@ pub async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    if accepted.protocol != Protocol::Detect {
+        return serve_known(accepted, settings, current, drain, cut, tracker).await;
+    }
+    // Neither ALPN nor the bytes peeked at accept told HTTP/1 from HTTP/2: read on
+    // until they do (at most the preface's 24 bytes), and serve those bytes first.
+    let mut accepted = accepted;
+    let mut first = Vec::with_capacity(H2_PREFACE_LEN);
+    let known = tokio::select! {
+        known = first_bytes(&mut accepted.stream, &mut first) => known,
+        _ = tokio::time::sleep(settings.header_timeout) => {
+            head_timed_out(&settings, accepted.peer, !first.is_empty());
+            return;
+        }
+        _ = cut.cancelled() => return,
+    };
+    let Accepted {
+        stream,
+        peer,
+        local,
+        client_cert,
+        admitted,
+        permits,
+        ..
+    } = accepted;
+    let accepted = Accepted {
+        stream: Prefixed::new(first, stream),
+        protocol: known,
+        peer,
+        local,
+        client_cert,
+        admitted,
+        permits,
+    };
+    Box::pin(serve_known(
+        accepted, settings, current, drain, cut, tracker,
+    ))
+    .await
+}
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 3.4) are this many.
+const H2_PREFACE_LEN: usize = 24;
+
+/// Reads until the first bytes tell the protocol: HTTP/1 as soon as they stop being
+/// the HTTP/2 preface (or the client stops sending), HTTP/2 once all of it came.
+async fn first_bytes<S>(stream: &mut S, first: &mut Vec<u8>) -> Protocol
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; H2_PREFACE_LEN];
+    loop {
+        let want = H2_PREFACE_LEN - first.len();
+        match stream.read(&mut byte[..want]).await {
+            Ok(n) if n > 0 => first.extend_from_slice(&byte[..n]),
+            // The end, or an error: HTTP/1's parser says what becomes of it.
+            _ => return Protocol::Http1,
+        }
+        match Protocol::from_first_bytes(first) {
+            Protocol::Detect => continue,
+            known => return known,
+        }
+    }
+}
+
+/// Serves a connection whose protocol is known.
+async fn serve_known<S>(
+    accepted: Accepted<S>,
+    settings: Arc<Settings>,
+    current: CurrentSettings,
+    drain: CancellationToken,
+    cut: CancellationToken,
+    tracker: TaskTracker,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Accepted {
         stream,
         protocol,
@@ -53,7 +129,7 @@ pub async fn serve_connection<S>(
         permits,
     } = accepted;
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let watched_stream = Watched::new(stream, activity.clone());
     let serving = Serving {
         settings: settings.clone(),
         current,
@@ -67,45 +143,96 @@ pub async fn serve_connection<S>(
         admitted,
         permits,
     ));
+    let watched = Watchers {
+        ctx: &ctx,
+        http1: protocol != Protocol::Http2,
+        activity: &activity,
+        drain: &drain,
+        cut: &cut,
+    };
+    // Driven by the protocol's own connection type, with no detection layer between
+    // the socket and the parser. HTTP/2 is boxed: its state is larger than HTTP/1's,
+    // and every HTTP/1 connection would otherwise carry room for it.
+    if protocol == Protocol::Http2 {
+        let conn = serve_h2::Server::new(watched_stream, &settings.http2, ctx.clone());
+        Box::pin(drive(conn, watched)).await;
+        return;
+    }
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| {
         let ctx = service_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req.map(Inbound::Hyper), &ctx).await) }
     });
-    let watched = Watchers {
-        ctx: &ctx,
-        http1: !matches!(protocol, Protocol::Http2),
-        activity: &activity,
-        drain: &drain,
-        cut: &cut,
-    };
-    // Driven by hyper's own connection type when the protocol is known, so that no
-    // detection layer sits between the socket and the parser. HTTP/2 and detection
-    // are boxed: their state is larger than HTTP/1's, and every HTTP/1 connection
-    // would otherwise carry room for it.
-    match protocol {
-        Protocol::Http1 => {
-            let conn = settings.http1.serve_connection(io, service).with_upgrades();
-            drive(conn, watched).await;
+    let conn = settings
+        .http1
+        .serve_connection(TokioIo::new(watched_stream), service)
+        .with_upgrades();
+    drive(conn, watched).await;
+}
+
+/// A connection's stream with the bytes already read from it served first.
+struct Prefixed<S> {
+    first: bytes::Bytes,
+    stream: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(first: Vec<u8>, stream: S) -> Prefixed<S> {
+        Prefixed {
+            first: first.into(),
+            stream,
         }
-        Protocol::Http2 => {
-            // Each HTTP/2 request runs as a task of its own, which its future is moved
-            // into: boxed, only a pointer moves.
-            let boxed_ctx = ctx.clone();
-            let boxed = service_fn(move |req| {
-                let ctx = boxed_ctx.clone();
-                Box::pin(
-                    async move { Ok::<_, Infallible>(handle(req.map(Inbound::Hyper), &ctx).await) },
-                )
-            });
-            drop(service);
-            let conn = settings.http2.serve_connection(io, boxed);
-            Box::pin(drive(conn, watched)).await;
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
         }
-        Protocol::Detect => {
-            let conn = settings.server.serve_connection_with_upgrades(io, service);
-            Box::pin(drive(conn, watched)).await;
-        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -138,12 +265,6 @@ impl HyperError for hyper::Error {
     }
 }
 
-impl HyperError for Box<dyn std::error::Error + Send + Sync> {
-    fn hyper(&self) -> Option<&hyper::Error> {
-        self.downcast_ref()
-    }
-}
-
 impl<I, S> Connection for hyper::server::conn::http1::UpgradeableConnection<I, S>
 where
     Self: std::future::Future<Output = hyper::Result<()>>,
@@ -159,33 +280,19 @@ where
     }
 }
 
-impl<I, S, E> Connection for hyper::server::conn::http2::Connection<I, S, E>
+impl<S> Connection for serve_h2::Server<S>
 where
-    Self: std::future::Future<Output = hyper::Result<()>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S: hyper::service::HttpService<Incoming>,
-    S::ResBody: 'static + hyper::body::Body,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    type Error = hyper::Error;
+    type Error = ::h2::Error;
     fn shut_down(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
+        self.get_mut().graceful_shutdown();
     }
 }
 
-impl<I, S, E> Connection for auto::UpgradeableConnection<'_, I, S, E>
-where
-    Self: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-    S: hyper::service::HttpService<Incoming>,
-    S::ResBody: 'static + hyper::body::Body,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    fn shut_down(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
+impl HyperError for ::h2::Error {
+    fn hyper(&self) -> Option<&hyper::Error> {
+        None
     }
 }
 

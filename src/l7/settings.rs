@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioTimer;
 
 use super::route::{Action, RouteTable, Target};
 use super::static_files::StaticDir;
@@ -92,9 +91,7 @@ pub struct Settings {
     /// buffer): HTTP/2's header list and HTTP/3's field section limit.
     pub(super) max_header_list: u64,
     pub(super) http1: hyper::server::conn::http1::Builder,
-    pub(super) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-    /// For connections whose protocol is not known before their bytes are read.
-    pub(super) server: auto::Builder<TokioExecutor>,
+    pub(super) http2: ::h2::server::Builder,
 }
 
 impl Settings {
@@ -203,54 +200,36 @@ impl Settings {
             )
         });
         let header_buf = l.max_header_size.max(MIN_HEADER_BUFFER);
-        // The same limits whichever way the protocol is known: by the client's first
-        // bytes or ALPN (the direct builders), or by hyper's detection (the other).
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        macro_rules! http1_limits {
-            ($b:expr) => {
-                $b.timer(TokioTimer::new())
-                    // hyper's timer also runs while a keep-alive connection waits for its
-                    // next request: never shorter than idle_timeout, or idle connections
-                    // would close early. The first head is held to header_timeout by
-                    // serve_connection.
-                    .header_read_timeout(l.header_timeout.max(l.idle_timeout))
-                    .max_buf_size(header_buf as usize)
-                    .keep_alive(true)
-                    // A client that shuts down its sending side after a whole request
-                    // still gets its response (`printf ... | nc -N`, scripts, health
-                    // checkers); one that does so in the middle of a body is an
-                    // aborted upload. With abort_on_close, an end of stream while a
-                    // request is in flight cancels it instead.
-                    .half_close(!l.abort_on_close)
-            };
-        }
+        http1
+            .timer(TokioTimer::new())
+            // hyper's timer also runs while a keep-alive connection waits for its next
+            // request: never shorter than idle_timeout, or idle connections would close
+            // early. The first head is held to header_timeout by serve_connection.
+            .header_read_timeout(l.header_timeout.max(l.idle_timeout))
+            .max_buf_size(header_buf as usize)
+            .keep_alive(true)
+            // A client that shuts down its sending side after a whole request still
+            // gets its response (`printf ... | nc -N`, scripts, health checkers); one
+            // that does so in the middle of a body is an aborted upload. With
+            // abort_on_close, an end of stream while a request is in flight cancels it
+            // instead.
+            .half_close(!l.abort_on_close);
         // Every HTTP/2 limit is set here rather than left to the library's defaults, so
-        // that an update of the library cannot loosen one.
-        macro_rules! http2_limits {
-            ($b:expr) => {
-                $b.timer(TokioTimer::new())
-                    .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32)
-                    .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-                    .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-                    .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
-                    .max_send_buf_size(H2_MAX_SEND_BUFFER)
-                    .max_frame_size(H2_MAX_FRAME_SIZE)
-                    .initial_stream_window_size(H2_STREAM_WINDOW)
-                    .initial_connection_window_size(H2_CONNECTION_WINDOW)
-                    .adaptive_window(false)
-                    // No pings from fulcrum; a client's pings do not keep a connection
-                    // open either (see `idle`).
-                    .keep_alive_interval(None)
-                    // WebSocket over HTTP/2 (RFC 8441).
-                    .enable_connect_protocol()
-            };
-        }
-        http1_limits!(http1);
-        http1_limits!(server.http1());
-        http2_limits!(http2);
-        http2_limits!(server.http2());
+        // that an update of the library cannot loosen one. No pings from fulcrum; a
+        // client's pings do not keep a connection open either (see `idle`).
+        let mut http2 = ::h2::server::Builder::new();
+        http2
+            .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32)
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS))
+            .max_send_buffer_size(H2_MAX_SEND_BUFFER)
+            .max_frame_size(H2_MAX_FRAME_SIZE)
+            .initial_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            // WebSocket over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
         Settings {
             unrouted: metrics.requests(&l.name, "-"),
             closed_total: [
@@ -307,7 +286,6 @@ impl Settings {
             access: l.access.clone(),
             http1,
             http2,
-            server,
         }
     }
 }

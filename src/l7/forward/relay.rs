@@ -5,6 +5,7 @@ use super::tunnel;
 use super::Answer;
 use super::Answered;
 use super::Choice;
+use super::ClientUpgrade;
 use super::Forwarding;
 use crate::l7::body::{ResponseBody, Upstream2Body, UpstreamBody};
 use crate::l7::error::ProxyError;
@@ -21,7 +22,7 @@ use http::{Response, StatusCode, Version};
 /// request named another backend or none.
 pub(super) fn relay(
     answered: Answered,
-    (client_upgrade, from_connect): (Option<hyper::upgrade::OnUpgrade>, bool),
+    (client_upgrade, from_connect): (Option<ClientUpgrade>, bool),
     choice: &Choice<'_>,
     f: &Forwarding<'_>,
     exchange: &mut Exchange,

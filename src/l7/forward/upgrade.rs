@@ -6,13 +6,15 @@ use crate::activity::{Activity, Watched};
 use crate::l7::conn::ConnCtx;
 use crate::l7::error::ProxyError;
 use crate::l7::h1::{self};
+use crate::l7::serve_h2::H2Io;
 use crate::upstream::Lease;
 use http::header::{self};
 use http::{HeaderValue, Method, Request, Version};
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 use tracing::debug;
 
 /// Whether the request asks for an upgrade the route allows: HTTP/1.1, `Connection:
@@ -54,7 +56,7 @@ pub(crate) fn from_extended_connect<B>(
     req: &mut Request<B>,
     allowed: &[String],
 ) -> Result<(), ProxyError> {
-    let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() else {
+    let Some(protocol) = req.extensions().get::<::h2::ext::Protocol>() else {
         return Ok(());
     };
     if !protocol.as_str().eq_ignore_ascii_case("websocket")
@@ -84,12 +86,51 @@ pub(crate) fn from_extended_connect<B>(
     Ok(())
 }
 
+/// The client's side of an upgrade: the connection hyper hands back after an
+/// HTTP/1.1 101, or the stream of an HTTP/2 extended CONNECT once its 200 is sent.
+pub(crate) enum ClientUpgrade {
+    Http1(hyper::upgrade::OnUpgrade),
+    H2(oneshot::Receiver<H2Io>),
+}
+
+/// Where the client's side of a request's upgrade will come from.
+pub(crate) fn client_upgrade<B>(req: &mut Request<B>) -> ClientUpgrade {
+    if let Some(connect) = req.extensions_mut().remove::<H2Connect>() {
+        if let Some(stream) = connect.0.lock().ok().and_then(|mut s| s.take()) {
+            return ClientUpgrade::H2(stream);
+        }
+    }
+    ClientUpgrade::Http1(hyper::upgrade::on(req))
+}
+
+/// Put on an HTTP/2 CONNECT by the server: how its stream reaches the tunnel. (A
+/// request's extensions must be `Clone`; the stream is taken once.)
+#[derive(Clone)]
+pub(crate) struct H2Connect(Arc<Mutex<Option<oneshot::Receiver<H2Io>>>>);
+
+/// The server's end of an [`H2Connect`].
+pub(crate) struct Handed(oneshot::Sender<H2Io>);
+
+impl H2Connect {
+    pub(crate) fn new() -> (H2Connect, Handed) {
+        let (tx, rx) = oneshot::channel();
+        (H2Connect(Arc::new(Mutex::new(Some(rx)))), Handed(tx))
+    }
+}
+
+impl Handed {
+    /// The stream, its 200 sent, goes to the tunnel (if one still waits).
+    pub(crate) fn give(self, stream: H2Io) {
+        let _ = self.0.send(stream);
+    }
+}
+
 /// The upgrade stage: once the backend said 101, bytes pass both ways (the backend's
 /// first bytes after its head first) until either side closes, `idle` passes without
 /// traffic, or shutdown's drain time is over. The tunnel holds the lease and the
 /// client connection's places under the limits.
 pub(super) fn tunnel(
-    client_upgrade: hyper::upgrade::OnUpgrade,
+    client_upgrade: ClientUpgrade,
     backend: h1::Stream,
     early: bytes::Bytes,
     lease: Lease,
@@ -102,24 +143,39 @@ pub(super) fn tunnel(
     ctx.tracker.spawn(async move {
         // The tunnel still counts against the connection limits.
         let _held = (lease, permits);
-        let client = match client_upgrade.await {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(backend.addr = %backend_addr, client = ?e, "upgrade failed");
-                return;
-            }
-        };
-        let activity = Arc::new(Activity::new());
-        let mut c = Watched::new(TokioIo::new(client), activity.clone());
-        let mut b = Watched::new(backend, activity.clone());
-        // What the backend sent right after its 101 goes first.
-        if !early.is_empty() && c.write_all(&early).await.is_err() {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
-            _ = activity.idle_for(idle) => {}
-            _ = cut.cancelled() => {}
+        match client_upgrade {
+            ClientUpgrade::Http1(on) => match on.await {
+                Ok(client) => pass(TokioIo::new(client), backend, early, idle, &cut).await,
+                Err(e) => debug!(backend.addr = %backend_addr, client = ?e, "upgrade failed"),
+            },
+            ClientUpgrade::H2(stream) => match stream.await {
+                Ok(client) => pass(client, backend, early, idle, &cut).await,
+                Err(_) => debug!(backend.addr = %backend_addr, "upgrade failed: no client stream"),
+            },
         }
     });
+}
+
+/// Bytes both ways between an upgraded client and its backend.
+async fn pass<C>(
+    client: C,
+    backend: h1::Stream,
+    early: bytes::Bytes,
+    idle: Duration,
+    cut: &tokio_util::sync::CancellationToken,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let activity = Arc::new(Activity::new());
+    let mut c = Watched::new(client, activity.clone());
+    let mut b = Watched::new(backend, activity.clone());
+    // What the backend sent right after its 101 goes first.
+    if !early.is_empty() && c.write_all(&early).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+        _ = activity.idle_for(idle) => {}
+        _ = cut.cancelled() => {}
+    }
 }
