@@ -19,8 +19,11 @@ declare -A PORT=([fulcrum]=18781 [haproxy]=18782 [direct]=$BACKEND_PORT)
 need haproxy haproxy
 need taskset util-linux
 
-cargo build --release --quiet
-FULCRUM=$PWD/target/release/fulcrum
+# FULCRUM=/path/to/binary measures that build instead (to compare two versions).
+if [ -z "${FULCRUM:-}" ]; then
+  cargo build --release --quiet
+  FULCRUM=$PWD/target/release/fulcrum
+fi
 LOAD=$(cargo bench --bench grpc_load --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*grpc_load[^"]*"' | cut -d'"' -f4 | tail -1)
 start_workdir grpc

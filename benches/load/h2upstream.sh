@@ -21,8 +21,11 @@ need nginx nginx-light
 need taskset util-linux
 need curl curl
 
-cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
-FULCRUM=$PWD/target/release/fulcrum
+# FULCRUM=/path/to/binary measures that build instead (to compare two versions).
+if [ -z "${FULCRUM:-}" ]; then
+  cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
+  FULCRUM=$PWD/target/release/fulcrum
+fi
 start_workdir h2upstream
 
 nginx_conf "$WORK/backend" "http2_max_requests 1000000; keepalive_requests 1000000;

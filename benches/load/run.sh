@@ -44,8 +44,11 @@ need h2load nghttp2-client
 need iperf3 iperf3
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { apt-get update -qq && apt-get install -y -qq libnginx-mod-stream >/dev/null; }
 
-cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
-FULCRUM=$PWD/target/release/fulcrum
+# FULCRUM=/path/to/binary measures that build instead (to compare two versions).
+if [ -z "${FULCRUM:-}" ]; then
+  cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
+  FULCRUM=$PWD/target/release/fulcrum
+fi
 
 WORK=$(mktemp -d /tmp/fulcrum-load.XXXXXX)
 PIDS=()
