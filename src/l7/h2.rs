@@ -327,13 +327,17 @@ pub(super) fn request(
     let mut req = Request::new(());
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
-    let mut headers = head.headers.clone();
+    // Copied into a map with room for what is added: a clone would have the size of
+    // the client's fields, and growing it rebuilds its index (about 2,000
+    // instructions a request).
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + 6);
+    for (name, value) in &head.headers {
+        headers.append(name, value.clone());
+    }
     // The head has lost its hop-by-hop fields already; an upgrade asked of an `auto`
     // upstream that turned out to speak HTTP/2 goes as a plain request, and a header
     // rule may have set one again. The `h2` crate refuses a head with any of them.
     super::forward::strip_hop_by_hop(&mut headers);
-    // Room for what is added, without growing twice.
-    headers.reserve(6);
     let added = &head.added;
     for (name, value) in [
         (&super::forward::X_FORWARDED_FOR, &added.forwarded_for),
