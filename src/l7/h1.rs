@@ -44,7 +44,13 @@ const MAX_FIELDS: usize = 128;
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// What one read from a backend asks for at least.
-const READ_SIZE: usize = 16 * 1024;
+pub(super) const READ_SIZE: usize = 16 * 1024;
+
+/// What one read asks for while a large body streams and the backend keeps the
+/// socket full: an eighth of the reads (and writes to the client) of [`READ_SIZE`].
+/// Only while that much is known to follow, so that a connection serving small
+/// responses, or a slow backend, never fills a buffer this large.
+pub(super) const BODY_READ_SIZE: usize = 128 * 1024;
 
 /// A backend connection's byte stream: plain TCP or TLS.
 pub enum Stream {
@@ -279,7 +285,7 @@ impl Conn {
                 if self.buf.len() >= MAX_HEAD {
                     return Poll::Ready(Err(Failed::Invalid("response head too large")));
                 }
-                match ready!(poll_fill(&mut self.io, &mut self.buf, cx)) {
+                match ready!(poll_fill(&mut self.io, &mut self.buf, READ_SIZE, cx)) {
                     Ok(0) => {
                         let error = write_failed.take().unwrap_or_else(|| {
                             io::Error::new(
@@ -322,6 +328,7 @@ impl Conn {
                 framing,
                 reusable: reusable && write_failed.is_none(),
                 writer: writing.then(|| Box::new(writer)),
+                filled: false,
             },
         })
     }
@@ -337,10 +344,16 @@ fn write_now(io: &mut Stream, data: &[u8]) -> usize {
     }
 }
 
-/// Reads more from `io` into `buf`; `Ok(0)` is the connection's end.
-fn poll_fill(io: &mut Stream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
+/// Reads more from `io` into `buf`, with room for at least `want / 4` bytes (`want`
+/// when it has to make room); `Ok(0)` is the connection's end.
+fn poll_fill(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
     }
     let spare = buf.spare_capacity_mut();
     let mut rb = ReadBuf::uninit(spare);

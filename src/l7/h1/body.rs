@@ -2,7 +2,6 @@
 //! chunked, or up to the close) as the client reads it.
 
 use super::chunk_size;
-use super::poll_fill;
 use super::Chunk;
 use super::Conn;
 use super::Failed;
@@ -12,6 +11,7 @@ use super::Writer;
 use super::MAX_CHUNK_LINE;
 use super::MAX_FIELDS;
 use super::MAX_HEAD;
+use super::{poll_fill, BODY_READ_SIZE, READ_SIZE};
 use crate::l7::request_body::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderName;
@@ -49,6 +49,9 @@ pub struct ResponseBody {
     pub(super) reusable: bool,
     /// The rest of the request, when the backend answered before it had it all.
     pub(super) writer: Option<Box<Writer>>,
+    /// The last read filled all the room it had: more was waiting, so the next read
+    /// of a large body may ask for more.
+    pub(super) filled: bool,
 }
 
 impl ResponseBody {
@@ -220,7 +223,23 @@ impl Body for ResponseBody {
             if conn.buf.len() >= MAX_HEAD {
                 return this.fail("read buffer full");
             }
-            match ready!(poll_fill(&mut conn.io, &mut conn.buf, cx)) {
+            // Large reads only while a large body keeps the socket full: a slow
+            // backend's body is read as it comes, into a small buffer.
+            let large = match this.framing {
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    left > READ_SIZE as u64
+                }
+                Framing::Close => true,
+                _ => false,
+            };
+            let want = if large && this.filled {
+                BODY_READ_SIZE
+            } else {
+                READ_SIZE
+            };
+            let read = ready!(poll_fill(&mut conn.io, &mut conn.buf, want, cx));
+            this.filled = conn.buf.len() == conn.buf.capacity();
+            match read {
                 Ok(0) if this.framing == Framing::Close => {
                     this.framing = Framing::Done;
                     this.conn = None;
