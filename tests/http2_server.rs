@@ -147,3 +147,48 @@ async fn a_reset_upload_never_reaches_the_backend_whole() {
     driver.abort();
     f.stop().await;
 }
+
+/// A shutdown's drain: a request in flight on an HTTP/2 connection is answered
+/// whole, the client is told GOAWAY, and the connection then ends.
+#[tokio::test]
+async fn a_drain_answers_the_streams_in_flight_then_closes() {
+    let b = HttpBackend::start("b").await;
+    let mut f = Fulcrum::start(&config(&b)).await;
+    let tcp = TcpStream::connect(f.addr("web")).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let req = Request::get("http://a/slow/700").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let seen = b.seen.clone();
+    eventually(
+        "the request reached the backend",
+        Duration::from_secs(10),
+        || {
+            let there = !seen.lock().unwrap().is_empty();
+            async move { there }
+        },
+    )
+    .await;
+    f.begin_stop();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer in time")
+        .expect("the stream in flight was answered");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, b"b");
+    // GOAWAY, then the connection's end: the client's driver finishes.
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the connection ended after the drain")
+        .unwrap()
+        .ok();
+    let report = tokio::time::timeout(Duration::from_secs(30), f.stop())
+        .await
+        .expect("shutdown finished");
+    assert_eq!(report.cut, 0);
+}
