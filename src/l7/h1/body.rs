@@ -180,6 +180,16 @@ pub(super) fn decode(
     }
 }
 
+/// Whether every piece handed on from `buf` has been dropped (written to the client):
+/// its allocation can be taken back whole. A client still holding pieces is not
+/// keeping up, and its reads stay small: a larger buffer would only add to what it
+/// holds. (`try_reclaim` answers at once when the room is already there: one byte
+/// more than the room asks whether the allocation is the buffer's own again.)
+fn released(buf: &mut BytesMut) -> bool {
+    let spare = buf.capacity() - buf.len();
+    buf.try_reclaim(spare + 1)
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -223,8 +233,9 @@ impl Body for ResponseBody {
             if conn.buf.len() >= MAX_HEAD {
                 return this.fail("read buffer full");
             }
-            // Large reads only while a large body keeps the socket full: a slow
-            // backend's body is read as it comes, into a small buffer.
+            // Large reads only while a large body keeps the socket full, and the
+            // client keeps up: a slow backend's body is read as it comes, and a slow
+            // client's as before, into small buffers.
             let large = match this.framing {
                 Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
                     left > READ_SIZE as u64
@@ -232,7 +243,7 @@ impl Body for ResponseBody {
                 Framing::Close => true,
                 _ => false,
             };
-            let want = if large && this.filled {
+            let want = if large && this.filled && released(&mut conn.buf) {
                 BODY_READ_SIZE
             } else {
                 READ_SIZE

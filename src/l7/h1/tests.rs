@@ -284,10 +284,9 @@ fn heads_are_written_with_the_body_framing() {
     assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), b"18446744073709551615");
 }
 
-/// A body the backend keeps the socket full with is read in pieces larger than a
-/// head's reads, whole and in order.
-#[tokio::test]
-async fn a_large_body_that_keeps_the_socket_full_is_read_in_large_pieces() {
+/// Reads `len` bytes of a fast backend's body through a `ResponseBody`; `hold`: the
+/// reader keeps every piece (a client that does not keep up). The largest piece.
+async fn largest_piece(len: usize, hold: bool) -> usize {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -295,7 +294,6 @@ async fn a_large_body_that_keeps_the_socket_full_is_read_in_large_pieces() {
         .await
         .unwrap();
     let (mut server, _) = listener.accept().await.unwrap();
-    let len = 4 << 20;
     let sent: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let expected = sent.clone();
     let writer = tokio::spawn(async move { server.write_all(&sent).await });
@@ -312,14 +310,36 @@ async fn a_large_body_that_keeps_the_socket_full_is_read_in_large_pieces() {
         filled: false,
     };
     let mut got = Vec::with_capacity(len);
+    let mut held = Vec::new();
     let mut largest = 0;
     while let Some(frame) = body.frame().await {
         let data = frame.unwrap().into_data().unwrap();
         largest = largest.max(data.len());
         got.extend_from_slice(&data);
+        if hold {
+            held.push(data);
+        }
     }
     writer.await.unwrap().unwrap();
     assert!(got == expected, "the body arrived changed");
+    largest
+}
+
+/// A client that keeps every piece it was given (as one that reads slowly does)
+/// gets a large body in pieces no larger than a head's reads: a larger buffer would
+/// only add to what it holds.
+#[tokio::test]
+async fn a_client_that_does_not_keep_up_keeps_small_reads() {
+    let largest = largest_piece(4 << 20, true).await;
+    // A read asks for READ_SIZE more room than it had; the buffer may give more.
+    assert!(largest <= 2 * READ_SIZE, "largest piece {largest}");
+}
+
+/// A body the backend keeps the socket full with is read in pieces larger than a
+/// head's reads, whole and in order.
+#[tokio::test]
+async fn a_large_body_that_keeps_the_socket_full_is_read_in_large_pieces() {
+    let largest = largest_piece(4 << 20, false).await;
     assert!(largest > READ_SIZE, "largest piece {largest}");
     // A read asks for BODY_READ_SIZE more room than it had; the buffer may give more.
     assert!(largest <= 2 * BODY_READ_SIZE, "largest piece {largest}");
