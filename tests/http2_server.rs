@@ -24,6 +24,18 @@ fn config(b: &HttpBackend) -> String {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// An HTTP/2 client connection to the `web` listener, driven by a task of its own.
+async fn h2_client(
+    f: &Fulcrum,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(f.addr("web")).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
 /// Reads frames until one of `kind` on `stream` arrives; its flags and payload.
 async fn frame_of(s: &mut TcpStream, kind: u8, stream: u32) -> (u8, Vec<u8>) {
     loop {
@@ -97,9 +109,7 @@ async fn a_request_line_arriving_in_pieces_is_http1() {
 async fn responses_carry_no_connection_fields_and_a_date() {
     let b = HttpBackend::start("b").await;
     let f = Fulcrum::start(&config(&b)).await;
-    let tcp = TcpStream::connect(f.addr("web")).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let driver = tokio::spawn(conn);
+    let (mut client, driver) = h2_client(&f).await;
     let req = Request::get("http://a/x").body(()).unwrap();
     let (resp, _) = client.send_request(req, true).unwrap();
     let resp = resp.await.unwrap();
@@ -122,9 +132,7 @@ async fn responses_carry_no_connection_fields_and_a_date() {
 async fn a_reset_upload_never_reaches_the_backend_whole() {
     let b = HttpBackend::start("b").await;
     let f = Fulcrum::start(&config(&b)).await;
-    let tcp = TcpStream::connect(f.addr("web")).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let driver = tokio::spawn(conn);
+    let (mut client, driver) = h2_client(&f).await;
     let req = Request::post("http://a/upload").body(()).unwrap();
     let (resp, mut body) = client.send_request(req, false).unwrap();
     body.send_data(Bytes::from_static(b"12345"), false).unwrap();
@@ -154,9 +162,7 @@ async fn a_reset_upload_never_reaches_the_backend_whole() {
 async fn a_drain_answers_the_streams_in_flight_then_closes() {
     let b = HttpBackend::start("b").await;
     let mut f = Fulcrum::start(&config(&b)).await;
-    let tcp = TcpStream::connect(f.addr("web")).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let driver = tokio::spawn(conn);
+    let (mut client, driver) = h2_client(&f).await;
     let req = Request::get("http://a/slow/700").body(()).unwrap();
     let (resp, _) = client.send_request(req, true).unwrap();
     let seen = b.seen.clone();

@@ -412,7 +412,7 @@ async fn progress(
 }
 
 /// A request's `Content-Length`, when it has one valid value.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let first = values.next()?;
     if values.next().is_some() {

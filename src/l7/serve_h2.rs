@@ -94,7 +94,9 @@ where
 /// upstream exchange) dropped if the client resets the stream first.
 async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
     let (mut parts, recv) = req.into_parts();
-    let declared = content_length(&parts.headers);
+    // The `h2` crate has already refused a request whose values disagree or whose
+    // body does not match.
+    let declared = super::http3::content_length(&parts.headers);
     // A CONNECT's stream carries the tunnel, not a body: it is kept aside until the
     // answer says whether a tunnel opens.
     let mut tunnel = None;
@@ -155,13 +157,6 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
         }
         Err(e) => debug!(error = %e, "HTTP/2 response not sent"),
     }
-}
-
-/// A request's `Content-Length`, when it has one valid value (the `h2` crate has
-/// already refused a request whose values disagree or whose body does not match).
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get(header::CONTENT_LENGTH)?;
-    std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()
 }
 
 /// Removes the fields HTTP/2 forbids (RFC 9113 8.2.2): the `h2` crate refuses to
