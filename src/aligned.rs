@@ -149,6 +149,42 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+/// Gives the system allocator's free memory back to the kernel after a burst.
+///
+/// glibc keeps what a burst of requests freed (their futures, buffers and backend
+/// reads) in its heaps: without this, a process that once served thousands of
+/// requests at once keeps that much resident for good, however few connections it
+/// holds afterwards. A thread looks once a second, and when more than [`TRIM_OVER`]
+/// bytes lie free, and more than a quarter of what is in use, asks glibc to give
+/// back every free page (`malloc_trim`). Under a steady load little lies free, and
+/// nothing is given back only to be taken again.
+pub fn start_trimming() {
+    let _ = std::thread::Builder::new()
+        .name("fulcrum-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(TRIM_EVERY);
+            trim_if_worth_it();
+        });
+}
+
+/// How often the free memory is looked at.
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Free bytes below this are left to the allocator.
+pub const TRIM_OVER: usize = 16 << 20;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_if_worth_it() {
+    // SAFETY: both are thread-safe glibc calls without preconditions.
+    let info = unsafe { libc::mallinfo2() };
+    if info.fordblks > TRIM_OVER && info.fordblks > info.uordblks / 4 {
+        // SAFETY: as above.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_if_worth_it() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
