@@ -29,8 +29,9 @@ use super::request_body::{BoxError, RequestBody, TooLarge, TooLate};
 mod body;
 mod parse;
 
-pub(super) use body::ResponseBody;
+pub(super) use body::{decode, ResponseBody};
 use parse::*;
+pub(super) use parse::{content_length, record_spans};
 pub(super) use parse::{KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The largest response head (status line, fields, and any interim 1xx heads before
@@ -45,6 +46,9 @@ const MAX_CHUNK_LINE: usize = 4096;
 
 /// What one read from a backend asks for at least.
 pub(super) const READ_SIZE: usize = 16 * 1024;
+
+/// What the first read of a response asks for (later ones [`READ_SIZE`]).
+const HEAD_READ_SIZE: usize = 4 * 1024;
 
 /// What one read asks for while a large body streams and the backend keeps the
 /// socket full: an eighth of the reads (and writes to the client) of [`READ_SIZE`].
@@ -184,7 +188,7 @@ pub struct Added {
 
 /// How a response body is delimited (RFC 9112 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     Length(u64),
     Chunked(Chunk),
     /// Up to the connection's end: never reused.
@@ -193,7 +197,7 @@ enum Framing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(super) enum Chunk {
     Size,
     Data(u64),
     DataEnd,
@@ -285,7 +289,14 @@ impl Conn {
                 if self.buf.len() >= MAX_HEAD {
                     return Poll::Ready(Err(Failed::Invalid("response head too large")));
                 }
-                match ready!(poll_fill(&mut self.io, &mut self.buf, READ_SIZE, cx)) {
+                // A first read of 4 KiB holds most heads and small bodies whole; a
+                // connection waiting on its backend holds no more than that.
+                let want = if self.buf.capacity() == 0 {
+                    HEAD_READ_SIZE
+                } else {
+                    READ_SIZE
+                };
+                match ready!(poll_fill(&mut self.io, &mut self.buf, want, cx)) {
                     Ok(0) => {
                         let error = write_failed.take().unwrap_or_else(|| {
                             io::Error::new(
@@ -346,8 +357,8 @@ fn write_now(io: &mut Stream, data: &[u8]) -> usize {
 
 /// Reads more from `io` into `buf`, with room for at least `want / 4` bytes (`want`
 /// when it has to make room); `Ok(0)` is the connection's end.
-fn poll_fill(
-    io: &mut Stream,
+pub(super) fn poll_fill<S: AsyncRead + Unpin>(
+    io: &mut S,
     buf: &mut BytesMut,
     want: usize,
     cx: &mut Context<'_>,

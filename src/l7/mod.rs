@@ -28,6 +28,7 @@ mod request;
 pub mod request_body;
 pub mod route;
 mod serve;
+mod serve_h1;
 mod serve_h2;
 mod settings;
 mod shaping;

@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,11 +49,11 @@ pub struct TooLarge;
 #[error("request body not received within body_timeout")]
 pub struct TooLate;
 
-/// A client's request body as its connection delivers it: hyper's (HTTP/1.x), an
+/// A client's request body as its connection delivers it: an HTTP/1.x connection's, an
 /// HTTP/2 stream's, or an HTTP/3 stream's (boxed: its stream state is large, and
 /// every request of the other protocols would carry room for it).
 pub enum Inbound {
-    Hyper(Incoming),
+    H1(super::serve_h1::H1Body),
     H2(super::serve_h2::H2Body),
     H3(Box<super::http3::H3Body>),
 }
@@ -68,7 +67,7 @@ impl Body for Inbound {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inbound::H1(b) => Pin::new(b).poll_frame(cx),
             Inbound::H2(b) => Pin::new(b).poll_frame(cx),
             Inbound::H3(b) => Pin::new(&mut **b).poll_frame(cx),
         }
@@ -76,7 +75,7 @@ impl Body for Inbound {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::H1(b) => b.is_end_stream(),
             Inbound::H2(b) => b.is_end_stream(),
             Inbound::H3(b) => b.is_end_stream(),
         }
@@ -84,7 +83,7 @@ impl Body for Inbound {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Inbound::Hyper(b) => b.size_hint(),
+            Inbound::H1(b) => b.size_hint(),
             Inbound::H2(b) => b.size_hint(),
             Inbound::H3(b) => b.size_hint(),
         }

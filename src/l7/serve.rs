@@ -1,15 +1,11 @@
-//! Serving an accepted connection: hyper's HTTP/1.1 or the `h2` crate's HTTP/2 (told
-//! apart by ALPN or the first bytes),
+//! Serving an accepted connection: HTTP/1.x (`serve_h1`) or the `h2` crate's HTTP/2
+//! (told apart by ALPN or the first bytes),
 //! watched for idleness, slowness, drain and cut.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -21,16 +17,14 @@ use crate::side::{self, First};
 
 use super::access;
 use super::conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Serving};
-use super::request::handle;
-use super::request_body::Inbound;
+use super::serve_h1;
 use super::serve_h2;
 
 /// Serves one accepted connection until it closes or shutdown ends it: `drain` closes
 /// it after the requests in flight, `cut` at once.
 ///
-/// Timeouts: the first request's head must arrive within `header_timeout` (later heads
-/// on a keep-alive connection get the longer of `header_timeout` and `idle_timeout`
-/// from hyper). A connection on which no byte moves for `idle_timeout`, while no
+/// Timeouts: the first request's head must arrive within `header_timeout`, and so must
+/// each later head from its first byte. A connection on which no byte moves for `idle_timeout`, while no
 /// request waits on a backend, is closed after its responses in flight; if it is
 /// still silent one `idle_timeout` later (a client that stopped reading, a stalled
 /// upload), it is dropped.
@@ -69,7 +63,7 @@ pub async fn serve_connection<S>(
         ..
     } = accepted;
     let accepted = Accepted {
-        stream: Prefixed::new(first, stream),
+        stream: Prefixed::new(first.into(), stream),
         protocol: known,
         peer,
         local,
@@ -158,30 +152,19 @@ async fn serve_known<S>(
         Box::pin(drive(conn, watched)).await;
         return;
     }
-    let service_ctx = ctx.clone();
-    let service = service_fn(move |req| {
-        let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req.map(Inbound::Hyper), &ctx).await) }
-    });
-    let conn = settings
-        .http1
-        .serve_connection(TokioIo::new(watched_stream), service)
-        .with_upgrades();
+    let conn = serve_h1::Server::new(watched_stream, ctx.clone());
     drive(conn, watched).await;
 }
 
 /// A connection's stream with the bytes already read from it served first.
-struct Prefixed<S> {
+pub(super) struct Prefixed<S> {
     first: bytes::Bytes,
     stream: S,
 }
 
 impl<S> Prefixed<S> {
-    fn new(first: Vec<u8>, stream: S) -> Prefixed<S> {
-        Prefixed {
-            first: first.into(),
-            stream,
-        }
+    pub(super) fn new(first: bytes::Bytes, stream: S) -> Prefixed<S> {
+        Prefixed { first, stream }
     }
 }
 
@@ -248,35 +231,37 @@ struct Watchers<'a> {
     cut: &'a CancellationToken,
 }
 
-/// A hyper connection that can be asked to finish its requests in flight and close.
+/// A served connection that can be asked to finish its requests in flight and close.
 trait Connection: std::future::Future<Output = Result<(), Self::Error>> {
-    type Error: std::fmt::Display + HyperError;
+    type Error: std::fmt::Display + ConnectionError;
     fn shut_down(self: std::pin::Pin<&mut Self>);
 }
 
-/// The HTTP library's error inside a connection's error, if that is what it is.
-trait HyperError {
-    fn hyper(&self) -> Option<&hyper::Error>;
+/// What a connection's error says for its accounting.
+trait ConnectionError {
+    /// The status a request head that could not be served was answered with.
+    fn refused(&self) -> Option<u16>;
+    /// A request head did not arrive in time.
+    fn timed_out(&self) -> bool;
 }
 
-impl HyperError for hyper::Error {
-    fn hyper(&self) -> Option<&hyper::Error> {
-        Some(self)
+impl Connection for serve_h1::Server {
+    type Error = serve_h1::Error;
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.get_mut().graceful_shutdown();
     }
 }
 
-impl<I, S> Connection for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    Self: std::future::Future<Output = hyper::Result<()>>,
-    S: hyper::service::HttpService<Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: 'static + hyper::body::Body,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-{
-    type Error = hyper::Error;
-    fn shut_down(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
+impl ConnectionError for serve_h1::Error {
+    fn refused(&self) -> Option<u16> {
+        match self {
+            serve_h1::Error::Refused(status) => Some(status.as_u16()),
+            _ => None,
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        matches!(self, serve_h1::Error::HeadTimeout)
     }
 }
 
@@ -290,37 +275,19 @@ where
     }
 }
 
-impl HyperError for ::h2::Error {
-    fn hyper(&self) -> Option<&hyper::Error> {
+impl ConnectionError for ::h2::Error {
+    fn refused(&self) -> Option<u16> {
         None
+    }
+
+    fn timed_out(&self) -> bool {
+        false
     }
 }
 
 /// How long a draining HTTP/1.1 keep-alive connection stays open for a request
 /// already on its way (answered with `Connection: close`), at most `idle_timeout`.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
-
-/// Runs a connection until it ends, closing it on idleness, drain or a request's
-/// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.
-/// The status the HTTP library answered a request it could not parse with (it writes
-/// that response itself, before any request exists).
-fn parser_answer(e: &hyper::Error) -> Option<u16> {
-    if !e.is_parse() {
-        return None;
-    }
-    let text = e.to_string();
-    Some(if e.is_parse_too_large() {
-        if text.contains("uri") {
-            414
-        } else {
-            431
-        }
-    } else if text.contains("version") {
-        505
-    } else {
-        400
-    })
-}
 
 /// A connection closed at `header_timeout` before its first request: with part of a
 /// request head received, a 408 logged and counted like every response (as nginx
@@ -335,6 +302,8 @@ fn head_timed_out(settings: &Settings, peer: std::net::SocketAddr, begun: bool) 
     }
 }
 
+/// Runs a connection until it ends, closing it on idleness, drain or a request's
+/// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.
 async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     let Watchers {
         ctx,
@@ -357,13 +326,19 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     loop {
         // What can end or close the connection besides the connection itself: polled
         // only when one of its timers or tokens fires, not on every read and write.
+        let idle_for = if lingering && !closing {
+            linger
+        } else {
+            settings.idle_timeout
+        };
         let watch = async {
             tokio::select! {
                 _ = &mut first_head, if !head_checked => Watch::HeadTimeout,
                 _ = drain.cancelled(), if !closing && !lingering => Watch::Drain,
-                _ = idle(activity, ctx, linger), if lingering && !closing => Watch::Close,
                 _ = ctx.close.cancelled(), if !closing => Watch::Close,
-                _ = idle(activity, ctx, settings.idle_timeout) => Watch::Idle,
+                // One idleness at a time: a lingering connection's, then (once it
+                // closes) the usual one.
+                _ = idle(activity, ctx, idle_for) => if lingering && !closing { Watch::Close } else { Watch::Idle },
                 _ = too_slow(activity, ctx, settings.min_rate), if settings.min_rate > 0 => Watch::TooSlow,
                 _ = cut.cancelled() => Watch::Cut,
             }
@@ -372,8 +347,8 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             First::Main(r) => {
                 if let Err(e) = r {
                     debug!(client.addr = %peer, error = %e, "http connection ended with an error");
-                    match e.hyper().and_then(parser_answer) {
-                        // The HTTP library answered a request it could not parse:
+                    match e.refused() {
+                        // A request head that could not be served was answered:
                         // logged and counted like every other response.
                         Some(status) => {
                             settings.unrouted.count(status);
@@ -381,7 +356,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                         }
                         // A connection that ended before its first request.
                         None if ctx.first_request.load(Ordering::Relaxed) => {}
-                        None if e.hyper().is_some_and(hyper::Error::is_timeout) => {
+                        None if e.timed_out() => {
                             head_timed_out(settings, peer, http1 && activity.moved() > 0)
                         }
                         None => settings.closed("client_reset"),

@@ -363,6 +363,8 @@ impl AsyncWrite for H2Io {
     }
 }
 
+pub(in crate::l7) use date::now as date;
+
 /// The `Date` of responses that carry none, formatted once a second per thread.
 mod date {
     use std::cell::RefCell;
@@ -375,7 +377,7 @@ mod date {
             const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
 
-    pub(super) fn now() -> HeaderValue {
+    pub(in crate::l7) fn now() -> HeaderValue {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         NOW.with(|cached| {

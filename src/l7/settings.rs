@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
-use hyper_util::rt::TokioTimer;
 
 use super::route::{Action, RouteTable, Target};
 use super::static_files::StaticDir;
@@ -16,7 +15,7 @@ use super::{headers, path, route, shaping};
 use crate::admin::metrics::{Metrics, RequestMetrics};
 use crate::config::{self, RouteTarget};
 
-/// hyper refuses a smaller read buffer; headers up to this size are always allowed.
+/// Request heads up to this size are always allowed.
 const MIN_HEADER_BUFFER: u64 = 8192;
 
 /// HTTP/2 limits towards clients (RFC 9113 6.5.2), all set explicitly.
@@ -88,9 +87,13 @@ pub struct Settings {
     /// `tls.http3`: responses on TCP advertise HTTP/3 on the connection's port.
     pub http3: bool,
     /// The largest request head accepted (`max_header_size`, at least the minimum
-    /// buffer): HTTP/2's header list and HTTP/3's field section limit.
+    /// buffer): HTTP/1's head, HTTP/2's header list and HTTP/3's field section limit.
     pub(super) max_header_list: u64,
-    pub(super) http1: hyper::server::conn::http1::Builder,
+    /// `abort_on_close`: a client's end of stream while its request is handled
+    /// cancels the request. Otherwise a client that shuts down its sending side
+    /// after a whole request (`printf ... | nc -N`, scripts, health checkers) still
+    /// gets its response.
+    pub(super) abort_on_close: bool,
     pub(super) http2: ::h2::server::Builder,
 }
 
@@ -200,21 +203,6 @@ impl Settings {
             )
         });
         let header_buf = l.max_header_size.max(MIN_HEADER_BUFFER);
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            // hyper's timer also runs while a keep-alive connection waits for its next
-            // request: never shorter than idle_timeout, or idle connections would close
-            // early. The first head is held to header_timeout by serve_connection.
-            .header_read_timeout(l.header_timeout.max(l.idle_timeout))
-            .max_buf_size(header_buf as usize)
-            .keep_alive(true)
-            // A client that shuts down its sending side after a whole request still
-            // gets its response (`printf ... | nc -N`, scripts, health checkers); one
-            // that does so in the middle of a body is an aborted upload. With
-            // abort_on_close, an end of stream while a request is in flight cancels it
-            // instead.
-            .half_close(!l.abort_on_close);
         // Every HTTP/2 limit is set here rather than left to the library's defaults, so
         // that an update of the library cannot loosen one. No pings from fulcrum; a
         // client's pings do not keep a connection open either (see `idle`).
@@ -284,7 +272,7 @@ impl Settings {
             trace_sample: tracing.map(|t| t.sample),
             spans: spans.cloned(),
             access: l.access.clone(),
-            http1,
+            abort_on_close: l.abort_on_close,
             http2,
         }
     }

@@ -6,11 +6,11 @@ use crate::activity::{Activity, Watched};
 use crate::l7::conn::ConnCtx;
 use crate::l7::error::ProxyError;
 use crate::l7::h1::{self};
+use crate::l7::serve_h1::{OnUpgrade, Upgraded};
 use crate::l7::serve_h2::H2Io;
 use crate::upstream::Lease;
 use http::header::{self};
 use http::{HeaderValue, Method, Request, Version};
-use hyper_util::rt::TokioIo;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -86,10 +86,10 @@ pub(crate) fn from_extended_connect<B>(
     Ok(())
 }
 
-/// The client's side of an upgrade: the connection hyper hands back after an
-/// HTTP/1.1 101, or the stream of an HTTP/2 extended CONNECT once its 200 is sent.
+/// The client's side of an upgrade: its HTTP/1.1 connection once the 101 is sent, or
+/// the stream of an HTTP/2 extended CONNECT once its 200 is.
 pub(crate) enum ClientUpgrade {
-    Http1(hyper::upgrade::OnUpgrade),
+    Http1(oneshot::Receiver<Upgraded>),
     H2(oneshot::Receiver<H2Io>),
 }
 
@@ -100,7 +100,11 @@ pub(crate) fn client_upgrade<B>(req: &mut Request<B>) -> ClientUpgrade {
             return ClientUpgrade::H2(stream);
         }
     }
-    ClientUpgrade::Http1(hyper::upgrade::on(req))
+    let connection = req
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .and_then(|on| on.0.lock().ok().and_then(|mut c| c.take()));
+    ClientUpgrade::Http1(connection.unwrap_or_else(|| oneshot::channel().1))
 }
 
 /// Put on an HTTP/2 CONNECT by the server: how its stream reaches the tunnel. (A
@@ -145,8 +149,10 @@ pub(super) fn tunnel(
         let _held = (lease, permits);
         match client_upgrade {
             ClientUpgrade::Http1(on) => match on.await {
-                Ok(client) => pass(TokioIo::new(client), backend, early, idle, &cut).await,
-                Err(e) => debug!(backend.addr = %backend_addr, client = ?e, "upgrade failed"),
+                Ok(client) => pass(client, backend, early, idle, &cut).await,
+                Err(_) => {
+                    debug!(backend.addr = %backend_addr, "upgrade failed: no client connection")
+                }
             },
             ClientUpgrade::H2(stream) => match stream.await {
                 Ok(client) => pass(client, backend, early, idle, &cut).await,

@@ -66,8 +66,15 @@ impl ResponseBody {
         if self.framing != Framing::Done || !self.reusable || self.writer.is_some() {
             return None;
         }
-        let conn = self.conn.take()?;
-        conn.buf.is_empty().then_some(conn)
+        let mut conn = self.conn.take()?;
+        if !conn.buf.is_empty() {
+            return None;
+        }
+        // An idle connection holds no buffer: the next response's first read takes
+        // one (a pool of thousands of idle connections would otherwise hold 16 KiB
+        // each).
+        conn.buf = BytesMut::new();
+        Some(conn)
     }
 
     fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -80,7 +87,7 @@ impl ResponseBody {
 
 /// The next frame of a body framed by `framing` already in `buf`; `None`: more bytes
 /// are needed.
-pub(super) fn decode(
+pub(in crate::l7) fn decode(
     framing: &mut Framing,
     buf: &mut BytesMut,
 ) -> Option<Result<Option<Frame<Bytes>>, &'static str>> {

@@ -52,20 +52,9 @@ pub(super) fn parse_head(
         }
         // Field values are slices of the head's own bytes, not copies. Offsets fit in
         // u16: the head is at most MAX_HEAD bytes.
-        let mut spans = [const { MaybeUninit::<[u16; 4]>::uninit() }; MAX_FIELDS];
+        let mut spans = [const { MaybeUninit::<[u32; 4]>::uninit() }; MAX_FIELDS];
         let count = res.headers.len();
-        let base = buf.as_ptr() as usize;
-        for (span, f) in spans.iter_mut().zip(res.headers.iter()) {
-            let n = f.name.as_ptr() as usize - base;
-            let v = f.value.as_ptr() as usize - base;
-            let at = |i: usize| u16::try_from(i).map_err(|_| "response head too large");
-            span.write([
-                at(n)?,
-                at(n + f.name.len())?,
-                at(v)?,
-                at(v + f.value.len())?,
-            ]);
-        }
+        record_spans(buf, res.headers, &mut spans).ok_or("response head too large")?;
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         // Hop-by-hop fields never enter the map (a 101 keeps them all: its client
@@ -74,7 +63,7 @@ pub(super) fn parse_head(
         let mut hop = Hop::default();
         for span in &spans[..count] {
             // SAFETY: the loop above wrote the first `count` spans.
-            let [ns, ne, vs, ve] = unsafe { span.assume_init() }.map(usize::from);
+            let [ns, ne, vs, ve] = unsafe { span.assume_init() }.map(|i| i as usize);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad field name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| "bad field value")?;
@@ -94,6 +83,29 @@ pub(super) fn parse_head(
             reusable,
         }));
     }
+}
+
+/// Where each field's name and value lie in `head`, the buffer httparse read them
+/// from (start and end of each, as offsets): a head becomes shared bytes, and field
+/// values slices of it rather than copies. `None`: an offset past `u32`.
+pub(in crate::l7) fn record_spans(
+    head: &[u8],
+    fields: &[httparse::Header<'_>],
+    spans: &mut [MaybeUninit<[u32; 4]>],
+) -> Option<()> {
+    let base = head.as_ptr() as usize;
+    for (span, f) in spans.iter_mut().zip(fields) {
+        let n = f.name.as_ptr() as usize - base;
+        let v = f.value.as_ptr() as usize - base;
+        let at = |i: usize| u32::try_from(i).ok();
+        span.write([
+            at(n)?,
+            at(n + f.name.len())?,
+            at(v)?,
+            at(v + f.value.len())?,
+        ]);
+    }
+    Some(())
 }
 
 /// What a response's hop-by-hop fields say: kept out of its header map, which goes
@@ -209,7 +221,7 @@ pub(super) fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-pub(super) fn content_length(digits: &[u8]) -> Option<u64> {
+pub(in crate::l7) fn content_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
