@@ -84,6 +84,18 @@ impl<A: Future, B: Future> Future for FirstOf<A, B> {
     }
 }
 
+/// A future built directly in its heap allocation: the allocation is made first, so
+/// that the compiler can construct the future in it rather than build it on the stack
+/// and copy all of it over (several KiB for a request's or a connection's future,
+/// and most of it not yet in use).
+#[inline(always)]
+pub(crate) fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: written just above.
+    Box::into_pin(unsafe { slot.assume_init() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +140,15 @@ mod tests {
     async fn a_main_future_that_is_ready_at_once_wins() {
         let side = std::future::pending::<()>();
         assert!(matches!(first(async { 1 }, side).await, First::Main(1)));
+    }
+
+    #[tokio::test]
+    async fn a_future_boxed_in_place_runs_as_it_would_unboxed() {
+        let data = vec![1u8; 4096];
+        let f = boxed(|| async move {
+            tokio::task::yield_now().await;
+            data.iter().map(|&b| u32::from(b)).sum::<u32>()
+        });
+        assert_eq!(f.await, 4096);
     }
 }

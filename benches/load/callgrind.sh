@@ -15,6 +15,7 @@
 #   FULCRUM=/tmp/old/fulcrum PROXIES=fulcrum bash benches/load/callgrind.sh
 #   LOG=info PROXIES=fulcrum bash benches/load/callgrind.sh   # at the default log level
 #   FULCRUM_EXTRA=$'[tracing]\nsample = 0.01' PROXIES=fulcrum bash benches/load/callgrind.sh
+#   CACHE=1 bash benches/load/callgrind.sh             # also simulated cache misses per request
 #
 # The client is h2load (`--h1` for HTTP/1.1) with an exact request count; the backend
 # is one nginx process answering a short body. Both run outside valgrind. With KEEP=1
@@ -96,7 +97,7 @@ url_of() { # $1 proxy: HAProxy and nginx take h2c on a port of their own, fulcru
   echo "http://127.0.0.1:$port/"
 }
 
-declare -A PER_REQUEST
+declare -A PER_REQUEST MISSES
 for proxy in $PROXIES; do
   out="$WORK/callgrind.out.$proxy"
   case "$proxy" in
@@ -106,7 +107,7 @@ for proxy in $PROXIES; do
     *) echo "unknown proxy $proxy" >&2; exit 2 ;;
   esac
   RUST_LOG=${LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    "${cmd[@]}" 2>"$WORK/$proxy.log" &
+    ${CACHE:+--cache-sim=yes} "${cmd[@]}" 2>"$WORK/$proxy.log" &
   pid=$!
   PIDS+=($pid)
   url=$(url_of "$proxy")
@@ -124,7 +125,16 @@ for proxy in $PROXIES; do
   total=$(awk '/^totals:/ {print $2}' "$out")
   PER_REQUEST[$proxy]=$(awk -v t="$total" -v n="$REQUESTS" 'BEGIN {printf "%.0f", t / n}')
   echo "$proxy ($MODE): $total instructions over $REQUESTS requests" >&2
+  if [ -n "${CACHE:-}" ]; then
+    # Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw: first-level data misses (reads and
+    # writes) and last-level misses, per request.
+    MISSES[$proxy]=$(awk -v n="$REQUESTS" '/^totals:/ {printf "D1 misses %.0f, LL misses %.0f, I1 misses %.0f", ($6 + $7) / n, ($8 + $9 + $10) / n, $5 / n}' "$out")
+  fi
 done
+if [ -n "${CACHE:-}" ]; then
+  echo
+  for proxy in $PROXIES; do echo "$proxy per request: ${MISSES[$proxy]}"; done
+fi
 
 printf '\n%-8s %-10s %24s\n' proxy mode "instructions/request"
 for proxy in $PROXIES; do

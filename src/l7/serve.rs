@@ -71,10 +71,7 @@ pub async fn serve_connection<S>(
         admitted,
         permits,
     };
-    Box::pin(serve_known(
-        accepted, settings, current, drain, cut, tracker,
-    ))
-    .await
+    crate::side::boxed(|| serve_known(accepted, settings, current, drain, cut, tracker)).await
 }
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 3.4) are this many.
@@ -149,7 +146,7 @@ async fn serve_known<S>(
     // and every HTTP/1 connection would otherwise carry room for it.
     if protocol == Protocol::Http2 {
         let conn = serve_h2::Server::new(watched_stream, &settings.http2, ctx.clone());
-        Box::pin(drive(conn, watched)).await;
+        crate::side::boxed(|| drive(conn, watched)).await;
         return;
     }
     let conn = serve_h1::Server::new(watched_stream, ctx.clone());

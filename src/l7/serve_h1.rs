@@ -81,7 +81,7 @@ impl Server {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let shutdown = Arc::new(AtomicBool::new(false));
-        let run = Box::pin(run(io, ctx, shutdown.clone()));
+        let run = crate::side::boxed(|| run(io, ctx, shutdown.clone()));
         Server { shutdown, run }
     }
 
@@ -150,14 +150,9 @@ where
         later = true;
         // Everything a request needs lives in one allocation while it is served,
         // none while the connection waits for the next.
-        let served = Box::pin(serve_one(
-            &mut io,
-            &mut read,
-            head,
-            &ctx,
-            &shutdown,
-            abort_on_close,
-        ));
+        let served = crate::side::boxed(|| {
+            serve_one(&mut io, &mut read, head, &ctx, &shutdown, abort_on_close)
+        });
         match served.await? {
             Next::Request => {}
             Next::Close => {

@@ -81,7 +81,9 @@ where
                 Some(Ok((req, respond))) => {
                     // Boxed: the request's future is several KiB, and a task's
                     // creation and end would each copy it whole.
-                    tokio::spawn(Box::pin(stream(req, respond, this.ctx.clone())));
+                    tokio::spawn(crate::side::boxed(|| {
+                        stream(req, respond, this.ctx.clone())
+                    }));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 None => return Poll::Ready(Ok(())),

@@ -249,7 +249,7 @@ fn admit_one(
                 admitted,
                 held,
             };
-            return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
+            return crate::side::boxed(|| serve(stream, conn, &entry, &key, &shared_task)).await;
         };
         // Boxed: a TLS session's state is large, and plain connections should
         // not carry room for it.
@@ -490,14 +490,16 @@ where
                     return;
                 };
                 // Boxed: the TCP engine's future is larger than the HTTP engine's.
-                Box::pin(l4::proxy(
-                    stream,
-                    (peer, local),
-                    client_cert,
-                    settings.clone(),
-                    l4::Opening::default(),
-                    cut,
-                ))
+                crate::side::boxed(|| {
+                    l4::proxy(
+                        stream,
+                        (peer, local),
+                        client_cert,
+                        settings.clone(),
+                        l4::Opening::default(),
+                        cut,
+                    )
+                })
                 .await;
                 return;
             }
@@ -527,14 +529,16 @@ where
             if over_limit(rule, peer, &entry.name).await {
                 return;
             }
-            Box::pin(l4::proxy(
-                tcp,
-                (peer, local),
-                client_cert,
-                settings.clone(),
-                l4::Opening { first, sni: name },
-                cut,
-            ))
+            crate::side::boxed(|| {
+                l4::proxy(
+                    tcp,
+                    (peer, local),
+                    client_cert,
+                    settings.clone(),
+                    l4::Opening { first, sni: name },
+                    cut,
+                )
+            })
             .await;
         }
         Engine::Http(settings) => {

@@ -66,15 +66,8 @@ impl ResponseBody {
         if self.framing != Framing::Done || !self.reusable || self.writer.is_some() {
             return None;
         }
-        let mut conn = self.conn.take()?;
-        if !conn.buf.is_empty() {
-            return None;
-        }
-        // An idle connection holds no buffer: the next response's first read takes
-        // one (a pool of thousands of idle connections would otherwise hold 16 KiB
-        // each).
-        conn.buf = BytesMut::new();
-        Some(conn)
+        let conn = self.conn.take()?;
+        conn.buf.is_empty().then_some(conn)
     }
 
     fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
