@@ -249,7 +249,9 @@ fn admit_one(
                 admitted,
                 held,
             };
-            return crate::side::boxed(|| serve(stream, conn, &entry, &key, &shared_task)).await;
+            // Boxed as it is: built in place (`side::boxed`), the waiting connection's
+            // task held 0.1 KiB more.
+            return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
         };
         // Boxed: a TLS session's state is large, and plain connections should
         // not carry room for it.
