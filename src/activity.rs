@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant};
 
 /// How many times per idle timeout [`Activity::idle_for`] looks at the counts: a
 /// connection is closed at most a quarter of its timeout late, never early.
-const CHECKS_PER_TIMEOUT: u32 = 4;
+pub(crate) const CHECKS_PER_TIMEOUT: u32 = 4;
 
 /// The bytes a connection moved, and its other signs of life.
 #[derive(Debug, Default)]
@@ -46,7 +46,7 @@ impl Activity {
         self.touches.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn stirred(&self) -> (u64, u64) {
+    pub(crate) fn stirred(&self) -> (u64, u64) {
         (self.moved(), self.touches.load(Ordering::Relaxed))
     }
 

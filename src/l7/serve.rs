@@ -28,7 +28,34 @@ use super::serve_h2;
 /// request waits on a backend, is closed after its responses in flight; if it is
 /// still silent one `idle_timeout` later (a client that stopped reading, a stalled
 /// upload), it is dropped.
-pub async fn serve_connection<S>(
+///
+/// Not an `async fn`: what is set up before the connection is served is done here,
+/// and the future returned holds only what serving needs (an `async fn` keeps room
+/// for its arguments as long as it runs, and a connection's future lives as long as
+/// the connection).
+pub fn serve_connection<S>(
+    accepted: Accepted<S>,
+    settings: Arc<Settings>,
+    current: CurrentSettings,
+    drain: CancellationToken,
+    cut: CancellationToken,
+    tracker: TaskTracker,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::future::Either;
+    if accepted.protocol != Protocol::Detect {
+        return Either::Left(serve_known(
+            accepted, settings, current, drain, cut, tracker,
+        ));
+    }
+    Either::Right(detect(accepted, settings, current, drain, cut, tracker))
+}
+
+/// Neither ALPN nor the bytes peeked at accept told HTTP/1 from HTTP/2: reads on
+/// until they do (at most the preface's 24 bytes), and serves those bytes first.
+async fn detect<S>(
     accepted: Accepted<S>,
     settings: Arc<Settings>,
     current: CurrentSettings,
@@ -38,11 +65,6 @@ pub async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    if accepted.protocol != Protocol::Detect {
-        return serve_known(accepted, settings, current, drain, cut, tracker).await;
-    }
-    // Neither ALPN nor the bytes peeked at accept told HTTP/1 from HTTP/2: read on
-    // until they do (at most the preface's 24 bytes), and serve those bytes first.
     let mut accepted = accepted;
     let mut first = Vec::with_capacity(H2_PREFACE_LEN);
     let known = tokio::select! {
@@ -100,16 +122,18 @@ where
 }
 
 /// Serves a connection whose protocol is known.
-async fn serve_known<S>(
+fn serve_known<S>(
     accepted: Accepted<S>,
     settings: Arc<Settings>,
     current: CurrentSettings,
     drain: CancellationToken,
     cut: CancellationToken,
     tracker: TaskTracker,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use futures_util::future::Either;
     let Accepted {
         stream,
         protocol,
@@ -134,23 +158,44 @@ async fn serve_known<S>(
         admitted,
         permits,
     ));
-    let watched = Watchers {
-        ctx: &ctx,
+    let watched = Driven {
+        ctx,
         http1: protocol != Protocol::Http2,
-        activity: &activity,
-        drain: &drain,
-        cut: &cut,
+        activity,
+        drain,
+        cut,
     };
     // Driven by the protocol's own connection type, with no detection layer between
     // the socket and the parser. HTTP/2 is boxed: its state is larger than HTTP/1's,
     // and every HTTP/1 connection would otherwise carry room for it.
     if protocol == Protocol::Http2 {
-        let conn = serve_h2::Server::new(watched_stream, &settings.http2, ctx.clone());
-        crate::side::boxed(|| drive(conn, watched)).await;
-        return;
+        let conn = serve_h2::Server::new(watched_stream, &settings.http2, watched.ctx.clone());
+        return Either::Left(crate::side::boxed(|| watched.drive(conn)));
     }
-    let conn = serve_h1::Server::new(watched_stream, ctx.clone());
-    drive(conn, watched).await;
+    let conn = serve_h1::Server::new(watched_stream, watched.ctx.clone());
+    Either::Right(watched.drive(conn))
+}
+
+/// What a connection is watched with, owned by the future that drives it.
+struct Driven {
+    ctx: Arc<ConnCtx>,
+    http1: bool,
+    activity: Arc<Activity>,
+    drain: CancellationToken,
+    cut: CancellationToken,
+}
+
+impl Driven {
+    async fn drive<C: Connection>(self, conn: C) {
+        let w = Watchers {
+            ctx: &self.ctx,
+            http1: self.http1,
+            activity: &self.activity,
+            drain: &self.drain,
+            cut: &self.cut,
+        };
+        drive(conn, w).await
+    }
 }
 
 /// A connection's stream with the bytes already read from it served first.
@@ -436,33 +481,31 @@ async fn too_slow(activity: &Activity, ctx: &ConnCtx, min_rate: u64) {
 
 /// Completes when no byte has moved for `timeout` and no request waits on a backend;
 /// on HTTP/2 also when no request has been open for `timeout`, whatever frames moved.
+/// Both are looked at `timeout / 4` apart with one timer (a connection holds this
+/// future as long as it lives), so the close comes within 1.25 x `timeout`.
 async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
-    let bytes = async {
-        loop {
-            activity.idle_for(timeout).await;
+    use tokio::time::Instant;
+    let step = (timeout / crate::activity::CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
+    let mut seen = activity.stirred();
+    let mut quiet_since = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= quiet_since + timeout {
             if ctx.waiting.load(Ordering::Relaxed) == 0 {
                 return;
             }
-            tokio::time::sleep(timeout).await;
+            // A request waits on its backend: look again one timeout later, and
+            // then only after a whole timeout without a byte.
+            quiet_since = now + timeout;
         }
-    };
-    let requests = async {
-        loop {
-            if !ctx.requests.h2() {
-                tokio::time::sleep(timeout).await;
-                continue;
-            }
-            let quiet = ctx.requests.quiet();
-            if ctx.requests.in_flight() == 0 && quiet >= timeout {
-                return;
-            }
-            // Open requests: look again one timeout later.
-            let left = timeout.saturating_sub(quiet);
-            tokio::time::sleep(if left.is_zero() { timeout } else { left }).await;
+        if ctx.requests.h2() && ctx.requests.in_flight() == 0 && ctx.requests.quiet() >= timeout {
+            return;
         }
-    };
-    tokio::select! {
-        _ = bytes => {}
-        _ = requests => {}
+        tokio::time::sleep_until((quiet_since + timeout).min(now + step)).await;
+        let stirred = activity.stirred();
+        if stirred != seen {
+            seen = stirred;
+            quiet_since = quiet_since.max(Instant::now());
+        }
     }
 }
