@@ -470,80 +470,31 @@ async fn over_limit(
 }
 
 /// Hands an admitted connection (after TLS, if any) to its engine.
-async fn serve<S>(stream: S, conn: Conn, entry: &ListenerEntry, key: &BindKey, shared: &Arc<Shared>)
+/// Serves an admitted connection with its listener's engine. Not an `async fn`: the
+/// future returned holds only what its engine needs, for the connection's life.
+fn serve<'a, S>(
+    stream: S,
+    conn: Conn,
+    entry: &'a ListenerEntry,
+    key: &'a BindKey,
+    shared: &'a Arc<Shared>,
+) -> impl std::future::Future<Output = ()> + Send + 'a
 where
     S: l4::ClientStream,
 {
-    let Conn {
-        generation,
-        protocol,
-        peer,
-        local,
-        client_cert,
-        admitted,
-        held,
-    } = conn;
-    let cut = shared.cut.clone();
-    match &entry.engine {
-        Engine::Tcp(listener) => {
-            let _held = held;
-            if listener.sni.is_empty() {
-                let Some(settings) = &listener.default else {
-                    return;
-                };
-                // Boxed: the TCP engine's future is larger than the HTTP engine's.
-                crate::side::boxed(|| {
-                    l4::proxy(
-                        stream,
-                        (peer, local),
-                        client_cert,
-                        settings.clone(),
-                        l4::Opening::default(),
-                        cut,
-                    )
-                })
-                .await;
-                return;
-            }
-            // Routes by SNI: only on listeners without TLS, whose streams are plain.
-            let Ok(mut tcp) = stream.into_plain() else {
-                return;
-            };
-            let read = tokio::time::timeout(entry.header_timeout, l4::sni::read(&mut tcp));
-            let (first, name) = match read.await {
-                Ok(Ok(hello)) => hello,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "no ClientHello to route by: closed");
-                    return;
-                }
-                Err(_) => {
-                    debug!("no ClientHello within header_timeout: closed");
-                    return;
-                }
-            };
-            let Some((settings, rule)) = listener.route(name.as_deref()) else {
-                debug!(
-                    sni = name.as_deref().unwrap_or("-"),
-                    "no route for this server name: closed"
-                );
-                return;
-            };
-            if over_limit(rule, peer, &entry.name).await {
-                return;
-            }
-            crate::side::boxed(|| {
-                l4::proxy(
-                    tcp,
-                    (peer, local),
-                    client_cert,
-                    settings.clone(),
-                    l4::Opening { first, sni: name },
-                    cut,
-                )
-            })
-            .await;
-        }
+    use futures_util::future::Either;
+    let listener = match &entry.engine {
+        Engine::Tcp(listener) => listener,
         Engine::Http(settings) => {
+            let Conn {
+                generation,
+                protocol,
+                peer,
+                local,
+                client_cert,
+                admitted,
+                held,
+            } = conn;
             let accepted = l7::Accepted {
                 stream,
                 protocol,
@@ -555,17 +506,97 @@ where
             };
             let drain = shared.stop_accepting.clone();
             let current = current_settings(shared, key, &entry.name, generation, settings);
-            l7::serve_connection(
+            return Either::Left(l7::serve_connection(
                 accepted,
                 settings.clone(),
                 current,
                 drain,
-                cut,
+                shared.cut.clone(),
                 shared.tracker.clone(),
-            )
-            .await;
+            ));
         }
+    };
+    Either::Right(serve_tcp(stream, conn, listener, entry, shared))
+}
+
+/// A connection of a `tcp` listener: to its default upstream, or routed by the
+/// server name of its ClientHello.
+async fn serve_tcp<S>(
+    stream: S,
+    conn: Conn,
+    listener: &l4::Listener,
+    entry: &ListenerEntry,
+    shared: &Arc<Shared>,
+) where
+    S: l4::ClientStream,
+{
+    let Conn {
+        peer,
+        local,
+        client_cert,
+        held,
+        ..
+    } = conn;
+    let cut = shared.cut.clone();
+    let _held = held;
+    if listener.sni.is_empty() {
+        let Some(settings) = &listener.default else {
+            return;
+        };
+        // Boxed: the TCP engine's future is larger than the HTTP engine's.
+        crate::side::boxed(|| {
+            l4::proxy(
+                stream,
+                (peer, local),
+                client_cert,
+                settings.clone(),
+                l4::Opening::default(),
+                cut,
+            )
+        })
+        .await;
+        return;
     }
+    // Routes by SNI: only on listeners without TLS, whose streams are plain.
+    let Ok(mut tcp) = stream.into_plain() else {
+        return;
+    };
+    // Boxed: waiting for a ClientHello is the rare case, and every connection's
+    // future would otherwise keep room for it.
+    let read =
+        crate::side::boxed(|| tokio::time::timeout(entry.header_timeout, l4::sni::read(&mut tcp)));
+    let (first, name) = match read.await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            debug!(error = %e, "no ClientHello to route by: closed");
+            return;
+        }
+        Err(_) => {
+            debug!("no ClientHello within header_timeout: closed");
+            return;
+        }
+    };
+    let Some((settings, rule)) = listener.route(name.as_deref()) else {
+        debug!(
+            sni = name.as_deref().unwrap_or("-"),
+            "no route for this server name: closed"
+        );
+        return;
+    };
+    if over_limit(rule, peer, &entry.name).await {
+        return;
+    }
+    crate::side::boxed(|| {
+        l4::proxy(
+            tcp,
+            (peer, local),
+            client_cert,
+            settings.clone(),
+            l4::Opening { first, sni: name },
+            cut,
+        )
+    })
+    .await;
 }
 
 /// The settings a connection's requests are routed by: those it was accepted with
