@@ -141,7 +141,8 @@ where
             Ok(None) => return Ok(()),
             Err(Error::Refused(status)) => {
                 let out = write::refusal(status);
-                let _ = poll_fn(|cx| poll_write_all(&mut io, &out, cx)).await;
+                let mut left = &out[..];
+                let _ = poll_fn(|cx| poll_write_all(&mut io, &mut left, cx)).await;
                 let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
                 return Err(Error::Refused(status));
             }
@@ -238,19 +239,19 @@ fn poll_read_head<S: AsyncRead + Unpin>(
     Poll::Ready(Ok(got.len()))
 }
 
+/// Writes all of `data`, taking what is written off its front: a write cut short by
+/// a full socket goes on from there when polled again.
 pub(super) fn poll_write_all<S: AsyncWrite + Unpin>(
     io: &mut S,
-    mut data: &[u8],
+    data: &mut &[u8],
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
-    // Only ever called with data small enough for one write in practice; a partial
-    // write is finished from the rest, which the caller passes again.
     while !data.is_empty() {
         let n = ready!(Pin::new(&mut *io).poll_write(cx, data))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        data = &data[n..];
+        *data = &data[n..];
     }
     Poll::Ready(Ok(()))
 }
@@ -339,8 +340,9 @@ where
     );
     if plan.upgrade {
         drop(body);
+        let mut left = &out[..];
         let flushed = poll_fn(|cx| {
-            ready!(poll_write_all(io, &out, cx))?;
+            ready!(poll_write_all(io, &mut left, cx))?;
             Pin::new(&mut *io).poll_flush(cx)
         })
         .await;
@@ -555,5 +557,58 @@ impl Sending {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most 3 bytes a write, and is not ready every other time.
+    struct Trickle {
+        got: Vec<u8>,
+        ready: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = data.len().min(3);
+            self.got.extend_from_slice(&data[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_goes_on_where_it_stopped() {
+        let mut io = Trickle {
+            got: Vec::new(),
+            ready: false,
+        };
+        let mut left = &b"HTTP/1.1 100 Continue\r\n\r\n"[..];
+        // Starting over on each poll would never finish (and would repeat bytes).
+        let write = poll_fn(|cx| poll_write_all(&mut io, &mut left, cx));
+        tokio::time::timeout(Duration::from_secs(5), write)
+            .await
+            .expect("finished")
+            .unwrap();
+        assert_eq!(io.got, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(left.is_empty());
     }
 }

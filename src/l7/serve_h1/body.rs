@@ -125,8 +125,9 @@ impl Body for H1Body {
 pub(super) struct Feeder {
     slot: Option<Arc<Slot>>,
     framing: Framing,
-    /// `100 Continue` is still to be sent before the body is first read.
-    pub(super) expect: bool,
+    /// What is still to be sent of `100 Continue` before the body is first read
+    /// (empty once sent, or when the client expects nothing).
+    continuing: &'static [u8],
     /// The body failed (malformed, cut short): the connection cannot carry another
     /// request.
     pub(super) failed: bool,
@@ -141,7 +142,7 @@ impl Feeder {
             let feeder = Feeder {
                 slot: None,
                 framing,
-                expect: false,
+                continuing: b"",
                 failed: false,
             };
             return (feeder, H1Body::empty());
@@ -158,7 +159,7 @@ impl Feeder {
         let feeder = Feeder {
             slot: Some(slot),
             framing,
-            expect,
+            continuing: if expect { CONTINUE } else { b"" },
             failed: false,
         };
         (feeder, body)
@@ -184,7 +185,7 @@ impl Feeder {
     /// already in `buf` whole; true when the connection can carry another request.
     pub(super) fn finish(&mut self, buf: &mut BytesMut) -> bool {
         self.slot = None;
-        if self.failed || self.expect {
+        if self.failed || !self.continuing.is_empty() {
             // A client told to wait for `100 Continue` that never came may send its
             // body anyway, or not: the connection's next bytes are unknown.
             return self.framing == Framing::Done && !self.failed;
@@ -222,11 +223,11 @@ impl Feeder {
         if !s.want || s.frame.is_some() || s.end {
             return Poll::Pending;
         }
-        if self.expect {
+        if !self.continuing.is_empty() {
             // Sent once, when the body is first asked for (and only then: a request
             // answered without its body never makes the client send it).
-            match super::poll_write_all(io, CONTINUE, cx) {
-                Poll::Ready(Ok(())) => self.expect = false,
+            match super::poll_write_all(io, &mut self.continuing, cx) {
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return self.fail(&mut s, Box::new(e)),
                 Poll::Pending => return Poll::Pending,
             }
