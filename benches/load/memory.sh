@@ -78,7 +78,7 @@ declare -A IDLE KEEP
 for proxy in fulcrum haproxy nginx; do
   pid_var="PID_$proxy"
   echo "holding $COUNT connections to $proxy ..." >&2
-  out=$(python3 benches/load/connections.py "${!pid_var}" 127.0.0.1 "${PORT[$proxy]}" "$COUNT") || {
+  out=$(python3 benches/load/connections.py "${!pid_var}" 127.0.0.1 "${PORT[$proxy]}" "$COUNT" ${ONE_AT_A_TIME:+one-at-a-time}) || {
     echo "$proxy: measurement failed" >&2; tail -5 "$WORK/fulcrum.log" >&2; exit 1; }
   IDLE[$proxy]=$(awk '$1 == "idle" {print $2}' <<<"$out")
   KEEP[$proxy]=$(awk '$1 == "keepalive" {print $2}' <<<"$out")
