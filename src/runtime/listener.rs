@@ -249,9 +249,7 @@ fn admit_one(
                 admitted,
                 held,
             };
-            // Boxed as it is: built in place (`side::boxed`), the waiting connection's
-            // task held 0.1 KiB more.
-            return Box::pin(serve(stream, conn, &entry, &key, &shared_task)).await;
+            return serve(stream, conn, &entry, &key, &shared_task).await;
         };
         // Boxed: a TLS session's state is large, and plain connections should
         // not carry room for it.
@@ -469,54 +467,74 @@ async fn over_limit(
     true
 }
 
-/// Hands an admitted connection (after TLS, if any) to its engine.
-/// Serves an admitted connection with its listener's engine. Not an `async fn`: the
-/// future returned holds only what its engine needs, for the connection's life.
-fn serve<'a, S>(
-    stream: S,
-    conn: Conn,
-    entry: &'a ListenerEntry,
-    key: &'a BindKey,
-    shared: &'a Arc<Shared>,
-) -> impl std::future::Future<Output = ()> + Send + 'a
+/// Serves an admitted connection (after TLS, if any) with its listener's engine: an
+/// HTTP connection on a task of its own, so that it no longer carries the state it
+/// waited for its first bytes or its handshake in; a tcp connection within this task.
+async fn serve<S>(stream: S, conn: Conn, entry: &ListenerEntry, key: &BindKey, shared: &Arc<Shared>)
 where
     S: l4::ClientStream,
 {
-    use futures_util::future::Either;
-    let listener = match &entry.engine {
-        Engine::Tcp(listener) => listener,
+    match &entry.engine {
         Engine::Http(settings) => {
-            let Conn {
-                generation,
-                protocol,
-                peer,
-                local,
-                client_cert,
-                admitted,
-                held,
-            } = conn;
-            let accepted = l7::Accepted {
-                stream,
-                protocol,
-                peer,
-                local,
-                client_cert,
-                admitted,
-                permits: Arc::new(held),
-            };
-            let drain = shared.stop_accepting.clone();
-            let current = current_settings(shared, key, &entry.name, generation, settings);
-            return Either::Left(l7::serve_connection(
-                accepted,
-                settings.clone(),
-                current,
-                drain,
-                shared.cut.clone(),
-                shared.tracker.clone(),
-            ));
+            let work = serve_http(stream, conn, settings, key, &entry.name, shared);
+            let span = tracing::Span::current();
+            if span.is_disabled() {
+                shared.tracker.spawn(work);
+            } else {
+                shared
+                    .tracker
+                    .spawn(tracing::Instrument::instrument(work, span));
+            }
         }
+        // Boxed: the task waiting for a connection's first bytes should not carry
+        // room for its engine.
+        Engine::Tcp(listener) => {
+            Box::pin(serve_tcp(stream, conn, listener, entry, shared)).await;
+        }
+    }
+}
+
+/// The future that serves an admitted HTTP connection, for its own task. Not an
+/// `async fn`: it holds only what the engine needs, for the connection's life. Its
+/// end of drain time is watched by the engine.
+fn serve_http<S>(
+    stream: S,
+    conn: Conn,
+    settings: &Arc<l7::Settings>,
+    key: &BindKey,
+    name: &str,
+    shared: &Arc<Shared>,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    S: l4::ClientStream,
+{
+    let Conn {
+        generation,
+        protocol,
+        peer,
+        local,
+        client_cert,
+        admitted,
+        held,
+    } = conn;
+    let accepted = l7::Accepted {
+        stream,
+        protocol,
+        peer,
+        local,
+        client_cert,
+        admitted,
+        permits: Arc::new(held),
     };
-    Either::Right(serve_tcp(stream, conn, listener, entry, shared))
+    let current = current_settings(shared, key, name, generation, settings);
+    l7::serve_connection(
+        accepted,
+        settings.clone(),
+        current,
+        shared.stop_accepting.clone(),
+        shared.cut.clone(),
+        shared.tracker.clone(),
+    )
 }
 
 /// A connection of a `tcp` listener: to its default upstream, or routed by the
