@@ -2,6 +2,7 @@
 //! (told apart by ALPN or the first bytes),
 //! watched for idleness, slowness, drain and cut.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -357,34 +358,52 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     let settings = &ctx.settings;
     let peer = ctx.peer;
     tokio::pin!(conn);
-    let first_head = tokio::time::sleep(settings.header_timeout);
-    tokio::pin!(first_head);
-    let mut head_checked = false;
+    // What can end or close the connection besides the connection itself, with one
+    // timer for the first head's deadline, idleness and `min_rate`: polled only when
+    // the timer or a token fires, not on every read and write.
+    let timer = tokio::time::sleep(settings.header_timeout);
+    tokio::pin!(timer);
+    let drain_fired = drain.cancelled();
+    tokio::pin!(drain_fired);
+    let close_fired = ctx.close.cancelled();
+    tokio::pin!(close_fired);
+    let cut_fired = cut.cancelled();
+    tokio::pin!(cut_fired);
+    let mut clock = Clock::new(timer.deadline(), settings.min_rate);
     let mut closing = false;
     // Draining an HTTP/1.1 connection: its next response closes it, or it closes once
     // idle for `linger`.
     let mut lingering = false;
     let linger = DRAIN_LINGER.min(settings.idle_timeout);
     loop {
-        // What can end or close the connection besides the connection itself: polled
-        // only when one of its timers or tokens fires, not on every read and write.
-        let idle_for = if lingering && !closing {
-            linger
-        } else {
-            settings.idle_timeout
-        };
-        let watch = async {
-            tokio::select! {
-                _ = &mut first_head, if !head_checked => Watch::HeadTimeout,
-                _ = drain.cancelled(), if !closing && !lingering => Watch::Drain,
-                _ = ctx.close.cancelled(), if !closing => Watch::Close,
-                // One idleness at a time: a lingering connection's, then (once it
-                // closes) the usual one.
-                _ = idle(activity, ctx, idle_for) => if lingering && !closing { Watch::Close } else { Watch::Idle },
-                _ = too_slow(activity, ctx, settings.min_rate), if settings.min_rate > 0 => Watch::TooSlow,
-                _ = cut.cancelled() => Watch::Cut,
+        // One idleness at a time: a lingering connection's, then (once it closes) the
+        // usual one. Idleness and `min_rate` are counted afresh from here.
+        let lingers = lingering && !closing;
+        clock.start(
+            if lingers {
+                linger
+            } else {
+                settings.idle_timeout
+            },
+            activity,
+            ctx,
+        );
+        let watch = std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if !closing && !lingering && drain_fired.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Watch::Drain);
             }
-        };
+            if !closing && close_fired.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Watch::Close);
+            }
+            if cut_fired.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Watch::Cut);
+            }
+            match clock.poll(timer.as_mut(), cx, activity, ctx) {
+                Poll::Ready(Watch::Idle) if lingers => Poll::Ready(Watch::Close),
+                other => other,
+            }
+        });
         match side::first(conn.as_mut(), watch).await {
             First::Main(r) => {
                 if let Err(e) = r {
@@ -407,7 +426,6 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                 return;
             }
             First::Side(Watch::HeadTimeout) => {
-                head_checked = true;
                 if !ctx.first_request.load(Ordering::Relaxed) {
                     debug!(client.addr = %peer, "no complete request head within header_timeout: closed");
                     head_timed_out(settings, peer, http1 && activity.moved() > 0);
@@ -456,56 +474,143 @@ enum Watch {
     Cut,
 }
 
-/// Completes when a request's transfer (its upload, or its response's download) moved
+/// The timer of a connection's watch: the first request head's deadline, idleness and
+/// `min_rate`, on one `Sleep` set to whichever comes first.
+///
+/// Idleness: no byte moved for `timeout` while no request waits on a backend; on
+/// HTTP/2 also no request open for `timeout`, whatever frames moved. Both are looked
+/// at `timeout / 4` apart, so the close comes within 1.25 x `timeout`.
+///
+/// `min_rate`: a request's transfer (its upload, or its response's download) moved
 /// fewer than `min_rate` bytes per second over a whole window. Windows in which a
 /// request waited on its backend, or no request was open, do not count.
-async fn too_slow(activity: &Activity, ctx: &ConnCtx, min_rate: u64) {
-    let window = config::MIN_RATE_WINDOW;
-    let floor = min_rate.saturating_mul(window.as_secs());
-    loop {
-        let before = activity.moved();
-        let open_before = ctx.requests.in_flight() > 0;
-        ctx.waited
-            .store(ctx.waiting.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
-        tokio::time::sleep(window).await;
-        let moved = activity.moved().saturating_sub(before);
-        if open_before
-            && ctx.requests.in_flight() > 0
-            && !ctx.waited.load(Ordering::Relaxed)
-            && moved < floor
-        {
-            return;
-        }
-    }
+struct Clock {
+    /// The first head's deadline, until it has passed.
+    head: Option<tokio::time::Instant>,
+    timeout: Duration,
+    /// How often idleness is looked at.
+    step: Duration,
+    /// Activity as last seen, and since when nothing moved.
+    seen: (u64, u64),
+    quiet_since: tokio::time::Instant,
+    /// When idleness is looked at next.
+    idle_at: tokio::time::Instant,
+    /// 0: no `min_rate`; else the bytes a window must move.
+    floor: u64,
+    /// The current `min_rate` window: its end, the bytes moved at its start, and
+    /// whether a request was open then.
+    window_ends: tokio::time::Instant,
+    moved_before: u64,
+    open_before: bool,
 }
 
-/// Completes when no byte has moved for `timeout` and no request waits on a backend;
-/// on HTTP/2 also when no request has been open for `timeout`, whatever frames moved.
-/// Both are looked at `timeout / 4` apart with one timer (a connection holds this
-/// future as long as it lives), so the close comes within 1.25 x `timeout`.
-async fn idle(activity: &Activity, ctx: &ConnCtx, timeout: Duration) {
-    use tokio::time::Instant;
-    let step = (timeout / crate::activity::CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
-    let mut seen = activity.stirred();
-    let mut quiet_since = Instant::now();
-    loop {
-        let now = Instant::now();
-        if now >= quiet_since + timeout {
-            if ctx.waiting.load(Ordering::Relaxed) == 0 {
-                return;
+impl Clock {
+    fn new(head: tokio::time::Instant, min_rate: u64) -> Clock {
+        let now = tokio::time::Instant::now();
+        Clock {
+            head: Some(head),
+            timeout: Duration::ZERO,
+            step: Duration::ZERO,
+            seen: (0, 0),
+            quiet_since: now,
+            idle_at: now,
+            floor: min_rate.saturating_mul(config::MIN_RATE_WINDOW.as_secs()),
+            window_ends: now,
+            moved_before: 0,
+            open_before: false,
+        }
+    }
+
+    /// Counts idleness (for `timeout`) and the `min_rate` window from now.
+    fn start(&mut self, timeout: Duration, activity: &Activity, ctx: &ConnCtx) {
+        let now = tokio::time::Instant::now();
+        self.timeout = timeout;
+        self.step = (timeout / crate::activity::CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
+        self.seen = activity.stirred();
+        self.quiet_since = now;
+        self.idle_at = now;
+        if self.floor > 0 {
+            self.open_window(now, activity, ctx);
+        }
+    }
+
+    fn open_window(&mut self, now: tokio::time::Instant, activity: &Activity, ctx: &ConnCtx) {
+        self.moved_before = activity.moved();
+        self.open_before = ctx.requests.in_flight() > 0;
+        ctx.waited
+            .store(ctx.waiting.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
+        self.window_ends = now + config::MIN_RATE_WINDOW;
+    }
+
+    /// Ready with what fired (`HeadTimeout`, `Idle` or `TooSlow`); otherwise the timer
+    /// is set to the next time to look.
+    fn poll(
+        &mut self,
+        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        cx: &mut std::task::Context<'_>,
+        activity: &Activity,
+        ctx: &ConnCtx,
+    ) -> std::task::Poll<Watch> {
+        use std::task::Poll;
+        loop {
+            let now = tokio::time::Instant::now();
+            if self.head.is_some_and(|at| now >= at) {
+                self.head = None;
+                return Poll::Ready(Watch::HeadTimeout);
             }
-            // A request waits on its backend: look again one timeout later, and
-            // then only after a whole timeout without a byte.
-            quiet_since = now + timeout;
+            if now >= self.idle_at && self.idle(now, activity, ctx) {
+                return Poll::Ready(Watch::Idle);
+            }
+            if self.floor > 0 && now >= self.window_ends {
+                let moved = activity.moved().saturating_sub(self.moved_before);
+                if self.open_before
+                    && ctx.requests.in_flight() > 0
+                    && !ctx.waited.load(Ordering::Relaxed)
+                    && moved < self.floor
+                {
+                    return Poll::Ready(Watch::TooSlow);
+                }
+                self.open_window(now, activity, ctx);
+            }
+            let mut next = self.idle_at;
+            if let Some(head) = self.head {
+                next = next.min(head);
+            }
+            if self.floor > 0 {
+                next = next.min(self.window_ends);
+            }
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
-        if ctx.requests.h2() && ctx.requests.in_flight() == 0 && ctx.requests.quiet() >= timeout {
-            return;
-        }
-        tokio::time::sleep_until((quiet_since + timeout).min(now + step)).await;
+    }
+
+    /// Looks at idleness (its time has come): true when the connection is idle,
+    /// otherwise sets when to look next.
+    fn idle(&mut self, now: tokio::time::Instant, activity: &Activity, ctx: &ConnCtx) -> bool {
         let stirred = activity.stirred();
-        if stirred != seen {
-            seen = stirred;
-            quiet_since = quiet_since.max(Instant::now());
+        if stirred != self.seen {
+            self.seen = stirred;
+            self.quiet_since = self.quiet_since.max(now);
         }
+        if now >= self.quiet_since + self.timeout {
+            if ctx.waiting.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            // A request waits on its backend: look again one timeout later, and then
+            // only after a whole timeout without a byte.
+            self.quiet_since = now + self.timeout;
+        }
+        if ctx.requests.h2()
+            && ctx.requests.in_flight() == 0
+            && ctx.requests.quiet() >= self.timeout
+        {
+            return true;
+        }
+        self.idle_at = (self.quiet_since + self.timeout).min(now + self.step);
+        false
     }
 }
