@@ -39,13 +39,16 @@ pub struct ConnCtx {
     /// Requests in flight and when the last began or ended: on HTTP/2 only requests
     /// count as activity, not the pings and other frames a client can send to hold a
     /// connection open.
-    pub(super) requests: Arc<Requests>,
+    pub(super) requests: Requests,
     /// Fired when a response must be the connection's last (a malformed request, a
     /// denied client): the connection closes once it is sent.
-    pub(super) close: CancellationToken,
+    pub(super) close: Signal,
     /// Shutdown's drain began on an HTTP/1.1 connection: its next response is its last
     /// and says so (`Connection: close`).
     pub(super) draining: AtomicBool,
+    /// The connection is to close: an HTTP/1.x one after the response in flight, or at
+    /// once when it waits for a request.
+    pub(super) shutdown: AtomicBool,
     /// The connection's places under the connection limits, held by upgraded tunnels too.
     pub permits: Arc<dyn Send + Sync>,
     /// Fires when shutdown's drain time is over.
@@ -62,6 +65,40 @@ pub struct ConnCtx {
     pub(super) span: tracing::Span,
     /// `Alt-Svc` for HTTP/3 on this connection's port, made when first sent.
     alt_svc: std::sync::OnceLock<HeaderValue>,
+}
+
+impl super::open::Counted for ConnCtx {
+    fn requests(&self) -> &Requests {
+        &self.requests
+    }
+}
+
+/// A one-time signal held in place (a `CancellationToken` is an allocation of its own).
+#[derive(Default)]
+pub(super) struct Signal {
+    fired: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Signal {
+    pub(super) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Completes once the signal has fired.
+    pub(super) async fn fired(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is looked at: a fire in between wakes it.
+            notified.as_mut().enable();
+            if self.fired.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Counts a request as waiting on its backend while held.
@@ -107,8 +144,9 @@ impl ConnCtx {
             waited: AtomicBool::new(false),
             first_request: AtomicBool::new(false),
             requests: Default::default(),
-            close: CancellationToken::new(),
+            close: Signal::default(),
             draining: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
             permits,
             cut,
             tracker,

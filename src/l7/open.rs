@@ -56,29 +56,44 @@ impl Requests {
         let ms = self.born.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
+}
 
-    /// A request began: it counts until the returned guard is dropped.
-    pub(super) fn began(self: &Arc<Self>) -> OpenRequest {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        if self.h2() {
-            self.touch();
-        }
-        OpenRequest(self.clone())
+/// What holds a connection's [`Requests`] (its connection state, which keeps them in
+/// place rather than in an allocation of their own).
+pub(super) trait Counted: Send + Sync {
+    fn requests(&self) -> &Requests;
+}
+
+impl Counted for Requests {
+    fn requests(&self) -> &Requests {
+        self
     }
+}
+
+/// A request of the connection `holder` began: it counts until the returned guard is
+/// dropped.
+pub(super) fn began<T: Counted + 'static>(holder: &Arc<T>) -> OpenRequest {
+    let r = holder.requests();
+    r.open.fetch_add(1, Ordering::Relaxed);
+    if r.h2() {
+        r.touch();
+    }
+    OpenRequest(holder.clone())
 }
 
 /// A request whose response is not over yet; its end counts as the connection's last
 /// activity.
-pub struct OpenRequest(Arc<Requests>);
+pub struct OpenRequest(Arc<dyn Counted>);
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
+        let r = self.0.requests();
         // The time of the last request matters only where requests time the
         // connection out (HTTP/2); HTTP/1.1 reads no clock here.
-        if self.0.h2() {
-            self.0.touch();
+        if r.h2() {
+            r.touch();
         }
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        r.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -92,7 +107,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(r.quiet(), Duration::from_secs(5));
         r.set_h2();
-        let open = r.began();
+        let open = began(&r);
         assert_eq!((r.in_flight(), r.quiet()), (1, Duration::ZERO));
         tokio::time::advance(Duration::from_secs(3)).await;
         drop(open);

@@ -76,7 +76,7 @@ async fn handle_in(
     if matches!(version, http::Version::HTTP_2 | http::Version::HTTP_3) {
         ctx.requests.set_h2();
     }
-    let open = Some(ctx.requests.began());
+    let open = Some(super::open::began(ctx));
     let settings = (ctx.current)().unwrap_or_else(|| ctx.settings.clone());
     let s = &settings;
     s.by_protocol[match version {
@@ -200,7 +200,7 @@ async fn handle_in(
             if !ctx.requests.h2() {
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                ctx.close.cancel();
+                ctx.close.fire();
             }
         }
         if let Some(v) = cache_status {

@@ -187,15 +187,20 @@ struct Driven {
 }
 
 impl Driven {
-    async fn drive<C: Connection>(self, conn: C) {
-        let w = Watchers {
-            ctx: &self.ctx,
-            http1: self.http1,
-            activity: &self.activity,
-            drain: &self.drain,
-            cut: &self.cut,
-        };
-        drive(conn, w).await
+    /// Not an `async fn`, which would keep `self` and `conn` beside the future of
+    /// `drive` they are moved into.
+    #[allow(clippy::manual_async_fn)] // the size, as said above
+    fn drive<C: Connection + Send>(self, conn: C) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let w = Watchers {
+                ctx: &self.ctx,
+                http1: self.http1,
+                activity: &self.activity,
+                drain: &self.drain,
+                cut: &self.cut,
+            };
+            drive(conn, w).await
+        }
     }
 }
 
@@ -356,7 +361,6 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
         cut,
     } = w;
     let settings = &ctx.settings;
-    let peer = ctx.peer;
     tokio::pin!(conn);
     // What can end or close the connection besides the connection itself, with one
     // timer for the first head's deadline, idleness and `min_rate`: polled only when
@@ -365,7 +369,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     tokio::pin!(timer);
     let drain_fired = drain.cancelled();
     tokio::pin!(drain_fired);
-    let close_fired = ctx.close.cancelled();
+    let close_fired = ctx.close.fired();
     tokio::pin!(close_fired);
     let cut_fired = cut.cancelled();
     tokio::pin!(cut_fired);
@@ -407,18 +411,18 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
         match side::first(conn.as_mut(), watch).await {
             First::Main(r) => {
                 if let Err(e) = r {
-                    debug!(client.addr = %peer, error = %e, "http connection ended with an error");
+                    debug!(client.addr = %ctx.peer, error = %e, "http connection ended with an error");
                     match e.refused() {
                         // A request head that could not be served was answered:
                         // logged and counted like every other response.
                         Some(status) => {
                             settings.unrouted.count(status);
-                            access::before_request(&settings.listener, peer, status);
+                            access::before_request(&settings.listener, ctx.peer, status);
                         }
                         // A connection that ended before its first request.
                         None if ctx.first_request.load(Ordering::Relaxed) => {}
                         None if e.timed_out() => {
-                            head_timed_out(settings, peer, http1 && activity.moved() > 0)
+                            head_timed_out(settings, ctx.peer, http1 && activity.moved() > 0)
                         }
                         None => settings.closed("client_reset"),
                     }
@@ -427,8 +431,8 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             }
             First::Side(Watch::HeadTimeout) => {
                 if !ctx.first_request.load(Ordering::Relaxed) {
-                    debug!(client.addr = %peer, "no complete request head within header_timeout: closed");
-                    head_timed_out(settings, peer, http1 && activity.moved() > 0);
+                    debug!(client.addr = %ctx.peer, "no complete request head within header_timeout: closed");
+                    head_timed_out(settings, ctx.peer, http1 && activity.moved() > 0);
                     return;
                 }
             }
@@ -442,7 +446,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             }
             First::Side(Watch::Idle) => {
                 if closing {
-                    debug!(client.addr = %peer, "still idle after closing: dropped");
+                    debug!(client.addr = %ctx.peer, "still idle after closing: dropped");
                     return;
                 }
                 if !ctx.first_request.load(Ordering::Relaxed) {
@@ -452,7 +456,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
                 closing = true;
             }
             First::Side(Watch::TooSlow) => {
-                debug!(client.addr = %peer, min_rate = settings.min_rate, "transfer slower than min_rate: cut");
+                debug!(client.addr = %ctx.peer, min_rate = settings.min_rate, "transfer slower than min_rate: cut");
                 settings.closed("min_rate");
                 return;
             }

@@ -71,7 +71,7 @@ impl std::fmt::Display for Error {
 
 /// A connection being served: a future that ends with the connection.
 pub(super) struct Server {
-    shutdown: Arc<AtomicBool>,
+    ctx: Arc<ConnCtx>,
     run: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>,
 }
 
@@ -80,15 +80,14 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let run = crate::side::boxed(|| run(io, ctx, shutdown.clone()));
-        Server { shutdown, run }
+        let run = crate::side::boxed(|| run(io, ctx.clone()));
+        Server { ctx, run }
     }
 
     /// Finishes the request in flight, if any, then closes: its response says
     /// `Connection: close`. An idle connection closes at once.
     pub(super) fn graceful_shutdown(&mut self) {
-        self.shutdown.store(true, Ordering::Relaxed);
+        self.ctx.shutdown.store(true, Ordering::Relaxed);
     }
 }
 
@@ -114,59 +113,73 @@ pub(super) type Upgraded = Prefixed<Box<dyn Io>>;
 #[derive(Clone)]
 pub(crate) struct OnUpgrade(pub(crate) Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
 
-async fn run<S>(mut io: S, ctx: Arc<ConnCtx>, shutdown: Arc<AtomicBool>) -> Result<(), Error>
+/// Serves the connection's requests one after another. Not an `async fn`: the future
+/// keeps `io` and `ctx` once, where an `async fn` keeps its arguments beside the
+/// locals they are moved into.
+#[allow(clippy::manual_async_fn)] // the size, as said above
+fn run<S>(mut io: S, ctx: Arc<ConnCtx>) -> impl Future<Output = Result<(), Error>> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let settings = ctx.settings.clone();
-    let max_head = settings.max_header_list as usize;
-    let abort_on_close = settings.abort_on_close;
-    let mut read = BytesMut::new();
-    let mut later = false;
-    loop {
-        if read.is_empty() {
-            // Nothing pipelined: the buffer is given back while the connection waits.
-            read = BytesMut::new();
-        }
-        let head = read_head(
-            &mut io,
-            &mut read,
-            max_head,
-            later.then_some(settings.header_timeout),
-            &shutdown,
-        )
-        .await;
-        let head = match head {
-            Ok(Some(head)) => head,
-            Ok(None) => return Ok(()),
-            Err(Error::Refused(status)) => {
-                let out = write::refusal(status);
-                let mut left = &out[..];
-                let _ = poll_fn(|cx| poll_write_all(&mut io, &mut left, cx)).await;
-                let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
-                return Err(Error::Refused(status));
+    async move {
+        let max_head = ctx.settings.max_header_list as usize;
+        let mut read = BytesMut::new();
+        let mut later = false;
+        let refused = loop {
+            if read.is_empty() {
+                // Nothing pipelined: the buffer is given back while the connection waits.
+                read = BytesMut::new();
             }
-            Err(e) => return Err(e),
+            let timeout = later.then_some(ctx.settings.header_timeout);
+            // Everything a request needs lives in one allocation while it is served,
+            // none while the connection waits for the next: the head is moved into it
+            // within this block.
+            let served = {
+                let head =
+                    match read_head(&mut io, &mut read, max_head, timeout, &ctx.shutdown).await {
+                        Ok(Some(head)) => head,
+                        Ok(None) => return Ok(()),
+                        Err(Error::Refused(status)) => break status,
+                        Err(e) => return Err(e),
+                    };
+                let abort_on_close = ctx.settings.abort_on_close;
+                crate::side::boxed(|| {
+                    serve_one(
+                        &mut io,
+                        &mut read,
+                        head,
+                        &ctx,
+                        &ctx.shutdown,
+                        abort_on_close,
+                    )
+                })
+            };
+            later = true;
+            match served.await? {
+                Next::Request => {}
+                Next::Close => {
+                    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+                    return Ok(());
+                }
+                Next::Upgrade(to) => {
+                    let io: Box<dyn Io> = Box::new(io);
+                    let _ = to.send(Prefixed::new(read.freeze(), io));
+                    return Ok(());
+                }
+            }
         };
-        later = true;
-        // Everything a request needs lives in one allocation while it is served,
-        // none while the connection waits for the next.
-        let served = crate::side::boxed(|| {
-            serve_one(&mut io, &mut read, head, &ctx, &shutdown, abort_on_close)
-        });
-        match served.await? {
-            Next::Request => {}
-            Next::Close => {
-                let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
-                return Ok(());
-            }
-            Next::Upgrade(to) => {
-                let io: Box<dyn Io> = Box::new(io);
-                let _ = to.send(Prefixed::new(read.freeze(), io));
-                return Ok(());
-            }
-        }
+        Box::pin(refuse(&mut io, refused)).await
     }
+}
+
+/// Answers a request head that cannot be served and closes the connection (boxed by
+/// the caller: a waiting connection carries no room for it).
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, status: StatusCode) -> Result<(), Error> {
+    let out = write::refusal(status);
+    let mut left = &out[..];
+    let _ = poll_fn(|cx| poll_write_all(io, &mut left, cx)).await;
+    let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
+    Err(Error::Refused(status))
 }
 
 /// Reads until a whole request head is in `read`. `Ok(None)`: the connection closed
