@@ -374,6 +374,12 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
     let cut_fired = cut.cancelled();
     tokio::pin!(cut_fired);
     let mut clock = Clock::new(timer.deadline(), settings.min_rate);
+    let load = Load {
+        activity,
+        requests: &ctx.requests,
+        waiting: &ctx.waiting,
+        waited: &ctx.waited,
+    };
     let mut closing = false;
     // Draining an HTTP/1.1 connection: its next response closes it, or it closes once
     // idle for `linger`.
@@ -389,8 +395,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             } else {
                 settings.idle_timeout
             },
-            activity,
-            ctx,
+            &load,
         );
         let watch = std::future::poll_fn(|cx| {
             use std::task::Poll;
@@ -403,7 +408,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             if cut_fired.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Watch::Cut);
             }
-            match clock.poll(timer.as_mut(), cx, activity, ctx) {
+            match clock.poll(timer.as_mut(), cx, &load) {
                 Poll::Ready(Watch::Idle) if lingers => Poll::Ready(Watch::Close),
                 other => other,
             }
@@ -478,6 +483,15 @@ enum Watch {
     Cut,
 }
 
+/// What a connection's [`Clock`] looks at.
+struct Load<'a> {
+    activity: &'a Activity,
+    requests: &'a super::open::Requests,
+    /// Requests waiting on their backend, and whether one did in the current window.
+    waiting: &'a std::sync::atomic::AtomicUsize,
+    waited: &'a std::sync::atomic::AtomicBool,
+}
+
 /// The timer of a connection's watch: the first request head's deadline, idleness and
 /// `min_rate`, on one `Sleep` set to whichever comes first.
 ///
@@ -526,23 +540,23 @@ impl Clock {
     }
 
     /// Counts idleness (for `timeout`) and the `min_rate` window from now.
-    fn start(&mut self, timeout: Duration, activity: &Activity, ctx: &ConnCtx) {
+    fn start(&mut self, timeout: Duration, load: &Load<'_>) {
         let now = tokio::time::Instant::now();
         self.timeout = timeout;
         self.step = (timeout / crate::activity::CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
-        self.seen = activity.stirred();
+        self.seen = load.activity.stirred();
         self.quiet_since = now;
         self.idle_at = now;
         if self.floor > 0 {
-            self.open_window(now, activity, ctx);
+            self.open_window(now, load);
         }
     }
 
-    fn open_window(&mut self, now: tokio::time::Instant, activity: &Activity, ctx: &ConnCtx) {
-        self.moved_before = activity.moved();
-        self.open_before = ctx.requests.in_flight() > 0;
-        ctx.waited
-            .store(ctx.waiting.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
+    fn open_window(&mut self, now: tokio::time::Instant, load: &Load<'_>) {
+        self.moved_before = load.activity.moved();
+        self.open_before = load.requests.in_flight() > 0;
+        load.waited
+            .store(load.waiting.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
         self.window_ends = now + config::MIN_RATE_WINDOW;
     }
 
@@ -552,8 +566,7 @@ impl Clock {
         &mut self,
         mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
         cx: &mut std::task::Context<'_>,
-        activity: &Activity,
-        ctx: &ConnCtx,
+        load: &Load<'_>,
     ) -> std::task::Poll<Watch> {
         use std::task::Poll;
         loop {
@@ -562,19 +575,19 @@ impl Clock {
                 self.head = None;
                 return Poll::Ready(Watch::HeadTimeout);
             }
-            if now >= self.idle_at && self.idle(now, activity, ctx) {
+            if now >= self.idle_at && self.idle(now, load) {
                 return Poll::Ready(Watch::Idle);
             }
             if self.floor > 0 && now >= self.window_ends {
-                let moved = activity.moved().saturating_sub(self.moved_before);
+                let moved = load.activity.moved().saturating_sub(self.moved_before);
                 if self.open_before
-                    && ctx.requests.in_flight() > 0
-                    && !ctx.waited.load(Ordering::Relaxed)
+                    && load.requests.in_flight() > 0
+                    && !load.waited.load(Ordering::Relaxed)
                     && moved < self.floor
                 {
                     return Poll::Ready(Watch::TooSlow);
                 }
-                self.open_window(now, activity, ctx);
+                self.open_window(now, load);
             }
             let mut next = self.idle_at;
             if let Some(head) = self.head {
@@ -594,27 +607,141 @@ impl Clock {
 
     /// Looks at idleness (its time has come): true when the connection is idle,
     /// otherwise sets when to look next.
-    fn idle(&mut self, now: tokio::time::Instant, activity: &Activity, ctx: &ConnCtx) -> bool {
-        let stirred = activity.stirred();
+    fn idle(&mut self, now: tokio::time::Instant, load: &Load<'_>) -> bool {
+        let stirred = load.activity.stirred();
         if stirred != self.seen {
             self.seen = stirred;
             self.quiet_since = self.quiet_since.max(now);
         }
         if now >= self.quiet_since + self.timeout {
-            if ctx.waiting.load(Ordering::Relaxed) == 0 {
+            if load.waiting.load(Ordering::Relaxed) == 0 {
                 return true;
             }
             // A request waits on its backend: look again one timeout later, and then
             // only after a whole timeout without a byte.
             self.quiet_since = now + self.timeout;
         }
-        if ctx.requests.h2()
-            && ctx.requests.in_flight() == 0
-            && ctx.requests.quiet() >= self.timeout
+        if load.requests.h2()
+            && load.requests.in_flight() == 0
+            && load.requests.quiet() >= self.timeout
         {
             return true;
         }
         self.idle_at = (self.quiet_since + self.timeout).min(now + self.step);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use tokio::time::Instant;
+
+    struct Parts {
+        activity: Activity,
+        requests: Arc<super::super::open::Requests>,
+        waiting: AtomicUsize,
+        waited: AtomicBool,
+    }
+
+    impl Parts {
+        fn new() -> Parts {
+            Parts {
+                activity: Activity::new(),
+                requests: Default::default(),
+                waiting: AtomicUsize::new(0),
+                waited: AtomicBool::new(false),
+            }
+        }
+
+        fn load(&self) -> Load<'_> {
+            Load {
+                activity: &self.activity,
+                requests: &self.requests,
+                waiting: &self.waiting,
+                waited: &self.waited,
+            }
+        }
+    }
+
+    /// What fires next, and when (paused time runs ahead to each deadline).
+    async fn next(
+        clock: &mut Clock,
+        timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        load: &Load<'_>,
+    ) -> Watch {
+        let mut timer = timer;
+        std::future::poll_fn(|cx| clock.poll(timer.as_mut(), cx, load)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_timer_fires_the_head_deadline_then_idleness() {
+        let parts = Parts::new();
+        let load = parts.load();
+        let begin = Instant::now();
+        let timer = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(timer);
+        let mut clock = Clock::new(timer.deadline(), 0);
+        clock.start(Duration::from_secs(60), &load);
+        let fired = next(&mut clock, timer.as_mut(), &load).await;
+        assert!(matches!(fired, Watch::HeadTimeout));
+        assert_eq!(begin.elapsed(), Duration::from_secs(5));
+        // The head's deadline fires once; then idleness, counted afresh.
+        clock.start(Duration::from_secs(10), &load);
+        let fired = next(&mut clock, timer.as_mut(), &load).await;
+        assert!(matches!(fired, Watch::Idle));
+        let idle = begin.elapsed() - Duration::from_secs(5);
+        assert!(idle >= Duration::from_secs(10) && idle <= Duration::from_millis(12_500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_and_a_request_waiting_on_its_backend_put_idleness_off() {
+        let parts = Parts::new();
+        let load = parts.load();
+        let begin = Instant::now();
+        let timer = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(timer);
+        let mut clock = Clock::new(timer.deadline(), 0);
+        clock.start(Duration::from_secs(10), &load);
+        assert!(matches!(
+            next(&mut clock, timer.as_mut(), &load).await,
+            Watch::HeadTimeout
+        ));
+        clock.start(Duration::from_secs(10), &load);
+        // Bytes at 8 s: idle no earlier than 10 s after them.
+        let watch = next(&mut clock, timer.as_mut(), &load);
+        tokio::pin!(watch);
+        tokio::select! {
+            _ = &mut watch => panic!("idle while bytes moved"),
+            _ = tokio::time::sleep(Duration::from_secs(8)) => parts.activity.moved_bytes(10),
+        }
+        let at_bytes = begin.elapsed();
+        // A request now waits on its backend: no idleness until it is answered.
+        parts.waiting.store(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = &mut watch => panic!("idle while a request waited on its backend"),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => parts.waiting.store(0, Ordering::Relaxed),
+        }
+        assert!(matches!(watch.await, Watch::Idle));
+        assert!(begin.elapsed() >= at_bytes + Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_under_min_rate_is_too_slow_after_a_whole_window() {
+        let parts = Parts::new();
+        let load = parts.load();
+        let _open = super::super::open::began(&parts.requests);
+        let begin = Instant::now();
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut clock = Clock::new(timer.deadline(), 1000);
+        clock.start(Duration::from_secs(3600), &load);
+        // Fast enough in the first window, too slow in the second.
+        let floor = 1000 * config::MIN_RATE_WINDOW.as_secs() as usize;
+        parts.activity.moved_bytes(floor);
+        let fired = next(&mut clock, timer.as_mut(), &load).await;
+        assert!(matches!(fired, Watch::TooSlow));
+        assert_eq!(begin.elapsed(), config::MIN_RATE_WINDOW * 2);
     }
 }
