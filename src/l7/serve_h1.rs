@@ -142,17 +142,7 @@ where
                         Err(Error::Refused(status)) => break status,
                         Err(e) => return Err(e),
                     };
-                let abort_on_close = ctx.settings.abort_on_close;
-                crate::side::boxed(|| {
-                    serve_one(
-                        &mut io,
-                        &mut read,
-                        head,
-                        &ctx,
-                        &ctx.shutdown,
-                        abort_on_close,
-                    )
-                })
+                crate::side::boxed(|| serve_one(&mut io, &mut read, head, &ctx))
             };
             later = true;
             match served.await? {
@@ -282,12 +272,11 @@ async fn serve_one<S>(
     read: &mut BytesMut,
     head: parse::Head,
     ctx: &Arc<ConnCtx>,
-    shutdown: &AtomicBool,
-    abort_on_close: bool,
 ) -> Result<Next, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (shutdown, abort_on_close) = (&ctx.shutdown, ctx.settings.abort_on_close);
     let parse::Head {
         parts,
         framing,
