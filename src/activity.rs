@@ -156,6 +156,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// What a client stream waited on without reading from it has for its reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readable {
+    /// Bytes (or a readiness the read may still find empty).
+    Bytes,
+    /// The client closed or reset the connection with nothing left to read.
+    End,
+}
+
+/// A client stream whose readiness for reading can be awaited without reading from it:
+/// a connection waiting for its next request can hand its stream to a task that holds
+/// nothing else, and that task can tell a client that went away from one that sent
+/// its next request.
+pub trait ReadReady {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable> {
+        // A peek at one byte: it tells the end from bytes, and leaves them in place.
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        let mut buf = ReadBuf::uninit(&mut byte);
+        match self.poll_peek(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Readable::End),
+            Poll::Ready(Ok(_)) => Poll::Ready(Readable::Bytes),
+        }
+    }
+}
+
+/// The socket's: a TLS stream whose read found nothing holds no plaintext either, so
+/// only new records from the socket (or its end) can change that.
+impl<S: ReadReady> ReadReady for tokio_rustls::server::TlsStream<S> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable> {
+        self.get_ref().0.poll_readable(cx)
+    }
+}
+
+impl<S: ReadReady> ReadReady for Watched<S> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable> {
+        self.inner.poll_readable(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -239,3 +239,115 @@ async fn refused_heads_are_answered_and_closed() {
     assert!(b.requests().is_empty());
     f.stop().await;
 }
+
+const PARKED: &str = "fulcrum_connections_parked{listener=\"web\"}";
+
+/// `config` with the admin API, whose metrics say when a connection is parked.
+fn parking_config(b: &HttpBackend, listener: &str) -> String {
+    format!("{}[admin]\nbind = \"127.0.0.1:0\"\n", config(b, listener))
+}
+
+/// Waits until `n` connections of listener `web` are parked (a connection parks once
+/// quiet for a second).
+async fn parked(f: &Fulcrum, n: f64) {
+    let admin = f.admin.expect("admin API");
+    common::eventually(
+        &format!("{n} parked connections"),
+        Duration::from_secs(20),
+        || async move { common::metrics::current(admin, PARKED).await == n },
+    )
+    .await;
+}
+
+/// A connection to `f`'s listener `web` that had one response, once parked.
+async fn served_then_parked(f: &Fulcrum) -> TcpStream {
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    s.write_all(b"GET /bytes/1 HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = response(&mut s, &mut Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), 1);
+    parked(f, 1.0).await;
+    s
+}
+
+/// A keep-alive connection quiet between requests parks; its next requests (two
+/// pipelined in one write, one with a body) are served as before, in order.
+#[tokio::test]
+async fn a_quiet_keep_alive_connection_parks_and_serves_its_next_requests() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&parking_config(&b, "")).await;
+    let mut s = TcpStream::connect(f.addr("web")).await.unwrap();
+    let mut pending = Vec::new();
+    s.write_all(b"GET /bytes/10 HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = response(&mut s, &mut pending).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), 10);
+    parked(&f, 1.0).await;
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello\
+          GET /bytes/3 HTTP/1.1\r\nhost: a\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (h1, b1) = response(&mut s, &mut pending).await;
+    let (h2, b2) = response(&mut s, &mut pending).await;
+    assert!(
+        h1.starts_with("HTTP/1.1 200") && h2.starts_with("HTTP/1.1 200"),
+        "{h1}\n{h2}"
+    );
+    assert_eq!((&b1[..], b2.len()), (&b"hello"[..], 3));
+    // Parked again once quiet, and served again.
+    parked(&f, 1.0).await;
+    s.write_all(b"GET /bytes/4 HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = response(&mut s, &mut pending).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), 4);
+    f.stop().await;
+}
+
+/// A parked connection still closes at `idle_timeout`, and is no longer counted.
+#[tokio::test]
+async fn a_parked_connection_closes_at_idle_timeout() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&parking_config(&b, "idle_timeout = \"3s\"")).await;
+    let mut s = served_then_parked(&f).await;
+    assert!(
+        closes(&mut s).await,
+        "a parked connection outlived idle_timeout"
+    );
+    parked(&f, 0.0).await;
+    f.stop().await;
+}
+
+/// Shutdown closes a parked connection within the drain's linger, nothing is cut,
+/// and the client sees a clean close.
+#[tokio::test]
+async fn shutdown_closes_a_parked_connection_without_cutting_it() {
+    let b = HttpBackend::start("b").await;
+    let mut f = Fulcrum::start(&parking_config(&b, "")).await;
+    let mut s = served_then_parked(&f).await;
+    f.begin_stop();
+    assert!(
+        closes(&mut s).await,
+        "a parked connection kept shutdown waiting"
+    );
+    assert_eq!(f.stop().await.cut, 0);
+}
+
+/// A client that closes its parked connection: the connection is let go at once
+/// (readiness wakes it, its read finds the end), not kept until `idle_timeout`.
+#[tokio::test]
+async fn a_parked_connection_is_let_go_when_the_client_closes() {
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start(&parking_config(&b, "")).await;
+    let s = served_then_parked(&f).await;
+    drop(s);
+    parked(&f, 0.0).await;
+    f.stop().await;
+}

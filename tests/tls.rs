@@ -910,3 +910,49 @@ async fn ocsp_auto_staples_the_responders_answer_and_serves_without_one_meanwhil
     assert!(staple.is_empty());
     f.stop().await;
 }
+
+/// An HTTPS keep-alive connection quiet between requests parks (its TLS session kept),
+/// and its next request is served on it.
+#[tokio::test]
+async fn a_parked_tls_connection_serves_its_next_request() {
+    let (pki, _) = standard_pki("park");
+    let b = HttpBackend::start("b").await;
+    let f = Fulcrum::start_at(&https_config(&b, ""), &pki.file()).await;
+    let admin = f.admin.expect("admin API");
+    let s = connect(
+        &pki.client(&["http/1.1"], false, None),
+        f.addr("web"),
+        "a.test",
+    )
+    .await
+    .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    for path in ["/first", "/after-parking"] {
+        let req = http::Request::get(path)
+            .header("host", "a.test")
+            .body(empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(b.last().uri, path);
+        if path == "/first" {
+            common::eventually(
+                "the connection parked",
+                Duration::from_secs(20),
+                || async move {
+                    common::metrics::current(admin, "fulcrum_connections_parked{listener=\"web\"}")
+                        .await
+                        == 1.0
+                },
+            )
+            .await;
+        }
+    }
+    assert_eq!(b.accepted(), 1);
+    drop(sender);
+    let _ = conn.await;
+    f.stop().await;
+}

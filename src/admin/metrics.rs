@@ -21,6 +21,7 @@ pub const BACKEND_REQUESTS_TOTAL: &str = "fulcrum_backend_requests_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "fulcrum_tls_handshakes_total";
 pub const HTTP_REQUESTS_BY_PROTOCOL_TOTAL: &str = "fulcrum_http_requests_by_protocol_total";
 pub const QUIC_HANDSHAKES_TOTAL: &str = "fulcrum_quic_handshakes_total";
+pub const CONNECTIONS_PARKED: &str = "fulcrum_connections_parked";
 pub const QUIC_CONNECTIONS_ACTIVE: &str = "fulcrum_quic_connections_active";
 pub const CACHE_REQUESTS_TOTAL: &str = "fulcrum_cache_requests_total";
 pub const CACHE_SIZE_BYTES: &str = "fulcrum_cache_size_bytes";
@@ -69,6 +70,8 @@ pub struct Metrics {
     pub worker_connections_total: IntCounterVec,
     /// Open connections, per listener.
     pub connections_active: IntGaugeVec,
+    /// HTTP/1.x keep-alive connections parked between requests, per listener.
+    pub connections_parked: IntGaugeVec,
     /// HTTP responses, per listener, upstream and status code.
     pub http_requests_total: IntCounterVec,
     /// Time from a request's head to the end of its response, per listener and upstream.
@@ -222,6 +225,12 @@ impl Metrics {
                 &r,
                 CONNECTIONS_ACTIVE,
                 "Open connections",
+                &["listener"],
+            ),
+            connections_parked: gauge_vec(
+                &r,
+                CONNECTIONS_PARKED,
+                "HTTP/1.x keep-alive connections parked between requests (quiet for a second or more)",
                 &["listener"],
             ),
             http_requests_total: counter_vec(

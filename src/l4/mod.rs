@@ -72,7 +72,9 @@ pub struct Opening {
 
 /// A client connection as the TCP engine gets it: a plain socket is spliced to its
 /// backend, anything else (TLS) is copied through user space.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub trait ClientStream:
+    AsyncRead + AsyncWrite + crate::activity::ReadReady + Unpin + Send + 'static
+{
     /// The socket itself, when nothing stands between it and the bytes.
     fn into_plain(self) -> Result<TcpStream, Self>
     where

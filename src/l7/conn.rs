@@ -49,6 +49,9 @@ pub struct ConnCtx {
     /// The connection is to close: an HTTP/1.x one after the response in flight, or at
     /// once when it waits for a request.
     pub(super) shutdown: AtomicBool,
+    /// Whether an HTTP/1.x connection waiting for a request is to hand its stream
+    /// back, to wait on a task holding only what waiting needs: [`Park`].
+    pub(super) park: std::sync::atomic::AtomicU8,
     /// The connection's places under the connection limits, held by upgraded tunnels too.
     pub permits: Arc<dyn Send + Sync>,
     /// Fires when shutdown's drain time is over.
@@ -101,6 +104,18 @@ impl Signal {
     }
 }
 
+/// The values of [`ConnCtx::park`].
+pub(super) struct Park;
+
+impl Park {
+    /// Not asked.
+    pub(super) const NO: u8 = 0;
+    /// After the connection's first response: quiet from now.
+    pub(super) const NOW: u8 = 1;
+    /// After a quiet time of `PARK_AFTER`.
+    pub(super) const QUIET: u8 = 2;
+}
+
 /// Counts a request as waiting on its backend while held.
 pub struct Waiting<'a>(&'a AtomicUsize);
 
@@ -147,6 +162,7 @@ impl ConnCtx {
             close: Signal::default(),
             draining: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            park: std::sync::atomic::AtomicU8::new(Park::NO),
             permits,
             cut,
             tracker,

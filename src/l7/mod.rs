@@ -50,7 +50,7 @@ pub use grpc::{grpc_timeout, is_grpc};
 pub use http3::{serve_quic, Confirmation, QuicAccepted, H3_MAX_CONCURRENT_STREAMS};
 pub use open::OpenRequest;
 pub use request::client_octets;
-pub use serve::{serve_connection, DRAIN_LINGER};
+pub use serve::{serve_connection, DRAIN_LINGER, PARK_AFTER};
 pub use target::{Upstream2, UpstreamTarget};
 #[cfg(test)]
 mod tests;

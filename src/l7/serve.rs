@@ -12,12 +12,12 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::settings::Settings;
-use crate::activity::{Activity, Watched};
+use crate::activity::{Activity, ReadReady, Readable, Watched};
 use crate::config::{self};
 use crate::side::{self, First};
 
 use super::access;
-use super::conn::{Accepted, ConnCtx, CurrentSettings, Protocol, Serving};
+use super::conn::{Accepted, ConnCtx, CurrentSettings, Park, Protocol, Serving};
 use super::serve_h1;
 use super::serve_h2;
 
@@ -43,7 +43,7 @@ pub fn serve_connection<S>(
     tracker: TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: ClientIo,
 {
     use futures_util::future::Either;
     if accepted.protocol != Protocol::Detect {
@@ -64,7 +64,7 @@ async fn detect<S>(
     cut: CancellationToken,
     tracker: TaskTracker,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: ClientIo,
 {
     let mut accepted = accepted;
     let mut first = Vec::with_capacity(H2_PREFACE_LEN);
@@ -132,7 +132,7 @@ fn serve_known<S>(
     tracker: TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: ClientIo,
 {
     use futures_util::future::Either;
     let Accepted {
@@ -171,10 +171,161 @@ where
     // and every HTTP/1 connection would otherwise carry room for it.
     if protocol == Protocol::Http2 {
         let conn = serve_h2::Server::new(watched_stream, &settings.http2, watched.ctx.clone());
-        return Either::Left(crate::side::boxed(|| watched.drive(conn)));
+        // Mapped, not awaited in an `async` block: that would keep room for the
+        // driving future twice.
+        return Either::Left(crate::side::boxed(|| {
+            futures_util::FutureExt::map(watched.drive(conn), |_| ())
+        }));
     }
-    let conn = serve_h1::Server::new(watched_stream, watched.ctx.clone());
-    Either::Right(watched.drive(conn))
+    Either::Right(serve_http1(watched_stream, watched, false))
+}
+
+/// How long an HTTP/1.x connection stays quiet between requests before it parks: its
+/// task, serving loop and watch are let go, and a task holding the stream, the
+/// connection's state and one timer waits for the next request (or idleness, the
+/// client's end, or drain). What a kept-alive connection costs while it waits is then
+/// close to what an idle one does. A connection that waits after its first response
+/// parks at once; one that has been served since parks only after this quiet time,
+/// so that a busy connection never does.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Serves an HTTP/1.x connection (`later`: after it was parked) until it closes or
+/// parks.
+fn serve_http1<S>(
+    stream: Watched<S>,
+    watched: Driven,
+    later: bool,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    S: ClientIo,
+{
+    let conn = serve_h1::Server::new(stream, watched.ctx.clone(), later);
+    ServingH1 {
+        drive: watched.drive(conn),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/1.x connection served until it closes or parks, then parked on a task
+    /// of its own. A struct rather than an `async` block, which would keep room for
+    /// the driving future twice.
+    struct ServingH1<F> {
+        #[pin]
+        drive: F,
+    }
+}
+
+impl<F, S> Future for ServingH1<F>
+where
+    F: Future<Output = Option<(Watched<S>, Driven)>>,
+    S: ClientIo,
+{
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let Some((stream, watched)) = std::task::ready!(self.project().drive.poll(cx)) else {
+            return std::task::Poll::Ready(());
+        };
+        let ctx = watched.ctx.clone();
+        // What is left of `idle_timeout`: all of it after a first response, less the
+        // quiet time that parked the connection otherwise.
+        let mut idle = ctx.settings.idle_timeout;
+        if ctx.park.load(Ordering::Relaxed) == Park::QUIET {
+            idle = idle.saturating_sub(PARK_AFTER);
+        }
+        ctx.settings.parked.inc();
+        let parked = Parked {
+            counted: Gauged(ctx.settings.parked.clone()),
+            drain: watched.drain.clone().cancelled_owned(),
+            idle: tokio::time::sleep(idle),
+            held: Some((stream, watched)),
+        };
+        spawn_in_span(&ctx, parked);
+        std::task::Poll::Ready(())
+    }
+}
+
+/// Spawns a connection's future on its tracker, in its span.
+fn spawn_in_span<F>(ctx: &ConnCtx, work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if ctx.span.is_disabled() {
+        ctx.tracker.spawn(work);
+    } else {
+        ctx.tracker
+            .spawn(tracing::Instrument::instrument(work, ctx.span.clone()));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A parked HTTP/1.x connection: it waits for the stream to become readable, for
+    /// idleness or for drain, on a task of its own.
+    struct Parked<S> {
+        #[pin]
+        drain: tokio_util::sync::WaitForCancellationFutureOwned,
+        #[pin]
+        idle: tokio::time::Sleep,
+        // Taken when the wait ends.
+        held: Option<(Watched<S>, Driven)>,
+        counted: Gauged,
+    }
+}
+
+/// One on a gauge while held.
+struct Gauged(prometheus::IntGauge);
+
+impl Drop for Gauged {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl<S> Future for Parked<S>
+where
+    S: ClientIo,
+{
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = self.project();
+        let Some((stream, waiting)) = this.held.as_ref() else {
+            return Poll::Ready(());
+        };
+        // Bytes from the client, or drain: served again. A draining connection then
+        // closes as any draining HTTP/1.1 one does, answering a request already on its
+        // way. The client's end, or idleness: closed here.
+        let serve = if this.drain.poll(cx).is_ready() {
+            true
+        } else {
+            match stream.poll_readable(cx) {
+                Poll::Ready(Readable::Bytes) => true,
+                Poll::Ready(Readable::End) => false,
+                Poll::Pending if this.idle.poll(cx).is_ready() => {
+                    debug!(client.addr = %waiting.ctx.peer, "idle between requests: closed");
+                    false
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        let Some((stream, watched)) = this.held.take() else {
+            return Poll::Ready(());
+        };
+        if serve {
+            let ctx = watched.ctx.clone();
+            // Asked again only once quiet again.
+            ctx.park.store(Park::NO, Ordering::Relaxed);
+            spawn_in_span(&ctx, serve_http1(stream, watched, true));
+        }
+        Poll::Ready(())
+    }
 }
 
 /// What a connection is watched with, owned by the future that drives it.
@@ -187,10 +338,14 @@ struct Driven {
 }
 
 impl Driven {
+    /// Drives `conn` until it ends, or parks: then with its stream and `self` back.
     /// Not an `async fn`, which would keep `self` and `conn` beside the future of
     /// `drive` they are moved into.
     #[allow(clippy::manual_async_fn)] // the size, as said above
-    fn drive<C: Connection + Send>(self, conn: C) -> impl std::future::Future<Output = ()> + Send {
+    fn drive<C: Connection + Send>(
+        self,
+        conn: C,
+    ) -> impl std::future::Future<Output = Option<(C::Parked, Driven)>> + Send {
         async move {
             let w = Watchers {
                 ctx: &self.ctx,
@@ -199,9 +354,21 @@ impl Driven {
                 drain: &self.drain,
                 cut: &self.cut,
             };
-            drive(conn, w).await
+            let parked = drive(conn, w).await?;
+            Some((parked, self))
         }
     }
+}
+
+/// A client connection's stream, as the engine serves it.
+pub trait ClientIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static
+{
+}
+
+impl<T> ClientIo for T where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static
+{
 }
 
 /// A connection's stream with the bytes already read from it served first.
@@ -213,6 +380,15 @@ pub(super) struct Prefixed<S> {
 impl<S> Prefixed<S> {
     pub(super) fn new(first: bytes::Bytes, stream: S) -> Prefixed<S> {
         Prefixed { first, stream }
+    }
+}
+
+impl<S: ReadReady> ReadReady for Prefixed<S> {
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Readable> {
+        if !self.first.is_empty() {
+            return std::task::Poll::Ready(Readable::Bytes);
+        }
+        self.stream.poll_readable(cx)
     }
 }
 
@@ -279,10 +455,17 @@ struct Watchers<'a> {
     cut: &'a CancellationToken,
 }
 
-/// A served connection that can be asked to finish its requests in flight and close.
-trait Connection: std::future::Future<Output = Result<(), Self::Error>> {
+/// A served connection that can be asked to finish its requests in flight and close,
+/// and (HTTP/1.x) to park.
+trait Connection: std::future::Future {
     type Error: std::fmt::Display + ConnectionError;
+    /// What a parked connection gives back: its stream.
+    type Parked;
     fn shut_down(self: std::pin::Pin<&mut Self>);
+    /// Asks the connection to park once it waits for a request with nothing read.
+    fn park(self: std::pin::Pin<&mut Self>);
+    /// How it ended: `Ok(Some(_))` when it parked.
+    fn ended(out: Self::Output) -> Result<Option<Self::Parked>, Self::Error>;
 }
 
 /// What a connection's error says for its accounting.
@@ -293,10 +476,22 @@ trait ConnectionError {
     fn timed_out(&self) -> bool;
 }
 
-impl Connection for serve_h1::Server {
+impl<S> Connection for serve_h1::Server<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     type Error = serve_h1::Error;
+    type Parked = S;
     fn shut_down(self: std::pin::Pin<&mut Self>) {
         self.get_mut().graceful_shutdown();
+    }
+
+    fn park(self: std::pin::Pin<&mut Self>) {
+        self.get_mut().park();
+    }
+
+    fn ended(out: Self::Output) -> Result<Option<S>, serve_h1::Error> {
+        out
     }
 }
 
@@ -318,8 +513,16 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     type Error = ::h2::Error;
+    type Parked = std::convert::Infallible;
     fn shut_down(self: std::pin::Pin<&mut Self>) {
         self.get_mut().graceful_shutdown();
+    }
+
+    /// An HTTP/2 connection does not park.
+    fn park(self: std::pin::Pin<&mut Self>) {}
+
+    fn ended(out: Self::Output) -> Result<Option<Self::Parked>, ::h2::Error> {
+        out.map(|()| None)
     }
 }
 
@@ -351,8 +554,9 @@ fn head_timed_out(settings: &Settings, peer: std::net::SocketAddr, begun: bool) 
 }
 
 /// Runs a connection until it ends, closing it on idleness, drain or a request's
-/// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut.
-async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
+/// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut;
+/// or until it parks (HTTP/1.x, quiet for [`PARK_AFTER`]): then with its stream.
+async fn drive<C: Connection>(conn: C, w: Watchers<'_>) -> Option<C::Parked> {
     let Watchers {
         ctx,
         http1,
@@ -379,6 +583,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
         requests: &ctx.requests,
         waiting: &ctx.waiting,
         waited: &ctx.waited,
+        first: &ctx.first_request,
     };
     let mut closing = false;
     // Draining an HTTP/1.1 connection: its next response closes it, or it closes once
@@ -395,6 +600,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             } else {
                 settings.idle_timeout
             },
+            (http1 && !lingering && !closing).then_some(PARK_AFTER),
             &load,
         );
         let watch = std::future::poll_fn(|cx| {
@@ -415,30 +621,32 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
         });
         match side::first(conn.as_mut(), watch).await {
             First::Main(r) => {
-                if let Err(e) = r {
-                    debug!(client.addr = %ctx.peer, error = %e, "http connection ended with an error");
-                    match e.refused() {
-                        // A request head that could not be served was answered:
-                        // logged and counted like every other response.
-                        Some(status) => {
-                            settings.unrouted.count(status);
-                            access::before_request(&settings.listener, ctx.peer, status);
-                        }
-                        // A connection that ended before its first request.
-                        None if ctx.first_request.load(Ordering::Relaxed) => {}
-                        None if e.timed_out() => {
-                            head_timed_out(settings, ctx.peer, http1 && activity.moved() > 0)
-                        }
-                        None => settings.closed("client_reset"),
+                let e = match C::ended(r) {
+                    Ok(parked) => return parked,
+                    Err(e) => e,
+                };
+                debug!(client.addr = %ctx.peer, error = %e, "http connection ended with an error");
+                match e.refused() {
+                    // A request head that could not be served was answered: logged
+                    // and counted like every other response.
+                    Some(status) => {
+                        settings.unrouted.count(status);
+                        access::before_request(&settings.listener, ctx.peer, status);
                     }
+                    // A connection that ended before its first request.
+                    None if ctx.first_request.load(Ordering::Relaxed) => {}
+                    None if e.timed_out() => {
+                        head_timed_out(settings, ctx.peer, http1 && activity.moved() > 0)
+                    }
+                    None => settings.closed("client_reset"),
                 }
-                return;
+                return None;
             }
             First::Side(Watch::HeadTimeout) => {
                 if !ctx.first_request.load(Ordering::Relaxed) {
                     debug!(client.addr = %ctx.peer, "no complete request head within header_timeout: closed");
                     head_timed_out(settings, ctx.peer, http1 && activity.moved() > 0);
-                    return;
+                    return None;
                 }
             }
             First::Side(Watch::Drain) if http1 && !ctx.requests.h2() => {
@@ -452,7 +660,7 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             First::Side(Watch::Idle) => {
                 if closing {
                     debug!(client.addr = %ctx.peer, "still idle after closing: dropped");
-                    return;
+                    return None;
                 }
                 if !ctx.first_request.load(Ordering::Relaxed) {
                     settings.closed("idle");
@@ -463,9 +671,10 @@ async fn drive<C: Connection>(conn: C, w: Watchers<'_>) {
             First::Side(Watch::TooSlow) => {
                 debug!(client.addr = %ctx.peer, min_rate = settings.min_rate, "transfer slower than min_rate: cut");
                 settings.closed("min_rate");
-                return;
+                return None;
             }
-            First::Side(Watch::Cut) => return,
+            First::Side(Watch::Cut) => return None,
+            First::Side(Watch::Park) => conn.as_mut().park(),
         }
     }
 }
@@ -481,6 +690,8 @@ enum Watch {
     TooSlow,
     /// Shutdown's drain time is over.
     Cut,
+    /// Quiet between requests for [`PARK_AFTER`]: the connection may park.
+    Park,
 }
 
 /// What a connection's [`Clock`] looks at.
@@ -490,6 +701,8 @@ struct Load<'a> {
     /// Requests waiting on their backend, and whether one did in the current window.
     waiting: &'a std::sync::atomic::AtomicUsize,
     waited: &'a std::sync::atomic::AtomicBool,
+    /// Set once the first request's head has arrived.
+    first: &'a std::sync::atomic::AtomicBool,
 }
 
 /// The timer of a connection's watch: the first request head's deadline, idleness and
@@ -520,6 +733,13 @@ struct Clock {
     window_ends: tokio::time::Instant,
     moved_before: u64,
     open_before: bool,
+    /// How long the connection must be quiet between requests to park, while it may;
+    /// when to look next, and what was seen at the last look.
+    park_after: Option<Duration>,
+    park_at: tokio::time::Instant,
+    park_seen: (u64, u64),
+    open_seen: bool,
+    park_quiet_since: tokio::time::Instant,
 }
 
 impl Clock {
@@ -536,12 +756,25 @@ impl Clock {
             window_ends: now,
             moved_before: 0,
             open_before: false,
+            park_after: None,
+            park_at: now,
+            park_seen: (0, 0),
+            open_seen: false,
+            park_quiet_since: now,
         }
     }
 
-    /// Counts idleness (for `timeout`) and the `min_rate` window from now.
-    fn start(&mut self, timeout: Duration, load: &Load<'_>) {
+    /// Counts idleness (for `timeout`) and the `min_rate` window from now; with
+    /// `park`, fires [`Watch::Park`] once the connection has moved no byte and had no
+    /// request in flight for that long (after its first request). Looked at
+    /// `park / 2` apart: it fires within 1.5 x `park`.
+    fn start(&mut self, timeout: Duration, park: Option<Duration>, load: &Load<'_>) {
         let now = tokio::time::Instant::now();
+        self.park_after = park;
+        self.park_at = now + park.unwrap_or_default() / 2;
+        self.park_seen = load.activity.stirred();
+        self.open_seen = true;
+        self.park_quiet_since = now;
         self.timeout = timeout;
         self.step = (timeout / crate::activity::CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
         self.seen = load.activity.stirred();
@@ -589,7 +822,17 @@ impl Clock {
                 }
                 self.open_window(now, load);
             }
+            if let Some(after) = self.park_after {
+                if now >= self.park_at && self.park(now, after, load) {
+                    // Once: asked again only when counted afresh.
+                    self.park_after = None;
+                    return Poll::Ready(Watch::Park);
+                }
+            }
             let mut next = self.idle_at;
+            if self.park_after.is_some() {
+                next = next.min(self.park_at);
+            }
             if let Some(head) = self.head {
                 next = next.min(head);
             }
@@ -603,6 +846,30 @@ impl Clock {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Looks at quietness between requests (its time has come): true when the
+    /// connection may park, otherwise sets when to look next.
+    fn park(&mut self, now: tokio::time::Instant, after: Duration, load: &Load<'_>) -> bool {
+        let stirred = load.activity.stirred();
+        let open = load.requests.in_flight() > 0;
+        // A request seen open at this look or the last one: quiet from now on at best.
+        if stirred != self.park_seen || open || self.open_seen {
+            self.park_seen = stirred;
+            self.park_quiet_since = now;
+        }
+        self.open_seen = open;
+        let parks_at = self.park_quiet_since + after;
+        if now >= parks_at && load.first.load(Ordering::Relaxed) {
+            return true;
+        }
+        let step = after / 2;
+        self.park_at = if now >= parks_at {
+            now + step
+        } else {
+            parks_at.min(now + step)
+        };
+        false
     }
 
     /// Looks at idleness (its time has come): true when the connection is idle,
@@ -643,6 +910,7 @@ mod tests {
         requests: Arc<super::super::open::Requests>,
         waiting: AtomicUsize,
         waited: AtomicBool,
+        first: AtomicBool,
     }
 
     impl Parts {
@@ -652,6 +920,7 @@ mod tests {
                 requests: Default::default(),
                 waiting: AtomicUsize::new(0),
                 waited: AtomicBool::new(false),
+                first: AtomicBool::new(false),
             }
         }
 
@@ -661,6 +930,7 @@ mod tests {
                 requests: &self.requests,
                 waiting: &self.waiting,
                 waited: &self.waited,
+                first: &self.first,
             }
         }
     }
@@ -683,12 +953,12 @@ mod tests {
         let timer = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(timer);
         let mut clock = Clock::new(timer.deadline(), 0);
-        clock.start(Duration::from_secs(60), &load);
+        clock.start(Duration::from_secs(60), None, &load);
         let fired = next(&mut clock, timer.as_mut(), &load).await;
         assert!(matches!(fired, Watch::HeadTimeout));
         assert_eq!(begin.elapsed(), Duration::from_secs(5));
         // The head's deadline fires once; then idleness, counted afresh.
-        clock.start(Duration::from_secs(10), &load);
+        clock.start(Duration::from_secs(10), None, &load);
         let fired = next(&mut clock, timer.as_mut(), &load).await;
         assert!(matches!(fired, Watch::Idle));
         let idle = begin.elapsed() - Duration::from_secs(5);
@@ -703,12 +973,12 @@ mod tests {
         let timer = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(timer);
         let mut clock = Clock::new(timer.deadline(), 0);
-        clock.start(Duration::from_secs(10), &load);
+        clock.start(Duration::from_secs(10), None, &load);
         assert!(matches!(
             next(&mut clock, timer.as_mut(), &load).await,
             Watch::HeadTimeout
         ));
-        clock.start(Duration::from_secs(10), &load);
+        clock.start(Duration::from_secs(10), None, &load);
         // Bytes at 8 s: idle no earlier than 10 s after them.
         let watch = next(&mut clock, timer.as_mut(), &load);
         tokio::pin!(watch);
@@ -736,12 +1006,54 @@ mod tests {
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
         let mut clock = Clock::new(timer.deadline(), 1000);
-        clock.start(Duration::from_secs(3600), &load);
+        clock.start(Duration::from_secs(3600), None, &load);
         // Fast enough in the first window, too slow in the second.
         let floor = 1000 * config::MIN_RATE_WINDOW.as_secs() as usize;
         parts.activity.moved_bytes(floor);
         let fired = next(&mut clock, timer.as_mut(), &load).await;
         assert!(matches!(fired, Watch::TooSlow));
         assert_eq!(begin.elapsed(), config::MIN_RATE_WINDOW * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn park_fires_after_a_quiet_time_between_requests_never_during_one() {
+        let parts = Parts::new();
+        let load = parts.load();
+        let after = Duration::from_secs(1);
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut clock = Clock::new(timer.deadline(), 0);
+        clock.head = None;
+        clock.start(Duration::from_secs(60), Some(after), &load);
+        let ended = {
+            // Before the first request: no parking (the first head has its own
+            // deadline).
+            let watch = next(&mut clock, timer.as_mut(), &load);
+            tokio::pin!(watch);
+            tokio::select! {
+                _ = &mut watch => panic!("parked before the first request"),
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            // A request open for 3.2 s: no parking meanwhile; then parked once
+            // quiet for 1 s.
+            parts.first.store(true, Ordering::Relaxed);
+            let open = super::super::open::began(&parts.requests);
+            tokio::select! {
+                _ = &mut watch => panic!("parked during a request"),
+                _ = tokio::time::sleep(Duration::from_millis(3200)) => drop(open),
+            }
+            let ended = Instant::now();
+            assert!(matches!(watch.await, Watch::Park));
+            ended
+        };
+        // At least `after` past the request's end, at most `after` past the first
+        // look that saw it over (looks are `after / 2` apart).
+        let parked = ended.elapsed();
+        assert!(parked >= after && parked <= after * 3 / 2, "{parked:?}");
+        // Once per start: idleness is what fires next.
+        assert!(matches!(
+            next(&mut clock, timer.as_mut(), &load).await,
+            Watch::Idle
+        ));
     }
 }

@@ -10,7 +10,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::conn::ConnCtx;
+use super::conn::{ConnCtx, Park};
 use super::h1::poll_fill;
 use super::request::handle;
 use super::request_body::Inbound;
@@ -69,18 +69,21 @@ impl std::fmt::Display for Error {
     }
 }
 
-/// A connection being served: a future that ends with the connection.
-pub(super) struct Server {
+/// A connection being served: a future that ends with the connection, or gives its
+/// stream back when asked to park (see [`Server::park`]).
+pub(super) struct Server<S> {
     ctx: Arc<ConnCtx>,
-    run: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>,
+    run: Pin<Box<dyn Future<Output = Result<Option<S>, Error>> + Send>>,
 }
 
-impl Server {
-    pub(super) fn new<S>(io: S, ctx: Arc<ConnCtx>) -> Server
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let run = crate::side::boxed(|| run(io, ctx.clone()));
+impl<S> Server<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Serves `io`; `later`: its first request is not the connection's first (the
+    /// connection was parked), and its head has `header_timeout` from its first byte.
+    pub(super) fn new(io: S, ctx: Arc<ConnCtx>, later: bool) -> Server<S> {
+        let run = crate::side::boxed(|| run(io, ctx.clone(), later));
         Server { ctx, run }
     }
 
@@ -89,10 +92,17 @@ impl Server {
     pub(super) fn graceful_shutdown(&mut self) {
         self.ctx.shutdown.store(true, Ordering::Relaxed);
     }
+
+    /// Gives the stream back (the future ends with it) if the connection waits for a
+    /// request with nothing read of it and nothing in the stream, now or the next
+    /// time it waits so; a request that arrives first takes the ask back.
+    pub(super) fn park(&mut self) {
+        self.ctx.park.store(Park::QUIET, Ordering::Relaxed);
+    }
 }
 
-impl Future for Server {
-    type Output = Result<(), Error>;
+impl<S> Future for Server<S> {
+    type Output = Result<Option<S>, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.run.as_mut().poll(cx)
@@ -113,18 +123,22 @@ pub(super) type Upgraded = Prefixed<Box<dyn Io>>;
 #[derive(Clone)]
 pub(crate) struct OnUpgrade(pub(crate) Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
 
-/// Serves the connection's requests one after another. Not an `async fn`: the future
-/// keeps `io` and `ctx` once, where an `async fn` keeps its arguments beside the
-/// locals they are moved into.
+/// Serves the connection's requests one after another; `Some(io)`: parked. Not an
+/// `async fn`: the future keeps `io` and `ctx` once, where an `async fn` keeps its
+/// arguments beside the locals they are moved into.
 #[allow(clippy::manual_async_fn)] // the size, as said above
-fn run<S>(mut io: S, ctx: Arc<ConnCtx>) -> impl Future<Output = Result<(), Error>> + Send
+fn run<S>(
+    mut io: S,
+    ctx: Arc<ConnCtx>,
+    later: bool,
+) -> impl Future<Output = Result<Option<S>, Error>> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
         let max_head = ctx.settings.max_header_list as usize;
         let mut read = BytesMut::new();
-        let mut later = false;
+        let mut later = later;
         let refused = loop {
             if read.is_empty() {
                 // Nothing pipelined: the buffer is given back while the connection waits.
@@ -135,30 +149,37 @@ where
             // none while the connection waits for the next: the head is moved into it
             // within this block.
             let served = {
-                let head =
-                    match read_head(&mut io, &mut read, max_head, timeout, &ctx.shutdown).await {
-                        Ok(Some(head)) => head,
-                        Ok(None) => return Ok(()),
-                        Err(Error::Refused(status)) => break status,
-                        Err(e) => return Err(e),
-                    };
+                let head = match read_head(&mut io, &mut read, max_head, timeout, &ctx).await {
+                    Ok(Waited::Head(head)) => head,
+                    Ok(Waited::Closed) => return Ok(None),
+                    Ok(Waited::Park) => return Ok(Some(io)),
+                    Err(Error::Refused(status)) => break status,
+                    Err(e) => return Err(e),
+                };
+                // A request arrived: an ask to park is taken back.
+                ctx.park.store(Park::NO, Ordering::Relaxed);
                 crate::side::boxed(|| serve_one(&mut io, &mut read, head, &ctx))
             };
+            let first = !later;
             later = true;
             match served.await? {
+                // A connection that waits after its first response parks at once: most
+                // that go quiet do so from there (a client's pool keeping it, a page's
+                // requests done), and one that is busy pays for it once.
+                Next::Request if first => ctx.park.store(Park::NOW, Ordering::Relaxed),
                 Next::Request => {}
                 Next::Close => {
                     let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Next::Upgrade(to) => {
                     let io: Box<dyn Io> = Box::new(io);
                     let _ = to.send(Prefixed::new(read.freeze(), io));
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         };
-        Box::pin(refuse(&mut io, refused)).await
+        Box::pin(refuse(&mut io, refused)).await.map(|()| None)
     }
 }
 
@@ -172,16 +193,28 @@ async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, status: StatusCode) -> Result
     Err(Error::Refused(status))
 }
 
-/// Reads until a whole request head is in `read`. `Ok(None)`: the connection closed
-/// (or shutdown began) before a next request began. `timeout`: how long a head may
-/// take from its first byte (the first request's is watched by the caller).
+/// What waiting for a request head ended with.
+// The head is moved into its request's allocation at once: boxing it here would be
+// one allocation more per request.
+#[allow(clippy::large_enum_variant)]
+enum Waited {
+    Head(parse::Head),
+    /// The connection closed (or shutdown began) before a next request began.
+    Closed,
+    /// Nothing of a next request was read, none is in the stream, and the connection
+    /// was asked to park.
+    Park,
+}
+
+/// Reads until a whole request head is in `read`. `timeout`: how long a head may take
+/// from its first byte (the first request's is watched by the caller).
 async fn read_head<S>(
     io: &mut S,
     read: &mut BytesMut,
     max_head: usize,
     timeout: Option<Duration>,
-    shutdown: &AtomicBool,
-) -> Result<Option<parse::Head>, Error>
+    ctx: &ConnCtx,
+) -> Result<Waited, Error>
 where
     S: AsyncRead + Unpin,
 {
@@ -189,7 +222,7 @@ where
     loop {
         if !read.is_empty() {
             match parse::parse(read, max_head) {
-                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(Some(head)) => return Ok(Waited::Head(head)),
                 Ok(None) => {}
                 Err(status) => return Err(Error::Refused(status)),
             }
@@ -203,17 +236,27 @@ where
                     return Poll::Ready(Err(Error::HeadTimeout));
                 }
             }
-            if read.is_empty() && shutdown.load(Ordering::Relaxed) {
+            if read.is_empty() && ctx.shutdown.load(Ordering::Relaxed) {
                 return Poll::Ready(Ok(None));
             }
-            poll_read_head(io, read, max_head, cx).map(|r| r.map(Some).map_err(Error::Io))
+            match poll_read_head(io, read, max_head, cx) {
+                // Only once a read found nothing: no byte waits in the stream (nor in
+                // a TLS session's buffer), and readiness says when one comes.
+                Poll::Pending
+                    if read.is_empty() && ctx.park.load(Ordering::Relaxed) != Park::NO =>
+                {
+                    Poll::Ready(Ok(Some(None)))
+                }
+                other => other.map(|r| r.map(|n| Some(Some(n))).map_err(Error::Io)),
+            }
         })
         .await?;
         match n {
-            None => return Ok(None),
-            Some(0) if read.is_empty() => return Ok(None),
-            Some(0) => return Err(Error::Incomplete),
-            Some(_) => {}
+            None => return Ok(Waited::Closed),
+            Some(None) => return Ok(Waited::Park),
+            Some(Some(0)) if read.is_empty() => return Ok(Waited::Closed),
+            Some(Some(0)) => return Err(Error::Incomplete),
+            Some(Some(_)) => {}
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct Settings {
     /// `fulcrum_http_connections_closed_total`, for connections that ended before
     /// a first request.
     pub(super) closed_total: [prometheus::IntCounterVec; 2],
+    /// `fulcrum_connections_parked`.
+    pub(super) parked: prometheus::IntGauge,
     /// `fulcrum_http_requests_by_protocol_total`: HTTP/1.x, HTTP/2, HTTP/3.
     pub(super) by_protocol: [prometheus::IntCounter; 3],
     /// `tls.http3`: responses on TCP advertise HTTP/3 on the connection's port.
@@ -224,6 +226,7 @@ impl Settings {
                 metrics.connections_closed_total.clone(),
                 metrics.http_connections_closed_total.clone(),
             ],
+            parked: metrics.connections_parked.with_label_values(&[&l.name]),
             by_protocol: ["http/1.1", "h2", "h3"].map(|p| {
                 metrics
                     .http_requests_by_protocol_total
