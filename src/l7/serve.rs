@@ -262,8 +262,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A parked HTTP/1.x connection: it waits for the stream to become readable, for
-    /// idleness or for drain, on a task of its own.
+    /// A parked HTTP/1.x connection: it waits for the client's next bytes or its end,
+    /// for idleness or for drain, on a task of its own.
     struct Parked<S> {
         #[pin]
         drain: tokio_util::sync::WaitForCancellationFutureOwned,
@@ -555,7 +555,8 @@ fn head_timed_out(settings: &Settings, peer: std::net::SocketAddr, begun: bool) 
 
 /// Runs a connection until it ends, closing it on idleness, drain or a request's
 /// say-so, and dropping it on the first head's timeout, a too slow transfer, or cut;
-/// or until it parks (HTTP/1.x, quiet for [`PARK_AFTER`]): then with its stream.
+/// or until it parks (HTTP/1.x, waiting after its first response or quiet for
+/// [`PARK_AFTER`]): then with its stream.
 async fn drive<C: Connection>(conn: C, w: Watchers<'_>) -> Option<C::Parked> {
     let Watchers {
         ctx,
