@@ -101,10 +101,12 @@ where
     }
 }
 
-/// An address where nothing listens: bound once, then released.
+/// An address where nothing listens: a port below the ephemeral range, never handed
+/// out twice (see [`free_port`]). A port the kernel gave for port 0 and that was
+/// released may be given again to a listener bound meanwhile (a fulcrum proxying to
+/// it would then proxy to itself).
 pub async fn refusing_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// A port nothing listens on now (bound once, then released).
