@@ -82,6 +82,9 @@ pub(crate) async fn accept_loop(
     counted: Option<prometheus::IntCounter>,
 ) {
     let configured = socket.local_addr().ok();
+    // A socket bound to one address gives its connections that address: no
+    // `getsockname` for each of them. A wildcard socket's connections ask.
+    let local = configured.filter(|a| !a.ip().is_unspecified());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => {
@@ -107,7 +110,7 @@ pub(crate) async fn accept_loop(
         if let Some(c) = &counted {
             c.inc();
         }
-        admit_one(stream, peer, &key, &name, &shared);
+        admit_one(stream, peer, local, &key, &name, &shared);
     }
 }
 
@@ -150,7 +153,7 @@ fn drain_backlog(socket: &TcpListener, key: &BindKey, name: &str, shared: &Arc<S
         let (Ok(stream), Some(peer)) = (stream, peer.as_socket()) else {
             continue;
         };
-        admit_one(stream, peer, key, name, shared);
+        admit_one(stream, peer, None, key, name, shared);
         taken += 1;
     }
     if taken > 0 {
@@ -162,6 +165,7 @@ fn drain_backlog(socket: &TcpListener, key: &BindKey, name: &str, shared: &Arc<S
 fn admit_one(
     stream: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     key: &BindKey,
     listener: &str,
     shared: &Arc<Shared>,
@@ -201,7 +205,8 @@ fn admit_one(
     // for as long as the connection waits for its first bytes.
     let mut stream = stream;
     let work = async move {
-        let Some((from, local, admitted, client)) = client(&mut stream, peer, &entry).await else {
+        let Some((from, local, admitted, client)) = client(&mut stream, peer, local, &entry).await
+        else {
             return;
         };
         // The client's address: the TCP peer's, or the one its PROXY header gave.
@@ -393,11 +398,16 @@ impl Digits {
 async fn client(
     stream: &mut TcpStream,
     mut peer: SocketAddr,
+    local: Option<SocketAddr>,
     entry: &ListenerEntry,
 ) -> Option<(SocketAddr, SocketAddr, bool, Option<ClientPlace>)> {
     let name = &entry.name;
-    // The address the client connected to, for PROXY headers fulcrum sends on.
-    let mut local = stream.local_addr().ok()?;
+    // The address the client connected to, for PROXY headers fulcrum sends on: the
+    // listening socket's when it is bound to one address.
+    let mut local = match local {
+        Some(a) => a,
+        None => stream.local_addr().ok()?,
+    };
     if entry.proxy_protocol {
         // Boxed: reading a PROXY header takes a buffer that connections of listeners
         // without one should not carry while they wait for their first bytes.
