@@ -99,27 +99,25 @@ pub(super) async fn one_way(
     let mut total = 0u64;
     let mut copying = false;
     loop {
-        let pipe = if copying { None } else { take_pipe().ok() };
-        let n = match pipe {
-            Some(pipe) => match fill(src, &pipe).await {
-                Ok(0) => {
-                    give_back(pipe);
-                    0
-                }
-                Ok(n) => {
+        let n = if copying {
+            copy_chunk(src, dst, read, wrote).await?
+        } else {
+            match fill(src).await? {
+                Filled::Spliced(pipe, n) => {
                     read(n);
+                    // A pipe left with bytes in it (the write failed) is closed.
                     drain(&pipe, dst, n, wrote).await?;
                     give_back(pipe);
                     n
                 }
-                Err(e) if unsupported(&e) => {
-                    give_back(pipe);
+                Filled::End => 0,
+                // No pipe this time (descriptor limits): this chunk is copied.
+                Filled::NoPipe => copy_chunk(src, dst, read, wrote).await?,
+                Filled::Unsupported => {
                     copying = true;
                     continue;
                 }
-                Err(e) => return Err(e),
-            },
-            None => copy_chunk(src, dst, read, wrote).await?,
+            }
         };
         if n == 0 {
             break;
@@ -132,15 +130,45 @@ pub(super) async fn one_way(
     }
 }
 
-/// Reads what `src` has into the (empty) pipe: 0 at the end of `src`.
-async fn fill(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
-    let to = pipe.write.as_raw_fd();
+/// What a wait for `src`'s next bytes found.
+enum Filled {
+    /// This many bytes are in the pipe.
+    Spliced(Pipe, usize),
+    /// `src` ended.
+    End,
+    /// No pipe could be had.
+    NoPipe,
+    /// The kernel cannot splice from `src`.
+    Unsupported,
+}
+
+/// Waits until `src` is readable, and only then takes a pipe and moves what `src`
+/// has into it: a direction waiting for bytes holds no pipe, so the pool serves the
+/// transfers under way, not the connections open.
+async fn fill(src: &TcpStream) -> io::Result<Filled> {
     loop {
         src.readable().await?;
+        let Ok(pipe) = take_pipe() else {
+            return Ok(Filled::NoPipe);
+        };
+        let to = pipe.write.as_raw_fd();
         // The pipe is empty: a WouldBlock can only be the socket's.
         match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), to, CHUNK)) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return r,
+            Ok(0) => {
+                give_back(pipe);
+                return Ok(Filled::End);
+            }
+            Ok(n) => return Ok(Filled::Spliced(pipe, n)),
+            Err(e) => {
+                give_back(pipe);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                if unsupported(&e) {
+                    return Ok(Filled::Unsupported);
+                }
+                return Err(e);
+            }
         }
     }
 }
@@ -243,6 +271,31 @@ mod tests {
         assert!(got == expected, "the bytes differ");
         assert_eq!(counted.into_inner(), expected.len() as u64);
         send.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_direction_waiting_for_bytes_holds_no_pipe() {
+        let (mut writer, a_in) = pair().await;
+        let (a_out, mut reader) = pair().await;
+        POOL.with(|p| p.borrow_mut().clear());
+        give_back(Pipe::new().unwrap());
+        let pooled = || POOL.with(|p| p.borrow().len());
+        let relay = one_way(&a_in, &a_out, &|_| {}, &|| {});
+        tokio::pin!(relay);
+        // Nothing sent yet: the relay waits, and the pipe stays in the pool.
+        assert!(futures_util::poll!(relay.as_mut()).is_pending());
+        assert_eq!(pooled(), 1);
+        writer.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::select! {
+            r = &mut relay => panic!("the relay ended early: {r:?}"),
+            r = reader.read_exact(&mut got) => r.unwrap(),
+        };
+        assert_eq!(&got, b"ping");
+        // Relayed, and waiting again: the one pipe is back.
+        assert_eq!(pooled(), 1);
+        writer.shutdown().await.unwrap();
+        assert_eq!(relay.await.unwrap(), 4);
     }
 
     #[tokio::test]
