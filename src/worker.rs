@@ -36,3 +36,24 @@ pub(crate) fn started(count: usize) {
 pub(crate) fn count() -> usize {
     COUNT.load(Ordering::Relaxed)
 }
+
+/// How far ahead the scheduler's next timer is kept while it runs.
+const TIMER_NEAR: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A timer that is always due within [`TIMER_NEAR`], for as long as the scheduler runs.
+///
+/// tokio's timer wakes its event loop (a write to an eventfd) whenever a timer is set
+/// earlier than the earliest one the loop last went to sleep for: it cannot tell
+/// whether the loop is asleep. Short connections come and go between two sleeps, so
+/// when only long timers (reloads, health checks, pools) are left at a sleep, nearly
+/// every new connection's first timer costs that write and a wake-up. With this timer
+/// always nearer than any connection's, none does; it costs one wake-up per
+/// `TIMER_NEAR`.
+pub(crate) async fn keep_timers_near(stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TIMER_NEAR) => {}
+        }
+    }
+}

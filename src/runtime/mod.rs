@@ -273,6 +273,7 @@ impl Server {
         if config.global.watch_config {
             reload::watch(handle.clone(), &config.file, background.clone());
         }
+        tokio::spawn(crate::worker::keep_timers_near(background.clone()));
         tokio::spawn(watch_certificates(shared.clone(), background.clone()));
         tokio::spawn(apply_dns_changes(shared.clone(), background.clone()));
         start_acme(&shared, background.clone());

@@ -46,7 +46,7 @@ impl Workers {
                 .spawn(move || {
                     crate::worker::set_index(index);
                     crate::aligned::cache_this_thread();
-                    runtime.block_on(stop.cancelled());
+                    runtime.block_on(crate::worker::keep_timers_near(stop));
                     // A blocking task (a name lookup) still running is left behind.
                     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
                 })?;
