@@ -105,10 +105,11 @@ pub(super) async fn spliced(
     let up = |n| counted(&from_client, n);
     let down = |n| counted(&to_client, n);
     let wrote = || activity.touch();
+    let ended = std::sync::atomic::AtomicBool::new(false);
     let copy = async {
         tokio::try_join!(
-            splice::one_way(&client, &backend, &up, &wrote),
-            splice::one_way(&backend, &client, &down, &wrote),
+            splice::one_way(&client, &backend, &up, &wrote, &ended),
+            splice::one_way(&backend, &client, &down, &wrote, &ended),
         )
     };
     let end = until_done(copy, &activity, idle_timeout, cut).await;

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -88,13 +89,16 @@ fn unsupported(e: &io::Error) -> bool {
 }
 
 /// Moves bytes from `src` to `dst` until `src` ends, then shuts down the writing
-/// side of `dst` (the half-close passed on). `read(n)` is told of every chunk read,
-/// `wrote()` of every write. Returns the bytes moved.
+/// side of `dst` (the half-close passed on), unless the other direction (which shares
+/// `ended`) has ended already: both sockets are closed next, and the close says the
+/// same. `read(n)` is told of every chunk read, `wrote()` of every write. Returns the
+/// bytes moved.
 pub(super) async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     read: &(dyn Fn(usize) + Sync),
     wrote: &(dyn Fn() + Sync),
+    ended: &AtomicBool,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut copying = false;
@@ -123,6 +127,9 @@ pub(super) async fn one_way(
             break;
         }
         total += n as u64;
+    }
+    if ended.swap(true, Ordering::Relaxed) {
+        return Ok(total);
     }
     match socket2::SockRef::from(dst).shutdown(Shutdown::Write) {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
@@ -263,7 +270,8 @@ mod tests {
         let count = |n: usize| {
             counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         };
-        let relay = one_way(&a_in, &a_out, &count, &|| {});
+        let ended = AtomicBool::new(false);
+        let relay = one_way(&a_in, &a_out, &count, &|| {}, &ended);
         let mut got = Vec::new();
         let (moved, read) = tokio::join!(relay, reader.read_to_end(&mut got));
         assert_eq!(moved.unwrap(), expected.len() as u64);
@@ -280,7 +288,8 @@ mod tests {
         POOL.with(|p| p.borrow_mut().clear());
         give_back(Pipe::new().unwrap());
         let pooled = || POOL.with(|p| p.borrow().len());
-        let relay = one_way(&a_in, &a_out, &|_| {}, &|| {});
+        let ended = AtomicBool::new(false);
+        let relay = one_way(&a_in, &a_out, &|_| {}, &|| {}, &ended);
         tokio::pin!(relay);
         // Nothing sent yet: the relay waits, and the pipe stays in the pool.
         assert!(futures_util::poll!(relay.as_mut()).is_pending());
@@ -299,12 +308,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_last_direction_to_end_leaves_the_shutdown_to_the_close() {
+        let (mut writer, a_in) = pair().await;
+        let (a_out, mut reader) = pair().await;
+        writer.write_all(b"hello").await.unwrap();
+        writer.shutdown().await.unwrap();
+        // The other direction has ended already.
+        let ended = AtomicBool::new(true);
+        let moved = one_way(&a_in, &a_out, &|_| {}, &|| {}, &ended).await;
+        assert_eq!(moved.unwrap(), 5);
+        // Not shut down: it still writes (after a shutdown the write would fail).
+        a_out.writable().await.unwrap();
+        assert_eq!(a_out.try_write(b" more").unwrap(), 5);
+        drop(a_out);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello more");
+    }
+
+    #[tokio::test]
     async fn pipes_go_back_to_the_pool_empty() {
         let (mut writer, a_in) = pair().await;
         let (a_out, mut reader) = pair().await;
         writer.write_all(b"hello").await.unwrap();
         writer.shutdown().await.unwrap();
-        one_way(&a_in, &a_out, &|_| {}, &|| {}).await.unwrap();
+        one_way(&a_in, &a_out, &|_| {}, &|| {}, &AtomicBool::new(false))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         reader.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello");
