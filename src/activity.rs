@@ -170,11 +170,11 @@ pub enum Readable {
 /// nothing else, and that task can tell a client that went away from one that sent
 /// its next request.
 pub trait ReadReady {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable>;
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<Readable>;
 }
 
 impl ReadReady for tokio::net::TcpStream {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<Readable> {
         // A peek at one byte: it tells the end from bytes, and leaves them in place.
         let mut byte = [std::mem::MaybeUninit::uninit(); 1];
         let mut buf = ReadBuf::uninit(&mut byte);
@@ -189,13 +189,13 @@ impl ReadReady for tokio::net::TcpStream {
 /// The socket's: a TLS stream whose read found nothing holds no plaintext either, so
 /// only new records from the socket (or its end) can change that.
 impl<S: ReadReady> ReadReady for tokio_rustls::server::TlsStream<S> {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable> {
-        self.get_ref().0.poll_readable(cx)
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<Readable> {
+        self.get_mut().0.poll_readable(cx)
     }
 }
 
 impl<S: ReadReady> ReadReady for Watched<S> {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<Readable> {
         self.inner.poll_readable(cx)
     }
 }

@@ -87,7 +87,10 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+impl<S> ClientStream for tokio_rustls::server::TlsStream<S>
+where
+    S: AsyncRead + AsyncWrite + crate::activity::ReadReady + Unpin + Send + 'static,
+{
     fn into_plain(self) -> Result<TcpStream, Self> {
         Err(self)
     }

@@ -296,7 +296,7 @@ where
     ) -> std::task::Poll<()> {
         use std::task::Poll;
         let this = self.project();
-        let Some((stream, waiting)) = this.held.as_ref() else {
+        let Some((stream, waiting)) = this.held.as_mut() else {
             return Poll::Ready(());
         };
         // Bytes from the client, or drain: served again. A draining connection then
@@ -384,7 +384,7 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: ReadReady> ReadReady for Prefixed<S> {
-    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Readable> {
+    fn poll_readable(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Readable> {
         if !self.first.is_empty() {
             return std::task::Poll::Ready(Readable::Bytes);
         }

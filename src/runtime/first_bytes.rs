@@ -8,9 +8,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::client_socket::ClientSocket;
 use pin_project_lite::pin_project;
 use tokio::io::ReadBuf;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFuture;
 
@@ -46,7 +46,7 @@ pin_project! {
     /// gives it [`DRAIN_LINGER`] (or what is left of its header time, if less): a
     /// request already on its way is served, its response closing the connection.
     pub(super) struct FirstBytes<'a> {
-        stream: &'a TcpStream,
+        stream: &'a mut ClientSocket,
         buf: &'a mut [u8],
         #[pin]
         deadline: Sleep,
@@ -59,7 +59,7 @@ pin_project! {
 
 impl<'a> FirstBytes<'a> {
     pub(super) fn new(
-        stream: &'a TcpStream,
+        stream: &'a mut ClientSocket,
         buf: &'a mut [u8],
         header_timeout: std::time::Duration,
         drain: WaitForCancellationFuture<'a>,
@@ -110,65 +110,73 @@ mod tests {
     use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
+    use crate::runtime::client_socket::tests::pair;
 
     #[tokio::test]
     async fn bytes_are_peeked_not_consumed() {
-        let (mut client, server) = pair().await;
+        let (mut client, mut server) = pair().await;
         let stop = CancellationToken::new();
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let mut buf = [0u8; 24];
-        let arrived =
-            FirstBytes::new(&server, &mut buf, Duration::from_secs(60), stop.cancelled()).await;
+        let arrived = FirstBytes::new(
+            &mut server,
+            &mut buf,
+            Duration::from_secs(60),
+            stop.cancelled(),
+        )
+        .await;
         let Arrived::Bytes(n) = arrived else {
             panic!("{arrived:?}")
         };
         assert_eq!(&buf[..n], &b"GET / HTTP/1.1\r\n"[..n]);
         let mut again = [0u8; 16];
-        assert_eq!(server.peek(&mut again).await.unwrap(), 16);
+        let mut again = tokio::io::ReadBuf::new(&mut again);
+        let peeked = std::future::poll_fn(|cx| server.poll_peek(cx, &mut again)).await;
+        assert_eq!(peeked.unwrap(), 16);
     }
 
     #[tokio::test]
     async fn a_closed_client_is_a_reset() {
-        let (client, server) = pair().await;
+        let (client, mut server) = pair().await;
         drop(client);
         let stop = CancellationToken::new();
         let mut buf = [0u8; 24];
-        let arrived =
-            FirstBytes::new(&server, &mut buf, Duration::from_secs(60), stop.cancelled()).await;
+        let arrived = FirstBytes::new(
+            &mut server,
+            &mut buf,
+            Duration::from_secs(60),
+            stop.cancelled(),
+        )
+        .await;
         assert_eq!(arrived, Arrived::Reset);
     }
 
     #[tokio::test(start_paused = true)]
     async fn silence_is_a_header_timeout() {
-        let (_client, server) = pair().await;
+        let (_client, mut server) = pair().await;
         let stop = CancellationToken::new();
         let mut buf = [0u8; 24];
-        let arrived =
-            FirstBytes::new(&server, &mut buf, Duration::from_secs(10), stop.cancelled()).await;
+        let arrived = FirstBytes::new(
+            &mut server,
+            &mut buf,
+            Duration::from_secs(10),
+            stop.cancelled(),
+        )
+        .await;
         assert_eq!(arrived, Arrived::HeaderTimeout);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_drain_gives_the_linger_then_ends_the_wait() {
-        let (_client, server) = pair().await;
+        let (_client, mut server) = pair().await;
         let stop = CancellationToken::new();
         let mut buf = [0u8; 24];
         let start = Instant::now();
         let wait = FirstBytes::new(
-            &server,
+            &mut server,
             &mut buf,
             Duration::from_secs(600),
             stop.cancelled(),
@@ -185,22 +193,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_drain_does_not_lengthen_a_shorter_header_time() {
-        let (_client, server) = pair().await;
+        let (_client, mut server) = pair().await;
         let stop = CancellationToken::new();
         stop.cancel();
         let mut buf = [0u8; 24];
-        let arrived = FirstBytes::new(&server, &mut buf, DRAIN_LINGER / 2, stop.cancelled()).await;
+        let arrived =
+            FirstBytes::new(&mut server, &mut buf, DRAIN_LINGER / 2, stop.cancelled()).await;
         assert_eq!(arrived, Arrived::HeaderTimeout);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_during_the_linger_is_taken() {
-        let (mut client, server) = pair().await;
+        let (mut client, mut server) = pair().await;
         let stop = CancellationToken::new();
         stop.cancel();
         let mut buf = [0u8; 24];
         let wait = FirstBytes::new(
-            &server,
+            &mut server,
             &mut buf,
             Duration::from_secs(600),
             stop.cancelled(),

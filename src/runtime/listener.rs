@@ -12,12 +12,16 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket};
 pub(super) use socket2::{Protocol, Type};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::bind::BindKey;
+use super::client_socket::ClientSocket;
 use super::first_bytes::{Arrived, FirstBytes};
 use super::shared::{RunningLoop, Shared};
 use super::snapshot::{Engine, ListenerEntry};
@@ -85,18 +89,30 @@ pub(crate) async fn accept_loop(
     // A socket bound to one address gives its connections that address: no
     // `getsockname` for each of them. A wildcard socket's connections ask.
     let local = configured.filter(|a| !a.ip().is_unspecified());
+    // Accepted by hand, so that connections come out unregistered (see `ClientSocket`).
+    let socket = match socket.into_std().and_then(|s| {
+        // SAFETY: a listener owns its descriptor, open for as long as it lives and
+        // always the same one.
+        unsafe { AsyncFd::register(s) }.map_err(io::Error::from)
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(addr = ?configured, error = %e, "cannot watch the listening socket: not accepting");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => {
                 // Removed by a reload: the socket closes for good. At shutdown it is
                 // left as it is: after an upgrade the next process accepts on it.
                 if !shared.stop_accepting.is_cancelled() {
-                    refuse_new_handshakes(&socket);
+                    refuse_new_handshakes(socket.get_ref());
                 }
-                drain_backlog(&socket, &key, &name, &shared);
+                drain_backlog(socket.get_ref(), &key, &name, &shared);
                 break;
             }
-            r = socket.accept() => r,
+            r = socket.async_io(Interest::READABLE, accept) => r,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -110,7 +126,34 @@ pub(crate) async fn accept_loop(
         if let Some(c) = &counted {
             c.inc();
         }
-        admit_one(stream, peer, local, &key, &name, &shared);
+        admit_one(ClientSocket::new(stream), peer, local, &key, &name, &shared);
+    }
+}
+
+/// One connection from the queue, non-blocking: `WouldBlock` when there is none.
+fn accept(socket: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    // SAFETY: `try_init` gives room for any socket address and its length; accept4
+    // writes at most that. On success the returned descriptor is open and ours.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                socket.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })?
+    };
+    // SAFETY: a descriptor accept4 just returned, owned by nothing else.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    match addr.as_socket() {
+        Some(peer) => Ok((stream, peer)),
+        None => Err(io::Error::other("a connection without an IP address")),
     }
 }
 
@@ -121,7 +164,7 @@ pub(crate) async fn accept_loop(
 /// then: the listener that replaced this one (a reload that moves `127.0.0.1:p` to
 /// `0.0.0.0:p`), or none. A classic socket filter: for TCP it sees the TCP header,
 /// whose byte 13 holds the flags.
-fn refuse_new_handshakes(socket: &TcpListener) {
+fn refuse_new_handshakes(socket: &impl std::os::fd::AsFd) {
     use socket2::SockFilter;
     const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
     const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
@@ -143,17 +186,10 @@ fn refuse_new_handshakes(socket: &TcpListener) {
 /// already completed for it: closing it with them queued would reset them. (A reload
 /// that moves `127.0.0.1:p` to `0.0.0.0:p` binds the new socket first, with
 /// `SO_REUSEPORT`; new connections go to it once this one is closed.)
-fn drain_backlog(socket: &TcpListener, key: &BindKey, name: &str, shared: &Arc<Shared>) {
-    let raw = socket2::SockRef::from(socket);
+fn drain_backlog(socket: &std::net::TcpListener, key: &BindKey, name: &str, shared: &Arc<Shared>) {
     let mut taken = 0usize;
-    while let Ok((s, peer)) = raw.accept() {
-        let stream = s
-            .set_nonblocking(true)
-            .and_then(|()| TcpStream::from_std(std::net::TcpStream::from(s)));
-        let (Ok(stream), Some(peer)) = (stream, peer.as_socket()) else {
-            continue;
-        };
-        admit_one(stream, peer, None, key, name, shared);
+    while let Ok((stream, peer)) = accept(socket) {
+        admit_one(ClientSocket::new(stream), peer, None, key, name, shared);
         taken += 1;
     }
     if taken > 0 {
@@ -163,7 +199,7 @@ fn drain_backlog(socket: &TcpListener, key: &BindKey, name: &str, shared: &Arc<S
 
 /// Admission (limits, access rules) and the connection's own task.
 fn admit_one(
-    stream: TcpStream,
+    stream: ClientSocket,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     key: &BindKey,
@@ -225,7 +261,7 @@ fn admit_one(
                 // bytes also tell HTTP/1 from HTTP/2's preface.
                 let mut first_bytes = [0u8; 24];
                 let arrived = FirstBytes::new(
-                    &stream,
+                    &mut stream,
                     &mut first_bytes,
                     settings.header_timeout,
                     shared_task.stop_accepting.cancelled(),
@@ -396,7 +432,7 @@ impl Digits {
 /// rules and, on a tcp listener, the rate limit. `None`: the connection is closed
 /// (an http client over its per-client limit gets a 503 first, when it is plain).
 async fn client(
-    stream: &mut TcpStream,
+    stream: &mut ClientSocket,
     mut peer: SocketAddr,
     local: Option<SocketAddr>,
     entry: &ListenerEntry,
@@ -411,7 +447,10 @@ async fn client(
     if entry.proxy_protocol {
         // Boxed: reading a PROXY header takes a buffer that connections of listeners
         // without one should not carry while they wait for their first bytes.
-        let read = Box::pin(proxy_protocol::read(stream));
+        let Ok(tcp) = stream.as_polled() else {
+            return None;
+        };
+        let read = Box::pin(proxy_protocol::read(tcp));
         match tokio::time::timeout(entry.header_timeout, read).await {
             Ok(Ok(header)) => {
                 if let (Some(source), Some(destination)) = (header.source, header.destination) {
@@ -816,7 +855,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // Completed before the filter: still in the queue, taken after it.
-        let before = TcpStream::connect(addr).await.unwrap();
+        let before = tokio::net::TcpStream::connect(addr).await.unwrap();
         refuse_new_handshakes(&listener);
         let (taken, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
             .await
@@ -825,8 +864,11 @@ mod tests {
         assert_eq!(taken.peer_addr().unwrap(), before.local_addr().unwrap());
         // A new SYN is dropped: the connection does not complete (the client would
         // send it again about a second later).
-        let after =
-            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await;
+        let after = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
         assert!(
             after.is_err(),
             "a handshake completed on a stopping listener"

@@ -7,6 +7,7 @@
 
 mod bind;
 mod certificates;
+mod client_socket;
 mod control;
 mod dns;
 mod first_bytes;
