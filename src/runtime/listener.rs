@@ -225,6 +225,12 @@ fn admit_one(
     entry.metrics.open.inc();
     let open = Open(entry.metrics.open.clone());
     let _ = stream.set_nodelay(true);
+    // The address the client connected to, for PROXY headers fulcrum sends on: the
+    // listening socket's when it is bound to one address. Found here, before the
+    // task: kept in it once, and changed in place by a PROXY header.
+    let Some(mut local) = local.or_else(|| stream.local_addr().ok()) else {
+        return;
+    };
     let entry = entry.clone();
     let shared_task = shared.clone();
     let key = key.clone();
@@ -241,7 +247,7 @@ fn admit_one(
     // for as long as the connection waits for its first bytes.
     let mut stream = stream;
     let work = async move {
-        let Some((from, local, admitted, client)) = client(&mut stream, peer, local, &entry).await
+        let Some((from, admitted, client)) = client(&mut stream, peer, &mut local, &entry).await
         else {
             return;
         };
@@ -428,22 +434,17 @@ impl Digits {
 }
 
 /// Who the client is, and whether it may stay: the PROXY header (when the listener
-/// expects one) gives its address; then the per-client connection limit, the access
+/// expects one) gives its address, and the one it connected to (`local`); then the
+/// per-client connection limit, the access
 /// rules and, on a tcp listener, the rate limit. `None`: the connection is closed
 /// (an http client over its per-client limit gets a 503 first, when it is plain).
 async fn client(
     stream: &mut ClientSocket,
     mut peer: SocketAddr,
-    local: Option<SocketAddr>,
+    local: &mut SocketAddr,
     entry: &ListenerEntry,
-) -> Option<(SocketAddr, SocketAddr, bool, Option<ClientPlace>)> {
+) -> Option<(SocketAddr, bool, Option<ClientPlace>)> {
     let name = &entry.name;
-    // The address the client connected to, for PROXY headers fulcrum sends on: the
-    // listening socket's when it is bound to one address.
-    let mut local = match local {
-        Some(a) => a,
-        None => stream.local_addr().ok()?,
-    };
     if entry.proxy_protocol {
         // Boxed: reading a PROXY header takes a buffer that connections of listeners
         // without one should not carry while they wait for their first bytes.
@@ -455,7 +456,7 @@ async fn client(
             Ok(Ok(header)) => {
                 if let (Some(source), Some(destination)) = (header.source, header.destination) {
                     peer = source;
-                    local = destination;
+                    *local = destination;
                 }
             }
             Ok(Err(e)) => {
@@ -498,7 +499,7 @@ async fn client(
             return None;
         }
     }
-    Some((peer, local, admitted, place))
+    Some((peer, admitted, place))
 }
 
 /// Whether a new tcp connection from `peer` is over `rule` (counted, and logged).
