@@ -82,32 +82,26 @@ impl ClientSocket {
         ClientSocket(State::Raw(socket))
     }
 
-    /// The registered socket, registering it first if it is not.
-    fn polled(&mut self) -> io::Result<&mut TcpStream> {
-        if let State::Raw(_) = self.0 {
-            let State::Raw(raw) = std::mem::replace(&mut self.0, State::Failed) else {
-                unreachable!("matched above");
-            };
-            self.0 = State::Polled(TcpStream::from_std(raw)?);
-        }
+    /// The registered socket, registering it first if it is not: for what needs one
+    /// (the PROXY header reader), and for every operation that would block.
+    pub(crate) fn polled(&mut self) -> io::Result<&mut TcpStream> {
+        self.0 = match std::mem::replace(&mut self.0, State::Failed) {
+            State::Raw(raw) => State::Polled(TcpStream::from_std(raw)?),
+            other => other,
+        };
         match &mut self.0 {
             State::Polled(s) => Ok(s),
             _ => Err(failed()),
         }
     }
 
-    /// The registered socket, for what needs one (layer 4, the PROXY header reader).
+    /// As [`ClientSocket::polled`], owned (layer 4).
     pub(crate) fn into_polled(mut self) -> io::Result<TcpStream> {
         self.polled()?;
         match self.0 {
             State::Polled(s) => Ok(s),
             _ => Err(failed()),
         }
-    }
-
-    /// As [`ClientSocket::into_polled`], borrowed.
-    pub(crate) fn as_polled(&mut self) -> io::Result<&mut TcpStream> {
-        self.polled()
     }
 
     /// Tries `raw` on an unregistered socket; when it would block (or the socket is

@@ -448,7 +448,7 @@ async fn client(
     if entry.proxy_protocol {
         // Boxed: reading a PROXY header takes a buffer that connections of listeners
         // without one should not carry while they wait for their first bytes.
-        let Ok(tcp) = stream.as_polled() else {
+        let Ok(tcp) = stream.polled() else {
             return None;
         };
         let read = Box::pin(proxy_protocol::read(tcp));
