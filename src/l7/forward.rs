@@ -33,7 +33,7 @@ mod upgrade;
 use h2_attempt::*;
 use head::*;
 pub(super) use head::{
-    strip_hop_by_hop, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+    hop_by_hop, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use relay::*;
 pub(super) use upgrade::H2Connect;

@@ -6,10 +6,13 @@
 //! request and leaves the set on the next pick. Kept across generations with the
 //! backend's HTTP/1.1 pool.
 //!
-//! Requests go straight to the `h2` crate's streams from the request's own task: the
-//! connection's task only reads and writes frames. No channel, callback or task stands
-//! between a request and its stream; a request body that is still arriving when the
-//! response head does is sent on by a task of its own ([`Pump`]).
+//! The connection is fulcrum's own ([`client`]): a request encodes its head and
+//! queues its frames from its own task, and reads its response from its stream's
+//! slot; the connection's task only reads and writes frames. No channel or task
+//! stands between a request and its stream; a request body that is still arriving
+//! when the response head does is sent on by a task of its own ([`Upload`]).
+//! The client side (a client's HTTP/2 connection to fulcrum) is the `h2` crate's;
+//! [`Pump`] sends response bodies there.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,11 +21,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use ::h2::client::{ResponseFuture, SendRequest};
-use ::h2::{Reason, RecvStream, SendStream};
+use ::h2::{Reason, SendStream};
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Uri};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, Method};
 use http_body::{Body, Frame, SizeHint};
 use tracing::debug;
 
@@ -30,9 +32,13 @@ use super::h1::{Head, Stream};
 use super::request_body::{BoxError, RequestBody};
 use crate::tls::BackendTls;
 
+pub(super) mod client;
+mod hpack;
+mod huffman;
 mod limits;
 
-use limits::{Limits, Watched};
+use client::reason;
+use limits::Limits;
 
 /// Requests in flight on one connection before another is opened, when the backend's
 /// SETTINGS do not name a limit (RFC 9113 recommends allowing at least 100).
@@ -40,8 +46,8 @@ pub(super) const MAX_STREAMS: usize = 100;
 
 /// One connection, and the requests in flight on it.
 struct Conn {
-    sender: SendRequest<Bytes>,
-    /// Set when the connection's task ended (the connection is gone).
+    handle: client::Handle,
+    /// Set when the connection takes no new stream (it ended, or is going away).
     closed: Arc<AtomicBool>,
     streams: AtomicUsize,
     limits: Arc<Limits>,
@@ -78,9 +84,9 @@ impl std::fmt::Debug for H2Pool {
     }
 }
 
-/// A connection's sender, the place of a request on it, and whether it was opened
+/// The place of a request on a connection, and whether the connection was opened
 /// for that request.
-pub(super) type Picked = (SendRequest<Bytes>, InFlight, bool);
+pub(super) type Picked = (InFlight, bool);
 
 /// How to open a connection.
 pub struct Connect<'a> {
@@ -113,7 +119,7 @@ impl H2Pool {
         (open().count(), streams)
     }
 
-    fn pick(&self) -> Option<(SendRequest<Bytes>, InFlight)> {
+    fn pick(&self) -> Option<InFlight> {
         let conns = self.conns.load();
         for c in conns.iter() {
             if c.is_closed() || !c.mine() {
@@ -126,9 +132,7 @@ impl H2Pool {
                     .streams
                     .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
                 {
-                    Ok(_) => {
-                        return Some((c.sender.clone(), InFlight { conn: c.clone() }));
-                    }
+                    Ok(_) => return Some(InFlight { conn: c.clone() }),
                     Err(now) => n = now,
                 }
             }
@@ -156,8 +160,8 @@ impl H2Pool {
     where
         F: std::future::Future<Output = Result<Stream, String>>,
     {
-        if let Some((s, f)) = self.pick() {
-            return Ok((s, f, false));
+        if let Some(f) = self.pick() {
+            return Ok((f, false));
         }
         // Boxed: opening a connection (connect, TLS, handshake) is a large future
         // that a request on a connection already open never needs to carry.
@@ -173,14 +177,14 @@ impl H2Pool {
         F: std::future::Future<Output = Result<Stream, String>>,
     {
         let _one = self.opening.lock().await;
-        if let Some((s, f)) = self.pick() {
-            return Ok((s, f, false));
+        if let Some(f) = self.pick() {
+            return Ok((f, false));
         }
         // A connection whose backend has not said its limit yet takes one request;
         // its SETTINGS, one round trip away, may give room for more.
         if self.settings_arrived(how.timeout).await {
-            if let Some((s, f)) = self.pick() {
-                return Ok((s, f, false));
+            if let Some(f) = self.pick() {
+                return Ok((f, false));
             }
         }
         let stream = open().await?;
@@ -189,8 +193,8 @@ impl H2Pool {
                 return Err("the backend did not agree to HTTP/2 (ALPN h2)".into());
             }
         }
-        let conn = self.handshake(stream, how, 1).await?;
-        Ok((conn.sender.clone(), InFlight { conn }, true))
+        let conn = self.start(stream, how, 1);
+        Ok((InFlight { conn }, true))
     }
 
     /// Waits (up to `within`) for the SETTINGS of the newest open connection whose
@@ -211,28 +215,25 @@ impl H2Pool {
 
     /// Takes a connection opened elsewhere (whose ALPN said `h2`) into the set.
     pub async fn adopt(&self, stream: Stream, how: &Connect<'_>) -> Result<(), String> {
-        self.handshake(stream, how, 0).await.map(drop)
+        self.start(stream, how, 0);
+        Ok(())
     }
 
-    /// The HTTP/2 handshake on `stream`; the connection joins the set with `streams`
-    /// requests in flight.
-    async fn handshake(
-        &self,
-        stream: Stream,
-        how: &Connect<'_>,
-        streams: usize,
-    ) -> Result<Arc<Conn>, String> {
+    /// Starts HTTP/2 on `stream` (the preface and SETTINGS are its first writes); the
+    /// connection joins the set with `streams` requests in flight.
+    fn start(&self, stream: Stream, how: &Connect<'_>, streams: usize) -> Arc<Conn> {
         let limits = Arc::new(Limits::default());
-        let stream = Watched::new(stream, limits.clone(), MAX_STREAMS);
-        let handshake = client_builder().handshake::<_, Bytes>(stream);
-        let (sender, connection) = tokio::time::timeout(how.timeout, handshake)
-            .await
-            .map_err(|_| format!("no HTTP/2 handshake within {:?}", how.timeout))?
-            .map_err(|e| format!("HTTP/2: {e}"))?;
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(connection, how.keepalive, closed.clone()));
+        let (handle, driver) = client::handshake(
+            stream,
+            how.keepalive,
+            limits.clone(),
+            closed.clone(),
+            MAX_STREAMS,
+        );
+        tokio::spawn(driver);
         let conn = Arc::new(Conn {
-            sender,
+            handle,
             closed,
             streams: AtomicUsize::new(streams),
             limits,
@@ -244,152 +245,160 @@ impl H2Pool {
             next.push(conn.clone());
             next
         });
-        Ok(conn)
+        conn
     }
 }
 
-/// The client side of a backend connection, with hyper's settings: 2 MiB stream and
-/// 5 MiB connection windows, 16 KiB frames and header lists, 1 MiB of sends buffered
-/// per stream, no server push.
-fn client_builder() -> ::h2::client::Builder {
-    let mut b = ::h2::client::Builder::new();
-    b.initial_window_size(2 << 20)
-        .initial_connection_window_size(5 << 20)
-        .max_frame_size(16 << 10)
-        .max_header_list_size(16 << 10)
-        .max_send_buffer_size(1 << 20)
-        .max_local_error_reset_streams(Some(1024))
-        .initial_max_send_streams(MAX_STREAMS)
-        .enable_push(false);
-    b
+/// Whether a field never goes to an HTTP/2 backend: the connection-specific ones
+/// (RFC 9113 8.2.2), and `Host`, which `:authority` carries.
+fn not_for_h2(name: &HeaderName) -> bool {
+    *name == header::HOST || super::forward::hop_by_hop().contains(&name)
 }
 
-/// A connection's task: reads and writes its frames until it ends, and sends a PING
-/// every `every`; one unanswered within `every` (20 s at most) ends the connection,
-/// failing its streams. `closed` says it ended.
-async fn drive<T>(
-    mut connection: ::h2::client::Connection<T, Bytes>,
-    every: Duration,
-    closed: Arc<AtomicBool>,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let pings = connection.ping_pong();
-    let within = every.min(Duration::from_secs(20));
-    let alive = async move {
-        let Some(mut pings) = pings else {
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::time::sleep(every).await;
-            match tokio::time::timeout(within, pings.ping(::h2::Ping::opaque())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return debug!(error = %e, "HTTP/2 backend PING failed"),
-                Err(_) => return debug!("HTTP/2 backend did not answer a PING"),
-            }
-        }
-    };
-    tokio::select! {
-        biased;
-        r = &mut connection => {
-            if let Err(e) = r {
-                debug!(error = %e, "HTTP/2 backend connection ended");
-            }
-        }
-        () = alive => {}
-    }
-    closed.store(true, Ordering::Release);
-}
-
-/// The request's head for HTTP/2: the connection-specific fields HTTP/2 forbids
-/// (RFC 9113 8.2.2) left out, `:authority` from `Host`, and `Content-Length` from a
-/// body of known length when the client sent none.
+/// The request's head for HTTP/2, encoded: the connection-specific fields HTTP/2
+/// forbids (RFC 9113 8.2.2) left out, `:authority` from `Host`, and `Content-Length`
+/// from a body of known length when the client sent none.
 pub(super) fn request(
     head: &Head,
     body: &RequestBody,
     scheme: &'static str,
     backend: &str,
     te_trailers: bool,
-) -> Result<Request<()>, String> {
+) -> Result<BytesMut, String> {
     let authority = head
         .added
         .host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .unwrap_or(backend);
-    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| format!("request target: {e}"))?;
-    let mut req = Request::new(());
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = uri;
-    // Copied into a map with room for what is added: a clone would have the size of
-    // the client's fields, and growing it rebuilds its index (about 2,000
-    // instructions a request).
-    let mut headers = HeaderMap::with_capacity(head.headers.len() + 6);
-    for (name, value) in &head.headers {
-        headers.append(name, value.clone());
+    // What `Host` may hold is checked where it is read; this keeps out what would
+    // make `:authority` something else than a host and port.
+    let bad = |b: &u8| !b.is_ascii_graphic() || b"/?#\\".contains(b);
+    if authority.is_empty() || authority.bytes().any(|b| bad(&b)) {
+        return Err(format!("request target: bad authority {authority:?}"));
     }
-    // The head has lost its hop-by-hop fields already; an upgrade asked of an `auto`
-    // upstream that turned out to speak HTTP/2 goes as a plain request, and a header
-    // rule may have set one again. The `h2` crate refuses a head with any of them.
-    super::forward::strip_hop_by_hop(&mut headers);
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut block = BytesMut::with_capacity(512);
+    let enc = hpack::encode;
+    enc(
+        &mut block,
+        b":method",
+        head.method.as_str().as_bytes(),
+        false,
+    );
+    enc(&mut block, b":scheme", scheme.as_bytes(), false);
+    enc(&mut block, b":authority", authority.as_bytes(), false);
+    enc(&mut block, b":path", path.as_bytes(), false);
+    // The head has lost its hop-by-hop fields already, but a header rule may have
+    // set one again; fields named by a `Connection` field go with it.
+    let named: Vec<HeaderName> = head
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
     let added = &head.added;
+    let replaced = [
+        (
+            &super::forward::X_FORWARDED_FOR,
+            added.forwarded_for.is_some(),
+        ),
+        (
+            &super::forward::X_FORWARDED_PROTO,
+            added.forwarded_proto.is_some(),
+        ),
+        (
+            &super::forward::X_FORWARDED_HOST,
+            added.forwarded_host.is_some(),
+        ),
+        (&super::forward::X_REQUEST_ID, added.request_id.is_some()),
+        (&crate::telemetry::TRACEPARENT, added.traceparent.is_some()),
+    ];
+    let mut has_length = false;
+    for (name, value) in &head.headers {
+        if not_for_h2(name)
+            || named.contains(name)
+            || replaced.iter().any(|(n, set)| *set && *n == name)
+        {
+            continue;
+        }
+        has_length |= *name == header::CONTENT_LENGTH;
+        enc(
+            &mut block,
+            name.as_str().as_bytes(),
+            value.as_bytes(),
+            value.is_sensitive(),
+        );
+    }
     for (name, value) in [
         (&super::forward::X_FORWARDED_FOR, &added.forwarded_for),
         (&super::forward::X_FORWARDED_PROTO, &added.forwarded_proto),
         (&super::forward::X_FORWARDED_HOST, &added.forwarded_host),
     ] {
         if let Some(v) = value {
-            headers.insert(name, v.clone());
+            enc(&mut block, name.as_str().as_bytes(), v.as_bytes(), false);
         }
     }
     if let Some(v) = &added.request_id {
-        // A value new with every request is sent as a literal never indexed: in
-        // HPACK's dynamic table it would only push out the values that repeat.
-        let mut v = v.clone();
-        v.set_sensitive(true);
-        headers.insert(&super::forward::X_REQUEST_ID, v);
+        // A value new with every request is sent as a literal never indexed.
+        enc(&mut block, b"x-request-id", v.as_bytes(), true);
     }
     if let Some(t) = &added.traceparent {
-        if let Ok(mut v) = HeaderValue::from_bytes(t) {
-            v.set_sensitive(true);
-            headers.insert(&crate::telemetry::TRACEPARENT, v);
+        if http::HeaderValue::from_bytes(t).is_ok() {
+            enc(&mut block, b"traceparent", t, true);
         }
     }
     if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        enc(&mut block, b"te", b"trailers", false);
     }
     if let Some(len) = body.size_hint().exact() {
         let defined = !matches!(
             head.method,
             Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
         );
-        if (len != 0 || defined) && !headers.contains_key(header::CONTENT_LENGTH) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if (len != 0 || defined) && !has_length {
+            enc(
+                &mut block,
+                b"content-length",
+                len.to_string().as_bytes(),
+                false,
+            );
         }
     }
-    *req.headers_mut() = headers;
-    Ok(req)
+    Ok(block)
 }
 
-/// Opens a stream for `req` on `sender`, its body (unless empty) to follow. When the
-/// connection takes no new stream (closed, the backend sent GOAWAY, its stream
-/// identifiers ran out), the request never left: the error comes back with the body.
+/// Trailers encoded for HTTP/2, connection-specific fields left out.
+fn trailers_block(trailers: &HeaderMap) -> BytesMut {
+    let mut block = BytesMut::with_capacity(128);
+    for (name, value) in trailers {
+        if !not_for_h2(name) {
+            hpack::encode(
+                &mut block,
+                name.as_str().as_bytes(),
+                value.as_bytes(),
+                value.is_sensitive(),
+            );
+        }
+    }
+    block
+}
+
+/// Opens a stream for the head `block` on the connection of `in_flight`, its body
+/// (unless empty) to follow. When the connection takes no new stream (closed, the
+/// backend sent GOAWAY, its stream identifiers ran out), the request never left: the
+/// error comes back with the body.
 pub(super) fn send(
-    sender: &mut SendRequest<Bytes>,
-    req: Request<()>,
+    in_flight: &InFlight,
+    block: &[u8],
     body: RequestBody,
-) -> Result<Exchanging, (::h2::Error, RequestBody)> {
+) -> Result<Exchanging, (client::Error, RequestBody)> {
     let end = body.is_end_stream();
-    match sender.send_request(req, end) {
-        Ok((response, tx)) => Ok(Exchanging {
-            response,
-            pump: (!end).then(|| Pump::new(body, tx, Reason::CANCEL)),
+    match in_flight.conn.handle.open(block, end) {
+        Ok((tx, rx)) => Ok(Exchanging {
+            rx: Some(rx),
+            upload: tx.map(|tx| Upload::new(body, tx)),
         }),
         Err(e) => Err((e, body)),
     }
@@ -397,8 +406,8 @@ pub(super) fn send(
 
 /// A request on its way: its body sent while the response head is awaited.
 pub(super) struct Exchanging {
-    response: ResponseFuture,
-    pump: Option<Pump>,
+    rx: Option<client::Receiver>,
+    upload: Option<Upload>,
 }
 
 /// Why an exchange failed before its response head.
@@ -407,27 +416,105 @@ pub(super) enum Failed {
     /// reset.
     Body(BoxError),
     /// The backend or the connection failed the stream.
-    Backend(::h2::Error),
+    Backend(client::Error),
 }
 
+/// A response head, the stream to read its body from, and the request body's upload
+/// when it is still going.
+pub(super) type Arrived = (client::Head, client::Receiver, Option<Upload>);
+
 impl Future for Exchanging {
-    type Output = Result<(http::Response<RecvStream>, Option<Pump>), Failed>;
+    type Output = Result<Arrived, Failed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(pump) = this.pump.as_mut() {
-            match Pin::new(pump).poll(cx) {
-                Poll::Ready(Ok(())) => this.pump = None,
+        if let Some(upload) = this.upload.as_mut() {
+            match Pin::new(upload).poll(cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
                 Poll::Ready(Err(Some(e))) => return Poll::Ready(Err(Failed::Body(e))),
                 // The backend ended the stream's sending side: its answer (or the
                 // error) is still to be read.
-                Poll::Ready(Err(None)) => this.pump = None,
+                Poll::Ready(Err(None)) => this.upload = None,
                 Poll::Pending => {}
             }
         }
-        match ready!(Pin::new(&mut this.response).poll(cx)) {
-            Ok(r) => Poll::Ready(Ok((r, this.pump.take()))),
+        let Some(rx) = this.rx.as_mut() else {
+            return Poll::Pending;
+        };
+        match ready!(rx.poll_head(cx)) {
+            Ok(head) => match this.rx.take() {
+                Some(rx) => Poll::Ready(Ok((head, rx, this.upload.take()))),
+                None => Poll::Pending,
+            },
             Err(e) => Poll::Ready(Err(Failed::Backend(e))),
+        }
+    }
+}
+
+/// Sends a request body on its backend stream, chunk by chunk as the backend's flow
+/// control allows, then its trailers or its end. `Err(Some)`: the body failed and
+/// the stream was reset; `Err(None)`: the stream ended on the backend's side first.
+pub(super) struct Upload {
+    body: RequestBody,
+    tx: client::Sender,
+    /// A chunk read from the body that waits for window to be sent (what is left of
+    /// it), and whether it is the body's last.
+    waiting: Option<(Bytes, bool)>,
+}
+
+impl Upload {
+    fn new(body: RequestBody, tx: client::Sender) -> Upload {
+        Upload {
+            body,
+            tx,
+            waiting: None,
+        }
+    }
+}
+
+impl Future for Upload {
+    type Output = Result<(), Option<BoxError>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            if let Some((mut chunk, last)) = this.waiting.take() {
+                match this.tx.poll_send(cx, &mut chunk, last) {
+                    Poll::Ready(Ok(())) if last => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(None)),
+                    Poll::Pending => {
+                        this.waiting = Some((chunk, last));
+                        return Poll::Pending;
+                    }
+                }
+            }
+            // Woken by a reset while waiting for the body.
+            if this.tx.poll_stopped(cx).is_ready() {
+                debug!("backend reset a stream being sent");
+                return Poll::Ready(Err(None));
+            }
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => {
+                        let last = this.body.is_end_stream();
+                        if !chunk.is_empty() || last {
+                            this.waiting = Some((chunk, last));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let block = trailers_block(&trailers);
+                            return Poll::Ready(this.tx.send_trailers(&block).map_err(|_| None));
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    this.tx.reset(reason::CANCEL);
+                    return Poll::Ready(Err(Some(e)));
+                }
+                None => this.waiting = Some((Bytes::new(), true)),
+            }
         }
     }
 }
@@ -533,12 +620,12 @@ where
 
 /// A request body still being sent after the response head arrived, on a task of its
 /// own. Stopped (and its stream reset) when the response is abandoned before its end.
-struct PumpTask(Option<tokio::task::JoinHandle<()>>);
+struct UploadTask(Option<tokio::task::JoinHandle<()>>);
 
-impl PumpTask {
-    fn spawn(pump: Pump) -> PumpTask {
-        PumpTask(Some(tokio::spawn(async move {
-            let _ = pump.await;
+impl UploadTask {
+    fn spawn(upload: Upload) -> UploadTask {
+        UploadTask(Some(tokio::spawn(async move {
+            let _ = upload.await;
         })))
     }
 
@@ -548,7 +635,7 @@ impl PumpTask {
     }
 }
 
-impl Drop for PumpTask {
+impl Drop for UploadTask {
     fn drop(&mut self) {
         if let Some(task) = self.0.take() {
             task.abort();
@@ -559,30 +646,30 @@ impl Drop for PumpTask {
 /// A backend's HTTP/2 response body, trailers included: each chunk's window is given
 /// back as it is read.
 pub struct ResponseStream {
-    recv: RecvStream,
+    rx: client::Receiver,
     data_done: bool,
     /// `Content-Length` still to come, when the backend said it.
     left: Option<u64>,
-    pump: Option<PumpTask>,
+    upload: Option<UploadTask>,
 }
 
 impl ResponseStream {
-    fn new(recv: RecvStream, headers: &HeaderMap, pump: Option<Pump>) -> ResponseStream {
+    fn new(rx: client::Receiver, headers: &HeaderMap, upload: Option<Upload>) -> ResponseStream {
         let left = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         ResponseStream {
-            recv,
+            rx,
             data_done: false,
             left,
-            pump: pump.map(PumpTask::spawn),
+            upload: upload.map(UploadTask::spawn),
         }
     }
 
-    fn ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, ::h2::Error>>> {
-        if let Some(pump) = self.pump.as_mut() {
-            pump.detach();
+    fn ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, client::Error>>> {
+        if let Some(upload) = self.upload.as_mut() {
+            upload.detach();
         }
         Poll::Ready(None)
     }
@@ -590,39 +677,45 @@ impl ResponseStream {
 
 impl Body for ResponseStream {
     type Data = Bytes;
-    type Error = ::h2::Error;
+    type Error = client::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ::h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, client::Error>>> {
         let this = self.get_mut();
+        let no_error = |e: &client::Error| e.reason() == Some(reason::NO_ERROR);
         if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(this.rx.poll_data(cx)) {
                 Some(Ok(chunk)) => {
-                    let _ = this.recv.flow_control().release_capacity(chunk.len());
                     if let Some(left) = this.left.as_mut() {
-                        *left = left.saturating_sub(chunk.len() as u64);
+                        match left.checked_sub(chunk.len() as u64) {
+                            Some(l) => *left = l,
+                            None => {
+                                let e = client::Error::Malformed("body longer than Content-Length");
+                                return Poll::Ready(Some(Err(e)));
+                            }
+                        }
                     }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 // RFC 9113 8.1: RST_STREAM with NO_ERROR after a whole response only
                 // stops the request's upload.
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => return this.ended(),
+                Some(Err(e)) if no_error(&e) => return this.ended(),
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => this.data_done = true,
             }
         }
-        match ready!(this.recv.poll_trailers(cx)) {
+        match ready!(this.rx.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => this.ended(),
-            Err(e) if e.reason() == Some(Reason::NO_ERROR) => this.ended(),
+            Err(e) if no_error(&e) => this.ended(),
             Err(e) => Poll::Ready(Some(Err(e))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.rx.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -639,15 +732,15 @@ pub(super) struct Answer {
 }
 
 impl Answer {
-    pub(super) fn new(
-        response: http::Response<RecvStream>,
-        pump: Option<Pump>,
-        in_flight: InFlight,
-    ) -> Answer {
-        let (parts, recv) = response.into_parts();
-        let body = ResponseStream::new(recv, &parts.headers, pump);
+    pub(super) fn new(arrived: Arrived, in_flight: InFlight) -> Answer {
+        let ((status, headers), rx, upload) = arrived;
+        let body = ResponseStream::new(rx, &headers, upload);
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status;
+        *response.version_mut() = http::Version::HTTP_2;
+        *response.headers_mut() = headers;
         Answer {
-            response: http::Response::from_parts(parts, body),
+            response,
             in_flight,
         }
     }

@@ -47,7 +47,7 @@ pub(super) async fn attempt_h2(
     let timings = &f.target.timings[i];
     let how = connect_how(f, lease, keepalive);
     let started = tokio::time::Instant::now();
-    let (mut sender, in_flight, fresh) = match pool
+    let (in_flight, fresh) = match pool
         .h2
         .stream(|| pool.open_stream(how.timeout, how.tls), &how)
         .await
@@ -95,11 +95,10 @@ pub(super) async fn attempt_h2(
         }
     };
     let sent_at = tokio::time::Instant::now();
-    let exchanging = match h2::send(&mut sender, req, request_body) {
+    let exchanging = match h2::send(&in_flight, &req, request_body) {
         Ok(x) => x,
         // The connection takes no new stream: it is gone or going (GOAWAY), or its
-        // stream identifiers ran out. (The head has none of the fields the `h2`
-        // crate refuses, so the request itself is not the cause.)
+        // stream identifiers ran out.
         Err((e, request_body)) => {
             debug!(error = %e, "HTTP/2 connection took no new stream");
             pool.h2.retire(&in_flight);
@@ -122,9 +121,9 @@ pub(super) async fn attempt_h2(
             error: ProxyError::Timeout(f.timeout),
             again: false,
         },
-        Ok(Ok((response, pump))) => {
+        Ok(Ok(arrived)) => {
             head_arrived(lease, timings, sent_at, exchange);
-            H2Try::Answered(h2::Answer::new(response, pump, in_flight))
+            H2Try::Answered(h2::Answer::new(arrived, in_flight))
         }
         Ok(Err(h2::Failed::Body(e))) => H2Try::Failed {
             error: request_body_error(e.as_ref())

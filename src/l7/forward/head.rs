@@ -13,7 +13,7 @@ pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded.
-pub(super) fn hop_by_hop() -> [&'static HeaderName; 6] {
+pub(crate) fn hop_by_hop() -> [&'static HeaderName; 6] {
     [
         &header::CONNECTION,
         &PROXY_CONNECTION,
