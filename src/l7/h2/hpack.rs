@@ -161,6 +161,8 @@ pub(crate) struct Decoder {
     max: usize,
     /// The limit announced with the last size update (at most `max`).
     limit: usize,
+    /// Where Huffman strings are decoded.
+    scratch: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -180,6 +182,7 @@ impl Decoder {
             size: 0,
             max,
             limit: max,
+            scratch: Vec::new(),
         }
     }
 
@@ -210,16 +213,20 @@ impl Decoder {
         }
     }
 
-    fn insert(&mut self, name: &[u8], value: &[u8]) {
+    fn insert(&mut self, name: &Bytes, value: &Bytes, block: &Bytes) {
         self.size += entry_size(name, value);
-        // Copied out of the frame's buffer, which the table would otherwise pin: both
-        // strings in one allocation.
-        let mut both = BytesMut::with_capacity(name.len() + value.len());
-        both.extend_from_slice(name);
-        both.extend_from_slice(value);
-        let mut both = both.freeze();
-        let value = both.split_off(name.len());
-        self.table.push_front((both, value));
+        // Strings that are slices of the block are copied out of the frame's buffer,
+        // which the table would otherwise pin; the others (Huffman-decoded, or from
+        // a table) are the table's already.
+        let own = |s: &Bytes| {
+            let (at, start) = (s.as_ptr() as usize, block.as_ptr() as usize);
+            if !s.is_empty() && at >= start && at + s.len() <= start + block.len() {
+                Bytes::copy_from_slice(s)
+            } else {
+                s.clone()
+            }
+        };
+        self.table.push_front((own(name), own(value)));
         self.evict();
     }
 
@@ -240,7 +247,7 @@ impl Decoder {
                 fields = true;
             } else if b & 0x40 != 0 {
                 let (n, v) = self.literal(block, &mut at, 6)?;
-                self.insert(&n, &v);
+                self.insert(&n, &v, block);
                 field(n, v);
                 fields = true;
             } else if b & 0x20 != 0 {
@@ -264,14 +271,14 @@ impl Decoder {
         Ok(())
     }
 
-    fn literal(&self, block: &Bytes, at: &mut usize, n: u8) -> Result<(Bytes, Bytes), Invalid> {
+    fn literal(&mut self, block: &Bytes, at: &mut usize, n: u8) -> Result<(Bytes, Bytes), Invalid> {
         let index = int(block, at, n)?;
         let name = if index == 0 {
-            string(block, at)?
+            string(block, at, &mut self.scratch)?
         } else {
             self.get(index)?.0
         };
-        let value = string(block, at)?;
+        let value = string(block, at, &mut self.scratch)?;
         Ok((name, value))
     }
 
@@ -308,7 +315,7 @@ fn int(block: &[u8], at: &mut usize, n: u8) -> Result<usize, Invalid> {
 }
 
 /// A string literal at `block[*at]`: a slice of the block, or decoded Huffman.
-fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, Invalid> {
+fn string(block: &Bytes, at: &mut usize, scratch: &mut Vec<u8>) -> Result<Bytes, Invalid> {
     let huffman = block.get(*at).ok_or(Invalid("truncated string"))? & 0x80 != 0;
     let len = int(block, at, 7)?;
     let end = at
@@ -317,9 +324,10 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, Invalid> {
         .ok_or(Invalid("string beyond the block"))?;
     let raw = &block[*at..end];
     let s = if huffman {
-        let mut out = Vec::with_capacity(len * 8 / 5);
-        huffman::decode(raw, &mut out).map_err(|_| Invalid("bad Huffman string"))?;
-        Bytes::from(out)
+        // Decoded into a buffer kept for it, then copied once at its exact size.
+        scratch.clear();
+        huffman::decode(raw, scratch).map_err(|_| Invalid("bad Huffman string"))?;
+        Bytes::copy_from_slice(scratch)
     } else {
         block.slice(*at..end)
     };
