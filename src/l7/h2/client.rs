@@ -106,6 +106,8 @@ pub enum Error {
     Refused,
     /// This side reset the stream: the backend broke the protocol on it.
     Malformed(&'static str),
+    /// This side reset the stream: its request or response was given up.
+    Cancelled(&'static str),
     /// The connection ended.
     Closed(Arc<str>),
 }
@@ -126,6 +128,7 @@ impl fmt::Display for Error {
             Error::Reset(r) => write!(f, "stream reset by the backend: {}", reason::name(*r)),
             Error::Refused => f.write_str("the backend did not start the stream"),
             Error::Malformed(why) => write!(f, "invalid HTTP/2 response: {why}"),
+            Error::Cancelled(why) => write!(f, "stream cancelled: {why}"),
             Error::Closed(why) => write!(f, "HTTP/2 connection ended: {why}"),
         }
     }
@@ -565,7 +568,7 @@ impl Sender {
 
     /// Resets the stream with `code` (the request's body failed).
     pub(crate) fn reset(&mut self, code: u32) {
-        let e = Error::Malformed("request body failed");
+        let e = Error::Cancelled("request body failed");
         self.shared.lock().cancel(self.id, code, e);
     }
 
@@ -593,7 +596,7 @@ impl Drop for Sender {
             st.cancel(
                 self.id,
                 reason::CANCEL,
-                Error::Malformed("request abandoned"),
+                Error::Cancelled("request abandoned"),
             );
         }
         st.drop_half(self.id);
@@ -686,7 +689,7 @@ impl Drop for Receiver {
             st.cancel(
                 self.id,
                 reason::CANCEL,
-                Error::Malformed("response abandoned"),
+                Error::Cancelled("response abandoned"),
             );
         } else if let Some(slot) = st.streams.get_mut(&self.id) {
             let unread: usize = slot.data.drain(..).map(|b| b.len()).sum();
@@ -1699,7 +1702,7 @@ mod tests {
         s.peer.settings(&[(0x3, 1)]).await;
         s.peer.expect(SETTINGS).await;
         assert_eq!(s.limits.streams(), 1);
-        // SETTINGS without the limit leave it; a bad frame size ends the connection.
+        // A frame size below the protocol's minimum ends the connection.
         s.peer.settings(&[(0x5, 100)]).await;
         let (_, _, payload) = s.peer.expect(GOAWAY).await;
         assert_eq!(&payload[4..8], &reason::PROTOCOL_ERROR.to_be_bytes());
