@@ -11,8 +11,8 @@
 //! slot; the connection's task only reads and writes frames. No channel or task
 //! stands between a request and its stream; a request body that is still arriving
 //! when the response head does is sent on by a task of its own ([`Upload`]).
-//! The client side (a client's HTTP/2 connection to fulcrum) is the `h2` crate's;
-//! [`Pump`] sends response bodies there.
+//! A client's HTTP/2 connection to fulcrum is served the same way ([`server`]);
+//! [`Pump`] sends response bodies there, and request bodies to backends.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use ::h2::{Reason, SendStream};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, Method};
@@ -33,11 +32,13 @@ use super::request_body::{BoxError, RequestBody};
 use crate::tls::BackendTls;
 
 pub(super) mod client;
+mod frame;
 mod hpack;
 mod huffman;
 mod limits;
+pub(super) mod server;
 
-use client::reason;
+use frame::reason;
 use limits::Limits;
 
 /// Requests in flight on one connection before another is opened, when the backend's
@@ -398,7 +399,7 @@ pub(super) fn send(
     match in_flight.conn.handle.open(block, end) {
         Ok((tx, rx)) => Ok(Exchanging {
             rx: Some(rx),
-            upload: tx.map(|tx| Upload::new(body, tx)),
+            upload: tx.map(|tx| Upload::new(body, tx, reason::CANCEL)),
         }),
         Err(e) => Err((e, body)),
     }
@@ -451,28 +452,104 @@ impl Future for Exchanging {
     }
 }
 
-/// Sends a request body on its backend stream, chunk by chunk as the backend's flow
-/// control allows, then its trailers or its end. `Err(Some)`: the body failed and
-/// the stream was reset; `Err(None)`: the stream ended on the backend's side first.
-pub(super) struct Upload {
-    body: RequestBody,
-    tx: client::Sender,
+/// The sending half of a stream, as [`Pump`] drives it: a request's stream to a
+/// backend, or a response's stream to a client.
+pub(super) trait Outgoing {
+    /// Sends all of `chunk` as the windows allow (what is sent is taken off its
+    /// front), the stream's end with its last octet when `last`. `Err`: the stream
+    /// takes no more.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+        last: bool,
+    ) -> Poll<Result<(), ()>>;
+    /// Ends the stream with trailers.
+    fn send_trailers(&mut self, trailers: &HeaderMap) -> Result<(), ()>;
+    /// Resets the stream with `code`: the body failed.
+    fn reset(&mut self, code: u32);
+    /// Ready once the peer takes no more of the stream.
+    fn poll_stopped(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl Outgoing for client::Sender {
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+        last: bool,
+    ) -> Poll<Result<(), ()>> {
+        client::Sender::poll_send(self, cx, chunk, last).map_err(|_| ())
+    }
+
+    fn send_trailers(&mut self, trailers: &HeaderMap) -> Result<(), ()> {
+        client::Sender::send_trailers(self, &trailers_block(trailers)).map_err(|_| ())
+    }
+
+    fn reset(&mut self, code: u32) {
+        client::Sender::reset(self, code)
+    }
+
+    fn poll_stopped(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        client::Sender::poll_stopped(self, cx)
+    }
+}
+
+impl Outgoing for server::Responder {
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+        last: bool,
+    ) -> Poll<Result<(), ()>> {
+        server::Responder::poll_send(self, cx, chunk, last).map_err(|_| ())
+    }
+
+    fn send_trailers(&mut self, trailers: &HeaderMap) -> Result<(), ()> {
+        server::Responder::send_trailers(self, trailers).map_err(|_| ())
+    }
+
+    fn reset(&mut self, code: u32) {
+        server::Responder::reset(self, code)
+    }
+
+    fn poll_stopped(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_reset(cx).map(|_| ())
+    }
+}
+
+/// Sends a body on its stream, chunk by chunk as the peer's flow control allows, then
+/// its trailers or its end: a request body to a backend ([`Upload`]), or a response
+/// body to a client. `Err(Some)`: the body failed and the stream was reset with
+/// `on_error`; `Err(None)`: the stream ended on the peer's side first.
+pub(super) struct Pump<B, T> {
+    body: B,
+    tx: T,
     /// A chunk read from the body that waits for window to be sent (what is left of
     /// it), and whether it is the body's last.
     waiting: Option<(Bytes, bool)>,
+    on_error: u32,
 }
 
-impl Upload {
-    fn new(body: RequestBody, tx: client::Sender) -> Upload {
-        Upload {
+/// A request body sent to a backend.
+pub(super) type Upload = Pump<RequestBody, client::Sender>;
+
+impl<B, T> Pump<B, T> {
+    pub(super) fn new(body: B, tx: T, on_error: u32) -> Pump<B, T> {
+        Pump {
             body,
             tx,
             waiting: None,
+            on_error,
         }
     }
 }
 
-impl Future for Upload {
+impl<B, T> Future for Pump<B, T>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    T: Outgoing + Unpin,
+{
     type Output = Result<(), Option<BoxError>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -482,7 +559,7 @@ impl Future for Upload {
                 match this.tx.poll_send(cx, &mut chunk, last) {
                     Poll::Ready(Ok(())) if last => return Poll::Ready(Ok(())),
                     Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(_)) => return Poll::Ready(Err(None)),
+                    Poll::Ready(Err(())) => return Poll::Ready(Err(None)),
                     Poll::Pending => {
                         this.waiting = Some((chunk, last));
                         return Poll::Pending;
@@ -491,7 +568,7 @@ impl Future for Upload {
             }
             // Woken by a reset while waiting for the body.
             if this.tx.poll_stopped(cx).is_ready() {
-                debug!("backend reset a stream being sent");
+                debug!("peer reset a stream being sent");
                 return Poll::Ready(Err(None));
             }
             match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
@@ -504,115 +581,15 @@ impl Future for Upload {
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            let block = trailers_block(&trailers);
-                            return Poll::Ready(this.tx.send_trailers(&block).map_err(|_| None));
+                            return Poll::Ready(this.tx.send_trailers(&trailers).map_err(|_| None));
                         }
                     }
                 },
                 Some(Err(e)) => {
-                    this.tx.reset(reason::CANCEL);
+                    this.tx.reset(this.on_error);
                     return Poll::Ready(Err(Some(e)));
                 }
                 None => this.waiting = Some((Bytes::new(), true)),
-            }
-        }
-    }
-}
-
-/// Sends a body on its stream, chunk by chunk as the peer's flow control allows, then
-/// its trailers or its end: a request body to a backend, or a response body to a
-/// client. `Err(Some)`: the body failed and the stream was reset with `on_error`;
-/// `Err(None)`: the stream ended on the peer's side first.
-pub(super) struct Pump<B = RequestBody> {
-    body: B,
-    tx: SendStream<Bytes>,
-    /// A chunk read from the body that waits for window to be sent, and whether it is
-    /// the body's last.
-    waiting: Option<(Bytes, bool)>,
-    on_error: Reason,
-}
-
-impl<B> Pump<B> {
-    pub(super) fn new(body: B, tx: SendStream<Bytes>, on_error: Reason) -> Pump<B> {
-        Pump {
-            body,
-            tx,
-            waiting: None,
-            on_error,
-        }
-    }
-}
-
-impl<B> Future for Pump<B>
-where
-    B: Body<Data = Bytes, Error = BoxError> + Unpin,
-{
-    type Output = Result<(), Option<BoxError>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        loop {
-            // Woken by a reset while waiting for the body or for window.
-            if let Poll::Ready(r) = this.tx.poll_reset(cx) {
-                debug!(reason = ?r.ok(), "peer reset a stream being sent");
-                return Poll::Ready(Err(None));
-            }
-            if let Some((chunk, last)) = this.waiting.take() {
-                if this.tx.capacity() == 0 {
-                    match this.tx.poll_capacity(cx) {
-                        Poll::Pending => {
-                            this.waiting = Some((chunk, last));
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Some(Ok(_))) => {
-                            this.waiting = Some((chunk, last));
-                            continue;
-                        }
-                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Err(None)),
-                    }
-                }
-                // The `h2` crate splits the chunk by window itself, and keeps what
-                // does not fit yet.
-                if this.tx.send_data(chunk, last).is_err() {
-                    return Poll::Ready(Err(None));
-                }
-                if last {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            // The next frame is read before window is asked for: window held for a
-            // body that sends nothing could stall the connection's other streams.
-            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(chunk) => {
-                        let last = this.body.is_end_stream();
-                        if chunk.is_empty() {
-                            if this.tx.send_data(chunk, last).is_err() {
-                                return Poll::Ready(Err(None));
-                            }
-                            if last {
-                                return Poll::Ready(Ok(()));
-                            }
-                            continue;
-                        }
-                        this.tx.reserve_capacity(1);
-                        this.waiting = Some((chunk, last));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            this.tx.reserve_capacity(0);
-                            return Poll::Ready(this.tx.send_trailers(trailers).map_err(|_| None));
-                        }
-                    }
-                },
-                Some(Err(e)) => {
-                    this.tx.send_reset(this.on_error);
-                    return Poll::Ready(Err(Some(e)));
-                }
-                None => {
-                    return Poll::Ready(this.tx.send_data(Bytes::new(), true).map_err(|_| None));
-                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Serving an accepted connection: HTTP/1.x (`serve_h1`) or the `h2` crate's HTTP/2
+//! Serving an accepted connection: HTTP/1.x (`serve_h1`) or HTTP/2 (`serve_h2`)
 //! (told apart by ALPN or the first bytes),
 //! watched for idleness, slowness, drain and cut.
 
@@ -512,7 +512,7 @@ impl<S> Connection for serve_h2::Server<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    type Error = ::h2::Error;
+    type Error = super::h2::server::Error;
     type Parked = std::convert::Infallible;
     fn shut_down(self: std::pin::Pin<&mut Self>) {
         self.get_mut().graceful_shutdown();
@@ -521,12 +521,12 @@ where
     /// An HTTP/2 connection does not park.
     fn park(self: std::pin::Pin<&mut Self>) {}
 
-    fn ended(out: Self::Output) -> Result<Option<Self::Parked>, ::h2::Error> {
+    fn ended(out: Self::Output) -> Result<Option<Self::Parked>, Self::Error> {
         out.map(|()| None)
     }
 }
 
-impl ConnectionError for ::h2::Error {
+impl ConnectionError for super::h2::server::Error {
     fn refused(&self) -> Option<u16> {
         None
     }

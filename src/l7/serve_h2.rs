@@ -1,7 +1,7 @@
-//! Serving an HTTP/2 client connection on the `h2` crate: the connection's task reads
-//! and writes frames and starts a task per request stream; each stream's task runs
-//! the request through the engine and writes its answer (head, body as the client's
-//! flow control allows, trailers) on the stream itself. An extended CONNECT
+//! Serving an HTTP/2 client connection ([`super::h2::server`]): the connection's
+//! task reads and writes frames and starts a task per request stream; each stream's
+//! task runs the request through the engine and writes its answer (head, body as the
+//! client's flow control allows, trailers) on the stream itself. An extended CONNECT
 //! (RFC 8441) whose answer is a 2xx hands its stream to the upgrade tunnel.
 
 use std::future::Future;
@@ -10,28 +10,27 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use ::h2::server::{Connection, Handshake, SendResponse};
-use ::h2::{Reason, RecvStream, SendStream};
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
 use super::conn::ConnCtx;
 use super::forward::H2Connect;
+use super::h2::server::{self, Incoming, Responder};
 use super::h2::Pump;
 use super::request::handle;
 use super::request_body::{BoxError, Inbound};
 
-/// An HTTP/2 client connection being served: its handshake (the client's preface and
-/// SETTINGS), then its streams until the client or a graceful shutdown closes it.
+/// RST_STREAM codes a stream's task sends.
+const INTERNAL_ERROR: u32 = 0x2;
+
+/// An HTTP/2 client connection being served: its streams, until the client or a
+/// graceful shutdown closes it.
 pub(super) struct Server<S> {
-    handshake: Option<Handshake<S, Bytes>>,
-    conn: Option<Connection<S, Bytes>>,
-    /// A graceful shutdown was asked for before the handshake was over.
-    shutting_down: bool,
+    conn: server::Connection<S>,
     ctx: Arc<ConnCtx>,
 }
 
@@ -39,21 +38,16 @@ impl<S> Server<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    pub(super) fn new(io: S, builder: &::h2::server::Builder, ctx: Arc<ConnCtx>) -> Server<S> {
+    pub(super) fn new(io: S, config: &server::Config, ctx: Arc<ConnCtx>) -> Server<S> {
         Server {
-            handshake: Some(builder.handshake(io)),
-            conn: None,
-            shutting_down: false,
+            conn: server::accept(io, config),
             ctx,
         }
     }
 
     /// GOAWAY: no new stream is taken; the connection closes once the open ones end.
     pub(super) fn graceful_shutdown(&mut self) {
-        self.shutting_down = true;
-        if let Some(conn) = self.conn.as_mut() {
-            conn.graceful_shutdown();
-        }
+        self.conn.graceful_shutdown();
     }
 }
 
@@ -61,29 +55,17 @@ impl<S> Future for Server<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    type Output = Result<(), ::h2::Error>;
+    type Output = Result<(), server::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(handshake) = this.handshake.as_mut() {
-            let mut conn = ready!(Pin::new(handshake).poll(cx))?;
-            this.handshake = None;
-            if this.shutting_down {
-                conn.graceful_shutdown();
-            }
-            this.conn = Some(conn);
-        }
-        let Some(conn) = this.conn.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
         loop {
-            match ready!(conn.poll_accept(cx)) {
-                Some(Ok((req, respond))) => {
+            match ready!(this.conn.poll_accept(cx)) {
+                Some(Ok(req)) => {
                     // Boxed: the request's future is several KiB, and a task's
                     // creation and end would each copy it whole.
-                    tokio::spawn(crate::side::boxed(|| {
-                        stream(req, respond, this.ctx.clone())
-                    }));
+                    let ctx = this.ctx.clone();
+                    tokio::spawn(crate::side::boxed(|| stream(req, ctx)));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 None => return Poll::Ready(Ok(())),
@@ -94,32 +76,37 @@ where
 
 /// One request stream: the engine's answer written back, and the request (with its
 /// upstream exchange) dropped if the client resets the stream first.
-async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
-    let (mut parts, recv) = req.into_parts();
-    // The `h2` crate has already refused a request whose values disagree or whose
-    // body does not match.
-    let declared = super::http3::content_length(&parts.headers);
+async fn stream(req: server::Request, ctx: Arc<ConnCtx>) {
+    let server::Request {
+        mut head,
+        body,
+        mut respond,
+        declared,
+    } = req;
     // A CONNECT's stream carries the tunnel, not a body: it is kept aside until the
     // answer says whether a tunnel opens.
     let mut tunnel = None;
-    let body = if parts.method == Method::CONNECT {
+    let body = if head.method == Method::CONNECT {
         if declared.is_some_and(|n| n > 0) {
-            respond.send_reset(Reason::INTERNAL_ERROR);
+            respond.reset(INTERNAL_ERROR);
             return;
         }
         let (connect, handed) = H2Connect::new();
-        parts.extensions.insert(connect);
-        tunnel = Some((recv, handed));
+        head.extensions.insert(connect);
+        tunnel = Some((body, handed));
         H2Body::empty()
     } else {
-        H2Body::new(recv, declared)
+        match body {
+            Some(body) => H2Body::new(body, declared),
+            None => H2Body::empty(),
+        }
     };
-    let handling = handle(Request::from_parts(parts, Inbound::H2(body)), &ctx);
+    let handling = handle(Request::from_parts(head, Inbound::H2(body)), &ctx);
     let response = tokio::select! {
         biased;
         response = handling => response,
         reset = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
-            debug!(reason = ?reset.ok(), "client reset a stream before its answer");
+            debug!(reason = %reset, "client reset a stream before its answer");
             return;
         }
     };
@@ -133,15 +120,17 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
             if head.headers.remove(header::CONTENT_LENGTH).is_some() {
                 debug!("content-length dropped from a 2xx to CONNECT");
             }
-            match respond.send_response(Response::from_parts(head, ()), false) {
-                Ok(send) => handed.give(H2Io::new(recv, send)),
-                Err(e) => debug!(error = %e, "answer to CONNECT not sent"),
+            match (recv, respond.send_head(head.status, &head.headers, false)) {
+                (Some(recv), Ok(())) => handed.give(H2Io::new(recv, respond)),
+                (_, Err(e)) => debug!(error = %e, "answer to CONNECT not sent"),
+                // The client ended its side with the CONNECT: nothing to tunnel.
+                (None, Ok(())) => {}
             }
             return;
         }
     }
     if body.is_end_stream() {
-        if let Err(e) = respond.send_response(Response::from_parts(head, ()), true) {
+        if let Err(e) = respond.send_head(head.status, &head.headers, true) {
             debug!(error = %e, "HTTP/2 response not sent");
         }
         return;
@@ -151,9 +140,9 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
             .entry(header::CONTENT_LENGTH)
             .or_insert_with(|| HeaderValue::from(n));
     }
-    match respond.send_response(Response::from_parts(head, ()), false) {
-        Ok(send) => {
-            if let Err(Some(e)) = Pump::new(body, send, Reason::INTERNAL_ERROR).await {
+    match respond.send_head(head.status, &head.headers, false) {
+        Ok(()) => {
+            if let Err(Some(e)) = Pump::new(body, respond, INTERNAL_ERROR).await {
                 debug!(error = %e, "response body failed: HTTP/2 stream reset");
             }
         }
@@ -161,8 +150,8 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
     }
 }
 
-/// Removes the fields HTTP/2 forbids (RFC 9113 8.2.2): the `h2` crate refuses to
-/// send a head with any of them. One pass over the names finds whether there is any.
+/// Removes the fields HTTP/2 forbids (RFC 9113 8.2.2). One pass over the names finds
+/// whether there is any.
 fn strip_connection_specific(headers: &mut HeaderMap) {
     fn forbidden(name: &HeaderName) -> bool {
         name == header::CONNECTION
@@ -193,16 +182,16 @@ fn strip_connection_specific(headers: &mut HeaderMap) {
 }
 
 /// An HTTP/2 request's body: DATA (each chunk's window given back as it is read),
-/// then trailers. A stream the client reset before its end is a failed body, never a
-/// short one taken for whole.
+/// then trailers. A stream the client reset before its end, or whose DATA disagreed
+/// with its `Content-Length`, is a failed body, never a short one taken for whole.
 pub struct H2Body {
-    recv: Option<RecvStream>,
+    recv: Option<Incoming>,
     data_done: bool,
     declared: Option<u64>,
 }
 
 impl H2Body {
-    fn new(recv: RecvStream, declared: Option<u64>) -> H2Body {
+    fn new(recv: Incoming, declared: Option<u64>) -> H2Body {
         H2Body {
             recv: Some(recv),
             data_done: false,
@@ -233,10 +222,7 @@ impl Body for H2Body {
         };
         if !this.data_done {
             match ready!(recv.poll_data(cx)) {
-                Some(Ok(chunk)) => {
-                    let _ = recv.flow_control().release_capacity(chunk.len());
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
+                Some(Ok(chunk)) => return Poll::Ready(Some(Ok(Frame::data(chunk)))),
                 Some(Err(e)) => {
                     this.recv = None;
                     return Poll::Ready(Some(Err(e.into())));
@@ -254,7 +240,7 @@ impl Body for H2Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.as_ref().is_none_or(RecvStream::is_end_stream)
+        self.recv.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -270,14 +256,14 @@ impl Body for H2Body {
 /// in DATA is read, what is written goes out in DATA as the client's window allows,
 /// and shutting down the writing side ends the stream.
 pub(crate) struct H2Io {
-    recv: RecvStream,
-    send: SendStream<Bytes>,
+    recv: Incoming,
+    send: Responder,
     /// Received but not yet read.
     buf: Bytes,
 }
 
 impl H2Io {
-    fn new(recv: RecvStream, send: SendStream<Bytes>) -> H2Io {
+    fn new(recv: Incoming, send: Responder) -> H2Io {
         H2Io {
             recv,
             send,
@@ -287,13 +273,12 @@ impl H2Io {
 }
 
 /// A stream error as I/O: a reset with NO_ERROR or CANCEL is the tunnel's end.
-fn io_error(e: ::h2::Error) -> io::Error {
-    if e.is_io() {
-        return e
-            .into_io()
-            .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into());
-    }
+fn io_error(e: server::Error) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, e)
+}
+
+fn tunnel_ended(e: &server::Error) -> bool {
+    matches!(e.reason(), Some(0x0 | 0x8))
 }
 
 impl AsyncRead for H2Io {
@@ -305,13 +290,8 @@ impl AsyncRead for H2Io {
         let this = &mut *self;
         if this.buf.is_empty() {
             match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(chunk)) => {
-                    let _ = this.recv.flow_control().release_capacity(chunk.len());
-                    this.buf = chunk;
-                }
-                Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) => {
-                    return Poll::Ready(Ok(()));
-                }
+                Some(Ok(chunk)) => this.buf = chunk,
+                Some(Err(e)) if tunnel_ended(&e) => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
                 None => return Poll::Ready(Ok(())),
             }
@@ -332,36 +312,21 @@ impl AsyncWrite for H2Io {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let this = &mut *self;
-        this.send.reserve_capacity(data.len());
-        loop {
-            if let Poll::Ready(r) = this.send.poll_reset(cx) {
-                debug!(reason = ?r.ok(), "client reset a tunnel's stream");
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-            let room = this.send.capacity();
-            if room > 0 {
-                let n = room.min(data.len());
-                this.send
-                    .send_data(Bytes::copy_from_slice(&data[..n]), false)
-                    .map_err(io_error)?;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
+        self.send.poll_send_some(cx, data, false).map_err(|e| {
+            debug!(error = %e, "tunnel's stream ended");
+            io_error(e)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.send.reserve_capacity(0);
-        Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(io_error))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.send
+            .poll_send_some(cx, &[], true)
+            .map_ok(|_| ())
+            .map_err(io_error)
     }
 }
 

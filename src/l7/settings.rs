@@ -20,15 +20,15 @@ const MIN_HEADER_BUFFER: u64 = 8192;
 
 /// HTTP/2 limits towards clients (RFC 9113 6.5.2), all set explicitly.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
-/// Streams a client may open and reset before fulcrum accepted them (rapid reset,
-/// CVE-2023-44487): past it, the connection is closed with ENHANCE_YOUR_CALM.
+/// Streams a client may reset before their answer, beyond the streams answered
+/// (rapid reset, CVE-2023-44487): past it, the connection is closed with
+/// ENHANCE_YOUR_CALM.
 pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams fulcrum may reset for the client's protocol errors before it closes the
 /// connection (CVE-2019-9514 and kin).
 pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
-/// Bytes buffered per stream for sending.
+/// Bytes queued per connection for sending before response bodies wait.
 pub const H2_MAX_SEND_BUFFER: usize = 400 * 1024;
-pub const H2_MAX_FRAME_SIZE: u32 = 16 * 1024;
 pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
@@ -96,7 +96,7 @@ pub struct Settings {
     /// after a whole request (`printf ... | nc -N`, scripts, health checkers) still
     /// gets its response.
     pub(super) abort_on_close: bool,
-    pub(super) http2: ::h2::server::Builder,
+    pub(super) http2: super::h2::server::Config,
 }
 
 impl Settings {
@@ -205,21 +205,17 @@ impl Settings {
             )
         });
         let header_buf = l.max_header_size.max(MIN_HEADER_BUFFER);
-        // Every HTTP/2 limit is set here rather than left to the library's defaults, so
-        // that an update of the library cannot loosen one. No pings from fulcrum; a
-        // client's pings do not keep a connection open either (see `idle`).
-        let mut http2 = ::h2::server::Builder::new();
-        http2
-            .max_header_list_size(header_buf.min(u64::from(u32::MAX)) as u32)
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-            .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS))
-            .max_send_buffer_size(H2_MAX_SEND_BUFFER)
-            .max_frame_size(H2_MAX_FRAME_SIZE)
-            .initial_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            // WebSocket over HTTP/2 (RFC 8441).
-            .enable_connect_protocol();
+        // Every HTTP/2 limit is set here. No pings from fulcrum; a client's pings do
+        // not keep a connection open either (see `idle`).
+        let http2 = super::h2::server::Config {
+            max_streams: H2_MAX_CONCURRENT_STREAMS,
+            stream_window: H2_STREAM_WINDOW,
+            conn_window: H2_CONNECTION_WINDOW,
+            max_header_list: header_buf.min(u64::from(u32::MAX)) as usize,
+            max_send_buffer: H2_MAX_SEND_BUFFER,
+            max_early_resets: H2_MAX_PENDING_ACCEPT_RESETS,
+            max_error_resets: H2_MAX_LOCAL_ERROR_RESETS,
+        };
         Settings {
             unrouted: metrics.requests(&l.name, "-"),
             closed_total: [

@@ -56,10 +56,10 @@ pub(crate) fn from_extended_connect<B>(
     req: &mut Request<B>,
     allowed: &[String],
 ) -> Result<(), ProxyError> {
-    let Some(protocol) = req.extensions().get::<::h2::ext::Protocol>() else {
+    let Some(protocol) = req.extensions().get::<crate::l7::h2::server::Protocol>() else {
         return Ok(());
     };
-    if !protocol.as_str().eq_ignore_ascii_case("websocket")
+    if !protocol.as_bytes().eq_ignore_ascii_case(b"websocket")
         || !allowed.iter().any(|a| a.eq_ignore_ascii_case("websocket"))
     {
         return Err(ProxyError::BadRequest(

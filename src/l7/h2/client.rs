@@ -12,7 +12,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,69 +23,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use super::frame::*;
 use super::hpack;
 use super::limits::Limits;
 
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const PRIORITY: u8 = 0x2;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY_FLAG: u8 = 0x20;
-
-/// Error codes (RFC 9113 7).
-pub(crate) mod reason {
-    pub(crate) const NO_ERROR: u32 = 0x0;
-    pub(crate) const PROTOCOL_ERROR: u32 = 0x1;
-    pub(crate) const INTERNAL_ERROR: u32 = 0x2;
-    pub(crate) const FLOW_CONTROL_ERROR: u32 = 0x3;
-    pub(crate) const STREAM_CLOSED: u32 = 0x5;
-    pub(crate) const FRAME_SIZE_ERROR: u32 = 0x6;
-    pub(crate) const REFUSED_STREAM: u32 = 0x7;
-    pub(crate) const CANCEL: u32 = 0x8;
-    pub(crate) const COMPRESSION_ERROR: u32 = 0x9;
-    pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-    pub(crate) fn name(code: u32) -> &'static str {
-        match code {
-            NO_ERROR => "NO_ERROR",
-            PROTOCOL_ERROR => "PROTOCOL_ERROR",
-            INTERNAL_ERROR => "INTERNAL_ERROR",
-            FLOW_CONTROL_ERROR => "FLOW_CONTROL_ERROR",
-            0x4 => "SETTINGS_TIMEOUT",
-            STREAM_CLOSED => "STREAM_CLOSED",
-            FRAME_SIZE_ERROR => "FRAME_SIZE_ERROR",
-            REFUSED_STREAM => "REFUSED_STREAM",
-            CANCEL => "CANCEL",
-            COMPRESSION_ERROR => "COMPRESSION_ERROR",
-            0xa => "CONNECT_ERROR",
-            ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM",
-            0xc => "INADEQUATE_SECURITY",
-            0xd => "HTTP_1_1_REQUIRED",
-            _ => "unknown error code",
-        }
-    }
-}
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The largest frame either side sends or takes (the protocol's minimum maximum).
-const MAX_FRAME: usize = 16_384;
 /// Window this side gives each stream, and the connection as a whole.
 const STREAM_WINDOW: i64 = 2 << 20;
 const CONN_WINDOW: i64 = 5 << 20;
-/// The default window, before SETTINGS say otherwise.
-const DEFAULT_WINDOW: i64 = 65_535;
-const MAX_WINDOW: i64 = (1 << 31) - 1;
 /// Decoded size of a response head (or trailers) this side takes, announced as
 /// SETTINGS_MAX_HEADER_LIST_SIZE.
 const MAX_HEADER_LIST: usize = 16 << 10;
@@ -94,7 +37,6 @@ const MAX_HEADER_LIST: usize = 16 << 10;
 const MAX_BLOCK: usize = 64 << 10;
 /// Outgoing bytes queued before request bodies wait for the connection to drain.
 const OUT_HIGH: usize = 256 << 10;
-const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 
 /// Why a stream failed.
 #[derive(Debug, Clone)]
@@ -135,26 +77,6 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// Stream identifiers hashed by one multiplication: they are distinct odd numbers.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Ids = BuildHasherDefault<IdHasher>;
 
 /// A response head.
 pub(crate) type Head = (StatusCode, HeaderMap);
@@ -312,34 +234,6 @@ impl State {
         if was_empty {
             self.wake_driver();
         }
-    }
-}
-
-fn put_frame_head(out: &mut BytesMut, len: usize, kind: u8, flags: u8, id: u32) {
-    out.put_uint(len as u64, 3);
-    out.put_u8(kind);
-    out.put_u8(flags);
-    out.put_u32(id);
-}
-
-/// A header block as HEADERS and as many CONTINUATION frames as it needs.
-fn put_headers(out: &mut BytesMut, id: u32, block: &[u8], end_stream: bool) {
-    let mut chunks = block.chunks(MAX_FRAME).peekable();
-    let first = chunks.next().unwrap_or(&[]);
-    let mut flags = if end_stream { END_STREAM } else { 0 };
-    if chunks.peek().is_none() {
-        flags |= END_HEADERS;
-    }
-    put_frame_head(out, first.len(), HEADERS, flags, id);
-    out.extend_from_slice(first);
-    while let Some(c) = chunks.next() {
-        let flags = if chunks.peek().is_none() {
-            END_HEADERS
-        } else {
-            0
-        };
-        put_frame_head(out, c.len(), CONTINUATION, flags, id);
-        out.extend_from_slice(c);
     }
 }
 
@@ -700,9 +594,6 @@ impl Drop for Receiver {
         st.drop_half(self.id);
     }
 }
-
-/// A connection error: the code sent with GOAWAY, and why.
-struct ConnError(u32, &'static str);
 
 /// The connection's task: writes what its streams queued, reads and files frames,
 /// sends a PING every `every` (ending the connection when one goes unanswered for
@@ -1174,29 +1065,6 @@ where
     }
 }
 
-/// Takes a padded frame's padding off.
-fn strip_padding(flags: u8, payload: &mut Bytes) -> Result<(), ConnError> {
-    if flags & PADDED == 0 {
-        return Ok(());
-    }
-    let Some(&pad) = payload.first() else {
-        return Err(ConnError(
-            reason::FRAME_SIZE_ERROR,
-            "padded frame too short",
-        ));
-    };
-    let pad = usize::from(pad);
-    if pad >= payload.len() {
-        return Err(ConnError(
-            reason::PROTOCOL_ERROR,
-            "padding longer than the frame",
-        ));
-    }
-    payload.advance(1);
-    payload.truncate(payload.len() - pad);
-    Ok(())
-}
-
 /// A decoded head being checked (RFC 9113 8.1.1, 8.2, 8.3.2).
 #[derive(Default)]
 struct Fields {
@@ -1251,15 +1119,6 @@ impl Fields {
             Err(_) => self.malformed = Some("bad field value"),
         }
     }
-}
-
-fn is_connection_specific(name: &HeaderName) -> bool {
-    use http::header;
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 impl<T> Future for Driver<T>
