@@ -5,11 +5,14 @@
 #
 #   bash benches/load/syscalls.sh                  # keep-alive and close, both proxies
 #   MODES=tcp bash benches/load/syscalls.sh        # layer 4, a new connection per request
+#   MODES="h2c h2upstream" bash benches/load/syscalls.sh   # HTTP/2 toward clients / both sides
 #   FULCRUM=/path/to/fulcrum REQUESTS=5000 CONNECTIONS=8 bash benches/load/syscalls.sh
 #
 # Modes: keepalive (HTTP/1.1), close (`Connection: close`: a new client connection per
 # request, the backend connection kept), tcp (both proxies at layer 4: a new client and
-# backend connection per request). The backend is one nginx process; fulcrum and
+# backend connection per request), h2c (HTTP/2 with prior knowledge, 8 connections x 8
+# streams, an HTTP/1.1 origin), h2upstream (h2c on both sides, 8 x 32 streams, an h2c
+# origin). The backend is one nginx process; fulcrum and
 # HAProxy run one worker each, pinned to CPU 0, h2load on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,10 +36,27 @@ fi
 
 start_workdir syscalls
 backend_nginx "$BACKEND_PORT" 1
+H2_BACKEND_PORT=$((BACKEND_PORT + 10))
+case " $MODES " in *" h2upstream "*)
+  nginx_conf "$WORK/h2backend" "keepalive_requests 1000000;
+    server { listen 127.0.0.1:$H2_BACKEND_PORT http2;
+    location / { return 200 'hello from the backend\n'; } }"
+  nginx -p "$WORK/h2backend" -c "$WORK/h2backend/nginx.conf" &
+  PIDS+=($!) ;;
+esac
 
 start_proxies() { # $1 mode
-  fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$BACKEND_PORT"
-  haproxy_cfg "$WORK/haproxy.cfg" 4096 "$BACKEND_PORT" "  bind 127.0.0.1:${PORT[haproxy]}"
+  local backend=$BACKEND_PORT bind_extra=""
+  case "$1" in
+    h2c) bind_extra=" proto h2" ;;
+    h2upstream) bind_extra=" proto h2" backend=$H2_BACKEND_PORT ;;
+  esac
+  fulcrum_toml "$WORK/fulcrum.toml" "${PORT[fulcrum]}" "$backend"
+  haproxy_cfg "$WORK/haproxy.cfg" 4096 "$backend" "  bind 127.0.0.1:${PORT[haproxy]}$bind_extra"
+  if [ "$1" = h2upstream ]; then
+    echo 'protocol = "h2c"' >> "$WORK/fulcrum.toml"
+    sed -i "s/^  server b1 .*/& proto h2/" "$WORK/haproxy.cfg"
+  fi
   if [ "$1" = tcp ]; then
     sed -i 's/^protocol = "http"/protocol = "tcp"/' "$WORK/fulcrum.toml"
     sed -i -e 's/^  mode http/  mode tcp/' -e '/http-keep-alive\|http-reuse/d' "$WORK/haproxy.cfg"
@@ -45,7 +65,10 @@ start_proxies() { # $1 mode
   PIDS+=($!); PID[fulcrum]=$!
   taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" &
   PIDS+=($!); PID[haproxy]=$!
-  wait_http "http://127.0.0.1:${PORT[fulcrum]}/" "http://127.0.0.1:${PORT[haproxy]}/"
+  case "$1" in
+    h2c | h2upstream) sleep 1 ;;
+    *) wait_http "http://127.0.0.1:${PORT[fulcrum]}/" "http://127.0.0.1:${PORT[haproxy]}/" ;;
+  esac
 }
 
 stop_proxies() {
@@ -54,9 +77,14 @@ stop_proxies() {
 }
 
 load() { # $1 url, $2 mode, $3 count
-  local header=()
-  [ "$2" = keepalive ] || header=(-H 'connection: close')
-  taskset -c 1 h2load --h1 -n "$3" -c "$CONNECTIONS" "${header[@]}" "$1" | grep -q " 0 failed, 0 errored" \
+  local args=(--h1 -c "$CONNECTIONS")
+  case "$2" in
+    keepalive) ;;
+    h2c) args=(-c 8 -m 8) ;;
+    h2upstream) args=(-c 8 -m 32) ;;
+    *) args+=(-H 'connection: close') ;;
+  esac
+  taskset -c 1 h2load -n "$3" "${args[@]}" "$1" | grep -q " 0 failed, 0 errored" \
     || echo "some requests failed" >&2
 }
 

@@ -39,6 +39,9 @@ const RECENT_RESETS: usize = 64;
 /// connection stops reading: a client that sends but does not read cannot make it
 /// queue without end.
 const READ_STOP: usize = 1 << 20;
+/// Request octets still read (and dropped) after the whole answer went out; past
+/// them the upload is stopped with `RST_STREAM NO_ERROR`.
+const DRAIN: u64 = 64 * 1024;
 
 /// The limits of a client connection, all set here (none left to a default).
 #[derive(Debug, Clone)]
@@ -134,7 +137,11 @@ struct Slot {
     send_end: bool,
     /// The stream failed: both halves see it.
     error: Option<Error>,
+    /// Holders of the stream: the request's body and its answer. A stream no one
+    /// holds stays only while it drains (answered whole, the request still arriving).
     halves: u8,
+    /// Request octets that arrived after the whole answer was sent.
+    after_answer: u64,
 }
 
 impl Slot {
@@ -251,11 +258,27 @@ impl State {
     fn drop_half(&mut self, id: u32) {
         if let Some(slot) = self.streams.get_mut(&id) {
             slot.halves -= 1;
-            if slot.halves == 0 {
+        }
+        self.reap(id);
+    }
+
+    /// Forgets stream `id` once no one holds it and nothing more arrives on it.
+    fn reap(&mut self, id: u32) {
+        if let Some(slot) = self.streams.get(&id) {
+            if slot.halves == 0 && (slot.recv_end || slot.error.is_some()) {
                 self.streams.remove(&id);
                 remember(&mut self.recent_closed, id);
             }
         }
+    }
+
+    /// Stops the upload of an answered stream with `NO_ERROR` (RFC 9113 8.1).
+    fn stop_upload(&mut self, id: u32) {
+        if let Some(slot) = self.streams.get_mut(&id) {
+            slot.fail(Error::Stopped);
+        }
+        self.discard(id);
+        self.reset(id, reason::NO_ERROR);
     }
 
     /// Writes a frame's head with room for a header block encoded after it; the
@@ -504,11 +527,17 @@ impl Drop for Responder {
                 slot.fail(Error::Malformed("response abandoned"));
                 st.discard(self.id);
                 st.reset(self.id, reason::CANCEL);
-            } else if slot.error.is_none() && !slot.recv_end {
+            } else if slot.error.is_none()
+                && !slot.recv_end
+                && slot
+                    .declared
+                    .is_some_and(|d| d.saturating_sub(slot.received) > DRAIN)
+            {
                 // RFC 9113 8.1: the answer is whole; the client may stop sending.
-                slot.fail(Error::Stopped);
-                st.discard(self.id);
-                st.reset(self.id, reason::NO_ERROR);
+                // A rest of at most DRAIN octets is read and dropped instead (its
+                // trailers still checked), as clients that send the whole request
+                // expect.
+                st.stop_upload(self.id);
             }
         }
         if was_empty && !st.out.is_empty() {
@@ -888,6 +917,7 @@ where
         }
         st.discard(id);
         st.reset(id, code);
+        st.reap(id);
         Ok(())
     }
 
@@ -985,6 +1015,7 @@ where
         let len = payload.len();
         let mut error = None;
         let mut keep = false;
+        let mut stop = false;
         match st.streams.get_mut(&id) {
             None => {
                 if !st.recent_resets.contains(&id) {
@@ -1017,6 +1048,10 @@ where
                     if let Some(w) = slot.recv_waker.take() {
                         w.wake();
                     }
+                    if slot.send_end && !end {
+                        slot.after_answer += len as u64;
+                        stop = slot.after_answer > DRAIN;
+                    }
                 }
             }
         }
@@ -1029,9 +1064,13 @@ where
         } else {
             st.release(None, flow);
         }
+        if stop {
+            st.stop_upload(id);
+        }
         if let Some(code) = error {
             self.stream_error(st, id, code)?;
         }
+        st.reap(id);
         if was_empty && !st.out.is_empty() {
             st.wake_driver();
         }
@@ -1232,10 +1271,11 @@ where
             }
             None
         };
-        match code {
-            Some(code) => self.stream_error(st, id, code),
-            None => Ok(()),
+        if let Some(code) = code {
+            self.stream_error(st, id, code)?;
         }
+        st.reap(id);
+        Ok(())
     }
 
     fn priority(&mut self, id: u32, payload: &[u8]) -> Result<(), ConnError> {
@@ -1284,6 +1324,7 @@ where
         slot.fail(Error::Reset(code));
         slot.send_end = true;
         st.discard(id);
+        st.reap(id);
         if unanswered {
             st.early_resets += 1;
             if st.early_resets > self.config.max_early_resets {
@@ -1502,7 +1543,7 @@ where
                 }
                 if !self.closing
                     && self.going_away
-                    && st.streams.is_empty()
+                    && st.streams.values().all(|s| s.halves == 0)
                     && self.arrived.is_empty()
                 {
                     self.closing = true;
@@ -1685,6 +1726,15 @@ mod tests {
             put_frame_head(&mut b, payload.len(), kind, flags, id);
             b.extend_from_slice(payload);
             self.s.write_all(&b).await.unwrap();
+        }
+
+        /// Opens stream `id` with `head` (no END_STREAM) and answers it whole at once.
+        async fn answered_whole(&mut self, id: u32, head: &[u8]) {
+            self.send(HEADERS, END_HEADERS, id, head).await;
+            let mut req = self.request().await;
+            req.respond
+                .send_head(StatusCode::OK, &HeaderMap::new(), true)
+                .unwrap();
         }
 
         async fn request(&mut self) -> Request {
@@ -2015,7 +2065,7 @@ mod tests {
             .unwrap();
         drop(req);
         assert_eq!(p.error().await, (1, reason::CANCEL));
-        p.send(HEADERS, END_HEADERS, 3, &post("10")).await;
+        p.send(HEADERS, END_HEADERS, 3, &post("1000000")).await;
         let mut req = p.request().await;
         req.respond
             .send_head(StatusCode::PAYLOAD_TOO_LARGE, &HeaderMap::new(), true)
@@ -2027,6 +2077,50 @@ mod tests {
         p.send(PING, 0, 0, b"12345678").await;
         let (flags, _, payload) = p.expect(PING).await;
         assert_eq!((flags, &payload[..]), (ACK, &b"12345678"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_short_rest_after_the_whole_answer_is_read_and_its_trailers_checked() {
+        let mut p = start(config()).await;
+        let post_no_length = block(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", "/up"),
+        ]);
+        // Answered whole, then the rest of the body and good trailers: no reset.
+        p.answered_whole(1, &post_no_length).await;
+        p.send(DATA, 0, 1, b"part").await;
+        p.send(DATA, 0, 1, b"more").await;
+        p.send(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            1,
+            &block(&[("x-sum", "1")]),
+        )
+        .await;
+        // Answered whole, then trailers with a pseudo-header: PROTOCOL_ERROR.
+        p.answered_whole(3, &post_no_length).await;
+        p.send(DATA, 0, 3, b"part").await;
+        p.send(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            3,
+            &block(&[(":path", "/")]),
+        )
+        .await;
+        assert_eq!(p.error().await, (3, reason::PROTOCOL_ERROR));
+        // Answered whole, then more than the drained rest: NO_ERROR stops it.
+        p.answered_whole(5, &post_no_length).await;
+        let chunk = vec![0u8; 16_384];
+        for _ in 0..=DRAIN / 16_384 {
+            p.send(DATA, 0, 5, &chunk).await;
+        }
+        assert_eq!(p.error().await, (5, reason::NO_ERROR));
+        // Stream 1 ended cleanly: HEADERS on it now is a closed stream's.
+        p.send(HEADERS, END_STREAM | END_HEADERS, 1, &get("/"))
+            .await;
+        assert_eq!(p.error().await, (0, reason::STREAM_CLOSED));
     }
 
     #[tokio::test]
