@@ -1,5 +1,5 @@
 //! The global allocator: the system's, with a small cache per worker thread for
-//! blocks aligned beyond malloc's 16 bytes.
+//! blocks aligned beyond malloc's 16 bytes, and for blocks past glibc's own cache.
 //!
 //! tokio aligns each task's cell and each socket's readiness state to 128 bytes, so a
 //! new connection makes two or three such allocations and a new HTTP/2 stream one.
@@ -7,9 +7,18 @@
 //! larger one and frees the pieces around it: about 1,000 instructions each, against
 //! about 130 for a plain `malloc`. Here a worker thread keeps the aligned blocks it
 //! frees (up to [`DEPTH`] of each of [`CLASSES`] sizes, none over [`LARGEST`] bytes)
-//! and hands them out again for the same layout. Every other allocation, and every
-//! thread that is not a worker (tokio's blocking threads come and go, and would leave
-//! their blocks behind), goes straight to the system allocator.
+//! and hands them out again for the same layout.
+//!
+//! A request's boxed futures and header tables are a few KiB each: past the 1,032
+//! bytes of glibc's per-thread cache, each of their mallocs and frees walks glibc's
+//! bins, and sweeps its fast bins into them, which slows the small blocks after it.
+//! Blocks of malloc's alignment from [`PLAIN_OVER`] to [`LARGEST`] bytes are made
+//! [`PLAIN_STEP`]-sized (rounded up), and a worker thread keeps up to [`BUCKET_DEPTH`]
+//! of each such size (at most about 4 MiB in all).
+//!
+//! Every other allocation, and every thread that is not a worker (tokio's blocking
+//! threads come and go, and would leave their blocks behind), goes straight to the
+//! system allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -22,7 +31,30 @@ pub const CLASSES: usize = 8;
 /// Blocks kept per size.
 pub const DEPTH: usize = 32;
 /// Larger blocks are never kept.
-pub const LARGEST: usize = 4096;
+pub const LARGEST: usize = 8192;
+/// Blocks of malloc's alignment are rounded up and kept only when larger than this:
+/// smaller ones are glibc's per-thread cache's.
+pub const PLAIN_OVER: usize = 1032;
+/// What the sizes of the larger blocks of malloc's alignment are rounded up to.
+pub const PLAIN_STEP: usize = 512;
+const BUCKETS: usize = LARGEST / PLAIN_STEP;
+/// Blocks kept per rounded size: as many as a full HTTP/2 connection's streams hold
+/// at once, and then some.
+pub const BUCKET_DEPTH: usize = 64;
+
+/// The bucket of a block of malloc's alignment kept by size, if it is one.
+#[inline]
+fn bucket(layout: Layout) -> Option<usize> {
+    (layout.align() <= MALLOC_ALIGN && layout.size() > PLAIN_OVER && layout.size() <= LARGEST)
+        .then(|| (layout.size() - 1) / PLAIN_STEP)
+}
+
+/// The layout every block of bucket `b` has.
+#[inline]
+fn bucket_layout(b: usize) -> Layout {
+    // SAFETY: a non-zero multiple of 512 with malloc's (power of two) alignment.
+    unsafe { Layout::from_size_align_unchecked((b + 1) * PLAIN_STEP, MALLOC_ALIGN) }
+}
 
 /// The global allocator (see the module's documentation).
 pub struct Allocator;
@@ -35,9 +67,16 @@ struct Class {
     blocks: [Cell<*mut u8>; DEPTH],
 }
 
+/// Blocks of one rounded size.
+struct Bucket {
+    len: Cell<usize>,
+    blocks: [Cell<*mut u8>; BUCKET_DEPTH],
+}
+
 struct Cache {
     on: Cell<bool>,
     classes: [Class; CLASSES],
+    buckets: [Bucket; BUCKETS],
 }
 
 impl Cache {
@@ -52,7 +91,35 @@ impl Cache {
                     blocks: [const { Cell::new(std::ptr::null_mut()) }; DEPTH],
                 }
             }; CLASSES],
+            buckets: [const {
+                Bucket {
+                    len: Cell::new(0),
+                    blocks: [const { Cell::new(std::ptr::null_mut()) }; BUCKET_DEPTH],
+                }
+            }; BUCKETS],
         }
+    }
+
+    /// A kept block of bucket `b`, if there is one.
+    #[inline]
+    fn take_sized(&self, b: usize) -> Option<*mut u8> {
+        let bucket = &self.buckets[b];
+        let len = bucket.len.get().checked_sub(1)?;
+        bucket.len.set(len);
+        Some(bucket.blocks[len].get())
+    }
+
+    /// Keeps `block` of bucket `b` if this thread caches and there is room.
+    #[inline]
+    fn put_sized(&self, block: *mut u8, b: usize) -> bool {
+        let bucket = &self.buckets[b];
+        let len = bucket.len.get();
+        if !self.on.get() || len == BUCKET_DEPTH {
+            return false;
+        }
+        bucket.blocks[len].set(block);
+        bucket.len.set(len + 1);
+        true
     }
 
     /// A kept block for `layout`, if there is one.
@@ -105,12 +172,20 @@ pub fn cache_this_thread() {
     let _ = CACHE.try_with(|c| c.on.set(true));
 }
 
-// SAFETY: every block comes from `System` with the layout it is asked for and is
-// given back to `System` with the same layout; a kept block is handed out again only
-// for exactly the layout it was allocated with, and only on the thread that keeps it.
+// SAFETY: every block comes from `System` with the layout it is asked for (rounded up
+// to its bucket's for the blocks kept by size) and is given back to `System` with
+// that layout; a kept block is handed out again only for exactly the layout it was
+// allocated with (or one of its bucket), and only on the thread that keeps it.
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(b) = bucket(layout) {
+            if let Ok(Some(block)) = CACHE.try_with(|c| c.take_sized(b)) {
+                return block;
+            }
+            // SAFETY: a larger layout than the caller's, of the same alignment.
+            return unsafe { System.alloc(bucket_layout(b)) };
+        }
         if layout.align() > MALLOC_ALIGN {
             if let Ok(Some(block)) = CACHE.try_with(|c| c.take(layout)) {
                 return block;
@@ -122,6 +197,13 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        if let Some(b) = bucket(layout) {
+            if CACHE.try_with(|c| c.put_sized(block, b)) != Ok(true) {
+                // SAFETY: `block` came from `System` with its bucket's layout.
+                unsafe { System.dealloc(block, bucket_layout(b)) }
+            }
+            return;
+        }
         if layout.align() > MALLOC_ALIGN && CACHE.try_with(|c| c.put(block, layout)) == Ok(true) {
             return;
         }
@@ -131,6 +213,15 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if bucket(layout).is_some() {
+            // SAFETY: as the caller promised for `layout`.
+            let block = unsafe { self.alloc(layout) };
+            if !block.is_null() {
+                // SAFETY: at least `layout.size()` bytes, the caller's alone.
+                unsafe { block.write_bytes(0, layout.size()) };
+            }
+            return block;
+        }
         if layout.align() > MALLOC_ALIGN {
             if let Ok(Some(block)) = CACHE.try_with(|c| c.take(layout)) {
                 // SAFETY: a kept block of `layout.size()` bytes, this thread's alone.
@@ -144,8 +235,28 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: every block, kept ones included, is `System`'s with `layout`.
-        unsafe { System.realloc(block, layout, new_size) }
+        // SAFETY: as the caller promised: `new_size` is a valid size for the alignment.
+        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let (old_bucket, new_bucket) = (bucket(layout), bucket(new));
+        if old_bucket.is_none() && new_bucket.is_none() {
+            // SAFETY: every such block, kept ones included, is `System`'s with `layout`.
+            return unsafe { System.realloc(block, layout, new_size) };
+        }
+        if old_bucket.is_some() && old_bucket == new_bucket {
+            // The bucket's size holds it already.
+            return block;
+        }
+        // Into or out of the blocks kept by size: moved, so that every block's size
+        // stays the one its layout says.
+        // SAFETY: `new` is valid (above); the copy stays within both blocks.
+        unsafe {
+            let moved = self.alloc(new);
+            if !moved.is_null() {
+                std::ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size));
+                self.dealloc(block, layout);
+            }
+            moved
+        }
     }
 }
 
@@ -213,6 +324,74 @@ mod tests {
             Allocator.dealloc(b, layout(384));
             Allocator.dealloc(c, Layout::from_size_align(256, 64).unwrap());
             Allocator.dealloc(d, layout(256));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn large_plain_blocks_are_kept_by_rounded_size_small_ones_are_not() {
+        std::thread::spawn(|| unsafe {
+            cache_this_thread();
+            let big = Layout::from_size_align(PLAIN_OVER + 8, 8).unwrap();
+            let near = Layout::from_size_align(PLAIN_OVER + 100, 16).unwrap();
+            let small = Layout::from_size_align(PLAIN_OVER, 8).unwrap();
+            let a = Allocator.alloc(big);
+            let s = Allocator.alloc(small);
+            Allocator.dealloc(a, big);
+            Allocator.dealloc(s, small);
+            let kept = || CACHE.with(|c| c.buckets.iter().map(|b| b.len.get()).sum::<usize>());
+            assert_eq!(kept(), 1);
+            // Any size of the same bucket gets it, all of it usable.
+            let b = Allocator.alloc(near);
+            assert_eq!(b, a);
+            b.write_bytes(1, near.size());
+            assert_eq!(kept(), 0);
+            Allocator.dealloc(b, near);
+            assert_eq!(kept(), 1);
+            // At most BUCKET_DEPTH of a size; none over LARGEST.
+            let many: Vec<_> = (0..BUCKET_DEPTH + 4)
+                .map(|_| Allocator.alloc(big))
+                .collect();
+            for &m in &many {
+                Allocator.dealloc(m, big);
+            }
+            assert_eq!(kept(), BUCKET_DEPTH);
+            let huge = Layout::from_size_align(LARGEST + 1, 8).unwrap();
+            let h = Allocator.alloc(huge);
+            Allocator.dealloc(h, huge);
+            assert_eq!(kept(), BUCKET_DEPTH);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn realloc_keeps_the_bytes_across_the_sizes_kept_and_not() {
+        std::thread::spawn(|| unsafe {
+            cache_this_thread();
+            let mut size = 100;
+            let mut block = Allocator.alloc(Layout::from_size_align(size, 8).unwrap());
+            for i in 0..size {
+                *block.add(i) = i as u8;
+            }
+            // Small -> kept by size -> the same bucket -> another bucket -> too large.
+            for new in [2000, 2040, 5000, LARGEST + 100, 300] {
+                let old = Layout::from_size_align(size, 8).unwrap();
+                block = Allocator.realloc(block, old, new);
+                for i in 0..size.min(new) {
+                    assert_eq!(
+                        *block.add(i),
+                        (i % 256) as u8,
+                        "at {i} after {size} -> {new}"
+                    );
+                }
+                for i in size.min(new)..new {
+                    *block.add(i) = (i % 256) as u8;
+                }
+                size = new;
+            }
+            Allocator.dealloc(block, Layout::from_size_align(size, 8).unwrap());
         })
         .join()
         .unwrap();

@@ -392,8 +392,10 @@ async fn respond(
     exchange.response_headers = action.response_headers.clone();
     exchange.compress = action.compress;
     match &action.target {
-        // The static and cached paths' large futures are boxed: the proxied request's
-        // future, moved whole into hyper, does not grow by them.
+        // Each target's future (a few KiB) is built in a heap block of its own: the
+        // request's future, moved whole at each level above (a move copies a future's
+        // full size, however little of it is in use), stays small. The allocator keeps
+        // such blocks per worker (`aligned`), so a block costs less than the copies.
         Target::Static(dir) => Ok(Box::pin(static_files::serve(
             dir,
             req.method(),
@@ -437,7 +439,7 @@ async fn respond(
                 Some(route) if !forward::wants_upgrade(&req, &action.upgrades) => {
                     Box::pin(cached::serve(req, route, f, exchange)).await
                 }
-                _ => forward::forward(req.map(Some), &f, exchange).await,
+                _ => crate::side::boxed(|| forward::forward(req.map(Some), &f, exchange)).await,
             }
         }
     }

@@ -102,10 +102,19 @@ async fn stream(req: server::Request, ctx: Arc<ConnCtx>) {
         }
     };
     let handling = handle(Request::from_parts(head, Inbound::H2(body)), &ctx);
-    let response = tokio::select! {
-        biased;
-        response = handling => response,
-        reset = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+    // Polled where it lies: the request's future is moved once, not into a select's
+    // tuple as well.
+    tokio::pin!(handling);
+    let answered = std::future::poll_fn(|cx| {
+        if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Ok(response));
+        }
+        respond.poll_reset(cx).map(Err)
+    })
+    .await;
+    let response = match answered {
+        Ok(response) => response,
+        Err(reset) => {
             debug!(reason = %reset, "client reset a stream before its answer");
             return;
         }
