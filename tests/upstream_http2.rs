@@ -32,6 +32,10 @@ enum Conduct {
     /// Answers the first request 200 `ok`, then stops reading the connection (so
     /// PINGs go unanswered) but keeps it open.
     Freeze,
+    /// Answers the first request 200, then meets the second with GOAWAY naming the
+    /// first stream: the second was never acted on (as nginx rotates a connection
+    /// after `keepalive_requests`).
+    AnswerOneThenGoAway,
 }
 
 struct Backend {
@@ -69,6 +73,7 @@ impl Backend {
                         Conduct::Serve => serve(socket, reset_tx, head_tx).await,
                         Conduct::BreakProtocol => break_protocol(socket).await,
                         Conduct::Freeze => freeze(socket).await,
+                        Conduct::AnswerOneThenGoAway => answer_one_then_go_away(socket).await,
                     }
                 });
             }
@@ -186,17 +191,61 @@ async fn break_protocol(mut socket: TcpStream) {
 
 /// Whether the bytes after the 24-byte preface hold a whole HEADERS frame.
 fn has_headers_frame(bytes: &[u8]) -> bool {
-    let mut at = 24;
+    headers_frames(bytes) > 0
+}
+
+/// The whole HEADERS frames in the bytes after the 24-byte preface.
+fn headers_frames(bytes: &[u8]) -> usize {
+    let (mut at, mut n) = (24, 0);
     while bytes.len() >= at + 9 {
         let len = usize::from(bytes[at]) << 16
             | usize::from(bytes[at + 1]) << 8
             | usize::from(bytes[at + 2]);
-        if bytes[at + 3] == 0x1 && bytes.len() >= at + 9 + len {
-            return true;
+        if bytes.len() < at + 9 + len {
+            break;
+        }
+        if bytes[at + 3] == 0x1 {
+            n += 1;
         }
         at += 9 + len;
     }
-    false
+    n
+}
+
+async fn answer_one_then_go_away(mut socket: TcpStream) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    for (wanted, frames) in [
+        // An empty SETTINGS, then stream 1 answered 200 (HPACK: static entry 8)
+        // with END_STREAM.
+        (
+            1,
+            &[
+                0, 0, 0, 0x4, 0, 0, 0, 0, 0, 0, 0, 1, 0x1, 0x5, 0, 0, 0, 1, 0x88,
+            ][..],
+        ),
+        // GOAWAY, NO_ERROR, the last stream acted on 1.
+        (
+            2,
+            &[0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0][..],
+        ),
+    ] {
+        while headers_frames(&seen) < wanted {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        if socket.write_all(frames).await.is_err() {
+            return;
+        }
+    }
+    // Held open until the client closes it.
+    while let Ok(n) = socket.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// The backend's attempts counted with `outcome` in fulcrum's metrics.
@@ -352,5 +401,28 @@ async fn bodies_larger_than_every_window_stream_both_ways() {
         assert_eq!(got.len(), sent.len());
         assert!(got[..] == sent[..], "the echo differs");
     }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_backend_went_away_without_acting_on_goes_again_uncounted() {
+    // No retries: only a stream refused unprocessed may go again.
+    let b = Backend::start(first_then_serve(Conduct::AnswerOneThenGoAway)).await;
+    let f = Fulcrum::start(&b.config_with("retries = 0")).await;
+    let web = f.addr("web");
+    let client = h2c_client();
+    let get = |path: &str| {
+        Request::get(format!("http://{web}{path}"))
+            .body(empty())
+            .unwrap()
+    };
+    let (status, _, _) = send(&client, get("/one")).await;
+    assert_eq!(status, 200);
+    // On the same connection: GOAWAY names stream 1, so this stream (3) was not
+    // acted on; it goes on a new connection, served.
+    let (status, _, got) = send(&client, get("/two")).await;
+    assert_eq!((status.as_u16(), &got[..]), (200, &b"ok"[..]));
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(attempts(&f, "failure").await, 0);
     f.stop().await;
 }

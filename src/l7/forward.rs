@@ -185,6 +185,10 @@ impl Tries {
     }
 }
 
+/// Times one request may find its HTTP/2 stream refused unprocessed (connections
+/// going away under it) before that counts as a failed attempt.
+const MAX_UNSENT_H2: u32 = 4;
+
 /// The attempts stage (section 3 of the interface): pick a backend, take a pooled
 /// connection or open one, send, wait for the response head; on a failure that
 /// allows it, again with another backend, at most `retries + 1` times.
@@ -301,11 +305,12 @@ async fn attempts(
                     });
                 }
                 H2Try::Unsent { fresh } => {
-                    // Never sent (a connection closing or refusing new streams): again,
-                    // on another connection; counted against the backend when the
-                    // connection was new, or when it happens twice.
+                    // Never sent, or refused unprocessed (a connection closing or
+                    // refusing new streams): again, on another connection; counted
+                    // against the backend when the connection was new, or past
+                    // MAX_UNSENT_H2 times for the request.
                     unsent_h2 += 1;
-                    if fresh || unsent_h2 > 1 {
+                    if fresh || unsent_h2 > MAX_UNSENT_H2 {
                         if let Some(span) = span.as_mut() {
                             span.fail("backend");
                         }

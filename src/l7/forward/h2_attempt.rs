@@ -130,6 +130,15 @@ pub(super) async fn attempt_h2(
                 .unwrap_or_else(|| ProxyError::ClientBody(e.to_string())),
             again: false,
         },
+        // RFC 9113 8.7: a stream the backend refused (GOAWAY naming a lower stream,
+        // or REFUSED_STREAM) was not acted on. A backend that rotates its connections
+        // (nginx's `keepalive_requests`) refuses some at each rotation: a request
+        // without a body goes again on another connection, not counted against the
+        // backend.
+        Ok(Err(h2::Failed::Backend(e))) if sending.retriable && e.unprocessed() => {
+            debug!(error = %e, "HTTP/2 stream refused by the backend: sent again");
+            H2Try::Unsent { fresh }
+        }
         Ok(Err(h2::Failed::Backend(e))) => {
             request_failed(f, lease, &e);
             H2Try::Failed {

@@ -55,6 +55,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the backend did not act on the stream (RFC 9113 8.7): it went away
+    /// naming a lower stream, or reset this one with `REFUSED_STREAM`.
+    pub(crate) fn unprocessed(&self) -> bool {
+        match self {
+            Error::Refused => true,
+            Error::Reset(code) => *code == reason::REFUSED_STREAM,
+            _ => false,
+        }
+    }
+
     /// The error code the backend sent, for a reset.
     pub(crate) fn reason(&self) -> Option<u32> {
         match self {
