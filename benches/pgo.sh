@@ -45,7 +45,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
   -keyout "$WORK/site.key" -out "$WORK/site.pem" 2>/dev/null
 backend_nginx "$BACKEND_PORT"
-nginx_conf "$WORK/h2backend" "http2_max_requests 1000000; keepalive_requests 1000000;
+nginx_conf "$WORK/h2backend" "keepalive_requests 1000000;
   server { listen 127.0.0.1:$H2_BACKEND_PORT http2;
     location / { return 200 'hello from the backend\n'; } }"
 nginx -p "$WORK/h2backend" -c "$WORK/h2backend/nginx.conf" &

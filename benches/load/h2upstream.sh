@@ -28,7 +28,7 @@ if [ -z "${FULCRUM:-}" ]; then
 fi
 start_workdir h2upstream
 
-nginx_conf "$WORK/backend" "http2_max_requests 1000000; keepalive_requests 1000000;
+nginx_conf "$WORK/backend" "keepalive_requests 1000000;
   server { listen 127.0.0.1:$BACKEND_PORT http2;
     location / { return 200 'hello from the backend\n'; } }"
 taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &

@@ -35,7 +35,7 @@ mkdir -p "$OUT"
 fulcrum_toml "$WORK/fulcrum.toml" "$PORT" "$BACKEND_PORT"
 if [ "$MODE" = h2upstream ]; then
   need h2load nghttp2-client
-  nginx_conf "$WORK/backend" "http2_max_requests 1000000; keepalive_requests 1000000;
+  nginx_conf "$WORK/backend" "keepalive_requests 1000000;
   server { listen 127.0.0.1:$BACKEND_PORT http2;
     location / { return 200 'hello from the backend\n'; } }"
   taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
