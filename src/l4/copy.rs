@@ -91,8 +91,8 @@ where
 
 /// Both ways between two plaintext sockets, spliced: the bytes stay in the kernel.
 pub(super) async fn spliced(
-    client: TcpStream,
-    backend: TcpStream,
+    mut client: TcpStream,
+    mut backend: TcpStream,
     idle_timeout: Duration,
     cut: &CancellationToken,
 ) -> (Copied, End) {
@@ -106,10 +106,12 @@ pub(super) async fn spliced(
     let down = |n| counted(&to_client, n);
     let wrote = || activity.touch();
     let ended = std::sync::atomic::AtomicBool::new(false);
+    let (client_read, client_write) = client.split();
+    let (backend_read, backend_write) = backend.split();
     let copy = async {
         tokio::try_join!(
-            splice::one_way(&client, &backend, &up, &wrote, &ended),
-            splice::one_way(&backend, &client, &down, &wrote, &ended),
+            splice::one_way(client_read, backend_write.as_ref(), &up, &wrote, &ended),
+            splice::one_way(backend_read, client_write.as_ref(), &down, &wrote, &ended),
         )
     };
     let end = until_done(copy, &activity, idle_timeout, cut).await;

@@ -3,6 +3,12 @@
 //! each chunk and given back once drained, so an idle connection holds none and a busy
 //! one holds at most one per direction. When no pipe can be had (descriptor limits) or
 //! the kernel refuses to splice, the chunk goes through a small user-space buffer.
+//!
+//! Splicing pays for bulk transfers only: for a few hundred bytes, two splices through
+//! a pipe cost the kernel more than a `recv` and a `send`. So each direction starts by
+//! copying: a chunk is read into a buffer on the stack and sent at once, and only
+//! once a read fills that buffer (more is waiting: a bulk transfer) does the direction
+//! switch to splicing. A request and its answer never touch a pipe.
 
 use std::cell::RefCell;
 use std::io;
@@ -10,7 +16,11 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::io::Interest;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, Interest, ReadBuf};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 
 /// Most bytes moved per chunk: a pipe's default capacity (16 pages).
@@ -19,6 +29,9 @@ const CHUNK: usize = 64 * 1024;
 const POOL_MAX: usize = 64;
 /// The user-space buffer of the fallback.
 const FALLBACK_BUF: usize = 16 * 1024;
+/// The stack buffer a direction copies through before it splices: a read that fills
+/// it switches the direction to splicing.
+const SMALL: usize = 16 * 1024;
 
 /// Both ends of a pipe, non-blocking.
 struct Pipe {
@@ -88,13 +101,13 @@ fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS))
 }
 
-/// Moves bytes from `src` to `dst` until `src` ends, then shuts down the writing
-/// side of `dst` (the half-close passed on), unless the other direction (which shares
-/// `ended`) has ended already: both sockets are closed next, and the close says the
-/// same. `read(n)` is told of every chunk read, `wrote()` of every write. Returns the
+/// Moves bytes from `reading`'s socket (`src` below) to `dst` until `src` ends, then
+/// shuts down the writing side of `dst` (the half-close passed on), unless the other
+/// direction (which shares `ended`) has ended already: both sockets are closed next,
+/// and the close says the same. `read(n)` is told of every chunk read, `wrote()` of every write. Returns the
 /// bytes moved.
 pub(super) async fn one_way(
-    src: &TcpStream,
+    mut reading: ReadHalf<'_>,
     dst: &TcpStream,
     read: &(dyn Fn(usize) + Sync),
     wrote: &(dyn Fn() + Sync),
@@ -102,11 +115,17 @@ pub(super) async fn one_way(
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut copying = false;
+    // Small chunks so far: copied through the stack, not spliced.
+    let mut small = true;
     loop {
-        let n = if copying {
-            copy_chunk(src, dst, read, wrote).await?
+        let n = if small {
+            let (n, filled) = small_chunk(&mut reading, dst, read, wrote).await?;
+            small = !filled;
+            n
+        } else if copying {
+            copy_chunk(reading.as_ref(), dst, read, wrote).await?
         } else {
-            match fill(src).await? {
+            match fill(reading.as_ref()).await? {
                 Filled::Spliced(pipe, n) => {
                     read(n);
                     // A pipe left with bytes in it (the write failed) is closed.
@@ -116,7 +135,7 @@ pub(super) async fn one_way(
                 }
                 Filled::End => 0,
                 // No pipe this time (descriptor limits): this chunk is copied.
-                Filled::NoPipe => copy_chunk(src, dst, read, wrote).await?,
+                Filled::NoPipe => copy_chunk(reading.as_ref(), dst, read, wrote).await?,
                 Filled::Unsupported => {
                     copying = true;
                     continue;
@@ -204,6 +223,79 @@ async fn drain(
     Ok(())
 }
 
+/// What one read into the stack buffer, and the sends that followed at once, did.
+enum Sent {
+    /// This many bytes were read and all were sent; whether they filled the buffer.
+    All(usize, bool),
+    /// This many bytes were read (filling the buffer or not); the rest, which `dst`
+    /// did not take yet, is to be sent.
+    Rest(usize, bool, Vec<u8>),
+}
+
+/// Reads what `src` has (at most [`SMALL`] bytes) into a buffer on the stack, and
+/// sends it to `dst` at once: no wait, so the buffer is not kept in the future. The
+/// read is `AsyncRead`'s, which takes a short read as the socket drained: the next
+/// waits for readiness instead of trying (and failing) first.
+fn poll_read_and_send(
+    src: &mut ReadHalf<'_>,
+    dst: &TcpStream,
+    wrote: &(dyn Fn() + Sync),
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Sent>> {
+    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); SMALL];
+    let mut buf = ReadBuf::uninit(&mut stack);
+    std::task::ready!(Pin::new(src).poll_read(cx, &mut buf))?;
+    let data = buf.filled();
+    let (n, filled) = (data.len(), data.len() == SMALL);
+    let mut sent = 0;
+    while sent < n {
+        match dst.try_write(&data[sent..]) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(m) => {
+                sent += m;
+                wrote();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Poll::Ready(Ok(Sent::Rest(n, filled, data[sent..].to_vec())));
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(Sent::All(n, filled)))
+}
+
+/// One chunk through the stack buffer: its size (0 at the end of `src`) and whether
+/// it filled the buffer.
+async fn small_chunk(
+    src: &mut ReadHalf<'_>,
+    dst: &TcpStream,
+    read: &(dyn Fn(usize) + Sync),
+    wrote: &(dyn Fn() + Sync),
+) -> io::Result<(usize, bool)> {
+    let (n, filled, rest) =
+        match std::future::poll_fn(|cx| poll_read_and_send(src, dst, wrote, cx)).await? {
+            Sent::All(n, filled) => (n, filled, Vec::new()),
+            Sent::Rest(n, filled, rest) => (n, filled, rest),
+        };
+    if n > 0 {
+        read(n);
+    }
+    let mut left = &rest[..];
+    while !left.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(left) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => {
+                left = &left[m..];
+                wrote();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((n, filled))
+}
+
 /// One chunk through user space: 0 at the end of `src`.
 async fn copy_chunk(
     src: &TcpStream,
@@ -255,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_arrive_in_order_and_the_end_is_passed_on() {
         // writer -> (a_in | a_out) -> reader, relayed by one_way.
-        let (mut writer, a_in) = pair().await;
+        let (mut writer, mut a_in) = pair().await;
         let (a_out, mut reader) = pair().await;
         let data: Vec<u8> = (0..3 * 1024 * 1024u32)
             .map(|i| (i * 7 % 251) as u8)
@@ -271,7 +363,7 @@ mod tests {
             counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         };
         let ended = AtomicBool::new(false);
-        let relay = one_way(&a_in, &a_out, &count, &|| {}, &ended);
+        let relay = one_way(a_in.split().0, &a_out, &count, &|| {}, &ended);
         let mut got = Vec::new();
         let (moved, read) = tokio::join!(relay, reader.read_to_end(&mut got));
         assert_eq!(moved.unwrap(), expected.len() as u64);
@@ -283,13 +375,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_direction_waiting_for_bytes_holds_no_pipe() {
-        let (mut writer, a_in) = pair().await;
+        let (mut writer, mut a_in) = pair().await;
         let (a_out, mut reader) = pair().await;
         POOL.with(|p| p.borrow_mut().clear());
         give_back(Pipe::new().unwrap());
         let pooled = || POOL.with(|p| p.borrow().len());
         let ended = AtomicBool::new(false);
-        let relay = one_way(&a_in, &a_out, &|_| {}, &|| {}, &ended);
+        let relay = one_way(a_in.split().0, &a_out, &|_| {}, &|| {}, &ended);
         tokio::pin!(relay);
         // Nothing sent yet: the relay waits, and the pipe stays in the pool.
         assert!(futures_util::poll!(relay.as_mut()).is_pending());
@@ -309,13 +401,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_direction_to_end_leaves_the_shutdown_to_the_close() {
-        let (mut writer, a_in) = pair().await;
+        let (mut writer, mut a_in) = pair().await;
         let (a_out, mut reader) = pair().await;
         writer.write_all(b"hello").await.unwrap();
         writer.shutdown().await.unwrap();
         // The other direction has ended already.
         let ended = AtomicBool::new(true);
-        let moved = one_way(&a_in, &a_out, &|_| {}, &|| {}, &ended).await;
+        let moved = one_way(a_in.split().0, &a_out, &|_| {}, &|| {}, &ended).await;
         assert_eq!(moved.unwrap(), 5);
         // Not shut down: it still writes (after a shutdown the write would fail).
         a_out.writable().await.unwrap();
@@ -327,17 +419,76 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pipes_go_back_to_the_pool_empty() {
-        let (mut writer, a_in) = pair().await;
+    async fn small_chunks_are_copied_and_a_full_read_switches_to_splicing() {
+        let (mut writer, mut a_in) = pair().await;
         let (a_out, mut reader) = pair().await;
-        writer.write_all(b"hello").await.unwrap();
+        POOL.with(|p| p.borrow_mut().clear());
+        let pooled = || POOL.with(|p| p.borrow().len());
+        let ended = AtomicBool::new(false);
+        let relay = one_way(a_in.split().0, &a_out, &|_| {}, &|| {}, &ended);
+        tokio::pin!(relay);
+        writer.write_all(b"a request").await.unwrap();
+        let mut got = [0u8; 9];
+        tokio::select! {
+            r = &mut relay => panic!("the relay ended early: {r:?}"),
+            r = reader.read_exact(&mut got) => r.unwrap(),
+        };
+        assert_eq!(&got, b"a request");
+        // Copied through the stack: no pipe was made.
+        assert_eq!(pooled(), 0);
+        // A bulk transfer: after the first full read, chunks go through a pipe.
+        let bulk = vec![7u8; 8 * SMALL];
+        writer.write_all(&bulk).await.unwrap();
         writer.shutdown().await.unwrap();
-        one_way(&a_in, &a_out, &|_| {}, &|| {}, &AtomicBool::new(false))
-            .await
-            .unwrap();
+        let mut rest = Vec::new();
+        let (moved, read) = tokio::join!(relay, reader.read_to_end(&mut rest));
+        assert_eq!(moved.unwrap(), 9 + bulk.len() as u64);
+        read.unwrap();
+        assert!(rest == bulk, "the bulk bytes differ");
+        assert!(pooled() > 0, "no chunk was spliced");
+    }
+
+    #[tokio::test]
+    async fn a_copied_chunk_the_backend_cannot_take_at_once_is_sent_whole() {
+        let (mut writer, mut a_in) = pair().await;
+        let (a_out, mut reader) = pair().await;
+        // Fill what `a_out` can take while nobody reads its other end.
+        let filler = vec![1u8; 64 * 1024];
+        let mut queued = 0usize;
+        loop {
+            match a_out.try_write(&filler) {
+                Ok(n) => queued += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.write_all(b"after the filler").await.unwrap();
+        writer.shutdown().await.unwrap();
+        let ended = AtomicBool::new(false);
+        let relay = one_way(a_in.split().0, &a_out, &|_| {}, &|| {}, &ended);
         let mut got = Vec::new();
-        reader.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"hello");
+        let (moved, read) = tokio::join!(relay, reader.read_to_end(&mut got));
+        assert_eq!(moved.unwrap(), 16);
+        read.unwrap();
+        assert_eq!(got.len(), queued + 16);
+        assert_eq!(&got[queued..], b"after the filler");
+    }
+
+    #[tokio::test]
+    async fn pipes_go_back_to_the_pool_empty() {
+        let (mut writer, mut a_in) = pair().await;
+        let (a_out, mut reader) = pair().await;
+        // More than a copied chunk: the rest is spliced.
+        let data = vec![5u8; 4 * SMALL];
+        writer.write_all(&data).await.unwrap();
+        writer.shutdown().await.unwrap();
+        let ended = AtomicBool::new(false);
+        let relay = one_way(a_in.split().0, &a_out, &|_| {}, &|| {}, &ended);
+        let mut got = Vec::new();
+        let (moved, read) = tokio::join!(relay, reader.read_to_end(&mut got));
+        moved.unwrap();
+        read.unwrap();
+        assert!(got == data, "the bytes differ");
         let pipe = POOL
             .with(|p| p.borrow_mut().pop())
             .expect("a pipe in the pool");
