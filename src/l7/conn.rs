@@ -234,6 +234,8 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 impl Protocol {
     /// From the first bytes a client sent (at least one, at most the preface's 24).
     pub fn from_first_bytes(bytes: &[u8]) -> Protocol {
+        // Bytes after the preface (the client's first frames) say nothing more.
+        let bytes = &bytes[..bytes.len().min(H2_PREFACE.len())];
         if !H2_PREFACE.starts_with(bytes) {
             Protocol::Http1
         } else if bytes.len() == H2_PREFACE.len() {

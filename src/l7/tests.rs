@@ -17,6 +17,10 @@ fn request_ids_are_32_lower_hex_digits_and_differ() {
 fn the_first_bytes_or_alpn_tell_the_protocol() {
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     assert_eq!(Protocol::from_first_bytes(preface), Protocol::Http2);
+    // The preface and the client's first frames, read at once.
+    let mut more = preface.to_vec();
+    more.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    assert_eq!(Protocol::from_first_bytes(&more), Protocol::Http2);
     // Part of the preface so far: hyper reads on and decides.
     assert_eq!(Protocol::from_first_bytes(&preface[..3]), Protocol::Detect);
     assert_eq!(

@@ -8,6 +8,10 @@
 //! write finds the socket not ready, each one is a plain non-blocking system call;
 //! the first that would block registers the socket, and from then on it is an
 //! ordinary `tokio::net::TcpStream`.
+//!
+//! The wait for a connection's first bytes reads them ([`ClientSocket::poll_first`])
+//! rather than peeking: they are kept, and handed out again by the next reads before
+//! the socket is read. Peeking and then reading would be two system calls for them.
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -21,7 +25,17 @@ use tokio::net::TcpStream;
 use crate::activity::{ReadReady, Readable};
 
 /// See the module's documentation.
-pub(crate) struct ClientSocket(State);
+pub(crate) struct ClientSocket(State, Option<Box<Ahead>>);
+
+/// Bytes read from the socket ahead of its reader, handed out before the socket is
+/// read again.
+struct Ahead {
+    at: usize,
+    bytes: Box<[u8]>,
+}
+
+/// The most a connection's first read takes: what the HTTP/1 engine reads at once.
+pub(crate) const FIRST_READ: usize = 4096;
 
 enum State {
     /// Not registered: non-blocking system calls on the socket.
@@ -79,7 +93,7 @@ fn recv(
 impl ClientSocket {
     /// A socket accepted non-blocking, not registered.
     pub(crate) fn new(socket: std::net::TcpStream) -> ClientSocket {
-        ClientSocket(State::Raw(socket))
+        ClientSocket(State::Raw(socket), None)
     }
 
     /// The registered socket, registering it first if it is not: for what needs one
@@ -95,8 +109,9 @@ impl ClientSocket {
         }
     }
 
-    /// As [`ClientSocket::polled`], owned (layer 4).
+    /// As [`ClientSocket::polled`], owned (layer 4: nothing was read ahead).
     pub(crate) fn into_polled(mut self) -> io::Result<TcpStream> {
+        debug_assert!(self.1.is_none(), "bytes read ahead would be lost");
         self.polled()?;
         match self.0 {
             State::Polled(s) => Ok(s),
@@ -151,20 +166,48 @@ impl ClientSocket {
         }
     }
 
-    /// Bytes there to read, left in place: as `TcpStream::poll_peek`.
-    pub(crate) fn poll_peek(
+    /// Waits for the client's first bytes and reads them (at most [`FIRST_READ`]):
+    /// kept, and handed out again by the next reads. Empty at the client's end.
+    pub(crate) fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        if self.1.is_none() {
+            // On the stack only while the read runs: a waiting connection's future
+            // keeps no room for it.
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            std::task::ready!(self.poll_read_socket(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(&[]));
+            }
+            self.1 = Some(Box::new(Ahead {
+                at: 0,
+                bytes: buf.filled().into(),
+            }));
+        }
+        Poll::Ready(Ok(self.ahead()))
+    }
+
+    /// The bytes read ahead and not handed out yet.
+    pub(crate) fn ahead(&self) -> &[u8] {
+        match &self.1 {
+            Some(a) => &a.bytes[a.at..],
+            None => &[],
+        }
+    }
+
+    /// A read from the socket itself.
+    fn poll_read_socket(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<usize>> {
+    ) -> Poll<io::Result<()>> {
         if let State::Raw(s) = &self.0 {
-            match recv(s, buf, libc::MSG_PEEK) {
+            match recv(s, buf, 0) {
                 Err(e) if must_wait(&e) => {}
-                r => return Poll::Ready(r),
+                r => return Poll::Ready(r.map(drop)),
             }
         }
         match self.polled() {
-            Ok(s) => s.poll_peek(cx, buf),
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
         }
     }
@@ -177,16 +220,17 @@ impl AsyncRead for ClientSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let State::Raw(s) = &this.0 {
-            match recv(s, buf, 0) {
-                Err(e) if must_wait(&e) => {}
-                r => return Poll::Ready(r.map(drop)),
+        if let Some(ahead) = &mut this.1 {
+            let rest = &ahead.bytes[ahead.at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            ahead.at += n;
+            if ahead.at == ahead.bytes.len() {
+                this.1 = None;
             }
+            return Poll::Ready(Ok(()));
         }
-        match this.polled() {
-            Ok(s) => Pin::new(s).poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        this.poll_read_socket(cx, buf)
     }
 }
 
@@ -230,6 +274,9 @@ impl AsyncWrite for ClientSocket {
 
 impl ReadReady for ClientSocket {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<Readable> {
+        if self.1.is_some() {
+            return Poll::Ready(Readable::Bytes);
+        }
         if let State::Raw(s) = &self.0 {
             let mut byte = [std::mem::MaybeUninit::uninit(); 1];
             match recv(s, &mut ReadBuf::uninit(&mut byte), libc::MSG_PEEK) {
@@ -249,7 +296,8 @@ impl ReadReady for ClientSocket {
 impl crate::l4::ClientStream for ClientSocket {
     fn into_plain(self) -> Result<TcpStream, Self> {
         // A socket that cannot be registered has nothing to relay: an error to come.
-        self.into_polled().map_err(|_| ClientSocket(State::Failed))
+        self.into_polled()
+            .map_err(|_| ClientSocket(State::Failed, None))
     }
 }
 
@@ -277,13 +325,9 @@ pub(super) mod tests {
     async fn a_request_there_and_an_answer_that_fits_never_register() {
         let (mut client, mut server) = pair().await;
         client.write_all(b"ping").await.unwrap();
-        // Wait until the bytes are there (a peek through a socket of our own).
-        let mut peeked = [0u8; 4];
-        let mut buf = ReadBuf::new(&mut peeked);
-        let n = std::future::poll_fn(|cx| server.poll_peek(cx, &mut buf))
-            .await
-            .unwrap();
-        assert!(n > 0);
+        // Wait until the bytes are there (read ahead, through a socket of our own).
+        let first = std::future::poll_fn(|cx| server.poll_first(cx).map_ok(<[u8]>::len));
+        assert!(first.await.unwrap() > 0);
         let mut got = [0u8; 4];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ping");
@@ -309,6 +353,35 @@ pub(super) mod tests {
         }
         assert_eq!(&got, b"later");
         assert!(registered(&server));
+    }
+
+    #[tokio::test]
+    async fn bytes_read_ahead_come_first_then_the_socket() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"first").await.unwrap();
+        let first = std::future::poll_fn(|cx| server.poll_first(cx).map_ok(<[u8]>::to_vec));
+        assert_eq!(first.await.unwrap(), b"first");
+        // Bytes read ahead count as readable, without a look at the socket.
+        let seen = std::future::poll_fn(|cx| server.poll_readable(cx)).await;
+        assert_eq!(seen, Readable::Bytes);
+        // A small read takes part of them; the next the rest, and only then the socket.
+        let mut two = [0u8; 2];
+        server.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"fi");
+        assert_eq!(server.ahead(), b"rst");
+        client.write_all(b" then").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"rst then");
+    }
+
+    #[tokio::test]
+    async fn a_first_read_at_the_end_is_empty() {
+        let (client, mut server) = pair().await;
+        drop(client);
+        let first = std::future::poll_fn(|cx| server.poll_first(cx).map_ok(<[u8]>::len));
+        assert_eq!(first.await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! The wait for a plain HTTP connection's first bytes.
 //!
 //! Every connection that has sent nothing yet waits here, so the wait is a small
-//! hand-written future: a peek at the socket (through its registration, without a
-//! readiness waiter of its own), the header deadline, and the start of a drain.
+//! hand-written future: a read of the socket (through its registration, without a
+//! readiness waiter of its own) whose bytes the socket keeps for the engine, the
+//! header deadline, and the start of a drain.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +11,6 @@ use std::task::{Context, Poll};
 
 use super::client_socket::ClientSocket;
 use pin_project_lite::pin_project;
-use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFuture;
 
@@ -19,7 +19,8 @@ use crate::l7::DRAIN_LINGER;
 /// How the wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Arrived {
-    /// This many bytes are there to read (peeked, not consumed).
+    /// This many bytes were read: the socket hands them out again
+    /// ([`ClientSocket::ahead`]).
     Bytes(usize),
     /// The client closed or reset the connection.
     Reset,
@@ -47,7 +48,6 @@ pin_project! {
     /// request already on its way is served, its response closing the connection.
     pub(super) struct FirstBytes<'a> {
         stream: &'a mut ClientSocket,
-        buf: &'a mut [u8],
         #[pin]
         deadline: Sleep,
         #[pin]
@@ -60,13 +60,11 @@ pin_project! {
 impl<'a> FirstBytes<'a> {
     pub(super) fn new(
         stream: &'a mut ClientSocket,
-        buf: &'a mut [u8],
         header_timeout: std::time::Duration,
         drain: WaitForCancellationFuture<'a>,
     ) -> Self {
         FirstBytes {
             stream,
-            buf,
             deadline: tokio::time::sleep(header_timeout),
             drain,
             draining: false,
@@ -80,9 +78,10 @@ impl Future for FirstBytes<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Arrived> {
         let mut this = self.project();
-        let mut buf = ReadBuf::new(this.buf);
-        match this.stream.poll_peek(cx, &mut buf) {
-            Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Arrived::Bytes(n)),
+        match this.stream.poll_first(cx) {
+            Poll::Ready(Ok(first)) if !first.is_empty() => {
+                return Poll::Ready(Arrived::Bytes(first.len()))
+            }
             Poll::Ready(_) => return Poll::Ready(Arrived::Reset),
             Poll::Pending => {}
         }
@@ -109,33 +108,27 @@ impl Future for FirstBytes<'_> {
 mod tests {
     use std::time::Duration;
 
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::runtime::client_socket::tests::pair;
 
     #[tokio::test]
-    async fn bytes_are_peeked_not_consumed() {
+    async fn bytes_read_are_handed_out_again() {
         let (mut client, mut server) = pair().await;
         let stop = CancellationToken::new();
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let mut buf = [0u8; 24];
-        let arrived = FirstBytes::new(
-            &mut server,
-            &mut buf,
-            Duration::from_secs(60),
-            stop.cancelled(),
-        )
-        .await;
+        let arrived = FirstBytes::new(&mut server, Duration::from_secs(60), stop.cancelled()).await;
         let Arrived::Bytes(n) = arrived else {
             panic!("{arrived:?}")
         };
-        assert_eq!(&buf[..n], &b"GET / HTTP/1.1\r\n"[..n]);
-        let mut again = [0u8; 16];
-        let mut again = tokio::io::ReadBuf::new(&mut again);
-        let peeked = std::future::poll_fn(|cx| server.poll_peek(cx, &mut again)).await;
-        assert_eq!(peeked.unwrap(), 16);
+        assert_eq!(server.ahead(), &b"GET / HTTP/1.1\r\n"[..n]);
+        client.write_all(b"host: a\r\n\r\n").await.unwrap();
+        let mut again = vec![0u8; 16 + 11];
+        server.read_exact(&mut again).await.unwrap();
+        assert_eq!(again, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        assert!(server.ahead().is_empty());
     }
 
     #[tokio::test]
@@ -143,14 +136,7 @@ mod tests {
         let (client, mut server) = pair().await;
         drop(client);
         let stop = CancellationToken::new();
-        let mut buf = [0u8; 24];
-        let arrived = FirstBytes::new(
-            &mut server,
-            &mut buf,
-            Duration::from_secs(60),
-            stop.cancelled(),
-        )
-        .await;
+        let arrived = FirstBytes::new(&mut server, Duration::from_secs(60), stop.cancelled()).await;
         assert_eq!(arrived, Arrived::Reset);
     }
 
@@ -158,14 +144,7 @@ mod tests {
     async fn silence_is_a_header_timeout() {
         let (_client, mut server) = pair().await;
         let stop = CancellationToken::new();
-        let mut buf = [0u8; 24];
-        let arrived = FirstBytes::new(
-            &mut server,
-            &mut buf,
-            Duration::from_secs(10),
-            stop.cancelled(),
-        )
-        .await;
+        let arrived = FirstBytes::new(&mut server, Duration::from_secs(10), stop.cancelled()).await;
         assert_eq!(arrived, Arrived::HeaderTimeout);
     }
 
@@ -173,14 +152,8 @@ mod tests {
     async fn a_drain_gives_the_linger_then_ends_the_wait() {
         let (_client, mut server) = pair().await;
         let stop = CancellationToken::new();
-        let mut buf = [0u8; 24];
         let start = Instant::now();
-        let wait = FirstBytes::new(
-            &mut server,
-            &mut buf,
-            Duration::from_secs(600),
-            stop.cancelled(),
-        );
+        let wait = FirstBytes::new(&mut server, Duration::from_secs(600), stop.cancelled());
         let cancel = async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             stop.cancel();
@@ -196,9 +169,7 @@ mod tests {
         let (_client, mut server) = pair().await;
         let stop = CancellationToken::new();
         stop.cancel();
-        let mut buf = [0u8; 24];
-        let arrived =
-            FirstBytes::new(&mut server, &mut buf, DRAIN_LINGER / 2, stop.cancelled()).await;
+        let arrived = FirstBytes::new(&mut server, DRAIN_LINGER / 2, stop.cancelled()).await;
         assert_eq!(arrived, Arrived::HeaderTimeout);
     }
 
@@ -207,13 +178,7 @@ mod tests {
         let (mut client, mut server) = pair().await;
         let stop = CancellationToken::new();
         stop.cancel();
-        let mut buf = [0u8; 24];
-        let wait = FirstBytes::new(
-            &mut server,
-            &mut buf,
-            Duration::from_secs(600),
-            stop.cancelled(),
-        );
+        let wait = FirstBytes::new(&mut server, Duration::from_secs(600), stop.cancelled());
         let send = async {
             tokio::time::sleep(DRAIN_LINGER / 2).await;
             client.write_all(b"GET").await.unwrap();

@@ -262,18 +262,17 @@ fn admit_one(
             // future: the engine's state is built once its first bytes arrive.
             let mut protocol = l7::Protocol::Detect;
             if let Engine::Http(settings) = &entry.engine {
-                // A peek, not readiness: readiness can be reported before a byte is
-                // there, and the engine's state would be built early. The first
-                // bytes also tell HTTP/1 from HTTP/2's preface.
-                let mut first_bytes = [0u8; 24];
+                // A read, not readiness: readiness can be reported before a byte is
+                // there, and the engine's state would be built early. The socket
+                // keeps the bytes read for the engine; they also tell HTTP/1 from
+                // HTTP/2's preface.
                 let arrived = FirstBytes::new(
                     &mut stream,
-                    &mut first_bytes,
                     settings.header_timeout,
                     shared_task.stop_accepting.cancelled(),
                 )
                 .await;
-                let Arrived::Bytes(n) = arrived else {
+                let Arrived::Bytes(_) = arrived else {
                     let reason = arrived.closed_reason();
                     debug!(reason = reason.unwrap_or("shutdown"), "no request: closed");
                     if let Some(reason) = reason {
@@ -282,7 +281,7 @@ fn admit_one(
                     return;
                 };
                 protocol = match settings.h2c {
-                    H2c::Detect => l7::Protocol::from_first_bytes(&first_bytes[..n]),
+                    H2c::Detect => l7::Protocol::from_first_bytes(stream.ahead()),
                     H2c::Only => l7::Protocol::Http2,
                     H2c::Off => l7::Protocol::Http1,
                 };
@@ -517,24 +516,21 @@ async fn over_limit(
     true
 }
 
-/// Serves an admitted connection (after TLS, if any) with its listener's engine: an
-/// HTTP connection on a task of its own, so that it no longer carries the state it
-/// waited for its first bytes or its handshake in; a tcp connection within this task.
+/// Serves an admitted connection (after TLS, if any) with its listener's engine,
+/// within this task. The engine's future is built in a heap block of its own: the
+/// task waiting for a connection's first bytes (or its handshake) carries no room
+/// for it, and the engine's state does not hold the waiting's. (A task of its own
+/// would cost a spawn, a trip through the run queue and copies of the future for
+/// every connection.) An HTTP/1 connection that waits after its first response
+/// parks on a small task of its own, and this one ends.
 async fn serve<S>(stream: S, conn: Conn, entry: &ListenerEntry, key: &BindKey, shared: &Arc<Shared>)
 where
     S: l4::ClientStream,
 {
     match &entry.engine {
         Engine::Http(settings) => {
-            let work = serve_http(stream, conn, settings, key, &entry.name, shared);
-            let span = tracing::Span::current();
-            if span.is_disabled() {
-                shared.tracker.spawn(work);
-            } else {
-                shared
-                    .tracker
-                    .spawn(tracing::Instrument::instrument(work, span));
-            }
+            crate::side::boxed(|| serve_http(stream, conn, settings, key, &entry.name, shared))
+                .await
         }
         // Boxed: the task waiting for a connection's first bytes should not carry
         // room for its engine.
