@@ -16,6 +16,13 @@
 //! [`PLAIN_STEP`]-sized (rounded up), and a worker thread keeps up to [`BUCKET_DEPTH`]
 //! of each such size (at most about 4 MiB in all).
 //!
+//! Small blocks of malloc's alignment (up to [`SMALL_LARGEST`] bytes) are kept the
+//! same way, by size rounded up to [`SMALL_STEP`], up to [`SMALL_DEPTH`] of each
+//! (at most about 1 MiB in all). glibc's own per-thread cache holds 7 blocks of a
+//! size: a request frees more than that of several sizes at once (its header
+//! table's entries, its strings, its futures' parts), and the rest went through
+//! glibc's bins. Taking a kept block, or keeping one, is a few instructions.
+//!
 //! Every other allocation, and every thread that is not a worker (tokio's blocking
 //! threads come and go, and would leave their blocks behind), goes straight to the
 //! system allocator.
@@ -41,6 +48,27 @@ const BUCKETS: usize = LARGEST / PLAIN_STEP;
 /// Blocks kept per rounded size: as many as a full HTTP/2 connection's streams hold
 /// at once, and then some.
 pub const BUCKET_DEPTH: usize = 64;
+/// Small blocks of malloc's alignment up to this size are kept by size.
+pub const SMALL_LARGEST: usize = 1024;
+/// What the sizes of the small blocks are rounded up to (malloc's own granularity).
+pub const SMALL_STEP: usize = 16;
+const SMALLS: usize = SMALL_LARGEST / SMALL_STEP;
+/// Small blocks kept per rounded size.
+pub const SMALL_DEPTH: usize = 32;
+
+/// The small size a block of malloc's alignment is kept by, if it is one.
+#[inline]
+fn small(layout: Layout) -> Option<usize> {
+    (layout.align() <= MALLOC_ALIGN && layout.size() != 0 && layout.size() <= SMALL_LARGEST)
+        .then(|| (layout.size() - 1) / SMALL_STEP)
+}
+
+/// The layout every block of small size `c` has.
+#[inline]
+fn small_layout(c: usize) -> Layout {
+    // SAFETY: a non-zero multiple of 16 with malloc's (power of two) alignment.
+    unsafe { Layout::from_size_align_unchecked((c + 1) * SMALL_STEP, MALLOC_ALIGN) }
+}
 
 /// The bucket of a block of malloc's alignment kept by size, if it is one.
 #[inline]
@@ -56,6 +84,21 @@ fn bucket_layout(b: usize) -> Layout {
     unsafe { Layout::from_size_align_unchecked((b + 1) * PLAIN_STEP, MALLOC_ALIGN) }
 }
 
+/// The rounded size a block of malloc's alignment is kept by, small or not, if it
+/// is one: blocks of the same are interchangeable.
+#[derive(PartialEq, Eq)]
+enum Kept {
+    Small(usize),
+    Bucket(usize),
+}
+
+#[inline]
+fn kept(layout: Layout) -> Option<Kept> {
+    small(layout)
+        .map(Kept::Small)
+        .or_else(|| bucket(layout).map(Kept::Bucket))
+}
+
 /// The global allocator (see the module's documentation).
 pub struct Allocator;
 
@@ -67,16 +110,44 @@ struct Class {
     blocks: [Cell<*mut u8>; DEPTH],
 }
 
-/// Blocks of one rounded size.
-struct Bucket {
+/// Blocks of one rounded size, at most `N`.
+struct Bucket<const N: usize> {
     len: Cell<usize>,
-    blocks: [Cell<*mut u8>; BUCKET_DEPTH],
+    blocks: [Cell<*mut u8>; N],
+}
+
+impl<const N: usize> Bucket<N> {
+    const fn new() -> Bucket<N> {
+        Bucket {
+            len: Cell::new(0),
+            blocks: [const { Cell::new(std::ptr::null_mut()) }; N],
+        }
+    }
+
+    #[inline]
+    fn take(&self) -> Option<*mut u8> {
+        let len = self.len.get().checked_sub(1)?;
+        self.len.set(len);
+        Some(self.blocks[len].get())
+    }
+
+    #[inline]
+    fn put(&self, block: *mut u8) -> bool {
+        let len = self.len.get();
+        if len == N {
+            return false;
+        }
+        self.blocks[len].set(block);
+        self.len.set(len + 1);
+        true
+    }
 }
 
 struct Cache {
     on: Cell<bool>,
     classes: [Class; CLASSES],
-    buckets: [Bucket; BUCKETS],
+    buckets: [Bucket<BUCKET_DEPTH>; BUCKETS],
+    smalls: [Bucket<SMALL_DEPTH>; SMALLS],
 }
 
 impl Cache {
@@ -91,35 +162,33 @@ impl Cache {
                     blocks: [const { Cell::new(std::ptr::null_mut()) }; DEPTH],
                 }
             }; CLASSES],
-            buckets: [const {
-                Bucket {
-                    len: Cell::new(0),
-                    blocks: [const { Cell::new(std::ptr::null_mut()) }; BUCKET_DEPTH],
-                }
-            }; BUCKETS],
+            buckets: [const { Bucket::new() }; BUCKETS],
+            smalls: [const { Bucket::new() }; SMALLS],
         }
     }
 
     /// A kept block of bucket `b`, if there is one.
     #[inline]
     fn take_sized(&self, b: usize) -> Option<*mut u8> {
-        let bucket = &self.buckets[b];
-        let len = bucket.len.get().checked_sub(1)?;
-        bucket.len.set(len);
-        Some(bucket.blocks[len].get())
+        self.buckets[b].take()
     }
 
     /// Keeps `block` of bucket `b` if this thread caches and there is room.
     #[inline]
     fn put_sized(&self, block: *mut u8, b: usize) -> bool {
-        let bucket = &self.buckets[b];
-        let len = bucket.len.get();
-        if !self.on.get() || len == BUCKET_DEPTH {
-            return false;
-        }
-        bucket.blocks[len].set(block);
-        bucket.len.set(len + 1);
-        true
+        self.on.get() && self.buckets[b].put(block)
+    }
+
+    /// A kept block of small size `c`, if there is one.
+    #[inline]
+    fn take_small(&self, c: usize) -> Option<*mut u8> {
+        self.smalls[c].take()
+    }
+
+    /// Keeps `block` of small size `c` if this thread caches and there is room.
+    #[inline]
+    fn put_small(&self, block: *mut u8, c: usize) -> bool {
+        self.on.get() && self.smalls[c].put(block)
     }
 
     /// A kept block for `layout`, if there is one.
@@ -179,6 +248,13 @@ pub fn cache_this_thread() {
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(c) = small(layout) {
+            if let Ok(Some(block)) = CACHE.try_with(|k| k.take_small(c)) {
+                return block;
+            }
+            // SAFETY: a larger (or equal) layout than the caller's, of the same alignment.
+            return unsafe { System.alloc(small_layout(c)) };
+        }
         if let Some(b) = bucket(layout) {
             if let Ok(Some(block)) = CACHE.try_with(|c| c.take_sized(b)) {
                 return block;
@@ -197,6 +273,13 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        if let Some(c) = small(layout) {
+            if CACHE.try_with(|k| k.put_small(block, c)) != Ok(true) {
+                // SAFETY: `block` came from `System` with its small size's layout.
+                unsafe { System.dealloc(block, small_layout(c)) }
+            }
+            return;
+        }
         if let Some(b) = bucket(layout) {
             if CACHE.try_with(|c| c.put_sized(block, b)) != Ok(true) {
                 // SAFETY: `block` came from `System` with its bucket's layout.
@@ -213,6 +296,16 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if let Some(c) = small(layout) {
+            if let Ok(Some(block)) = CACHE.try_with(|k| k.take_small(c)) {
+                // SAFETY: a kept block of at least `layout.size()` bytes, this
+                // thread's alone.
+                unsafe { block.write_bytes(0, layout.size()) };
+                return block;
+            }
+            // SAFETY: a larger (or equal) layout than the caller's, of the same alignment.
+            return unsafe { System.alloc_zeroed(small_layout(c)) };
+        }
         if bucket(layout).is_some() {
             // SAFETY: as the caller promised for `layout`.
             let block = unsafe { self.alloc(layout) };
@@ -237,13 +330,13 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as the caller promised: `new_size` is a valid size for the alignment.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        let (old_bucket, new_bucket) = (bucket(layout), bucket(new));
-        if old_bucket.is_none() && new_bucket.is_none() {
+        let (old_kept, new_kept) = (kept(layout), kept(new));
+        if old_kept.is_none() && new_kept.is_none() {
             // SAFETY: every such block, kept ones included, is `System`'s with `layout`.
             return unsafe { System.realloc(block, layout, new_size) };
         }
-        if old_bucket.is_some() && old_bucket == new_bucket {
-            // The bucket's size holds it already.
+        if old_kept.is_some() && old_kept == new_kept {
+            // The rounded size holds it already.
             return block;
         }
         // Into or out of the blocks kept by size: moved, so that every block's size
@@ -367,6 +460,61 @@ mod tests {
     }
 
     #[test]
+    fn small_blocks_are_kept_by_rounded_size_and_bounded() {
+        std::thread::spawn(|| unsafe {
+            cache_this_thread();
+            let l = |size| Layout::from_size_align(size, 8).unwrap();
+            let kept = || CACHE.with(|c| c.smalls.iter().map(|b| b.len.get()).sum::<usize>());
+            let before = kept();
+            let a = Allocator.alloc(l(20));
+            Allocator.dealloc(a, l(20));
+            assert_eq!(kept(), before + 1);
+            // Any size that rounds to the same 32 bytes gets it, all of it usable.
+            let b = Allocator.alloc(l(32));
+            assert_eq!(b, a);
+            b.write_bytes(1, 32);
+            // Zeroed when asked, whatever it held.
+            Allocator.dealloc(b, l(32));
+            let z = Allocator.alloc_zeroed(l(17));
+            assert_eq!(z, a);
+            assert!(std::slice::from_raw_parts(z, 17).iter().all(|&x| x == 0));
+            // Another rounded size: not that block.
+            let c = Allocator.alloc(l(48));
+            assert_ne!(c, z);
+            // Growing within the rounded size keeps the block.
+            assert_eq!(Allocator.realloc(z, l(17), 30), z);
+            Allocator.dealloc(z, l(30));
+            Allocator.dealloc(c, l(48));
+            // At most SMALL_DEPTH of a size; none over SMALL_LARGEST (those go to
+            // glibc's own cache, or the larger buckets).
+            let many: Vec<_> = (0..SMALL_DEPTH + 4)
+                .map(|_| Allocator.alloc(l(200)))
+                .collect();
+            let start = CACHE.with(|c| c.smalls[(200 - 1) / SMALL_STEP].len.get());
+            for &m in &many {
+                Allocator.dealloc(m, l(200));
+            }
+            assert_eq!(start, 0);
+            assert_eq!(
+                CACHE.with(|c| c.smalls[(200 - 1) / SMALL_STEP].len.get()),
+                SMALL_DEPTH
+            );
+            let over = Allocator.alloc(l(SMALL_LARGEST + 1));
+            let all = kept();
+            Allocator.dealloc(over, l(SMALL_LARGEST + 1));
+            assert_eq!(kept(), all);
+            // More alignment than malloc's: not a small block.
+            let aligned = Layout::from_size_align(64, 64).unwrap();
+            let x = Allocator.alloc(aligned);
+            assert_eq!(x as usize % 64, 0);
+            Allocator.dealloc(x, aligned);
+            assert_eq!(kept(), all);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn realloc_keeps_the_bytes_across_the_sizes_kept_and_not() {
         std::thread::spawn(|| unsafe {
             cache_this_thread();
@@ -375,8 +523,9 @@ mod tests {
             for i in 0..size {
                 *block.add(i) = i as u8;
             }
-            // Small -> kept by size -> the same bucket -> another bucket -> too large.
-            for new in [2000, 2040, 5000, LARGEST + 100, 300] {
+            // Small -> a larger small size -> a bucket -> the same bucket -> another
+            // bucket -> too large -> small -> a smaller small size.
+            for new in [500, 2000, 2040, 5000, LARGEST + 100, 300, 40] {
                 let old = Layout::from_size_align(size, 8).unwrap();
                 block = Allocator.realloc(block, old, new);
                 for i in 0..size.min(new) {
@@ -402,7 +551,11 @@ mod tests {
         std::thread::spawn(|| unsafe {
             let a = Allocator.alloc(layout(256));
             Allocator.dealloc(a, layout(256));
+            let small = Layout::from_size_align(64, 8).unwrap();
+            let b = Allocator.alloc(small);
+            Allocator.dealloc(b, small);
             CACHE.with(|c| assert!(c.classes.iter().all(|k| k.len.get() == 0)));
+            CACHE.with(|c| assert!(c.smalls.iter().all(|k| k.len.get() == 0)));
         })
         .join()
         .unwrap();
