@@ -516,21 +516,29 @@ async fn over_limit(
     true
 }
 
-/// Serves an admitted connection (after TLS, if any) with its listener's engine,
-/// within this task. The engine's future is built in a heap block of its own: the
-/// task waiting for a connection's first bytes (or its handshake) carries no room
-/// for it, and the engine's state does not hold the waiting's. (A task of its own
-/// would cost a spawn, a trip through the run queue and copies of the future for
-/// every connection.) An HTTP/1 connection that waits after its first response
-/// parks on a small task of its own, and this one ends.
+/// Serves an admitted connection (after TLS, if any) with its listener's engine: an
+/// HTTP connection on a task of its own, so that it no longer carries the state it
+/// waited for its first bytes or its handshake in; a tcp connection within this task.
+///
+/// (Serving within this task, the engine's future in a heap block of its own, saves
+/// the spawn, about 1,400 instructions per new connection, but the waiting task's
+/// memory then lives as long as the serving: with 8,000 requests in flight at once,
+/// 8.9 KiB stayed resident per connection afterwards against 5.9 KiB.)
 async fn serve<S>(stream: S, conn: Conn, entry: &ListenerEntry, key: &BindKey, shared: &Arc<Shared>)
 where
     S: l4::ClientStream,
 {
     match &entry.engine {
         Engine::Http(settings) => {
-            crate::side::boxed(|| serve_http(stream, conn, settings, key, &entry.name, shared))
-                .await
+            let work = serve_http(stream, conn, settings, key, &entry.name, shared);
+            let span = tracing::Span::current();
+            if span.is_disabled() {
+                shared.tracker.spawn(work);
+            } else {
+                shared
+                    .tracker
+                    .spawn(tracing::Instrument::instrument(work, span));
+            }
         }
         // Boxed: the task waiting for a connection's first bytes should not carry
         // room for its engine.
