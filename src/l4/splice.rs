@@ -104,8 +104,8 @@ fn unsupported(e: &io::Error) -> bool {
 /// Moves bytes from `reading`'s socket (`src` below) to `dst` until `src` ends, then
 /// shuts down the writing side of `dst` (the half-close passed on), unless the other
 /// direction (which shares `ended`) has ended already: both sockets are closed next,
-/// and the close says the same. `read(n)` is told of every chunk read, `wrote()` of every write. Returns the
-/// bytes moved.
+/// and the close says the same. `read(n)` is told of every chunk read, `wrote()` of
+/// every write. Returns the bytes moved.
 pub(super) async fn one_way(
     mut reading: ReadHalf<'_>,
     dst: &TcpStream,
@@ -280,7 +280,12 @@ async fn small_chunk(
     if n > 0 {
         read(n);
     }
-    let mut left = &rest[..];
+    send_all(dst, &rest, wrote).await?;
+    Ok((n, filled))
+}
+
+/// Writes all of `left` to `dst`, waiting whenever it takes no more.
+async fn send_all(dst: &TcpStream, mut left: &[u8], wrote: &(dyn Fn() + Sync)) -> io::Result<()> {
     while !left.is_empty() {
         dst.writable().await?;
         match dst.try_write(left) {
@@ -293,7 +298,7 @@ async fn small_chunk(
             Err(e) => return Err(e),
         }
     }
-    Ok((n, filled))
+    Ok(())
 }
 
 /// One chunk through user space: 0 at the end of `src`.
@@ -314,19 +319,7 @@ async fn copy_chunk(
     if n > 0 {
         read(n);
     }
-    let mut sent = 0;
-    while sent < n {
-        dst.writable().await?;
-        match dst.try_write(&buf[sent..n]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(m) => {
-                sent += m;
-                wrote();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
+    send_all(dst, &buf[..n], wrote).await?;
     Ok(n)
 }
 

@@ -35,7 +35,7 @@ struct Ahead {
 }
 
 /// The most a connection's first read takes: what the HTTP/1 engine reads at once.
-pub(crate) const FIRST_READ: usize = 4096;
+const FIRST_READ: usize = 4096;
 
 enum State {
     /// Not registered: non-blocking system calls on the socket.
