@@ -7,6 +7,7 @@
 #   MODE=close SECONDS_PROFILED=5 bash benches/load/profile.sh
 #   MODE=h2upstream bash benches/load/profile.sh # h2load (8 x 32 streams) over h2c to an h2c origin
 #   OUT=/tmp/prof bash benches/load/profile.sh   # keep perf.data, folded stacks, flame.svg
+#   FULCRUM=/tmp/old/fulcrum bash benches/load/profile.sh  # profile a given build
 #
 # Prints the share of kernel and user time, the top functions by self time, and the
 # top frames by inclusive time (a flame graph as text). With inferno installed
@@ -26,8 +27,11 @@ need nginx nginx-light
 need taskset util-linux
 need perf linux-perf
 
-cargo build --release --quiet
-FULCRUM=$PWD/target/release/fulcrum
+# FULCRUM=/path/to/binary profiles that build instead (to compare two versions).
+if [ -z "${FULCRUM:-}" ]; then
+  cargo build --release --quiet
+  FULCRUM=$PWD/target/release/fulcrum
+fi
 start_workdir profile
 OUT=${OUT:-$WORK}
 mkdir -p "$OUT"
@@ -66,15 +70,18 @@ perf record -q -e cpu-clock -F "$FREQ" --call-graph dwarf,16384 -p "$PID" -o "$O
 wait "$LOAD"
 grep -E "Requests/sec|^finished in" "$WORK/load.txt"
 
+# The first $1 sample lines (awk reads all its input: no early close, no SIGPIPE for
+# perf under pipefail).
+top() { grep -E '^ +[0-9]' | awk -v n="$1" 'NR <= n'; }
 echo
 echo "== kernel and user time"
-perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null | top 8
 echo
 echo "== top functions, self time"
-perf report -i "$OUT/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -30
+perf report -i "$OUT/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | top 30
 echo
 echo "== top frames, inclusive time"
-perf report -i "$OUT/perf.data" --children --sort sym --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -40
+perf report -i "$OUT/perf.data" --children --sort sym --stdio -g none 2>/dev/null | top 40
 
 if command -v inferno-collapse-perf >/dev/null; then
   perf script -i "$OUT/perf.data" 2>/dev/null | inferno-collapse-perf > "$OUT/folded.txt"

@@ -143,9 +143,11 @@ for proxy in fulcrum haproxy nginx; do
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all the process's threads, voluntary and not.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 TICKS=$(getconf CLK_TCK)
 
-declare -A RPS P99 CPU EFF
+declare -A RPS P99 CPU EFF CS
 # iperf3 for DURATION to port $1: Gbit/s received.
 iperf() {
   taskset -c 1 iperf3 -c 127.0.0.1 -p "$1" -t "${DURATION%s}" -J |
@@ -163,7 +165,8 @@ run() { # $1 proxy, $2 mode
   case "$2" in tls-*) url="https://127.0.0.1:${TLS_PORT[$1]}/" ;; esac
   case "$2" in tcp-*) url="http://127.0.0.1:${TCP_PORT[$1]}/" ;; esac
   case "$2" in big) url="http://127.0.0.1:${PORT[$1]}/big"; conns=8 ;; esac
-  local before after out errors="" key="$1/$2"
+  local before after out errors="" key="$1/$2" cs_before
+  cs_before=$(switches "${!pid_var}")
   before=$(cpu_ticks "${!pid_var}")
   if [ "$2" = tcp-bulk ]; then
     RPS[$key]=$(iperf "${BULK_PORT[$1]}")
@@ -186,6 +189,12 @@ run() { # $1 proxy, $2 mode
   local digits=0
   [ "$2" = tcp-bulk ] && digits=2
   EFF[$key]=$(awk -v r="${RPS[$key]}" -v c="${CPU[$key]}" -v d="${DURATION%s}" -v p="$digits" 'BEGIN { if (c > 0) printf "%.*f", p, r * d / c; else print "n/a" }')
+  # Context switches per request (not for tcp-bulk, whose unit is a Gbit).
+  CS[$key]=-
+  if [ "$2" != tcp-bulk ]; then
+    CS[$key]=$(awk -v n="$(( $(switches "${!pid_var}") - cs_before ))" -v r="${RPS[$key]}" -v d="${DURATION%s}" \
+      'BEGIN { if (r > 0) printf "%.3f", n / (r * d); else print "n/a" }')
+  fi
   [ -n "$errors" ] && echo "  $key: $errors" >&2
   return 0
 }
@@ -202,7 +211,7 @@ for r in $(seq "$REPEATS"); do
       echo "running $proxy ($mode) for $DURATION, $r of $REPEATS ..." >&2
       run "$proxy" "$mode"
       k="$proxy/$mode"
-      ALL[$k]+="${EFF[$k]} ${RPS[$k]} ${P99[$k]} ${CPU[$k]};"
+      ALL[$k]+="${EFF[$k]} ${RPS[$k]} ${P99[$k]} ${CPU[$k]} ${CS[$k]};"
     done
     if [ "$mode" = tcp-bulk ]; then
       echo "running iperf3 without a proxy for $DURATION ..." >&2
@@ -213,15 +222,15 @@ done
 # The median of whitespace- or ;-separated rows, by their first field.
 median() { tr ';' '\n' | sed '/^ *$/d' | sort -g -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 for k in "${!ALL[@]}"; do
-  read -r "EFF[$k]" "RPS[$k]" "P99[$k]" "CPU[$k]" <<<"$(median <<<"${ALL[$k]}")"
+  read -r "EFF[$k]" "RPS[$k]" "P99[$k]" "CPU[$k]" "CS[$k]" <<<"$(median <<<"${ALL[$k]}")"
 done
 [ -n "$DIRECTS" ] && DIRECT=$(tr ' ' '\n' <<<"$DIRECTS" | median)
 
-printf '\n%-8s %-13s %12s %10s %9s %16s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s"
+printf '\n%-8s %-13s %12s %10s %9s %16s %9s\n' proxy mode "req/s" p99 "cpu s" "req/cpu-s" "cs/req"
 for mode in $MODES; do
   for proxy in fulcrum haproxy nginx; do
     k="$proxy/$mode"
-    printf '%-8s %-13s %12s %10s %9s %16s\n' "$proxy" "$mode" "${RPS[$k]}" "${P99[$k]}" "${CPU[$k]}" "${EFF[$k]}"
+    printf '%-8s %-13s %12s %10s %9s %16s %9s\n' "$proxy" "$mode" "${RPS[$k]}" "${P99[$k]}" "${CPU[$k]}" "${EFF[$k]}" "${CS[$k]}"
   done
 done
 echo
