@@ -358,17 +358,26 @@ unsafe impl GlobalAlloc for Allocator {
 /// glibc keeps what a burst of requests freed (their futures, buffers and backend
 /// reads) in its heaps: without this, a process that once served thousands of
 /// requests at once keeps that much resident for good, however few connections it
-/// holds afterwards. A thread looks once a second, and when more than [`TRIM_OVER`]
-/// bytes lie free, and more than a quarter of what is in use, asks glibc to give
-/// back every free page (`malloc_trim`). Under a steady load little lies free, and
-/// nothing is given back only to be taken again.
-pub fn start_trimming() {
-    let _ = std::thread::Builder::new()
-        .name("fulcrum-trim".into())
-        .spawn(|| loop {
-            std::thread::sleep(TRIM_EVERY);
-            trim_if_worth_it();
-        });
+/// holds afterwards. A task on the runtime looks once a second, and when more than
+/// [`TRIM_OVER`] bytes lie free, and more than a quarter of what is in use, has a
+/// thread of the blocking pool ask glibc to give back every free page
+/// (`malloc_trim`), so that a long trim holds up no worker. Under a steady load
+/// little lies free, and nothing is given back only to be taken again.
+///
+/// The look is a task rather than a thread of its own: with one worker the process
+/// then runs on one thread, and the kernel looks up each system call's file
+/// descriptor without taking a reference on it (it must while another thread shares
+/// the descriptor table).
+pub async fn trim_periodically() {
+    let mut every = tokio::time::interval(TRIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (free, used) = free_and_used();
+        if worth_trimming(free, used) {
+            let _ = tokio::task::spawn_blocking(trim).await;
+        }
+    }
 }
 
 /// How often the free memory is looked at.
@@ -376,22 +385,48 @@ pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Free bytes below this are left to the allocator.
 pub const TRIM_OVER: usize = 16 << 20;
 
+/// Whether `free` bytes held by the allocator, beside `used` bytes in use, are worth
+/// giving back.
+fn worth_trimming(free: usize, used: usize) -> bool {
+    free > TRIM_OVER && free > used / 4
+}
+
+/// The allocator's free and in-use bytes, all arenas.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_if_worth_it() {
-    // SAFETY: both are thread-safe glibc calls without preconditions.
+fn free_and_used() -> (usize, usize) {
+    // SAFETY: a thread-safe glibc call without preconditions.
     let info = unsafe { libc::mallinfo2() };
-    if info.fordblks > TRIM_OVER && info.fordblks > info.uordblks / 4 {
-        // SAFETY: as above.
-        unsafe { libc::malloc_trim(0) };
-    }
+    (info.fordblks, info.uordblks)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: a thread-safe glibc call without preconditions.
+    unsafe { libc::malloc_trim(0) };
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_if_worth_it() {}
+fn free_and_used() -> (usize, usize) {
+    (0, 0)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_given_back_only_when_much_lies_free_beside_what_is_used() {
+        // A little free memory stays, however little is used.
+        assert!(!worth_trimming(TRIM_OVER, 0));
+        assert!(worth_trimming(TRIM_OVER + 1, 0));
+        // Free memory a quarter or less of what is in use stays: a steady load's.
+        assert!(!worth_trimming(100 << 20, 400 << 20));
+        assert!(worth_trimming((100 << 20) + 1, 400 << 20));
+        assert!(worth_trimming(64 << 20, 8 << 20));
+    }
 
     fn layout(size: usize) -> Layout {
         Layout::from_size_align(size, 128).unwrap()

@@ -223,9 +223,9 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>, exe: Option<PathBuf>) -> anyhow
     fulcrum::aligned::cache_this_thread();
     builder.on_thread_park(fulcrum::aligned::cache_this_thread);
     let rt = builder.build().context("cannot start the runtime")?;
-    #[cfg(not(feature = "mimalloc"))]
-    fulcrum::aligned::start_trimming();
     let code = rt.block_on(async {
+        #[cfg(not(feature = "mimalloc"))]
+        tokio::spawn(fulcrum::aligned::trim_periodically());
         let signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => {

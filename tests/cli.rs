@@ -339,6 +339,30 @@ async fn sigint_cuts_connections_left_at_the_shutdown_timeout_and_exits_0() {
     assert_eq!(p.wait_exit(), 0);
 }
 
+/// With one worker, serving, watching the file and looking at free memory all run on
+/// the main thread: with no other thread sharing the descriptor table, the kernel
+/// looks up each system call's descriptor without taking a reference on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_on_one_thread() {
+    let a = Backend::start("a").await;
+    let t = process_config("one-thread", a.addr, "5s");
+    let text = std::fs::read_to_string(&t.path).unwrap();
+    std::fs::write(
+        &t.path,
+        text.replace("[global]\n", "[global]\nworkers = 1\nwatch_config = true\n"),
+    )
+    .unwrap();
+    let p = Process::start(&t.path);
+    let mut c = Client::connect(p.listening_addr()).await;
+    assert_eq!(c.greeting().await.as_deref(), Some("a"));
+    let tasks = format!("/proc/{}/task", p.child.id());
+    let threads = || std::fs::read_dir(&tasks).map(|d| d.count()).unwrap_or(0);
+    eventually("fulcrum to run on one thread", PATIENCE, || async {
+        threads() == 1
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_reloading_and_stopping_and_sighup_reloads() {
     let a = Backend::start("a").await;

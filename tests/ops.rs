@@ -422,15 +422,18 @@ async fn every_contract_metric_is_exported_after_traffic() {
     r.stop().await;
 }
 
-#[tokio::test]
-async fn a_change_of_the_file_reloads_it() {
+/// Starts fulcrum on a watched file, changes its backend by `change` and waits for
+/// the reload.
+async fn a_changed_file_is_reloaded(name: &str, change: impl Fn(&Dir, &str)) {
     let one = HttpBackend::start("one").await;
     let two = HttpBackend::start("two").await;
-    let dir = Dir::new("watch");
-    dir.write(&web_config(&one, "").replace("watch_config = false", "watch_config = true"));
+    let dir = Dir::new(name);
+    let watched =
+        |b: &HttpBackend| web_config(b, "").replace("watch_config = false", "watch_config = true");
+    dir.write(&watched(&one));
     let r = start(&dir).await;
     assert_eq!(get(r.web, "/").await.1["x-backend"], "one");
-    dir.write(&web_config(&two, "").replace("watch_config = false", "watch_config = true"));
+    change(&dir, &watched(&two));
     common::eventually(
         "the file change was not noticed",
         common::PATIENCE,
@@ -439,6 +442,20 @@ async fn a_change_of_the_file_reloads_it() {
     .await;
     assert_eq!(get(r.web, "/").await.1["x-backend"], "two");
     r.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_of_the_file_reloads_it() {
+    // A new file renamed over the old one.
+    a_changed_file_is_reloaded("watch", Dir::write).await;
+}
+
+#[tokio::test]
+async fn a_file_written_in_place_is_reloaded() {
+    a_changed_file_is_reloaded("watch-in-place", |dir, contents| {
+        std::fs::write(dir.file(), contents).unwrap()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! Also: watching the file.
 
 use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,9 +281,30 @@ fn summary(old: &Config, new: &Config) -> String {
     }
 }
 
+/// What is watched in the file's directory: writes, attributes, and names coming and
+/// going (editors that write a new file and rename it over the old one).
+const WATCHED: inotify::WatchMask = inotify::WatchMask::MODIFY
+    .union(inotify::WatchMask::ATTRIB)
+    .union(inotify::WatchMask::CLOSE_WRITE)
+    .union(inotify::WatchMask::CREATE)
+    .union(inotify::WatchMask::DELETE)
+    .union(inotify::WatchMask::MOVED_FROM)
+    .union(inotify::WatchMask::MOVED_TO);
+
+/// Whether an event of the watched directory (`mask`, and the name of the file it
+/// is about) may have changed the file `name`: one that names it, or the kernel's
+/// note that events were lost.
+fn concerns(mask: inotify::EventMask, named: Option<&OsStr>, name: &OsStr) -> bool {
+    mask.contains(inotify::EventMask::Q_OVERFLOW) || named == Some(name)
+}
+
 /// Reloads when the file changes, debounced: editors write files in several steps.
+/// The directory's inotify descriptor is read by a task on the runtime, not by a
+/// thread of its own: a process of one thread makes each system call's look-up of
+/// its file descriptor cheaper (the kernel takes no reference while no other thread
+/// shares the table).
 pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
-    use notify::{RecursiveMode, Watcher};
+    use futures_util::StreamExt;
     let Some(dir) = file.parent().map(|d| {
         if d.as_os_str().is_empty() {
             Path::new(".")
@@ -292,44 +314,81 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
     }) else {
         return;
     };
-    if !file.exists() {
+    let (true, Some(name)) = (file.exists(), file.file_name().map(|n| n.to_os_string())) else {
         return;
-    }
-    let name = file.file_name().map(|n| n.to_os_string());
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let ours = event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
-            if ours && !event.kind.is_access() {
-                let _ = tx.try_send(());
-            }
-        }
-    });
-    let mut watcher = match watcher {
-        Ok(w) => w,
+    };
+    let inotify = match inotify::Inotify::init() {
+        Ok(i) => i,
         Err(e) => {
             warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP or POST /reload");
             return;
         }
     };
-    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+    if let Err(e) = inotify.watches().add(dir, WATCHED) {
         warn!(error = %e, dir = %dir.display(), "cannot watch the configuration file's directory");
         return;
     }
+    // Room for several events at once: each is 16 bytes and the name.
+    let mut events = match inotify.into_event_stream([0u8; 2048]) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP or POST /reload");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let _watcher = watcher;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                got = rx.recv() => if got.is_none() { return },
+                event = events.next() => match event {
+                    Some(Ok(event)) if concerns(event.mask, event.name.as_deref(), &name) => {}
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        warn!(error = %e, "configuration file watch ended; reload with SIGHUP or POST /reload");
+                        return;
+                    }
+                    None => return,
+                },
             }
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+            // Whatever else arrives within DEBOUNCE of the first event is part of the
+            // same change.
+            let quiet = tokio::time::sleep(DEBOUNCE);
+            tokio::pin!(quiet);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = &mut quiet => break,
+                    event = events.next() => if event.is_none() { break },
+                }
+            }
             info!("configuration file changed: reloading");
             let _ = handle.reload().await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inotify::EventMask;
+
+    #[test]
+    fn only_events_naming_the_file_or_lost_events_concern_it() {
+        let name = OsStr::new("fulcrum.toml");
+        assert!(concerns(EventMask::MODIFY, Some(name), name));
+        assert!(concerns(EventMask::MOVED_TO, Some(name), name));
+        assert!(!concerns(
+            EventMask::MODIFY,
+            Some(OsStr::new("other.toml")),
+            name
+        ));
+        assert!(!concerns(
+            EventMask::MODIFY,
+            Some(OsStr::new("fulcrum.toml~")),
+            name
+        ));
+        // Events about the directory itself name no file.
+        assert!(!concerns(EventMask::IGNORED, None, name));
+        assert!(concerns(EventMask::Q_OVERFLOW, None, name));
+    }
 }
