@@ -39,10 +39,7 @@ need haproxy haproxy
 need nginx nginx-light
 
 # FULCRUM=/path/to/binary measures that build instead (to compare two versions).
-if [ -z "${FULCRUM:-}" ]; then
-  cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
-  FULCRUM=$PWD/target/release/fulcrum
-fi
+fulcrum_binary
 
 start_workdir callgrind
 [ -n "${KEEP:-}" ] && trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; echo "profiles kept in $WORK" >&2' EXIT

@@ -84,6 +84,26 @@ backends = [{ address = "127.0.0.1:$3" }]
 CONF
 }
 
+# The fulcrum binary to measure in FULCRUM: as given, or a release build (with the
+# FEATURES given).
+fulcrum_binary() {
+  if [ -z "${FULCRUM:-}" ]; then
+    cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
+    FULCRUM=$PWD/target/release/fulcrum
+  fi
+}
+
+# A layer-4 listener added to fulcrum's file $1: named $2, on port $3, to upstream $4.
+fulcrum_tcp_listener() { # $1 file, $2 name, $3 port, $4 upstream
+  cat >> "$1" <<CONF
+[[listener]]
+name = "$2"
+bind = "127.0.0.1:$3"
+protocol = "tcp"
+upstream = "$4"
+CONF
+}
+
 # A one-thread HAProxy configuration in front of the backend on port $3, with the
 # frontend's bind lines $4 and extra defaults lines $5 (later lines win).
 haproxy_cfg() { # $1 file, $2 maxconn, $3 backend port, $4 bind lines, $5 defaults lines

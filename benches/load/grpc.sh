@@ -20,10 +20,7 @@ need haproxy haproxy
 need taskset util-linux
 
 # FULCRUM=/path/to/binary measures that build instead (to compare two versions).
-if [ -z "${FULCRUM:-}" ]; then
-  cargo build --release --quiet
-  FULCRUM=$PWD/target/release/fulcrum
-fi
+fulcrum_binary
 LOAD=$(cargo bench --bench grpc_load --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*grpc_load[^"]*"' | cut -d'"' -f4 | tail -1)
 start_workdir grpc

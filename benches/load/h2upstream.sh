@@ -22,10 +22,7 @@ need taskset util-linux
 need curl curl
 
 # FULCRUM=/path/to/binary measures that build instead (to compare two versions).
-if [ -z "${FULCRUM:-}" ]; then
-  cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
-  FULCRUM=$PWD/target/release/fulcrum
-fi
+fulcrum_binary
 start_workdir h2upstream
 
 nginx_conf "$WORK/backend" "keepalive_requests 1000000;

@@ -27,11 +27,8 @@ need nginx nginx-light
 need taskset util-linux
 need perf linux-perf
 
-# FULCRUM=/path/to/binary profiles that build instead (to compare two versions).
-if [ -z "${FULCRUM:-}" ]; then
-  cargo build --release --quiet
-  FULCRUM=$PWD/target/release/fulcrum
-fi
+# FULCRUM=/path/to/binary measures that build instead (to compare two versions).
+fulcrum_binary
 start_workdir profile
 OUT=${OUT:-$WORK}
 mkdir -p "$OUT"

@@ -45,10 +45,7 @@ need iperf3 iperf3
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { apt-get update -qq && apt-get install -y -qq libnginx-mod-stream >/dev/null; }
 
 # FULCRUM=/path/to/binary measures that build instead (to compare two versions).
-if [ -z "${FULCRUM:-}" ]; then
-  cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
-  FULCRUM=$PWD/target/release/fulcrum
-fi
+fulcrum_binary
 
 WORK=$(mktemp -d /tmp/fulcrum-load.XXXXXX)
 PIDS=()
@@ -82,21 +79,11 @@ upstream = "backend"
 certificates = [{ cert = "site.pem", key = "site.key" }]
 alpn = ["http/1.1"]
 
-[[listener]]
-name = "bench-tcp"
-bind = "127.0.0.1:${TCP_PORT[fulcrum]}"
-protocol = "tcp"
-upstream = "backend"
-
-[[listener]]
-name = "bench-bulk"
-bind = "127.0.0.1:${BULK_PORT[fulcrum]}"
-protocol = "tcp"
-upstream = "iperf"
-
 [upstream.iperf]
 backends = [{ address = "127.0.0.1:$IPERF_PORT" }]
 CONF
+fulcrum_tcp_listener "$WORK/fulcrum.toml" bench-tcp "${TCP_PORT[fulcrum]}" backend
+fulcrum_tcp_listener "$WORK/fulcrum.toml" bench-bulk "${BULK_PORT[fulcrum]}" iperf
 RUST_LOG=warn taskset -c 0 "$FULCRUM" run -c "$WORK/fulcrum.toml" 2>"$WORK/fulcrum.log" &
 PIDS+=($!); PID_fulcrum=$!
 

@@ -29,10 +29,7 @@ need h2load nghttp2-client
 need haproxy haproxy
 need nginx nginx-light
 
-if [ -z "${FULCRUM:-}" ]; then
-  cargo build --release --quiet
-  FULCRUM=$PWD/target/release/fulcrum
-fi
+fulcrum_binary
 
 start_workdir syscalls
 backend_nginx "$BACKEND_PORT" 1
