@@ -422,15 +422,19 @@ async fn every_contract_metric_is_exported_after_traffic() {
     r.stop().await;
 }
 
-/// Starts fulcrum on a watched file, changes its backend by `change` and waits for
-/// the reload.
-async fn a_changed_file_is_reloaded(name: &str, change: impl Fn(&Dir, &str)) {
+/// Starts fulcrum on a watched file laid out by `lay_out`, changes its backend by
+/// `change` and waits for the reload.
+async fn a_changed_file_is_reloaded(
+    name: &str,
+    lay_out: impl Fn(&Dir, &str),
+    change: impl Fn(&Dir, &str),
+) {
     let one = HttpBackend::start("one").await;
     let two = HttpBackend::start("two").await;
     let dir = Dir::new(name);
     let watched =
         |b: &HttpBackend| web_config(b, "").replace("watch_config = false", "watch_config = true");
-    dir.write(&watched(&one));
+    lay_out(&dir, &watched(&one));
     let r = start(&dir).await;
     assert_eq!(get(r.web, "/").await.1["x-backend"], "one");
     change(&dir, &watched(&two));
@@ -447,14 +451,37 @@ async fn a_changed_file_is_reloaded(name: &str, change: impl Fn(&Dir, &str)) {
 #[tokio::test]
 async fn a_change_of_the_file_reloads_it() {
     // A new file renamed over the old one.
-    a_changed_file_is_reloaded("watch", Dir::write).await;
+    a_changed_file_is_reloaded("watch", Dir::write, Dir::write).await;
 }
 
 #[tokio::test]
 async fn a_file_written_in_place_is_reloaded() {
-    a_changed_file_is_reloaded("watch-in-place", |dir, contents| {
+    a_changed_file_is_reloaded("watch-in-place", Dir::write, |dir, contents| {
         std::fs::write(dir.file(), contents).unwrap()
     })
+    .await;
+}
+
+/// A Kubernetes ConfigMap volume: fulcrum.toml is a symlink to ..data/fulcrum.toml,
+/// and `..data` a symlink to the current version's directory.
+fn config_map_version(dir: &Dir, version: &str, contents: &str) {
+    std::fs::create_dir_all(dir.0.join(version)).unwrap();
+    std::fs::write(dir.0.join(version).join("fulcrum.toml"), contents).unwrap();
+    std::os::unix::fs::symlink(version, dir.0.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
+}
+
+#[tokio::test]
+async fn a_configuration_behind_a_swapped_symlink_is_reloaded() {
+    // An update swaps `..data`: no event in the directory names fulcrum.toml.
+    a_changed_file_is_reloaded(
+        "watch-symlink-swap",
+        |dir, contents| {
+            config_map_version(dir, "..v1", contents);
+            std::os::unix::fs::symlink("..data/fulcrum.toml", dir.file()).unwrap();
+        },
+        |dir, contents| config_map_version(dir, "..v2", contents),
+    )
     .await;
 }
 

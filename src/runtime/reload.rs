@@ -10,7 +10,6 @@
 //! Also: watching the file.
 
 use std::collections::{BTreeSet, HashSet};
-use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,7 +281,8 @@ fn summary(old: &Config, new: &Config) -> String {
 }
 
 /// What is watched in the file's directory: writes, attributes, and names coming and
-/// going (editors that write a new file and rename it over the old one).
+/// going (editors that write a new file and rename it over the old one, and the
+/// symlink swaps of Kubernetes' ConfigMap volumes).
 const WATCHED: inotify::WatchMask = inotify::WatchMask::MODIFY
     .union(inotify::WatchMask::ATTRIB)
     .union(inotify::WatchMask::CLOSE_WRITE)
@@ -291,30 +291,51 @@ const WATCHED: inotify::WatchMask = inotify::WatchMask::MODIFY
     .union(inotify::WatchMask::MOVED_FROM)
     .union(inotify::WatchMask::MOVED_TO);
 
-/// Whether an event of the watched directory (`mask`, and the name of the file it
-/// is about) may have changed the file `name`: one that names it, or the kernel's
-/// note that events were lost.
-fn concerns(mask: inotify::EventMask, named: Option<&OsStr>, name: &OsStr) -> bool {
-    mask.contains(inotify::EventMask::Q_OVERFLOW) || named == Some(name)
+/// What the configuration path leads to, through any symlinks: the file, its size and
+/// when it was last written; `None` while nothing is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+fn seen(file: &Path) -> Option<Seen> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).ok()?;
+    Some(Seen {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+    })
 }
 
 /// Reloads when the file changes, debounced: editors write files in several steps.
-/// The directory's inotify descriptor is read by a task on the runtime, not by a
-/// thread of its own: a process of one thread makes each system call's look-up of
-/// its file descriptor cheaper (the kernel takes no reference while no other thread
-/// shares the table).
+///
+/// The file's directory is watched, and the directory of the file a symlink leads to
+/// when it is elsewhere; after any event there, the path is looked up again, and
+/// only a different file, size or write time reloads. So a file written in place, a
+/// new one renamed over it and a swapped symlink (a Kubernetes ConfigMap's `..data`)
+/// all reload, and other files of the directory do not.
+///
+/// The inotify descriptor is read by a task on the runtime, not by a thread of its
+/// own: a process of one thread makes each system call's look-up of its file
+/// descriptor cheaper (the kernel takes no reference while no other thread shares
+/// the table).
 pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
     use futures_util::StreamExt;
-    let Some(dir) = file.parent().map(|d| {
-        if d.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            d
-        }
-    }) else {
-        return;
+    let dir_of = |f: &Path| {
+        f.parent().map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".").to_path_buf()
+            } else {
+                d.to_path_buf()
+            }
+        })
     };
-    let (true, Some(name)) = (file.exists(), file.file_name().map(|n| n.to_os_string())) else {
+    let (mut last @ Some(_), Some(dir)) = (seen(file), dir_of(file)) else {
         return;
     };
     let inotify = match inotify::Inotify::init() {
@@ -324,9 +345,17 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
             return;
         }
     };
-    if let Err(e) = inotify.watches().add(dir, WATCHED) {
+    if let Err(e) = inotify.watches().add(&dir, WATCHED) {
         warn!(error = %e, dir = %dir.display(), "cannot watch the configuration file's directory");
         return;
+    }
+    let target_dir = std::fs::canonicalize(file).ok().and_then(|t| dir_of(&t));
+    if let Some(target_dir) =
+        target_dir.filter(|t| std::fs::canonicalize(&dir).ok().as_ref() != Some(t))
+    {
+        if let Err(e) = inotify.watches().add(&target_dir, WATCHED) {
+            warn!(error = %e, dir = %target_dir.display(), "cannot watch the directory the configuration file's symlink leads to");
+        }
     }
     // Room for several events at once: each is 16 bytes and the name.
     let mut events = match inotify.into_event_stream([0u8; 2048]) {
@@ -336,13 +365,13 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
             return;
         }
     };
+    let file = file.to_path_buf();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 event = events.next() => match event {
-                    Some(Ok(event)) if concerns(event.mask, event.name.as_deref(), &name) => {}
-                    Some(Ok(_)) => continue,
+                    Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         warn!(error = %e, "configuration file watch ended; reload with SIGHUP or POST /reload");
                         return;
@@ -361,6 +390,11 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
                     event = events.next() => if event.is_none() { break },
                 }
             }
+            let now = seen(&file);
+            if now == last {
+                continue;
+            }
+            last = now;
             info!("configuration file changed: reloading");
             let _ = handle.reload().await;
         }
@@ -370,25 +404,42 @@ pub(crate) fn watch(handle: Handle, file: &Path, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use inotify::EventMask;
 
     #[test]
-    fn only_events_naming_the_file_or_lost_events_concern_it() {
-        let name = OsStr::new("fulcrum.toml");
-        assert!(concerns(EventMask::MODIFY, Some(name), name));
-        assert!(concerns(EventMask::MOVED_TO, Some(name), name));
-        assert!(!concerns(
-            EventMask::MODIFY,
-            Some(OsStr::new("other.toml")),
-            name
-        ));
-        assert!(!concerns(
-            EventMask::MODIFY,
-            Some(OsStr::new("fulcrum.toml~")),
-            name
-        ));
-        // Events about the directory itself name no file.
-        assert!(!concerns(EventMask::IGNORED, None, name));
-        assert!(concerns(EventMask::Q_OVERFLOW, None, name));
+    fn what_the_path_leads_to_changes_with_writes_renames_and_symlink_swaps() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-seen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("v1")).unwrap();
+        std::fs::create_dir_all(dir.join("v2")).unwrap();
+        let file = dir.join("fulcrum.toml");
+        assert_eq!(seen(&file), None);
+
+        std::fs::write(&file, "a").unwrap();
+        let first = seen(&file).unwrap();
+        // Another file of the directory changes nothing.
+        std::fs::write(dir.join("other.toml"), "b").unwrap();
+        assert_eq!(seen(&file), Some(first));
+        // Written in place, longer.
+        std::fs::write(&file, "ab").unwrap();
+        let second = seen(&file).unwrap();
+        assert_ne!(second, first);
+        // A new file renamed over it, the same length.
+        std::fs::write(dir.join(".tmp"), "cd").unwrap();
+        std::fs::rename(dir.join(".tmp"), &file).unwrap();
+        let third = seen(&file).unwrap();
+        assert_ne!(third, second);
+
+        // A ConfigMap's layout: the file is a symlink through `..data`, which is
+        // swapped for a symlink to the new version.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(dir.join("v1/fulcrum.toml"), "a").unwrap();
+        std::fs::write(dir.join("v2/fulcrum.toml"), "a").unwrap();
+        std::os::unix::fs::symlink("v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/fulcrum.toml", &file).unwrap();
+        let v1 = seen(&file).unwrap();
+        std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert_ne!(seen(&file).unwrap(), v1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
